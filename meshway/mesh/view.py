@@ -1,0 +1,223 @@
+"""MeshView: a store snapshot as plain frozen records plus the indexes selection needs.
+
+Built from the store's dicts without re-validating them (the store only holds validated objects).
+Per-kind indexes are independent, so `with_changes` rebuilds only the kinds that changed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping
+
+from .. import labels as L
+
+Body = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class NamespaceInfo:
+    name: str
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class PortInfo:
+    name: str
+    port: int
+    target_port: int | str
+    protocol: str
+    app_protocol: str | None
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    """A Kubernetes Service or an Istio ServiceEntry: a destination addressed as a service."""
+
+    kind: str  # Service | ServiceEntry
+    namespace: str
+    name: str
+    labels: Mapping[str, str]
+    addresses: tuple[str, ...]
+    ports: tuple[PortInfo, ...]
+    selector: Mapping[str, str] | None
+    hosts: tuple[str, ...]
+    namespace_private: bool
+    created: str
+
+    @property
+    def hostname(self) -> str:
+        return self.hosts[0] if self.hosts else f"{self.name}.{self.namespace}.svc.cluster.local"
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    namespace: str
+    name: str
+    labels: Mapping[str, str]
+    ip: str | None
+    service_account: str
+    node: str | None
+    ready: bool
+
+
+@dataclass(frozen=True)
+class WaypointInfo:
+    """A Gateway of a waypoint class, with what selection needs to know about it."""
+
+    namespace: str
+    name: str
+    labels: Mapping[str, str]
+    class_name: str
+    traffic_type: str
+    traffic_type_source: str
+    allowed_from: str
+    allowed_selector: Body | None
+    service_name: str
+    ready: bool
+    uid: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def hostname(self) -> str:
+        return f"{self.service_name}.{self.namespace}.svc.cluster.local"
+
+
+@dataclass(frozen=True)
+class GatewayInfo:
+    namespace: str
+    name: str
+    class_name: str
+
+
+def _frozen(d: Mapping[str, str] | None) -> Mapping[str, str]:
+    return MappingProxyType(dict(d or {}))
+
+
+def build_namespace(body: Body) -> NamespaceInfo:
+    return NamespaceInfo(body["metadata"]["name"], _frozen(body["metadata"].get("labels")))
+
+
+def build_service(body: Body) -> ServiceInfo:
+    meta, spec = body["metadata"], body.get("spec", {})
+    if body["kind"] == "ServiceEntry":
+        ports = tuple(PortInfo(p["name"], p["number"], p.get("targetPort") or p["number"],
+                               "TCP", (p.get("protocol") or "").lower() or None) for p in spec.get("ports", []))
+        addrs = tuple(spec.get("addresses") or ()) + tuple(
+            a["value"] for a in (body.get("status") or {}).get("addresses", []) if a.get("value"))
+        export = spec.get("exportTo")
+        private = bool(export) and all(e in (".", meta["namespace"]) for e in export)
+        return ServiceInfo("ServiceEntry", meta["namespace"], meta["name"], _frozen(meta.get("labels")), addrs, ports,
+                           None, tuple(spec.get("hosts", ())), private, meta.get("creationTimestamp", ""))
+    ports = tuple(PortInfo(p.get("name", ""), p["port"], p.get("targetPort", p["port"]), p.get("protocol", "TCP"),
+                           p.get("appProtocol")) for p in spec.get("ports", []))
+    ips = tuple(ip for ip in (spec.get("clusterIPs") or [spec.get("clusterIP")]) if ip and ip != "None")
+    return ServiceInfo("Service", meta["namespace"], meta["name"], _frozen(meta.get("labels")), ips, ports,
+                       _frozen(spec.get("selector")) if spec.get("selector") is not None else None,
+                       (), False, meta.get("creationTimestamp", ""))
+
+
+def build_pod(body: Body) -> PodInfo:
+    meta, spec, status = body["metadata"], body.get("spec", {}), body.get("status") or {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
+    return PodInfo(meta["namespace"], meta["name"], _frozen(meta.get("labels")), status.get("podIP"),
+                   spec.get("serviceAccountName") or "default", spec.get("nodeName"), ready)
+
+
+def detect_waypoint_class(class_name: str, classes: Mapping[str, Body]) -> bool:
+    if class_name == L.WAYPOINT_CLASS:
+        return True
+    cls = classes.get(class_name)
+    return bool(cls) and cls.get("spec", {}).get("controllerName") == L.MESH_CONTROLLER
+
+
+def find_hbone_listener(gateway: Body) -> Body | None:
+    for listener in gateway.get("spec", {}).get("listeners", []):
+        if listener.get("protocol") == "HBONE" and listener.get("port") == L.HBONE_PORT:
+            return listener
+    return None
+
+
+def build_waypoint(gateway: Body, classes: Mapping[str, Body], ready: bool) -> WaypointInfo:
+    meta, spec = gateway["metadata"], gateway["spec"]
+    labels = meta.get("labels") or {}
+    class_labels = (classes.get(spec["gatewayClassName"], {}).get("metadata", {}).get("labels") or {})
+    if L.WAYPOINT_FOR in labels:
+        traffic, source = labels[L.WAYPOINT_FOR], f"Gateway label {L.WAYPOINT_FOR}={labels[L.WAYPOINT_FOR]}"
+    elif L.WAYPOINT_FOR in class_labels:
+        traffic = class_labels[L.WAYPOINT_FOR]
+        source = f"GatewayClass {spec['gatewayClassName']} label {L.WAYPOINT_FOR}={traffic}"
+    else:
+        traffic, source = L.DEFAULT_WAYPOINT_FOR, f"default ({L.WAYPOINT_FOR} not set on the Gateway or its class)"
+    if traffic not in L.TRAFFIC_TYPES:
+        traffic = L.DEFAULT_WAYPOINT_FOR
+    listener = find_hbone_listener(gateway) or {}
+    namespaces = (listener.get("allowedRoutes") or {}).get("namespaces") or {}
+    annotations = meta.get("annotations") or {}
+    return WaypointInfo(meta["namespace"], meta["name"], _frozen(labels), spec["gatewayClassName"], traffic, source,
+                        namespaces.get("from", "Same"), namespaces.get("selector"),
+                        annotations.get(L.NAME_OVERRIDE, meta["name"]), ready, meta.get("uid", ""))
+
+
+def detect_deployment_ready(deployment: Body | None) -> bool:
+    return bool(deployment) and (deployment.get("status") or {}).get("readyReplicas", 0) > 0
+
+
+@dataclass(frozen=True)
+class MeshView:
+    namespaces: Mapping[str, NamespaceInfo] = field(default_factory=dict)
+    services: Mapping[tuple[str, str, str], ServiceInfo] = field(default_factory=dict)
+    services_by_ip: Mapping[str, ServiceInfo] = field(default_factory=dict)
+    pods: Mapping[tuple[str, str], PodInfo] = field(default_factory=dict)
+    pods_by_ip: Mapping[str, PodInfo] = field(default_factory=dict)
+    waypoints: Mapping[tuple[str, str], WaypointInfo] = field(default_factory=dict)
+    gateways: Mapping[tuple[str, str], GatewayInfo] = field(default_factory=dict)
+
+    @staticmethod
+    def build(snapshot: Mapping[str, Iterable[Body]]) -> "MeshView":
+        return MeshView().with_changes(snapshot)
+
+    def with_changes(self, snapshot: Mapping[str, Iterable[Body]]) -> "MeshView":
+        """A new view where the indexes of the kinds present in `snapshot` are rebuilt from it
+        (`snapshot[kind]` is the complete, current list of that kind); other indexes are shared."""
+        view = self
+        if "Namespace" in snapshot:
+            view = replace(view, namespaces={b["metadata"]["name"]: build_namespace(b) for b in snapshot["Namespace"]})
+        if "Service" in snapshot or "ServiceEntry" in snapshot:
+            kept = {k: v for k, v in view.services.items()
+                    if not (k[0] in snapshot and k[0] in ("Service", "ServiceEntry"))}
+            for kind in ("Service", "ServiceEntry"):
+                for body in snapshot.get(kind, ()):
+                    info = build_service(body)
+                    kept[(kind, info.namespace, info.name)] = info
+            by_ip = {ip: s for s in kept.values() for ip in s.addresses}
+            view = replace(view, services=kept, services_by_ip=by_ip)
+        if "Pod" in snapshot:
+            pods = {(b["metadata"]["namespace"], b["metadata"]["name"]): build_pod(b) for b in snapshot["Pod"]}
+            view = replace(view, pods=pods, pods_by_ip={p.ip: p for p in pods.values() if p.ip})
+        if {"Gateway", "GatewayClass", "Deployment"} & set(snapshot):
+            view = view._with_gateways(snapshot)
+        return view
+
+    def _with_gateways(self, snapshot: Mapping[str, Iterable[Body]]) -> "MeshView":
+        classes = {b["metadata"]["name"]: b for b in snapshot.get("GatewayClass", ())}
+        deployments = {(b["metadata"]["namespace"], b["metadata"]["name"]): b for b in snapshot.get("Deployment", ())}
+        waypoints, gateways = {}, {}
+        for gw in snapshot.get("Gateway", ()):
+            meta = gw["metadata"]
+            key = (meta["namespace"], meta["name"])
+            gateways[key] = GatewayInfo(meta["namespace"], meta["name"], gw["spec"]["gatewayClassName"])
+            if detect_waypoint_class(gw["spec"]["gatewayClassName"], classes):
+                name = (meta.get("annotations") or {}).get(L.NAME_OVERRIDE, meta["name"])
+                ready = detect_deployment_ready(deployments.get((meta["namespace"], name)))
+                waypoints[key] = build_waypoint(gw, classes, ready)
+        return replace(self, waypoints=waypoints, gateways=gateways)
+
+    def namespace_labels(self, namespace: str) -> Mapping[str, str]:
+        ns = self.namespaces.get(namespace)
+        return ns.labels if ns else MappingProxyType({})
+
+
+SNAPSHOT_KINDS = ("Namespace", "Service", "ServiceEntry", "Pod", "Gateway", "GatewayClass", "Deployment")

@@ -1,0 +1,455 @@
+"""Istio kinds: ServiceEntry, VirtualService, DestinationRule (networking.istio.io) and
+AuthorizationPolicy (security.istio.io), with the field names and enums of istio/api."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from typing_extensions import Annotated
+
+from .durations import Duration
+from .meta import Port, Resource, Strict
+
+Weight = Annotated[int, Field(ge=0)]
+
+
+class StringMatch(Strict):
+    exact: str | None = None
+    prefix: str | None = None
+    regex: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "StringMatch":
+        if sum(v is not None for v in (self.exact, self.prefix, self.regex)) > 1:
+            raise ValueError("only one of exact, prefix or regex may be set")
+        return self
+
+
+class PortSelector(Strict):
+    number: Port
+
+
+class Destination(Strict):
+    host: Annotated[str, Field(min_length=1)]
+    subset: str | None = None
+    port: PortSelector | None = None
+
+
+class HeaderOperations(Strict):
+    set: dict[str, str] | None = None
+    add: dict[str, str] | None = None
+    remove: list[str] | None = None
+
+
+class Headers(Strict):
+    request: HeaderOperations | None = None
+    response: HeaderOperations | None = None
+
+
+class HTTPMatchRequest(Strict):
+    name: str | None = None
+    uri: StringMatch | None = None
+    scheme: StringMatch | None = None
+    method: StringMatch | None = None
+    authority: StringMatch | None = None
+    headers: dict[str, StringMatch] | None = None
+    port: Port | None = None
+    sourceLabels: dict[str, str] | None = None
+    gateways: list[str] | None = None
+    queryParams: dict[str, StringMatch] | None = None
+    ignoreUriCase: bool | None = None
+    withoutHeaders: dict[str, StringMatch] | None = None
+    sourceNamespace: str | None = None
+    statPrefix: str | None = None
+
+
+class HTTPRouteDestination(Strict):
+    destination: Destination
+    weight: Weight | None = None
+    headers: Headers | None = None
+
+
+class RouteDestination(Strict):
+    destination: Destination
+    weight: Weight | None = None
+
+
+class HTTPRedirect(Strict):
+    uri: str | None = None
+    authority: str | None = None
+    port: Port | None = None
+    derivePort: Literal["FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"] | None = None
+    scheme: str | None = None
+    redirectCode: Annotated[int, Field(ge=300, le=399)] | None = None
+
+
+class HTTPBody(Strict):
+    string: str | None = None
+    bytes: str | None = None
+
+
+class HTTPDirectResponse(Strict):
+    status: Annotated[int, Field(ge=200, le=599)]
+    body: HTTPBody | None = None
+
+
+class RegexRewrite(Strict):
+    match: str
+    rewrite: str
+
+
+class HTTPRewrite(Strict):
+    uri: str | None = None
+    authority: str | None = None
+    uriRegexRewrite: RegexRewrite | None = None
+
+
+class HTTPRetry(Strict):
+    attempts: Annotated[int, Field(ge=0)] | None = None
+    perTryTimeout: Duration | None = None
+    retryOn: str | None = None
+    retryRemoteLocalities: bool | None = None
+    retryIgnorePreviousHosts: bool | None = None
+    backoff: Duration | None = None
+
+
+class Percent(Strict):
+    value: Annotated[float, Field(ge=0, le=100)]
+
+
+class FaultDelay(Strict):
+    fixedDelay: Duration | None = None
+    exponentialDelay: Duration | None = None
+    percentage: Percent | None = None
+    percent: Annotated[int, Field(ge=0, le=100)] | None = None
+
+
+class FaultAbort(Strict):
+    httpStatus: Annotated[int, Field(ge=200, le=599)] | None = None
+    grpcStatus: str | None = None
+    http2Error: str | None = None
+    percentage: Percent | None = None
+
+
+class HTTPFaultInjection(Strict):
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+
+
+class HTTPMirrorPolicy(Strict):
+    destination: Destination
+    percentage: Percent | None = None
+
+
+class CorsPolicy(Strict):
+    allowOrigins: list[StringMatch] | None = None
+    allowOrigin: list[str] | None = None
+    allowMethods: list[str] | None = None
+    allowHeaders: list[str] | None = None
+    exposeHeaders: list[str] | None = None
+    maxAge: Duration | None = None
+    allowCredentials: bool | None = None
+    unmatchedPreflights: Literal["UNSPECIFIED", "FORWARD", "IGNORE"] | None = None
+
+
+class HTTPRoute(Strict):
+    name: str | None = None
+    match: list[HTTPMatchRequest] | None = None
+    route: list[HTTPRouteDestination] | None = None
+    redirect: HTTPRedirect | None = None
+    directResponse: HTTPDirectResponse | None = None
+    delegate: dict[str, str] | None = None
+    rewrite: HTTPRewrite | None = None
+    timeout: Duration | None = None
+    retries: HTTPRetry | None = None
+    fault: HTTPFaultInjection | None = None
+    mirror: Destination | None = None
+    mirrors: list[HTTPMirrorPolicy] | None = None
+    mirrorPercentage: Percent | None = None
+    mirrorPercent: int | None = None
+    corsPolicy: CorsPolicy | None = None
+    headers: Headers | None = None
+
+    @model_validator(mode="after")
+    def _action(self) -> "HTTPRoute":
+        actions = [a for a in (self.route, self.redirect, self.directResponse, self.delegate) if a]
+        if len(actions) != 1:
+            raise ValueError("exactly one of route, redirect, directResponse or delegate must be set")
+        return self
+
+
+class L4MatchAttributes(Strict):
+    destinationSubnets: list[str] | None = None
+    port: Port | None = None
+    sourceLabels: dict[str, str] | None = None
+    gateways: list[str] | None = None
+    sourceNamespace: str | None = None
+
+
+class TLSMatchAttributes(L4MatchAttributes):
+    sniHosts: Annotated[list[str], Field(min_length=1)]
+
+
+class TCPRoute(Strict):
+    match: list[L4MatchAttributes] | None = None
+    route: list[RouteDestination] = Field(default_factory=list)
+
+
+class TLSRoute(Strict):
+    match: Annotated[list[TLSMatchAttributes], Field(min_length=1)]
+    route: list[RouteDestination] = Field(default_factory=list)
+
+
+class VirtualServiceSpec(Strict):
+    hosts: list[str] = Field(default_factory=list)
+    gateways: list[str] | None = None
+    http: list[HTTPRoute] | None = None
+    tls: list[TLSRoute] | None = None
+    tcp: list[TCPRoute] | None = None
+    exportTo: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _hosts(self) -> "VirtualServiceSpec":
+        if not self.hosts:
+            raise ValueError("hosts: Required value: virtual service must have at least one host")
+        return self
+
+
+class VirtualService(Resource):
+    kind: Literal["VirtualService"]
+    spec: VirtualServiceSpec
+
+
+class ConsistentHash(Strict):
+    httpHeaderName: str | None = None
+    httpCookie: dict[str, Any] | None = None
+    useSourceIp: bool | None = None
+    httpQueryParameterName: str | None = None
+    ringHash: dict[str, Any] | None = None
+    maglev: dict[str, Any] | None = None
+    minimumRingSize: int | None = None
+
+
+class LoadBalancerSettings(Strict):
+    simple: Literal["UNSPECIFIED", "RANDOM", "PASSTHROUGH", "ROUND_ROBIN", "LEAST_REQUEST", "LEAST_CONN"] | None = None
+    consistentHash: ConsistentHash | None = None
+    localityLbSetting: dict[str, Any] | None = None
+    warmupDurationSecs: Duration | None = None
+    warmup: dict[str, Any] | None = None
+
+
+class TCPSettings(Strict):
+    maxConnections: int | None = None
+    connectTimeout: Duration | None = None
+    tcpKeepalive: dict[str, Any] | None = None
+    maxConnectionDuration: Duration | None = None
+    idleTimeout: Duration | None = None
+
+
+class HTTPSettings(Strict):
+    http1MaxPendingRequests: int | None = None
+    http2MaxRequests: int | None = None
+    maxRequestsPerConnection: int | None = None
+    maxRetries: int | None = None
+    idleTimeout: Duration | None = None
+    h2UpgradePolicy: Literal["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"] | None = None
+    useClientProtocol: bool | None = None
+    maxConcurrentStreams: int | None = None
+
+
+class ConnectionPoolSettings(Strict):
+    tcp: TCPSettings | None = None
+    http: HTTPSettings | None = None
+
+
+class OutlierDetection(Strict):
+    splitExternalLocalOriginErrors: bool | None = None
+    consecutiveLocalOriginFailures: int | None = None
+    consecutiveGatewayErrors: int | None = None
+    consecutive5xxErrors: int | None = None
+    consecutiveErrors: int | None = None
+    interval: Duration | None = None
+    baseEjectionTime: Duration | None = None
+    maxEjectionPercent: Annotated[int, Field(ge=0, le=100)] | None = None
+    minHealthPercent: Annotated[int, Field(ge=0, le=100)] | None = None
+
+
+class ClientTLSSettings(Strict):
+    mode: Literal["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"] = "DISABLE"
+    clientCertificate: str | None = None
+    privateKey: str | None = None
+    caCertificates: str | None = None
+    credentialName: str | None = None
+    subjectAltNames: list[str] | None = None
+    sni: str | None = None
+    insecureSkipVerify: bool | None = None
+    caCrl: str | None = None
+
+
+class PortTrafficPolicy(Strict):
+    port: PortSelector | None = None
+    loadBalancer: LoadBalancerSettings | None = None
+    connectionPool: ConnectionPoolSettings | None = None
+    outlierDetection: OutlierDetection | None = None
+    tls: ClientTLSSettings | None = None
+
+
+class TrafficPolicy(Strict):
+    loadBalancer: LoadBalancerSettings | None = None
+    connectionPool: ConnectionPoolSettings | None = None
+    outlierDetection: OutlierDetection | None = None
+    tls: ClientTLSSettings | None = None
+    portLevelSettings: list[PortTrafficPolicy] | None = None
+    tunnel: dict[str, Any] | None = None
+    proxyProtocol: dict[str, Any] | None = None
+    retryBudget: dict[str, Any] | None = None
+
+
+class Subset(Strict):
+    name: Annotated[str, Field(min_length=1)]
+    labels: dict[str, str] | None = None
+    trafficPolicy: TrafficPolicy | None = None
+
+
+class WorkloadSelector(Strict):
+    matchLabels: dict[str, str] = Field(default_factory=dict)
+
+
+class DestinationRuleSpec(Strict):
+    host: Annotated[str, Field(min_length=1)]
+    trafficPolicy: TrafficPolicy | None = None
+    subsets: list[Subset] | None = None
+    exportTo: list[str] | None = None
+    workloadSelector: WorkloadSelector | None = None
+
+    @model_validator(mode="after")
+    def _unique_subsets(self) -> "DestinationRuleSpec":
+        names = [s.name for s in self.subsets or []]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(f"subsets[{i}].name: Duplicate value: {name!r}")
+        return self
+
+
+class DestinationRule(Resource):
+    kind: Literal["DestinationRule"]
+    spec: DestinationRuleSpec
+
+
+class ServiceEntryPort(Strict):
+    number: Port
+    protocol: str | None = None
+    name: Annotated[str, Field(min_length=1)]
+    targetPort: Port | None = None
+
+
+class WorkloadEntrySpec(Strict):
+    address: str | None = None
+    ports: dict[str, Port] | None = None
+    labels: dict[str, str] | None = None
+    network: str | None = None
+    locality: str | None = None
+    weight: int | None = None
+    serviceAccount: str | None = None
+
+
+class ServiceEntrySpec(Strict):
+    hosts: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    addresses: list[str] | None = None
+    ports: list[ServiceEntryPort] | None = None
+    location: Literal["MESH_EXTERNAL", "MESH_INTERNAL"] = "MESH_EXTERNAL"
+    resolution: Literal["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"] = "NONE"
+    endpoints: list[WorkloadEntrySpec] | None = None
+    workloadSelector: WorkloadSelector | None = None
+    exportTo: list[str] | None = None
+    subjectAltNames: list[str] | None = None
+    trafficDistribution: str | None = None
+
+    @model_validator(mode="after")
+    def _ports(self) -> "ServiceEntrySpec":
+        seen: set[int] = set()
+        for i, port in enumerate(self.ports or []):
+            if port.number in seen:
+                raise ValueError(f"ports[{i}].number: Duplicate value: port number {port.number} is already defined")
+            seen.add(port.number)
+        return self
+
+
+class ServiceEntry(Resource):
+    kind: Literal["ServiceEntry"]
+    spec: ServiceEntrySpec
+
+
+class PolicyTargetReference(Strict):
+    group: str | None = None
+    kind: Annotated[str, Field(min_length=1)]
+    name: Annotated[str, Field(min_length=1)]
+    namespace: str | None = None
+
+
+class Source(Strict):
+    principals: list[str] | None = None
+    notPrincipals: list[str] | None = None
+    requestPrincipals: list[str] | None = None
+    notRequestPrincipals: list[str] | None = None
+    namespaces: list[str] | None = None
+    notNamespaces: list[str] | None = None
+    serviceAccounts: list[str] | None = None
+    notServiceAccounts: list[str] | None = None
+    ipBlocks: list[str] | None = None
+    notIpBlocks: list[str] | None = None
+    remoteIpBlocks: list[str] | None = None
+    notRemoteIpBlocks: list[str] | None = None
+
+
+class Operation(Strict):
+    hosts: list[str] | None = None
+    notHosts: list[str] | None = None
+    ports: list[str] | None = None
+    notPorts: list[str] | None = None
+    methods: list[str] | None = None
+    notMethods: list[str] | None = None
+    paths: list[str] | None = None
+    notPaths: list[str] | None = None
+
+
+class RuleFrom(Strict):
+    source: Source
+
+
+class RuleTo(Strict):
+    operation: Operation
+
+
+class Condition(Strict):
+    key: Annotated[str, Field(min_length=1)]
+    values: list[str] | None = None
+    notValues: list[str] | None = None
+
+
+class Rule(Strict):
+    from_: list[RuleFrom] | None = Field(default=None, alias="from")
+    to: list[RuleTo] | None = None
+    when: list[Condition] | None = None
+
+
+class AuthorizationPolicySpec(Strict):
+    selector: WorkloadSelector | None = None
+    targetRef: PolicyTargetReference | None = None
+    targetRefs: Annotated[list[PolicyTargetReference], Field(max_length=16)] | None = None
+    rules: list[Rule] | None = None
+    action: Literal["ALLOW", "DENY", "AUDIT", "CUSTOM"] = "ALLOW"
+    provider: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _exclusive(self) -> "AuthorizationPolicySpec":
+        if self.selector and (self.targetRef or self.targetRefs):
+            raise ValueError("only one of targetRefs or workloadSelector can be set")
+        if self.action == "CUSTOM" and not self.provider:
+            raise ValueError("provider: Required value: a CUSTOM action needs a provider")
+        return self
+
+
+class AuthorizationPolicy(Resource):
+    kind: Literal["AuthorizationPolicy"]
+    spec: AuthorizationPolicySpec = Field(default_factory=AuthorizationPolicySpec)

@@ -1,0 +1,143 @@
+"""YAML and Kubernetes dicts -> validated model objects, with errors that name the file, the
+document, the field path and what was expected."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import pydantic
+import yaml
+
+from .meta import Resource, check_dns1035_label, check_dns1123_label, check_dns1123_subdomain
+from .registry import KindInfo, UnknownKind, find_kind_for
+
+
+class InputError(ValueError):
+    """Bad input: one line naming where it is and what was expected."""
+
+    def __init__(self, source: str, message: str, document: int | None = None, what: str = "", path: str = ""):
+        self.source, self.document, self.what, self.path, self.message = source, document, what, path, message
+        where = source
+        if document is not None:
+            where += f": document {document}"
+        if what:
+            where += f" ({what})"
+        super().__init__(f"{where}: {path + ': ' if path else ''}{message}")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One validated document: its body as given (plus the namespace filled in) and its model."""
+
+    source: str
+    document: int
+    info: KindInfo
+    body: dict[str, Any]
+    obj: Resource
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.info.kind, self.obj.namespace, self.obj.name)
+
+
+_SUBPATH = re.compile(r"^([A-Za-z_][\w]*(?:\[\d+\])?(?:\.[A-Za-z_][\w]*(?:\[\d+\])?)*): (.*)$", re.S)
+
+
+def _path(loc: Iterable[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and ("[" in part or "(" in part or part in ("int", "str")):
+            continue  # pydantic's union/function branch markers are not field names
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def _first_error(exc: pydantic.ValidationError) -> tuple[str, str]:
+    err = exc.errors(include_url=False)[0]
+    path, msg = _path(err["loc"]), err["msg"]
+    msg = msg.removeprefix("Value error, ")
+    if err["type"] == "missing":
+        msg = "Required value"
+    elif err["type"] == "extra_forbidden":
+        msg = "unknown field (not in the schema for this kind)"
+    elif err["type"] == "literal_error":
+        msg = f"Unsupported value: {err.get('input')!r}: {msg}"
+    elif "input" in err and err["type"] not in ("value_error", "assertion_error"):
+        msg = f"{msg}, got {err['input']!r}"
+    sub = _SUBPATH.match(msg)
+    if sub and err["type"] == "value_error":
+        path, msg = (f"{path}.{sub.group(1)}" if path else sub.group(1)), sub.group(2)
+    return path, msg
+
+
+def parse_object(body: Any, source: str = "<input>", document: int = 1, namespace: str | None = None) -> Manifest:
+    """Validate one Kubernetes document; `namespace` fills in a missing metadata.namespace."""
+    if not isinstance(body, dict):
+        raise InputError(source, f"expected a mapping (a Kubernetes object), got {type(body).__name__}", document)
+    api_version, kind = body.get("apiVersion"), body.get("kind")
+    meta = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+    what = f"{kind} {meta.get('name', '')}".strip() if isinstance(kind, str) else ""
+    if not isinstance(api_version, str) or not api_version:
+        raise InputError(source, "Required value: apiVersion must be set", document, what, "apiVersion")
+    if not isinstance(kind, str) or not kind:
+        raise InputError(source, "Required value: kind must be set", document, what, "kind")
+    try:
+        info = find_kind_for(api_version, kind)
+    except UnknownKind as exc:
+        raise InputError(source, str(exc), document, what, "kind") from None
+    body = dict(body)
+    meta = dict(body.get("metadata") or {}) if isinstance(body.get("metadata"), dict) else body.get("metadata")
+    if isinstance(meta, dict):
+        if info.namespaced:
+            given = meta.get("namespace")
+            if namespace and given and given != namespace:
+                raise InputError(source, f"the namespace from the provided object {given!r} does not match the namespace "
+                                 f"{namespace!r}. You must pass '--namespace={given}' to perform this operation.",
+                                 document, what, "metadata.namespace")
+            meta["namespace"] = given or namespace or "default"
+        else:
+            meta.pop("namespace", None)
+        body["metadata"] = meta
+        what = f"{kind} {meta['namespace'] + '/' if info.namespaced else ''}{meta.get('name', '')}"
+    try:
+        obj = info.model.model_validate(body)
+    except pydantic.ValidationError as exc:
+        path, msg = _first_error(exc)
+        raise InputError(source, msg, document, what, path) from None
+    name_check = {"Namespace": check_dns1123_label, "Service": check_dns1035_label}.get(kind, check_dns1123_subdomain)
+    for field, value, check in (("metadata.name", obj.metadata.name, name_check),
+                                ("metadata.namespace", obj.namespace if info.namespaced else None, check_dns1123_label)):
+        try:
+            if value is not None:
+                check(value)
+        except ValueError as exc:
+            raise InputError(source, str(exc), document, what, field) from None
+    return Manifest(source, document, info, body, obj)
+
+
+def load_yaml(text: str, source: str = "<input>", namespace: str | None = None) -> list[Manifest]:
+    """Every document of a multi-document YAML stream, validated; the first bad one raises."""
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise InputError(source, f"invalid YAML{where}: {problem}") from None
+    out: list[Manifest] = []
+    index = 0
+    for doc in docs:
+        index += 1
+        if doc is None:
+            continue
+        items = doc.get("items") if isinstance(doc, dict) and str(doc.get("kind", "")).endswith("List") else None
+        if items is not None:
+            for item in items:
+                out.append(parse_object(item, source, index, namespace))
+        else:
+            out.append(parse_object(doc, source, index, namespace))
+    return out

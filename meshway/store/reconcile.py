@@ -1,0 +1,117 @@
+"""The controllers that run inside every write transaction, so that what a CLI call returns is
+already consistent: waypoint objects for waypoint Gateways, garbage collection of owned objects,
+the Deployment controller, and istiod's status (WaypointBound, Gateway Programmed).
+
+Each step is a thin loop over pure builders in `meshway.mesh`; `Writer` does the admission work
+shared with user writes (server metadata, defaults, address allocation).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from ..mesh import status as S
+from ..mesh.selection import decide_service
+from ..mesh.view import MeshView, detect_waypoint_class
+from ..mesh.waypoint_objects import build_waypoint_objects
+from ..mesh.workloads import build_deployment_status, plan_pods
+from .writer import Writer
+
+Body = dict[str, Any]
+STATUS_KINDS = ("Namespace", "Service", "ServiceEntry", "Gateway", "GatewayClass", "Deployment")
+
+
+def reconcile(w: Writer) -> None:
+    _waypoint_objects(w)
+    _collect_garbage(w)
+    _deployments(w)
+    _statuses(w)
+
+
+def _waypoint_objects(w: Writer) -> None:
+    classes = {b["metadata"]["name"]: b for b in w.txn.list("GatewayClass")}
+    for gw in w.txn.list("Gateway"):
+        if not detect_waypoint_class(gw["spec"]["gatewayClassName"], classes):
+            continue
+        for kind, desired in build_waypoint_objects(gw):
+            w.ensure(kind, desired)
+
+
+def _collect_garbage(w: Writer) -> None:
+    while True:
+        orphans = w.txn.owners() - w.txn.uids()
+        if not orphans:
+            return
+        for uid in orphans:
+            for body in w.txn.owned_by(uid):
+                w.remove(body["kind"], body)
+
+
+def _dirty_deployments(w: Writer) -> list[Body]:
+    if w.full:
+        return w.txn.list("Deployment")
+    keys = {(c.namespace, c.name) for c in w.txn.changed if c.kind == "Deployment" and c.type != "DELETED"}
+    for change in w.txn.changed:
+        if change.kind == "Pod":
+            for ref in change.body["metadata"].get("ownerReferences") or []:
+                if ref["kind"] == "Deployment":
+                    keys.add((change.namespace, ref["name"]))
+    found = (w.txn.get("Deployment", ns, name) for ns, name in sorted(keys))
+    return [d for d in found if d is not None]
+
+
+def _deployments(w: Writer) -> None:
+    for dep in _dirty_deployments(w):
+        pods = [p for p in w.txn.owned_by(dep["metadata"]["uid"]) if p["kind"] == "Pod"]
+        create, delete = plan_pods(dep, pods, w.random_suffix)
+        for pod in delete:
+            w.remove("Pod", pod)
+        for pod in create:
+            w.create("Pod", pod)
+        gone = {p["metadata"]["name"] for p in delete}
+        live = [p for p in pods if p["metadata"]["name"] not in gone] + create
+        w.set_status("Deployment", dep, {**(dep.get("status") or {}), **build_deployment_status(dep, live)},
+                     replace=True)
+
+
+def _statuses(w: Writer) -> None:
+    snapshot = {kind: w.txn.list(kind) for kind in STATUS_KINDS}
+    view = MeshView.build(snapshot)
+    for kind in ("Service", "ServiceEntry"):
+        for body in snapshot[kind]:
+            meta = body["metadata"]
+            svc = view.services[(kind, meta["namespace"], meta["name"])]
+            decision = decide_service(view, svc)
+            cond = S.build_bound_condition(decision, svc, view.namespace_labels(svc.namespace))
+            old = (body.get("status") or {}).get("conditions") or []
+            conds = S.merge_conditions(old, [cond] if cond else [], w.now, None, drop=(S.WAYPOINT_BOUND,))
+            status = {**(body.get("status") or {}), "conditions": conds}
+            if not conds:
+                status.pop("conditions")
+            w.set_status(kind, body, status, replace=True)
+    for gw in snapshot["Gateway"]:
+        wp = view.waypoints.get((gw["metadata"]["namespace"], gw["metadata"]["name"]))
+        if wp is None:
+            continue
+        service = w.txn.get("Service", wp.namespace, wp.service_name)
+        conds, rest = S.build_gateway_status(wp, gw, service)
+        old = (gw.get("status") or {}).get("conditions") or []
+        listeners = [{**li, "conditions": S.merge_conditions(_old_listener(gw, li["name"]), li["conditions"], w.now,
+                                                             gw["metadata"].get("generation"))}
+                     for li in rest["listeners"]]
+        status = {**rest, "listeners": listeners,
+                  "conditions": S.merge_conditions(old, conds, w.now, gw["metadata"].get("generation"))}
+        w.set_status("Gateway", gw, status, replace=True)
+    for gc in snapshot["GatewayClass"]:
+        if detect_waypoint_class(gc["metadata"]["name"], {gc["metadata"]["name"]: gc}):
+            old = (gc.get("status") or {}).get("conditions") or []
+            conds = S.merge_conditions(old, S.build_gateway_class_conditions(), w.now,
+                                       gc["metadata"].get("generation"))
+            w.set_status("GatewayClass", gc, {**(gc.get("status") or {}), "conditions": conds}, replace=True)
+
+
+def _old_listener(gw: Body, name: str) -> list[Body]:
+    for li in (gw.get("status") or {}).get("listeners") or []:
+        if li.get("name") == name:
+            return copy.deepcopy(li.get("conditions") or [])
+    return []
