@@ -1,0 +1,41 @@
+"""`meshway explain TARGET`: which waypoint serves a destination, and why."""
+from __future__ import annotations
+
+import click
+
+from ..mesh.explain import find_decision
+from ..mesh.selection import Decision
+from ..mesh.view import SNAPSHOT_KINDS, MeshView
+from . import printers as P
+from .main import Ctx, cli, namespace_option, pass_ctx
+
+
+def write_decision(decision: Decision) -> str:
+    d = decision.destination
+    what = f"{d.kind.lower()}/{d.name}"
+    waypoint = decision.waypoint or "<none>"
+    if decision.waypoint:
+        waypoint += " (ready)" if decision.ready else " (not ready)"
+    lines = [f"Destination:  {what} in namespace {d.namespace}" + (f" ({d.address})" if d.address else ""),
+             f"Addressed as: {decision.addressed_as}",
+             f"Waypoint:     {waypoint}",
+             f"Reason:       {decision.reason}",
+             "Rules:"]
+    lines += [f"  {i}. {rule}" for i, rule in enumerate(decision.rules, 1)]
+    lines.append(decision.explanation)
+    return "\n".join(lines) + "\n"
+
+
+@cli.command()
+@click.argument("target")
+@namespace_option
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@pass_ctx
+def explain(c: Ctx, target: str, namespace: str | None, output: str) -> None:
+    """Why traffic to TARGET does (not) go through a waypoint.
+
+    TARGET: service/NAME, pod/NAME, serviceentry/NAME, or IP[:PORT] (a service VIP or pod IP).
+    """
+    _, snapshot = c.store.snapshot(SNAPSHOT_KINDS)
+    decision = find_decision(MeshView.build(snapshot), target, namespace or "default")
+    click.echo(P.to_json(decision.to_json()) if output == "json" else write_decision(decision), nl=False)

@@ -1,0 +1,213 @@
+"""The `meshway` command: kubectl-shaped resource commands plus istioctl-shaped mesh commands.
+
+Commands gather data from the store and the pure mesh functions; `printers` renders it.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from ..model import InputError, KindInfo, Manifest, UnknownKind, find_kind, load_yaml
+from ..model.selectors import parse_selector
+from ..store import Store, StoreError
+from ..store.db import Expired
+from . import printers as P
+
+
+class MeshwayGroup(click.Group):
+    """Turns every expected failure into one line on stderr and exit code 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (InputError, UnknownKind, ValueError, LookupError, Expired) as exc:
+            msg = str(exc.args[0]) if isinstance(exc, LookupError) and exc.args else str(exc)
+            click.echo(f"error: {msg}", err=True)
+            ctx.exit(1)
+        except StoreError as exc:
+            click.echo(str(exc), err=True)
+            ctx.exit(1)
+        except TimeoutError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(1)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:  # a bug: one line, the traceback only on request
+            if os.environ.get("MESHWAY_DEBUG"):
+                raise
+            click.echo(f"error: internal error ({type(exc).__name__}: {exc}); rerun with MESHWAY_DEBUG=1 for "
+                       "the traceback", err=True)
+            ctx.exit(2)
+
+
+class Ctx:
+    def __init__(self, state_dir: str | None):
+        self.state_dir = state_dir
+        self._store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.state_dir)
+        return self._store
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+namespace_option = click.option("-n", "--namespace", default=None, help="Namespace (default: default).")
+
+
+@click.group(cls=MeshwayGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--state-dir", envvar="MESHWAY_STATE_DIR", default=None,
+              help="Folder of the embedded store (env MESHWAY_STATE_DIR; default $XDG_STATE_HOME/meshway).")
+@click.version_option(package_name="meshway")
+@click.pass_context
+def cli(ctx: click.Context, state_dir: str | None) -> None:
+    """meshway: Istio ambient waypoints in Python. kubectl-style resource commands (apply, get, label,
+    delete) and istioctl-style mesh commands (waypoint, explain, analyze)."""
+    ctx.obj = Ctx(state_dir)
+
+
+def read_manifests(files: tuple[str, ...], namespace: str | None) -> list[Manifest]:
+    """Every document of every file (a folder means its *.yaml, *.yml and *.json files, sorted)."""
+    manifests: list[Manifest] = []
+    for name in files:
+        if name == "-":
+            manifests += load_yaml(sys.stdin.read(), "<stdin>", namespace)
+            continue
+        path = Path(name)
+        if path.is_dir():
+            paths = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml", ".json"))
+        elif path.exists():
+            paths = [path]
+        else:
+            raise InputError(name, "the path does not exist")
+        for p in paths:
+            manifests += load_yaml(p.read_text(), str(p), namespace)
+    if not manifests:
+        raise InputError(", ".join(files), "no objects passed to apply")
+    return manifests
+
+
+@cli.command()
+@click.option("-f", "--filename", "files", multiple=True, required=True, help="File, folder or - for stdin.")
+@namespace_option
+@pass_ctx
+def apply(c: Ctx, files: tuple[str, ...], namespace: str | None) -> None:
+    """Create or update resources from YAML (all documents, all or nothing)."""
+    manifests = read_manifests(files, namespace)
+    for result in c.store.apply(manifests):
+        click.echo(str(result))
+
+
+def _split_kind_names(args: tuple[str, ...]) -> tuple[KindInfo, list[str]]:
+    if not args:
+        raise ValueError("You must specify the type of resource to get. Use \"meshway get -h\" for the kinds")
+    first = args[0]
+    if "/" in first:
+        kind, _, name = first.partition("/")
+        return find_kind(kind), [name] + [a.partition("/")[2] for a in args[1:]]
+    return find_kind(first), list(args[1:])
+
+
+@cli.command()
+@click.argument("args", nargs=-1, required=True)
+@namespace_option
+@click.option("-A", "--all-namespaces", is_flag=True, help="List across all namespaces.")
+@click.option("-o", "--output", type=click.Choice(["wide", "yaml", "json", "name"]), default=None)
+@click.option("-L", "--label-columns", multiple=True, help="Label keys to show as columns (comma-separated).")
+@click.option("-l", "--selector", default=None, help="Label selector, e.g. app=reviews,version!=v1.")
+@pass_ctx
+def get(c: Ctx, args: tuple[str, ...], namespace: str | None, all_namespaces: bool, output: str | None,
+        label_columns: tuple[str, ...], selector: str | None) -> None:
+    """Show resources: get KIND [NAME...]."""
+    info, names = _split_kind_names(args)
+    ns = None if all_namespaces and not names else (namespace or "default")
+    sel = parse_selector(selector) if selector else None
+    items = [c.store.get(info, ns or "default", n) for n in names] if names else c.store.list(info, ns, sel)
+    if not items:
+        where = f" in {ns} namespace" if info.namespaced and ns else ""
+        click.echo(f"No resources found{where}.", err=True)
+        return
+    if output in ("yaml", "json"):
+        data = items[0] if len(names) == 1 else P.as_list(items)
+        click.echo(P.to_yaml(data) if output == "yaml" else P.to_json(data), nl=False)
+    elif output == "name":
+        for b in items:
+            click.echo(f"{info.qualified}/{b['metadata']['name']}")
+    else:
+        keys = [k for arg in label_columns for k in arg.split(",") if k]
+        click.echo(P.write_table(info.kind, items, all_namespaces and info.namespaced and not names,
+                                 output == "wide", keys), nl=False)
+
+
+def _split_label_args(args: tuple[str, ...]) -> tuple[list[str], dict[str, str], list[str]]:
+    names, set_labels, remove = [], {}, []
+    for arg in args:
+        if "=" in arg:
+            key, _, value = arg.partition("=")
+            set_labels[key] = value
+        elif arg.endswith("-") and len(arg) > 1:
+            remove.append(arg[:-1])
+        elif set_labels or remove:
+            raise ValueError(f"all resources must be specified before label changes: {arg}")
+        else:
+            names.append(arg)
+    if not set_labels and not remove:
+        raise ValueError("at least one label update is required")
+    return names, set_labels, remove
+
+
+@cli.command()
+@click.argument("args", nargs=-1, required=True)
+@namespace_option
+@click.option("-l", "--selector", default=None, help="Label the objects that match this selector.")
+@click.option("--all", "all_", is_flag=True, help="Label every object of the kind in the namespace.")
+@click.option("--overwrite", is_flag=True, help="Allow changing the value of an existing label.")
+@pass_ctx
+def label(c: Ctx, args: tuple[str, ...], namespace: str | None, selector: str | None, all_: bool,
+          overwrite: bool) -> None:
+    """Update labels: label KIND NAME... KEY=VALUE... KEY-... (kubectl semantics)."""
+    info, names = _split_kind_names(args[:1])
+    more, set_labels, remove = _split_label_args(args[1:])
+    names += more
+    if not names and selector is None and not all_:
+        raise ValueError("resource(s) were provided, but no name was specified")
+    sel = parse_selector(selector) if selector else (parse_selector("") if all_ else None)
+    results = c.store.label(info, namespace or "default", names, sel, set_labels, remove, overwrite)
+    if not results and sel is not None:
+        click.echo(f"No resources found in {namespace or 'default'} namespace.", err=True)
+    for result in results:
+        click.echo(str(result))
+
+
+@cli.command()
+@click.argument("args", nargs=-1)
+@click.option("-f", "--filename", "files", multiple=True, help="Delete the objects in these files.")
+@namespace_option
+@click.option("--ignore-not-found", is_flag=True)
+@pass_ctx
+def delete(c: Ctx, args: tuple[str, ...], files: tuple[str, ...], namespace: str | None,
+           ignore_not_found: bool) -> None:
+    """Delete resources: delete KIND NAME... | -f FILE."""
+    if files:
+        targets = [(m.info, m.obj.namespace, m.obj.name) for m in read_manifests(files, namespace)]
+    else:
+        info, names = _split_kind_names(args)
+        if not names:
+            raise ValueError("resource(s) were provided, but no name was specified")
+        targets = [(info, namespace or "default", n) for n in names]
+    for result in c.store.delete(targets, ignore_not_found):
+        click.echo(f'{result.info.qualified} "{result.name}" deleted')
+
+
+def main() -> None:
+    from . import analyze, explain, up, waypoint  # noqa: F401  (register their commands)
+
+    cli(prog_name="meshway")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""`meshway up`: the main job. Until the local network-namespace cluster exists, it walks through
+the control plane with the seed scenario: bookinfo, a namespace waypoint, enrollment, explain."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .main import Ctx, cli, pass_ctx
+
+
+@cli.command()
+@click.option("-f", "--filename", "files", multiple=True, help="Manifests to apply (default: the bundled demo).")
+@pass_ctx
+def up(c: Ctx, files: tuple[str, ...]) -> None:
+    """Start the mesh and apply manifests (today: the control-plane walk-through)."""
+    from .walkthrough import run_walkthrough
+
+    demo = Path(__file__).resolve().parent.parent / "demo" / "bookinfo.yaml"
+    run_walkthrough(c, files or (str(demo),))

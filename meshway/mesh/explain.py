@@ -1,0 +1,57 @@
+"""`explain TARGET`: find the destination a user names and return the selection decision for it."""
+from __future__ import annotations
+
+import ipaddress
+
+from .selection import Decision, decide_service, decide_workload
+from .view import MeshView
+
+TARGET_KINDS = {"service": "Service", "svc": "Service", "services": "Service",
+                "serviceentry": "ServiceEntry", "se": "ServiceEntry", "serviceentries": "ServiceEntry",
+                "pod": "Pod", "po": "Pod", "pods": "Pod"}
+
+
+class TargetNotFound(LookupError):
+    pass
+
+
+def _split_address(target: str) -> tuple[str, int | None] | None:
+    host, sep, port = target.rpartition(":")
+    text, port_num = (host, int(port)) if sep and port.isdigit() else (target, None)
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return text, port_num
+
+
+def find_decision(view: MeshView, target: str, namespace: str) -> Decision:
+    """TARGET is `service/NAME`, `pod/NAME`, `serviceentry/NAME` or `IP[:PORT]` (a service VIP or pod IP)."""
+    address = _split_address(target)
+    if address is not None:
+        ip, port = address
+        shown = f"{ip}:{port}" if port else ip
+        if ip in view.services_by_ip:
+            svc = view.services_by_ip[ip]
+            if port is not None and svc.ports and port not in {p.port for p in svc.ports}:
+                raise TargetNotFound(f"{ip} is {svc.kind.lower()} {svc.namespace}/{svc.name}, which has no port {port} "
+                                     f"(ports: {', '.join(str(p.port) for p in svc.ports)})")
+            return decide_service(view, svc, shown)
+        if ip in view.pods_by_ip:
+            return decide_workload(view, view.pods_by_ip[ip], shown)
+        raise TargetNotFound(f"no service VIP or pod IP {ip} in the mesh")
+    kind_text, sep, name = target.partition("/")
+    if not sep or kind_text.lower() not in TARGET_KINDS or not name:
+        raise TargetNotFound(f"invalid target {target!r}: expected service/NAME, pod/NAME, serviceentry/NAME or "
+                             "IP[:PORT]")
+    kind = TARGET_KINDS[kind_text.lower()]
+    if kind == "Pod":
+        pod = view.pods.get((namespace, name))
+        if pod is None:
+            raise TargetNotFound(f'pods "{name}" not found in namespace {namespace}')
+        return decide_workload(view, pod)
+    svc = view.services.get((kind, namespace, name))
+    if svc is None:
+        plural = "services" if kind == "Service" else "serviceentries.networking.istio.io"
+        raise TargetNotFound(f'{plural} "{name}" not found in namespace {namespace}')
+    return decide_service(view, svc)
