@@ -122,7 +122,18 @@ def _split_kind_names(args: tuple[str, ...]) -> tuple[KindInfo, list[str]]:
 @pass_ctx
 def get(c: Ctx, args: tuple[str, ...], namespace: str | None, all_namespaces: bool, output: str | None,
         label_columns: tuple[str, ...], selector: str | None) -> None:
-    """Show resources: get KIND [NAME...]."""
+    """Show resources: get KIND[,KIND...] [NAME...]."""
+    if "," in args[0] and "/" not in args[0]:
+        if len(args) > 1:
+            raise ValueError("names cannot be given with more than one kind")
+        for i, kind in enumerate(k for k in args[0].split(",") if k):
+            info = find_kind(kind)
+            ns = None if all_namespaces else (namespace or "default")
+            items = c.store.list(info, ns, parse_selector(selector) if selector else None)
+            if items:
+                click.echo(("\n" if i else "") + P.write_table(info.kind, items, all_namespaces and info.namespaced,
+                                                              output == "wide", [], prefix=info.qualified), nl=False)
+        return
     info, names = _split_kind_names(args)
     ns = None if all_namespaces and not names else (namespace or "default")
     sel = parse_selector(selector) if selector else None

@@ -136,7 +136,7 @@ def label_column(key: str) -> str:
 
 
 def write_table(kind: str, items: list[Body], all_namespaces: bool = False, wide: bool = False,
-                label_columns: Sequence[str] = (), now: datetime | None = None) -> str:
+                label_columns: Sequence[str] = (), now: datetime | None = None, prefix: str = "") -> str:
     cols = COLUMNS.get(kind, []) + [("AGE", lambda b: age(b, now))]
     if wide:
         cols += WIDE.get(kind, [])
@@ -145,7 +145,8 @@ def write_table(kind: str, items: list[Body], all_namespaces: bool = False, wide
     rows = [header]
     for body in items:
         meta = body["metadata"]
-        row = ([meta.get("namespace", "")] if all_namespaces else []) + [meta["name"]]
+        name = f"{prefix}/{meta['name']}" if prefix else meta["name"]
+        row = ([meta.get("namespace", "")] if all_namespaces else []) + [name]
         row += [fn(body) for _, fn in cols]
         row += [(meta.get("labels") or {}).get(k, "") for k in label_columns]
         rows.append(row)

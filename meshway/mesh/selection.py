@@ -102,8 +102,8 @@ def _decide(view: MeshView, dest: Destination, labels: Mapping[str, str], addres
     if own is not None:
         source, src_labels = f"{what} has label {L.USE_WAYPOINT}={own}", labels
         if L.USE_WAYPOINT in ns_labels:
-            t.add(f"{what}'s own label takes precedence over namespace {dest.namespace}'s "
-                  f"{L.USE_WAYPOINT}={ns_labels[L.USE_WAYPOINT]}")
+            source += (f"; its own label takes precedence over namespace {dest.namespace}'s "
+                       f"{L.USE_WAYPOINT}={ns_labels[L.USE_WAYPOINT]}")
     elif L.USE_WAYPOINT in ns_labels:
         own = ns_labels[L.USE_WAYPOINT]
         source, src_labels = f"namespace {dest.namespace} has label {L.USE_WAYPOINT}={own}", ns_labels

@@ -90,8 +90,9 @@ def build_gateway_status(wp: WaypointInfo, gateway: Body, service: Body | None) 
     else:
         programmed = _cond("Programmed", False, "AddressNotAssigned",
                            f'Failed to assign to any requested addresses: no instances found for hostname "{host}"')
-    conditions = [_cond("Accepted", True, "Accepted", "Resource accepted"), programmed,
-                  _cond("ResolvedRefs", True, "ResolvedRefs", "All references resolved")]
+    # Programmed last: `waypoint status` shows the last condition when Programmed is not True.
+    conditions = [_cond("Accepted", True, "Accepted", "Resource accepted"),
+                  _cond("ResolvedRefs", True, "ResolvedRefs", "All references resolved"), programmed]
     addresses = list((gateway.get("status") or {}).get("addresses") or [])
     if wp.ready and service is not None:
         spec = service.get("spec", {})
