@@ -82,11 +82,6 @@ def make_waypoint_unready(store: Store, namespace: str, gateway: str) -> None:
     set_pods_ready(store, namespace, waypoint_pods(store, namespace, gateway), False)
 
 
-def label(store: Store, kind: str, namespace: str | None, name: str, overwrite: bool = False,
-          remove: list[str] | None = None, **_: Any) -> list[Result]:
-    raise NotImplementedError  # replaced below; kept for signature documentation
-
-
 def set_labels(store: Store, kind: str, namespace: str | None, name: str, labels: dict[str, str],
                remove: list[str] | None = None, overwrite: bool = False) -> list[Result]:
     """`kubectl label <kind> <name> k=v ... k-` (namespace is ignored for cluster-scoped kinds)."""

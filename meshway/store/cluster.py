@@ -16,7 +16,7 @@ from ..model.registry import BY_KIND
 from ..model.selectors import selector_matches
 from .db import Change, Database
 from .errors import Invalid, LabelConflict, NotFound
-from .objects import last_applied, record_last_applied, three_way_merge, user_view
+from .objects import last_applied, record_last_applied, set_defaults, three_way_merge, user_view
 from .reconcile import reconcile
 from .writer import Writer, default_suffix
 
@@ -100,17 +100,13 @@ class Store:
             record_last_applied(body, desired)
             w.create(info.kind, body)
             return Result(info, ns, name, "created")
-        status = live.get("status")
         base = {k: v for k, v in live.items() if k != "status"}
         merged = three_way_merge(base, last_applied(live), desired)
         if info.kind == "Service":
             self._keep_cluster_ip(live, merged, m)
         record_last_applied(merged, desired)
-        if status is not None:
-            merged["status"] = status
-        from .objects import set_defaults
         set_defaults(info.kind, merged)
-        if live.get("status") is not None:
+        if "status" in live:  # status belongs to the controllers, never to apply
             merged["status"] = live["status"]
         try:
             parse_object(merged, m.source, m.document)

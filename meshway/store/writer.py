@@ -3,6 +3,7 @@ allocation, scheduling, generation bumps, namespace cascade. Used by user writes
 from __future__ import annotations
 
 import copy
+import json
 import random
 import uuid
 from datetime import datetime, timezone
@@ -10,11 +11,10 @@ from typing import Any, Callable
 
 from . import ipam
 from .db import Txn
-from .errors import Invalid
+from .errors import Forbidden, Invalid
 from .objects import set_defaults, spec_of
 
 Body = dict[str, Any]
-API_VERSIONS = {"Namespace": "v1", "Service": "v1", "ServiceAccount": "v1", "Pod": "v1", "Deployment": "apps/v1"}
 PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
 
@@ -142,14 +142,9 @@ class Writer:
         meta = body["metadata"]
         if kind == "Namespace":
             if meta["name"] in PROTECTED_NAMESPACES:
-                from .errors import Forbidden
                 raise Forbidden(f'namespaces "{meta["name"]}" is forbidden: this namespace may not be deleted')
             rows = self.txn.conn.execute("SELECT kind, body FROM objects WHERE namespace=? ORDER BY kind, name",
                                          (meta["name"],)).fetchall()
-            import json
             for child_kind, text in rows:
                 self.txn.delete(child_kind, json.loads(text))
         self.txn.delete(kind, body)
-
-    def ensure_api_version(self, kind: str, body: Body) -> None:
-        body.setdefault("apiVersion", API_VERSIONS.get(kind, "v1"))
