@@ -7,6 +7,7 @@ connections to it drain first); an address in use is never handed out.
 from __future__ import annotations
 
 import ipaddress
+from typing import Container
 
 SERVICE_CIDR = ipaddress.ip_network("10.96.0.0/16")
 # 10.96.0.1 is the `kubernetes` Service's address in every cluster; 10.96.0.10 is kube-dns.
@@ -45,9 +46,10 @@ def node_cidr(node_index: int) -> ipaddress.IPv4Network:
     return ipaddress.ip_network(POD_SUPERNET.format(node=node_index))
 
 
-def allocate_pod_ip(node_index: int, in_use: set[str]) -> str:
+def allocate_pod_ip(node_index: int, in_use: Container[str]) -> str:
     """Lowest free host address in the node's /24 (.1 is the node's own gateway address)."""
-    for addr in list(node_cidr(node_index).hosts())[1:]:
-        if str(addr) not in in_use:
-            return str(addr)
+    prefix = str(node_cidr(node_index).network_address).rsplit(".", 1)[0]
+    for host in range(2, 255):
+        if f"{prefix}.{host}" not in in_use:
+            return f"{prefix}.{host}"
     raise AllocationError(f"node {node_index} has no free pod addresses in {node_cidr(node_index)}")

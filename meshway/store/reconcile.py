@@ -70,8 +70,7 @@ def _deployments(w: Writer) -> None:
             w.create("Pod", pod)
         gone = {p["metadata"]["name"] for p in delete}
         live = [p for p in pods if p["metadata"]["name"] not in gone] + create
-        w.set_status("Deployment", dep, {**(dep.get("status") or {}), **build_deployment_status(dep, live)},
-                     replace=True)
+        w.set_status("Deployment", dep, build_deployment_status(dep, live), replace=True)
 
 
 def _statuses(w: Writer) -> None:

@@ -3,6 +3,7 @@ allocation, scheduling, generation bumps, namespace cascade. Used by user writes
 from __future__ import annotations
 
 import copy
+from collections import Counter
 import json
 import random
 import uuid
@@ -30,6 +31,22 @@ class Writer:
     def __init__(self, txn: Txn, now: str | None = None, random_suffix: Callable[[], str] = default_suffix,
                  full: bool = False):
         self.txn, self.now, self.random_suffix, self.full = txn, now or now_rfc3339(), random_suffix, full
+        self._cluster_ips: set[str] | None = None  # loaded once per transaction, then kept current
+        self._pods: dict[str, str | None] | None = None  # pod IP -> node
+        self._load: Counter[str | None] | None = None  # pods per node
+
+    def _used_cluster_ips(self) -> set[str]:
+        if self._cluster_ips is None:
+            self._cluster_ips = {r[0] for r in self.txn.conn.execute(
+                "SELECT json_extract(body, '$.spec.clusterIP') FROM objects WHERE kind='Service'") if r[0]}
+        return self._cluster_ips
+
+    def _used_pod_ips(self) -> dict[str, str | None]:
+        if self._pods is None:
+            rows = self.txn.conn.execute("SELECT json_extract(body, '$.status.podIP'), "
+                                         "json_extract(body, '$.spec.nodeName') FROM objects WHERE kind='Pod'")
+            self._pods = {ip: node for ip, node in rows if ip}
+        return self._pods
 
     # -- creation -------------------------------------------------------------------------------
     def create(self, kind: str, body: Body) -> Body:
@@ -52,8 +69,7 @@ class Writer:
         spec = body["spec"]
         if spec.get("type") == "ExternalName" or spec.get("clusterIP") == "None":
             return
-        in_use = {r[0] for r in self.txn.conn.execute(
-            "SELECT json_extract(body, '$.spec.clusterIP') FROM objects WHERE kind='Service'") if r[0]}
+        in_use = self._used_cluster_ips()
         try:
             if spec.get("clusterIP"):
                 ipam.check_cluster_ip(spec["clusterIP"], in_use)
@@ -63,6 +79,7 @@ class Writer:
                 spec["clusterIP"] = ip
         except ipam.AllocationError as exc:
             raise Invalid(f'Service "{body["metadata"]["name"]}" is invalid: {exc}') from None
+        in_use.add(spec["clusterIP"])
         spec["clusterIPs"] = [spec["clusterIP"]]
         spec.setdefault("ipFamilies", ["IPv4"])
         spec.setdefault("ipFamilyPolicy", "SingleStack")
@@ -70,22 +87,21 @@ class Writer:
     def _schedule(self, body: Body) -> None:
         """Place a pod on a node (the least loaded) and give it an address from that node's /24."""
         nodes = int(self.txn.get_meta("nodes", "1"))
-        rows = self.txn.conn.execute("SELECT json_extract(body, '$.spec.nodeName'), "
-                                     "json_extract(body, '$.status.podIP') FROM objects WHERE kind='Pod'").fetchall()
+        pods = self._used_pod_ips()
         names = [f"node-{i}" for i in range(1, nodes + 1)]
         spec = body["spec"]
         if spec.get("nodeName") not in names:
-            load = {n: 0 for n in names}
-            for node, _ in rows:
-                if node in load:
-                    load[node] += 1
-            spec["nodeName"] = min(names, key=lambda n: (load[n], n))
+            if self._load is None:
+                self._load = Counter(pods.values())
+            spec["nodeName"] = min(names, key=lambda n: (self._load[n], n))
         index = int(spec["nodeName"].split("-")[1])
-        in_use = {ip for _, ip in rows if ip}
         try:
-            ip = ipam.allocate_pod_ip(index, in_use)
+            ip = ipam.allocate_pod_ip(index, pods)
         except ipam.AllocationError as exc:
             raise Invalid(f'Pod "{body["metadata"]["name"]}" cannot be scheduled: {exc}') from None
+        pods[ip] = spec["nodeName"]
+        if self._load is not None:
+            self._load[spec["nodeName"]] += 1
         body["status"] = {"phase": "Pending", "hostIP": f"10.244.{index}.1", "podIP": ip, "podIPs": [{"ip": ip}],
                           "startTime": self.now,
                           "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": self.now},
@@ -140,6 +156,12 @@ class Writer:
     # -- deletion -------------------------------------------------------------------------------
     def remove(self, kind: str, body: Body) -> None:
         meta = body["metadata"]
+        if kind == "Pod" and self._pods is not None:
+            node = self._pods.pop((body.get("status") or {}).get("podIP"), None)
+            if self._load is not None and node:
+                self._load[node] -= 1
+        elif kind == "Service" and self._cluster_ips is not None:
+            self._cluster_ips.discard((body.get("spec") or {}).get("clusterIP"))
         if kind == "Namespace":
             if meta["name"] in PROTECTED_NAMESPACES:
                 raise Forbidden(f'namespaces "{meta["name"]}" is forbidden: this namespace may not be deleted')
