@@ -407,11 +407,6 @@ def test_namespace_label_then_ready_then_unlabel(store):
     assert "conditions" not in (store.get(find_kind("svc"), "default", "reviews").get("status") or {})
 
 
-STALE_READY = ("BUG: reconcile._deployments merges the old Deployment status with build_deployment_status(), "
-               "which omits zero counters, so readyReplicas/availableReplicas never drop back to 0: a waypoint "
-               "whose pods all become unready stays 'ready'")
-
-
 def test_waypoint_becoming_unready_unbinds_service(store):
     apply(store, WORLD)
     set_labels(store, "namespace", None, "default", {USE: "waypoint"})

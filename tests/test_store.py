@@ -221,6 +221,40 @@ def test_changing_cluster_ip_refused(store):
     assert get(store, "svc", "web")["spec"]["clusterIP"] == ip
 
 
+EXTERNAL = """
+apiVersion: v1
+kind: Service
+metadata: {name: ext, namespace: default}
+spec: {type: ExternalName, externalName: example.com}
+"""
+PLAIN = """
+apiVersion: v1
+kind: Service
+metadata: {name: ext, namespace: default}
+spec: {ports: [{name: http, port: 80}]}
+"""
+
+
+def test_externalname_to_clusterip_allocates_cluster_ip(store):
+    apply(store, EXTERNAL)
+    assert "clusterIP" not in get(store, "svc", "ext")["spec"]
+    assert [r.action for r in apply(store, PLAIN)] == ["configured"]
+    spec = get(store, "svc", "ext")["spec"]
+    assert spec["type"] == "ClusterIP"
+    assert ipaddress.ip_address(spec.get("clusterIP", "0.0.0.0")) in SERVICE_CIDR
+
+
+def test_clusterip_to_externalname_releases_cluster_ip(store):
+    apply(store, PLAIN)
+    ip = get(store, "svc", "ext")["spec"]["clusterIP"]
+    apply(store, EXTERNAL)
+    spec = get(store, "svc", "ext")["spec"]
+    assert spec["type"] == "ExternalName"
+    assert "clusterIP" not in spec and "clusterIPs" not in spec
+    # The address is free again: it can be requested explicitly.
+    apply(store, svc("reuse", cluster_ip=ip))
+
+
 def test_headless_service_gets_no_cluster_ip(store):
     apply(store, svc("headless", cluster_ip="None"))
     assert get(store, "svc", "headless")["spec"]["clusterIP"] == "None"
@@ -509,11 +543,6 @@ def test_deployment_ready_replicas_follow_pods(store):
     status = get(store, "deploy", "web")["status"]
     assert (status["readyReplicas"], status["availableReplicas"]) == (2, 2)
     assert status.get("unavailableReplicas", 0) == 1
-
-
-STALE_STATUS = ("BUG: reconcile._deployments merges the previous Deployment status with "
-                "build_deployment_status(), which omits zero-valued counters, so readyReplicas/availableReplicas/"
-                "unavailableReplicas never return to 0 once non-zero")
 
 
 def test_deployment_ready_replicas_drop_to_zero(store):

@@ -106,6 +106,8 @@ class Store:
             self._keep_cluster_ip(live, merged, m)
         record_last_applied(merged, desired)
         set_defaults(info.kind, merged)
+        if info.kind == "Service":
+            w.retype_service(merged)
         if "status" in live:  # status belongs to the controllers, never to apply
             merged["status"] = live["status"]
         try:

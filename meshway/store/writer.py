@@ -84,6 +84,18 @@ class Writer:
         spec.setdefault("ipFamilies", ["IPv4"])
         spec.setdefault("ipFamilyPolicy", "SingleStack")
 
+    def retype_service(self, body: Body) -> None:
+        """On update, as the API server: an ExternalName Service drops its ClusterIP (freeing it), and
+        a Service that now needs one gets one."""
+        spec = body["spec"]
+        if spec.get("type") == "ExternalName":
+            if spec.get("clusterIP") not in (None, "None") and self._cluster_ips is not None:
+                self._cluster_ips.discard(spec["clusterIP"])
+            for key in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"):
+                spec.pop(key, None)
+        elif not spec.get("clusterIP"):
+            self._assign_cluster_ip(body)
+
     def _schedule(self, body: Body) -> None:
         """Place a pod on a node (the least loaded) and give it an address from that node's /24."""
         nodes = int(self.txn.get_meta("nodes", "1"))
