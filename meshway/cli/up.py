@@ -11,10 +11,14 @@ from .main import Ctx, cli, pass_ctx
 
 @cli.command()
 @click.option("-f", "--filename", "files", multiple=True, help="Manifests to apply (default: the bundled demo).")
+@click.option("--nodes", type=click.IntRange(1, 250), default=None,
+              help="Number of nodes pods are scheduled on (each holds up to 253 pods).")
 @pass_ctx
-def up(c: Ctx, files: tuple[str, ...]) -> None:
+def up(c: Ctx, files: tuple[str, ...], nodes: int | None) -> None:
     """Start the mesh and apply manifests (today: the control-plane walk-through)."""
     from .walkthrough import run_walkthrough
 
+    if nodes:
+        c.store.set_nodes(nodes)
     demo = Path(__file__).resolve().parent.parent / "demo" / "bookinfo.yaml"
     run_walkthrough(c, files or (str(demo),))
