@@ -260,6 +260,8 @@ BAD_INPUTS = {
                   "metadata.labels: invalid label value"),
     "bad-enum": ("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\n"
                  "spec: {hosts: [a.b], resolution: MAGIC}\n", "spec.resolution: Unsupported value"),
+    "duplicate-key": ("apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\nmetadata: {name: b}\n",
+                      'mapping key "metadata" already defined'),
     "bad-second-doc": ("apiVersion: v1\nkind: Namespace\nmetadata: {name: good}\n---\n"
                        "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {ports: [{port: 70000}]}\n",
                        "document 2 (Service default/x): spec.ports[0].port"),
@@ -330,3 +332,34 @@ def test_up_walkthrough_runs(tmp_path: Path) -> None:
     assert "✅ waypoint default/waypoint applied" in r.stdout
     assert "Reason:       WaypointIsNotReady" in r.stdout
     assert "12500" in r.stdout and "0.8%" in r.stdout
+
+
+def test_service_entry_gets_auto_allocated_vip(mw: Meshway) -> None:
+    mw("apply", "-f", "-", input="""
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: httpbin
+  labels: {istio.io/use-waypoint: waypoint}
+spec:
+  hosts: [httpbin.org]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+""")
+    se = json.loads(mw("get", "se", "httpbin", "-o", "json").stdout)
+    assert se["status"]["addresses"] == [{"host": "httpbin.org", "value": "240.240.0.1"}]
+    decision = mw.explain("240.240.0.1:80")
+    assert decision["destination"]["name"] == "httpbin" and decision["reason"] == "WaypointNotFound"
+    mw("apply", "-f", "-", input="""
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: httpbin
+  labels: {istio.io/use-waypoint: waypoint}
+spec:
+  hosts: [httpbin.org]
+  ports: [{number: 80, name: http, protocol: HTTP}, {number: 443, name: https, protocol: TLS}]
+  resolution: DNS
+""")
+    again = json.loads(mw("get", "se", "httpbin", "-o", "json").stdout)
+    assert again["status"]["addresses"] == se["status"]["addresses"]  # stable across updates

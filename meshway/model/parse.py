@@ -119,10 +119,25 @@ def parse_object(body: Any, source: str = "<input>", document: int = 1, namespac
     return Manifest(source, document, info, body, obj)
 
 
+class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml when present
+    """SafeLoader that refuses duplicate mapping keys, as kubectl's YAML decoder does."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f'mapping key "{key}" already defined', key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _StrictLoader.construct_mapping)
 def load_yaml(text: str, source: str = "<input>", namespace: str | None = None) -> list[Manifest]:
     """Every document of a multi-document YAML stream, validated; the first bad one raises."""
     try:
-        docs = list(yaml.safe_load_all(text))
+        docs = list(yaml.load_all(text, Loader=_StrictLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

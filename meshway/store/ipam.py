@@ -53,3 +53,16 @@ def allocate_pod_ip(node_index: int, in_use: Container[str]) -> str:
         if f"{prefix}.{host}" not in in_use:
             return f"{prefix}.{host}"
     raise AllocationError(f"node {node_index} has no free pod addresses in {node_cidr(node_index)}")
+
+
+SERVICE_ENTRY_CIDR = ipaddress.ip_network("240.240.0.0/16")
+
+
+def allocate_service_entry_ip(in_use: Container[str]) -> str:
+    """Istio's auto-allocated ServiceEntry VIPs (status.addresses) come from 240.240.0.0/16."""
+    base = int(SERVICE_ENTRY_CIDR.network_address)
+    for offset in range(1, SERVICE_ENTRY_CIDR.num_addresses - 1):
+        ip = str(ipaddress.ip_address(base + offset))
+        if ip not in in_use:
+            return ip
+    raise AllocationError(f"failed to allocate a ServiceEntry address: range {SERVICE_ENTRY_CIDR} is full")

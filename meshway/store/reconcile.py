@@ -15,6 +15,7 @@ from ..mesh.selection import decide_service
 from ..mesh.view import MeshView, detect_waypoint_class
 from ..mesh.waypoint_objects import build_waypoint_objects
 from ..mesh.workloads import build_deployment_status, plan_pods
+from . import ipam
 from .writer import Writer
 
 Body = dict[str, Any]
@@ -22,10 +23,35 @@ STATUS_KINDS = ("Namespace", "Service", "ServiceEntry", "Gateway", "GatewayClass
 
 
 def reconcile(w: Writer) -> None:
+    _service_entry_addresses(w)
     _waypoint_objects(w)
     _collect_garbage(w)
     _deployments(w)
     _statuses(w)
+
+
+def detect_needs_auto_address(se: Body) -> bool:
+    """Istio auto-allocates a VIP per host for ServiceEntries without addresses (not for wildcards or
+    resolution NONE), so that ztunnel can send their traffic to a waypoint."""
+    spec = se.get("spec", {})
+    return not spec.get("addresses") and spec.get("resolution", "NONE") != "NONE"
+
+
+def _service_entry_addresses(w: Writer) -> None:
+    entries = w.txn.list("ServiceEntry")
+    in_use = {a.get("value") for se in entries for a in (se.get("status") or {}).get("addresses") or []}
+    for se in entries:
+        old = {a["host"]: a["value"] for a in (se.get("status") or {}).get("addresses") or [] if "host" in a}
+        hosts = [h for h in se["spec"].get("hosts", []) if "*" not in h] if detect_needs_auto_address(se) else []
+        addresses = []
+        for host in hosts:
+            ip = old.get(host) or ipam.allocate_service_entry_ip(in_use)
+            in_use.add(ip)
+            addresses.append({"host": host, "value": ip})
+        status = {k: v for k, v in (se.get("status") or {}).items() if k != "addresses"}
+        if addresses:
+            status["addresses"] = addresses
+        w.set_status("ServiceEntry", se, status, replace=True)
 
 
 def _waypoint_objects(w: Writer) -> None:
