@@ -58,6 +58,8 @@ class PodInfo:
     service_account: str
     node: str | None
     ready: bool
+    named_ports: Mapping[str, int] = field(default_factory=dict)
+    created: str = ""
 
 
 @dataclass(frozen=True)
@@ -122,8 +124,11 @@ def build_service(body: Body) -> ServiceInfo:
 def build_pod(body: Body) -> PodInfo:
     meta, spec, status = body["metadata"], body.get("spec", {}), body.get("status") or {}
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
+    named = {p["name"]: p["containerPort"] for c in spec.get("containers", []) for p in c.get("ports") or []
+             if p.get("name")}
     return PodInfo(meta["namespace"], meta["name"], _frozen(meta.get("labels")), status.get("podIP"),
-                   spec.get("serviceAccountName") or "default", spec.get("nodeName"), ready)
+                   spec.get("serviceAccountName") or "default", spec.get("nodeName"), ready, _frozen(named),
+                   meta.get("creationTimestamp", ""))
 
 
 def detect_waypoint_class(class_name: str, classes: Mapping[str, Body]) -> bool:
@@ -174,6 +179,8 @@ class MeshView:
     pods_by_ip: Mapping[str, PodInfo] = field(default_factory=dict)
     waypoints: Mapping[tuple[str, str], WaypointInfo] = field(default_factory=dict)
     gateways: Mapping[tuple[str, str], GatewayInfo] = field(default_factory=dict)
+    # Routing config, as stored (validated) bodies, by kind: VirtualService, DestinationRule, HTTPRoute.
+    config: Mapping[str, tuple[Body, ...]] = field(default_factory=dict)
 
     @staticmethod
     def build(snapshot: Mapping[str, Iterable[Body]]) -> "MeshView":
@@ -199,6 +206,10 @@ class MeshView:
             view = replace(view, pods=pods, pods_by_ip={p.ip: p for p in pods.values() if p.ip})
         if {"Gateway", "GatewayClass", "Deployment"} & set(snapshot):
             view = view._with_gateways(snapshot)
+        if set(CONFIG_KINDS) & set(snapshot):
+            config = dict(view.config)
+            config.update({k: tuple(snapshot[k]) for k in CONFIG_KINDS if k in snapshot})
+            view = replace(view, config=config)
         return view
 
     def _with_gateways(self, snapshot: Mapping[str, Iterable[Body]]) -> "MeshView":
@@ -220,4 +231,6 @@ class MeshView:
         return ns.labels if ns else MappingProxyType({})
 
 
+CONFIG_KINDS = ("VirtualService", "DestinationRule", "HTTPRoute")
 SNAPSHOT_KINDS = ("Namespace", "Service", "ServiceEntry", "Pod", "Gateway", "GatewayClass", "Deployment")
+XDS_KINDS = SNAPSHOT_KINDS + CONFIG_KINDS

@@ -1,0 +1,177 @@
+"""Waypoint clusters (istio-facts §1.6): `main_internal`, `encap`, `connect_originate`, and one EDS
+cluster per bound service port (and DestinationRule subset) named `inbound-vip|PORT|KIND[/SUBSET]|FQDN`.
+DestinationRule traffic policy becomes load balancing, circuit breakers and outlier detection."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..model.durations import parse_duration
+from ..model.istio import DestinationRule, TrafficPolicy
+from .build_listeners import ADS, build_tls_context
+from .protos import typed
+from .proxy import Proxy
+
+Body = dict[str, Any]
+MAX = 4294967295
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+LB = {"ROUND_ROBIN": "ROUND_ROBIN", "LEAST_REQUEST": "LEAST_REQUEST", "LEAST_CONN": "LEAST_REQUEST",
+      "RANDOM": "RANDOM", "UNSPECIFIED": "LEAST_REQUEST"}
+
+
+def _seconds(text: str) -> str:
+    return f"{parse_duration(text):.9g}s"
+
+
+def _internal_upstream(passthrough: bool) -> Body:
+    config = typed("envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport",
+                   transport_socket={"name": "envoy.transport_sockets.raw_buffer", "typed_config": typed(
+                       "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer")})
+    if passthrough:
+        config["passthrough_metadata"] = [{"kind": {"host": {}}, "name": "envoy.filters.listener.original_dst"},
+                                          {"kind": {"host": {}}, "name": "istio"}]
+    return {"name": "envoy.transport_sockets.internal_upstream", "typed_config": config}
+
+
+def _default_breakers() -> Body:
+    return {"thresholds": [{"max_connections": MAX, "max_pending_requests": MAX, "max_requests": MAX,
+                            "max_retries": MAX, "track_remaining": True}]}
+
+
+def _static_internal(name: str, listener: str, h2: bool) -> Body:
+    options = ({"explicit_http_config": {"http2_protocol_options": {}}} if h2 else
+               {"use_downstream_protocol_config": {"http_protocol_options": {}, "http2_protocol_options": {}}})
+    return {
+        "name": name, "type": "STATIC", "alt_stat_name": f"{name};", "connect_timeout": "10s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "envoy_internal_address": {"server_listener_name": listener}}}}]}]},
+        "transport_socket": _internal_upstream(False),
+        "circuit_breakers": _default_breakers(),
+        "typed_extension_protocol_options": {HTTP_OPTIONS: typed(
+            HTTP_OPTIONS, common_http_protocol_options={"idle_timeout": "300s"}, **options)},
+    }
+
+
+def build_connect_originate(proxy: Proxy) -> Body:
+    return {
+        "name": "connect_originate", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
+        "connect_timeout": "10s", "cleanup_interval": "60s",
+        "original_dst_lb_config": {"upstream_port_override": 15008},
+        "circuit_breakers": _default_breakers(),
+        "typed_extension_protocol_options": {HTTP_OPTIONS: typed(
+            HTTP_OPTIONS, common_http_protocol_options={"idle_timeout": "3600s"},
+            explicit_http_config={"http2_protocol_options": {"allow_connect": True}})},
+        "transport_socket": build_tls_context("UpstreamTlsContext", proxy.trust_domain),
+    }
+
+
+def build_static_clusters(proxy: Proxy) -> list[Body]:
+    return [_static_internal("main_internal", "main_internal", False),
+            _static_internal("encap", "connect_originate", True),
+            build_connect_originate(proxy)]
+
+
+def merge_policy(dr: DestinationRule | None, port: int, subset: str | None) -> TrafficPolicy | None:
+    """DR trafficPolicy, with the port's portLevelSettings and then the subset's policy layered on."""
+    if dr is None:
+        return None
+    layers = [dr.spec.trafficPolicy]
+    for tp in (dr.spec.trafficPolicy.portLevelSettings or []) if dr.spec.trafficPolicy else []:
+        if tp.port and tp.port.number == port:
+            layers.append(tp)
+    for s in dr.spec.subsets or []:
+        if s.name == subset and s.trafficPolicy:
+            layers.append(s.trafficPolicy)
+            for tp in s.trafficPolicy.portLevelSettings or []:
+                if tp.port and tp.port.number == port:
+                    layers.append(tp)
+    merged: Body = {}
+    for layer in layers:
+        if layer is not None:
+            merged.update({k: v for k, v in layer.model_dump(exclude_none=True).items() if k != "portLevelSettings"})
+    return TrafficPolicy.model_validate(merged, strict=False) if merged else None
+
+
+def apply_policy(cluster: Body, policy: TrafficPolicy | None) -> list[str]:
+    """DR traffic policy onto a cluster dict. Returns notes about parts not applied."""
+    notes: list[str] = []
+    if policy is None:
+        return notes
+    if policy.loadBalancer:
+        lb = policy.loadBalancer
+        if lb.consistentHash:
+            cluster["lb_policy"] = "RING_HASH"
+        elif lb.simple in LB:
+            cluster["lb_policy"] = LB[lb.simple]
+        elif lb.simple == "PASSTHROUGH":
+            notes.append("loadBalancer.simple PASSTHROUGH is not supported on waypoints; using LEAST_REQUEST")
+    pool = policy.connectionPool
+    thresholds = cluster["circuit_breakers"]["thresholds"][0]
+    if pool and pool.tcp:
+        if pool.tcp.maxConnections is not None:
+            thresholds["max_connections"] = pool.tcp.maxConnections
+        if pool.tcp.connectTimeout:
+            cluster["connect_timeout"] = _seconds(pool.tcp.connectTimeout)
+    options = cluster.setdefault("typed_extension_protocol_options", {})
+    if pool and pool.http:
+        http = pool.http
+        for field, key in (("http1MaxPendingRequests", "max_pending_requests"), ("http2MaxRequests", "max_requests"),
+                           ("maxRetries", "max_retries")):
+            if getattr(http, field) is not None:
+                thresholds[key] = getattr(http, field)
+        common: Body = {}
+        if http.idleTimeout:
+            common["idle_timeout"] = _seconds(http.idleTimeout)
+        if http.maxRequestsPerConnection:
+            common["max_requests_per_connection"] = http.maxRequestsPerConnection
+        if common or http.h2UpgradePolicy == "UPGRADE":
+            proto = options.get(HTTP_OPTIONS) or typed(HTTP_OPTIONS, explicit_http_config={"http_protocol_options": {}})
+            proto.setdefault("common_http_protocol_options", {}).update(common)
+            if http.h2UpgradePolicy == "UPGRADE":
+                proto.pop("use_downstream_protocol_config", None)
+                proto["explicit_http_config"] = {"http2_protocol_options": {}}
+            options[HTTP_OPTIONS] = proto
+    od = policy.outlierDetection
+    if od:
+        out: Body = {"enforcing_consecutive_5xx": 0, "enforcing_consecutive_gateway_failure": 0,
+                     "enforcing_success_rate": 0}
+        five = od.consecutive5xxErrors if od.consecutive5xxErrors is not None else od.consecutiveErrors
+        if five:
+            out.update(consecutive_5xx=five, enforcing_consecutive_5xx=100)
+        if od.consecutiveGatewayErrors:
+            out.update(consecutive_gateway_failure=od.consecutiveGatewayErrors,
+                       enforcing_consecutive_gateway_failure=100)
+        if od.interval:
+            out["interval"] = _seconds(od.interval)
+        if od.baseEjectionTime:
+            out["base_ejection_time"] = _seconds(od.baseEjectionTime)
+        if od.maxEjectionPercent is not None:
+            out["max_ejection_percent"] = od.maxEjectionPercent
+        if od.minHealthPercent is not None:
+            cluster.setdefault("common_lb_config", {})["healthy_panic_threshold"] = {"value": od.minHealthPercent}
+        cluster["outlier_detection"] = out
+    if policy.tls and policy.tls.mode in ("SIMPLE", "MUTUAL"):
+        notes.append(f"tls.mode {policy.tls.mode} origination is not supported yet; traffic stays in HBONE")
+    return notes
+
+
+def build_service_cluster(name: str, svc_host: str, svc_name: str, svc_ns: str, protocol: str,
+                          subset: str | None, dr: DestinationRule | None, port: int) -> tuple[Body, list[str]]:
+    cluster: Body = {
+        "name": name, "type": "EDS", "connect_timeout": "10s", "lb_policy": "LEAST_REQUEST",
+        "eds_cluster_config": {"service_name": name, "eds_config": {**ADS, "initial_fetch_timeout": "0s"}},
+        "circuit_breakers": _default_breakers(),
+        "transport_socket": _internal_upstream(True),
+        "metadata": {"filter_metadata": {"istio": {
+            "services": [{"host": svc_host, "name": svc_name, "namespace": svc_ns}],
+            **({"config": f"/apis/networking.istio.io/v1/namespaces/{dr.namespace}/destination-rule/{dr.name}"}
+               if dr else {}),
+            **({"subset": subset} if subset else {})}}},
+    }
+    if protocol == "http2":
+        cluster["typed_extension_protocol_options"] = {HTTP_OPTIONS: typed(
+            HTTP_OPTIONS, explicit_http_config={"http2_protocol_options": {}})}
+    elif protocol == "auto":
+        cluster["typed_extension_protocol_options"] = {HTTP_OPTIONS: typed(
+            HTTP_OPTIONS, use_downstream_protocol_config={"http_protocol_options": {}, "http2_protocol_options": {}})}
+    notes = apply_policy(cluster, merge_policy(dr, port, subset))
+    return cluster, notes

@@ -1,0 +1,199 @@
+"""Waypoint listeners (istio-facts §1.3-§1.5): `connect_terminate` (HBONE in), `main_internal`
+(one chain per bound service VIP:port, `direct-*` chains for bound pods), `connect_originate`
+(HBONE out). Pure: scope + routes -> listener dicts."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .. import labels as L
+from ..mesh.view import ServiceInfo
+from .protos import typed
+from .scope import WaypointScope, cluster_name, detect_protocol, port_kinds
+from .proxy import Proxy
+
+Body = dict[str, Any]
+ADS = {"ads": {}, "resource_api_version": "V3"}
+HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ORIGINAL_DST_LOCAL = "envoy.filters.listener.original_dst.local_ip"
+ORIGINAL_DST_REMOTE = "envoy.filters.listener.original_dst.remote_ip"
+
+
+def build_tls_context(kind: str, trust_domain: str, extra: Body | None = None) -> Body:
+    """Downstream/Upstream TLS for HBONE: TLS 1.3 only, ALPN h2, SDS `default` + `ROOTCA`."""
+    common = {
+        "tls_params": {"tls_minimum_protocol_version": "TLSv1_3", "tls_maximum_protocol_version": "TLSv1_3"},
+        "alpn_protocols": ["h2"],
+        "tls_certificate_sds_secret_configs": [{"name": "default", "sds_config": ADS}],
+        "combined_validation_context": {
+            "default_validation_context": {"match_typed_subject_alt_names": [
+                {"san_type": "URI", "matcher": {"prefix": f"spiffe://{trust_domain}/"}}]},
+            "validation_context_sds_secret_config": {"name": "ROOTCA", "sds_config": ADS},
+        },
+    }
+    return {"name": "envoy.transport_sockets.tls",
+            "typed_config": typed(f"envoy.extensions.transport_sockets.tls.v3.{kind}", common_tls_context=common,
+                                  **(extra or {}))}
+
+
+def _state(key: str, fmt: str, string_object: bool = False) -> Body:
+    entry = {"object_key": key, "format_string": {"text_format_source": {"inline_string": fmt}},
+             "shared_with_upstream": "ONCE"}
+    if string_object:
+        entry["factory_key"] = "envoy.string"
+    return entry
+
+
+def build_connect_terminate(proxy: Proxy) -> Body:
+    connect_authority = {
+        "name": "connect_authority",
+        "typed_config": typed("envoy.extensions.filters.http.set_filter_state.v3.Config", on_request_headers=[
+            _state(ORIGINAL_DST_LOCAL, "%REQ(:AUTHORITY)%"),
+            _state("io.istio.connect_authority", "%REQ(:AUTHORITY)%", True),
+            _state(ORIGINAL_DST_REMOTE, "%DOWNSTREAM_REMOTE_ADDRESS%"),
+            _state("io.istio.peer_principal", "%DOWNSTREAM_PEER_URI_SAN%", True),
+            _state("io.istio.local_principal", "%DOWNSTREAM_LOCAL_URI_SAN%", True),
+        ])}
+    hcm = typed(HCM, stat_prefix="connect_terminate", codec_type="HTTP2", route_config={
+        "name": "default",
+        "virtual_hosts": [{"name": "default", "domains": ["*"], "routes": [{
+            "match": {"connect_matcher": {}},
+            "route": {"cluster": "main_internal",
+                      "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}]}}]}]},
+        upgrade_configs=[{"upgrade_type": "CONNECT"}],
+        http2_protocol_options={"allow_connect": True, "max_concurrent_streams": 100,
+                                "connection_keepalive": {"interval": "10s", "timeout": "20s"}},
+        stream_idle_timeout="0s", use_remote_address=False, forward_client_cert_details="APPEND_FORWARD",
+        set_current_client_cert_details={"subject": True, "uri": True, "dns": True},
+        http_filters=[connect_authority, {"name": "envoy.filters.http.router",
+                                          "typed_config": typed("envoy.extensions.filters.http.router.v3.Router")}])
+    return {
+        "name": "connect_terminate",
+        "address": {"socket_address": {"address": proxy.ip, "port_value": L.HBONE_PORT}},
+        "connection_balance_config": {"exact_balance": {}},
+        "filter_chains": [{
+            "name": "default",
+            "transport_socket": build_tls_context("DownstreamTlsContext", proxy.trust_domain,
+                                                  {"require_client_certificate": True}),
+            "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}],
+        }],
+    }
+
+
+def _original_dst() -> Body:
+    return {"name": "envoy.filters.listener.original_dst",
+            "typed_config": typed("envoy.extensions.filters.listener.original_dst.v3.OriginalDst")}
+
+
+def build_connect_originate() -> Body:
+    return {
+        "name": "connect_originate",
+        "internal_listener": {},
+        "use_original_dst": False,
+        "listener_filters": [_original_dst()],
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.tcp_proxy",
+            "typed_config": typed("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                                  stat_prefix="connect_originate", cluster="connect_originate",
+                                  tunneling_config={"hostname": "%DOWNSTREAM_LOCAL_ADDRESS%"}),
+        }]}],
+    }
+
+
+def build_http_filters() -> list[Body]:
+    """The waypoint HTTP chain (stock-Envoy subset of Istio's order): fault, cors, router."""
+    return [
+        {"name": "envoy.filters.http.fault", "typed_config": typed("envoy.extensions.filters.http.fault.v3.HTTPFault")},
+        {"name": "envoy.filters.http.cors", "typed_config": typed("envoy.extensions.filters.http.cors.v3.Cors")},
+        {"name": "envoy.filters.http.router", "typed_config": typed("envoy.extensions.filters.http.router.v3.Router")},
+    ]
+
+
+def build_hcm(stat_prefix: str, route_config: Body, http2: bool = False) -> Body:
+    config = typed(HCM, stat_prefix=stat_prefix, codec_type="AUTO", use_remote_address=False,
+                   upgrade_configs=[{"upgrade_type": "websocket"}], stream_idle_timeout="0s", normalize_path=True,
+                   server_name="istio-envoy",
+                   request_id_extension={"typed_config": typed("envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig")},
+                   route_config=route_config, http_filters=build_http_filters())
+    if http2:
+        config["http2_protocol_options"] = {}
+    return {"name": "envoy.filters.network.http_connection_manager", "typed_config": config}
+
+
+def _tcp_proxy(cluster: str) -> Body:
+    return {"name": "envoy.filters.network.tcp_proxy",
+            "typed_config": typed("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", stat_prefix=cluster,
+                                  cluster=cluster)}
+
+
+def _keep_destination() -> Body:
+    """Copy the restored destination into filter state for one more internal hop (encap)."""
+    return {"name": "connect_authority",
+            "typed_config": typed("envoy.extensions.filters.network.set_filter_state.v3.Config", on_new_connection=[
+                _state(ORIGINAL_DST_LOCAL, "%DOWNSTREAM_LOCAL_ADDRESS%")])}
+
+
+def _chain_action(name: str) -> Body:
+    return {"action": {"name": name, "typed_config": typed("google.protobuf.StringValue", value=name)}}
+
+
+def _app_protocol_matcher(http_chain: str, tcp_chain: str) -> Body:
+    return {"matcher_tree": {
+        "input": {"name": "application-protocol", "typed_config": typed(
+            "envoy.extensions.matching.common_inputs.network.v3.ApplicationProtocolInput")},
+        "exact_match_map": {"map": {"'h2c'": _chain_action(http_chain), "'http/1.1'": _chain_action(http_chain)}}},
+        "on_no_match": _chain_action(tcp_chain)}
+
+
+def build_main_internal(scope: WaypointScope, route_for: Callable[[ServiceInfo, int], Body]) -> Body:
+    """`route_for(service, port)` returns the inline route config of an HTTP chain."""
+    chains: list[Body] = []
+    ranges: list[Body] = []
+    for svc in scope.services:
+        port_map: Body = {}
+        for port in svc.ports:
+            kinds = port_kinds(port)
+            names = {k: cluster_name(port.port, k, svc.hostname) for k in kinds}
+            if "http" in names:
+                chains.append({"name": names["http"], "filters": [build_hcm(
+                    f"inbound_0.0.0.0_{port.port};", route_for(svc, port.port), detect_protocol(port) == "http2")]})
+            if "tcp" in names:
+                chains.append({"name": names["tcp"], "filters": [_tcp_proxy(names["tcp"])]})
+            if len(names) == 2:
+                port_map[str(port.port)] = {"matcher": _app_protocol_matcher(names["http"], names["tcp"])}
+            elif names:
+                port_map[str(port.port)] = _chain_action(next(iter(names.values())))
+        if port_map:
+            ranges.append({"ranges": [{"address_prefix": ip, "prefix_len": 128 if ":" in ip else 32}
+                                      for ip in svc.addresses],
+                           "on_match": {"matcher": {"matcher_tree": {
+                               "input": {"name": "port", "typed_config": typed(
+                                   "envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput")},
+                               "exact_match_map": {"map": port_map}}}}})
+    chains += [
+        {"name": "direct-tcp", "filters": [_keep_destination(), _tcp_proxy("encap")]},
+        {"name": "direct-http", "filters": [_keep_destination(), build_hcm("inbound_0.0.0.0_0;", {
+            "name": "encap", "validate_clusters": False, "virtual_hosts": [{
+                "name": "inbound|http|0", "domains": ["*"],
+                "routes": [{"name": "default", "match": {"prefix": "/"},
+                            "route": {"cluster": "encap", "timeout": "0s"}}]}]})]},
+    ]
+    pod_ips = [p.ip for p in scope.workloads if p.ip]
+    if pod_ips:
+        ranges.append({"ranges": [{"address_prefix": ip, "prefix_len": 32} for ip in pod_ips],
+                       "on_match": {"matcher": _app_protocol_matcher("direct-http", "direct-tcp")}})
+    listener = {
+        "name": "main_internal",
+        "internal_listener": {},
+        "traffic_direction": "INBOUND",
+        "listener_filters": [_original_dst(), {
+            "name": "envoy.filters.listener.http_inspector",
+            "typed_config": typed("envoy.extensions.filters.listener.http_inspector.v3.HttpInspector")}],
+        "filter_chains": chains,
+    }
+    if ranges:
+        listener["filter_chain_matcher"] = {"matcher_tree": {
+            "input": {"name": "ip", "typed_config": typed(
+                "envoy.extensions.matching.common_inputs.network.v3.DestinationIPInput")},
+            "custom_match": {"name": "ip", "typed_config": typed("xds.type.matcher.v3.IPMatcher",
+                                                                 range_matchers=ranges)}}}
+    return listener

@@ -1,0 +1,160 @@
+"""One waypoint proxy's complete xDS: listeners, clusters, endpoints and secrets, built from a
+MeshView for exactly the services and workloads bound to that waypoint. Pure."""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import labels as L
+from ..mesh.view import MeshView, ServiceInfo, WaypointInfo
+from ..model.gateway import HTTPRoute as GwHTTPRoute
+from ..model.istio import DestinationRule, VirtualService
+from . import protos as P
+from .build_clusters import build_service_cluster, build_static_clusters
+from .build_listeners import build_connect_originate, build_connect_terminate, build_main_internal
+from .build_routes import Problems, RouteTarget, build_route_config
+from .httproute import convert_http_route, detect_parent
+from .proxy import Proxy
+from .scope import WaypointScope, cluster_name, detect_protocol, find_scope, find_service_pods, port_kinds, \
+    resolve_target_port
+
+Body = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class WaypointConfig:
+    """Builder output as dicts (type URL -> name -> dict), plus problems found on the way."""
+
+    resources: dict[str, dict[str, Body]]
+    problems: tuple[tuple[str, str], ...] = field(default=())
+
+    def messages(self) -> dict[str, dict[str, Any]]:
+        return {t: {n: P.to_message(t, d) for n, d in items.items()} for t, items in self.resources.items()}
+
+
+def resolve_host(host: str, namespace: str) -> str:
+    """Short names resolve in the namespace of the config that uses them (Istio's ResolveShortnameToFQDN)."""
+    if "*" in host or host.endswith(f".svc.{L.CLUSTER_DOMAIN}"):
+        return host
+    parts = host.split(".")
+    if len(parts) == 1:
+        return f"{host}.{namespace}.svc.{L.CLUSTER_DOMAIN}"
+    if len(parts) == 2 or (len(parts) == 3 and parts[2] == "svc"):
+        return f"{parts[0]}.{parts[1]}.svc.{L.CLUSTER_DOMAIN}"
+    return host
+
+
+def _hosts(svc: ServiceInfo) -> tuple[str, ...]:
+    return svc.hosts if svc.kind == "ServiceEntry" else (svc.hostname,)
+
+
+def find_virtual_services(view: MeshView, svc: ServiceInfo, wp: WaypointInfo) -> list[VirtualService]:
+    out = []
+    for body in view.config.get("VirtualService", ()):
+        meta = body["metadata"]
+        if meta["namespace"] not in (svc.namespace, wp.namespace):
+            continue
+        gateways = body["spec"].get("gateways") or ["mesh"]
+        if "mesh" not in gateways:
+            continue
+        hosts = [resolve_host(h, meta["namespace"]) for h in body["spec"].get("hosts", [])]
+        if any(fnmatch.fnmatchcase(h2, h) for h in hosts for h2 in _hosts(svc)):
+            out.append(VirtualService.model_validate(body, strict=False))
+    out.sort(key=lambda v: (v.metadata.creationTimestamp or "", v.namespace, v.name))
+    return out
+
+
+def find_routes_for(view: MeshView, svc: ServiceInfo, wp: WaypointInfo, port: int) -> list[VirtualService]:
+    """VirtualServices for the service, else its attached HTTPRoutes converted (do not mix the two)."""
+    vss = find_virtual_services(view, svc, wp)
+    if vss:
+        return vss
+    converted = []
+    for body in view.config.get("HTTPRoute", ()):
+        route = GwHTTPRoute.model_validate(body, strict=False)
+        ports = detect_parent(route, svc.namespace, svc.name)
+        if ports and (None in ports or port in ports):
+            converted.append(convert_http_route(route, svc.hostname, None if None in ports else port))
+    return converted
+
+
+def find_destination_rule(view: MeshView, svc: ServiceInfo, wp: WaypointInfo) -> DestinationRule | None:
+    candidates = []
+    for body in view.config.get("DestinationRule", ()):
+        ns = body["metadata"]["namespace"]
+        host = resolve_host(body["spec"]["host"], ns)
+        if any(fnmatch.fnmatchcase(h, host) for h in _hosts(svc)):
+            rank = {svc.namespace: 0, wp.namespace: 1, L.ROOT_NAMESPACE: 2}.get(ns)
+            if rank is not None:
+                candidates.append((rank, body["metadata"].get("creationTimestamp", ""), body))
+    if not candidates:
+        return None
+    return DestinationRule.model_validate(min(candidates, key=lambda c: (c[0], c[1]))[2], strict=False)
+
+
+def _endpoints(name: str, view: MeshView, svc: ServiceInfo, port_number: int, subset_labels: dict | None) -> Body:
+    port = next(p for p in svc.ports if p.port == port_number)
+    lb = []
+    for pod in find_service_pods(view, svc):
+        if subset_labels and any(pod.labels.get(k) != v for k, v in subset_labels.items()):
+            continue
+        target = resolve_target_port(port, pod)
+        if target is None:
+            continue
+        address = f"{pod.ip}:{target}"
+        lb.append({"endpoint": {"address": {"envoy_internal_address": {
+                       "server_listener_name": "connect_originate", "endpoint_id": address}}},
+                   "health_status": "HEALTHY",
+                   "metadata": {"filter_metadata": {"envoy.filters.listener.original_dst": {"local": address},
+                                                    "istio": {"workload": f"{pod.name};{pod.namespace}"}}},
+                   "load_balancing_weight": 1})
+    return {"cluster_name": name, "endpoints": [{"lb_endpoints": lb}] if lb else []}
+
+
+def build_waypoint_config(view: MeshView, proxy: Proxy, secrets: dict[str, Body] | None = None,
+                          scope: WaypointScope | None = None) -> WaypointConfig:
+    scope = scope or find_scope(view, proxy.namespace, proxy.waypoint)
+    wp = scope.waypoint
+    problems = Problems()
+    clusters: dict[str, Body] = {c["name"]: c for c in build_static_clusters(proxy)}
+    endpoints: dict[str, Body] = {}
+    by_host = {h: s for s in scope.services for h in _hosts(s)}
+    rules = {(s.kind, s.namespace, s.name): find_destination_rule(view, s, wp) for s in scope.services}
+
+    for svc in scope.services:
+        dr = rules[(svc.kind, svc.namespace, svc.name)]
+        subsets = {s.name: dict(s.labels or {}) for s in (dr.spec.subsets or [])} if dr else {}
+        for port in svc.ports:
+            for kind in port_kinds(port):
+                for subset in [None, *subsets]:
+                    name = cluster_name(port.port, kind + (f"/{subset}" if subset else ""), svc.hostname)
+                    cluster, notes = build_service_cluster(name, svc.hostname, svc.name, svc.namespace,
+                                                           detect_protocol(port), subset, dr, port.port)
+                    for note in notes:
+                        problems.add(f"DestinationRule {dr.namespace}/{dr.name}", note)
+                    clusters[name] = cluster
+                    endpoints[name] = _endpoints(name, view, svc, port.port, subsets.get(subset) if subset else None)
+
+    def route_for(svc: ServiceInfo, port: int) -> Body:
+        def resolve(host: str, dest_port: int | None, subset: str | None) -> str | None:
+            target = by_host.get(resolve_host(host, svc.namespace))
+            if target is None:
+                return None
+            ports = [p.port for p in target.ports]
+            chosen = dest_port or (port if target is svc else (ports[0] if len(ports) == 1 else None))
+            if chosen not in ports:
+                return None
+            kind = "http" + (f"/{subset}" if subset else "")
+            name = cluster_name(chosen, kind, target.hostname)
+            return name if name in clusters else None
+
+        target = RouteTarget(svc.hostname, svc.namespace, port, resolve)
+        name = cluster_name(port, "http", svc.hostname)
+        return build_route_config(name, target, find_routes_for(view, svc, wp, port), problems)
+
+    listeners = {li["name"]: li for li in (build_connect_terminate(proxy), build_main_internal(scope, route_for),
+                                           build_connect_originate())}
+    resources = {P.CLUSTER: clusters, P.ENDPOINT: endpoints, P.LISTENER: listeners, P.ROUTE: {},
+                 P.SECRET: dict(secrets or {})}
+    return WaypointConfig(resources, tuple(problems.items))

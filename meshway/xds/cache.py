@@ -1,0 +1,320 @@
+"""Per-proxy snapshot cache (go-control-plane's `cache` half of the cache/server split).
+
+A `Snapshot` is the complete, immutable set of xDS resources one proxy should have, keyed by type
+URL and resource name. Versions are opaque content hashes of the deterministic serialization, so
+the same config always gets the same version, also across control-plane restarts.
+
+`SnapshotCache` holds the current snapshot of every proxy, checks it for dangling references
+before publishing it, wakes the ADS streams of that proxy, and records what each proxy was sent and
+whether it accepted it (`pushes`, `status`). Nonces and subscriptions are the stream's business
+(`meshway.xds.stream`), not the cache's.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from google.protobuf import descriptor_pool, message_factory
+from google.protobuf.any_pb2 import Any as AnyProto
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET)
+WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
+TYPE_PREFIX = "type.googleapis.com/"
+SHORT_NAMES = {CLUSTER: "Cluster", ENDPOINT: "ClusterLoadAssignment", LISTENER: "Listener",
+               ROUTE: "RouteConfiguration", SECRET: "Secret"}
+
+_ABSENT = b"\x00absent"  # what a requested-but-missing name contributes to a version hash
+
+
+def type_url_of(msg: Message) -> str:
+    return TYPE_PREFIX + msg.DESCRIPTOR.full_name
+
+
+def resource_name(msg: Message) -> str:
+    """The xDS name of a resource: `cluster_name` for a ClusterLoadAssignment, else `name`."""
+    if msg.DESCRIPTOR.full_name == "envoy.config.endpoint.v3.ClusterLoadAssignment":
+        return msg.cluster_name
+    return msg.name
+
+
+def _hash(parts: Iterable[bytes]) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()[:16]
+
+
+class Snapshot(Mapping[str, Mapping[str, Message]]):
+    """type URL -> {resource name -> message}. Frozen: the mappings are read-only views, and the
+    messages must not be mutated after they are handed over (versions are memoized)."""
+
+    def __init__(self, resources: Mapping[str, Mapping[str, Message]] | None = None) -> None:
+        self._resources = MappingProxyType({
+            type_url: MappingProxyType(dict(by_name)) for type_url, by_name in (resources or {}).items() if by_name})
+        self._packed: dict[tuple[str, str], AnyProto] = {}
+        self._versions: dict[tuple[str, tuple[str, ...] | None], str] = {}
+
+    @classmethod
+    def of(cls, messages: Iterable[Message]) -> Snapshot:
+        """A snapshot from loose messages; type URL and name come from each message."""
+        resources: dict[str, dict[str, Message]] = {}
+        for msg in messages:
+            by_name = resources.setdefault(type_url_of(msg), {})
+            name = resource_name(msg)
+            if name in by_name:
+                raise ValueError(f"duplicate {SHORT_NAMES.get(type_url_of(msg), type_url_of(msg))} {name!r}")
+            by_name[name] = msg
+        return cls(resources)
+
+    # Mapping protocol
+    def __getitem__(self, type_url: str) -> Mapping[str, Message]:
+        return self._resources[type_url]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._resources)
+
+    def __len__(self) -> int:
+        return len(self._resources)
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{SHORT_NAMES.get(t, t)}={len(r)}" for t, r in self._resources.items())
+        return f"Snapshot({counts})"
+
+    def resources(self, type_url: str) -> Mapping[str, Message]:
+        """The resources of one type; empty when the snapshot has none."""
+        return self._resources.get(type_url, MappingProxyType({}))
+
+    def packed(self, type_url: str, name: str) -> AnyProto:
+        """The resource as `Any`, serialized deterministically once per snapshot."""
+        key = (type_url, name)
+        if key not in self._packed:
+            packed = AnyProto()
+            packed.Pack(self._resources[type_url][name], deterministic=True)
+            self._packed[key] = packed
+        return self._packed[key]
+
+    def resource_version(self, type_url: str, name: str) -> str:
+        """Content hash of one resource (Delta xDS `Resource.version`)."""
+        return _hash([self.packed(type_url, name).value])
+
+    def version(self, type_url: str, names: Iterable[str] | None = None) -> str:
+        """Content hash of a type's resources, or of only `names` (absent names count too, so a
+        name that appears later changes the version)."""
+        selected = None if names is None else tuple(sorted(set(names)))
+        key = (type_url, selected)
+        if key not in self._versions:
+            have = self.resources(type_url)
+            wanted = sorted(have) if selected is None else selected
+            parts: list[bytes] = []
+            for name in wanted:
+                parts.append(name.encode())
+                parts.append(self.packed(type_url, name).value if name in have else _ABSENT)
+            self._versions[key] = _hash(parts)
+        return self._versions[key]
+
+
+# -- consistency ---------------------------------------------------------------------------------
+class InconsistentSnapshot(ValueError):
+    """A snapshot names resources it does not contain; Envoy would warm forever or reject it."""
+
+    def __init__(self, missing: list[str]) -> None:
+        self.missing = tuple(missing)
+        super().__init__("inconsistent snapshot, missing: " + "; ".join(missing))
+
+
+def check_consistency(snapshot: Snapshot) -> None:
+    """Every EDS cluster has its ClusterLoadAssignment, every RDS name its RouteConfiguration,
+    every SDS secret name its Secret (when served over ADS), and every cluster named by a route or
+    tcp_proxy exists. Raises `InconsistentSnapshot` listing everything that is missing."""
+    missing: list[str] = []
+    for type_url, name, referrer in sorted(set(_references(snapshot))):
+        if name not in snapshot.resources(type_url):
+            missing.append(f"{SHORT_NAMES[type_url]} {name!r} (referenced by {referrer})")
+    if missing:
+        raise InconsistentSnapshot(missing)
+
+
+def _references(snapshot: Snapshot) -> Iterator[tuple[str, str, str]]:
+    for cluster in snapshot.resources(CLUSTER).values():
+        if cluster.WhichOneof("cluster_discovery_type") == "type" and cluster.type == cluster.EDS:
+            eds = cluster.eds_cluster_config
+            if not eds.HasField("eds_config") or _served_by_ads(eds.eds_config):
+                yield ENDPOINT, eds.service_name or cluster.name, f"Cluster {cluster.name!r}"
+    for type_url in (CLUSTER, LISTENER, ROUTE):
+        for name, resource in snapshot.resources(type_url).items():
+            referrer = f"{SHORT_NAMES[type_url]} {name!r}"
+            for msg in _walk(resource):
+                for ref_type, ref_name in _named_refs(msg):
+                    yield ref_type, ref_name, referrer
+
+
+def _served_by_ads(source: Message) -> bool:
+    return source.WhichOneof("config_source_specifier") in ("ads", "self")
+
+
+_CLUSTER_FIELDS = {  # message full name -> the string field that names a cluster
+    "envoy.config.route.v3.RouteAction": "cluster",
+    "envoy.config.route.v3.WeightedCluster.ClusterWeight": "name",
+    "envoy.config.route.v3.RouteAction.RequestMirrorPolicy": "cluster",
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy": "cluster",
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight": "name",
+}
+
+
+def _named_refs(msg: Message) -> Iterator[tuple[str, str]]:
+    full_name = msg.DESCRIPTOR.full_name
+    if full_name in _CLUSTER_FIELDS:
+        name = getattr(msg, _CLUSTER_FIELDS[full_name])
+        if name:
+            yield CLUSTER, name
+    elif full_name == "envoy.extensions.filters.network.http_connection_manager.v3.Rds":
+        if _served_by_ads(msg.config_source):
+            yield ROUTE, msg.route_config_name
+    elif full_name == "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig":
+        if msg.HasField("sds_config") and _served_by_ads(msg.sds_config):
+            yield SECRET, msg.name
+
+
+def _walk(msg: Message) -> Iterator[Message]:
+    """Every message inside `msg`, including the contents of `Any` fields whose type is known."""
+    yield msg
+    if msg.DESCRIPTOR.full_name == "google.protobuf.Any":
+        inner = _unpack(msg)
+        if inner is not None:
+            yield from _walk(inner)
+        return
+    for field, value in msg.ListFields():
+        if field.type != FieldDescriptor.TYPE_MESSAGE:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            if value_field.type == FieldDescriptor.TYPE_MESSAGE:
+                for item in value.values():
+                    yield from _walk(item)
+        elif field.is_repeated:
+            for item in value:
+                yield from _walk(item)
+        else:
+            yield from _walk(value)
+
+
+def _unpack(packed: AnyProto) -> Message | None:
+    try:
+        descriptor = descriptor_pool.Default().FindMessageTypeByName(packed.TypeName())
+    except KeyError:
+        return None
+    inner = message_factory.GetMessageClass(descriptor)()
+    return inner if packed.Unpack(inner) else None
+
+
+# -- the cache -----------------------------------------------------------------------------------
+SYNCED, NACKED, STALE = "SYNCED", "NACKED", "STALE"
+
+
+class SnapshotCache:
+    """node id -> current Snapshot, with change notification and per-proxy push/ACK records.
+
+    `set_snapshot` may be called from any thread; streams wait with `await changed(...)`.
+    `status[node][type_url]` = {"version": last ACKed version, "sent": last sent version,
+    "nonce": last sent nonce, "state": SYNCED | NACKED | STALE, "error": last NACK message}.
+    """
+
+    def __init__(self, check: Callable[[Snapshot], None] = check_consistency) -> None:
+        self._check = check
+        self._lock = threading.Lock()
+        self._snapshots: dict[str, Snapshot] = {}
+        self._generations: Counter[str] = Counter()
+        self._watchers: dict[str, set[Callable[[int], None]]] = {}
+        self.pushes: Counter[str] = Counter()
+        self.status: dict[str, dict[str, dict[str, Any]]] = {}
+
+    # snapshots
+    def set_snapshot(self, node_id: str, snapshot: Snapshot) -> None:
+        self._check(snapshot)
+        with self._lock:
+            self._snapshots[node_id] = snapshot
+            self._generations[node_id] += 1
+            generation = self._generations[node_id]
+            watchers = list(self._watchers.get(node_id, ()))
+        for wake in watchers:
+            wake(generation)
+
+    def get(self, node_id: str) -> Snapshot | None:
+        with self._lock:
+            return self._snapshots.get(node_id)
+
+    def generation(self, node_id: str) -> int:
+        """How many snapshots were set for `node_id` (0: none yet)."""
+        with self._lock:
+            return self._generations[node_id]
+
+    def watch(self, node_id: str, callback: Callable[[int], None]) -> Callable[[], None]:
+        """Call `callback(generation)` (in the setter's thread) on every `set_snapshot` of
+        `node_id`; returns the function that stops watching."""
+        with self._lock:
+            self._watchers.setdefault(node_id, set()).add(callback)
+
+        def unwatch() -> None:
+            with self._lock:
+                self._watchers.get(node_id, set()).discard(callback)
+        return unwatch
+
+    async def changed(self, node_id: str, since: int) -> int:
+        """Wait until the generation of `node_id` is past `since`; return the new generation."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+
+        def resolve(generation: int) -> None:
+            if not future.done():
+                future.set_result(generation)
+
+        def wake(generation: int) -> None:
+            try:
+                loop.call_soon_threadsafe(resolve, generation)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+        unwatch = self.watch(node_id, wake)
+        try:
+            current = self.generation(node_id)
+            if current > since:
+                return current
+            return await future
+        finally:
+            unwatch()
+
+    # what the streams report
+    def _type_status(self, node_id: str, type_url: str) -> dict[str, Any]:
+        return self.status.setdefault(node_id, {}).setdefault(
+            type_url, {"version": "", "sent": "", "nonce": "", "state": STALE, "error": None})
+
+    def record_sent(self, node_id: str, type_url: str, version: str, nonce: str) -> None:
+        with self._lock:
+            self.pushes[node_id] += 1
+            status = self._type_status(node_id, type_url)
+            status.update(sent=version, nonce=nonce, state=STALE)
+
+    def record_ack(self, node_id: str, type_url: str, version: str, nonce: str) -> None:
+        with self._lock:
+            status = self._type_status(node_id, type_url)
+            status["version"] = version
+            if nonce == status["nonce"]:
+                status.update(state=SYNCED, error=None)
+
+    def record_nack(self, node_id: str, type_url: str, accepted_version: str, nonce: str, message: str) -> None:
+        with self._lock:
+            status = self._type_status(node_id, type_url)
+            status.update(version=accepted_version, state=NACKED, error=message)

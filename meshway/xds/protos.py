@@ -1,0 +1,69 @@
+"""Envoy API types: the one place that imports the generated protobuf modules, so that `@type`
+URLs in builder dicts resolve, and the one function that turns builder dicts into messages."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from google.protobuf import json_format, message, wrappers_pb2  # noqa: F401
+from google.protobuf.any_pb2 import Any as AnyProto
+
+# Imported for their side effect: registering the types that `@type` URLs name.
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.bootstrap.internal_listener.v3 import internal_listener_pb2  # noqa: F401
+from envoy.extensions.filters.http.cors.v3 import cors_pb2  # noqa: F401
+from envoy.extensions.filters.http.fault.v3 import fault_pb2  # noqa: F401
+from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+from envoy.extensions.filters.http.set_filter_state.v3 import set_filter_state_pb2  # noqa: F401
+from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2  # noqa: F401
+from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2  # noqa: F401
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2  # noqa: F401
+from envoy.extensions.filters.network.set_filter_state.v3 import set_filter_state_pb2 as net_sfs_pb2  # noqa: F401
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
+from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2  # noqa: F401
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # noqa: F401
+from envoy.extensions.transport_sockets.internal_upstream.v3 import internal_upstream_pb2  # noqa: F401
+from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2  # noqa: F401
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2  # noqa: F401
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+from envoy.extensions.request_id.uuid.v3 import uuid_pb2  # noqa: F401
+from xds.type.matcher.v3 import ip_pb2  # noqa: F401
+
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+TYPE_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET)
+
+MESSAGES: dict[str, type[message.Message]] = {
+    LISTENER: listener_pb2.Listener,
+    CLUSTER: cluster_pb2.Cluster,
+    ROUTE: route_pb2.RouteConfiguration,
+    ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
+    SECRET: secret_pb2.Secret,
+}
+
+
+def typed(type_name: str, **fields: Any) -> dict[str, Any]:
+    """A `typed_config` dict: `typed("envoy.extensions.filters.http.router.v3.Router")`."""
+    return {"@type": f"type.googleapis.com/{type_name}", **fields}
+
+
+def to_message(type_url: str, data: dict[str, Any]) -> message.Message:
+    """Parse a builder dict into its Envoy message; unknown fields are errors (a builder bug)."""
+    return json_format.ParseDict(data, MESSAGES[type_url]())
+
+
+def to_dict(msg: message.Message) -> dict[str, Any]:
+    """A plain (JSON-compatible, no OrderedDict) dict with proto field names."""
+    return json.loads(json_format.MessageToJson(msg, preserving_proto_field_name=True))
+
+
+def pack(msg: message.Message) -> AnyProto:
+    out = AnyProto()
+    out.Pack(msg)
+    return out
