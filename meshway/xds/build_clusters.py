@@ -174,4 +174,6 @@ def build_service_cluster(name: str, svc_host: str, svc_name: str, svc_ns: str, 
         cluster["typed_extension_protocol_options"] = {HTTP_OPTIONS: typed(
             HTTP_OPTIONS, use_downstream_protocol_config={"http_protocol_options": {}, "http2_protocol_options": {}})}
     notes = apply_policy(cluster, merge_policy(dr, port, subset))
+    if protocol == "tcp":  # HTTP connection-pool settings do not apply to TCP clusters
+        cluster.pop("typed_extension_protocol_options", None)
     return cluster, notes

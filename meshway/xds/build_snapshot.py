@@ -157,4 +157,4 @@ def build_waypoint_config(view: MeshView, proxy: Proxy, secrets: dict[str, Body]
                                            build_connect_originate())}
     resources = {P.CLUSTER: clusters, P.ENDPOINT: endpoints, P.LISTENER: listeners, P.ROUTE: {},
                  P.SECRET: dict(secrets or {})}
-    return WaypointConfig(resources, tuple(problems.items))
+    return WaypointConfig(resources, tuple(dict.fromkeys(problems.items)))

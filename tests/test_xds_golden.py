@@ -1,0 +1,86 @@
+"""Golden files: input YAML -> generated waypoint xDS as YAML. Refresh with MESHWAY_UPDATE_GOLDEN=1;
+a mismatch fails with a unified diff."""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+import pytest
+
+from xds_support import BOOKINFO, ENVOY, GOLDEN, TRAFFIC, build_store, dump, plain, translate
+
+from meshway.ca import CertificateAuthority, build_secrets
+from meshway.xds import protos as P
+from meshway.xds.validate import run_validate
+
+CASES = {
+    "reviews": ([BOOKINFO, TRAFFIC, GOLDEN / "reviews.yaml"], "default"),
+    "features": ([GOLDEN / "features.yaml"], "shop"),
+}
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / f"{name}.expected.yaml"
+    if os.environ.get("MESHWAY_UPDATE_GOLDEN") or not path.exists():
+        path.write_text(text)
+    expected = path.read_text()
+    if expected != text:
+        diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True), str(path), "generated"))
+        pytest.fail(f"generated config differs from {path.name} (MESHWAY_UPDATE_GOLDEN=1 to refresh):\n{diff}")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden(case: str, tmp_path: Path) -> None:
+    files, ns = CASES[case]
+    config = translate(build_store(tmp_path / "s", files), ns)
+    check_golden(case, dump({"resources": plain(config), "problems": [list(p) for p in config.problems]}))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_envoy_validates_generated_config(case: str, tmp_path: Path) -> None:
+    files, ns = CASES[case]
+    ca = CertificateAuthority(tmp_path / "ca")
+    secrets = {n: P.to_dict(m) for n, m in build_secrets(ca.issue(ns, "waypoint"), ca.root_pem()).items()}
+    config = translate(build_store(tmp_path / "s", files), ns, secrets=secrets)
+    resources = {t: {n: P.to_dict(m) for n, m in items.items()} for t, items in config.messages().items()}
+    ok, output = run_validate(resources, ENVOY)
+    assert ok, output
+
+
+def test_reviews_scope_and_names(tmp_path: Path) -> None:
+    config = plain(translate(build_store(tmp_path / "s", CASES["reviews"][0]), "default"))
+    clusters = set(config["Cluster"])
+    assert "inbound-vip|9080|http|reviews.default.svc.cluster.local" in clusters
+    assert {"inbound-vip|9080|http/v1|reviews.default.svc.cluster.local",
+            "inbound-vip|9080|http/v2|reviews.default.svc.cluster.local"} <= clusters
+    assert not [c for c in clusters if c.startswith("outbound|")]  # a waypoint has no outbound clusters
+    chains = [c["name"] for c in config["Listener"]["main_internal"]["filter_chains"]]
+    assert "inbound-vip|9080|http|reviews.default.svc.cluster.local" in chains  # chain name == cluster name
+    route = next(c for c in config["Listener"]["main_internal"]["filter_chains"]
+                 if c["name"] == "inbound-vip|9080|http|reviews.default.svc.cluster.local")
+    rc = route["filters"][0]["typed_config"]["route_config"]
+    weighted = rc["virtual_hosts"][0]["routes"][0]["route"]["weighted_clusters"]["clusters"]
+    assert [(c["name"].split("|")[2], c["weight"]) for c in weighted] == [("http/v1", 90), ("http/v2", 10)]
+    eps = config["ClusterLoadAssignment"]["inbound-vip|9080|http/v2|reviews.default.svc.cluster.local"]
+    addr = eps["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["envoy_internal_address"]
+    assert addr["server_listener_name"] == "connect_originate" and addr["endpoint_id"].endswith(":9080")
+
+
+def test_other_namespace_is_not_in_scope(tmp_path: Path) -> None:
+    files = CASES["reviews"][0] + [GOLDEN / "features.yaml"]
+    store = build_store(tmp_path / "s", files)
+    default = plain(translate(store, "default"))
+    assert not [c for c in default["Cluster"] if "shop" in c]
+    shop = plain(translate(store, "shop"))
+    assert not [c for c in shop["Cluster"] if "default.svc" in c]
+
+
+def test_missing_subset_is_reported_not_pushed(tmp_path: Path) -> None:
+    config = translate(build_store(tmp_path / "s", [GOLDEN / "features.yaml"]), "shop")
+    assert any("v9" in message for _, message in config.problems)
+    web = next(c for c in plain(config)["Listener"]["main_internal"]["filter_chains"]
+               if c["name"] == "inbound-vip|80|http|web.shop.svc.cluster.local")
+    ghost = [r for r in web["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+             if r.get("name") == "missing-subset"][0]
+    assert ghost["direct_response"]["status"] == 503
