@@ -1,0 +1,79 @@
+"""`meshway controlplane` (foreground service) and `meshway proxy-status`."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+
+import click
+
+from . import printers as P
+from .main import Ctx, cli, pass_ctx
+
+
+@cli.command()
+@click.option("--sotw", is_flag=True, help="Proxies use state-of-the-world ADS instead of Delta.")
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
+@click.option("--stop-proxies-on-exit", is_flag=True,
+              help="Stop the waypoint Envoys on exit (by default they keep serving their last config).")
+@pass_ctx
+def controlplane(c: Ctx, sotw: bool, verbose: bool, stop_proxies_on_exit: bool) -> None:
+    """Run the control plane in the foreground: store watch, translation, ADS/SDS, waypoint replicas."""
+    from ..runtime.controlplane import ControlPlane
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cp = ControlPlane(c.store.state_dir, delta=not sotw)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        click.echo(f"meshway control plane: ADS on unix:{cp.ads_socket}, store {c.store.state_dir / 'store.db'}")
+        await cp.run(stop)
+
+    asyncio.run(main())
+    if stop_proxies_on_exit:
+        cp.stop_proxies()
+
+
+def load_proxy_status(c: Ctx) -> dict:
+    path = c.store.state_dir / "run" / "proxy-status.json"
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text())
+
+
+def write_proxy_status(status: dict) -> str:
+    rows = [["NAME", "TYPE", "CLUSTER", "CDS", "LDS", "EDS", "RDS", "SDS", "VERSION"]]
+    notes = []
+    for node_id, proxy in sorted(status.items(), key=lambda kv: (kv[1]["namespace"], kv[1]["pod"])):
+        xds = proxy["xds"]
+
+        def state(short: str) -> str:
+            entry = xds.get(short)
+            if not entry or not entry.get("sent"):
+                return "NOT SENT"
+            if entry["state"] == "NACKED":
+                notes.append(f"{proxy['pod']}.{proxy['namespace']} {short} NACKED: {entry.get('error')}")
+            return entry["state"]
+
+        rows.append([f"{proxy['pod']}.{proxy['namespace']}", proxy["type"], "Kubernetes", state("Cluster"),
+                     state("Listener"), state("ClusterLoadAssignment"), state("RouteConfiguration"),
+                     state("Secret"), f"meshway-{proxy['version']}"])
+        if not proxy.get("connected"):
+            notes.append(f"{proxy['pod']}.{proxy['namespace']} is not connected to the control plane")
+    return P.tabwrite(rows) + "".join(f"{n}\n" for n in notes)
+
+
+@cli.command("proxy-status")
+@pass_ctx
+def proxy_status(c: Ctx) -> None:
+    """Each proxy's xDS state: SYNCED, STALE (sent, not yet ACKed), NACKED (with Envoy's message)."""
+    status = load_proxy_status(c)
+    if not status:
+        click.echo("No proxies found (is `meshway controlplane` running?).", err=True)
+        return
+    click.echo(write_proxy_status(status), nl=False)

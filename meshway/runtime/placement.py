@@ -1,0 +1,49 @@
+"""Where a waypoint replica runs: the seam between the control plane and the machine.
+
+`LoopbackPlacement` (the default until the network-namespace cluster exists) runs each replica on
+the host with its HBONE listener on a loopback address derived from its pod IP (10.244.1.8 ->
+127.244.1.8), so no root is needed. The cluster runtime replaces it with a placement that runs
+the replica inside its pod's network namespace, listening on the pod IP itself.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Replica:
+    namespace: str
+    pod: str
+    pod_ip: str
+    service_account: str
+    waypoint: str  # Gateway name
+
+
+class LoopbackPlacement:
+    name = "loopback"
+
+    def listen_address(self, replica: Replica) -> str:
+        return "127." + ".".join(replica.pod_ip.split(".")[1:])
+
+    def command_prefix(self, replica: Replica) -> list[str]:
+        return []
+
+
+def socket_dir(state_dir: Path) -> Path:
+    """A folder for Unix sockets whose paths stay under the 107-byte limit."""
+    run = state_dir.resolve() / "run"
+    if len(str(run)) <= 60:
+        return run / "sock"
+    digest = hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:12]
+    return Path("/tmp") / f"meshway-{digest}"
+
+
+def replica_dir_name(replica: Replica) -> str:
+    return f"{replica.namespace}.{replica.pod}"
+
+
+def replica_sock_dir(state_dir: Path, replica: Replica) -> Path:
+    digest = hashlib.sha1(replica_dir_name(replica).encode()).hexdigest()[:10]
+    return socket_dir(state_dir) / digest
