@@ -47,7 +47,8 @@ def backend_endpoints(port: int) -> ClusterLoadAssignment:
 
 
 def http_listener(port: int, route_action: dict[str, Any], version: str = "") -> Listener:
-    vhost: dict[str, Any] = {"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": route_action}]}
+    vhost: dict[str, Any] = {"name": "all", "domains": ["*"],
+                             "routes": [{"match": {"prefix": "/"}, "route": route_action}]}
     if version:
         vhost["response_headers_to_add"] = [{"header": {"key": "x-config-version", "value": version}}]
     hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."

@@ -78,7 +78,8 @@ BASE = snap(cluster("a"), cluster("b"), endpoints("a"), endpoints("b"), listener
 
 
 # -- requests and summaries ----------------------------------------------------------------------
-def sotw(type_: str, names: tuple[str, ...] = (), nonce: str = "", version: str = "", error: str = "") -> DiscoveryRequest:
+def sotw(type_: str, names: tuple[str, ...] = (), nonce: str = "", version: str = "",
+         error: str = "") -> DiscoveryRequest:
     request = DiscoveryRequest(type_url=TYPE[type_], resource_names=names, response_nonce=nonce, version_info=version)
     if error:
         request.error_detail.CopyFrom(Status(code=3, message=error))

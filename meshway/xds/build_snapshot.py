@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .. import labels as L
 from ..mesh.view import MeshView, ServiceInfo, WaypointInfo
@@ -93,7 +93,12 @@ def find_destination_rule(view: MeshView, svc: ServiceInfo, wp: WaypointInfo) ->
     return DestinationRule.model_validate(min(candidates, key=lambda c: (c[0], c[1]))[2], strict=False)
 
 
-def _endpoints(name: str, view: MeshView, svc: ServiceInfo, port_number: int, subset_labels: dict | None) -> Body:
+def _same(ip: str) -> str:
+    return ip
+
+
+def _endpoints(name: str, view: MeshView, svc: ServiceInfo, port_number: int, subset_labels: dict | None,
+               dial: Callable[[str], str] = _same) -> Body:
     port = next(p for p in svc.ports if p.port == port_number)
     lb = []
     for pod in find_service_pods(view, svc):
@@ -102,7 +107,7 @@ def _endpoints(name: str, view: MeshView, svc: ServiceInfo, port_number: int, su
         target = resolve_target_port(port, pod)
         if target is None:
             continue
-        address = f"{pod.ip}:{target}"
+        address = f"{dial(pod.ip)}:{target}"
         lb.append({"endpoint": {"address": {"envoy_internal_address": {
                        "server_listener_name": "connect_originate", "endpoint_id": address}}},
                    "health_status": "HEALTHY",
@@ -113,7 +118,9 @@ def _endpoints(name: str, view: MeshView, svc: ServiceInfo, port_number: int, su
 
 
 def build_waypoint_config(view: MeshView, proxy: Proxy, secrets: dict[str, Body] | None = None,
-                          scope: WaypointScope | None = None) -> WaypointConfig:
+                          scope: WaypointScope | None = None, dial: Callable[[str], str] = _same) -> WaypointConfig:
+    """`dial(pod_ip)` is the address the waypoint connects to for a pod (the placement's business:
+    the pod IP itself in the cluster, a loopback alias when everything runs on the host)."""
     scope = scope or find_scope(view, proxy.namespace, proxy.waypoint)
     wp = scope.waypoint
     problems = Problems()
@@ -134,7 +141,8 @@ def build_waypoint_config(view: MeshView, proxy: Proxy, secrets: dict[str, Body]
                     for note in notes:
                         problems.add(f"DestinationRule {dr.namespace}/{dr.name}", note)
                     clusters[name] = cluster
-                    endpoints[name] = _endpoints(name, view, svc, port.port, subsets.get(subset) if subset else None)
+                    endpoints[name] = _endpoints(name, view, svc, port.port,
+                                                 subsets.get(subset) if subset else None, dial)
 
     def route_for(svc: ServiceInfo, port: int) -> Body:
         def resolve(host: str, dest_port: int | None, subset: str | None) -> str | None:

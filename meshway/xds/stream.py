@@ -105,7 +105,6 @@ class SotwStream:
             if request.HasField("error_detail"):
                 self._emit(Nacked(type_url, state.version or "", nonce, request.error_detail.message,
                                   request.version_info))
-                state.version = None
             else:
                 self._emit(Acked(type_url, state.version or "", nonce))
         names = frozenset(request.resource_names)
@@ -220,7 +219,6 @@ class DeltaStream:
                 break
         if request.HasField("error_detail"):
             self._emit(Nacked(type_url, version, nonce, request.error_detail.message, state.accepted_version))
-            state.sent.clear()
         else:
             state.accepted_version = version
             self._emit(Acked(type_url, version, nonce))
