@@ -81,7 +81,7 @@ class ControlPlane:
     def _push(self, state: ReplicaState) -> None:
         r = state.replica
         secrets = build_secrets(self.ca.issue(r.namespace, r.service_account), self.ca.root_pem())
-        config = build_waypoint_config(self.view, self._proxy(r))
+        config = build_waypoint_config(self.view, self._proxy(r), dial=self.placement.dial)
         messages = config.messages()
         messages[P.SECRET] = dict(secrets)
         snapshot = Snapshot(messages)

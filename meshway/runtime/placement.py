@@ -25,7 +25,12 @@ class LoopbackPlacement:
     name = "loopback"
 
     def listen_address(self, replica: Replica) -> str:
-        return "127." + ".".join(replica.pod_ip.split(".")[1:])
+        return self.dial(replica.pod_ip)
+
+    @staticmethod
+    def dial(pod_ip: str) -> str:
+        """The loopback alias of a pod address: 10.244.1.8 -> 127.244.1.8."""
+        return "127." + ".".join(pod_ip.split(".")[1:])
 
     def command_prefix(self, replica: Replica) -> list[str]:
         return []

@@ -192,9 +192,11 @@ def _action(route: HTTPRoute, target: RouteTarget, where: str, problems: Problem
                                                             "served by this waypoint")
             return {"direct_response": {"status": 503, "body": {"inline_string": f"no destination {what}\n"}}}
         clusters.append((name, d))
-    action: Body = {"timeout": _dur(route.timeout) if route.timeout else "0s",
-                    "max_stream_duration": {"max_stream_duration": "0s",
-                                            "grpc_timeout_header_max": _dur(route.timeout) if route.timeout else "0s"}}
+    # With max_stream_duration present (even zero) Envoy ignores the route timeout, so a route with
+    # a timeout carries only `timeout` (Istio's setTimeout does the same).
+    action: Body = ({"timeout": _dur(route.timeout)} if route.timeout else
+                    {"timeout": "0s", "max_stream_duration": {"max_stream_duration": "0s",
+                                                              "grpc_timeout_header_max": "0s"}})
     if len(clusters) == 1:
         action["cluster"] = clusters[0][0]
     else:
