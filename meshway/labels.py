@@ -24,3 +24,4 @@ TRAFFIC_TYPES = ("all", "none", "service", "workload")
 DEFAULT_WAYPOINT_NAME = "waypoint"
 ROOT_NAMESPACE = "istio-system"
 CLUSTER_DOMAIN = "cluster.local"
+REPLICAS = "meshway.io/replicas"  # waypoint replica count on the Gateway (istiod leaves this to an HPA)

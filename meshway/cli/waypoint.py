@@ -30,10 +30,13 @@ def check_traffic_type(value: str | None) -> None:
         raise ValueError(f"invalid traffic type: {value}. Valid options are: [all none service workload]")
 
 
-def build_gateway(name: str, namespace: str | None, traffic: str | None, revision: str | None) -> dict[str, Any]:
+def build_gateway(name: str, namespace: str | None, traffic: str | None, revision: str | None,
+                  replicas: int | None = None) -> dict[str, Any]:
     """The Gateway istioctl generates (labels only when given; namespace only when -n is given)."""
     meta: dict[str, Any] = {}
     labels = {**({L.WAYPOINT_FOR: traffic} if traffic else {}), **({L.REVISION: revision} if revision else {})}
+    if replicas:
+        meta["annotations"] = {L.REPLICAS: str(replicas)}
     if labels:
         meta["labels"] = labels
     meta["name"] = name
@@ -91,9 +94,11 @@ def _namespace_labels(store: Store, ns: str) -> dict[str, str]:
 @click.option("--overwrite", is_flag=True, help="Overwrite the existing waypoint used by the namespace.")
 @click.option("-w", "--wait", is_flag=True, help="Wait for the waypoint to be ready.")
 @click.option("--waypoint-timeout", default="90s", show_default=True, help="Timeout for waiting for waypoint ready.")
+@click.option("--replicas", type=click.IntRange(1, 100), default=None,
+              help=f"Waypoint replicas (sets the {L.REPLICAS} annotation; default 1).")
 @pass_ctx
 def apply_(c: Ctx, name: str, traffic: str | None, revision: str | None, namespace: str | None,
-           enroll_namespace: bool, overwrite: bool, wait: bool, waypoint_timeout: str) -> None:
+           enroll_namespace: bool, overwrite: bool, wait: bool, waypoint_timeout: str, replicas: int | None) -> None:
     """Apply a waypoint Gateway to the namespace."""
     name, ns = check_name(name), namespace or "default"
     check_traffic_type(traffic)
@@ -107,7 +112,7 @@ def apply_(c: Ctx, name: str, traffic: str | None, revision: str | None, namespa
         if ns_labels.get(L.DATAPLANE_MODE) != "ambient":
             click.echo("⚠️ Warning: namespace is not enrolled in ambient. Consider running\t"
                        f"`kubectl label namespace {ns} istio.io/dataplane-mode=ambient`")
-    manifest = parse_object(build_gateway(name, ns, traffic, revision), "waypoint apply", 1, ns)
+    manifest = parse_object(build_gateway(name, ns, traffic, revision, replicas), "waypoint apply", 1, ns)
     c.store.apply([manifest])
     click.echo(f"✅ waypoint {ns}/{name} applied")
     if wait:

@@ -14,6 +14,11 @@ def build_owner_reference(gateway: Body) -> Body:
     return {"apiVersion": gateway["apiVersion"], "kind": "Gateway", "name": meta["name"], "uid": meta["uid"]}
 
 
+def replica_count(annotations: dict[str, str]) -> int:
+    value = annotations.get(L.REPLICAS, "1")
+    return int(value) if value.isdigit() and 0 < int(value) <= 100 else 1
+
+
 def build_waypoint_objects(gateway: Body) -> list[tuple[str, Body]]:
     """[(kind, body)] for ServiceAccount, Deployment, Service of this waypoint Gateway."""
     meta, spec = gateway["metadata"], gateway["spec"]
@@ -54,7 +59,7 @@ def build_waypoint_objects(gateway: Body) -> list[tuple[str, Body]]:
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": obj_meta(managed),
         "spec": {
-            "replicas": 1,
+            "replicas": replica_count(annotations),
             "selector": {"matchLabels": {L.GATEWAY_NAME: gw_name}},
             "template": {
                 "metadata": {"labels": pod_labels,

@@ -57,7 +57,7 @@ def find_replicas(view: MeshView) -> list[Replica]:
 
 class ControlPlane:
     def __init__(self, state_dir: Path | str, placement=None, delta: bool = True, debounce: float = 0.05,
-                 poll: float = 0.05, envoy: str | None = None):
+                 poll: float = 0.05, envoy: str | None = None, resync: float = 60.0):
         self.state_dir = Path(state_dir)
         self.store = Store(self.state_dir)
         self.ca = CertificateAuthority(self.state_dir)
@@ -71,7 +71,9 @@ class ControlPlane:
         self.run_dir = self.state_dir / "run"
         self.ads_socket = socket_dir(self.state_dir) / "xds.sock"
         self.builds = 0
+        self.resync = resync  # periodic rebuild: renews certificates well before they expire
         self._status_text = ""
+        self._reported: dict[tuple[str, str, str], str] = {}
 
     # -- translation ------------------------------------------------------------------------------
     def _proxy(self, r: Replica) -> Proxy:
@@ -108,6 +110,32 @@ class ControlPlane:
                 state = self.replicas[node_id] = ReplicaState(replica, node_id, paths)
             self._push(state)
         self._stop_strays(set(wanted))
+        self._report_problems()
+
+    def _report_problems(self) -> None:
+        """Translation problems (e.g. a route to a missing subset) go on the offending resource's
+        status as a `Reconciled=False` condition; the rest of the config is pushed regardless."""
+        found: dict[tuple[str, str, str], list[str]] = {}
+        for state in self.replicas.values():
+            for where, message in state.problems:
+                kind, _, rest = where.partition(" ")
+                ns, _, name = rest.split(" ")[0].partition("/")
+                found.setdefault((kind, ns, name), []).append(f"{where}: {message}")
+        for key in set(found) | set(self._reported):
+            text = "; ".join(dict.fromkeys(found.get(key, [])))
+            if self._reported.get(key, "") == text:
+                continue
+            kind, ns, name = key
+            conditions = [{"type": "Reconciled", "status": "False", "reason": "InvalidDestination",
+                           "message": text}] if text else []
+            try:
+                self.store.write_status(kind, ns, name, {"conditions": conditions})
+            except Exception as exc:  # the resource may be gone
+                log.debug("cannot report on %s %s/%s: %s", kind, ns, name, exc)
+            if text:
+                self._reported[key] = text
+            else:
+                self._reported.pop(key, None)
 
     def _stop_strays(self, wanted: set[str]) -> None:
         """Envoys left by an earlier control plane for replicas that no longer exist."""
@@ -194,8 +222,12 @@ class ControlPlane:
         self.rv, snapshot = self.store.snapshot(XDS_KINDS)
         self.view = MeshView.build(snapshot)
         self.sync()
+        next_resync = time.monotonic() + self.resync
         try:
             while not stop.is_set():
+                if time.monotonic() >= next_resync:
+                    self.sync()
+                    next_resync = time.monotonic() + self.resync
                 try:
                     changes = self.store.db.changes_since(self.rv)
                 except Expired:  # fell behind compaction: re-list everything
