@@ -103,8 +103,11 @@ def generate_topology(namespaces: int, deployments: int, pods: int, replicas: in
                                     "spec": {"clusterIP": f"10.96.{ip // 250}.{ip % 250 + 2}",
                                              "ports": [{"name": "http", "port": 80}], "selector": {"app": f"svc-{d}"}}})
             for p in range(1, pods + 1):
+                pod_ip = f"10.{244 + (len(snap['Pod']) // 62500)}.{(len(snap['Pod']) // 250) % 250 + 1}." \
+                         f"{len(snap['Pod']) % 250 + 2}"
                 snap["Pod"].append({"metadata": {"name": f"svc-{d}-{p}", "namespace": ns, "labels": {"app": f"svc-{d}"}},
-                                    "spec": {}, "status": {}})
+                                    "spec": {}, "status": {"podIP": pod_ip, "conditions": [
+                                        {"type": "Ready", "status": "True"}]}})
     return snap, {(f"ns-{n}", "waypoint"): replicas for n in range(1, namespaces + 1)}
 
 
