@@ -328,42 +328,20 @@ def test_real_process_errors_are_one_line(tmp_path: Path) -> None:
     assert r.stderr.count("\n") == 1
 
 
-def test_up_walkthrough_runs(tmp_path: Path) -> None:
+def test_up_walkthrough_runs_and_down_stops_everything(tmp_path: Path) -> None:
     env = {**os.environ, "MESHWAY_STATE_DIR": str(tmp_path / "s")}
-    r = subprocess.run([sys.executable, "-m", "meshway", "up"], env=env, capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert "✅ waypoint default/waypoint applied" in r.stdout
-    assert "Reason:       WaypointIsNotReady" in r.stdout
-    assert "12500" in r.stdout and "0.8%" in r.stdout
-
-
-def test_service_entry_gets_auto_allocated_vip(mw: Meshway) -> None:
-    mw("apply", "-f", "-", input="""
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata:
-  name: httpbin
-  labels: {istio.io/use-waypoint: waypoint}
-spec:
-  hosts: [httpbin.org]
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  resolution: DNS
-""")
-    se = json.loads(mw("get", "se", "httpbin", "-o", "json").stdout)
-    assert se["status"]["addresses"] == [{"host": "httpbin.org", "value": "240.240.0.1"}]
-    decision = mw.explain("240.240.0.1:80")
-    assert decision["destination"]["name"] == "httpbin" and decision["reason"] == "WaypointNotFound"
-    mw("apply", "-f", "-", input="""
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata:
-  name: httpbin
-  labels: {istio.io/use-waypoint: waypoint}
-spec:
-  hosts: [httpbin.org]
-  ports: [{number: 80, name: http, protocol: HTTP}, {number: 443, name: https, protocol: TLS}]
-  resolution: DNS
-""")
-    again = json.loads(mw("get", "se", "httpbin", "-o", "json").stdout)
-    assert again["status"]["addresses"] == se["status"]["addresses"]  # stable across updates
+    try:
+        r = subprocess.run([sys.executable, "-m", "meshway", "up"], env=env, capture_output=True, text=True,
+                           timeout=180)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "✅ waypoint default/waypoint applied" in r.stdout
+        assert "Reason:       WaypointIsNotReady" in r.stdout  # before the control plane runs
+        assert "Reason:       WaypointAccepted" in r.stdout  # once the waypoint Envoy ACKed its config
+        assert "waypoint     True       Programmed" in r.stdout
+        assert "12500" in r.stdout and "0.8%" in r.stdout
+    finally:
+        down = subprocess.run([sys.executable, "-m", "meshway", "down"], env=env, capture_output=True, text=True,
+                              timeout=60)
+    assert down.returncode == 0 and "stopped controlplane" in down.stdout and "stopped proxy waypoint-" in down.stdout
+    pids = [p for p in (tmp_path / "s" / "run" / "proxies").glob("*/envoy.pid")]
+    assert not pids

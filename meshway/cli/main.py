@@ -215,7 +215,7 @@ def delete(c: Ctx, args: tuple[str, ...], files: tuple[str, ...], namespace: str
 
 
 def main() -> None:
-    from . import analyze, controlplane, explain, up, waypoint  # noqa: F401  (register their commands)
+    from . import analyze, controlplane, explain, proxyconfig, up, waypoint  # noqa: F401  (register their commands)
 
     cli(prog_name="meshway")
 

@@ -22,3 +22,21 @@ def up(c: Ctx, files: tuple[str, ...], nodes: int | None) -> None:
         c.store.set_nodes(nodes)
     demo = Path(__file__).resolve().parent.parent / "demo" / "bookinfo.yaml"
     run_walkthrough(c, files or (str(demo),))
+
+
+@cli.command()
+@click.option("--purge", is_flag=True, help="Also delete the state folder (store, CA, logs).")
+@pass_ctx
+def down(c: Ctx, purge: bool) -> None:
+    """Stop the control plane and every proxy it runs."""
+    import shutil
+
+    from ..runtime.daemon import stop_all
+
+    state_dir = c.store.state_dir
+    for what in stop_all(state_dir):
+        click.echo(f"stopped {what}")
+    if purge:
+        c.store.close()
+        shutil.rmtree(state_dir, ignore_errors=True)
+        click.echo(f"deleted {state_dir}")

@@ -31,8 +31,17 @@ def run_walkthrough(c: Ctx, files: tuple[str, ...]) -> None:
     _run(c, ["get", "ns", "-L", "istio.io/dataplane-mode", "-L", "istio.io/use-waypoint"])
     _run(c, ["get", "pods", "-o", "wide"])
     _run(c, ["explain", "service/reviews"])
+    from ..runtime.daemon import start_controlplane
+
+    pid = start_controlplane(c.store.state_dir)
+    click.echo(f"control plane running in the background (pid {pid}); `meshway down` stops it\n")
+    _run(c, ["waypoint", "status", "--waypoint-timeout", "60s"])
+    _run(c, ["get", "gtw", "waypoint"])
+    _run(c, ["explain", "service/reviews"])
+    _run(c, ["proxy-status"])
     _run(c, ["analyze", "config-distribution", "--namespaces", "2", "--deployments", "25", "--pods", "10",
              "--waypoint-replicas", "2"])
-    click.echo("Next: `meshway explain pod/<name>`, `meshway label svc reviews istio.io/use-waypoint=none`,\n"
-               "`meshway waypoint status`, `meshway get svc reviews -o yaml` (the WaypointBound condition).\n"
-               "The waypoints are not running yet: Envoy waypoints and the namespace cluster come next.")
+    click.echo("Next: `meshway proxy-config listener deploy/waypoint --waypoint`, `meshway proxy-config cluster "
+               "deploy/waypoint`,\n`meshway explain pod/<name>`, `meshway get svc reviews -o yaml` (the WaypointBound "
+               "condition),\n`meshway down` to stop the control plane and the waypoint Envoys.\n"
+               "The waypoint Envoy runs on the host (loopback placement); the network-namespace cluster comes next.")

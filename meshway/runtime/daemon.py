@@ -1,0 +1,64 @@
+"""Start and stop the background control plane and the proxies it runs (for `up` / `down`)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .envoy import EnvoyPaths, stop_envoy
+from .placement import Replica, replica_sock_dir
+
+
+def controlplane_pid(state_dir: Path) -> int | None:
+    try:
+        pid = int((state_dir / "run" / "controlplane.pid").read_text().split()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid
+
+
+def start_controlplane(state_dir: Path) -> int:
+    """`meshway controlplane` in its own session, logging to run/controlplane.log."""
+    running = controlplane_pid(state_dir)
+    if running:
+        return running
+    run = state_dir / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    with open(run / "controlplane.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "meshway", "--state-dir", str(state_dir), "controlplane", "-v"],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if controlplane_pid(state_dir) == proc.pid:
+            return proc.pid
+        if proc.poll() is not None:
+            raise RuntimeError(f"the control plane exited with {proc.returncode}; see {run / 'controlplane.log'}")
+        time.sleep(0.05)
+    raise RuntimeError(f"the control plane did not start; see {run / 'controlplane.log'}")
+
+
+def stop_all(state_dir: Path, timeout: float = 10.0) -> list[str]:
+    """Stop the control plane, then every proxy it left running. Returns what was stopped."""
+    stopped = []
+    pid = controlplane_pid(state_dir)
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while controlplane_pid(state_dir) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if controlplane_pid(state_dir):
+            os.kill(pid, signal.SIGKILL)
+        (state_dir / "run" / "controlplane.pid").unlink(missing_ok=True)
+        stopped.append(f"controlplane (pid {pid})")
+    proxies = state_dir / "run" / "proxies"
+    for folder in sorted(proxies.iterdir()) if proxies.exists() else []:
+        ns, _, pod = folder.name.partition(".")
+        paths = EnvoyPaths(folder, replica_sock_dir(state_dir, Replica(ns, pod, "", "", "")))
+        if paths.pid_file.exists():
+            stop_envoy(paths)
+            stopped.append(f"proxy {pod}.{ns}")
+    return stopped
