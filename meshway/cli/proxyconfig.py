@@ -31,6 +31,7 @@ class AliasGroup(click.Group):
     def command_with_aliases(self, name: str, *aliases: str) -> Callable:
         def decorator(fn: Callable) -> click.Command:
             cmd = self.command(name)(fn)
+            cmd.help = f"{cmd.help}\n\nAliases: {', '.join(aliases)}."
             self.aliases.update({a: name for a in aliases})
             return cmd
         return decorator
