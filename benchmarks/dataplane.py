@@ -257,13 +257,11 @@ def compare_bytes(snapshot: dict[str, list[Body]], replicas: dict[tuple[str, str
 
 
 def bench_bytes() -> Body:
-    """The seed topology: 2 namespaces x 25 deployments x 10 pods, 2 waypoint replicas."""
-    raw, replicas = generate_topology(2, 25, 10, 2)
-    ready, _ = build_topology(2, 25, 10, 2, routed=0)
-    out = {"ready": compare_bytes(ready, replicas), "as_generated": compare_bytes(raw, replicas)}
-    for key, row in out.items():
-        print(f"  {key}: waypoints {row['waypoint_total_bytes']:,} B, sidecars {row['sidecar_total_bytes']:,} B, "
-              f"ratio {100 * row['ratio']:.3f}%", flush=True)
+    """The seed topology: 2 namespaces x 25 deployments x 10 pods, 2 waypoint replicas, no routing rules."""
+    snapshot, replicas = build_topology(2, 25, 10, 2, routed=0)
+    out = compare_bytes(snapshot, replicas)
+    print(f"  waypoints {out['waypoint_total_bytes']:,} B, sidecars {out['sidecar_total_bytes']:,} B, "
+          f"ratio {100 * out['ratio']:.3f}%", flush=True)
     return out
 
 
@@ -347,16 +345,29 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = str(path)
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
+
+
 def admin_get(sock: Path, path: str, timeout: float = 5.0) -> str:
     """GET from an Envoy admin that listens on a Unix socket."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(str(sock))
-        s.sendall(f"GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n".encode())
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    return data.partition(b"\r\n\r\n")[2].decode()
+    conn = _UnixHTTPConnection(sock, timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        body = response.read().decode()
+    finally:
+        conn.close()
+    if response.status != 200:
+        raise RuntimeError(f"Envoy admin {sock} GET {path}: {response.status} {body[:200]}")
+    return body
 
 
 def cpu_seconds(pid: int | None) -> float:
@@ -368,6 +379,18 @@ def cpu_seconds(pid: int | None) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """Busy CPU time of the whole machine (all CPUs, everything but idle and iowait), from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_seconds() -> float:
+    """CPU time of this process (all threads, the control plane's included) and its waited-for children (wrk)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 class LiveMesh:
@@ -683,14 +706,18 @@ def bench_load(mesh: LiveMesh, concurrency: tuple[int, ...], rounds: int, durati
         for c in concurrency:
             for path, url in paths.items():
                 cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
+                busy0, own0 = machine_busy_seconds(), own_seconds()
                 result = load(url, c, duration)
                 cpu = {k: cpu_seconds(p) - cpu0[k] for k, p in pids.items()}
-                result.update(path=path, connections=c, round=rnd + 1,
-                              cpu_s=cpu, cpu_us_per_request={k: v / max(1, result["requests"]) * 1e6
-                                                             for k, v in cpu.items()})
+                others = machine_busy_seconds() - busy0 - (own_seconds() - own0) - sum(cpu.values())
+                result.update(path=path, connections=c, round=rnd + 1, cpu_s=cpu,
+                              cpu_us_per_request={k: v / max(1, result["requests"]) * 1e6 for k, v in cpu.items()},
+                              other_processes_cpus=max(0.0, others) / result["seconds"])
                 runs.append(result)
+                errors = sum(result["errors"].values())
                 print(f"  round {rnd + 1} c={c:<2} {path:8}: {result['rps']:8,.0f} req/s, p50 {result['p50_ms']:.2f} ms,"
-                      f" p99 {result['p99_ms']:.2f} ms, errors {result['errors']}", flush=True)
+                      f" p99 {result['p99_ms']:.2f} ms, {errors} errors; other processes used "
+                      f"{result['other_processes_cpus']:.2f} CPUs", flush=True)
     after_split = mesh.backend_counts()
     waypoint_requests = sum(r["requests"] for r in runs if r["path"] == "waypoint")
     direct_requests = sum(r["requests"] for r in runs if r["path"] == "direct")
@@ -704,6 +731,7 @@ def bench_load(mesh: LiveMesh, concurrency: tuple[int, ...], rounds: int, durati
             row[path] = {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50_ms", "p99_ms")}
             row[path]["rps_range"] = [min(r["rps"] for r in rs), max(r["rps"] for r in rs)]
             row[path]["errors"] = sum(sum(r["errors"].values()) for r in rs)
+            row[path]["other_processes_cpus"] = statistics.median(r["other_processes_cpus"] for r in rs)
             row[path]["cpu_us_per_request"] = {k: statistics.median(r["cpu_us_per_request"][k] for r in rs)
                                                for k in pids}
         row["ratio"] = {"rps": row["waypoint"]["rps"] / row["direct"]["rps"],
@@ -820,16 +848,13 @@ def write_markdown(path: Path, report: Body, measurements: list[Measurement]) ->
               "times its pods).", "",
               "| topology | waypoint config (each) | waypoint total | sidecar config (each) | sidecar total | "
               "bytes ratio | configurations ratio |", "|---|---|---|---|---|---|---|"]
-    for key, label in (("ready", "pods Ready with IPs (endpoints filled)"),
-                       ("as_generated", "`generate_topology` as is (pods not Ready: no endpoints)")):
-        row = b[key]
-        wp_each = " / ".join(_fmt_b(r["bytes"]["total"]) for r in row["waypoints"])
-        sc_each = " / ".join(_fmt_b(r["bytes"]["total"]) for r in row["sidecars"])
-        conf = row["configurations"]
-        lines.append(f"| {label} | {wp_each} x {row['waypoint_replicas']} replicas | "
-                     f"{_fmt_b(row['waypoint_total_bytes'])} | {sc_each} x {row['sidecar_count']} pods | "
-                     f"{_fmt_b(row['sidecar_total_bytes'])} | **{100 * row['ratio']:.2f}%** | "
-                     f"{conf['waypoint']} / {conf['sidecar_namespace_scoped']:,} = {100 * conf['ratio']:.1f}% |")
+    wp_each = " / ".join(_fmt_b(r["bytes"]["total"]) for r in b["waypoints"])
+    sc_each = " / ".join(_fmt_b(r["bytes"]["total"]) for r in b["sidecars"])
+    conf = b["configurations"]
+    lines.append(f"| pods Ready with IPs, no routing rules | {wp_each} x {b['waypoint_replicas']} replicas | "
+                 f"{_fmt_b(b['waypoint_total_bytes'])} | {sc_each} x {b['sidecar_count']} pods | "
+                 f"{_fmt_b(b['sidecar_total_bytes'])} | **{100 * b['ratio']:.2f}%** | "
+                 f"{conf['waypoint']} / {conf['sidecar_namespace_scoped']:,} = {100 * conf['ratio']:.1f}% |")
 
     a = report["ack"]
     lines += ["", "## 3. Store change -> waypoint Envoy ACK", "",
@@ -852,25 +877,29 @@ def write_markdown(path: Path, report: Body, measurements: list[Measurement]) ->
               f"{ld['rounds']} round(s) of {ld['duration_s']:g} s runs per path and concurrency, interleaved; medians "
               f"over rounds (rps range in brackets). `direct`: {ld['paths']['direct']}. `waypoint`: "
               f"{ld['paths']['waypoint']}.", "",
-              "| connections | path | req/s | p50 | p99 | errors | waypoint CPU / req | all Envoys CPU / req |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| connections | path | req/s | p50 | p99 | errors | waypoint CPU / req | all Envoys CPU / req | "
+              "other processes |", "|---|---|---|---|---|---|---|---|---|"]
     for c, row in ld["summary"].items():
-        for path in ("direct", "waypoint"):
-            r = row[path]
+        for route in ("direct", "waypoint"):
+            r = row[route]
             cpu = r["cpu_us_per_request"]
-            wp_cpu = f"{cpu['waypoint']:.0f} µs" if path == "waypoint" else "—"
-            lines.append(f"| {c} | {path} | {r['rps']:,.0f} [{r['rps_range'][0]:,.0f}–{r['rps_range'][1]:,.0f}] | "
+            wp_cpu = f"{cpu['waypoint']:.0f} µs" if route == "waypoint" else "—"
+            lines.append(f"| {c} | {route} | {r['rps']:,.0f} [{r['rps_range'][0]:,.0f}–{r['rps_range'][1]:,.0f}] | "
                          f"{r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | {r['errors']} | {wp_cpu} | "
-                         f"{sum(cpu.values()):.0f} µs |")
+                         f"{sum(cpu.values()):.0f} µs | {r['other_processes_cpus']:.2f} CPUs |")
         ratio = row["ratio"]
         lines.append(f"| {c} | **waypoint / direct** | **{ratio['rps']:.2f}x** | **{ratio['p50']:.1f}x** | "
-                     f"**{ratio['p99']:.1f}x** | | | |")
+                     f"**{ratio['p99']:.1f}x** | | | | |")
     split = ld["split"]
     lines += ["", f"Requests through the waypoint that reached v2: {100 * split['v2_share_through_waypoint']:.1f}% "
                   f"(VirtualService 90/10; {split['waypoint_requests']:,} requests).", "",
               "Times are wall clock. All processes share the machine's CPUs (load client, 4 Envoys on the waypoint "
               "path, the control plane thread), so the load numbers are contention-bound lower bounds; compare the "
-              "two paths of one run, not runs on different machines.", ""]
+              "two paths of one run, not runs on different machines. CPU / req is each Envoy's utime + stime "
+              "(/proc) over the run divided by its requests. 'other processes' is the machine's busy CPU time "
+              "(/proc/stat) during the run minus this benchmark's own processes, in CPUs; above ~0.1 the run "
+              f"shared the machine with other work (load average at start: {machine['loadavg_at_start'][0]:.2f}).",
+              ""]
     path.write_text("\n".join(lines))
 
 
@@ -885,6 +914,10 @@ def main(argv: list[str] | None = None) -> int:
 
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
+    loadavg = os.getloadavg()
+    if loadavg[0] > 0.5:
+        print(f"note: load average {loadavg[0]:.2f} at start; other work on the machine skews the live numbers "
+              "(see 'other processes' in the results)", flush=True)
     if args.quick:
         reps = {"one": 3, "many": 1}
         changes, rounds, duration = 10, 1, 2.0
@@ -910,7 +943,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "dataplane", "mode": "quick" if args.quick else "full",
         "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "duration_s": duration_s,
-        "machine": {**machine_info(), **tool_versions(envoy)},
+        "machine": {**machine_info(), **tool_versions(envoy), "loadavg_at_start": loadavg},
         "settings": {"repetitions": reps, "changes": changes, "load_rounds": rounds, "load_duration_s": duration,
                      "concurrency": list(concurrency)},
         "translation": {"one": one_info, "many": many_info, "measurements": [m.to_json() for m in measurements]},
@@ -919,7 +952,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     write_markdown(args.out / f"{stem}.md", report, measurements)
     c16 = load["summary"][str(concurrency[-1])]["ratio"]["rps"]
-    print(f"bytes ratio {100 * bytes_info['ready']['ratio']:.2f}%; ACK p50 {fmt_time(ack['total']['p50'])}; "
+    print(f"bytes ratio {100 * bytes_info['ratio']:.2f}%; ACK p50 {fmt_time(ack['total']['p50'])}; "
           f"c={concurrency[-1]} waypoint/direct {c16:.2f}x; total {duration_s:.0f} s; wrote {args.out / stem}.json and .md")
     return 0
 

@@ -416,7 +416,8 @@ def write_clusters(clusters: list[Body], flt: ClusterFilter = ClusterFilter(), w
 
 # -- routes --------------------------------------------------------------------------------------
 def select_routes(routes: list[Body], name: str = "") -> list[Body]:
-    return [r for r in routes if not name or r.get("name") == name]
+    """Route configs with that exact name (all when empty), sorted by name as istioctl lists them."""
+    return sorted((r for r in routes if not name or r.get("name") == name), key=lambda r: r.get("name", ""))
 
 
 def _unexpand_domains(domains: list[str]) -> list[str]:
