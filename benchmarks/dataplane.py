@@ -215,7 +215,6 @@ def bench_translate_many(reps: int) -> tuple[list[Measurement], Body]:
             "avg_bytes_per_waypoint": {**{t: round(v) for t, v in avg.items()}, "total": round(sum(avg.values()))},
             "total_bytes": sum(sum(s.values()) for s in sizes)}
     ms[4].notes = f"avg {info['avg_bytes_per_waypoint']['total']:,} bytes per waypoint"
-    ms[5].notes = "the ~10x gap to 1a per service is the scans over the whole mesh (see README)"
     return ms, info
 
 
@@ -382,9 +381,10 @@ def cpu_seconds(pid: int | None) -> float:
 
 
 def machine_busy_seconds() -> float:
-    """Busy CPU time of the whole machine (all CPUs, everything but idle and iowait), from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+    """CPU time the machine spent in processes (user + nice + system, all CPUs), from /proc/stat. Interrupt
+    and softirq time (loopback TCP) is left out: it is charged to no process."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:4]]
+    return sum(values) / os.sysconf("SC_CLK_TCK")
 
 
 def own_seconds() -> float:
@@ -896,8 +896,8 @@ def write_markdown(path: Path, report: Body, measurements: list[Measurement]) ->
               "Times are wall clock. All processes share the machine's CPUs (load client, 4 Envoys on the waypoint "
               "path, the control plane thread), so the load numbers are contention-bound lower bounds; compare the "
               "two paths of one run, not runs on different machines. CPU / req is each Envoy's utime + stime "
-              "(/proc) over the run divided by its requests. 'other processes' is the machine's busy CPU time "
-              "(/proc/stat) during the run minus this benchmark's own processes, in CPUs; above ~0.1 the run "
+              "(/proc) over the run divided by its requests. 'other processes' is the machine's user + system CPU "
+              "time (/proc/stat) during the run minus this benchmark's own processes, in CPUs; above ~0.1 the run "
               f"shared the machine with other work (load average at start: {machine['loadavg_at_start'][0]:.2f}).",
               ""]
     path.write_text("\n".join(lines))
@@ -940,6 +940,12 @@ def main(argv: list[str] | None = None) -> int:
     duration_s = time.perf_counter() - t0
 
     measurements = one_ms + many_ms
+    one_build, many_build = one_ms[0], many_ms[1]
+    per_wp = many_build.median / many_info["waypoints"]
+    per_svc = per_wp / (many_info["services"] / many_info["waypoints"])
+    many_build.notes = (f"{fmt_time(per_wp)} per waypoint, {fmt_time(per_svc)} per service "
+                        f"(1a.i: {fmt_time(one_build.median / one_info['services'])} per service): each waypoint "
+                        "scans the whole mesh (README)")
     report = {
         "benchmark": "dataplane", "mode": "quick" if args.quick else "full",
         "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "duration_s": duration_s,
