@@ -24,12 +24,8 @@ from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
-ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
-PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET)
+from .protos import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
+from .protos import TYPE_ORDER as PUSH_ORDER
 WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
 TYPE_PREFIX = "type.googleapis.com/"
 SHORT_NAMES = {CLUSTER: "Cluster", ENDPOINT: "ClusterLoadAssignment", LISTENER: "Listener",
