@@ -1,9 +1,11 @@
 #!/usr/bin/env python
-"""Waypoint data plane: xDS translation time and size, waypoint vs sidecar config bytes, store
-change -> Envoy ACK latency, and requests/s through a real waypoint Envoy vs a direct connection.
+"""Waypoint data plane: translation, config bytes, push latency and requests through a real Envoy.
 
-    python benchmarks/dataplane.py            # full: about 2.5 minutes on 2 CPUs
-    python benchmarks/dataplane.py --quick    # smoke run, about 40 s
+xDS translation time and size, waypoint vs unscoped-sidecar config bytes, store change -> Envoy
+ACK latency, and requests/s through a live waypoint Envoy vs a direct connection, in one run.
+
+    python benchmarks/dataplane.py            # full: under 2 minutes on 2 CPUs
+    python benchmarks/dataplane.py --quick    # smoke run, about 30 s
 
 Writes benchmarks/results/dataplane.{json,md} (`--quick`: dataplane-quick.{json,md}).
 See benchmarks/README.md for what each measurement means. All traffic stays on 127.0.0.0/8.
@@ -30,16 +32,16 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run from a checkout even when meshway is not installed
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, Path(__file__).resolve().parent):  # meshway from this checkout; selection.py beside us
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
-from selection import Measurement, fmt_time, machine_info, measure, timed  # noqa: E402  (benchmarks/ is sys.path[0])
+from selection import Measurement, fmt_time, machine_info, measure  # noqa: E402
 
 from meshway import labels as L  # noqa: E402
 from meshway.ca import CertificateAuthority, build_secrets  # noqa: E402
@@ -56,7 +58,7 @@ from meshway.xds.build_node_inbound import build_node_inbound_cluster, build_nod
 from meshway.xds.build_snapshot import WaypointConfig, build_waypoint_config  # noqa: E402
 from meshway.xds.cache import SYNCED  # noqa: E402
 from meshway.xds.proxy import Proxy  # noqa: E402
-from meshway.xds.scope import WaypointScope, find_scope  # noqa: E402
+from meshway.xds.scope import WaypointScope  # noqa: E402
 from meshway.xds.validate import _strip_sds_source  # noqa: E402  (as tests/test_waypoint_e2e.py does)
 
 Body = dict[str, Any]
@@ -651,8 +653,14 @@ def run_python_load(url: str, connections: int, duration: float, cap: int = 200_
     lock = threading.Lock()
     stop_at = time.perf_counter() + duration
 
-    def worker() -> None:
+    def connect() -> http.client.HTTPConnection:
         conn = http.client.HTTPConnection(host, int(port), timeout=5)
+        conn.connect()
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn
+
+    def worker() -> None:
+        conn = connect()
         mine: list[float] = []
         while time.perf_counter() < stop_at and len(latencies) + len(mine) < cap:
             t0 = time.perf_counter()
@@ -665,7 +673,7 @@ def run_python_load(url: str, connections: int, duration: float, cap: int = 200_
             except (OSError, http.client.HTTPException):
                 errors["other"] += 1
                 conn.close()
-                conn = http.client.HTTPConnection(host, int(port), timeout=5)
+                conn = connect()
                 continue
             mine.append(time.perf_counter() - t0)
         conn.close()
@@ -715,9 +723,9 @@ def bench_load(mesh: LiveMesh, concurrency: tuple[int, ...], rounds: int, durati
                               other_processes_cpus=max(0.0, others) / result["seconds"])
                 runs.append(result)
                 errors = sum(result["errors"].values())
-                print(f"  round {rnd + 1} c={c:<2} {path:8}: {result['rps']:8,.0f} req/s, p50 {result['p50_ms']:.2f} ms,"
-                      f" p99 {result['p99_ms']:.2f} ms, {errors} errors; other processes used "
-                      f"{result['other_processes_cpus']:.2f} CPUs", flush=True)
+                print(f"  round {rnd + 1} c={c:<2} {path:8}: {result['rps']:8,.0f} req/s, "
+                      f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, {errors} errors; "
+                      f"other processes used {result['other_processes_cpus']:.2f} CPUs", flush=True)
     after_split = mesh.backend_counts()
     waypoint_requests = sum(r["requests"] for r in runs if r["path"] == "waypoint")
     direct_requests = sum(r["requests"] for r in runs if r["path"] == "direct")
@@ -750,7 +758,8 @@ def bench_load(mesh: LiveMesh, concurrency: tuple[int, ...], rounds: int, durati
                       "direct_requests": direct_requests}}
 
 
-def bench_live(changes: int, concurrency: tuple[int, ...], rounds: int, duration: float, envoy: str) -> tuple[Body, Body]:
+def bench_live(changes: int, concurrency: tuple[int, ...], rounds: int, duration: float,
+               envoy: str) -> tuple[Body, Body]:
     with tempfile.TemporaryDirectory(prefix="mw-dp-") as tmp_name:
         tmp = Path(tmp_name)
         mesh = LiveMesh(tmp, envoy)
@@ -814,14 +823,15 @@ def _fmt_b(n: float) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
 
 
-def write_markdown(path: Path, report: Body, measurements: list[Measurement]) -> None:
+def _md_translation(report: Body, measurements: list[Measurement]) -> list[str]:
     machine, tr = report["machine"], report["translation"]
     lines = [
         f"# Data-plane benchmark ({report['mode']})", "",
         f"Python {machine['python']} on {machine['platform']}, {machine['cpu_count']} CPUs; "
         f"Envoy {machine.get('envoy')} (`--concurrency 1`); load client {report['load']['client']}"
         f"{' (' + machine['wrk'] + ')' if machine.get('wrk') and report['load']['client'] == 'wrk' else ''}; "
-        f"protobuf {machine.get('protobuf')} ({machine.get('protobuf_backend')}); meshway {machine.get('meshway_commit')}; "
+        f"protobuf {machine.get('protobuf')} ({machine.get('protobuf_backend')}); "
+        f"meshway {machine.get('meshway_commit')}; "
         f"run {report['started']} ({report['duration_s']:.0f} s).", "",
         "## 1. Translation (`build_waypoint_config` + `messages()`)", "",
         f"1a: one waypoint, {tr['one']['services']} services x 10 pods, 3 with DestinationRule subsets v1/v2 and a "
@@ -840,14 +850,16 @@ def write_markdown(path: Path, report: Body, measurements: list[Measurement]) ->
               "| 1b average per waypoint (10 services) | "
               + " | ".join(f"{tr['many']['avg_bytes_per_waypoint'].get(t, 0):,}" for t in types)
               + f" | **{tr['many']['avg_bytes_per_waypoint']['total']:,}** |", ""]
+    return lines
 
-    b = report["bytes"]
-    lines += ["## 2. Config bytes: waypoints vs unscoped sidecars (seed topology)", "",
-              "2 namespaces x 25 deployments x 10 pods, 2 waypoint replicas per namespace. A sidecar's config is "
-              "approximated by translating with a scope holding all 50 services (one translation per namespace, "
-              "times its pods).", "",
-              "| topology | waypoint config (each) | waypoint total | sidecar config (each) | sidecar total | "
-              "bytes ratio | configurations ratio |", "|---|---|---|---|---|---|---|"]
+
+def _md_bytes(b: Body) -> list[str]:
+    lines = ["## 2. Config bytes: waypoints vs unscoped sidecars (seed topology)", "",
+             "2 namespaces x 25 deployments x 10 pods, 2 waypoint replicas per namespace. A sidecar's config is "
+             "approximated by translating with a scope holding all 50 services (one translation per namespace, "
+             "times its pods).", "",
+             "| topology | waypoint config (each) | waypoint total | sidecar config (each) | sidecar total | "
+             "bytes ratio | configurations ratio |", "|---|---|---|---|---|---|---|"]
     wp_each = " / ".join(_fmt_b(r["bytes"]["total"]) for r in b["waypoints"])
     sc_each = " / ".join(_fmt_b(r["bytes"]["total"]) for r in b["sidecars"])
     conf = b["configurations"]
@@ -855,14 +867,16 @@ def write_markdown(path: Path, report: Body, measurements: list[Measurement]) ->
                  f"{_fmt_b(b['waypoint_total_bytes'])} | {sc_each} x {b['sidecar_count']} pods | "
                  f"{_fmt_b(b['sidecar_total_bytes'])} | **{100 * b['ratio']:.2f}%** | "
                  f"{conf['waypoint']} / {conf['sidecar_namespace_scoped']:,} = {100 * conf['ratio']:.1f}% |")
+    return lines
 
-    a = report["ack"]
-    lines += ["", "## 3. Store change -> waypoint Envoy ACK", "",
-              f"{a['changes']} VirtualService weight changes (`Store.apply`), one at a time; latency until "
-              f"`cache.status[node][LDS]` is SYNCED at the new snapshot's version (polled every 2 ms). Control plane "
-              f"defaults: store poll {a['poll_s'] * 1e3:.0f} ms, debounce {a['debounce_s'] * 1e3:.0f} ms, "
-              f"{'Delta' if a['delta_xds'] else 'SotW'} ADS.", "",
-              "| part | p50 | p99 | min | max |", "|---|---|---|---|---|"]
+
+def _md_ack(a: Body) -> list[str]:
+    lines = ["", "## 3. Store change -> waypoint Envoy ACK", "",
+             f"{a['changes']} VirtualService weight changes (`Store.apply`), one at a time; latency until "
+             f"`cache.status[node][LDS]` is SYNCED at the new snapshot's version (polled every 2 ms). Control plane "
+             f"defaults: store poll {a['poll_s'] * 1e3:.0f} ms, debounce {a['debounce_s'] * 1e3:.0f} ms, "
+             f"{'Delta' if a['delta_xds'] else 'SotW'} ADS.", "",
+             "| part | p50 | p99 | min | max |", "|---|---|---|---|---|"]
     for key, label in (("total", "**store change -> LDS ACK**"), ("apply", "of which `Store.apply`"),
                        ("to_snapshot", "store change -> new snapshot in the cache (poll wait + debounce + sync)"),
                        ("sync", "of which `ControlPlane.sync` (translate + set_snapshot)"),
@@ -871,14 +885,16 @@ def write_markdown(path: Path, report: Body, measurements: list[Measurement]) ->
         if s:
             lines.append(f"| {label} | {fmt_time(s['p50'])} | {fmt_time(s['p99'])} | {fmt_time(s['min'])} | "
                          f"{fmt_time(s['max'])} |")
+    return lines
 
-    ld = report["load"]
-    lines += ["", "## 4. Requests through the waypoint vs direct", "",
-              f"{ld['rounds']} round(s) of {ld['duration_s']:g} s runs per path and concurrency, interleaved; medians "
-              f"over rounds (rps range in brackets). `direct`: {ld['paths']['direct']}. `waypoint`: "
-              f"{ld['paths']['waypoint']}.", "",
-              "| connections | path | req/s | p50 | p99 | errors | waypoint CPU / req | all Envoys CPU / req | "
-              "other processes |", "|---|---|---|---|---|---|---|---|---|"]
+
+def _md_load(ld: Body, machine: Body) -> list[str]:
+    lines = ["", "## 4. Requests through the waypoint vs direct", "",
+             f"{ld['rounds']} round(s) of {ld['duration_s']:g} s runs per path and concurrency, interleaved; medians "
+             f"over rounds (rps range in brackets). `direct`: {ld['paths']['direct']}. `waypoint`: "
+             f"{ld['paths']['waypoint']}.", "",
+             "| connections | path | req/s | p50 | p99 | errors | waypoint CPU / req | all Envoys CPU / req | "
+             "other processes |", "|---|---|---|---|---|---|---|---|---|"]
     for c, row in ld["summary"].items():
         for route in ("direct", "waypoint"):
             r = row[route]
@@ -900,6 +916,12 @@ def write_markdown(path: Path, report: Body, measurements: list[Measurement]) ->
               "time (/proc/stat) during the run minus this benchmark's own processes, in CPUs; above ~0.1 the run "
               f"shared the machine with other work (load average at start: {machine['loadavg_at_start'][0]:.2f}).",
               ""]
+    return lines
+
+
+def write_markdown(path: Path, report: Body, measurements: list[Measurement]) -> None:
+    lines = (_md_translation(report, measurements) + _md_bytes(report["bytes"]) + _md_ack(report["ack"])
+             + _md_load(report["load"], report["machine"]))
     path.write_text("\n".join(lines))
 
 
@@ -959,7 +981,8 @@ def main(argv: list[str] | None = None) -> int:
     write_markdown(args.out / f"{stem}.md", report, measurements)
     c16 = load["summary"][str(concurrency[-1])]["ratio"]["rps"]
     print(f"bytes ratio {100 * bytes_info['ratio']:.2f}%; ACK p50 {fmt_time(ack['total']['p50'])}; "
-          f"c={concurrency[-1]} waypoint/direct {c16:.2f}x; total {duration_s:.0f} s; wrote {args.out / stem}.json and .md")
+          f"c={concurrency[-1]} waypoint/direct {c16:.2f}x; total {duration_s:.0f} s; "
+          f"wrote {args.out / stem}.json and .md")
     return 0
 
 

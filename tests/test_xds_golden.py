@@ -17,6 +17,7 @@ from meshway.xds.validate import run_validate
 CASES = {
     "reviews": ([BOOKINFO, TRAFFIC, GOLDEN / "reviews.yaml"], "default"),
     "features": ([GOLDEN / "features.yaml"], "shop"),
+    "empty": ([GOLDEN / "empty.yaml"], "default"),
 }
 
 

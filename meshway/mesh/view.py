@@ -188,7 +188,8 @@ class MeshView:
 
     def with_changes(self, snapshot: Mapping[str, Iterable[Body]]) -> "MeshView":
         """A new view where the indexes of the kinds present in `snapshot` are rebuilt from it
-        (`snapshot[kind]` is the complete, current list of that kind); other indexes are shared."""
+        (`snapshot[kind]` is the complete, current list of that kind); other indexes are shared.
+        Kinds that one index is built from together must come together: see `expand_kinds`."""
         view = self
         if "Namespace" in snapshot:
             view = replace(view, namespaces={b["metadata"]["name"]: build_namespace(b) for b in snapshot["Namespace"]})
@@ -232,5 +233,15 @@ class MeshView:
 
 
 CONFIG_KINDS = ("VirtualService", "DestinationRule", "HTTPRoute")
+# The waypoint index is built from these three together.
+GATEWAY_KINDS = frozenset({"Gateway", "GatewayClass", "Deployment"})
+
+
+def expand_kinds(kinds: Iterable[str]) -> tuple[str, ...]:
+    """The kinds to re-read for a change to `kinds`, so that `with_changes` sees whole index inputs."""
+    out = set(kinds)
+    if out & GATEWAY_KINDS:
+        out |= GATEWAY_KINDS
+    return tuple(sorted(out))
 SNAPSHOT_KINDS = ("Namespace", "Service", "ServiceEntry", "Pod", "Gateway", "GatewayClass", "Deployment")
 XDS_KINDS = SNAPSHOT_KINDS + CONFIG_KINDS

@@ -18,7 +18,7 @@ from pathlib import Path
 from .. import __version__
 from .. import labels as L
 from ..ca import CertificateAuthority, build_secrets
-from ..mesh.view import XDS_KINDS, MeshView
+from ..mesh.view import XDS_KINDS, MeshView, expand_kinds
 from ..store import Expired, Store
 from ..xds import protos as P
 from ..xds.bootstrap import build_bootstrap
@@ -240,7 +240,7 @@ class ControlPlane:
                     kinds = {c.kind for c in changes} & set(XDS_KINDS)
                     self.rv = changes[-1].rv
                     if kinds:
-                        _, snapshot = self.store.snapshot(tuple(sorted(kinds)))
+                        _, snapshot = self.store.snapshot(expand_kinds(kinds))
                         self.view = self.view.with_changes(snapshot)
                         self.sync()
                 self._supervise()

@@ -15,8 +15,16 @@ from .placement import Replica, replica_sock_dir
 def controlplane_pid(state_dir: Path) -> int | None:
     try:
         pid = int((state_dir / "run" / "controlplane.pid").read_text().split()[0])
-        os.kill(pid, 0)
     except (OSError, ValueError, IndexError):
+        return None
+    try:  # our own child that exited is a zombie until reaped
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return None
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except OSError:
         return None
     return pid
 

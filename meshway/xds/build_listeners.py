@@ -190,6 +190,9 @@ def build_main_internal(scope: WaypointScope, route_for: Callable[[ServiceInfo, 
             "typed_config": typed("envoy.extensions.filters.listener.http_inspector.v3.HttpInspector")}],
         "filter_chains": chains,
     }
+    if not ranges:  # nothing bound yet: a matcher that matches nothing (chains are still unique by name)
+        ranges.append({"ranges": [{"address_prefix": "0.0.0.0", "prefix_len": 32}],
+                       "on_match": _chain_action("direct-tcp")})
     if ranges:
         listener["filter_chain_matcher"] = {"matcher_tree": {
             "input": {"name": "ip", "typed_config": typed(

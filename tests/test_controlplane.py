@@ -1,0 +1,115 @@
+"""The control plane as a process manager: replicas restarted with backoff after a crash, stopped
+when their Gateway goes, and still serving when the control plane itself dies."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from xds_support import ENVOY
+
+from meshway.cli.envoy_admin import fetch_admin
+from meshway.model import find_kind, load_yaml
+from meshway.runtime.controlplane import ControlPlane
+from meshway.runtime.daemon import controlplane_pid, start_controlplane, stop_all
+from meshway.runtime.envoy import read_pid
+from meshway.store import Store
+
+WAYPOINT = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: default, annotations: {meshway.io/replicas: "2"}}
+spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+"""
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def programmed(store: Store) -> bool:
+    try:
+        gw = store.get(find_kind("gtw"), "default", "waypoint")
+    except Exception:
+        return False
+    return any(c["type"] == "Programmed" and c["status"] == "True" for c in gw["status"]["conditions"])
+
+
+def ready_replicas(store: Store) -> int:
+    dep = store.get(find_kind("deploy"), "default", "waypoint")
+    return (dep.get("status") or {}).get("readyReplicas", 0)
+
+
+@pytest.fixture
+def running(tmp_path: Path):
+    store = Store(tmp_path / "state")
+    store.apply(load_yaml(WAYPOINT, "waypoint.yaml"))
+    cp = ControlPlane(tmp_path / "state", envoy=ENVOY)
+    stop = asyncio.Event()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(cp.run(stop),), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: ready_replicas(store) == 2, what="2 ready waypoint replicas")
+        yield store, cp
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        cp.stop_proxies()
+
+
+def test_two_replicas_restart_after_crash_and_stop_with_their_gateway(running) -> None:
+    store, cp = running
+    assert programmed(store)
+    states = list(cp.replicas.values())
+    assert len(states) == 2 and len({s.replica.pod_ip for s in states}) == 2
+    victim = states[0]
+    old_pid = read_pid(victim.paths)
+    os.kill(old_pid, signal.SIGKILL)
+    wait_for(lambda: (read_pid(victim.paths) or old_pid) != old_pid, what="the crashed replica to restart")
+    wait_for(lambda: ready_replicas(store) == 2, what="the restarted replica to be ready again")
+    pod = store.get(find_kind("pod"), "default", victim.replica.pod)
+    assert pod["status"]["containerStatuses"][0]["restartCount"] >= 0
+    store.delete([(find_kind("gtw"), "default", "waypoint")])
+    wait_for(lambda: all(read_pid(s.paths) is None for s in states), what="replicas to stop with their Gateway")
+    assert not cp.replicas
+
+
+def test_envoy_keeps_serving_when_the_control_plane_dies(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    store = Store(state)
+    store.apply(load_yaml(WAYPOINT.replace('"2"', '"1"'), "waypoint.yaml"))
+    try:
+        pid = start_controlplane(state)
+        wait_for(lambda: programmed(store), what="the waypoint to be Programmed")
+        status = json.loads((state / "run" / "proxy-status.json").read_text())
+        admin = next(iter(status.values()))["admin"]
+        envoy_pid = int(next((state / "run" / "proxies").glob("*/envoy.pid")).read_text())
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: controlplane_pid(state) is None, what="the control plane to die")
+        time.sleep(1.0)
+        os.kill(envoy_pid, 0)  # still running
+        assert fetch_admin(admin, "/ready").strip() == b"LIVE"
+        listeners = json.loads(fetch_admin(admin, "/config_dump?resource=dynamic_listeners"))
+        names = {c["name"] for c in listeners["configs"]}
+        assert {"connect_terminate", "main_internal", "connect_originate"} <= names
+        (state / "run" / "controlplane.pid").unlink(missing_ok=True)
+        start_controlplane(state)  # a new control plane adopts the running replica
+        time.sleep(1.5)
+        assert int(next((state / "run" / "proxies").glob("*/envoy.pid")).read_text()) == envoy_pid
+        wait_for(lambda: programmed(store), what="the waypoint to stay Programmed")
+    finally:
+        stopped = stop_all(state)
+    assert any(s.startswith("proxy waypoint-") for s in stopped)
