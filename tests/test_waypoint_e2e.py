@@ -125,6 +125,8 @@ class Backend(BaseHTTPRequestHandler):
             time.sleep(1.0)
         self._reply(200, {"version": self.version, "path": self.path})
 
+    do_DELETE = do_GET  # noqa: N815
+
     def _reply(self, status: int, body: dict) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
@@ -322,3 +324,38 @@ def test_every_feature_is_acked_by_a_live_waypoint(tmp_path: Path) -> None:
         loop.call_soon_threadsafe(stop.set)
         thread.join(10)
         cp.stop_proxies()
+
+
+def test_l7_authorization_policy_on_the_waypoint(mesh: Mesh) -> None:
+    mesh.store.apply(load_yaml("""
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-delete, namespace: default}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: DENY
+  rules: [{to: [{operation: {methods: [DELETE]}}]}, {when: [{key: "request.headers[x-block]", values: ["yes"]}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-sleep, namespace: default}
+spec:
+  targetRefs: [{kind: Service, group: "", name: reviews}]
+  action: ALLOW
+  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/sleep]}}]}]
+""", "ap.yaml"))
+
+    def status_of(sa: str, method: str = "GET", headers: dict | None = None) -> int:
+        conn = mesh.client(sa)
+        try:
+            return conn.open(f"{mesh.vip()}:9080").request(method, "/", headers).status
+        finally:
+            conn.close()
+
+    deadline = time.monotonic() + 5
+    while status_of("sleep", "DELETE") != 403:
+        assert time.monotonic() < deadline, "the DENY policy never took effect"
+        time.sleep(0.1)
+    assert status_of("sleep") == 200
+    assert status_of("sleep", headers={"x-block": "yes"}) == 403  # DENY wins over ALLOW
+    assert status_of("productpage") == 403  # not the allowed principal

@@ -108,12 +108,12 @@ def build_http_filters() -> list[Body]:
     ]
 
 
-def build_hcm(stat_prefix: str, route_config: Body, http2: bool = False) -> Body:
+def build_hcm(stat_prefix: str, route_config: Body, http2: bool = False, authz: list[Body] | None = None) -> Body:
     config = typed(HCM, stat_prefix=stat_prefix, codec_type="AUTO", use_remote_address=False,
                    upgrade_configs=[{"upgrade_type": "websocket"}], stream_idle_timeout="0s", normalize_path=True,
                    server_name="istio-envoy",
                    request_id_extension={"typed_config": typed("envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig")},
-                   route_config=route_config, http_filters=build_http_filters())
+                   route_config=route_config, http_filters=[*(authz or []), *build_http_filters()])
     if http2:
         config["http2_protocol_options"] = {}
     return {"name": "envoy.filters.network.http_connection_manager", "typed_config": config}
@@ -144,8 +144,14 @@ def _app_protocol_matcher(http_chain: str, tcp_chain: str) -> Body:
         "on_no_match": _chain_action(tcp_chain)}
 
 
-def build_main_internal(scope: WaypointScope, route_for: Callable[[ServiceInfo, int], Body]) -> Body:
-    """`route_for(service, port)` returns the inline route config of an HTTP chain."""
+def _no_authz(svc: ServiceInfo, network: bool) -> list[Body]:
+    return []
+
+
+def build_main_internal(scope: WaypointScope, route_for: Callable[[ServiceInfo, int], Body],
+                        authz_for: Callable[[ServiceInfo, bool], list[Body]] = _no_authz) -> Body:
+    """`route_for(service, port)` returns the inline route config of an HTTP chain; `authz_for(service,
+    network)` its RBAC filters (HTTP or network)."""
     chains: list[Body] = []
     ranges: list[Body] = []
     for svc in scope.services:
@@ -155,9 +161,10 @@ def build_main_internal(scope: WaypointScope, route_for: Callable[[ServiceInfo, 
             names = {k: cluster_name(port.port, k, svc.hostname) for k in kinds}
             if "http" in names:
                 chains.append({"name": names["http"], "filters": [build_hcm(
-                    f"inbound_0.0.0.0_{port.port};", route_for(svc, port.port), detect_protocol(port) == "http2")]})
+                    f"inbound_0.0.0.0_{port.port};", route_for(svc, port.port), detect_protocol(port) == "http2",
+                    authz_for(svc, False))]})
             if "tcp" in names:
-                chains.append({"name": names["tcp"], "filters": [_tcp_proxy(names["tcp"])]})
+                chains.append({"name": names["tcp"], "filters": [*authz_for(svc, True), _tcp_proxy(names["tcp"])]})
             if len(names) == 2:
                 port_map[str(port.port)] = {"matcher": _app_protocol_matcher(names["http"], names["tcp"])}
             elif names:

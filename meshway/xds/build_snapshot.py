@@ -9,8 +9,9 @@ from typing import Any, Callable
 from .. import labels as L
 from ..mesh.view import MeshView, ServiceInfo, WaypointInfo
 from ..model.gateway import HTTPRoute as GwHTTPRoute
-from ..model.istio import DestinationRule, VirtualService
+from ..model.istio import AuthorizationPolicy, DestinationRule, VirtualService
 from . import protos as P
+from .build_authz import WAYPOINT, build_rbac_filters, find_waypoint_policies
 from .build_clusters import build_service_cluster, build_static_clusters
 from .build_listeners import build_connect_originate, build_connect_terminate, build_main_internal
 from .build_routes import Problems, RouteTarget, build_route_config
@@ -161,7 +162,14 @@ def build_waypoint_config(view: MeshView, proxy: Proxy, secrets: dict[str, Body]
         name = cluster_name(port, "http", svc.hostname)
         return build_route_config(name, target, find_routes_for(view, svc, wp, port), problems)
 
-    listeners = {li["name"]: li for li in (build_connect_terminate(proxy), build_main_internal(scope, route_for),
+    policies = [AuthorizationPolicy.model_validate(b, strict=False) for b in view.config.get("AuthorizationPolicy", ())]
+
+    def authz_for(svc: ServiceInfo, network: bool) -> list[Body]:
+        applied = find_waypoint_policies(policies, wp.namespace, wp.name, svc.namespace, svc.name, svc.kind)
+        return build_rbac_filters(applied, WAYPOINT, network)
+
+    listeners = {li["name"]: li for li in (build_connect_terminate(proxy),
+                                           build_main_internal(scope, route_for, authz_for),
                                            build_connect_originate())}
     resources = {P.CLUSTER: clusters, P.ENDPOINT: endpoints, P.LISTENER: listeners, P.ROUTE: {},
                  P.SECRET: dict(secrets or {})}

@@ -1,0 +1,268 @@
+"""AuthorizationPolicy -> Envoy RBAC, with Istio's semantics (pure).
+
+- Which policies apply: targetRefs policies to waypoints (Gateway, Service, ServiceEntry, the
+  istio-waypoint GatewayClass from the root namespace); selector and namespace-wide policies to
+  node proxies (ztunnel), root-namespace ones mesh-wide.
+- Evaluation: AUDIT, then DENY, then ALLOW filters; once any ALLOW policy applies a request must
+  match one of its rules; an ALLOW policy without rules allows nothing; `rules: [{}]` matches all.
+- Identity: on a waypoint the caller is the HBONE peer, carried in filter state
+  `io.istio.peer_principal`; on a node proxy it is the mTLS peer of the HBONE connection.
+- A rule a proxy cannot enforce (HTTP attributes on a node proxy, unknown `when` keys) fails
+  closed: dropped from an ALLOW, and matching everything in a DENY.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from .. import labels as L
+from ..model.istio import AuthorizationPolicy, Rule
+from .protos import typed
+
+Body = dict[str, Any]
+WAYPOINT = "waypoint"
+ZTUNNEL = "ztunnel"  # HBONE inbound: identity from the mTLS peer, port from the CONNECT :authority
+ZTUNNEL_TCP = "ztunnel-tcp"  # plaintext inbound: no identity, port from the original destination
+HTTP_FIELDS = ("methods", "notMethods", "paths", "notPaths", "hosts", "notHosts")
+HTTP_WHEN = ("request.headers", "request.auth", "request.method", "request.path")
+
+
+@dataclass(frozen=True)
+class Policy:
+    namespace: str
+    name: str
+    action: str
+    rules: tuple[Rule, ...] | None
+    dry_run: bool = False
+
+    @staticmethod
+    def of(p: AuthorizationPolicy) -> "Policy":
+        rules = tuple(p.spec.rules) if p.spec.rules is not None else None
+        return Policy(p.namespace, p.name, p.spec.action, rules,
+                      (p.metadata.annotations or {}).get("istio.io/dry-run") == "true")
+
+
+def _target_refs(p: AuthorizationPolicy) -> list:
+    return list(p.spec.targetRefs or []) + ([p.spec.targetRef] if p.spec.targetRef else [])
+
+
+def find_waypoint_policies(policies: Iterable[AuthorizationPolicy], waypoint_ns: str, waypoint: str,
+                           service_ns: str | None = None, service: str | None = None,
+                           service_kind: str = "Service") -> list[Policy]:
+    """Policies a waypoint enforces on one service's chain (or on every chain when service is None)."""
+    out = []
+    for p in policies:
+        for ref in _target_refs(p):
+            ns = ref.namespace or p.namespace
+            if ref.kind == "Gateway" and ns == waypoint_ns and ref.name == waypoint and p.namespace == waypoint_ns:
+                out.append(Policy.of(p))
+            elif ref.kind == "GatewayClass" and ref.name == L.WAYPOINT_CLASS and p.namespace == L.ROOT_NAMESPACE:
+                out.append(Policy.of(p))
+            elif ref.kind == service_kind and service and ns == service_ns and ref.name == service \
+                    and p.namespace == service_ns:
+                out.append(Policy.of(p))
+            else:
+                continue
+            break
+    return out
+
+
+def find_workload_policies(policies: Iterable[AuthorizationPolicy], namespace: str,
+                           labels: dict[str, str]) -> list[Policy]:
+    """Selector / namespace-wide / root-namespace policies a node proxy enforces for a pod."""
+    out = []
+    for p in policies:
+        if _target_refs(p):
+            continue
+        if p.namespace not in (namespace, L.ROOT_NAMESPACE):
+            continue
+        sel = p.spec.selector.matchLabels if p.spec.selector else {}
+        if all(labels.get(k) == v for k, v in sel.items()):
+            out.append(Policy.of(p))
+    return out
+
+
+def _spiffe(value: str) -> str:
+    return value if value.startswith("spiffe://") else f"spiffe://{value}"
+
+
+def _wild(value: str, exact_key: str = "exact") -> Body:
+    """Istio's string forms: exact, `prefix*`, `*suffix`, `*` (presence)."""
+    if value == "*":
+        return {"safe_regex": {"regex": ".+"}}
+    if value.endswith("*"):
+        return {"prefix": value[:-1]}
+    if value.startswith("*"):
+        return {"suffix": value[1:]}
+    return {exact_key: value}
+
+
+class _Builder:
+    def __init__(self, proxy: str):
+        self.proxy = proxy
+
+    def principal_id(self, match: Body) -> Body:
+        if self.proxy == WAYPOINT:
+            return {"filter_state": {"key": "io.istio.peer_principal", "string_match": match}}
+        return {"authenticated": {"principal_name": match}}
+
+    def principal(self, value: str) -> Body:
+        if value == "*":
+            return self.principal_id({"safe_regex": {"regex": ".+"}})
+        m = _wild(_spiffe(value)) if not value.startswith("*") else _wild(value)
+        return self.principal_id(m)
+
+    def namespace(self, ns: str) -> Body:
+        return self.principal_id({"safe_regex": {"regex": f".*/ns/{ns}/.*"}})
+
+    def ip(self, cidr: str, remote: bool = False) -> Body:
+        prefix, _, length = cidr.partition("/")
+        return {"remote_ip" if remote else "direct_remote_ip": {
+            "address_prefix": prefix, "prefix_len": int(length or (128 if ":" in prefix else 32))}}
+
+    def port(self, port: str) -> Body:
+        if self.proxy == ZTUNNEL:  # the CONNECT :authority carries the destination port
+            return {"header": {"name": ":authority", "string_match": {"suffix": f":{port}"}}}
+        return {"destination_port": int(port)}
+
+    @staticmethod
+    def _or(items: list[Body], key: str) -> Body | None:
+        if not items:
+            return None
+        return items[0] if len(items) == 1 else {key: {"ids" if key == "or_ids" else "rules": items}}
+
+    def _field(self, values, make, key: str, negate: bool) -> Body | None:
+        body = self._or([make(v) for v in values or []], key)
+        if body is None:
+            return None
+        if negate:
+            return {"not_id" if key == "or_ids" else "not_rule": body}
+        return body
+
+    def source(self, s) -> list[Body]:
+        parts = [
+            self._field(s.principals, self.principal, "or_ids", False),
+            self._field(s.notPrincipals, self.principal, "or_ids", True),
+            self._field(s.namespaces, self.namespace, "or_ids", False),
+            self._field(s.notNamespaces, self.namespace, "or_ids", True),
+            self._field(s.ipBlocks, self.ip, "or_ids", False),
+            self._field(s.notIpBlocks, self.ip, "or_ids", True),
+            self._field(s.remoteIpBlocks, lambda c: self.ip(c, True), "or_ids", False),
+            self._field(s.notRemoteIpBlocks, lambda c: self.ip(c, True), "or_ids", True),
+        ]
+        return [p for p in parts if p]
+
+    def operation(self, o) -> list[Body]:
+        def header(name: str):
+            return lambda v: {"header": {"name": name, "string_match": _wild(v)}}
+
+        def path(v: str) -> Body:
+            return {"url_path": {"path": _wild(v)}}
+
+        parts = [
+            self._field(o.ports, self.port, "or_rules", False),
+            self._field(o.notPorts, self.port, "or_rules", True),
+            self._field(o.methods, header(":method"), "or_rules", False),
+            self._field(o.notMethods, header(":method"), "or_rules", True),
+            self._field(o.paths, path, "or_rules", False),
+            self._field(o.notPaths, path, "or_rules", True),
+            self._field(o.hosts, header(":authority"), "or_rules", False),
+            self._field(o.notHosts, header(":authority"), "or_rules", True),
+        ]
+        return [p for p in parts if p]
+
+    def condition(self, key: str, values: list[str]) -> tuple[str, Body] | None:
+        """('permission'|'principal', matcher) for a `when` key, None when unsupported."""
+        if key.startswith("request.headers[") and key.endswith("]"):
+            name = key[len("request.headers["):-1].lower()
+            return "permission", self._or([{"header": {"name": name, "string_match": _wild(v)}} for v in values],
+                                          "or_rules")
+        simple = {
+            "source.ip": ("principal", lambda v: self.ip(v)),
+            "remote.ip": ("principal", lambda v: self.ip(v, True)),
+            "source.namespace": ("principal", self.namespace),
+            "source.principal": ("principal", self.principal),
+            "destination.port": ("permission", self.port),
+        }
+        if key not in simple:
+            return None
+        side, make = simple[key]
+        return side, self._or([make(v) for v in values], "or_ids" if side == "principal" else "or_rules")
+
+
+def detect_http_rule(rule: Rule) -> list[str]:
+    """The HTTP attributes a rule uses (a node proxy cannot enforce them)."""
+    found = [f"to.operation.{f}" for t in rule.to or [] for f in HTTP_FIELDS if getattr(t.operation, f)]
+    found += [f"when.{c.key}" for c in rule.when or [] if c.key.startswith(HTTP_WHEN)]
+    return found
+
+
+def build_rule(rule: Rule, proxy: str, network: bool = False) -> Body | None:
+    """One Envoy RBAC Policy for an Istio rule, or None if the proxy (or a TCP chain) cannot enforce it."""
+    b = _Builder(proxy)
+    if (network or proxy in (ZTUNNEL, ZTUNNEL_TCP)) and detect_http_rule(rule):
+        return None
+    principals: list[Body] = []
+    permissions: list[Body] = []
+    if rule.from_:
+        ids = [{"and_ids": {"ids": parts}} if len(parts) > 1 else parts[0] if parts else {"any": True}
+               for parts in (b.source(f.source) for f in rule.from_)]
+        principals.append(ids[0] if len(ids) == 1 else {"or_ids": {"ids": ids}})
+    if rule.to:
+        ops = [{"and_rules": {"rules": parts}} if len(parts) > 1 else parts[0] if parts else {"any": True}
+               for parts in (b.operation(t.operation) for t in rule.to)]
+        permissions.append(ops[0] if len(ops) == 1 else {"or_rules": {"rules": ops}})
+    for cond in rule.when or []:
+        if cond.notValues and not cond.values:
+            built = b.condition(cond.key, cond.notValues)
+            negate = True
+        else:
+            built = b.condition(cond.key, cond.values or [])
+            negate = False
+        if built is None or built[1] is None:
+            return None
+        side, matcher = built
+        if side == "principal":
+            principals.append({"not_id": matcher} if negate else matcher)
+        else:
+            permissions.append({"not_rule": matcher} if negate else matcher)
+    principal = ({"and_ids": {"ids": principals}} if len(principals) > 1 else principals[0]) if principals \
+        else {"any": True}
+    permission = ({"and_rules": {"rules": permissions}} if len(permissions) > 1 else permissions[0]) if permissions \
+        else {"any": True}
+    return {"permissions": [permission], "principals": [principal]}
+
+
+def build_rbac_policies(policies: list[Policy], action: str, proxy: str, network: bool = False) -> Body:
+    """{policy name: RBAC Policy} for one action, names `ns[NS]-policy[NAME]-rule[I]`."""
+    out: Body = {}
+    for p in policies:
+        if p.action != action or p.rules is None:
+            continue
+        for i, rule in enumerate(p.rules):
+            built = build_rule(rule, proxy, network)
+            if built is None:
+                if action in ("DENY", "AUDIT"):  # fail closed: an unenforceable DENY matches everything
+                    built = {"permissions": [{"any": True}], "principals": [{"any": True}]}
+                else:
+                    continue
+            out[f"ns[{p.namespace}]-policy[{p.name}]-rule[{i}]"] = built
+    return out
+
+
+def build_rbac_filters(policies: list[Policy], proxy: str, network: bool = False) -> list[Body]:
+    """The RBAC filters for a chain, in Istio's order (AUDIT is logged only: left out), DENY then ALLOW."""
+    kind = "network" if network else "http"
+    type_name = (f"envoy.extensions.filters.{kind}.rbac.v3.RBAC")
+    filters = []
+    live = [p for p in policies if not p.dry_run]
+    deny = build_rbac_policies(live, "DENY", proxy, network)
+    if deny:
+        rules = {"action": "DENY", "policies": deny}
+        filters.append({"name": f"envoy.filters.{kind}.rbac",
+                        "typed_config": typed(type_name, rules=rules, **({"stat_prefix": "tcp."} if network else {}))})
+    if any(p.action == "ALLOW" for p in live):
+        rules = {"action": "ALLOW", "policies": build_rbac_policies(live, "ALLOW", proxy, network)}
+        filters.append({"name": f"envoy.filters.{kind}.rbac",
+                        "typed_config": typed(type_name, rules=rules, **({"stat_prefix": "tcp."} if network else {}))})
+    return filters
