@@ -7,8 +7,7 @@ import asyncio
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
-from h2.events import (ConnectionTerminated, DataReceived, RequestReceived, StreamEnded, StreamReset,
-                       WindowUpdated)
+from h2.events import ConnectionTerminated, DataReceived, RequestReceived, StreamEnded, StreamReset
 from h2.exceptions import H2Error
 
 from .server import Handler, Request, Response, call_handler, detect_bodyless
@@ -60,10 +59,9 @@ class H2Session:
                 self.spawn(event.stream_id, build_request(headers, bytes(body), self.client))
             elif isinstance(event, StreamReset):
                 self.requests.pop(event.stream_id, None)
-            elif isinstance(event, WindowUpdated):
-                self.window_open.set()
             elif isinstance(event, ConnectionTerminated):
                 self.closed = True
+        self.window_open.set()  # settings or window updates may have opened a stream's window
         self.flush()
 
     def spawn(self, stream_id: int, req: Request) -> None:

@@ -18,12 +18,12 @@ ORIGINAL_DST_LOCAL = "envoy.filters.listener.original_dst.local_ip"
 ORIGINAL_DST_REMOTE = "envoy.filters.listener.original_dst.remote_ip"
 
 
-def build_tls_context(kind: str, trust_domain: str, extra: Body | None = None) -> Body:
-    """Downstream/Upstream TLS for HBONE: TLS 1.3 only, ALPN h2, SDS `default` + `ROOTCA`."""
+def build_tls_context(kind: str, trust_domain: str, extra: Body | None = None, cert: str = "default") -> Body:
+    """Downstream/Upstream TLS for HBONE: TLS 1.3 only, ALPN h2, SDS `cert` (`default`) + `ROOTCA`."""
     common = {
         "tls_params": {"tls_minimum_protocol_version": "TLSv1_3", "tls_maximum_protocol_version": "TLSv1_3"},
         "alpn_protocols": ["h2"],
-        "tls_certificate_sds_secret_configs": [{"name": "default", "sds_config": ADS}],
+        "tls_certificate_sds_secret_configs": [{"name": cert, "sds_config": ADS}],
         "combined_validation_context": {
             "default_validation_context": {"match_typed_subject_alt_names": [
                 {"san_type": "URI", "matcher": {"prefix": f"spiffe://{trust_domain}/"}}]},

@@ -14,14 +14,15 @@ from . import protos as P
 Body = dict[str, Any]
 
 
-def _strip_sds_source(node: Any) -> Any:
+def _strip_sds_source(node: Any, names: frozenset[str] = frozenset({"default", "ROOTCA"})) -> Any:
+    """SDS references to secrets given statically lose their `sds_config` (static secret lookup)."""
     if isinstance(node, dict):
-        out = {k: _strip_sds_source(v) for k, v in node.items()}
-        if "sds_config" in out and out.get("name") in ("default", "ROOTCA"):
+        out = {k: _strip_sds_source(v, names) for k, v in node.items()}
+        if "sds_config" in out and out.get("name") in names:
             out.pop("sds_config")
         return out
     if isinstance(node, list):
-        return [_strip_sds_source(v) for v in node]
+        return [_strip_sds_source(v, names) for v in node]
     return node
 
 
@@ -41,7 +42,7 @@ def build_static_bootstrap(resources: dict[str, dict[str, Body]]) -> Body:
         "node": {"id": "validate", "cluster": "validate"},
         "bootstrap_extensions": [{"name": "envoy.bootstrap.internal_listener", "typed_config": P.typed(
             "envoy.extensions.bootstrap.internal_listener.v3.InternalListener", buffer_size_kb=64)}],
-        "static_resources": _strip_sds_source(static),
+        "static_resources": _strip_sds_source(static, frozenset(resources[P.SECRET])),
     }
 
 

@@ -1,0 +1,60 @@
+"""Which built-in app stands in for a container image (pure). Images are never pulled: Istio's
+bookinfo images run `meshway.apps.bookinfo`, echo/httpbin-like images run `meshway.apps.echo` on
+the image's usual port, curl/sleep images run `meshway.apps.sleep`; any other image needs the
+container to give a `command`."""
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+BOOKINFO_IMAGE = re.compile(r"(?:istio/)?examples-bookinfo-(productpage|details|reviews|ratings)-(v\d+)")
+HELLOWORLD_IMAGE = re.compile(r"istio/examples-helloworld-(v\d+)")
+ECHO_IMAGES = {  # repository -> the port the real image listens on
+    "echo": 8080, "meshway/echo": 8080, "hashicorp/http-echo": 5678, "kennethreitz/httpbin": 80,
+    "mccutchen/go-httpbin": 8080, "kong/httpbin": 80, "istio/httpbin": 80, "jmalloc/echo-server": 8080,
+    "ealen/echo-server": 80, "mendhak/http-https-echo": 8080,
+}
+SLEEP_IMAGES = frozenset({"curlimages/curl", "curl", "sleep", "meshway/sleep", "istio/sleep", "istio/curl",
+                          "governmentpaas/curl-ssl", "pstauffer/curl"})
+
+
+@dataclass(frozen=True)
+class AppCommand:
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+def find_repository(image: str) -> str:
+    """`docker.io/istio/examples-bookinfo-details-v1:1.20.1` -> `istio/examples-bookinfo-details-v1`:
+    no registry host, tag or digest; Docker Hub's `library/` dropped."""
+    name = image.strip().split("@", 1)[0]
+    last = name.rsplit("/", 1)
+    if ":" in last[-1]:
+        name = name[: len(name) - len(last[-1])] + last[-1].split(":", 1)[0]
+    parts = name.split("/")
+    if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
+        parts = parts[1:]
+    if len(parts) > 1 and parts[0] == "library":
+        parts = parts[1:]
+    return "/".join(parts).lower()
+
+
+def _app(module: str, python: str, env: Mapping[str, str]) -> AppCommand:
+    return AppCommand((python, "-m", f"meshway.apps.{module}"), dict(env))
+
+
+def resolve_image(image: str | None, python: str = sys.executable) -> AppCommand | None:
+    if not image:
+        return None
+    repo = find_repository(image)
+    if m := BOOKINFO_IMAGE.fullmatch(repo):
+        return _app("bookinfo", python, {"BOOKINFO_SERVICE": m.group(1), "BOOKINFO_VERSION": m.group(2)})
+    if m := HELLOWORLD_IMAGE.fullmatch(repo):
+        return _app("echo", python, {"PORT": "5000", "VERSION": m.group(1)})
+    if repo in ECHO_IMAGES:
+        return _app("echo", python, {"PORT": str(ECHO_IMAGES[repo])})
+    if repo in SLEEP_IMAGES:
+        return _app("sleep", python, {})
+    return None

@@ -1,0 +1,257 @@
+"""A node proxy (ztunnel) as one Envoy in the node's network namespace (istio-facts §2). Pure.
+
+Capture (iptables in the node namespace, `meshway.runtime.capture`) sends a mesh pod's outbound TCP
+to :15001, HBONE for local mesh pods to :15008, and plaintext for them to :15006.
+
+- `ztunnel_outbound` (:15001): chosen by source pod IP (its identity: the client certificate used),
+  then destination. A service VIP whose waypoint is ready -> HBONE to the waypoint with
+  `:authority` = VIP:port; any other service VIP -> HBONE to one of its pods' :15008 with
+  `:authority` = podIP:targetPort; a mesh pod IP -> its workload waypoint if it has one, else HBONE
+  to the pod; anything else -> passthrough.
+- `ztunnel_inbound` (:15008): TLS with the destination pod's own identity, L4 authorization (RBAC on
+  the mTLS peer), then the tunnel's bytes to the `:authority` address.
+- `ztunnel_inbound_plaintext` (:15006): plaintext from clients outside the mesh, same L4 policy
+  (a policy naming principals or namespaces cannot match them), delivered as is.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from .. import labels as L
+from ..mesh.enrollment import detect_ambient
+from ..mesh.selection import ACCEPTED, decide_service, decide_workload
+from ..mesh.view import MeshView, PodInfo, ServiceInfo
+from ..model.istio import AuthorizationPolicy
+from . import protos as P
+from .build_authz import ZTUNNEL, ZTUNNEL_TCP, build_rbac_filters, find_workload_policies
+from .build_clusters import HTTP_OPTIONS, _default_breakers, _internal_upstream
+from .build_listeners import HCM, _chain_action, _original_dst, build_tls_context
+from .build_node_inbound import INBOUND_CLUSTER
+from .protos import typed
+from .scope import find_service_pods, resolve_target_port
+
+Body = dict[str, Any]
+OUTBOUND_PORT, INBOUND_PORT, PLAINTEXT_PORT = 15001, 15008, 15006
+PASSTHROUGH = "passthrough"
+
+
+@dataclass(frozen=True)
+class NodeProxy:
+    node_id: str
+    node: str  # node-1
+    trust_domain: str = L.CLUSTER_DOMAIN
+
+
+def identity_of(pod: PodInfo, trust_domain: str = L.CLUSTER_DOMAIN) -> str:
+    return f"spiffe://{trust_domain}/ns/{pod.namespace}/sa/{pod.service_account}"
+
+
+def _h(identity: str) -> str:
+    return hashlib.sha1(identity.encode()).hexdigest()[:8]
+
+
+def find_local_pods(view: MeshView, node: str) -> list[PodInfo]:
+    pods = [p for p in view.pods.values() if p.node == node and p.ip and detect_ambient(view, p)]
+    return sorted(pods, key=lambda p: (p.namespace, p.name))
+
+
+def find_mesh_pods(view: MeshView) -> dict[str, PodInfo]:
+    return {p.ip: p for p in view.pods.values() if p.ip and detect_ambient(view, p)}
+
+
+def _tcp(cluster: str, stat: str, tunnel: bool = False) -> Body:
+    config = typed("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", stat_prefix=stat, cluster=cluster)
+    if tunnel:
+        config["tunneling_config"] = {"hostname": "%DOWNSTREAM_LOCAL_ADDRESS%"}
+    return {"name": "envoy.filters.network.tcp_proxy", "typed_config": config}
+
+
+def _h2_tls_cluster(name: str, identity: str, trust_domain: str, **fields: Any) -> Body:
+    return {"name": name, "connect_timeout": "10s", "circuit_breakers": _default_breakers(),
+            "typed_extension_protocol_options": {HTTP_OPTIONS: typed(
+                HTTP_OPTIONS, common_http_protocol_options={"idle_timeout": "3600s"},
+                explicit_http_config={"http2_protocol_options": {"allow_connect": True}})},
+            "transport_socket": build_tls_context("UpstreamTlsContext", trust_domain, cert=identity), **fields}
+
+
+class _Outbound:
+    """Chains and clusters of one source identity."""
+
+    def __init__(self, view: MeshView, identity: str, trust_domain: str):
+        self.view, self.identity, self.td, self.h = view, identity, trust_domain, _h(identity)
+        self.chains: dict[str, Body] = {}
+        self.clusters: dict[str, Body] = {}
+        self.listeners: dict[str, Body] = {}
+        self.mesh_pods = find_mesh_pods(view)
+
+    @property
+    def hbone(self) -> str:
+        name = f"hbone|{self.h}"
+        if name not in self.clusters:
+            self.clusters[name] = _h2_tls_cluster(name, self.identity, self.td, type="ORIGINAL_DST",
+                                                  lb_policy="CLUSTER_PROVIDED", cleanup_interval="60s",
+                                                  original_dst_lb_config={"upstream_port_override": INBOUND_PORT})
+        return name
+
+    @property
+    def originate(self) -> str:
+        """Internal listener that re-reads the chosen endpoint from metadata and tunnels to it."""
+        name = f"connect_originate|{self.h}"
+        if name not in self.listeners:
+            self.listeners[name] = {"name": name, "internal_listener": {}, "listener_filters": [_original_dst()],
+                                    "filter_chains": [{"filters": [_tcp(self.hbone, name, tunnel=True)]}]}
+        return name
+
+    def waypoint_cluster(self, wp_key: str) -> str | None:
+        ns, name = wp_key.split("/", 1)
+        wp = self.view.waypoints.get((ns, name))
+        pods = [p for p in self.view.pods.values() if p.namespace == ns and p.ready and p.ip
+                and p.labels.get(L.GATEWAY_NAME) == name]
+        if wp is None or not pods:
+            return None
+        cluster = f"waypoint|{self.h}|{wp_key}"
+        self.clusters[cluster] = _h2_tls_cluster(cluster, self.identity, self.td, type="STATIC", load_assignment={
+            "cluster_name": cluster, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": p.ip, "port_value": INBOUND_PORT}}}}
+                for p in sorted(pods, key=lambda p: p.name)]}]})
+        return cluster
+
+    def chain(self, name: str, filters: list[Body]) -> str:
+        self.chains.setdefault(name, {"name": name, "filters": filters})
+        return name
+
+    def service_chain(self, svc: ServiceInfo, port: int) -> str:
+        decision = decide_service(self.view, svc)
+        if decision.reason == ACCEPTED and decision.waypoint:
+            cluster = self.waypoint_cluster(decision.waypoint)
+            if cluster:
+                return self.chain(f"{self.h}|svc|{svc.namespace}/{svc.name}|{port}|waypoint",
+                                  [_tcp(cluster, cluster, tunnel=True)])
+        spec = next(p for p in svc.ports if p.port == port)
+        endpoints = []
+        for pod in find_service_pods(self.view, svc):
+            target = resolve_target_port(spec, pod)
+            if target is None:
+                continue
+            address = f"{pod.ip}:{target}"
+            if pod.ip in self.mesh_pods:
+                endpoints.append({"endpoint": {"address": {"envoy_internal_address": {
+                    "server_listener_name": self.originate, "endpoint_id": address}}},
+                    "metadata": {"filter_metadata": {"envoy.filters.listener.original_dst": {"local": address}}}})
+            else:
+                endpoints.append({"endpoint": {"address": {"socket_address": {"address": pod.ip,
+                                                                              "port_value": target}}}})
+        cluster = f"svc|{self.h}|{svc.hostname}|{port}"
+        self.clusters[cluster] = {
+            "name": cluster, "type": "STATIC", "connect_timeout": "10s", "lb_policy": "LEAST_REQUEST",
+            "circuit_breakers": _default_breakers(), "transport_socket": _internal_upstream(True),
+            "load_assignment": {"cluster_name": cluster, "endpoints": [{"lb_endpoints": endpoints}] if endpoints else []}}
+        return self.chain(f"{self.h}|svc|{svc.namespace}/{svc.name}|{port}", [_tcp(cluster, cluster)])
+
+    def pod_chain(self, pod: PodInfo) -> str:
+        decision = decide_workload(self.view, pod)
+        if decision.reason == ACCEPTED and decision.waypoint:
+            cluster = self.waypoint_cluster(decision.waypoint)
+            if cluster:
+                return self.chain(f"{self.h}|pod|{pod.ip}|waypoint", [_tcp(cluster, cluster, tunnel=True)])
+        return self.chain(f"{self.h}|pod", [_tcp(self.hbone, self.hbone, tunnel=True)])
+
+    def destination_matcher(self) -> Body:
+        ranges = []
+        for svc in sorted(self.view.services.values(), key=lambda s: (s.namespace, s.name)):
+            if not svc.addresses or not svc.ports:
+                continue
+            ports = {str(p.port): _chain_action(self.service_chain(svc, p.port)) for p in svc.ports
+                     if p.protocol == "TCP"}
+            ranges.append({"ranges": [{"address_prefix": ip, "prefix_len": 32} for ip in svc.addresses],
+                           "on_match": {"matcher": {"matcher_tree": {
+                               "input": {"name": "port", "typed_config": typed(
+                                   "envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput")},
+                               "exact_match_map": {"map": ports}}, "on_no_match": _chain_action(PASSTHROUGH)}}})
+        for ip, pod in sorted(self.mesh_pods.items()):
+            ranges.append({"ranges": [{"address_prefix": ip, "prefix_len": 32}],
+                           "on_match": _chain_action(self.pod_chain(pod))})
+        return {"matcher_tree": {
+            "input": {"name": "destination-ip", "typed_config": typed(
+                "envoy.extensions.matching.common_inputs.network.v3.DestinationIPInput")},
+            "custom_match": {"name": "ip", "typed_config": typed("xds.type.matcher.v3.IPMatcher",
+                                                                 range_matchers=ranges)}},
+            "on_no_match": _chain_action(PASSTHROUGH)} if ranges else {"on_no_match": _chain_action(PASSTHROUGH)}
+
+
+def build_inbound_chain(pod: PodInfo, identity: str, trust_domain: str, authz: list[Body]) -> Body:
+    deliver = {"name": "deliver_to_authority",
+               "typed_config": typed("envoy.extensions.filters.http.set_filter_state.v3.Config", on_request_headers=[{
+                   "object_key": "envoy.network.transport_socket.original_dst_address",
+                   "format_string": {"text_format_source": {"inline_string": "%REQ(:AUTHORITY)%"}},
+                   "shared_with_upstream": "ONCE"}])}
+    hcm = typed(HCM, stat_prefix=f"inbound_hbone_{pod.ip}", codec_type="HTTP2", route_config={
+        "name": "inbound", "virtual_hosts": [{"name": "inbound", "domains": ["*"], "routes": [{
+            "match": {"connect_matcher": {}},
+            "route": {"cluster": INBOUND_CLUSTER, "upgrade_configs": [{"upgrade_type": "CONNECT",
+                                                                       "connect_config": {}}]}}]}]},
+        upgrade_configs=[{"upgrade_type": "CONNECT"}], stream_idle_timeout="0s",
+        http2_protocol_options={"allow_connect": True, "max_concurrent_streams": 200},
+        http_filters=[*authz, deliver, {"name": "envoy.filters.http.router",
+                                        "typed_config": typed("envoy.extensions.filters.http.router.v3.Router")}])
+    return {"name": f"inbound|{pod.namespace}/{pod.name}",
+            "filter_chain_match": {"prefix_ranges": [{"address_prefix": pod.ip, "prefix_len": 32}]},
+            "transport_socket": build_tls_context("DownstreamTlsContext", trust_domain,
+                                                  {"require_client_certificate": True}, cert=identity),
+            "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+
+
+def build_ztunnel_config(view: MeshView, proxy: NodeProxy) -> tuple[dict[str, dict[str, Body]], set[str]]:
+    """(resources by type URL, the SPIFFE identities whose certificates it needs as SDS secrets)."""
+    td = proxy.trust_domain
+    local = find_local_pods(view, proxy.node)
+    policies = [AuthorizationPolicy.model_validate(b, strict=False) for b in view.config.get("AuthorizationPolicy", ())]
+    identities = {identity_of(p, td) for p in local}
+    outbound = {i: _Outbound(view, i, td) for i in sorted(identities)}
+    listeners: dict[str, Body] = {}
+    clusters: dict[str, Body] = {
+        PASSTHROUGH: {"name": PASSTHROUGH, "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
+                      "connect_timeout": "10s", "cleanup_interval": "60s"},
+        INBOUND_CLUSTER: {"name": INBOUND_CLUSTER, "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
+                          "connect_timeout": "10s", "cleanup_interval": "60s"},
+    }
+    source_ranges = []
+    for identity, out in outbound.items():
+        matcher = out.destination_matcher()
+        ips = [p.ip for p in local if identity_of(p, td) == identity]
+        source_ranges.append({"ranges": [{"address_prefix": ip, "prefix_len": 32} for ip in ips],
+                              "on_match": {"matcher": matcher}})
+    chains = {PASSTHROUGH: {"name": PASSTHROUGH, "filters": [_tcp(PASSTHROUGH, PASSTHROUGH)]}}
+    for out in outbound.values():
+        chains.update(out.chains)
+        clusters.update(out.clusters)
+        listeners.update(out.listeners)
+    outbound_listener: Body = {
+        "name": "ztunnel_outbound", "address": {"socket_address": {"address": "0.0.0.0", "port_value": OUTBOUND_PORT}},
+        "listener_filters": [_original_dst()], "filter_chains": list(chains.values()),
+        "filter_chain_matcher": {"matcher_tree": {
+            "input": {"name": "source-ip", "typed_config": typed(
+                "envoy.extensions.matching.common_inputs.network.v3.SourceIPInput")},
+            "custom_match": {"name": "ip", "typed_config": typed("xds.type.matcher.v3.IPMatcher",
+                                                                 range_matchers=source_ranges)}},
+            "on_no_match": _chain_action(PASSTHROUGH)} if source_ranges else {
+            "on_no_match": _chain_action(PASSTHROUGH)}}
+    listeners["ztunnel_outbound"] = outbound_listener
+    inbound_chains, plain_chains = [], []
+    for pod in local:
+        applied = find_workload_policies(policies, pod.namespace, dict(pod.labels))
+        inbound_chains.append(build_inbound_chain(pod, identity_of(pod, td), td,
+                                                  build_rbac_filters(applied, ZTUNNEL)))
+        plain_chains.append({"name": f"plaintext|{pod.namespace}/{pod.name}",
+                             "filter_chain_match": {"prefix_ranges": [{"address_prefix": pod.ip, "prefix_len": 32}]},
+                             "filters": [*build_rbac_filters(applied, ZTUNNEL_TCP, network=True),
+                                         _tcp(PASSTHROUGH, f"plaintext_{pod.ip}")]})
+    for name, port, chains_ in (("ztunnel_inbound", INBOUND_PORT, inbound_chains),
+                                ("ztunnel_inbound_plaintext", PLAINTEXT_PORT, plain_chains)):
+        if chains_:
+            listeners[name] = {"name": name, "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
+                               "listener_filters": [_original_dst()], "filter_chains": chains_}
+    return {P.CLUSTER: clusters, P.ENDPOINT: {}, P.LISTENER: listeners, P.ROUTE: {}, P.SECRET: {}}, identities
+
