@@ -53,8 +53,8 @@ def render_reviews(reviews: Fetched, error: str) -> str:
 
 
 def render_review(review: dict[str, Any]) -> str:
-    text = f"<blockquote><p>{escape(str(review.get('text', '')))}</p><small>{escape(str(review.get('reviewer', '')))}" \
-           f"</small></blockquote>"
+    quote, reviewer = escape(str(review.get("text", ""))), escape(str(review.get("reviewer", "")))
+    text = f"<blockquote><p>{quote}</p><small>{reviewer}</small></blockquote>"
     rating = review.get("rating")
     if isinstance(rating, dict) and "stars" in rating:
         color = escape(str(rating.get("color", "black")))

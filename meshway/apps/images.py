@@ -30,9 +30,8 @@ def find_repository(image: str) -> str:
     """`docker.io/istio/examples-bookinfo-details-v1:1.20.1` -> `istio/examples-bookinfo-details-v1`:
     no registry host, tag or digest; Docker Hub's `library/` dropped."""
     name = image.strip().split("@", 1)[0]
-    last = name.rsplit("/", 1)
-    if ":" in last[-1]:
-        name = name[: len(name) - len(last[-1])] + last[-1].split(":", 1)[0]
+    if ":" in name.rsplit("/", 1)[-1]:  # a tag (a colon before the last slash is a registry port)
+        name = name.rsplit(":", 1)[0]
     parts = name.split("/")
     if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
         parts = parts[1:]

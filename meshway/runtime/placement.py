@@ -52,3 +52,22 @@ def replica_dir_name(replica: Replica) -> str:
 def replica_sock_dir(state_dir: Path, replica: Replica) -> Path:
     digest = hashlib.sha1(replica_dir_name(replica).encode()).hexdigest()[:10]
     return socket_dir(state_dir) / digest
+
+
+class NetnsPlacement:
+    """Replicas run inside their pod's network namespace (the cluster runtime), on the pod IP."""
+
+    name = "netns"
+
+    def __init__(self, net):
+        self.net = net
+
+    def listen_address(self, replica: Replica) -> str:
+        return "0.0.0.0"
+
+    def command_prefix(self, replica: Replica) -> list[str]:
+        return self.net.exec_prefix(replica.namespace, replica.pod)
+
+    @staticmethod
+    def dial(pod_ip: str) -> str:
+        return pod_ip

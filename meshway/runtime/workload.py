@@ -1,0 +1,480 @@
+"""One pod's containers as local processes: what to run (pure), when to restart it and whether it
+is ready (pure), and a thin supervisor that starts, polls, probes and stops the processes.
+
+- `build_container_command(container, pod)`: Kubernetes `command`/`args` semantics with `$(VAR)`
+  expansion, or the built-in app that stands in for the image (`meshway.apps.images`); the
+  environment is the container's `env` (values and `fieldRef`s) plus POD_NAME, POD_NAMESPACE,
+  POD_IP, SERVICE_ACCOUNT, HOSTNAME, and PATH/HOME from the parent.
+- `PodProcesses(pod, prefix, log_dir)`: each container runs as `prefix + argv` (the cluster passes
+  `ip netns exec <pod netns>`) in its own session, logging to `<log_dir>/<container>.log`;
+  `poll()` restarts exited containers after 1 s, 2 s, 4 s ... (at most 30 s; a container that ran
+  for 60 s starts over at 1 s: Kubernetes' 10 s / 5 min / 10 min scaled down tenfold);
+  `check_ready()` runs `readinessProbe` (httpGet, tcpSocket, exec; grpc as tcpSocket) inside the
+  pod's namespace; `stop()` sends SIGTERM to each process group, then SIGKILL after the grace.
+
+`python -m meshway.runtime.workload probe PROBE_JSON HOST` runs one probe and exits 0 when it
+passes: that is how a probe reaches a pod IP that only exists inside the pod's namespace.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..apps.images import resolve_image
+
+Body = dict[str, Any]
+DEFAULT_GRACE = 10.0  # seconds, when the pod sets no terminationGracePeriodSeconds
+PARENT_ENV = ("PATH", "HOME")
+VAR_REF = re.compile(r"\$(\$|\(([^)]*)\))")
+LABEL_REF = re.compile(r"metadata\.(labels|annotations)\['([^']+)'\]")
+
+
+class ContainerConfigError(ValueError):
+    """The container cannot be run as given (Kubernetes' CreateContainerConfigError)."""
+
+
+# -- what to run (pure) ----------------------------------------------------------------------
+def expand_vars(text: str, env: Mapping[str, str]) -> str:
+    """Kubernetes expansion: `$(VAR)` becomes VAR's value when defined and stays as written when
+    not; `$$` is a literal `$` (so `$$(VAR)` is the text `$(VAR)`)."""
+    def sub(m: re.Match[str]) -> str:
+        if m.group(1) == "$":
+            return "$"
+        return env.get(m.group(2), m.group(0))
+    return VAR_REF.sub(sub, text)
+
+
+def find_pod_ip(pod: Body) -> str:
+    return (pod.get("status") or {}).get("podIP") or ""
+
+
+def find_service_account(pod: Body) -> str:
+    spec = pod.get("spec") or {}
+    return spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+
+
+def find_field(pod: Body, field_path: str) -> str | None:
+    """The value a `fieldRef` names, or None when meshway does not support that field."""
+    meta, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
+    if m := LABEL_REF.fullmatch(field_path):
+        return (meta.get(m.group(1)) or {}).get(m.group(2), "")
+    fields: dict[str, Callable[[], str]] = {
+        "metadata.name": lambda: meta.get("name", ""),
+        "metadata.namespace": lambda: meta.get("namespace") or "default",
+        "metadata.uid": lambda: meta.get("uid", ""),
+        "spec.nodeName": lambda: spec.get("nodeName", ""),
+        "spec.serviceAccountName": lambda: find_service_account(pod),
+        "status.podIP": lambda: find_pod_ip(pod),
+        "status.podIPs": lambda: ",".join(i.get("ip", "") for i in status.get("podIPs") or []) or find_pod_ip(pod),
+        "status.hostIP": lambda: status.get("hostIP", ""),
+    }
+    getter = fields.get(field_path)
+    return getter() if getter else None
+
+
+def build_env_value(var: Body, pod: Body, env: Mapping[str, str], where: str) -> str | None:
+    """One `env` entry's value; None for an optional reference meshway cannot resolve."""
+    source = var.get("valueFrom")
+    if not source:
+        return expand_vars(var.get("value") or "", env)
+    if "fieldRef" in source:
+        path = (source["fieldRef"] or {}).get("fieldPath", "")
+        value = find_field(pod, path)
+        if value is None:
+            raise ContainerConfigError(f"{where}: env {var['name']}: fieldRef {path!r} is not supported "
+                                       "(supported: metadata.name/namespace/uid/labels/annotations, "
+                                       "spec.nodeName/serviceAccountName, status.podIP/podIPs/hostIP)")
+        return value
+    ref = next(iter(source), "")
+    if (source.get(ref) or {}).get("optional"):
+        return None
+    raise ContainerConfigError(f"{where}: env {var['name']}: valueFrom.{ref} is not supported (only fieldRef)")
+
+
+def build_env(container: Body, pod: Body, image_env: Mapping[str, str],
+              parent_env: Mapping[str, str]) -> dict[str, str]:
+    """Parent PATH/HOME < the image's app settings < the pod's identity < the container's `env`."""
+    meta = pod.get("metadata") or {}
+    env = {k: parent_env[k] for k in PARENT_ENV if k in parent_env}
+    env.update(image_env)
+    env.update({"POD_NAME": meta.get("name", ""), "POD_NAMESPACE": meta.get("namespace") or "default",
+                "POD_IP": find_pod_ip(pod), "SERVICE_ACCOUNT": find_service_account(pod),
+                "HOSTNAME": meta.get("name", "")})
+    where = describe(pod, container)
+    for var in container.get("env") or []:
+        value = build_env_value(var, pod, env, where)
+        if value is not None:
+            env[var["name"]] = value
+    return env
+
+
+def describe(pod: Body, container: Body) -> str:
+    meta = pod.get("metadata") or {}
+    namespace, name = meta.get("namespace") or "default", meta.get("name", "?")
+    return f"pod {namespace}/{name} container {container.get('name', '?')!r}"
+
+
+def build_container_command(container: Body, pod: Body,
+                            parent_env: Mapping[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """(argv, env) for one container. `command` replaces the image's entrypoint and `args` its
+    default arguments; without `command` the image must be one a built-in app stands in for."""
+    app = resolve_image(container.get("image"))
+    command, args = container.get("command"), container.get("args")
+    if not command and app is None:
+        raise ContainerConfigError(
+            f"{describe(pod, container)}: no `command` and image {container.get('image')!r} is not one meshway "
+            "runs (Istio's bookinfo images, echo/httpbin images, curl/sleep images); give the container a "
+            "`command` to run locally")
+    env = build_env(container, pod, app.env if app else {}, os.environ if parent_env is None else parent_env)
+    given = [expand_vars(str(a), env) for a in [*(command or []), *(args or [])]]
+    argv = given if command else [*app.argv, *given]  # type: ignore[union-attr]
+    return argv, env
+
+
+# -- restarts and readiness (pure) -----------------------------------------------------------
+@dataclass(frozen=True)
+class Backoff:
+    initial: float = 1.0
+    cap: float = 30.0
+    reset_after: float = 60.0  # a run this long counts as healthy: the next delay is `initial` again
+
+    def delay(self, failures: int) -> float:
+        """Wait before restarting after the `failures`-th consecutive exit (1 -> initial)."""
+        return min(self.cap, self.initial * 2 ** max(0, failures - 1))
+
+
+def detect_restart(restart_policy: str, exit_code: int) -> bool:
+    return restart_policy == "Always" or (restart_policy == "OnFailure" and exit_code != 0)
+
+
+@dataclass(frozen=True)
+class Probe:
+    kind: str  # "http", "tcp", "exec", or "none" (always passes)
+    port: int = 0
+    path: str = "/"
+    scheme: str = "HTTP"
+    host: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    command: tuple[str, ...] = ()
+    initial_delay: float = 0.0
+    period: float = 10.0
+    timeout: float = 1.0
+    success_threshold: int = 1
+    failure_threshold: int = 3
+    sticky: bool = False  # once passed, ready until the process exits (the implicit probe)
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool = False
+    successes: int = 0
+    failures: int = 0
+    last_probe: float | None = None
+
+
+def find_container_port(port: int | str, container: Body, where: str) -> int:
+    if isinstance(port, int) or str(port).isdigit():
+        return int(port)
+    for p in container.get("ports") or []:
+        if p.get("name") == port:
+            return int(p["containerPort"])
+    raise ContainerConfigError(f"{where}: readinessProbe port {port!r} names no port of the container")
+
+
+def build_probe(container: Body, pod: Body) -> Probe:
+    """The container's readiness probe; without one, ready 0.5 s after start once the first
+    declared port (if any) accepts TCP connections."""
+    spec = container.get("readinessProbe")
+    ports = container.get("ports") or []
+    if not spec:
+        first = int(ports[0]["containerPort"]) if ports else 0
+        return Probe("tcp" if first else "none", port=first, initial_delay=0.5, period=0.5, timeout=1.0,
+                     failure_threshold=1, sticky=True)
+    where = describe(pod, container)
+    timing = {"initial_delay": float(spec.get("initialDelaySeconds") or 0),
+              "period": float(spec.get("periodSeconds") or 10), "timeout": float(spec.get("timeoutSeconds") or 1),
+              "success_threshold": int(spec.get("successThreshold") or 1),
+              "failure_threshold": int(spec.get("failureThreshold") or 3)}
+    if get := spec.get("httpGet"):
+        headers = tuple((h["name"], h["value"]) for h in get.get("httpHeaders") or [])
+        return Probe("http", port=find_container_port(get["port"], container, where), path=get.get("path") or "/",
+                     scheme=(get.get("scheme") or "HTTP").upper(), host=get.get("host"), headers=headers, **timing)
+    for kind in ("tcpSocket", "grpc"):
+        if sock := spec.get(kind):
+            port = find_container_port(sock["port"], container, where)
+            return Probe("tcp", port=port, host=sock.get("host"), **timing)
+    if run := spec.get("exec"):
+        return Probe("exec", command=tuple(run.get("command") or []), **timing)
+    raise ContainerConfigError(f"{where}: readinessProbe needs httpGet, tcpSocket, grpc or exec")
+
+
+def detect_probe_due(probe: Probe, state: Readiness, started_at: float, now: float) -> bool:
+    if probe.sticky and state.ready:
+        return False
+    if now < started_at + probe.initial_delay:
+        return False
+    return state.last_probe is None or now - state.last_probe >= probe.period
+
+
+def next_readiness(probe: Probe, state: Readiness, passed: bool, now: float) -> Readiness:
+    """Ready after `success_threshold` passes in a row; unready after `failure_threshold` failures."""
+    if passed:
+        successes = state.successes + 1
+        return Readiness(state.ready or successes >= probe.success_threshold, successes, 0, now)
+    failures = state.failures + 1
+    return Readiness(state.ready and failures < probe.failure_threshold, 0, failures, now)
+
+
+# -- probing (I/O) ---------------------------------------------------------------------------
+def run_probe(probe: Probe, host: str, env: Mapping[str, str] | None = None) -> bool:
+    """Run one probe from this process's network namespace."""
+    target = probe.host or host
+    try:
+        if probe.kind == "tcp":
+            socket.create_connection((target, probe.port), timeout=probe.timeout).close()
+            return True
+        if probe.kind == "http":
+            return run_http_probe(probe, target)
+        if probe.kind == "exec":
+            done = subprocess.run(list(probe.command), env=dict(env) if env is not None else None,
+                                  timeout=probe.timeout, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+            return done.returncode == 0
+    except (OSError, http.client.HTTPException, subprocess.TimeoutExpired):
+        return False
+    return probe.kind == "none"
+
+
+def run_http_probe(probe: Probe, host: str) -> bool:
+    if probe.scheme == "HTTPS":  # like the kubelet, no certificate verification
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            host, probe.port, timeout=probe.timeout, context=ssl._create_unverified_context())
+    else:
+        conn = http.client.HTTPConnection(host, probe.port, timeout=probe.timeout)
+    try:
+        headers = {"User-Agent": "kube-probe/meshway", "Accept": "*/*", **dict(probe.headers)}
+        conn.request("GET", probe.path, headers=headers)
+        status = conn.getresponse().status
+    finally:
+        conn.close()
+    return 200 <= status < 400
+
+
+def run_probe_in(prefix: list[str], probe: Probe, host: str, env: Mapping[str, str]) -> bool:
+    """Run a probe inside the pod: in this process when there is no prefix, else as
+    `prefix + python -m meshway.runtime.workload probe ...` (exec probes as `prefix + command`)."""
+    if not prefix or probe.kind == "none":
+        return run_probe(probe, host, env)
+    if probe.kind == "exec":
+        argv, timeout = [*prefix, *probe.command], probe.timeout
+    else:
+        argv = [*prefix, sys.executable, "-m", "meshway.runtime.workload", "probe", json.dumps(asdict(probe)), host]
+        timeout = probe.timeout + 5  # interpreter start-up; the probe keeps its own timeout
+    try:
+        done = subprocess.run(argv, env=dict(env) if probe.kind == "exec" else None, timeout=timeout,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+# -- processes (I/O) -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ContainerStatus:
+    name: str
+    state: str  # "running", "waiting" (backing off before a restart) or "terminated"
+    ready: bool
+    restart_count: int
+    pid: int | None
+    last_exit_code: int | None
+    last_error: str | None
+    log: Path
+
+
+@dataclass
+class ContainerProcess:
+    """One container's process and its restart and readiness bookkeeping."""
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    probe: Probe
+    restart_policy: str = "Always"
+    cwd: str | None = None
+    backoff: Backoff = field(default_factory=Backoff)
+    clock: Callable[[], float] = time.monotonic
+    proc: subprocess.Popen[bytes] | None = None
+    pgid: int | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    failures: int = 0  # consecutive short runs, for the backoff
+    next_start_at: float | None = None
+    last_exit_code: int | None = None
+    last_error: str | None = None
+    readiness: Readiness = field(default_factory=Readiness)
+    stopping: bool = False
+
+    def start(self) -> None:
+        self.started_at = self.clock()
+        self.next_start_at = None
+        self.readiness = Readiness()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            try:
+                self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
+                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            except OSError as exc:  # e.g. the command does not exist: back off like a crash
+                self.last_error = f"cannot start {self.argv[0]!r}: {exc}"
+                log.write(f"meshway: {self.last_error}\n".encode())
+                self.proc = None
+                self.exited(128, self.clock())
+                return
+        self.pgid = self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def poll(self) -> bool:
+        """Notice an exit and restart when the backoff has passed; True when started now."""
+        if self.stopping:
+            return False
+        now = self.clock()
+        if self.proc is not None:
+            code = self.proc.poll()
+            if code is None:
+                return False
+            self.exited(code, now)
+        if self.next_start_at is None or now < self.next_start_at:
+            return False
+        self.restarts += 1
+        self.start()
+        return True
+
+    def exited(self, code: int, now: float) -> None:
+        self.kill_group(signal.SIGKILL)  # whatever the process left behind in its group
+        self.proc, self.pgid, self.last_exit_code = None, None, code
+        self.readiness = Readiness()
+        self.failures = 1 if now - self.started_at >= self.backoff.reset_after else self.failures + 1
+        restart = detect_restart(self.restart_policy, code)
+        self.next_start_at = now + self.backoff.delay(self.failures) if restart else None
+
+    def kill_group(self, sig: signal.Signals) -> None:
+        if self.pgid is None:
+            return
+        try:
+            os.killpg(self.pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def status(self) -> ContainerStatus:
+        running = self.running()
+        state = "running" if running else "waiting" if self.next_start_at is not None else "terminated"
+        return ContainerStatus(self.name, state, running and self.readiness.ready, self.restarts,
+                               self.proc.pid if running and self.proc else None, self.last_exit_code,
+                               self.last_error, self.log_path)
+
+
+class PodProcesses:
+    """The processes of one pod. `probe_host` is the address probes connect to (a string or a
+    function returning one; default the pod IP, or 127.0.0.1 when the pod has none)."""
+
+    def __init__(self, pod: Body, prefix: list[str], log_dir: Path,
+                 probe_host: str | Callable[[], str] | None = None, *, backoff: Backoff = Backoff(),
+                 parent_env: Mapping[str, str] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.pod = pod
+        self.prefix = list(prefix)
+        self.log_dir = Path(log_dir)
+        self.probe_host = probe_host
+        self.clock = clock
+        spec = pod.get("spec") or {}
+        policy = spec.get("restartPolicy") or "Always"
+        self.containers = [self.build_container(c, policy, backoff, parent_env) for c in spec.get("containers") or []]
+
+    def build_container(self, container: Body, policy: str, backoff: Backoff,
+                        parent_env: Mapping[str, str] | None) -> ContainerProcess:
+        argv, env = build_container_command(container, self.pod, parent_env)
+        workdir = container.get("workingDir")
+        return ContainerProcess(
+            name=container["name"], argv=[*self.prefix, *argv], env=env,
+            log_path=self.log_dir / f"{container['name']}.log", probe=build_probe(container, self.pod),
+            restart_policy=policy, cwd=workdir if workdir and os.path.isdir(workdir) else None,
+            backoff=backoff, clock=self.clock)
+
+    def host(self) -> str:
+        if callable(self.probe_host):
+            return self.probe_host()
+        return self.probe_host or find_pod_ip(self.pod) or "127.0.0.1"
+
+    def start(self) -> None:
+        for c in self.containers:
+            if not c.running():
+                c.stopping = False
+                c.start()
+
+    def poll(self) -> list[str]:
+        """Restart what exited and whose backoff has passed; the names of containers started now."""
+        return [c.name for c in self.containers if c.poll()]
+
+    def check_ready(self) -> bool:
+        """Run the probes that are due; True when every container runs and is ready."""
+        host = self.host()
+        for c in self.containers:
+            if not c.running():
+                c.readiness = Readiness()
+                continue
+            now = self.clock()
+            if detect_probe_due(c.probe, c.readiness, c.started_at, now):
+                passed = run_probe_in(self.prefix, c.probe, host, c.env)
+                c.readiness = next_readiness(c.probe, c.readiness, passed, now)
+        return all(c.running() and c.readiness.ready for c in self.containers)
+
+    def grace_period(self) -> float:
+        value = (self.pod.get("spec") or {}).get("terminationGracePeriodSeconds")
+        return DEFAULT_GRACE if value is None else float(value)
+
+    def stop(self, grace: float | None = None) -> None:
+        """SIGTERM every container's process group; SIGKILL what is left after the grace period."""
+        grace = self.grace_period() if grace is None else grace
+        live = [c for c in self.containers if c.running()]
+        for c in self.containers:
+            c.stopping, c.next_start_at = True, None
+        for c in live:
+            c.kill_group(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while any(c.running() for c in live) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for c in live:
+            c.kill_group(signal.SIGKILL)  # the leader, or children it left behind
+            if c.proc is not None:
+                c.last_exit_code = c.proc.wait()
+            c.proc, c.pgid, c.readiness = None, None, Readiness()
+
+    def statuses(self) -> list[ContainerStatus]:
+        return [c.status() for c in self.containers]
+
+
+# -- `python -m meshway.runtime.workload probe PROBE_JSON HOST` ------------------------------
+def main(argv: list[str]) -> int:
+    if len(argv) != 3 or argv[0] != "probe":
+        print("usage: python -m meshway.runtime.workload probe PROBE_JSON HOST", file=sys.stderr)
+        return 2
+    fields = json.loads(argv[1])
+    fields["headers"] = tuple(tuple(h) for h in fields.get("headers") or ())
+    fields["command"] = tuple(fields.get("command") or ())
+    return 0 if run_probe(Probe(**fields), argv[2]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
