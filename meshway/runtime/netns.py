@@ -16,6 +16,7 @@ thin shell that records each piece in `<state_dir>/run/cluster.json` *before* ru
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -210,6 +211,13 @@ def render_hosts(pod: str, ip: str, entries: list[tuple[str, list[str]]]) -> str
     lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback", f"{ip}\t{pod}"]
     lines += [f"{address}\t{' '.join(names)}" for address, names in entries if names]
     return "\n".join(lines) + "\n"
+
+
+# No DNS server runs in the cluster: names come from the hosts file. Without this file a pod would use
+# the host's nameserver, which it cannot reach, and every lookup the hosts file does not answer
+# (an IPv6 lookup of a service name, say) would stall for the resolver's 5 s timeout; 127.0.0.1
+# refuses at once.
+RESOLV_CONF = "# meshway: names come from /etc/hosts; no DNS server in the cluster\nnameserver 127.0.0.1\n"
 
 
 def rewrite_in_place(path: Path, text: str) -> None:
@@ -461,7 +469,7 @@ class ClusterNet:
                              "run `meshway down` first")
         return state
 
-    def _claim(self, state: dict[str, Any], name: str, present: set[str], recorded: bool) -> None:
+    def _claim(self, name: str, present: set[str], recorded: bool) -> None:
         if name in present and not recorded:
             raise NetnsError(f"network namespace {name} exists but is not recorded in {self.path}: it belongs "
                              f"to another cluster or to a run whose state was lost (remove it: ip netns del {name})")
@@ -486,7 +494,7 @@ class ClusterNet:
         state = self._state()
         present = self.host.netns_list()
         fab = fabric_netns_name(self.id)
-        self._claim(state, fab, present, state["fabric"] is not None)
+        self._claim(fab, present, state["fabric"] is not None)
         fabric_fresh = not (state["fabric"] and state["fabric"]["ready"] and fab in present
                             and self.host.link_exists(fab, FABRIC_BRIDGE))
         if fabric_fresh:
@@ -494,7 +502,7 @@ class ClusterNet:
             self._realize(state, state["fabric"], plan_fabric(self.id), _unlink_fabric(self.id), present)
         for n in range(1, self.nodes + 1):
             name, rec = node_netns_name(self.id, n), state["nodes"].get(str(n))
-            self._claim(state, name, present, rec is not None)
+            self._claim(name, present, rec is not None)
             if fabric_fresh or not (rec and rec["ready"] and name in present
                                     and self.host.link_exists(name, NODE_UPLINK)):
                 rec = state["nodes"][str(n)] = {"netns": name, "fabric_veth": fabric_veth_name(self.id, n)}
@@ -505,12 +513,13 @@ class ClusterNet:
                               _unlink_pod(self.id, rec["node"], rec["namespace"], rec["pod"]), present)
 
     def _pod_intact(self, rec: dict[str, Any], present: set[str]) -> bool:
-        return (rec["ready"] and rec["netns"] in present and self.host.link_exists(rec["netns"], POD_IFACE)
+        return (rec.get("ready", False) and rec["netns"] in present and self.host.link_exists(rec["netns"], POD_IFACE)
                 and self.host.link_exists(rec["node_netns"], rec["host_veth"]))
 
     def add_pod(self, namespace: str, pod: str, ip: str, node: int) -> PodNet:
-        """Give a pod its netns, veth and address on `node` (kept if already there), and an
-        /etc/netns hosts file, so that processes started with `exec_prefix` see it from the start."""
+        """Give a pod its netns, veth and address on `node` (kept if already there), and its
+        /etc/netns files (hosts, resolv.conf), so that processes started with `exec_prefix` see
+        them from the start (`ip netns exec` mounts them only when a process starts)."""
         _check_node(node, self.nodes)
         check_pod_ip(node, ip)
         state = self._state()
@@ -523,7 +532,7 @@ class ClusterNet:
         if any(other["netns"] == name for k, other in state["pods"].items() if k != key):
             raise NetnsError(f"pod {key}: network namespace name {name} is taken by another pod")
         present = self.host.netns_list()
-        self._claim(state, name, present, rec is not None)
+        self._claim(name, present, rec is not None)
         if rec is None:
             rec = state["pods"][key] = {"namespace": namespace, "pod": pod, "ip": ip, "node": node, "netns": name,
                                         "node_netns": node_netns_name(self.id, node),
@@ -532,11 +541,14 @@ class ClusterNet:
             try:
                 self._realize(state, rec, plan_pod(self.id, node, namespace, pod, ip),
                               _unlink_pod(self.id, node, namespace, pod), present)
-            except Exception:
-                self.remove_pod(namespace, pod)
+            except Exception:  # leave nothing half-made behind (a crash is left to up() or down())
+                with contextlib.suppress(NetnsError):
+                    self.remove_pod(namespace, pod)
                 raise
         if not (self.etc_netns / name / "hosts").exists():
             self.write_hosts(namespace, pod, ip, [])
+        if not (self.etc_netns / name / "resolv.conf").exists():
+            rewrite_in_place(self.etc_netns / name / "resolv.conf", RESOLV_CONF)
         return PodNet(rec["netns"], rec["node_netns"], rec["host_veth"])
 
     def remove_pod(self, namespace: str, pod: str) -> None:
@@ -546,8 +558,7 @@ class ClusterNet:
         if rec is None:
             return
         kill_netns_processes(self.host, [rec["netns"]])
-        errors = self.host.run_missing_ok([_ip(rec["node_netns"], "link", "del", rec["host_veth"]),
-                                           ["ip", "netns", "del", rec["netns"]]])
+        errors = self.host.run_missing_ok(plan_remove_pod(self.id, rec["node"], namespace, pod))
         if errors:
             raise errors[0]
         shutil.rmtree(self.etc_netns / rec["netns"], ignore_errors=True)
