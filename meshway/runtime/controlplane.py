@@ -18,6 +18,9 @@ from pathlib import Path
 from .. import __version__
 from .. import labels as L
 from ..ca import CertificateAuthority, build_secrets
+from ..ca.sds import build_certificate_secret, build_root_secret
+from ..model.registry import BY_KIND
+from ..xds.build_ztunnel import NodeProxy, build_ztunnel_config, find_local_pods
 from ..mesh.view import XDS_KINDS, MeshView, expand_kinds
 from ..store import Expired, Store
 from ..xds import protos as P
@@ -27,10 +30,24 @@ from ..xds.cache import Snapshot, SnapshotCache
 from ..xds.proxy import Proxy, build_node_id
 from ..xds.server import XdsServer
 from .envoy import EnvoyPaths, read_pid, start_envoy, stop_envoy
-from .placement import LoopbackPlacement, Replica, replica_dir_name, replica_sock_dir, socket_dir
+from .capture import apply_capture_rules
+from .placement import LoopbackPlacement, NetnsPlacement, Replica, replica_dir_name, replica_sock_dir, socket_dir
 
 log = logging.getLogger("meshway.controlplane")
 READY_TYPES = (P.CLUSTER, P.LISTENER)
+
+
+@dataclass
+class NodeState:
+    """A node proxy (ztunnel) Envoy in its node's network namespace."""
+
+    index: int
+    node_id: str
+    paths: EnvoyPaths
+    prefix: list[str]
+    captured: tuple[str, ...] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
 
 
 @dataclass
@@ -57,13 +74,15 @@ def find_replicas(view: MeshView) -> list[Replica]:
 
 class ControlPlane:
     def __init__(self, state_dir: Path | str, placement=None, delta: bool = True, debounce: float = 0.05,
-                 poll: float = 0.05, envoy: str | None = None, resync: float = 60.0):
+                 poll: float = 0.05, envoy: str | None = None, resync: float = 60.0, cluster=None):
         self.state_dir = Path(state_dir)
         self.store = Store(self.state_dir)
         self.ca = CertificateAuthority(self.state_dir)
         self.cache = SnapshotCache()
         self.server = XdsServer(self.cache)
-        self.placement = placement or LoopbackPlacement()
+        self.cluster = cluster  # ClusterRuntime: pods in network namespaces, node proxies (ztunnel)
+        self.placement = placement or (NetnsPlacement(cluster.net) if cluster else LoopbackPlacement())
+        self.nodes: dict[str, NodeState] = {}
         self.delta, self.debounce, self.poll, self.envoy = delta, debounce, poll, envoy
         self.replicas: dict[str, ReplicaState] = {}
         self.view = MeshView()
@@ -111,6 +130,36 @@ class ControlPlane:
             self._push(state)
         self._stop_strays(set(wanted))
         self._report_problems()
+        if self.cluster is not None:
+            self._sync_nodes()
+
+    def _sync_nodes(self) -> None:
+        for n in range(1, self.cluster.nodes + 1):
+            node = f"node-{n}"
+            node_id = build_node_id("ztunnel", f"10.244.{n}.1", f"ztunnel-{node}", L.ROOT_NAMESPACE)
+            state = self.nodes.get(node_id)
+            if state is None:
+                paths = EnvoyPaths(self.run_dir / "nodes" / node, socket_dir(self.state_dir) / f"z{n}")
+                prefix = ["ip", "netns", "exec", self.cluster.net.node_netns(n)]
+                state = self.nodes[node_id] = NodeState(n, node_id, paths, prefix)
+            resources, identities = build_ztunnel_config(self.view, NodeProxy(node_id, node))
+            messages = {t: {name: P.to_message(t, body) for name, body in items.items()}
+                        for t, items in resources.items()}
+            for identity in identities:
+                ns = identity.split("/ns/", 1)[1].split("/", 1)[0]
+                sa = identity.rsplit("/sa/", 1)[1]
+                secret = build_certificate_secret(self.ca.issue(ns, sa))
+                secret.name = identity
+                messages[P.SECRET][identity] = secret
+            messages[P.SECRET]["ROOTCA"] = build_root_secret(self.ca.root_pem())
+            snapshot = Snapshot(messages)
+            current = self.cache.get(node_id)
+            if current is None or any(current.version(t) != snapshot.version(t) for t in P.TYPE_ORDER):
+                self.cache.set_snapshot(node_id, snapshot)
+            captured = tuple(sorted(p.ip for p in find_local_pods(self.view, node)))
+            if captured != state.captured:
+                apply_capture_rules(self.cluster.net.node_netns(n), list(captured))
+                state.captured = captured
 
     def _report_problems(self) -> None:
         """Translation problems (e.g. a route to a missing subset) go on the offending resource's
@@ -149,8 +198,22 @@ class ControlPlane:
                 stop_envoy(EnvoyPaths(child, replica_sock_dir(self.state_dir, Replica(ns, pod, "", "", ""))))
 
     # -- processes and readiness ------------------------------------------------------------------
+    def _supervise_nodes(self, now: float) -> None:
+        for state in self.nodes.values():
+            if read_pid(state.paths) is not None or now < state.next_start:
+                continue
+            node = f"node-{state.index}"
+            bootstrap = build_bootstrap(state.node_id, f"ztunnel.{L.ROOT_NAMESPACE}", self.ads_socket,
+                                        state.paths.admin, delta=self.delta,
+                                        metadata={"NODE_TYPE": "ztunnel", "NODE_NAME": node})
+            start_envoy(state.paths, bootstrap, state.prefix, self.envoy)
+            state.next_start = now + min(30.0, 0.5 * 2 ** state.restarts)
+            state.restarts += 1
+            log.info("started node proxy on %s", node)
+
     def _supervise(self) -> None:
         now = time.monotonic()
+        self._supervise_nodes(now)
         for state in self.replicas.values():
             if read_pid(state.paths) is not None:
                 continue
@@ -195,6 +258,14 @@ class ControlPlane:
 
     def proxy_status(self) -> dict:
         out = {}
+        for state in self.nodes.values():
+            types = self.cache.status.get(state.node_id, {})
+            out[state.node_id] = {
+                "pod": f"ztunnel-node-{state.index}", "namespace": L.ROOT_NAMESPACE, "type": "ztunnel",
+                "connected": state.node_id in self.server.connected, "admin": str(state.paths.admin),
+                "version": __version__, "problems": [],
+                "xds": {t.rsplit(".", 1)[-1]: dict(v) for t, v in types.items()},
+            }
         for state in self.replicas.values():
             types = self.cache.status.get(state.node_id, {})
             out[state.node_id] = {
@@ -221,6 +292,9 @@ class ControlPlane:
         (self.run_dir / "controlplane.pid").write_text(f"{os.getpid()}\n")
         self.rv, snapshot = self.store.snapshot(XDS_KINDS)
         self.view = MeshView.build(snapshot)
+        if self.cluster is not None:
+            self.cluster.up()
+            self._sync_pods()
         self.sync()
         next_resync = time.monotonic() + self.resync
         try:
@@ -242,9 +316,13 @@ class ControlPlane:
                     if kinds:
                         _, snapshot = self.store.snapshot(expand_kinds(kinds))
                         self.view = self.view.with_changes(snapshot)
+                        if self.cluster is not None and kinds & {"Pod", "Service", "ServiceEntry"}:
+                            self._sync_pods()
                         self.sync()
                 self._supervise()
                 self._readiness()
+                if self.cluster is not None:
+                    self._pod_readiness()
                 self._write_status_file()
                 try:
                     await asyncio.wait_for(stop.wait(), self.poll)
@@ -254,7 +332,22 @@ class ControlPlane:
             await self.server.stop()
             (self.run_dir / "controlplane.pid").unlink(missing_ok=True)
 
+    def _sync_pods(self) -> None:
+        self.cluster.sync_pods(self.store.list(BY_KIND["Pod"], None), self.view)
+
+    def _pod_readiness(self) -> None:
+        for ns, name, ready, extra in self.cluster.poll():
+            try:
+                self.store.write_status("Pod", ns, name, {
+                    "phase": "Running",
+                    "conditions": [{"type": "PodScheduled", "status": "True"},
+                                   {"type": "Ready", "status": "True" if ready else "False"}], **extra})
+            except Exception as exc:  # the pod may be gone
+                log.debug("cannot write readiness of %s/%s: %s", ns, name, exc)
+
     def stop_proxies(self) -> None:
+        for state in self.nodes.values():
+            stop_envoy(state.paths)
         for state in self.replicas.values():
             stop_envoy(state.paths)
             if state.ready_written:

@@ -1,0 +1,121 @@
+"""The kubelet of the local cluster: realise the store's pods as network namespaces and processes,
+keep their /etc/hosts current, and report their readiness. Waypoint pods get a namespace only:
+their Envoy is started by the control plane (NetnsPlacement)."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import labels as L
+from ..mesh.view import MeshView
+from .netns import ClusterNet, service_hostnames
+from .workload import PodProcesses
+
+log = logging.getLogger("meshway.cluster")
+Body = dict[str, Any]
+
+
+def node_index(node_name: str) -> int:
+    return int(node_name.rsplit("-", 1)[1])
+
+
+def detect_waypoint_pod(pod: Body) -> bool:
+    labels = pod["metadata"].get("labels") or {}
+    return L.GATEWAY_NAME in labels and labels.get(L.GATEWAY_CLASS_NAME) == L.WAYPOINT_CLASS
+
+
+def build_host_entries(view: MeshView) -> list[tuple[str, list[str]]]:
+    entries = []
+    for svc in sorted(view.services.values(), key=lambda s: (s.namespace, s.name)):
+        if svc.kind == "Service" and svc.addresses:
+            entries.append((svc.addresses[0], service_hostnames(svc.name, svc.namespace)))
+        elif svc.kind == "ServiceEntry":
+            for ip in svc.addresses:
+                entries.append((ip, list(svc.hosts)))
+    return entries
+
+
+@dataclass
+class PodState:
+    body: Body
+    processes: PodProcesses | None = None
+    ready: bool | None = None
+    last_probe: float = 0.0
+    hosts: str = field(default="")
+
+
+class ClusterRuntime:
+    def __init__(self, state_dir: Path, nodes: int):
+        self.state_dir = Path(state_dir)
+        self.nodes = nodes
+        self.net = ClusterNet(self.state_dir, nodes)
+        self.pods: dict[tuple[str, str], PodState] = {}
+        self.log_dir = self.state_dir / "run" / "pods"
+
+    def up(self) -> None:
+        self.net.up()
+
+    def sync_pods(self, bodies: list[Body], view: MeshView) -> None:
+        wanted = {(b["metadata"]["namespace"], b["metadata"]["name"]): b for b in bodies
+                  if (b.get("status") or {}).get("podIP") and b["spec"].get("nodeName")}
+        for key in [k for k in self.pods if k not in wanted]:
+            self._remove(key)
+        entries = build_host_entries(view)
+        for key, body in wanted.items():
+            state = self.pods.get(key)
+            if state is None:
+                state = self.pods[key] = PodState(body)
+                self._create(key, state)
+            state.body = body
+            self.net.write_hosts(key[0], key[1], body["status"]["podIP"], entries)
+
+    def _create(self, key: tuple[str, str], state: PodState) -> None:
+        ns, name = key
+        body = state.body
+        self.net.add_pod(ns, name, body["status"]["podIP"], node_index(body["spec"]["nodeName"]))
+        if detect_waypoint_pod(body):
+            return
+        try:
+            state.processes = PodProcesses(body, self.net.exec_prefix(ns, name), self.log_dir / f"{ns}.{name}")
+            state.processes.start()
+        except Exception as exc:  # a container we cannot run: the pod stays not ready, with the reason logged
+            log.warning("cannot start pod %s/%s: %s", ns, name, exc)
+            state.processes = None
+
+    def _remove(self, key: tuple[str, str]) -> None:
+        state = self.pods.pop(key)
+        if state.processes is not None:
+            state.processes.stop()
+        self.net.remove_pod(*key)
+
+    def poll(self, period: float = 0.5) -> list[tuple[str, str, bool, Body]]:
+        """Restart exited containers; return the pods whose readiness changed (ns, name, ready, statuses)."""
+        now = time.monotonic()
+        changed = []
+        for (ns, name), state in self.pods.items():
+            if state.processes is None:
+                continue
+            state.processes.poll()
+            if now - state.last_probe < period and state.ready is not None:
+                continue
+            state.last_probe = now
+            ready = bool(state.processes.check_ready())
+            if ready != state.ready:
+                state.ready = ready
+                statuses = [{"name": s.name, "ready": s.ready, "restartCount": s.restart_count}
+                            for s in state.processes.statuses()]
+                changed.append((ns, name, ready, {"containerStatuses": statuses}))
+        return changed
+
+    def stop(self) -> None:
+        for key in list(self.pods):
+            state = self.pods.pop(key)
+            if state.processes is not None:
+                state.processes.stop()
+
+    def down(self) -> None:
+        self.stop()
+        self.net.down()
