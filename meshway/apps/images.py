@@ -41,7 +41,8 @@ def find_repository(image: str) -> str:
 
 
 def _app(module: str, python: str, env: Mapping[str, str]) -> AppCommand:
-    return AppCommand((python, "-m", f"meshway.apps.{module}"), dict(env))
+    # Unbuffered, so that `meshway logs` shows each line as it is written.
+    return AppCommand((python, "-u", "-m", f"meshway.apps.{module}"), {"PYTHONUNBUFFERED": "1", **env})
 
 
 def resolve_image(image: str | None, python: str = sys.executable) -> AppCommand | None:

@@ -15,16 +15,31 @@ from .main import Ctx, cli, pass_ctx
 @cli.command()
 @click.option("--sotw", is_flag=True, help="Proxies use state-of-the-world ADS instead of Delta.")
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
+@click.option("--cluster", "cluster_mode", is_flag=True,
+              help="Run pods and node proxies in network namespaces (root, Linux); else waypoints on loopback.")
+@click.option("--nodes", type=click.IntRange(1, 50), default=None, help="Cluster nodes (default: the store's, 1).")
 @click.option("--stop-proxies-on-exit", is_flag=True,
               help="Stop the waypoint Envoys on exit (by default they keep serving their last config).")
 @pass_ctx
-def controlplane(c: Ctx, sotw: bool, verbose: bool, stop_proxies_on_exit: bool) -> None:
+def controlplane(c: Ctx, sotw: bool, verbose: bool, cluster_mode: bool, nodes: int | None,
+                 stop_proxies_on_exit: bool) -> None:
     """Run the control plane in the foreground: store watch, translation, ADS/SDS, waypoint replicas."""
     from ..runtime.controlplane import ControlPlane
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cp = ControlPlane(c.store.state_dir, delta=not sotw)
+    cluster = None
+    if cluster_mode:
+        from ..runtime.cluster import ClusterRuntime
+        from ..runtime.netns import detect_capability
+
+        reason = detect_capability()
+        if reason:
+            raise click.ClickException(f"the cluster needs network namespaces and iptables: {reason}")
+        if nodes:
+            c.store.set_nodes(nodes)
+        cluster = ClusterRuntime(c.store.state_dir, c.store.node_count())
+    cp = ControlPlane(c.store.state_dir, delta=not sotw, cluster=cluster)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -35,6 +35,8 @@ class MeshwayGroup(click.Group):
             ctx.exit(1)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
+        except BrokenPipeError:  # `meshway get ... | head`: the reader went away
+            os._exit(0)
         except Exception as exc:  # a bug: one line, the traceback only on request
             if os.environ.get("MESHWAY_DEBUG"):
                 raise
@@ -215,7 +217,7 @@ def delete(c: Ctx, args: tuple[str, ...], files: tuple[str, ...], namespace: str
 
 
 def main() -> None:
-    from . import analyze, controlplane, explain, proxyconfig, up, waypoint  # noqa: F401  (register their commands)
+    from . import analyze, clustercmds, controlplane, explain, proxyconfig, up, waypoint  # noqa: F401  (register their commands)
 
     cli(prog_name="meshway")
 

@@ -1,8 +1,6 @@
-"""`meshway up`: the main job. Until the local network-namespace cluster exists, it walks through
-the control plane with the seed scenario: bookinfo, a namespace waypoint, enrollment, explain."""
+"""`meshway up` (the main job: the mesh on this machine, with the bundled demo or your manifests)
+and `meshway down`."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import click
 
@@ -11,17 +9,15 @@ from .main import Ctx, cli, pass_ctx
 
 @cli.command()
 @click.option("-f", "--filename", "files", multiple=True, help="Manifests to apply (default: the bundled demo).")
-@click.option("--nodes", type=click.IntRange(1, 250), default=None,
-              help="Number of nodes pods are scheduled on (each holds up to 253 pods).")
+@click.option("--nodes", type=click.IntRange(1, 50), default=None,
+              help="Cluster nodes (default 2; each holds up to 253 pods).")
 @pass_ctx
 def up(c: Ctx, files: tuple[str, ...], nodes: int | None) -> None:
-    """Start the mesh and apply manifests (today: the control-plane walk-through)."""
+    """Start the mesh: control plane, network-namespace cluster, node proxies, waypoints, and the
+    bundled demo (bookinfo, a namespace waypoint, the reviews 90/10 split) or -f manifests."""
     from .walkthrough import run_walkthrough
 
-    if nodes:
-        c.store.set_nodes(nodes)
-    demo = Path(__file__).resolve().parent.parent / "demo" / "bookinfo.yaml"
-    run_walkthrough(c, files or (str(demo),))
+    run_walkthrough(c, files, nodes)
 
 
 @cli.command()

@@ -1,12 +1,19 @@
-"""The control-plane walk-through `meshway up` runs: each step is printed as the command a user
-would type, followed by that command's real output."""
+"""What `meshway up` runs: the manifests (or the bundled demo), the control plane in the background
+(with the network-namespace cluster where this machine allows it), then the seed scenario's
+commands, each printed as the command a user would type followed by its real output."""
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import click
 
+from ..model import find_kind
 from .main import Ctx, cli
+
+DEMO = Path(__file__).resolve().parent.parent / "demo"
 
 
 def _run(c: Ctx, args: list[str]) -> None:
@@ -20,28 +27,71 @@ def _run(c: Ctx, args: list[str]) -> None:
     click.echo()
 
 
-def run_walkthrough(c: Ctx, files: tuple[str, ...]) -> None:
-    traffic = Path(__file__).resolve().parent.parent / "demo" / "reviews-traffic.yaml"
-    click.echo(f"meshway control plane, store: {c.store.state_dir / 'store.db'}\n")
-    _run(c, ["apply", *[arg for f in files for arg in ("-f", f)]])
-    _run(c, ["label", "namespace", "default", "istio.io/dataplane-mode=ambient", "--overwrite"])
-    _run(c, ["waypoint", "apply", "-n", "default", "--enroll-namespace", "--overwrite"])
-    _run(c, ["apply", "-f", str(traffic)])
-    _run(c, ["waypoint", "list", "-A"])
-    _run(c, ["get", "ns", "-L", "istio.io/dataplane-mode", "-L", "istio.io/use-waypoint"])
+def _run_process(c: Ctx, args: list[str]) -> None:
+    """A step that replaces its process (`exec`): run it as a child."""
+    click.secho(f"$ meshway {' '.join(args)}", bold=True)
+    out = subprocess.run([sys.executable, "-m", "meshway", "--state-dir", str(c.store.state_dir), *args],
+                         capture_output=True, text=True, timeout=60)
+    click.echo(out.stdout + out.stderr)
+
+
+def wait_for_pods(c: Ctx, timeout: float = 120.0) -> None:
+    pod_kind = find_kind("pod")
+    deadline, shown = time.monotonic() + timeout, None
+    while True:
+        pods = c.store.list(pod_kind, None)
+        ready = sum(any(x.get("type") == "Ready" and x.get("status") == "True"
+                        for x in (p.get("status") or {}).get("conditions") or []) for p in pods)
+        if (ready, len(pods)) != shown:
+            click.echo(f"  pods ready: {ready}/{len(pods)}")
+            shown = (ready, len(pods))
+        if ready == len(pods):
+            return
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"only {ready}/{len(pods)} pods became ready in {timeout:.0f}s; "
+                                       "see `meshway status` and `meshway logs POD`")
+        time.sleep(0.5)
+
+
+def run_walkthrough(c: Ctx, files: tuple[str, ...], nodes: int | None) -> None:
+    from ..runtime.daemon import start_controlplane
+    from ..runtime.netns import detect_capability
+
+    reason = detect_capability()
+    cluster = reason is None
+    if cluster:
+        c.store.set_nodes(nodes or 2)
+        mode = f"cluster of {c.store.node_count()} nodes in network namespaces"
+    else:
+        mode = f"loopback (no network-namespace cluster here: {reason}); waypoints run, application pods do not"
+    click.echo(f"meshway: store {c.store.state_dir / 'store.db'}; {mode}\n")
+    if files:
+        _run(c, ["apply", *[arg for f in files for arg in ("-f", f)]])
+    else:
+        _run(c, ["apply", "-f", str(DEMO / "bookinfo.yaml"), "-f", str(DEMO / "bookinfo-client.yaml")])
+        _run(c, ["label", "namespace", "default", "istio.io/dataplane-mode=ambient", "--overwrite"])
+        _run(c, ["waypoint", "apply", "-n", "default", "--enroll-namespace", "--overwrite"])
+        _run(c, ["apply", "-f", str(DEMO / "reviews-traffic.yaml")])
+        _run(c, ["explain", "service/reviews"])
+    pid = start_controlplane(c.store.state_dir, cluster=cluster)
+    click.echo(f"control plane running in the background (pid {pid}); `meshway down` stops everything\n")
+    if cluster:
+        wait_for_pods(c)
+        click.echo()
+    _run(c, ["waypoint", "status", "-A", "--waypoint-timeout", "60s"])
+    if files:
+        _run(c, ["status"])
+        return
     _run(c, ["get", "pods", "-o", "wide"])
     _run(c, ["explain", "service/reviews"])
-    from ..runtime.daemon import start_controlplane
-
-    pid = start_controlplane(c.store.state_dir)
-    click.echo(f"control plane running in the background (pid {pid}); `meshway down` stops it\n")
-    _run(c, ["waypoint", "status", "--waypoint-timeout", "60s"])
-    _run(c, ["get", "gtw", "waypoint"])
-    _run(c, ["explain", "service/reviews"])
+    if cluster:
+        _run_process(c, ["exec", "deploy/curl", "--", "curl", "-s", "http://reviews:9080/reviews/0"])
     _run(c, ["proxy-status"])
+    _run(c, ["proxy-config", "listener", "deploy/waypoint", "--waypoint"])
+    _run(c, ["proxy-config", "endpoint", "deploy/waypoint"])
     _run(c, ["analyze", "config-distribution", "--namespaces", "2", "--deployments", "25", "--pods", "10",
              "--waypoint-replicas", "2"])
-    click.echo("Next: `meshway proxy-config listener deploy/waypoint --waypoint`, `meshway proxy-config cluster "
-               "deploy/waypoint`,\n`meshway explain pod/<name>`, `meshway get svc reviews -o yaml` (the WaypointBound "
-               "condition),\n`meshway down` to stop the control plane and the waypoint Envoys.\n"
-               "The waypoint Envoy runs on the host (loopback placement); the network-namespace cluster comes next.")
+    click.echo("Next: `meshway exec deploy/curl -- curl -s http://productpage:9080/productpage`,\n"
+               "`meshway port-forward svc/productpage 9080:9080` (then http://127.0.0.1:9080/productpage),\n"
+               "`meshway proxy-config route deploy/waypoint -o yaml`, `meshway status`, `meshway logs deploy/reviews-v2`,\n"
+               "`meshway label svc reviews istio.io/use-waypoint=none` (opt out), `meshway down` to stop everything.")

@@ -29,15 +29,16 @@ def controlplane_pid(state_dir: Path) -> int | None:
     return pid
 
 
-def start_controlplane(state_dir: Path) -> int:
-    """`meshway controlplane` in its own session, logging to run/controlplane.log."""
+def start_controlplane(state_dir: Path, cluster: bool = False) -> int:
+    """`meshway controlplane [--cluster]` in its own session, logging to run/controlplane.log."""
     running = controlplane_pid(state_dir)
     if running:
         return running
     run = state_dir / "run"
     run.mkdir(parents=True, exist_ok=True)
     with open(run / "controlplane.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "meshway", "--state-dir", str(state_dir), "controlplane", "-v"],
+        args = [sys.executable, "-m", "meshway", "--state-dir", str(state_dir), "controlplane", "-v"]
+        proc = subprocess.Popen(args + (["--cluster"] if cluster else []),
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -69,4 +70,15 @@ def stop_all(state_dir: Path, timeout: float = 10.0) -> list[str]:
         if paths.pid_file.exists():
             stop_envoy(paths)
             stopped.append(f"proxy {pod}.{ns}")
+    nodes = state_dir / "run" / "nodes"
+    for folder in sorted(nodes.iterdir()) if nodes.exists() else []:
+        paths = EnvoyPaths(folder, folder)
+        if paths.pid_file.exists():
+            stop_envoy(paths)
+            stopped.append(f"node proxy {folder.name}")
+    if (state_dir / "run" / "cluster.json").exists():
+        from .netns import down
+
+        down(state_dir)  # kills what still runs in the pod and node namespaces, then removes them
+        stopped.append("cluster network namespaces")
     return stopped

@@ -205,6 +205,10 @@ class Store:
         with self.db.write() as txn:
             txn.set_meta("nodes", str(count))
 
+    def node_count(self) -> int:
+        with self.db.read() as txn:
+            return int(txn.get_meta("nodes", "1"))
+
     # -- reads ------------------------------------------------------------------------------------
     def get(self, info: KindInfo, namespace: str, name: str) -> Body:
         with self.db.read() as txn:
