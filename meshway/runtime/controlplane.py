@@ -28,6 +28,7 @@ from ..xds.bootstrap import build_bootstrap
 from ..xds.build_snapshot import build_waypoint_config
 from ..xds.cache import Snapshot, SnapshotCache
 from ..xds.proxy import Proxy, build_node_id
+from ..xds.scope import WaypointScope, find_scope
 from ..xds.server import XdsServer
 from .envoy import EnvoyPaths, read_pid, start_envoy, stop_envoy
 from .capture import apply_capture_rules
@@ -35,6 +36,8 @@ from .placement import LoopbackPlacement, NetnsPlacement, Replica, replica_dir_n
 
 log = logging.getLogger("meshway.controlplane")
 READY_TYPES = (P.CLUSTER, P.LISTENER)
+UNBIND_GRACE = 5.0  # seconds a waypoint keeps serving a service that was just unbound from it
+NODE_PUSH_WAIT = 1.0  # at most this long, node proxies wait for the waypoints to ACK a change first
 
 
 @dataclass
@@ -59,6 +62,10 @@ class ReplicaState:
     next_start: float = 0.0
     ready_written: bool | None = None
     problems: tuple = field(default=())
+    bound: dict = field(default_factory=dict)
+    # Services that left this waypoint's scope, kept until a deadline so that connections the node
+    # proxies still send here (they learn about the change at about the same time) succeed.
+    draining: dict = field(default_factory=dict)
 
 
 def find_replicas(view: MeshView) -> list[Replica]:
@@ -93,6 +100,8 @@ class ControlPlane:
         self.resync = resync  # periodic rebuild: renews certificates well before they expire
         self._status_text = ""
         self._reported: dict[tuple[str, str, str], str] = {}
+        self._next_drain_sync = float("inf")
+        self._nodes_due = float("inf")
 
     # -- translation ------------------------------------------------------------------------------
     def _proxy(self, r: Replica) -> Proxy:
@@ -102,7 +111,8 @@ class ControlPlane:
     def _push(self, state: ReplicaState) -> None:
         r = state.replica
         secrets = build_secrets(self.ca.issue(r.namespace, r.service_account), self.ca.root_pem())
-        config = build_waypoint_config(self.view, self._proxy(r), dial=self.placement.dial)
+        config = build_waypoint_config(self.view, self._proxy(r), dial=self.placement.dial,
+                                       scope=self._scope_with_draining(state))
         messages = config.messages()
         messages[P.SECRET] = dict(secrets)
         snapshot = Snapshot(messages)
@@ -114,6 +124,24 @@ class ControlPlane:
                 log.warning("%s: %s: %s", r.pod, where, message)
             state.problems = config.problems
         self.builds += 1
+
+    def _scope_with_draining(self, state: ReplicaState) -> WaypointScope:
+        """The waypoint's scope plus services unbound from it less than UNBIND_GRACE ago."""
+        r = state.replica
+        scope = find_scope(self.view, r.namespace, r.waypoint)
+        now = time.monotonic()
+        bound = {(s.kind, s.namespace, s.name): s for s in scope.services}
+        for key, svc in state.bound.items():
+            if key not in bound:
+                state.draining[key] = (svc, now + UNBIND_GRACE)
+        state.bound = bound
+        state.draining = {k: v for k, v in state.draining.items()
+                          if k not in bound and v[1] > now and k in self.view.services}
+        if not state.draining:
+            return scope
+        self._next_drain_sync = min(self._next_drain_sync, *(deadline for _, deadline in state.draining.values()))
+        keep = tuple(svc for svc, _ in state.draining.values())
+        return WaypointScope(scope.waypoint, scope.services + keep, scope.workloads)
 
     def sync(self) -> None:
         """Bring replicas (processes) and their snapshots in line with the current view."""
@@ -131,6 +159,24 @@ class ControlPlane:
         self._stop_strays(set(wanted))
         self._report_problems()
         if self.cluster is not None:
+            # Node proxies learn about a change only once the waypoints have it: a node proxy that
+            # starts sending a service to a waypoint must find the waypoint ready to serve it.
+            self._nodes_due = min(self._nodes_due, time.monotonic() + NODE_PUSH_WAIT)
+
+    def _waypoints_acked(self) -> bool:
+        for state in self.replicas.values():
+            snapshot = self.cache.get(state.node_id)
+            status = self.cache.status.get(state.node_id, {}).get(P.LISTENER, {})
+            if snapshot is not None and read_pid(state.paths) is not None \
+                    and status.get("version") != snapshot.version(P.LISTENER):
+                return False
+        return True
+
+    def _maybe_sync_nodes(self) -> None:
+        if self.cluster is None or self._nodes_due == float("inf"):
+            return
+        if self._waypoints_acked() or time.monotonic() >= self._nodes_due:
+            self._nodes_due = float("inf")
             self._sync_nodes()
 
     def _sync_nodes(self) -> None:
@@ -206,7 +252,8 @@ class ControlPlane:
             bootstrap = build_bootstrap(state.node_id, f"ztunnel.{L.ROOT_NAMESPACE}", self.ads_socket,
                                         state.paths.admin, delta=self.delta,
                                         metadata={"NODE_TYPE": "ztunnel", "NODE_NAME": node})
-            start_envoy(state.paths, bootstrap, state.prefix, self.envoy)
+            # Long drain: connections on a filter chain that a config change replaced finish normally.
+            start_envoy(state.paths, bootstrap, state.prefix, self.envoy, log_level="error", drain_seconds=30)
             state.next_start = now + min(30.0, 0.5 * 2 ** state.restarts)
             state.restarts += 1
             log.info("started node proxy on %s", node)
@@ -299,7 +346,8 @@ class ControlPlane:
         next_resync = time.monotonic() + self.resync
         try:
             while not stop.is_set():
-                if time.monotonic() >= next_resync:
+                if time.monotonic() >= min(next_resync, self._next_drain_sync):
+                    self._next_drain_sync = float("inf")
                     self.sync()
                     next_resync = time.monotonic() + self.resync
                 try:
@@ -319,6 +367,7 @@ class ControlPlane:
                         if self.cluster is not None and kinds & {"Pod", "Service", "ServiceEntry"}:
                             self._sync_pods()
                         self.sync()
+                self._maybe_sync_nodes()
                 self._supervise()
                 self._readiness()
                 if self.cluster is not None:

@@ -70,14 +70,14 @@ def read_pid(paths: EnvoyPaths) -> int | None:
 
 
 def start_envoy(paths: EnvoyPaths, bootstrap: dict[str, Any], prefix: list[str] | None = None,
-                envoy: str | None = None, log_level: str = "warning") -> int:
+                envoy: str | None = None, log_level: str = "warning", drain_seconds: int = 1) -> int:
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     paths.sock_dir.mkdir(parents=True, exist_ok=True)
     tmp = paths.bootstrap.with_suffix(".tmp")
     tmp.write_text(json.dumps(bootstrap, indent=1))
     os.replace(tmp, paths.bootstrap)
     cmd = [*(prefix or []), envoy or find_envoy(), "-c", str(paths.bootstrap), "--disable-hot-restart",
-           "--concurrency", "1", "-l", log_level, "--drain-time-s", "1", "--parent-shutdown-time-s", "2"]
+           "--concurrency", "1", "-l", log_level, "--drain-time-s", str(drain_seconds), "--parent-shutdown-time-s", str(drain_seconds + 1)]
     with open(paths.log, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     paths.pid_file.write_text(f"{proc.pid}\n")

@@ -85,6 +85,9 @@ class _Outbound:
         self.clusters: dict[str, Body] = {}
         self.listeners: dict[str, Body] = {}
         self.mesh_pods = find_mesh_pods(view)
+        # Always present, used or not: removing an internal listener would cut the connections
+        # going through it when a destination moves between the direct path and a waypoint.
+        _ = self.originate
 
     @property
     def hbone(self) -> str:
