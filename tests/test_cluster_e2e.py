@@ -280,8 +280,6 @@ spec:
         mesh.store.delete([(find_kind("ap"), "default", "no-delete")])
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN GAP (issue 5 open): workload-addressed traffic through a pod "
-                   "waypoint's direct-http chain answers 502 (encap -> connect_originate hop)")
 def test_pod_waypoint_for_workload_reached_by_pod_ip(mesh: Mesh) -> None:
     mesh.store.apply(load_yaml("""
 apiVersion: gateway.networking.k8s.io/v1

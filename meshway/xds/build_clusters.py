@@ -37,9 +37,9 @@ def _default_breakers() -> Body:
                             "max_retries": MAX, "track_remaining": True}]}
 
 
-def _static_internal(name: str, listener: str, h2: bool) -> Body:
-    options = ({"explicit_http_config": {"http2_protocol_options": {}}} if h2 else
-               {"use_downstream_protocol_config": {"http_protocol_options": {}, "http2_protocol_options": {}}})
+def _static_internal(name: str, listener: str) -> Body:
+    """Cluster to an internal listener, speaking whatever protocol the downstream spoke."""
+    options = {"use_downstream_protocol_config": {"http_protocol_options": {}, "http2_protocol_options": {}}}
     return {
         "name": name, "type": "STATIC", "alt_stat_name": f"{name};", "connect_timeout": "10s",
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
@@ -65,8 +65,8 @@ def build_connect_originate(proxy: Proxy) -> Body:
 
 
 def build_static_clusters(proxy: Proxy) -> list[Body]:
-    return [_static_internal("main_internal", "main_internal", False),
-            _static_internal("encap", "connect_originate", True),
+    return [_static_internal("main_internal", "main_internal"),
+            _static_internal("encap", "connect_originate"),
             build_connect_originate(proxy)]
 
 
