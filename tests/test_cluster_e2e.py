@@ -230,10 +230,7 @@ def test_enrollment_changes_apply_within_2s_without_failed_requests(mesh: Mesh) 
         out, err = runner.communicate(timeout=300)
     results = json.loads(out)
     failed = [r for r in results if r[0] != 200]
-    # KNOWN GAP (issue 5 stays open on it): at most one connection per change is reset while the
-    # node proxy swaps its filter chains (a connection accepted during the in-place update).
-    # The issue asks for none; this bound keeps the regression visible until that is fixed.
-    assert len(failed) <= len(steps), (f"{len(failed)} failed requests, e.g. {failed[:3]}; steps: "
+    assert not failed, (f"{len(failed)} failed requests, e.g. {failed[:3]}; steps: "
                                        f"{[(n, round(f[0][3] - at, 3)) for n, at, _ in steps for f in [failed]]}")
     for name, at, expected in steps:
         window = [r for r in results if at + 2.0 <= r[3] <= at + 2.5]

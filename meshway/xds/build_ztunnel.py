@@ -126,12 +126,19 @@ class _Outbound:
         return name
 
     def service_chain(self, svc: ServiceInfo, port: int) -> str:
+        # The direct cluster exists whether or not a waypoint is in use: removing a cluster would cut
+        # the connections still using it when the service moves to its waypoint.
+        direct = self.direct_cluster(svc, port)
         decision = decide_service(self.view, svc)
         if decision.reason == ACCEPTED and decision.waypoint:
             cluster = self.waypoint_cluster(decision.waypoint)
             if cluster:
                 return self.chain(f"{self.h}|svc|{svc.namespace}/{svc.name}|{port}|waypoint",
                                   [_tcp(cluster, cluster, tunnel=True)])
+        return self.chain(f"{self.h}|svc|{svc.namespace}/{svc.name}|{port}", [_tcp(direct, direct)])
+
+    def direct_cluster(self, svc: ServiceInfo, port: int) -> str:
+        """The service's pods: HBONE to mesh pods (through `connect_originate`), plain TCP to others."""
         spec = next(p for p in svc.ports if p.port == port)
         endpoints = []
         for pod in find_service_pods(self.view, svc):
@@ -151,7 +158,7 @@ class _Outbound:
             "name": cluster, "type": "STATIC", "connect_timeout": "10s", "lb_policy": "LEAST_REQUEST",
             "circuit_breakers": _default_breakers(), "transport_socket": _internal_upstream(True),
             "load_assignment": {"cluster_name": cluster, "endpoints": [{"lb_endpoints": endpoints}] if endpoints else []}}
-        return self.chain(f"{self.h}|svc|{svc.namespace}/{svc.name}|{port}", [_tcp(cluster, cluster)])
+        return cluster
 
     def pod_chain(self, pod: PodInfo) -> str:
         decision = decide_workload(self.view, pod)
@@ -162,6 +169,8 @@ class _Outbound:
         return self.chain(f"{self.h}|pod", [_tcp(self.hbone, self.hbone, tunnel=True)])
 
     def destination_matcher(self) -> Body:
+        for ns, name in sorted(self.view.waypoints):  # kept while the waypoint runs, used or not
+            self.waypoint_cluster(f"{ns}/{name}")
         ranges = []
         for svc in sorted(self.view.services.values(), key=lambda s: (s.namespace, s.name)):
             if not svc.addresses or not svc.ports:
