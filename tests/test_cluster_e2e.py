@@ -103,8 +103,9 @@ spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, p
         return pod_netns_name(cluster_id(self.state), pod["metadata"]["namespace"], pod["metadata"]["name"])
 
     def requests(self, host: str, count: int, path: str = "/reviews/0", port: int = 9080, method: str = "GET",
-                 client: str = "curl") -> list:
-        cmd = ["ip", "netns", "exec", self.netns(self.pod(client)), sys.executable, str(self.client_script),
+                 client: str = "curl", client_ns: str = "default") -> list:
+        pod = next(p for p in self.pods(client_ns) if p["metadata"]["name"].startswith(client))
+        cmd = ["ip", "netns", "exec", self.netns(pod), sys.executable, str(self.client_script),
                host, str(port), path, str(count), method]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr
@@ -328,3 +329,40 @@ spec:
     finally:
         mesh.label("svc", "ratings", {}, remove=("istio.io/use-waypoint", "istio.io/use-waypoint-namespace"))
         mesh.store.delete([(find_kind("ns"), "", "infra")])
+
+
+def test_pods_outside_the_mesh_reach_services_and_meet_policy(mesh: Mesh) -> None:
+    """A pod in a namespace not enrolled in ambient: its traffic is not captured (no waypoint, no
+    HBONE), services still work (kube-proxy's DNAT), and at a mesh pod its plaintext is captured
+    inbound, where L4 policy applies (a principal cannot be proven without mTLS)."""
+    mesh.store.apply(load_yaml("""
+apiVersion: v1
+kind: Namespace
+metadata: {name: outside}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: curl-outside, namespace: outside, labels: {app: curl-outside}}
+spec: {containers: [{name: curl, image: curlimages/curl, command: ["/bin/sleep", "infinity"]}]}
+""", "outside.yaml"))
+    try:
+        mesh.wait_ready()
+        results = mesh.requests("reviews.default", 10, client="curl-outside", client_ns="outside")
+        assert all(r[0] == 200 and not via_waypoint(r) for r in results), results
+        mesh.store.apply(load_yaml("""
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: mesh-only, namespace: default}
+spec:
+  selector: {matchLabels: {app: details}}
+  action: ALLOW
+  rules: [{from: [{source: {namespaces: [default]}}]}]
+""", "ap.yaml"))
+        time.sleep(2.5)
+        details_ip = mesh.pod("details")["status"]["podIP"]
+        refused = mesh.requests(details_ip, 3, "/details/0", client="curl-outside", client_ns="outside")
+        assert all(r[0] != 200 for r in refused), refused
+        assert all(r[0] == 200 for r in mesh.requests("details", 3, "/details/0"))  # mesh clients still pass
+    finally:
+        mesh.store.delete([(find_kind("ap"), "default", "mesh-only")], ignore_not_found=True)
+        mesh.store.delete([(find_kind("ns"), "", "outside")])

@@ -20,7 +20,7 @@ from .. import labels as L
 from ..ca import CertificateAuthority, build_secrets
 from ..ca.sds import build_certificate_secret, build_root_secret
 from ..model.registry import BY_KIND
-from ..xds.build_ztunnel import NodeProxy, build_ztunnel_config, find_local_pods
+from ..xds.build_ztunnel import NodeProxy, build_ztunnel_config, find_local_pods, find_service_backends
 from ..mesh.view import XDS_KINDS, MeshView, expand_kinds
 from ..store import Expired, Store
 from ..xds import protos as P
@@ -48,7 +48,7 @@ class NodeState:
     node_id: str
     paths: EnvoyPaths
     prefix: list[str]
-    captured: tuple[str, ...] | None = None
+    captured: tuple | None = None
     restarts: int = 0
     next_start: float = 0.0
 
@@ -202,10 +202,11 @@ class ControlPlane:
             current = self.cache.get(node_id)
             if current is None or any(current.version(t) != snapshot.version(t) for t in P.TYPE_ORDER):
                 self.cache.set_snapshot(node_id, snapshot)
-            captured = tuple(sorted(p.ip for p in find_local_pods(self.view, node)))
-            if captured != state.captured:
-                apply_capture_rules(self.cluster.net.node_netns(n), list(captured))
-                state.captured = captured
+            mesh_ips = tuple(sorted(p.ip for p in find_local_pods(self.view, node)))
+            backends = find_service_backends(self.view)
+            if (mesh_ips, backends) != state.captured:
+                apply_capture_rules(self.cluster.net.node_netns(n), list(mesh_ips), backends)
+                state.captured = (mesh_ips, backends)
 
     def _report_problems(self) -> None:
         """Translation problems (e.g. a route to a missing subset) go on the offending resource's

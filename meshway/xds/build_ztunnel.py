@@ -267,3 +267,19 @@ def build_ztunnel_config(view: MeshView, proxy: NodeProxy) -> tuple[dict[str, di
                                "listener_filters": [_original_dst()], "filter_chains": chains_}
     return {P.CLUSTER: clusters, P.ENDPOINT: {}, P.LISTENER: listeners, P.ROUTE: {}, P.SECRET: {}}, identities
 
+
+
+def find_service_backends(view: MeshView) -> tuple:
+    """(VIP, port, ((pod IP, target port), ...)) of every Service with ready pods, for kube-proxy's DNAT."""
+    out = []
+    for svc in sorted(view.services.values(), key=lambda s: (s.namespace, s.name)):
+        if svc.kind != "Service" or not svc.addresses:
+            continue
+        for port in svc.ports:
+            if port.protocol != "TCP":
+                continue
+            pods = tuple((p.ip, t) for p in find_service_pods(view, svc)
+                         if (t := resolve_target_port(port, p)) is not None)
+            if pods:
+                out.append((svc.addresses[0], port.port, pods))
+    return tuple(out)

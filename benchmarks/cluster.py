@@ -1,0 +1,1053 @@
+#!/usr/bin/env python
+"""The mesh on one host: direct vs node proxies vs node proxies + waypoint, in one live cluster.
+
+`meshway up` (the bundled demo, a 2-node network-namespace cluster) is started and timed to its
+first successful request through the waypoint; then requests/s and latency at fixed request rates
+and unpaced, from a client pod to the reviews service over three paths, with the CPU and memory of
+every proxy; then everything is torn down with `stop_all`.
+
+    python benchmarks/cluster.py            # full: about 9 minutes on 2 CPUs (root)
+    python benchmarks/cluster.py --quick    # smoke run, about 2 minutes
+
+Writes benchmarks/results/cluster.{json,md} (`--quick`: cluster-quick.{json,md}). See
+benchmarks/README.md for what each measurement means. All traffic stays inside the cluster's own
+network namespaces; every load run is bounded in time and in requests.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+for _path in (ROOT, Path(__file__).resolve().parent):  # meshway from this checkout; dataplane.py beside us
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from dataplane import tool_versions  # noqa: E402
+from selection import machine_info  # noqa: E402
+
+from meshway import labels as L  # noqa: E402
+from meshway.cli.envoy_admin import AdminError, fetch_admin  # noqa: E402
+from meshway.model import find_kind, load_yaml  # noqa: E402
+from meshway.runtime.daemon import controlplane_pid, stop_all  # noqa: E402
+from meshway.runtime.envoy import find_envoy  # noqa: E402
+from meshway.runtime.netns import cluster_id, detect_capability, node_netns_name, pod_netns_name  # noqa: E402
+from meshway.store import Store  # noqa: E402
+
+Body = dict[str, Any]
+RESULTS = Path(__file__).resolve().parent / "results"
+DEMO = ROOT / "meshway" / "demo"
+NOMESH = "nomesh"
+PATH = "/health"  # every reviews version answers it alike, without calling ratings (README)
+HOST_HEADER = "reviews:9080"
+CONNECTIONS = 15  # keep-alive connections of the load client, on every path (5 per backend on `direct`)
+WRK_THREADS = 3
+REQUEST_CAP = 200_000  # per load run: a bound on count besides the duration; no run here gets near it
+RUN_TIMEOUT_PAD = 30.0  # a load run's subprocess is killed this long after its duration
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PATHS = ("direct", "node", "waypoint")
+PATH_TITLES = {"direct": "(a) direct, no mesh", "node": "(b) node proxies only",
+               "waypoint": "(c) node proxies + waypoint"}
+
+# -- the load client: fixed-rate (wrk2-like schedule) or closed-loop, run inside the client pod ----
+PACED_CLIENT = r'''
+"""Requests on keep-alive connections, inside a pod's network namespace. rate > 0: request i is
+due at t0 + i/rate whatever happened before (no coordinated omission: latency counts from the due
+time, so waiting for a free connection counts too); rate == 0: every connection sends back to back
+(closed loop). Bounded by duration and count; prints one JSON line of percentiles."""
+import asyncio, json, math, socket, sys
+
+cfg = json.loads(sys.argv[1])
+TARGETS = [tuple(t) for t in cfg["targets"]]
+RATE, DURATION, NCONN = float(cfg["rate"]), float(cfg["duration"]), int(cfg["connections"])
+TIMEOUT, CAP = float(cfg["timeout"]), int(cfg["cap"])
+REQUEST = ("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: meshway-bench\r\n\r\n" % (cfg["path"], cfg["host"])).encode()
+
+
+async def main():
+    loop = asyncio.get_running_loop()
+    idle = asyncio.Queue()
+    latency, service, lag = [], [], []
+    errors, statuses, tally = {}, {}, {"via_waypoint": 0}
+
+    def error(name):
+        errors[name] = errors.get(name, 0) + 1
+
+    async def connect(i):
+        host, port = TARGETS[i % len(TARGETS)]
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), TIMEOUT)
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return [i, reader, writer]
+
+    async def exchange(conn):
+        _, reader, writer = conn
+        writer.write(REQUEST)
+        head = await reader.readuntil(b"\r\n\r\n")
+        status, length, via = int(head[9:12]), 0, False
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"server" and value.strip() == b"istio-envoy":
+                via = True
+        if length:
+            await reader.readexactly(length)
+        return status, via
+
+    async def replace(conn):
+        conn[2].close()
+        deadline = loop.time() + TIMEOUT
+        while loop.time() < deadline:
+            try:
+                idle.put_nowait(await connect(conn[0]))
+                return
+            except Exception:
+                error("connect")
+                await asyncio.sleep(0.05)
+
+    async def one(due):
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                conn = await idle.get()
+        except TimeoutError:
+            error("no_connection")
+            return
+        sent = loop.time()
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                status, via = await exchange(conn)
+        except Exception as exc:
+            error(type(exc).__name__)
+            loop.create_task(replace(conn))
+            return
+        done = loop.time()
+        idle.put_nowait(conn)
+        statuses[status] = statuses.get(status, 0) + 1
+        if status >= 400:
+            error("status")
+        tally["via_waypoint"] += via
+        latency.append(done - due)
+        service.append(done - sent)
+        lag.append(sent - due)
+
+    for i in range(NCONN):
+        idle.put_nowait(await connect(i))
+    t0 = loop.time() + 0.02
+    if RATE > 0:
+        count = min(CAP, int(RATE * DURATION))
+        tasks, i = [], 0
+        while i < count:
+            now = loop.time()
+            while i < count and t0 + i / RATE <= now:
+                tasks.append(loop.create_task(one(t0 + i / RATE)))
+                i += 1
+            if i < count:
+                await asyncio.sleep(t0 + i / RATE - loop.time())
+        await asyncio.gather(*tasks)
+    else:
+        count, end, sent = CAP, t0 + DURATION, [0]
+
+        async def worker():
+            while loop.time() < end and sent[0] < CAP:
+                sent[0] += 1
+                await one(loop.time())
+        await asyncio.sleep(max(0.0, t0 - loop.time()))
+        await asyncio.gather(*(worker() for _ in range(NCONN)))
+        count = sent[0]
+    seconds = loop.time() - t0
+    while not idle.empty():
+        idle.get_nowait()[2].close()
+
+    def pct(values):
+        values.sort()
+        return {q: values[max(0, math.ceil(float(q) / 100 * len(values)) - 1)] * 1e3 if values else None
+                for q in ("50", "90", "99", "99.9", "100")}
+
+    print(json.dumps({"client": "python", "rate": RATE, "scheduled": count, "requests": len(latency),
+                      "seconds": seconds, "errors": errors, "statuses": statuses,
+                      "via_waypoint": tally["via_waypoint"], "latency_ms": pct(latency),
+                      "service_ms": pct(service), "lag_ms": pct(lag)}))
+
+
+asyncio.run(main())
+'''
+
+# -- the unpaced client when wrk is there: one thread per target address on `direct` --------------
+WRK_SCRIPT = r"""
+local cap = tonumber(os.getenv("WRK_REQUEST_CAP") or "0")
+local addrs, threads, k = {}, {}, 0
+for t in string.gmatch(os.getenv("WRK_TARGETS") or "", "[^,]+") do
+  local host, port = t:match("^(.*):(%d+)$")
+  addrs[#addrs + 1] = wrk.lookup(host, port)[1]
+end
+wrk.headers["Host"] = os.getenv("WRK_HOST") or wrk.headers["Host"]
+function setup(thread)
+  if #addrs > 0 then thread.addr = addrs[k % #addrs + 1] end
+  k = k + 1
+  threads[#threads + 1] = thread
+end
+n, via = 0, 0
+function response(status, headers, body)
+  n = n + 1
+  if headers["server"] == "istio-envoy" or headers["Server"] == "istio-envoy" then via = via + 1 end
+  if cap > 0 and n >= cap then wrk.thread:stop() end
+end
+function done(summary, latency, requests)
+  local e, v = summary.errors, 0
+  for _, t in ipairs(threads) do v = v + (t:get("via") or 0) end
+  io.write(string.format('WRKJSON {"requests": %d, "duration_us": %d, "via_waypoint": %d, ' ..
+    '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, ' ..
+    '"latency_us": {"50": %d, "90": %d, "99": %d, "99.9": %d, "100": %d}}\n',
+    summary.requests, summary.duration, v, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9), latency.max))
+end
+"""
+
+# -- the start-up prober: from the curl pod, until the first response through the waypoint ---------
+PROBER = r'''
+"""GET every 20 ms (a new connection each) until a 200 comes back through the waypoint
+(`server: istio-envoy`) or the deadline passes; prints one JSON line of wall-clock times."""
+import http.client, json, sys, time
+host, port, path, limit = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+start = time.time()
+out = {"started": start, "first_attempt": None, "first_ok": None, "first_via_waypoint": None,
+       "attempts": 0, "errors": {}, "statuses": {}}
+while time.time() - start < limit:
+    out["attempts"] += 1
+    t = time.time()
+    out["first_attempt"] = out["first_attempt"] or t
+    try:
+        c = http.client.HTTPConnection(host, port, timeout=1.0)
+        c.request("GET", path)
+        r = c.getresponse()
+        r.read()
+        c.close()
+        done = time.time()
+        out["statuses"][str(r.status)] = out["statuses"].get(str(r.status), 0) + 1
+        if r.status == 200:
+            out["first_ok"] = out["first_ok"] or done
+            if r.getheader("server") == "istio-envoy":
+                out["first_via_waypoint"] = done
+                out["first_via_waypoint_body"] = r.status
+                break
+    except Exception as exc:
+        name = type(exc).__name__
+        out["errors"][name] = out["errors"].get(name, 0) + 1
+    time.sleep(0.02)
+print(json.dumps(out))
+'''
+
+
+# == /proc ========================================================================================
+
+def proc_cpu(pid: int | None) -> float:
+    """utime + stime of a process in seconds (0 when it is gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_start(pid: int) -> float:
+    """A process's start time as a Unix time (/proc/<pid>/stat starttime + boot time), 10 ms steps."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                 if line.startswith("btime "))
+    return btime + int(fields[19]) / CLK_TCK
+
+
+def proc_memory(pid: int | None) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) in bytes."""
+    out: dict[str, int] = {}
+    if pid is None:
+        return out
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def reset_peak_rss(pid: int | None) -> bool:
+    """Reset VmHWM to the current RSS (`echo 5 > /proc/<pid>/clear_refs`, Linux >= 4.0), so that the
+    VmHWM read after a run is that run's peak. Changes nothing else about the process."""
+    if pid is None:
+        return False
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def machine_cpu() -> dict[str, float]:
+    """The machine's CPU seconds from /proc/stat: busy (everything but idle and iowait), of which
+    processes (user + nice + system) and softirq (packet processing: veths, bridges, iptables)."""
+    v = [int(x) / CLK_TCK for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = v
+    return {"busy": user + nice + system + irq + softirq + steal, "processes": user + nice + system,
+            "softirq": softirq + irq}
+
+
+def children_cpu() -> float:
+    """CPU time of this process's waited-for children (the load clients)."""
+    t = os.times()
+    return t.children_user + t.children_system
+
+
+def self_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+# == the cluster ==================================================================================
+
+@dataclass
+class Route:
+    """One of the three paths: where the client runs, what it connects to, which pods answer."""
+    key: str
+    client_netns: str
+    targets: list[tuple[str, int]]
+    backends: list[tuple[str, str]]  # (namespace, pod)
+    via_waypoint: bool
+    description: str
+
+
+@dataclass
+class Cluster:
+    state: Path
+    tmp: Path
+    store: Store | None = None
+    routes: dict[str, Route] = field(default_factory=dict)
+    log_offsets: dict[Path, int] = field(default_factory=dict)
+    waypoint_on: bool = True
+
+    @property
+    def cid(self) -> str:
+        return cluster_id(self.state)
+
+    def open_store(self) -> Store:
+        if self.store is None:
+            self.store = Store(self.state)
+        return self.store
+
+    def pods(self, ns: str | None) -> list[Body]:
+        return self.open_store().list(find_kind("pod"), ns)
+
+    def pod(self, prefix: str, ns: str = "default") -> Body:
+        return next(p for p in self.pods(ns) if p["metadata"]["name"].startswith(prefix))
+
+    def netns(self, pod: Body) -> str:
+        return pod_netns_name(self.cid, pod["metadata"]["namespace"], pod["metadata"]["name"])
+
+    def vip(self, service: str, ns: str = "default") -> str:
+        return self.open_store().get(find_kind("svc"), ns, service)["spec"]["clusterIP"]
+
+    # proxies
+    def proxy_pids(self) -> dict[str, int]:
+        """node-N and waypoint replicas (`waypoint`, or `waypoint-<pod>` when there are several)."""
+        out: dict[str, int] = {}
+        for pid_file in sorted((self.state / "run" / "nodes").glob("*/envoy.pid")):
+            out[pid_file.parent.name] = int(pid_file.read_text().split()[0])
+        replicas = sorted((self.state / "run" / "proxies").glob("*/envoy.pid"))
+        for pid_file in replicas:
+            name = "waypoint" if len(replicas) == 1 else "waypoint-" + pid_file.parent.name.split(".", 1)[1]
+            out[name] = int(pid_file.read_text().split()[0])
+        return out
+
+    def waypoint_admin(self) -> str:
+        status = json.loads((self.state / "run" / "proxy-status.json").read_text())
+        return next(v["admin"] for v in status.values() if v["type"] == "waypoint" and v["namespace"] == "default")
+
+    def waypoint_requests(self) -> int:
+        """Requests the waypoint sent to reviews' clusters (subsets included), from its own stats."""
+        try:
+            text = fetch_admin(self.waypoint_admin(), "/stats?filter=upstream_rq_total").decode()
+        except (AdminError, OSError, StopIteration):
+            return -1
+        total = 0
+        for line in text.splitlines():
+            name, _, value = line.rpartition(": ")
+            parts = name.removeprefix("cluster.").removesuffix(".upstream_rq_total").split("|")
+            if len(parts) == 4 and parts[0] == "inbound-vip" and parts[3] == "reviews.default.svc.cluster.local":
+                total += int(value)
+        return total
+
+    # backends
+    def netns_pids(self, netns: str) -> list[int]:
+        out = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True, timeout=10)
+        return [int(p) for p in out.stdout.split()]
+
+    def backend_logs(self, ns: str, pod: str) -> list[Path]:
+        return sorted((self.state / "run" / "pods" / f"{ns}.{pod}").glob("*.log"))
+
+    def count_requests(self, ns: str, pod: str) -> int:
+        """New `GET /health` lines in the pod's access log since the last call."""
+        n = 0
+        for log in self.backend_logs(ns, pod):
+            start = self.log_offsets.get(log, 0)
+            with open(log, "rb") as f:
+                f.seek(start)
+                data = f.read()
+            self.log_offsets[log] = start + len(data)
+            n += data.count(b'"GET ' + PATH.encode() + b" ")
+        return n
+
+    # enrollment
+    def set_waypoint(self, on: bool, timeout: float = 30.0) -> float:
+        """(c) with the namespace's `istio.io/use-waypoint` label, (b) without; returns the seconds
+        until fresh connections from the curl pod took the new path (checked every ~0.3 s)."""
+        if on == self.waypoint_on:
+            return 0.0
+        store = self.open_store()
+        if on:
+            store.label(find_kind("ns"), "default", ["default"], None, {L.USE_WAYPOINT: "waypoint"}, [],
+                        overwrite=True)
+        else:
+            store.label(find_kind("ns"), "default", ["default"], None, {}, [L.USE_WAYPOINT], overwrite=True)
+        self.waypoint_on = on
+        t0 = time.monotonic()
+        route = self.routes["waypoint" if on else "node"]
+        while time.monotonic() - t0 < timeout:
+            r = run_client(self, route, rate=100, duration=0.2, connections=4, quiet=True)
+            if r["requests"] == r["scheduled"] and r["via_waypoint"] == (r["requests"] if on else 0):
+                took = time.monotonic() - t0
+                time.sleep(1.0)  # let the node proxies' replaced listeners settle
+                return took
+            time.sleep(0.1)
+        raise RuntimeError(f"switching the waypoint {'on' if on else 'off'}: not effective within {timeout:g} s")
+
+
+# == start-up: `meshway up` to the first request through the waypoint ==============================
+
+def bench_startup(cl: Cluster, limit: float = 180.0) -> Body:
+    """`meshway up` (the bundled demo) as a user runs it, with a prober in the curl pod from the
+    moment its network namespace exists."""
+    prober = cl.tmp / "prober.py"
+    prober.write_text(PROBER)
+    up_log = cl.tmp / "meshway-up.log"
+    events: dict[str, float] = {}
+    lines: list[tuple[float, str]] = []
+    t_up = time.time()
+    up = subprocess.Popen([sys.executable, "-m", "meshway", "--state-dir", str(cl.state), "up"],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def read_output() -> None:
+        for line in up.stdout:  # type: ignore[union-attr]
+            lines.append((time.time(), line.rstrip("\n")))
+
+    reader = threading.Thread(target=read_output, daemon=True)
+    reader.start()
+    probe: subprocess.Popen | None = None
+    try:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            now = time.time()
+            if "controlplane" not in events and (pid := controlplane_pid(cl.state)):
+                events["controlplane"] = proc_start(pid)
+            if (cl.state / "store.db").exists() and "controlplane" in events:
+                if probe is None:
+                    curl = [p for p in cl.pods("default") if p["metadata"]["name"].startswith("curl-")
+                            and (p.get("status") or {}).get("podIP")]
+                    if curl and Path(f"/run/netns/{cl.netns(curl[0])}").exists():
+                        vip = cl.vip("reviews")
+                        probe = subprocess.Popen(["ip", "netns", "exec", cl.netns(curl[0]), sys.executable,
+                                                  str(prober), vip, "9080", "/reviews/0", str(limit)],
+                                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                        events["prober_started"] = time.time()
+                if "pods_ready" not in events:
+                    pods = cl.pods(None)
+                    if pods and all(any(c["type"] == "Ready" and c["status"] == "True"
+                                        for c in (p.get("status") or {}).get("conditions") or []) for p in pods):
+                        events["pods_ready"] = now
+                if "waypoint_programmed" not in events:
+                    try:
+                        gw = cl.open_store().get(find_kind("gtw"), "default", "waypoint")
+                        if any(c["type"] == "Programmed" and c["status"] == "True"
+                               for c in (gw.get("status") or {}).get("conditions") or []):
+                            events["waypoint_programmed"] = now
+                    except Exception:  # not applied yet
+                        pass
+            if probe is not None and probe.poll() is not None and up.poll() is not None:
+                break
+            time.sleep(0.02)
+        up.wait(timeout=max(1.0, deadline - time.monotonic()))
+        events["up_exited"] = time.time()
+        reader.join(10)
+        up_log.write_text("\n".join(f"{t - t_up:8.3f}  {line}" for t, line in lines) + "\n")
+        if up.returncode != 0:
+            raise RuntimeError(f"`meshway up` exited with {up.returncode}; output:\n"
+                               + "\n".join(line for _, line in lines[-40:]))
+        if probe is None:
+            raise RuntimeError("the curl pod's network namespace never appeared")
+        out, err = probe.communicate(timeout=limit + 10)
+        if probe.returncode != 0:
+            raise RuntimeError(f"start-up prober failed: {err[-2000:]}")
+        result = json.loads(out)
+    finally:
+        for proc in (probe, up):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    if not result["first_via_waypoint"]:
+        raise RuntimeError(f"no response through the waypoint within {limit:g} s: {result}")
+    t_cp = events["controlplane"]
+    rel = {"controlplane_started": t_cp - t_up, "prober_started": events["prober_started"] - t_up,
+           "pods_ready": events.get("pods_ready", math.nan) - t_up,
+           "waypoint_programmed": events.get("waypoint_programmed", math.nan) - t_up,
+           "first_ok": result["first_ok"] - t_up, "first_via_waypoint": result["first_via_waypoint"] - t_up,
+           "up_exited": events["up_exited"] - t_up}
+    pods_line = next((t for t, line in lines if line.strip().startswith("pods ready:")
+                      and line.split(":")[1].split("/")[0].strip() == line.split("/")[-1].strip()), None)
+    out_body = {
+        "from_up_s": result["first_via_waypoint"] - t_up,
+        "from_controlplane_s": result["first_via_waypoint"] - t_cp,
+        "first_ok_from_controlplane_s": result["first_ok"] - t_cp,
+        "timeline_from_up_s": rel,
+        "up_reported_pods_ready_s": (pods_line - t_up) if pods_line else None,
+        "prober": {k: v for k, v in result.items() if k in ("attempts", "errors", "statuses")},
+        "first_attempt_succeeded": result["first_attempt"] is not None and result["attempts"] == 1,
+        "request": "GET /reviews/0 to the reviews VIP from the curl pod, a new connection every 20 ms",
+    }
+    print(f"  `meshway up` -> first response through the waypoint: {out_body['from_up_s']:.2f} s "
+          f"(from control plane start {out_body['from_controlplane_s']:.2f} s; pods ready at "
+          f"{rel['pods_ready']:.2f} s, waypoint Programmed at {rel['waypoint_programmed']:.2f} s, first 200 "
+          f"at {rel['first_ok']:.2f} s)", flush=True)
+    return out_body
+
+
+# == the non-mesh copy ============================================================================
+
+def nomesh_manifests(cl: Cluster) -> str:
+    """Namespace `nomesh` (no ambient label): a copy of the reviews Service, bare pods reviews-v1/v2/v3
+    and curl built from the demo's own Deployment templates, each pinned (`nodeName`) to the node of its
+    counterpart in `default`, so that the network path differs from the mesh paths only by the proxies."""
+    templates: dict[str, Body] = {}
+    for f in ("bookinfo.yaml", "bookinfo-client.yaml"):
+        for doc in yaml.safe_load_all((DEMO / f).read_text()):
+            if doc and doc.get("kind") == "Deployment":
+                templates[doc["metadata"]["name"]] = doc["spec"]["template"]
+    docs: list[Body] = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NOMESH}},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "bookinfo-reviews", "namespace": NOMESH}},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "curl", "namespace": NOMESH}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews", "namespace": NOMESH},
+         "spec": {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": 9080}]}},
+    ]
+    for name in ("reviews-v1", "reviews-v2", "reviews-v3", "curl"):
+        template = templates[name]
+        node = cl.pod(name + "-")["spec"]["nodeName"]
+        docs.append({"apiVersion": "v1", "kind": "Pod",
+                     "metadata": {"name": name, "namespace": NOMESH, "labels": template["metadata"]["labels"]},
+                     "spec": {**template["spec"], "nodeName": node}})
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def wait_pods_ready(cl: Cluster, ns: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pods = cl.pods(ns)
+        if pods and all(any(c["type"] == "Ready" and c["status"] == "True"
+                            for c in (p.get("status") or {}).get("conditions") or []) for p in pods):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"pods in {ns} not ready within {timeout:g} s; see {cl.state / 'run' / 'controlplane.log'}")
+
+
+def captured_ips(cl: Cluster) -> set[str]:
+    """Pod IPs named in the node proxies' capture rules (MESHWAY-PRE in every node's nat table)."""
+    out: set[str] = set()
+    for n in (1, 2):
+        text = subprocess.run(["ip", "netns", "exec", node_netns_name(cl.cid, n), "iptables", "-t", "nat", "-S",
+                               "MESHWAY-PRE"], capture_output=True, text=True, timeout=10).stdout
+        for token in text.split():
+            if token.endswith("/32"):
+                out.add(token[:-3])
+    return out
+
+
+def vip_reachable(cl: Cluster, netns: str, vip: str) -> str:
+    """Whether a TCP connection from a non-mesh pod to a service VIP gets anywhere (meshway has no
+    kube-proxy: only the node proxies handle VIPs, for mesh pods)."""
+    code = ("import socket,sys\ntry:\n socket.create_connection((sys.argv[1], 9080), timeout=1).close(); print('connected')\n"
+            "except Exception as e:\n print(type(e).__name__ + ': ' + str(e))")
+    out = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", code, vip], capture_output=True,
+                         text=True, timeout=20)
+    return out.stdout.strip()
+
+
+def setup_routes(cl: Cluster) -> Body:
+    cl.open_store().apply(load_yaml(nomesh_manifests(cl), "nomesh.yaml"))
+    wait_pods_ready(cl, NOMESH)
+    wait_pods_ready(cl, None)
+    vip = cl.vip("reviews")
+    default_reviews = sorted((p for p in cl.pods("default") if p["metadata"]["labels"].get("app") == "reviews"),
+                             key=lambda p: p["metadata"]["name"])
+    nomesh_reviews = [cl.open_store().get(find_kind("pod"), NOMESH, f"reviews-v{v}") for v in (1, 2, 3)]
+    curl, curl_nomesh = cl.pod("curl-"), cl.open_store().get(find_kind("pod"), NOMESH, "curl")
+    cl.routes = {
+        "direct": Route("direct", cl.netns(curl_nomesh),
+                        [(p["status"]["podIP"], 9080) for p in nomesh_reviews],
+                        [(NOMESH, p["metadata"]["name"]) for p in nomesh_reviews], False,
+                        "nomesh/curl -> nomesh/reviews-v1|v2|v3 pod IPs:9080 (connections spread evenly); no "
+                        "capture rule, no proxy: veths and the node's routing (and the fabric bridge to node-2)"),
+        "node": Route("node", cl.netns(curl), [(vip, 9080)],
+                      [("default", p["metadata"]["name"]) for p in default_reviews], False,
+                      f"default/curl -> reviews VIP {vip}:9080, namespace without istio.io/use-waypoint: "
+                      "source node proxy (captured, L4) -> HBONE mTLS -> destination node proxy -> pod; "
+                      "reviews v1/v2/v3 by connection"),
+        "waypoint": Route("waypoint", cl.netns(curl), [(vip, 9080)],
+                          [("default", p["metadata"]["name"]) for p in default_reviews], True,
+                          f"default/curl -> reviews VIP {vip}:9080, the demo as `meshway up` leaves it: source "
+                          "node proxy -> HBONE -> waypoint (HTTP, VirtualService 90/10 v1/v2) -> HBONE -> "
+                          "destination node proxy -> pod"),
+    }
+    for route in cl.routes.values():  # start every log count from here
+        for ns, pod in route.backends:
+            cl.count_requests(ns, pod)
+    placement = {f"{p['metadata']['namespace']}/{p['metadata']['name']}": {
+        "node": p["spec"]["nodeName"], "ip": p["status"]["podIP"]}
+        for p in cl.pods(None) if p["metadata"]["labels"].get("app") in ("reviews", "curl")
+        or p["metadata"]["name"].startswith("waypoint")}
+    captured = captured_ips(cl)
+    nomesh_ips = {p["status"]["podIP"] for p in cl.pods(NOMESH)}
+    checks = {
+        "nomesh_pod_ips_in_capture_rules": sorted(nomesh_ips & captured),
+        "default_pod_ips_in_capture_rules": len({p["status"]["podIP"] for p in cl.pods("default")} & captured),
+        "nomesh_curl_to_nomesh_reviews_vip": vip_reachable(cl, cl.netns(curl_nomesh), cl.vip("reviews", NOMESH)),
+    }
+    if checks["nomesh_pod_ips_in_capture_rules"]:
+        raise RuntimeError(f"non-mesh pods are captured: {checks['nomesh_pod_ips_in_capture_rules']}")
+    print(f"  nomesh pods ready; placement: "
+          + ", ".join(f"{k} {v['node']}" for k, v in sorted(placement.items())), flush=True)
+    return {"placement": placement, "checks": checks,
+            "paths": {k: r.description for k, r in cl.routes.items()}}
+
+
+# == load runs ====================================================================================
+
+def run_client(cl: Cluster, route: Route, rate: float, duration: float, connections: int = CONNECTIONS,
+               quiet: bool = False) -> Body:
+    """The Python client in the route's client pod: fixed rate (rate > 0) or closed loop (rate 0)."""
+    cfg = {"targets": route.targets, "path": PATH, "host": HOST_HEADER, "rate": rate, "duration": duration,
+           "connections": connections, "timeout": 5.0, "cap": REQUEST_CAP}
+    script = cl.tmp / "paced.py"
+    if not script.exists():
+        script.write_text(PACED_CLIENT)
+    out = subprocess.run(["ip", "netns", "exec", route.client_netns, sys.executable, str(script), json.dumps(cfg)],
+                         capture_output=True, text=True, timeout=duration + RUN_TIMEOUT_PAD)
+    if out.returncode != 0:
+        if quiet:
+            return {"requests": 0, "scheduled": 1, "via_waypoint": 0}
+        raise RuntimeError(f"load client failed on {route.key}: {out.stderr[-2000:]}")
+    return json.loads(out.stdout)
+
+
+def run_wrk(cl: Cluster, route: Route, duration: float) -> Body:
+    """wrk -t3 -c15 inside the client pod; on `direct` each thread takes one backend pod's address."""
+    script = cl.tmp / "bench.lua"
+    if not script.exists():
+        script.write_text(WRK_SCRIPT)
+    host, port = route.targets[0]
+    env = {**os.environ, "WRK_REQUEST_CAP": str(REQUEST_CAP // WRK_THREADS), "WRK_HOST": HOST_HEADER,
+           "WRK_TARGETS": ",".join(f"{h}:{p}" for h, p in route.targets) if len(route.targets) > 1 else ""}
+    cmd = ["ip", "netns", "exec", route.client_netns, shutil.which("wrk") or "wrk", f"-t{WRK_THREADS}",
+           f"-c{CONNECTIONS}", f"-d{duration:g}s", "--timeout", "5s", "-s", str(script), f"http://{host}:{port}{PATH}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + RUN_TIMEOUT_PAD, env=env)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk gave no result on {route.key}: {out.stdout[-500:]} {out.stderr[-500:]}")
+    r = json.loads(line[len("WRKJSON "):])
+    seconds = r["duration_us"] / 1e6
+    return {"client": "wrk", "rate": 0, "scheduled": r["requests"], "requests": r["requests"], "seconds": seconds,
+            "errors": {k: v for k, v in r["errors"].items() if v}, "via_waypoint": r["via_waypoint"],
+            "latency_ms": {q: v / 1e3 for q, v in r["latency_us"].items()}, "service_ms": None, "lag_ms": None}
+
+
+def measured_run(cl: Cluster, route: Route, rate: float, duration: float, wrk: bool) -> Body:
+    """One load run with everything read around it: each proxy's CPU (/proc stat) and RSS (VmRSS
+    before and after, VmHWM reset before and read after = the run's peak), the backends' CPU and
+    access-log counts, the control plane's CPU, the waypoint's request counter, the machine's CPU."""
+    proxies = cl.proxy_pids()
+    backend_pids = {f"{ns}/{pod}": cl.netns_pids(pod_netns_name(cl.cid, ns, pod)) for ns, pod in route.backends}
+    cp = controlplane_pid(cl.state)
+    for ns, pod in route.backends:
+        cl.count_requests(ns, pod)
+    wp0 = cl.waypoint_requests()
+    rss0 = {k: proc_memory(p).get("VmRSS") for k, p in proxies.items()}
+    peak_reset = all(reset_peak_rss(p) for p in proxies.values())
+    cpu0 = {k: proc_cpu(p) for k, p in proxies.items()}
+    bcpu0 = sum(proc_cpu(p) for ps in backend_pids.values() for p in ps)
+    cp0, m0, c0, s0 = proc_cpu(cp), machine_cpu(), children_cpu(), self_cpu()
+    t0 = time.perf_counter()
+    result = run_wrk(cl, route, duration) if wrk else run_client(cl, route, rate, duration)
+    wall = time.perf_counter() - t0
+    cpu = {k: proc_cpu(p) - cpu0[k] for k, p in proxies.items()}
+    backends_cpu = sum(proc_cpu(p) for ps in backend_pids.values() for p in ps) - bcpu0
+    cp_cpu, m1, client_cpu, own = proc_cpu(cp) - cp0, machine_cpu(), children_cpu() - c0, self_cpu() - s0
+    mem = {k: proc_memory(p) for k, p in proxies.items()}
+    wp1 = cl.waypoint_requests()
+    served = {f"{ns}/{pod}": cl.count_requests(ns, pod) for ns, pod in route.backends}
+    n = max(1, result["requests"])
+    busy = {k: (m1[k] - m0[k]) / wall for k in m0}
+    known = sum(cpu.values()) + backends_cpu + cp_cpu + client_cpu + own
+    result.update(
+        path=route.key, wall_s=wall, rps=result["requests"] / result["seconds"] if result["seconds"] else 0.0,
+        proxies={k: {"cpu_s": cpu[k], "cpu_s_per_1000_requests": cpu[k] / n * 1000, "cpus": cpu[k] / wall,
+                     "rss_before": rss0[k], "rss_after": mem[k].get("VmRSS"),
+                     "rss_peak": mem[k].get("VmHWM") if peak_reset else None} for k in proxies},
+        cpus={"client": client_cpu / wall, "backends": backends_cpu / wall, "controlplane": cp_cpu / wall,
+              "proxies": sum(cpu.values()) / wall, "softirq": busy["softirq"], "machine_busy": busy["busy"],
+              "other_processes": max(0.0, (m1["processes"] - m0["processes"]) - known) / wall},
+        backend_requests=served, waypoint_requests=(wp1 - wp0) if min(wp0, wp1) >= 0 else None,
+    )
+    return result
+
+
+def describe_run(r: Body) -> str:
+    lat = r["latency_ms"]
+    errors = sum(r["errors"].values())
+    cpus = r["cpus"]
+    target = f"{r['rate']:>5.0f}/s" if r["rate"] else "  max  "
+    return (f"{r['path']:8} {target}: {r['rps']:7,.0f} req/s, p50 {lat['50']:.2f} ms, p99 {lat['99']:.2f} ms, "
+            f"{errors} errors; proxies {cpus['proxies']:.2f} CPUs, backends {cpus['backends']:.2f}, client "
+            f"{cpus['client']:.2f}, softirq {cpus['softirq']:.2f}, other processes {cpus['other_processes']:.2f}")
+
+
+def check_run(cl: Cluster, r: Body) -> None:
+    """The path really was the one named: (c) every response via the waypoint (header and the
+    waypoint's own counter), (a)/(b) none; (a) also no proxy CPU beyond idle."""
+    route = cl.routes[r["path"]]
+    via, wp = r["via_waypoint"], r["waypoint_requests"]
+    if route.via_waypoint:
+        ok = via == r["requests"] and (wp is None or wp >= r["requests"])
+    else:
+        ok = via == 0 and (wp is None or wp == 0)
+    r["path_verified"] = ok
+    if not ok:
+        raise RuntimeError(f"run on {r['path']} did not take its path: {via} of {r['requests']} responses via the "
+                           f"waypoint, waypoint counted {wp}")
+
+
+def bench_load(cl: Cluster, rates: tuple[int, ...], rounds: int, duration: float, max_duration: float) -> Body:
+    wrk = shutil.which("wrk") is not None
+    runs: list[Body] = []
+    switches: list[Body] = []
+    idle = {k: proc_memory(p) for k, p in cl.proxy_pids().items()}  # RSS before any load
+    for rnd in range(1, rounds + 1):
+        order = PATHS if rnd % 2 else tuple(reversed(PATHS))  # a b c, c b a, a b c: drift spreads evenly
+        for key in order:
+            if key != "direct":
+                took = cl.set_waypoint(key == "waypoint")
+                if took:
+                    switches.append({"to": key, "effective_s": took})
+            route = cl.routes[key]
+            run_client(cl, route, rate=200, duration=1.0)  # warm-up: connections, HBONE pools, code paths
+            for rate in rates:
+                r = measured_run(cl, route, rate, duration, wrk=False)
+                r["round"] = rnd
+                check_run(cl, r)
+                runs.append(r)
+                print(f"  round {rnd} {describe_run(r)}", flush=True)
+            r = measured_run(cl, route, 0, max_duration, wrk=wrk)
+            r["round"] = rnd
+            check_run(cl, r)
+            runs.append(r)
+            print(f"  round {rnd} {describe_run(r)}", flush=True)
+    cl.set_waypoint(True)  # leave the demo as `meshway up` made it
+    return {"runs": runs, "switches": switches, "idle_memory": idle,
+            "summary": summarize(runs, rates), "max_client": "wrk" if wrk else "python"}
+
+
+# == summary ======================================================================================
+
+def _med(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def summarize(runs: list[Body], rates: tuple[int, ...]) -> Body:
+    out: Body = {}
+    for rate in (*rates, 0):
+        row: Body = {}
+        for key in PATHS:
+            rs = [r for r in runs if r["path"] == key and r["rate"] == rate]
+            if not rs:
+                continue
+            proxies = sorted({k for r in rs for k in r["proxies"]})
+            row[key] = {
+                "rounds": len(rs), "rps": _med([r["rps"] for r in rs]),
+                "rps_range": [min(r["rps"] for r in rs), max(r["rps"] for r in rs)],
+                "p50_ms": _med([r["latency_ms"]["50"] for r in rs]),
+                "p99_ms": _med([r["latency_ms"]["99"] for r in rs]),
+                "p99_range_ms": [min(r["latency_ms"]["99"] for r in rs), max(r["latency_ms"]["99"] for r in rs)],
+                "service_p50_ms": _med([(r["service_ms"] or {}).get("50") for r in rs]),
+                "service_p99_ms": _med([(r["service_ms"] or {}).get("99") for r in rs]),
+                "lag_p50_ms": _med([(r["lag_ms"] or {}).get("50") for r in rs]),
+                "errors": sum(sum(r["errors"].values()) for r in rs),
+                "requests": sum(r["requests"] for r in rs),
+                "proxies": {k: {
+                    "cpu_s_per_1000_requests": _med([r["proxies"][k]["cpu_s_per_1000_requests"] for r in rs]),
+                    "cpus": _med([r["proxies"][k]["cpus"] for r in rs]),
+                    "rss_peak": max((r["proxies"][k]["rss_peak"] or 0 for r in rs), default=0) or None,
+                    "rss_after": _med([r["proxies"][k]["rss_after"] for r in rs])} for k in proxies},
+                "cpus": {k: _med([r["cpus"][k] for r in rs]) for k in rs[0]["cpus"]},
+                "backend_share": _share(rs),
+            }
+        base = row.get("direct")
+        for key in ("node", "waypoint"):
+            if base and key in row:
+                row[key]["vs_direct"] = {
+                    "rps": row[key]["rps"] / base["rps"], "p50": row[key]["p50_ms"] / base["p50_ms"],
+                    "p99": row[key]["p99_ms"] / base["p99_ms"],
+                    "p50_added_ms": row[key]["p50_ms"] - base["p50_ms"],
+                    "p99_added_ms": row[key]["p99_ms"] - base["p99_ms"]}
+        if "node" in row and "waypoint" in row:
+            row["waypoint"]["vs_node"] = {"rps": row["waypoint"]["rps"] / row["node"]["rps"],
+                                          "p50_added_ms": row["waypoint"]["p50_ms"] - row["node"]["p50_ms"],
+                                          "p99_added_ms": row["waypoint"]["p99_ms"] - row["node"]["p99_ms"]}
+        out["max" if rate == 0 else str(rate)] = row
+    return out
+
+
+def _share(rs: list[Body]) -> dict[str, float]:
+    totals: dict[str, int] = {}
+    for r in rs:
+        for k, v in r["backend_requests"].items():
+            totals[k] = totals.get(k, 0) + v
+    n = sum(totals.values()) or 1
+    return {k.split("/")[1].rsplit("-", 2)[0] if k.startswith("default/") else k.split("/")[1]: v / n
+            for k, v in sorted(totals.items())}
+
+
+# == output =======================================================================================
+
+def _mb(b: float | None) -> str:
+    return "—" if b is None else f"{b / 2 ** 20:.0f} MiB"
+
+
+def _ms(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2f} ms"
+
+
+def write_markdown(path: Path, rep: Body) -> None:
+    m, st, ld, setup = rep["machine"], rep["startup"], rep["load"], rep["setup"]
+    s = ld["summary"]
+    rates = rep["settings"]["rates"]
+    tl = st["timeline_from_up_s"]
+    lines = [
+        f"# Cluster benchmark ({rep['mode']})", "",
+        f"Python {m['python']} on {m['platform']}, {m['cpu_count']} CPUs; Envoy {m.get('envoy')} (`--concurrency 1` "
+        f"each); fixed-rate client: Python asyncio; unpaced client: {ld['max_client']}"
+        f"{' (' + m['wrk'] + ')' if m.get('wrk') and ld['max_client'] == 'wrk' else ''}; meshway "
+        f"{m.get('meshway_commit')}; run {rep['started']} ({rep['duration_s']:.0f} s); load average at start "
+        f"{m['loadavg_at_start'][0]:.2f}.", "",
+        "## 1. `meshway up` to the first request through the waypoint", "",
+        f"`meshway up` (bundled demo, 2 nodes) started at 0; a prober in the curl pod sends `GET /reviews/0` to the "
+        f"reviews VIP every 20 ms from the moment the pod's network namespace exists.", "",
+        "| event | seconds after `meshway up` started |", "|---|---|",
+        f"| control plane process started | {tl['controlplane_started']:.2f} |",
+        f"| prober started in the curl pod | {tl['prober_started']:.2f} |",
+        f"| every pod Ready (store) | {tl['pods_ready']:.2f} |",
+        f"| waypoint Gateway Programmed (store) | {tl['waypoint_programmed']:.2f} |",
+        f"| first 200 (any path) | {tl['first_ok']:.2f} |",
+        f"| **first 200 through the waypoint** (`server: istio-envoy`) | **{tl['first_via_waypoint']:.2f}** |",
+        f"| `meshway up` exited (walk-through printed) | {tl['up_exited']:.2f} |", "",
+        f"From control plane start to the first request through the waypoint: **{st['from_controlplane_s']:.2f} s** "
+        f"(first 200 on any path: {st['first_ok_from_controlplane_s']:.2f} s).", "",
+        "## 2. Paths", "",
+        "Every request is `GET /health` to a reviews pod (`Host: reviews:9080`) on one of "
+        f"{CONNECTIONS} keep-alive connections opened before the run, from a curl pod:", "",
+        *[f"- {PATH_TITLES[k]}: {v}" for k, v in setup["paths"].items()], "",
+        "Placement: " + ", ".join(f"`{k}` {v['node']}" for k, v in sorted(setup["placement"].items())) + ".", "",
+        "## 3. Fixed request rates", "",
+        f"{rep['settings']['rounds']} round(s) of {rep['settings']['duration_s']:g} s per rate and path, paths "
+        "interleaved; medians over rounds. Request i is due at t0 + i/rate (wrk2's schedule); **p50/p99 count from "
+        "the due time**, so queueing for a busy connection and the client's timer lag are included (the lag column "
+        "is that floor: it is the same on every path). 'send→response' counts from the write.", "",
+        "| rate | path | req/s | p50 | p99 | p50 send→response | p99 send→response | client lag p50 | errors | "
+        "vs direct p50 / p99 |", "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for rate in rates:
+        row = s[str(rate)]
+        for key in PATHS:
+            r = row.get(key)
+            if not r:
+                continue
+            vs = r.get("vs_direct")
+            vs_text = f"+{vs['p50_added_ms']:.2f} / +{vs['p99_added_ms']:.2f} ms ({vs['p50']:.1f}x / {vs['p99']:.1f}x)" \
+                if vs else ""
+            lines.append(f"| {rate} | {PATH_TITLES[key]} | {r['rps']:,.0f} | {_ms(r['p50_ms'])} | {_ms(r['p99_ms'])} | "
+                         f"{_ms(r['service_p50_ms'])} | {_ms(r['service_p99_ms'])} | {_ms(r['lag_p50_ms'])} | "
+                         f"{r['errors']} | {vs_text} |")
+    mx = s["max"]
+    lines += ["", "## 4. Unpaced (maximum) throughput", "",
+              f"{ld['max_client']} {'-t3 ' if ld['max_client'] == 'wrk' else ''}-c{CONNECTIONS}, "
+              f"{rep['settings']['max_duration_s']:g} s per run, back to back on every connection (latency from the "
+              "write, as wrk measures it). Where the 2 CPUs went, in CPUs (medians): proxies = all Envoys, softirq = "
+              "the kernel's packet processing (veths, bridge, iptables), not charged to any process.", "",
+              "| path | req/s [range] | p50 | p99 | errors | vs direct | proxies | backends | client | softirq | "
+              "control plane | other processes |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key in PATHS:
+        r = mx.get(key)
+        if not r:
+            continue
+        c = r["cpus"]
+        vs = f"{r['vs_direct']['rps']:.2f}x" if r.get("vs_direct") else ""
+        lines.append(f"| {PATH_TITLES[key]} | {r['rps']:,.0f} [{r['rps_range'][0]:,.0f}–{r['rps_range'][1]:,.0f}] | "
+                     f"{_ms(r['p50_ms'])} | {_ms(r['p99_ms'])} | {r['errors']} | {vs} | {c['proxies']:.2f} | "
+                     f"{c['backends']:.2f} | {c['client']:.2f} | {c['softirq']:.2f} | {c['controlplane']:.2f} | "
+                     f"{c['other_processes']:.2f} |")
+    lines += ["", "## 5. Proxy CPU and memory per 1,000 requests/s", "",
+              "CPU: utime + stime from `/proc/<pid>/stat` over the run, per 1,000 requests (= CPUs busy at "
+              "1,000 req/s; medians over rounds). Memory: peak RSS during the run (VmHWM, reset with "
+              "`clear_refs` before the run; highest over rounds) and RSS idle before any load. `node-1` holds "
+              "both curl pods; the waypoint runs on its pod's node. A '—' proxy is not on the path.", "",
+              "| path | proxy | " + " | ".join(f"CPU s / 1k req @ {r}/s" for r in rates) + " | CPU s / 1k req @ max | "
+              f"peak RSS @ {rates[-1]}/s | RSS idle |", "|---|---|" + "---|" * (len(rates) + 3)]
+    idle = ld["idle_memory"]
+    for key in PATHS:
+        proxies = sorted(s["max"].get(key, {}).get("proxies", {}))
+        for px in proxies:
+            cells = []
+            for rate in (*[str(r) for r in rates], "max"):
+                v = s[rate].get(key, {}).get("proxies", {}).get(px, {}).get("cpu_s_per_1000_requests")
+                cells.append("—" if v is None else f"{v:.3f}")
+            peak = s[str(rates[-1])].get(key, {}).get("proxies", {}).get(px, {}).get("rss_peak")
+            on_path = key != "direct" and (px != "waypoint" or key == "waypoint")
+            name = px if on_path else f"{px} (not on the path)"
+            lines.append(f"| {PATH_TITLES[key]} | {name} | " + " | ".join(cells)
+                         + f" | {_mb(peak)} | {_mb(idle.get(px, {}).get('VmRSS'))} |")
+        if key != "direct":
+            cells = []
+            for rate in (*[str(r) for r in rates], "max"):
+                r = s[rate].get(key)
+                cells.append("—" if not r else
+                             f"**{sum(v['cpu_s_per_1000_requests'] for v in r['proxies'].values()):.3f}**")
+            lines.append(f"| {PATH_TITLES[key]} | **all proxies** | " + " | ".join(cells) + " | | |")
+    lines += ["", "## 6. Which backend answered", "",
+              "Share of requests per reviews pod, from the pods' own access logs, all runs of a path:", "",
+              "| path | " + " | ".join(("v1", "v2", "v3")) + " |", "|---|---|---|---|"]
+    for key in PATHS:
+        share: dict[str, int] = {}
+        for r in ld["runs"]:
+            if r["path"] == key:
+                for pod, n in r["backend_requests"].items():
+                    version = "v" + pod.split("reviews-v", 1)[1][0]
+                    share[version] = share.get(version, 0) + n
+        total = sum(share.values()) or 1
+        lines.append(f"| {PATH_TITLES[key]} | " + " | ".join(f"{100 * share.get(v, 0) / total:.1f}%"
+                                                              for v in ("v1", "v2", "v3")) + " |")
+    checks = setup["checks"]
+    sw = ld["switches"]
+    lines += ["", "## 7. Checks", "",
+              "- Every run's path was verified: on (c) every response carried `server: istio-envoy` and the "
+              "waypoint's own `upstream_rq_total` for reviews grew by at least the run's requests; on (a) and (b) "
+              "no response did and the counter did not move.",
+              f"- Capture rules of the node proxies name no `nomesh` pod IP "
+              f"({checks['default_pod_ips_in_capture_rules']} `default` pod IPs captured); from `nomesh/curl` the "
+              f"`nomesh/reviews` VIP gives `{checks['nomesh_curl_to_nomesh_reviews_vip']}` (no kube-proxy: "
+              "VIPs are handled by the node proxies, for mesh pods only), hence pod IPs on (a).",
+              f"- Waypoint label switches (b <-> c) took effect for new connections within "
+              f"{max((x['effective_s'] for x in sw), default=0):.1f} s ({len(sw)} switches, checked every ~0.3 s).",
+              f"- Errors over all runs: {sum(sum(r['errors'].values()) for r in ld['runs'])}.",
+              f"- Teardown (`stop_all`): {rep.get('teardown', {}).get('summary', 'see JSON')}.", ""]
+    path.write_text("\n".join(lines))
+
+
+def teardown(cl: Cluster) -> Body:
+    stopped = stop_all(cl.state)
+    prefix = f"mw{cl.cid}-"
+    left_netns = [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+                  if n.startswith(prefix)]
+    left_procs = subprocess.run(["pgrep", "-f", str(cl.state)], capture_output=True, text=True).stdout.split()
+    clean = not left_netns and not left_procs
+    return {"stopped": stopped, "netns_left": left_netns, "processes_left": left_procs,
+            "summary": "nothing left (no namespace, no process)" if clean else
+            f"LEFT: {len(left_netns)} namespaces, {len(left_procs)} processes"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="one round of short runs")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results directory (default: %(default)s)")
+    ap.add_argument("--rates", default="100,500,1000", help="fixed request rates, req/s (default: %(default)s)")
+    args = ap.parse_args(argv)
+    reason = detect_capability()
+    if reason:
+        print(f"the cluster benchmark needs root, network namespaces and iptables: {reason}", file=sys.stderr)
+        return 2
+    rates = tuple(int(r) for r in args.rates.split(","))
+    rounds, duration, max_duration = (1, 3.0, 3.0) if args.quick else (3, 8.0, 5.0)
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    loadavg = os.getloadavg()
+    if loadavg[0] > 0.5:
+        print(f"note: load average {loadavg[0]:.2f} at start; other work on the machine skews the numbers "
+              "(see 'other processes' in the results)", flush=True)
+    with tempfile.TemporaryDirectory(prefix="mw-cluster-") as tmp_name:
+        tmp = Path(tmp_name)
+        cl = Cluster(tmp / "state", tmp)
+        try:
+            print("1. `meshway up` -> first request through the waypoint", flush=True)
+            startup = bench_startup(cl)
+            print("2. non-mesh copy of reviews + curl in namespace nomesh", flush=True)
+            setup = setup_routes(cl)
+            print(f"3. load: rates {', '.join(map(str, rates))} req/s and unpaced, {rounds} round(s)", flush=True)
+            load = bench_load(cl, rates, rounds, duration, max_duration)
+        finally:
+            if cl.store is not None:
+                cl.store.close()
+            down = teardown(cl)
+            print(f"  teardown: {down['summary']}", flush=True)
+    report = {
+        "benchmark": "cluster", "mode": "quick" if args.quick else "full",
+        "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "duration_s": time.perf_counter() - t0,
+        "machine": {**machine_info(), **tool_versions(find_envoy()), "loadavg_at_start": loadavg},
+        "settings": {"rates": list(rates), "rounds": rounds, "duration_s": duration, "max_duration_s": max_duration,
+                     "connections": CONNECTIONS, "request": f"GET {PATH}", "host_header": HOST_HEADER,
+                     "request_cap_per_run": REQUEST_CAP},
+        "startup": startup, "setup": setup, "load": load, "teardown": down,
+    }
+    stem = "cluster-quick" if args.quick else "cluster"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_markdown(args.out / f"{stem}.md", report)
+    s = load["summary"]
+    top = str(rates[-1])
+    print(f"up -> first request via waypoint {startup['from_up_s']:.2f} s; at {top}/s p50 "
+          + ", ".join(f"{k} {s[top][k]['p50_ms']:.2f} ms" for k in PATHS if k in s[top])
+          + "; max " + ", ".join(f"{k} {s['max'][k]['rps']:,.0f}/s" for k in PATHS if k in s["max"])
+          + f"; total {report['duration_s']:.0f} s; wrote {args.out / stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
