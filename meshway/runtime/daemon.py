@@ -8,25 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-from .envoy import EnvoyPaths, stop_envoy
+from .envoy import EnvoyPaths, read_live_pid, stop_envoy
 from .placement import Replica, replica_sock_dir
 
 
 def controlplane_pid(state_dir: Path) -> int | None:
-    try:
-        pid = int((state_dir / "run" / "controlplane.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    try:  # our own child that exited is a zombie until reaped
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return None
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return None
-    return pid
+    return read_live_pid(state_dir / "run" / "controlplane.pid")
 
 
 def start_controlplane(state_dir: Path, cluster: bool = False) -> int:

@@ -48,12 +48,13 @@ class EnvoyPaths:
         return self.sock_dir / "admin.sock"
 
 
-def read_pid(paths: EnvoyPaths) -> int | None:
+def read_live_pid(pid_file: Path) -> int | None:
+    """The pid in `pid_file` if that process is alive (an exited child of ours is reaped: dead)."""
     try:
-        pid = int(paths.pid_file.read_text().split()[0])
+        pid = int(pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-    try:  # our own child that exited is a zombie until reaped: reap it and call it dead
+    try:
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
             return None
     except ChildProcessError:
@@ -61,6 +62,13 @@ def read_pid(paths: EnvoyPaths) -> int | None:
     try:
         os.kill(pid, 0)
     except OSError:
+        return None
+    return pid
+
+
+def read_pid(paths: EnvoyPaths) -> int | None:
+    pid = read_live_pid(paths.pid_file)
+    if pid is None:
         return None
     try:  # the pid may have been reused by another program
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
