@@ -286,11 +286,12 @@ metadata: {name: pod-waypoint, namespace: default, labels: {istio.io/waypoint-fo
 spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
 """, "gw.yaml"))
     target = mesh.pod("reviews-v2")
-    mesh.label("pod", target["metadata"]["name"], {"istio.io/use-waypoint": "pod-waypoint"})
     try:
         mesh.wait_until(lambda: _programmed(mesh, "pod-waypoint"), 60, "pod waypoint Programmed")
         ip = target["status"]["podIP"]
-        mesh.wait_until(lambda: via_waypoint(mesh.requests(ip, 1)[0]), 5, "pod-IP traffic via the pod waypoint")
+        time.sleep(1.0)  # the new waypoint's readiness reaches the node proxies first
+        mesh.label("pod", target["metadata"]["name"], {"istio.io/use-waypoint": "pod-waypoint"})
+        mesh.wait_until(lambda: via_waypoint(mesh.requests(ip, 1)[0]), 2, "pod-IP traffic via the pod waypoint")
         results = mesh.requests(ip, 10)
         assert all(r[0] == 200 and via_waypoint(r) and r[2] == "v2" for r in results), results
     finally:
@@ -322,10 +323,11 @@ spec:
 """, "infra.yaml"))
     try:
         mesh.wait_until(lambda: _programmed(mesh, "shared", "infra"), 60, "shared waypoint Programmed")
+        time.sleep(1.0)
         mesh.label("svc", "ratings", {"istio.io/use-waypoint": "shared", "istio.io/use-waypoint-namespace": "infra"})
         cluster = "inbound-vip|9080|http|ratings.default.svc.cluster.local"
         mesh.wait_until(lambda: mesh.requests("ratings", 1, "/ratings/0")[0][0] == 200 and
-                        mesh.waypoint_requests("infra", "shared", cluster) > 0, 5, "ratings via infra/shared")
+                        mesh.waypoint_requests("infra", "shared", cluster) > 0, 2, "ratings via infra/shared")
     finally:
         mesh.label("svc", "ratings", {}, remove=("istio.io/use-waypoint", "istio.io/use-waypoint-namespace"))
         mesh.store.delete([(find_kind("ns"), "", "infra")])
