@@ -11,7 +11,9 @@ import copy
 from typing import Any
 
 from ..mesh import status as S
+from ..mesh.policy_status import build_policy_condition
 from ..mesh.selection import decide_service
+from ..model.istio import AuthorizationPolicy
 from ..mesh.view import MeshView, detect_waypoint_class
 from ..mesh.waypoint_objects import build_waypoint_objects
 from ..mesh.workloads import build_deployment_status, plan_pods
@@ -19,7 +21,8 @@ from . import ipam
 from .writer import Writer
 
 Body = dict[str, Any]
-STATUS_KINDS = ("Namespace", "Service", "ServiceEntry", "Gateway", "GatewayClass", "Deployment")
+STATUS_KINDS = ("Namespace", "Service", "ServiceEntry", "Gateway", "GatewayClass", "Deployment",
+                "AuthorizationPolicy")
 
 
 def reconcile(w: Writer) -> None:
@@ -127,6 +130,13 @@ def _statuses(w: Writer) -> None:
         status = {**rest, "listeners": listeners,
                   "conditions": S.merge_conditions(old, conds, w.now, gw["metadata"].get("generation"))}
         w.set_status("Gateway", gw, status, replace=True)
+    for body in snapshot["AuthorizationPolicy"]:
+        policy = AuthorizationPolicy.model_validate(body, strict=False)
+        old = (body.get("status") or {}).get("conditions") or []
+        conds = S.merge_conditions(old, [build_policy_condition(policy, view)], w.now,
+                                   body["metadata"].get("generation"),
+                                   drop=("ZtunnelAccepted", "WaypointAccepted"))
+        w.set_status("AuthorizationPolicy", body, {**(body.get("status") or {}), "conditions": conds}, replace=True)
     for gc in snapshot["GatewayClass"]:
         if detect_waypoint_class(gc["metadata"]["name"], {gc["metadata"]["name"]: gc}):
             old = (gc.get("status") or {}).get("conditions") or []

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from .. import labels as L
+from ..mesh.policy_status import HTTP_OPERATION_FIELDS, HTTP_SOURCE_FIELDS, HTTP_WHEN_PREFIXES, \
+    find_http_attributes
 from ..model.istio import AuthorizationPolicy, Rule
 from .protos import typed
 
@@ -23,8 +25,6 @@ Body = dict[str, Any]
 WAYPOINT = "waypoint"
 ZTUNNEL = "ztunnel"  # HBONE inbound: identity from the mTLS peer, port from the CONNECT :authority
 ZTUNNEL_TCP = "ztunnel-tcp"  # plaintext inbound: no identity, port from the original destination
-HTTP_FIELDS = ("methods", "notMethods", "paths", "notPaths", "hosts", "notHosts")
-HTTP_WHEN = ("request.headers", "request.auth", "request.method", "request.path")
 
 
 @dataclass(frozen=True)
@@ -191,10 +191,22 @@ class _Builder:
 
 
 def detect_http_rule(rule: Rule) -> list[str]:
-    """The HTTP attributes a rule uses (a node proxy cannot enforce them)."""
-    found = [f"to.operation.{f}" for t in rule.to or [] for f in HTTP_FIELDS if getattr(t.operation, f)]
-    found += [f"when.{c.key}" for c in rule.when or [] if c.key.startswith(HTTP_WHEN)]
-    return found
+    """The HTTP attributes a rule uses (a node proxy, or a TCP chain, cannot enforce them)."""
+    return find_http_attributes(rule)
+
+
+def strip_http(rule: Rule) -> Rule:
+    """The rule without its HTTP attributes: what a node proxy enforces of a DENY (more restrictive)."""
+    data = rule.model_dump(by_alias=True, exclude_none=True)
+    for t in data.get("to") or []:
+        for f in HTTP_OPERATION_FIELDS:
+            t["operation"].pop(f, None)
+    for f_ in data.get("from") or []:
+        for f in HTTP_SOURCE_FIELDS:
+            f_["source"].pop(f, None)
+    if data.get("when"):
+        data["when"] = [c for c in data["when"] if not c["key"].startswith(HTTP_WHEN_PREFIXES)]
+    return Rule.model_validate(data, strict=False)
 
 
 def build_rule(rule: Rule, proxy: str, network: bool = False) -> Body | None:
@@ -241,11 +253,12 @@ def build_rbac_policies(policies: list[Policy], action: str, proxy: str, network
             continue
         for i, rule in enumerate(p.rules):
             built = build_rule(rule, proxy, network)
+            if built is None and action in ("DENY", "AUDIT"):
+                # Fail closed: a DENY is enforced without the parts this proxy cannot see (Istio's rule).
+                built = build_rule(strip_http(rule), proxy, network) or \
+                    {"permissions": [{"any": True}], "principals": [{"any": True}]}
             if built is None:
-                if action in ("DENY", "AUDIT"):  # fail closed: an unenforceable DENY matches everything
-                    built = {"permissions": [{"any": True}], "principals": [{"any": True}]}
-                else:
-                    continue
+                continue
             out[f"ns[{p.namespace}]-policy[{p.name}]-rule[{i}]"] = built
     return out
 

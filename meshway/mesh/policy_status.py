@@ -1,0 +1,88 @@
+"""AuthorizationPolicy status as istiod writes it (pure): `ZtunnelAccepted` for selector and
+namespace policies (node proxies), `WaypointAccepted` for targetRefs policies (waypoints)."""
+from __future__ import annotations
+
+from typing import Any
+
+from .. import labels as L
+from ..model.istio import AuthorizationPolicy, Rule
+from .selection import ACCEPTED, NOT_READY, decide_service
+from .view import MeshView
+
+Body = dict[str, Any]
+HTTP_OPERATION_FIELDS = ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths")
+HTTP_SOURCE_FIELDS = ("requestPrincipals", "notRequestPrincipals")
+HTTP_WHEN_PREFIXES = ("request.", "experimental.")
+DENY_BOILERPLATE = "DENY policy with HTTP attributes is enforced without the HTTP rules. " \
+                   "This will be more restrictive than requested."
+ALLOW_BOILERPLATE = "Within an ALLOW policy, rules matching HTTP attributes are omitted. " \
+                    "This will be more restrictive than requested."
+
+
+def find_http_attributes(rule: Rule) -> list[str]:
+    """The HTTP attributes a rule uses, by Istio's names (a node proxy cannot enforce them)."""
+    found = [f for t in rule.to or [] for f in HTTP_OPERATION_FIELDS if getattr(t.operation, f)]
+    found += [f for s in rule.from_ or [] for f in HTTP_SOURCE_FIELDS if getattr(s.source, f)]
+    found += [c.key for c in rule.when or [] if c.key.startswith(HTTP_WHEN_PREFIXES)]
+    return found
+
+
+def _cond(type_: str, status: bool, reason: str, message: str) -> Body:
+    return {"type": type_, "status": "True" if status else "False", "reason": reason, "message": message}
+
+
+def build_ztunnel_condition(policy: AuthorizationPolicy) -> Body:
+    action = policy.spec.action
+    if action not in ("ALLOW", "DENY"):
+        return _cond("ZtunnelAccepted", False, "UnsupportedValue", f"ztunnel does not support the {action} action")
+    found = sorted({a for rule in policy.spec.rules or [] for a in find_http_attributes(rule)})
+    if found:
+        boilerplate = DENY_BOILERPLATE if action == "DENY" else ALLOW_BOILERPLATE
+        return _cond("ZtunnelAccepted", True, "UnsupportedValue",
+                     f"ztunnel does not support HTTP attributes (found: {', '.join(found)}). In ambient mode you "
+                     f"must use a waypoint proxy to enforce HTTP rules. {boilerplate}")
+    return _cond("ZtunnelAccepted", True, "Accepted", "attached to ztunnel")
+
+
+def build_waypoint_condition(policy: AuthorizationPolicy, view: MeshView) -> Body:
+    refs = list(policy.spec.targetRefs or []) + ([policy.spec.targetRef] if policy.spec.targetRef else [])
+    bound, problems = [], []
+    for ref in refs:
+        ns = ref.namespace or policy.namespace
+        if ref.kind == "Gateway":
+            if (ns, ref.name) in view.waypoints:
+                bound.append(f"{ns}/{ref.name}")
+            else:
+                problems.append(("TargetNotFound", f"Gateway {ns}/{ref.name} was not found"))
+        elif ref.kind == "GatewayClass":
+            if ref.name == L.WAYPOINT_CLASS and policy.namespace == L.ROOT_NAMESPACE:
+                bound.append(f"GatewayClass {ref.name}")
+            else:
+                problems.append(("Invalid", f"GatewayClass {ref.name} must be {L.WAYPOINT_CLASS} and the policy "
+                                            f"in the root namespace {L.ROOT_NAMESPACE}"))
+        elif ref.kind in ("Service", "ServiceEntry"):
+            svc = view.services.get((ref.kind, ns, ref.name))
+            if svc is None:
+                problems.append(("TargetNotFound", f"{ref.kind} {ns}/{ref.name} was not found"))
+                continue
+            decision = decide_service(view, svc)
+            if decision.reason in (ACCEPTED, NOT_READY) and decision.requested:
+                bound.append(decision.requested)
+            else:
+                problems.append(("AncestorNotBound", f"{ref.kind} {ns}/{ref.name} is not bound to a waypoint"))
+        else:
+            problems.append(("Invalid", f"Invalid targetRefs: unsupported kind {ref.kind}"))
+    if problems and not bound:
+        reason, message = problems[0]
+        return _cond("WaypointAccepted", False, reason, "; ".join(m for _, m in problems) if len(problems) > 1
+                     else message)
+    if problems:
+        return _cond("WaypointAccepted", True, "PartiallyInvalid",
+                     "Invalid targetRefs: " + "; ".join(m for _, m in problems))
+    return _cond("WaypointAccepted", True, "Accepted", f"bound to {', '.join(dict.fromkeys(bound))}")
+
+
+def build_policy_condition(policy: AuthorizationPolicy, view: MeshView) -> Body:
+    if policy.spec.targetRefs or policy.spec.targetRef:
+        return build_waypoint_condition(policy, view)
+    return build_ztunnel_condition(policy)
