@@ -359,3 +359,33 @@ spec:
     assert status_of("sleep") == 200
     assert status_of("sleep", headers={"x-block": "yes"}) == 403  # DENY wins over ALLOW
     assert status_of("productpage") == 403  # not the allowed principal
+
+
+def test_access_log_from_the_telemetry_api(mesh: Mesh) -> None:
+    mesh.store.apply(load_yaml("""
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: access-logs, namespace: default}
+spec:
+  accessLogging: [{providers: [{name: envoy}]}]
+""", "telemetry.yaml"))
+    log = next((mesh.state / "run" / "proxies").glob("default.*/envoy.log"))
+    conn = mesh.client("sleep")
+    try:
+        deadline = time.monotonic() + 5
+        lines: list[dict] = []
+        while time.monotonic() < deadline and not lines:
+            tunnel = conn.open(f"{mesh.vip()}:9080")
+            assert tunnel.request("GET", "/logged", {"x-key": "al"}).status == 200
+            tunnel.close()
+            time.sleep(0.3)
+            lines = [json.loads(line) for line in log.read_text().splitlines()
+                     if line.startswith("{") and '"/logged"' in line]
+        assert lines, "no access log line from the waypoint"
+    finally:
+        conn.close()
+    entry = lines[-1]
+    assert (entry["method"], entry["path"], entry["response_code"]) == ("GET", "/logged", 200)
+    assert entry["upstream_cluster"].startswith("inbound-vip|9080|http/v")
+    assert entry["source_principal"] == "spiffe://cluster.local/ns/default/sa/sleep"
+    assert isinstance(entry["duration"], int)

@@ -118,6 +118,7 @@ COLUMNS: dict[str, list[Column]] = {
                        ("HOSTS", lambda b: _go_list(b["spec"].get("hosts")))],
     "DestinationRule": [("HOST", lambda b: b["spec"].get("host", ""))],
     "AuthorizationPolicy": [("ACTION", lambda b: (b.get("spec") or {}).get("action", "ALLOW"))],
+    "Telemetry": [],
 }
 WIDE: dict[str, list[Column]] = {
     "Service": [("SELECTOR", lambda b: _selector(b["spec"].get("selector")))],

@@ -232,7 +232,7 @@ class MeshView:
         return ns.labels if ns else MappingProxyType({})
 
 
-CONFIG_KINDS = ("VirtualService", "DestinationRule", "HTTPRoute", "AuthorizationPolicy")
+CONFIG_KINDS = ("VirtualService", "DestinationRule", "HTTPRoute", "AuthorizationPolicy", "Telemetry")
 # The waypoint index is built from these three together.
 GATEWAY_KINDS = frozenset({"Gateway", "GatewayClass", "Deployment"})
 

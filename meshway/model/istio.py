@@ -453,3 +453,32 @@ class AuthorizationPolicySpec(Strict):
 class AuthorizationPolicy(Resource):
     kind: Literal["AuthorizationPolicy"]
     spec: AuthorizationPolicySpec = Field(default_factory=AuthorizationPolicySpec)
+
+
+class TelemetryProvider(Strict):
+    name: Annotated[str, Field(min_length=1)]
+
+
+class AccessLogFilter(Strict):
+    expression: Annotated[str, Field(min_length=1)]
+
+
+class AccessLogging(Strict):
+    providers: list[TelemetryProvider] | None = None
+    disabled: bool | None = None
+    filter: AccessLogFilter | None = None
+    match: dict[str, Any] | None = None
+
+
+class TelemetrySpec(Strict):
+    selector: WorkloadSelector | None = None
+    targetRef: PolicyTargetReference | None = None
+    targetRefs: list[PolicyTargetReference] | None = None
+    accessLogging: list[AccessLogging] | None = None
+    tracing: list[dict[str, Any]] | None = None
+    metrics: list[dict[str, Any]] | None = None
+
+
+class Telemetry(Resource):
+    kind: Literal["Telemetry"]
+    spec: TelemetrySpec = Field(default_factory=TelemetrySpec)

@@ -9,12 +9,13 @@ from typing import Any, Callable
 from .. import labels as L
 from ..mesh.view import MeshView, ServiceInfo, WaypointInfo
 from ..model.gateway import HTTPRoute as GwHTTPRoute
-from ..model.istio import AuthorizationPolicy, DestinationRule, VirtualService
+from ..model.istio import AuthorizationPolicy, DestinationRule, Telemetry, VirtualService
 from . import protos as P
 from .build_authz import WAYPOINT, build_rbac_filters, find_waypoint_policies
 from .build_clusters import build_service_cluster, build_static_clusters
 from .build_listeners import build_connect_originate, build_connect_terminate, build_main_internal
 from .build_routes import Problems, RouteTarget, build_route_config
+from .build_telemetry import build_access_logs, find_access_logging
 from .httproute import convert_http_route, detect_parent
 from .proxy import Proxy
 from .scope import WaypointScope, cluster_name, detect_protocol, find_scope, find_service_pods, port_kinds, \
@@ -168,8 +169,18 @@ def build_waypoint_config(view: MeshView, proxy: Proxy, secrets: dict[str, Body]
         applied = find_waypoint_policies(policies, wp.namespace, wp.name, svc.namespace, svc.name, svc.kind)
         return build_rbac_filters(applied, WAYPOINT, network)
 
+    telemetries = [Telemetry.model_validate(b, strict=False) for b in view.config.get("Telemetry", ())]
+
+    def logs_for(svc: ServiceInfo) -> list[Body]:
+        notes: list[str] = []
+        logs = build_access_logs(find_access_logging(telemetries, wp.namespace, wp.name, svc.namespace, svc.name),
+                                 notes)
+        for note in notes:
+            problems.add(f"Telemetry for {svc.namespace}/{svc.name}", note)
+        return logs
+
     listeners = {li["name"]: li for li in (build_connect_terminate(proxy),
-                                           build_main_internal(scope, route_for, authz_for),
+                                           build_main_internal(scope, route_for, authz_for, logs_for),
                                            build_connect_originate())}
     resources = {P.CLUSTER: clusters, P.ENDPOINT: endpoints, P.LISTENER: listeners, P.ROUTE: {},
                  P.SECRET: dict(secrets or {})}
