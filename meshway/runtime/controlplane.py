@@ -108,6 +108,13 @@ class ControlPlane:
         return Proxy(build_node_id("waypoint", r.pod_ip, r.pod, r.namespace), self.placement.listen_address(r),
                      r.namespace, r.service_account, r.waypoint)
 
+    def _publish(self, node_id: str, messages: dict) -> None:
+        """Set the proxy's snapshot only if some type's version changed: nothing else is pushed."""
+        snapshot = Snapshot(messages)
+        current = self.cache.get(node_id)
+        if current is None or any(current.version(t) != snapshot.version(t) for t in P.TYPE_ORDER):
+            self.cache.set_snapshot(node_id, snapshot)
+
     def _push(self, state: ReplicaState) -> None:
         r = state.replica
         secrets = build_secrets(self.ca.issue(r.namespace, r.service_account), self.ca.root_pem())
@@ -115,10 +122,7 @@ class ControlPlane:
                                        scope=self._scope_with_draining(state))
         messages = config.messages()
         messages[P.SECRET] = dict(secrets)
-        snapshot = Snapshot(messages)
-        current = self.cache.get(state.node_id)
-        if current is None or any(current.version(t) != snapshot.version(t) for t in P.TYPE_ORDER):
-            self.cache.set_snapshot(state.node_id, snapshot)
+        self._publish(state.node_id, messages)
         if config.problems != state.problems:
             for where, message in config.problems:
                 log.warning("%s: %s: %s", r.pod, where, message)
@@ -198,10 +202,7 @@ class ControlPlane:
                 secret.name = identity
                 messages[P.SECRET][identity] = secret
             messages[P.SECRET]["ROOTCA"] = build_root_secret(self.ca.root_pem())
-            snapshot = Snapshot(messages)
-            current = self.cache.get(node_id)
-            if current is None or any(current.version(t) != snapshot.version(t) for t in P.TYPE_ORDER):
-                self.cache.set_snapshot(node_id, snapshot)
+            self._publish(node_id, messages)
             mesh_ips = tuple(sorted(p.ip for p in find_local_pods(self.view, node)))
             backends = find_service_backends(self.view)
             if (mesh_ips, backends) != state.captured:
