@@ -209,7 +209,8 @@ class MeshView:
             view = view._with_gateways(snapshot)
         if set(CONFIG_KINDS) & set(snapshot):
             config = dict(view.config)
-            config.update({k: tuple(snapshot[k]) for k in CONFIG_KINDS if k in snapshot})
+            config.update({k: tuple(b for b in snapshot[k] if detect_config(k, b)) for k in CONFIG_KINDS
+                           if k in snapshot})
             view = replace(view, config=config)
         return view
 
@@ -232,9 +233,15 @@ class MeshView:
         return ns.labels if ns else MappingProxyType({})
 
 
-CONFIG_KINDS = ("VirtualService", "DestinationRule", "HTTPRoute", "AuthorizationPolicy", "Telemetry")
+CONFIG_KINDS = ("VirtualService", "DestinationRule", "HTTPRoute", "AuthorizationPolicy", "Telemetry", "ConfigMap")
 # The waypoint index is built from these three together.
 GATEWAY_KINDS = frozenset({"Gateway", "GatewayClass", "Deployment"})
+
+
+def detect_config(kind: str, body: Body) -> bool:
+    """Of the ConfigMaps only the mesh config (`istio` in the root namespace) is proxy config."""
+    return kind != "ConfigMap" or (body["metadata"]["name"], body["metadata"].get("namespace")) == \
+        ("istio", L.ROOT_NAMESPACE)
 
 
 def expand_kinds(kinds: Iterable[str]) -> tuple[str, ...]:

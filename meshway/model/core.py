@@ -1,4 +1,4 @@
-"""Core Kubernetes kinds: Namespace, ServiceAccount, Service, Pod, Deployment.
+"""Core Kubernetes kinds: Namespace, ServiceAccount, ConfigMap, Service, Pod, Deployment.
 
 Pod and Deployment specs are large; meshway types the fields it reads and keeps the rest as
 given (`Loose`), so real manifests apply unchanged while wrong types in typed fields are errors.
@@ -11,6 +11,8 @@ from typing import Any, Literal
 from pydantic import AfterValidator, Field, field_validator, model_validator
 from typing_extensions import Annotated
 
+from ..labels import ROOT_NAMESPACE
+from .meshconfig import MESH_CONFIGMAP, MESH_KEY, parse_mesh_config
 from .meta import (
     IANA_SVC_NAME,
     IntOrString,
@@ -37,6 +39,23 @@ class ServiceAccount(Resource):
     secrets: list[dict[str, Any]] | None = None
     imagePullSecrets: list[dict[str, Any]] | None = None
     automountServiceAccountToken: bool | None = None
+
+
+class ConfigMap(Resource):
+    """Data as strings. The root namespace's `istio` ConfigMap carries the MeshConfig under `mesh`;
+    that one is validated as MeshConfig on apply, so a bad mesh config is refused, not half-used."""
+
+    kind: Literal["ConfigMap"]
+    data: dict[str, str] | None = None
+    binaryData: dict[str, str] | None = None
+    immutable: bool | None = None
+
+    @model_validator(mode="after")
+    def _mesh_config(self) -> "ConfigMap":
+        if (self.metadata.name, self.metadata.namespace) == (MESH_CONFIGMAP, ROOT_NAMESPACE) and self.data \
+                and MESH_KEY in self.data:
+            parse_mesh_config(self.data[MESH_KEY])
+        return self
 
 
 class ServicePort(Strict):

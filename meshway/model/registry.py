@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .core import Deployment, Namespace, Pod, Service, ServiceAccount
+from .core import ConfigMap, Deployment, Namespace, Pod, Service, ServiceAccount
 from .gateway import Gateway, GatewayClass, HTTPRoute
 from .istio import AuthorizationPolicy, DestinationRule, ServiceEntry, Telemetry, VirtualService
 from .meta import Resource
@@ -39,6 +39,7 @@ SEC = "security.istio.io"
 KINDS: tuple[KindInfo, ...] = (
     KindInfo("Namespace", "", ("v1",), "namespaces", ("ns",), False, Namespace),
     KindInfo("ServiceAccount", "", ("v1",), "serviceaccounts", ("sa",), True, ServiceAccount),
+    KindInfo("ConfigMap", "", ("v1",), "configmaps", ("cm",), True, ConfigMap),
     KindInfo("Service", "", ("v1",), "services", ("svc",), True, Service),
     KindInfo("Pod", "", ("v1",), "pods", ("po",), True, Pod),
     KindInfo("Deployment", "apps", ("v1",), "deployments", ("deploy",), True, Deployment),
