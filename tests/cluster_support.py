@@ -29,6 +29,7 @@ CLIENT = textwrap.dedent('''
     host, port, path, count = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
     method = sys.argv[5] if len(sys.argv) > 5 else "GET"
     seconds = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0  # run for this long instead, paced
+    headers = json.loads(sys.argv[7]) if len(sys.argv) > 7 else {}
     out = []
     end = time.time() + seconds
     i = 0
@@ -38,7 +39,7 @@ CLIENT = textwrap.dedent('''
             time.sleep(0.01)
         try:
             c = http.client.HTTPConnection(host, port, timeout=5)
-            c.request(method, path)  # a new connection per request, closed by the client (as curl does)
+            c.request(method, path, headers=headers)  # a new connection per request, closed by the client (as curl does)
             r = c.getresponse()
             body = r.read()
             try:
@@ -103,10 +104,12 @@ spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, p
         return pod_netns_name(cluster_id(self.state), pod["metadata"]["namespace"], pod["metadata"]["name"])
 
     def requests(self, host: str, count: int, path: str = "/reviews/0", port: int = 9080, method: str = "GET",
-                 client: str = "curl", client_ns: str = "default") -> list:
+                 client: str = "curl", client_ns: str = "default", headers: dict | None = None) -> list:
+        """[status, server header, version from the JSON body, time] per request, sent from inside
+        the client pod with a new connection each."""
         pod = next(p for p in self.pods(client_ns) if p["metadata"]["name"].startswith(client))
         cmd = ["ip", "netns", "exec", self.netns(pod), sys.executable, str(self.client_script),
-               host, str(port), path, str(count), method]
+               host, str(port), path, str(count), method, "0", json.dumps(headers or {})]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)
