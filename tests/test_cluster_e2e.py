@@ -196,3 +196,74 @@ spec:
     finally:
         mesh.store.delete([(find_kind("ap"), "default", "mesh-only")], ignore_not_found=True)
         mesh.store.delete([(find_kind("ns"), "", "outside")])
+
+
+def meshway_logs(mesh: Mesh, *args: str) -> list[dict]:
+    """JSON lines of `meshway logs ARGS` (the CLI users run), other lines skipped."""
+    from click.testing import CliRunner
+
+    from meshway.cli import clustercmds  # noqa: F401  (registers `logs`)
+    from meshway.cli.main import cli
+    result = CliRunner().invoke(cli, ["--state-dir", str(mesh.state), "logs", *args])
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+
+
+def test_access_log_one_line_per_request_and_node_proxy_connection_logs(mesh: Mesh) -> None:
+    mesh.store.apply(load_yaml("""
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  accessLogging: [{providers: [{name: envoy}]}]
+""", "telemetry.yaml"))
+    try:
+        path = f"/reviews/{int(time.time() * 1000) % 100000}"
+        mesh.wait_until(lambda: any(e.get("path") == path for e in meshway_logs(mesh, "deploy/waypoint")) or
+                        not mesh.requests("reviews", 1, path=path), 5, "access logging switched on")
+        mine = lambda: [e for e in meshway_logs(mesh, "deploy/waypoint") if e.get("path") == path]  # noqa: E731
+        before = len(mine())
+        results = mesh.requests("reviews", 7, path=path)
+        assert all(r[0] == 200 for r in results)
+        mesh.wait_until(lambda: len(mine()) - before >= 7, 5, "7 access log lines")
+        time.sleep(0.5)
+        lines = mine()[before:]
+        assert len(lines) == 7, lines  # exactly one per request
+        for e in lines:
+            assert (e["method"], e["response_code"]) == ("GET", 200)
+            assert e["upstream_cluster"].startswith("inbound-vip|9080|http")
+            assert e["source_principal"] == "spiffe://cluster.local/ns/default/sa/curl"
+            assert isinstance(e["duration"], int)
+    finally:
+        mesh.store.delete([(find_kind("telemetry"), "istio-system", "mesh-default")])
+    # Node proxies log every connection, as ztunnel does: the client's node the outbound side
+    # (to the waypoint), the waypoint's node the inbound side.
+    curl = mesh.pod("curl")
+    node = curl["spec"]["nodeName"]
+    outbound = [e for e in meshway_logs(mesh, "-n", "istio-system", f"ztunnel-{node}")
+                if e.get("direction") == "outbound" and e.get("dst.service") == "reviews.default.svc.cluster.local"]
+    assert outbound, "no outbound connection log on the client's node proxy"
+    assert outbound[-1]["src.identity"] == "spiffe://cluster.local/ns/default/sa/curl"
+    assert outbound[-1]["dst.waypoint"] == "default/waypoint"
+    assert outbound[-1]["src.addr"].startswith(curl["status"]["podIP"] + ":")
+    # Without a waypoint: the destination's node proxy logs the tunnel's end, with the caller's identity.
+    mesh.label("svc", "details", {"istio.io/use-waypoint": "none"})
+    try:
+        details = mesh.pod("details")
+        dest_node = details["spec"]["nodeName"]
+
+        def inbound() -> list[dict]:
+            return [e for e in meshway_logs(mesh, "-n", "istio-system", f"ztunnel-{dest_node}")
+                    if e.get("direction") == "inbound" and e.get("dst.workload") == details["metadata"]["name"]
+                    and e.get("src.identity") == "spiffe://cluster.local/ns/default/sa/curl"]
+
+        mesh.wait_until(lambda: mesh.requests("details", 1, path="/details/0")[0][0] == 200 and inbound(), 5,
+                        "an inbound connection log at the destination's node proxy")
+        entry = inbound()[-1]
+        assert entry["dst.identity"] == "spiffe://cluster.local/ns/default/sa/bookinfo-details"
+        assert entry["dst.hbone_addr"] == f"{details['status']['podIP']}:9080"
+        # The tunnel comes from the client's node proxy (its node address), not from the pod itself.
+        assert entry["src.addr"].startswith(curl["status"]["podIP"].rsplit(".", 1)[0] + ".1:")
+        assert entry["bytes_sent"] > 0 and entry["bytes_recv"] > 0
+    finally:
+        mesh.label("svc", "details", {}, remove=("istio.io/use-waypoint",))

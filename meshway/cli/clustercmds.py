@@ -65,6 +65,19 @@ def find_log(state_dir: Path, ns: str, pod: dict, container: str | None) -> Path
     return state_dir / "run" / "pods" / f"{ns}.{name}" / f"{chosen}.log"
 
 
+def find_node_proxy_log(state_dir: Path, ns: str, target: str) -> Path | None:
+    """Node proxies run as the `ztunnel` DaemonSet of the root namespace: `ds/ztunnel` (node-1's,
+    as kubectl picks one pod) or `ztunnel-node-N`."""
+    if ns != L.ROOT_NAMESPACE:
+        return None
+    if target in ("ds/ztunnel", "daemonset/ztunnel", "daemonsets/ztunnel"):
+        return state_dir / "run" / "nodes" / "node-1" / "envoy.log"
+    name = target.removeprefix("pod/")
+    if name.startswith("ztunnel-node-") and name.removeprefix("ztunnel-").startswith("node-"):
+        return state_dir / "run" / "nodes" / name.removeprefix("ztunnel-") / "envoy.log"
+    return None
+
+
 @cli.command()
 @click.argument("target")
 @namespace_option
@@ -73,9 +86,11 @@ def find_log(state_dir: Path, ns: str, pod: dict, container: str | None) -> Path
 @click.option("--tail", type=int, default=-1, help="Lines of recent log to show (-1: all).")
 @pass_ctx
 def logs(c: Ctx, target: str, namespace: str | None, container: str | None, follow: bool, tail: int) -> None:
-    """Print a pod's logs: logs POD|deploy/NAME [-c CONTAINER] [-f]."""
+    """Print a pod's logs: logs POD|deploy/NAME [-c CONTAINER] [-f]; node proxies:
+    logs -n istio-system ds/ztunnel|ztunnel-node-N."""
     ns = namespace or "default"
-    path = find_log(c.store.state_dir, ns, find_pod(c, target, ns), container)
+    node_log = find_node_proxy_log(c.store.state_dir, ns, target)
+    path = node_log or find_log(c.store.state_dir, ns, find_pod(c, target, ns), container)
     if not path.exists():
         raise LookupError(f"no logs yet for {target} ({path})")
     with open(path, "rb") as f:

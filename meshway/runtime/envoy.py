@@ -77,6 +77,9 @@ def read_pid(paths: EnvoyPaths) -> int | None:
     return pid if str(paths.bootstrap) in cmdline else None
 
 
+LOG_FLUSH_MS = 1000  # access logs reach the log file within a second (Envoy's default: 10 s)
+
+
 def start_envoy(paths: EnvoyPaths, bootstrap: dict[str, Any], prefix: list[str] | None = None,
                 envoy: str | None = None, log_level: str = "warning", drain_seconds: int = 1) -> int:
     paths.run_dir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +88,9 @@ def start_envoy(paths: EnvoyPaths, bootstrap: dict[str, Any], prefix: list[str] 
     tmp.write_text(json.dumps(bootstrap, indent=1))
     os.replace(tmp, paths.bootstrap)
     cmd = [*(prefix or []), envoy or find_envoy(), "-c", str(paths.bootstrap), "--disable-hot-restart",
-           "--concurrency", "1", "-l", log_level, "--drain-time-s", str(drain_seconds), "--parent-shutdown-time-s", str(drain_seconds + 1)]
+           "--concurrency", "1", "-l", log_level, "--drain-time-s", str(drain_seconds),
+           "--parent-shutdown-time-s", str(drain_seconds + 1),
+           "--file-flush-interval-msec", str(LOG_FLUSH_MS)]
     with open(paths.log, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     paths.pid_file.write_text(f"{proc.pid}\n")

@@ -26,11 +26,13 @@ from ..mesh.view import MeshView, PodInfo, ServiceInfo
 from ..model.istio import AuthorizationPolicy
 from . import protos as P
 from .build_authz import ZTUNNEL, ZTUNNEL_TCP, build_rbac_filters, find_workload_policies
+from .build_connection_logs import build_inbound_log, build_outbound_log, build_plaintext_log
 from .build_clusters import HTTP_OPTIONS, _default_breakers, _internal_upstream
 from .build_listeners import HCM, _chain_action, _original_dst, build_tls_context
 from .build_node_inbound import INBOUND_CLUSTER
 from .protos import typed
 from .scope import find_service_pods, resolve_target_port
+from .stat_tags import build_principal, build_stat_name, build_workload_tags
 
 Body = dict[str, Any]
 OUTBOUND_PORT, INBOUND_PORT, PLAINTEXT_PORT = 15001, 15008, 15006
@@ -61,11 +63,31 @@ def find_mesh_pods(view: MeshView) -> dict[str, PodInfo]:
     return {p.ip: p for p in view.pods.values() if p.ip and detect_ambient(view, p)}
 
 
-def _tcp(cluster: str, stat: str, tunnel: bool = False) -> Body:
+def _tcp(cluster: str, stat: str, tunnel: bool = False, log: Body | None = None) -> Body:
     config = typed("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", stat_prefix=stat, cluster=cluster)
     if tunnel:
         config["tunneling_config"] = {"hostname": "%DOWNSTREAM_LOCAL_ADDRESS%"}
+    if log:
+        config["access_log"] = [log]
     return {"name": "envoy.filters.network.tcp_proxy", "typed_config": config}
+
+
+def _connection_counter(stat: str) -> Body:
+    """connection_limit without a limit: the chain's `active_connections` gauge, which tcp_proxy
+    lacks (closed connections = opened - active)."""
+    return {"name": "envoy.filters.network.connection_limit", "typed_config": typed(
+        "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit", stat_prefix=stat,
+        max_connections=2**63)}
+
+
+def _inbound_cluster(pod: PodInfo, identity: str, plaintext: bool) -> Body:
+    """Original-destination cluster of one local pod: its stats are the pod's inbound connections
+    (reporter=destination), one upstream connection per tunnel or plaintext connection."""
+    name = f"{'plaintext' if plaintext else 'inbound'}|{pod.namespace}/{pod.name}"
+    tags = {"reporter": "destination", "request_protocol": "tcp",
+            "connection_security_policy": "none" if plaintext else "mutual_tls", **build_workload_tags(pod, identity)}
+    return {"name": name, "alt_stat_name": build_stat_name(name, tags), "type": "ORIGINAL_DST",
+            "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "10s", "cleanup_interval": "60s"}
 
 
 def _h2_tls_cluster(name: str, identity: str, trust_domain: str, **fields: Any) -> Body:
@@ -125,17 +147,29 @@ class _Outbound:
         self.chains.setdefault(name, {"name": name, "filters": filters})
         return name
 
+    def tcp_chain(self, name: str, cluster: str, log: Body, tags: dict[str, str], tunnel: bool = True) -> str:
+        """A tcp_proxy chain whose stats carry Istio's labels (reporter=source, `stat_tags`)."""
+        stat = build_stat_name(name, {"reporter": "source", "request_protocol": "tcp",
+                                      "source_principal": build_principal(self.identity),
+                                      "source_workload_namespace": self.identity.split("/ns/")[1].split("/")[0],
+                                      **tags})
+        return self.chain(name, [_connection_counter(stat), _tcp(cluster, stat, tunnel=tunnel, log=log)])
+
     def service_chain(self, svc: ServiceInfo, port: int) -> str:
         # The direct cluster exists whether or not a waypoint is in use: removing a cluster would cut
         # the connections still using it when the service moves to its waypoint.
         direct = self.direct_cluster(svc, port)
         decision = decide_service(self.view, svc)
+        tags = {"destination_service": svc.hostname, "destination_service_name": svc.name,
+                "destination_service_namespace": svc.namespace}
         if decision.reason == ACCEPTED and decision.waypoint:
             cluster = self.waypoint_cluster(decision.waypoint)
             if cluster:
-                return self.chain(f"{self.h}|svc|{svc.namespace}/{svc.name}|{port}|waypoint",
-                                  [_tcp(cluster, cluster, tunnel=True)])
-        return self.chain(f"{self.h}|svc|{svc.namespace}/{svc.name}|{port}", [_tcp(direct, direct)])
+                log = build_outbound_log(self.identity, svc.hostname, decision.waypoint)
+                return self.tcp_chain(f"{self.h}|svc|{svc.namespace}/{svc.name}|{port}|waypoint", cluster, log,
+                                      {**tags, "connection_security_policy": "mutual_tls"})
+        log = build_outbound_log(self.identity, svc.hostname)
+        return self.tcp_chain(f"{self.h}|svc|{svc.namespace}/{svc.name}|{port}", direct, log, tags, tunnel=False)
 
     def direct_cluster(self, svc: ServiceInfo, port: int) -> str:
         """The service's pods: HBONE to mesh pods (through `connect_originate`), plain TCP to others."""
@@ -155,8 +189,8 @@ class _Outbound:
                                                                               "port_value": target}}}})
         cluster = f"svc|{self.h}|{svc.hostname}|{port}"
         self.clusters[cluster] = {
-            "name": cluster, "type": "STATIC", "connect_timeout": "10s", "lb_policy": "LEAST_REQUEST",
-            "circuit_breakers": _default_breakers(), "transport_socket": _internal_upstream(True),
+            "name": cluster, "alt_stat_name": build_stat_name(cluster), "type": "STATIC", "connect_timeout": "10s",
+            "lb_policy": "LEAST_REQUEST", "circuit_breakers": _default_breakers(), "transport_socket": _internal_upstream(True),
             "load_assignment": {"cluster_name": cluster, "endpoints": [{"lb_endpoints": endpoints}] if endpoints else []}}
         return cluster
 
@@ -165,8 +199,11 @@ class _Outbound:
         if decision.reason == ACCEPTED and decision.waypoint:
             cluster = self.waypoint_cluster(decision.waypoint)
             if cluster:
-                return self.chain(f"{self.h}|pod|{pod.ip}|waypoint", [_tcp(cluster, cluster, tunnel=True)])
-        return self.chain(f"{self.h}|pod", [_tcp(self.hbone, self.hbone, tunnel=True)])
+                log = build_outbound_log(self.identity, waypoint=decision.waypoint)
+                return self.tcp_chain(f"{self.h}|pod|{pod.ip}|waypoint", cluster, log, {
+                    **build_workload_tags(pod, identity_of(pod, self.td)), "connection_security_policy": "mutual_tls"})
+        return self.tcp_chain(f"{self.h}|pod", self.hbone, build_outbound_log(self.identity),
+                              {"connection_security_policy": "mutual_tls"})
 
     def destination_matcher(self) -> Body:
         for ns, name in sorted(self.view.waypoints):  # kept while the waypoint runs, used or not
@@ -202,9 +239,10 @@ def build_inbound_chain(pod: PodInfo, identity: str, trust_domain: str, authz: l
     hcm = typed(HCM, stat_prefix=f"inbound_hbone_{pod.ip}", codec_type="HTTP2", route_config={
         "name": "inbound", "virtual_hosts": [{"name": "inbound", "domains": ["*"], "routes": [{
             "match": {"connect_matcher": {}},
-            "route": {"cluster": INBOUND_CLUSTER, "upgrade_configs": [{"upgrade_type": "CONNECT",
-                                                                       "connect_config": {}}]}}]}]},
+            "route": {"cluster": _inbound_cluster(pod, identity, False)["name"], "upgrade_configs": [
+                {"upgrade_type": "CONNECT", "connect_config": {}}]}}]}]},
         upgrade_configs=[{"upgrade_type": "CONNECT"}], stream_idle_timeout="0s",
+        access_log=[build_inbound_log(pod, identity)],
         http2_protocol_options={"allow_connect": True, "max_concurrent_streams": 200},
         http_filters=[*authz, deliver, {"name": "envoy.filters.http.router",
                                         "typed_config": typed("envoy.extensions.filters.http.router.v3.Router")}])
@@ -254,12 +292,15 @@ def build_ztunnel_config(view: MeshView, proxy: NodeProxy) -> tuple[dict[str, di
     inbound_chains, plain_chains = [], []
     for pod in local:
         applied = find_workload_policies(policies, pod.namespace, dict(pod.labels))
+        for cluster in (_inbound_cluster(pod, identity_of(pod, td), False), _inbound_cluster(pod, identity_of(pod, td), True)):
+            clusters[cluster["name"]] = cluster
         inbound_chains.append(build_inbound_chain(pod, identity_of(pod, td), td,
                                                   build_rbac_filters(applied, ZTUNNEL)))
         plain_chains.append({"name": f"plaintext|{pod.namespace}/{pod.name}",
                              "filter_chain_match": {"prefix_ranges": [{"address_prefix": pod.ip, "prefix_len": 32}]},
                              "filters": [*build_rbac_filters(applied, ZTUNNEL_TCP, network=True),
-                                         _tcp(PASSTHROUGH, f"plaintext_{pod.ip}")]})
+                                         _tcp(f"plaintext|{pod.namespace}/{pod.name}", f"plaintext_{pod.ip}",
+                                              log=build_plaintext_log(pod))]})
     for name, port, chains_ in (("ztunnel_inbound", INBOUND_PORT, inbound_chains),
                                 ("ztunnel_inbound_plaintext", PLAINTEXT_PORT, plain_chains)):
         if chains_:

@@ -1,0 +1,55 @@
+"""Connection logs of node proxies (pure): one JSON line per connection when it closes, with
+ztunnel's field names (`src.identity`, `dst.service`, `direction`, ...), as community ztunnel
+logs every connection. What a chain knows statically (its source identity, the destination
+service or workload) is written in; addresses, peers and byte counts come from Envoy."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..mesh.view import PodInfo
+from .protos import typed
+
+Body = dict[str, Any]
+_COMMON = {
+    "start_time": "%START_TIME%",
+    "level": "info",
+    "scope": "access",
+    "message": "connection complete",
+    "src.addr": "%DOWNSTREAM_REMOTE_ADDRESS%",
+    "dst.addr": "%UPSTREAM_HOST%",
+    "bytes_sent": "%BYTES_SENT%",
+    "bytes_recv": "%BYTES_RECEIVED%",
+    "duration_ms": "%DURATION%",
+    "error": "%CONNECTION_TERMINATION_DETAILS%",
+    "response_flags": "%RESPONSE_FLAGS%",
+}
+
+
+def _log(fields: Body) -> Body:
+    return {"name": "envoy.access_loggers.file", "typed_config": typed(
+        "envoy.extensions.access_loggers.file.v3.FileAccessLog", path="/dev/stdout",
+        log_format={"json_format": {**_COMMON, **fields}, "omit_empty_values": True})}
+
+
+def build_outbound_log(identity: str, service: str | None = None, waypoint: str | None = None) -> Body:
+    """A captured connection leaving a pod of `identity`, to a service (or a pod) directly or
+    through a waypoint; `dst.hbone_addr` is the original destination carried in the tunnel."""
+    fields = {"direction": "outbound", "src.identity": identity, "dst.hbone_addr": "%DOWNSTREAM_LOCAL_ADDRESS%"}
+    if service:
+        fields["dst.service"] = service
+    if waypoint:
+        fields["dst.waypoint"] = waypoint
+    return _log(fields)
+
+
+def build_inbound_log(pod: PodInfo, identity: str) -> Body:
+    """An HBONE tunnel ending at a local pod: the caller is the mTLS peer."""
+    return _log({"direction": "inbound", "src.identity": "%DOWNSTREAM_PEER_URI_SAN%",
+                 "dst.hbone_addr": "%REQ(:AUTHORITY)%", "dst.workload": pod.name,
+                 "dst.namespace": pod.namespace, "dst.identity": identity})
+
+
+def build_plaintext_log(pod: PodInfo) -> Body:
+    """A plain TCP connection from outside the mesh to a local mesh pod."""
+    return _log({"direction": "inbound", "dst.hbone_addr": "%DOWNSTREAM_LOCAL_ADDRESS%",
+                 "dst.workload": pod.name, "dst.namespace": pod.namespace})
