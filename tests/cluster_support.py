@@ -78,7 +78,7 @@ spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, p
         self.label("ns", "default", {"istio.io/dataplane-mode": "ambient", "istio.io/use-waypoint": "waypoint"})
         self.client_script = state / "client.py"
         self.client_script.write_text(CLIENT)
-        start_controlplane(state, cluster=True)
+        start_controlplane(state, cluster=True, metrics_addr="127.0.0.1:0")
 
     def label(self, kind: str, name: str, labels: dict, remove: tuple = (), ns: str = "default") -> None:
         self.store.label(find_kind(kind), ns, [name], None, labels, list(remove), overwrite=True)
@@ -130,10 +130,11 @@ spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, p
         _, port, _, host = cluster.split("|")
         stats = fetch_admin(self.waypoint_admin(ns, name), "/stats?filter=upstream_rq_total").decode()
         total = 0
-        for line in stats.splitlines():
+        for line in stats.splitlines():  # cluster.<name, dots as _>.<metric tags>.upstream_rq_total: N
             name_part, _, value = line.rpartition(": ")
-            parts = name_part.removeprefix("cluster.").removesuffix(".upstream_rq_total").split("|")
-            if len(parts) == 4 and parts[0] == "inbound-vip" and parts[1] == port and parts[3] == host:
+            parts = name_part.removeprefix("cluster.").split(".", 1)[0].split("|")
+            if name_part.endswith(".upstream_rq_total") and len(parts) == 4 and parts[0] == "inbound-vip" \
+                    and parts[1] == port and parts[3] == host.replace(".", "_"):
                 total += int(value)
         return total
 

@@ -18,6 +18,9 @@ CASES = {
     "reviews": ([BOOKINFO, TRAFFIC, GOLDEN / "reviews.yaml"], "default"),
     "features": ([GOLDEN / "features.yaml"], "shop"),
     "empty": ([GOLDEN / "empty.yaml"], "default"),
+    "envoyfilter": ([BOOKINFO, TRAFFIC, GOLDEN / "reviews.yaml", GOLDEN / "envoyfilter.yaml"], "default"),
+    "extauthz": ([GOLDEN / "extauthz.yaml"], "foo"),
+    "tracing": ([GOLDEN / "tracing.yaml"], "trace"),
 }
 
 

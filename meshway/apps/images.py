@@ -1,7 +1,8 @@
 """Which built-in app stands in for a container image (pure). Images are never pulled: Istio's
 bookinfo images run `meshway.apps.bookinfo`, echo/httpbin-like images run `meshway.apps.echo` on
-the image's usual port, curl/sleep images run `meshway.apps.sleep`; any other image needs the
-container to give a `command`."""
+the image's usual port, Zipkin / OpenTelemetry Collector / Jaeger images run `meshway.apps.collector`,
+curl/sleep images run `meshway.apps.sleep`, Istio's ext-authz sample `meshway.apps.extauthz`; any
+other image needs the container to give a `command`."""
 from __future__ import annotations
 
 import re
@@ -16,6 +17,13 @@ ECHO_IMAGES = {  # repository -> the port the real image listens on
     "mccutchen/go-httpbin": 8080, "kong/httpbin": 80, "istio/httpbin": 80, "jmalloc/echo-server": 8080,
     "ealen/echo-server": 80, "mendhak/http-https-echo": 8080,
 }
+COLLECTOR_IMAGES = {  # repository -> (HTTP ports: Zipkin and OTLP/HTTP, gRPC ports: OTLP/gRPC), as the real images
+    "openzipkin/zipkin": ("9411", ""), "openzipkin/zipkin-slim": ("9411", ""),
+    "otel/opentelemetry-collector": ("4318 9411", "4317"),
+    "otel/opentelemetry-collector-contrib": ("4318 9411", "4317"),
+    "jaegertracing/all-in-one": ("4318 9411", "4317"), "jaegertracing/jaeger": ("4318 9411", "4317"),
+}
+EXTAUTHZ_IMAGES = frozenset({"istio-testing/ext-authz", "istio/ext-authz"})  # Istio's samples/extauthz
 SLEEP_IMAGES = frozenset({"curlimages/curl", "curl", "sleep", "meshway/sleep", "istio/sleep", "istio/curl",
                           "governmentpaas/curl-ssl", "pstauffer/curl"})
 
@@ -55,6 +63,11 @@ def resolve_image(image: str | None, python: str = sys.executable) -> AppCommand
         return _app("echo", python, {"PORT": "5000", "VERSION": m.group(1)})
     if repo in ECHO_IMAGES:
         return _app("echo", python, {"PORT": str(ECHO_IMAGES[repo])})
+    if repo in COLLECTOR_IMAGES:
+        http, grpc = COLLECTOR_IMAGES[repo]
+        return _app("collector", python, {"PORTS": http, "GRPC_PORTS": grpc})
     if repo in SLEEP_IMAGES:
         return _app("sleep", python, {})
+    if repo in EXTAUTHZ_IMAGES:
+        return _app("extauthz", python, {})
     return None

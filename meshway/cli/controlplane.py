@@ -20,9 +20,12 @@ from .main import Ctx, cli, pass_ctx
 @click.option("--nodes", type=click.IntRange(1, 50), default=None, help="Cluster nodes (default: the store's, 1).")
 @click.option("--stop-proxies-on-exit", is_flag=True,
               help="Stop the waypoint Envoys on exit (by default they keep serving their last config).")
+@click.option("--metrics-addr", default=None, metavar="HOST:PORT",
+              help="Serve Prometheus metrics on http://HOST:PORT/metrics: the control plane's own and the "
+                   "Istio metrics of every proxy (port 0: any free port, written to run/metrics-address).")
 @pass_ctx
 def controlplane(c: Ctx, sotw: bool, verbose: bool, cluster_mode: bool, nodes: int | None,
-                 stop_proxies_on_exit: bool) -> None:
+                 stop_proxies_on_exit: bool, metrics_addr: str | None) -> None:
     """Run the control plane in the foreground: store watch, translation, ADS/SDS, waypoint replicas."""
     from ..runtime.controlplane import ControlPlane
 
@@ -39,7 +42,7 @@ def controlplane(c: Ctx, sotw: bool, verbose: bool, cluster_mode: bool, nodes: i
         if nodes:
             c.store.set_nodes(nodes)
         cluster = ClusterRuntime(c.store.state_dir, c.store.node_count())
-    cp = ControlPlane(c.store.state_dir, delta=not sotw, cluster=cluster)
+    cp = ControlPlane(c.store.state_dir, delta=not sotw, cluster=cluster, metrics_addr=metrics_addr)
 
     async def main() -> None:
         stop = asyncio.Event()

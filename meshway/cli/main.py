@@ -217,7 +217,7 @@ def delete(c: Ctx, args: tuple[str, ...], files: tuple[str, ...], namespace: str
 
 
 def main() -> None:
-    from . import analyze, clustercmds, controlplane, explain, proxyconfig, up, waypoint  # noqa: F401  (register their commands)
+    from . import analyze, clustercmds, controlplane, explain, metrics, proxyconfig, up, waypoint  # noqa: F401  (register their commands)
 
     cli(prog_name="meshway")
 

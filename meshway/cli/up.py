@@ -11,13 +11,15 @@ from .main import Ctx, cli, pass_ctx
 @click.option("-f", "--filename", "files", multiple=True, help="Manifests to apply (default: the bundled demo).")
 @click.option("--nodes", type=click.IntRange(1, 50), default=None,
               help="Cluster nodes (default 2; each holds up to 253 pods).")
+@click.option("--metrics-addr", default="127.0.0.1:15014", show_default=True, metavar="HOST:PORT",
+              help="Prometheus endpoint of the control plane and every proxy (istiod's monitoring port); '' for none.")
 @pass_ctx
-def up(c: Ctx, files: tuple[str, ...], nodes: int | None) -> None:
+def up(c: Ctx, files: tuple[str, ...], nodes: int | None, metrics_addr: str) -> None:
     """Start the mesh: control plane, network-namespace cluster, node proxies, waypoints, and the
     bundled demo (bookinfo, a namespace waypoint, the reviews 90/10 split) or -f manifests."""
     from .walkthrough import run_walkthrough
 
-    run_walkthrough(c, files, nodes)
+    run_walkthrough(c, files, nodes, metrics_addr or None)
 
 
 @cli.command()

@@ -53,7 +53,18 @@ def wait_for_pods(c: Ctx, timeout: float = 120.0) -> None:
         time.sleep(0.5)
 
 
-def run_walkthrough(c: Ctx, files: tuple[str, ...], nodes: int | None) -> None:
+def find_metrics_url(c: Ctx, requested: str, timeout: float = 5.0) -> str:
+    """The endpoint the control plane bound (it writes run/metrics-address once listening)."""
+    path = c.store.state_dir / "run" / "metrics-address"
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not path.exists():
+        return f"none (could not listen on {requested}; see run/controlplane.log)"
+    return f"http://{path.read_text().strip()}/metrics"
+
+
+def run_walkthrough(c: Ctx, files: tuple[str, ...], nodes: int | None, metrics_addr: str | None = None) -> None:
     from ..runtime.daemon import start_controlplane
     from ..runtime.netns import detect_capability
 
@@ -73,8 +84,11 @@ def run_walkthrough(c: Ctx, files: tuple[str, ...], nodes: int | None) -> None:
         _run(c, ["waypoint", "apply", "-n", "default", "--enroll-namespace", "--overwrite"])
         _run(c, ["apply", "-f", str(DEMO / "reviews-traffic.yaml")])
         _run(c, ["explain", "service/reviews"])
-    pid = start_controlplane(c.store.state_dir, cluster=cluster)
-    click.echo(f"control plane running in the background (pid {pid}); `meshway down` stops everything\n")
+    pid = start_controlplane(c.store.state_dir, cluster=cluster, metrics_addr=metrics_addr)
+    click.echo(f"control plane running in the background (pid {pid}); `meshway down` stops everything")
+    if metrics_addr:
+        click.echo(f"Prometheus metrics (control plane and every proxy): {find_metrics_url(c, metrics_addr)}")
+    click.echo()
     if cluster:
         wait_for_pods(c)
         click.echo()
@@ -86,6 +100,8 @@ def run_walkthrough(c: Ctx, files: tuple[str, ...], nodes: int | None) -> None:
     _run(c, ["explain", "service/reviews"])
     if cluster:
         _run_process(c, ["exec", "deploy/curl", "--", "curl", "-s", "http://reviews:9080/reviews/0"])
+        time.sleep(1.1)  # the proxies merge their latency histograms once a second
+        _run(c, ["metrics", "deploy/waypoint"])
     _run(c, ["proxy-status"])
     _run(c, ["proxy-config", "listener", "deploy/waypoint", "--waypoint"])
     _run(c, ["proxy-config", "endpoint", "deploy/waypoint"])

@@ -6,6 +6,7 @@ from typing import Any
 
 from .. import labels as L
 from ..model.istio import AuthorizationPolicy, Rule
+from .providers import find_ext_authz_provider
 from .selection import ACCEPTED, NOT_READY, decide_service
 from .view import MeshView
 
@@ -13,10 +14,16 @@ Body = dict[str, Any]
 HTTP_OPERATION_FIELDS = ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths")
 HTTP_SOURCE_FIELDS = ("requestPrincipals", "notRequestPrincipals")
 HTTP_WHEN_PREFIXES = ("request.", "experimental.")
+DRY_RUN = "istio.io/dry-run"
 DENY_BOILERPLATE = "DENY policy with HTTP attributes is enforced without the HTTP rules. " \
                    "This will be more restrictive than requested."
 ALLOW_BOILERPLATE = "Within an ALLOW policy, rules matching HTTP attributes are omitted. " \
                     "This will be more restrictive than requested."
+
+
+def detect_dry_run(policy: AuthorizationPolicy) -> bool:
+    """The `istio.io/dry-run` annotation, read as Go's strconv.ParseBool reads it."""
+    return (policy.metadata.annotations or {}).get(DRY_RUN) in ("1", "t", "T", "true", "TRUE", "True")
 
 
 def find_http_attributes(rule: Rule) -> list[str]:
@@ -33,6 +40,10 @@ def _cond(type_: str, status: bool, reason: str, message: str) -> Body:
 
 def build_ztunnel_condition(policy: AuthorizationPolicy) -> Body:
     action = policy.spec.action
+    if detect_dry_run(policy):  # ztunnel's dry-run support is behind a flag, off by default
+        return _cond("ZtunnelAccepted", False, "UnsupportedValue",
+                     f'found policy "{policy.namespace}/{policy.name}" using dry-run annotation, but support for '
+                     "ambient dry-run authorizationPolicies isn't enabled")
     if action not in ("ALLOW", "DENY"):
         return _cond("ZtunnelAccepted", False, "UnsupportedValue", f"ztunnel does not support the {action} action")
     found = sorted({a for rule in policy.spec.rules or [] for a in find_http_attributes(rule)})
@@ -76,13 +87,32 @@ def build_waypoint_condition(policy: AuthorizationPolicy, view: MeshView) -> Bod
         reason, message = problems[0]
         return _cond("WaypointAccepted", False, reason, "; ".join(m for _, m in problems) if len(problems) > 1
                      else message)
+    custom = find_custom_problem(policy, view)
+    if custom:
+        return _cond("WaypointAccepted", False, "Invalid", custom)
     if problems:
         return _cond("WaypointAccepted", True, "PartiallyInvalid",
                      "Invalid targetRefs: " + "; ".join(m for _, m in problems))
     return _cond("WaypointAccepted", True, "Accepted", f"bound to {', '.join(dict.fromkeys(bound))}")
 
 
-def build_policy_condition(policy: AuthorizationPolicy, view: MeshView) -> Body:
+def find_custom_problem(policy: AuthorizationPolicy, view: MeshView) -> str | None:
+    """Why a CUSTOM policy's extension provider cannot be used, if it cannot. istiod only logs this
+    and fails closed; meshway also says so on the policy."""
+    if policy.spec.action != "CUSTOM" or detect_dry_run(policy):
+        return None
+    name = (policy.spec.provider or {}).get("name", "")
+    provider, error = find_ext_authz_provider(view, name)
+    if provider:
+        return None
+    return (f"CUSTOM action cannot use extension provider \"{name}\": {error}. Requests matching this policy's rules "
+            "are denied (fail closed, as istiod does)")
+
+
+def build_policy_conditions(policy: AuthorizationPolicy, view: MeshView) -> list[Body]:
+    """The conditions istiod writes. A targetRefs policy with the dry-run annotation also gets a
+    ZtunnelAccepted=False (istiod checks dry-run before it skips targetRefs policies for ztunnel)."""
     if policy.spec.targetRefs or policy.spec.targetRef:
-        return build_waypoint_condition(policy, view)
-    return build_ztunnel_condition(policy)
+        extra = [build_ztunnel_condition(policy)] if detect_dry_run(policy) else []
+        return [build_waypoint_condition(policy, view), *extra]
+    return [build_ztunnel_condition(policy)]

@@ -233,7 +233,8 @@ class MeshView:
         return ns.labels if ns else MappingProxyType({})
 
 
-CONFIG_KINDS = ("VirtualService", "DestinationRule", "HTTPRoute", "AuthorizationPolicy", "Telemetry", "ConfigMap")
+CONFIG_KINDS = ("VirtualService", "DestinationRule", "HTTPRoute", "AuthorizationPolicy", "Telemetry", "ConfigMap",
+                "EnvoyFilter")
 # The waypoint index is built from these three together.
 GATEWAY_KINDS = frozenset({"Gateway", "GatewayClass", "Deployment"})
 

@@ -1,4 +1,4 @@
-"""Istio kinds: ServiceEntry, VirtualService, DestinationRule (networking.istio.io) and
+"""Istio kinds: ServiceEntry, VirtualService, DestinationRule, EnvoyFilter (networking.istio.io) and
 AuthorizationPolicy (security.istio.io), with the field names and enums of istio/api."""
 from __future__ import annotations
 
@@ -470,15 +470,184 @@ class AccessLogging(Strict):
     match: dict[str, Any] | None = None
 
 
+class TracingSelector(Strict):
+    mode: Literal["CLIENT_AND_SERVER", "CLIENT", "SERVER"] = "CLIENT_AND_SERVER"
+
+
+class CustomTagLiteral(Strict):
+    value: str
+
+
+class CustomTagFromName(Strict):
+    """An environment variable or request header, with a value for when it is missing."""
+
+    name: Annotated[str, Field(min_length=1)]
+    defaultValue: str | None = None
+
+
+class CustomTag(Strict):
+    literal: CustomTagLiteral | None = None
+    environment: CustomTagFromName | None = None
+    header: CustomTagFromName | None = None
+    formatter: CustomTagLiteral | None = None  # {value: "%REQ(...)%"}
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "CustomTag":
+        if sum(x is not None for x in (self.literal, self.environment, self.header, self.formatter)) != 1:
+            raise ValueError("exactly one of literal, environment, header or formatter must be set")
+        return self
+
+
+class Tracing(Strict):
+    """One `spec.tracing` entry: later entries (and more specific Telemetry) override earlier ones."""
+
+    match: TracingSelector | None = None
+    providers: list[TelemetryProvider] | None = None
+    randomSamplingPercentage: Annotated[float, Field(ge=0, le=100)] | None = None
+    disableSpanReporting: bool | None = None
+    customTags: dict[str, CustomTag] | None = None
+    useRequestIdForTraceSampling: bool | None = None
+    enableIstioTags: bool | None = None
+    disableContextPropagation: bool | None = None
+
+
 class TelemetrySpec(Strict):
     selector: WorkloadSelector | None = None
     targetRef: PolicyTargetReference | None = None
     targetRefs: list[PolicyTargetReference] | None = None
     accessLogging: list[AccessLogging] | None = None
-    tracing: list[dict[str, Any]] | None = None
+    tracing: list[Tracing] | None = None
     metrics: list[dict[str, Any]] | None = None
 
 
 class Telemetry(Resource):
     kind: Literal["Telemetry"]
     spec: TelemetrySpec = Field(default_factory=TelemetrySpec)
+
+
+# -- EnvoyFilter (networking.istio.io/v1alpha3) --------------------------------------------------
+ApplyTo = Literal["LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER", "ROUTE_CONFIGURATION", "VIRTUAL_HOST",
+                  "HTTP_ROUTE", "CLUSTER", "EXTENSION_CONFIG", "BOOTSTRAP", "LISTENER_FILTER"]
+LISTENER_OBJECTS = ("LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER", "LISTENER_FILTER")
+ROUTE_OBJECTS = ("ROUTE_CONFIGURATION", "VIRTUAL_HOST", "HTTP_ROUTE")
+
+
+class EnvoyFilterSubFilterMatch(Strict):
+    name: str | None = None
+
+
+class EnvoyFilterFilterMatch(Strict):
+    name: str | None = None
+    subFilter: EnvoyFilterSubFilterMatch | None = None
+
+
+class EnvoyFilterChainMatch(Strict):
+    name: str | None = None
+    sni: str | None = None
+    transportProtocol: str | None = None
+    applicationProtocols: str | None = None
+    filter: EnvoyFilterFilterMatch | None = None
+    destinationPort: Annotated[int, Field(ge=0)] | None = None
+
+
+class EnvoyFilterListenerMatch(Strict):
+    portNumber: Annotated[int, Field(ge=0)] | None = None
+    portName: str | None = None
+    filterChain: EnvoyFilterChainMatch | None = None
+    listenerFilter: str | None = None
+    name: str | None = None
+
+
+class EnvoyFilterRouteMatch(Strict):
+    name: str | None = None
+    action: Literal["ANY", "ROUTE", "REDIRECT", "DIRECT_RESPONSE"] = "ANY"
+
+
+class EnvoyFilterVirtualHostMatch(Strict):
+    name: str | None = None
+    route: EnvoyFilterRouteMatch | None = None
+
+
+class EnvoyFilterRouteConfigurationMatch(Strict):
+    portNumber: Annotated[int, Field(ge=0)] | None = None
+    portName: str | None = None
+    gateway: str | None = None
+    vhost: EnvoyFilterVirtualHostMatch | None = None
+    name: str | None = None
+
+
+class EnvoyFilterClusterMatch(Strict):
+    portNumber: Annotated[int, Field(ge=0)] | None = None
+    service: str | None = None
+    subset: str | None = None
+    name: str | None = None
+
+
+class EnvoyFilterProxyMatch(Strict):
+    proxyVersion: str | None = None
+    metadata: dict[str, str] | None = None
+
+
+class EnvoyConfigObjectMatch(Strict):
+    context: Literal["ANY", "SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "GATEWAY"] = "ANY"
+    proxy: EnvoyFilterProxyMatch | None = None
+    listener: EnvoyFilterListenerMatch | None = None
+    routeConfiguration: EnvoyFilterRouteConfigurationMatch | None = None
+    cluster: EnvoyFilterClusterMatch | None = None
+
+    @model_validator(mode="after")
+    def _one_object(self) -> "EnvoyConfigObjectMatch":
+        if sum(m is not None for m in (self.listener, self.routeConfiguration, self.cluster)) > 1:
+            raise ValueError("only one of listener, routeConfiguration or cluster may be set")
+        return self
+
+
+class EnvoyFilterPatch(Strict):
+    operation: Literal["MERGE", "ADD", "REMOVE", "INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST", "REPLACE",
+                       "MERGE_AND_REPLACE_LIST"]
+    value: dict[str, Any] | None = None
+    filterClass: Literal["UNSPECIFIED", "AUTHN", "AUTHZ", "STATS"] | None = None
+
+
+class EnvoyConfigObjectPatch(Strict):
+    applyTo: ApplyTo
+    match: EnvoyConfigObjectMatch = Field(default_factory=EnvoyConfigObjectMatch)
+    patch: EnvoyFilterPatch
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "EnvoyConfigObjectPatch":
+        """Istio's admission checks: the match selects the kind of object applyTo names."""
+        m = self.match
+        if self.applyTo in LISTENER_OBJECTS and (m.routeConfiguration or m.cluster):
+            raise ValueError(f"applyTo {self.applyTo} needs a listener match, not routeConfiguration or cluster")
+        if self.applyTo in ROUTE_OBJECTS and (m.listener or m.cluster):
+            raise ValueError(f"applyTo {self.applyTo} needs a routeConfiguration match, not listener or cluster")
+        if self.applyTo == "CLUSTER" and (m.listener or m.routeConfiguration):
+            raise ValueError("applyTo CLUSTER needs a cluster match, not listener or routeConfiguration")
+        if self.patch.operation != "REMOVE" and not self.patch.value:
+            raise ValueError(f"patch.value: Required value: a {self.patch.operation} patch needs a value")
+        return self
+
+
+class SidecarWorkloadSelector(Strict):
+    """networking.istio.io's WorkloadSelector (`labels`, unlike security's `matchLabels`)."""
+
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class EnvoyFilterSpec(Strict):
+    workloadSelector: SidecarWorkloadSelector | None = None
+    targetRefs: Annotated[list[PolicyTargetReference], Field(max_length=16)] | None = None
+    configPatches: list[EnvoyConfigObjectPatch] = Field(default_factory=list)
+    priority: Annotated[int, Field(ge=-2**31, le=2**31 - 1)] = 0
+
+    @model_validator(mode="after")
+    def _exclusive(self) -> "EnvoyFilterSpec":
+        if self.workloadSelector and self.targetRefs:
+            raise ValueError("only one of targetRefs or workloadSelector can be set")
+        return self
+
+
+class EnvoyFilter(Resource):
+    kind: Literal["EnvoyFilter"]
+    spec: EnvoyFilterSpec

@@ -9,7 +9,7 @@ from typing import Any
 
 import pydantic
 import yaml
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 from typing_extensions import Annotated
 
 from .meta import Loose, Port, Strict
@@ -18,11 +18,16 @@ MESH_CONFIGMAP = "istio"
 MESH_KEY = "mesh"
 
 
+def _proto_uint(value: Any) -> Any:
+    """MeshConfig is protobuf JSON, where a uint32 may be written as a string (`port: "9000"`)."""
+    return int(value) if isinstance(value, str) and value.isdigit() else value
+
+
 class Service(Strict):
     """Where a provider listens: a Service or ServiceEntry host (`[ns/]host`) and a port."""
 
     service: Annotated[str, Field(min_length=1)]
-    port: Port
+    port: Annotated[Port, BeforeValidator(_proto_uint)]
 
 
 class ZipkinProvider(Service):

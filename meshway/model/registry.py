@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from .core import ConfigMap, Deployment, Namespace, Pod, Service, ServiceAccount
 from .gateway import Gateway, GatewayClass, HTTPRoute
-from .istio import AuthorizationPolicy, DestinationRule, ServiceEntry, Telemetry, VirtualService
+from .istio import AuthorizationPolicy, DestinationRule, EnvoyFilter, ServiceEntry, Telemetry, VirtualService
 from .meta import Resource
 
 
@@ -49,6 +49,7 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("ServiceEntry", NET, ("v1", "v1beta1", "v1alpha3"), "serviceentries", ("se",), True, ServiceEntry),
     KindInfo("VirtualService", NET, ("v1", "v1beta1", "v1alpha3"), "virtualservices", ("vs",), True, VirtualService),
     KindInfo("DestinationRule", NET, ("v1", "v1beta1", "v1alpha3"), "destinationrules", ("dr",), True, DestinationRule),
+    KindInfo("EnvoyFilter", NET, ("v1alpha3",), "envoyfilters", (), True, EnvoyFilter),
     KindInfo("AuthorizationPolicy", SEC, ("v1", "v1beta1"), "authorizationpolicies", ("ap",), True, AuthorizationPolicy),
     KindInfo("Telemetry", "telemetry.istio.io", ("v1", "v1alpha1"), "telemetries", ("telemetry",), True, Telemetry),
 )

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import __version__
@@ -25,13 +25,16 @@ from ..mesh.view import XDS_KINDS, MeshView, expand_kinds
 from ..store import Expired, Store
 from ..xds import protos as P
 from ..xds.bootstrap import build_bootstrap
-from ..xds.build_snapshot import build_waypoint_config
+from ..xds.build_snapshot import WaypointConfig, build_waypoint_config
 from ..xds.cache import Snapshot, SnapshotCache
+from ..xds.envoyfilter import build_envoy_filter_condition
 from ..xds.proxy import Proxy, build_node_id
 from ..xds.scope import WaypointScope, find_scope
 from ..xds.server import XdsServer
-from .envoy import EnvoyPaths, read_pid, start_envoy, stop_envoy
+from ..xds.validate import ValidationCache
+from .envoy import EnvoyPaths, find_envoy, read_pid, start_envoy, stop_envoy
 from .capture import apply_capture_rules
+from .monitoring import ControlPlaneMetrics, MetricsServer, fetch_proxy_metrics, find_scrape_targets
 from .placement import LoopbackPlacement, NetnsPlacement, Replica, replica_dir_name, replica_sock_dir, socket_dir
 
 log = logging.getLogger("meshway.controlplane")
@@ -62,6 +65,7 @@ class ReplicaState:
     next_start: float = 0.0
     ready_written: bool | None = None
     problems: tuple = field(default=())
+    envoy_filters: tuple = field(default=())  # "<ns>/<name>" of the EnvoyFilters in the pushed config
     bound: dict = field(default_factory=dict)
     # Services that left this waypoint's scope, kept until a deadline so that connections the node
     # proxies still send here (they learn about the change at about the same time) succeed.
@@ -81,12 +85,16 @@ def find_replicas(view: MeshView) -> list[Replica]:
 
 class ControlPlane:
     def __init__(self, state_dir: Path | str, placement=None, delta: bool = True, debounce: float = 0.05,
-                 poll: float = 0.05, envoy: str | None = None, resync: float = 60.0, cluster=None):
+                 poll: float = 0.05, envoy: str | None = None, resync: float = 60.0, cluster=None,
+                 metrics_addr: str | None = None):
         self.state_dir = Path(state_dir)
         self.store = Store(self.state_dir)
         self.ca = CertificateAuthority(self.state_dir)
         self.cache = SnapshotCache()
-        self.server = XdsServer(self.cache)
+        self.metrics = ControlPlaneMetrics()
+        self.server = XdsServer(self.cache, on_event=self.metrics.on_event)
+        self.metrics_addr = metrics_addr  # host:port of the Prometheus endpoint (monitoring), if any
+        self.monitor: MetricsServer | None = None
         self.cluster = cluster  # ClusterRuntime: pods in network namespaces, node proxies (ztunnel)
         self.placement = placement or (NetnsPlacement(cluster.net) if cluster else LoopbackPlacement())
         self.nodes: dict[str, NodeState] = {}
@@ -100,6 +108,8 @@ class ControlPlane:
         self.resync = resync  # periodic rebuild: renews certificates well before they expire
         self._status_text = ""
         self._reported: dict[tuple[str, str, str], str] = {}
+        self._filter_status: dict[str, dict] = {}
+        self.validation: ValidationCache | None = None
         self._next_drain_sync = float("inf")
         self._nodes_due = float("inf")
 
@@ -114,12 +124,15 @@ class ControlPlane:
         current = self.cache.get(node_id)
         if current is None or any(current.version(t) != snapshot.version(t) for t in P.TYPE_ORDER):
             self.cache.set_snapshot(node_id, snapshot)
+            self.metrics.published(node_id)
 
     def _push(self, state: ReplicaState) -> None:
         r = state.replica
         secrets = build_secrets(self.ca.issue(r.namespace, r.service_account), self.ca.root_pem())
-        config = build_waypoint_config(self.view, self._proxy(r), dial=self.placement.dial,
-                                       scope=self._scope_with_draining(state))
+        scope = self._scope_with_draining(state)
+        config = self._accepted_config(lambda skip: build_waypoint_config(
+            self.view, self._proxy(r), dial=self.placement.dial, scope=scope, skip_envoy_filters=skip), secrets)
+        state.envoy_filters = config.envoy_filters
         messages = config.messages()
         messages[P.SECRET] = dict(secrets)
         self._publish(state.node_id, messages)
@@ -128,6 +141,32 @@ class ControlPlane:
                 log.warning("%s: %s: %s", r.pod, where, message)
             state.problems = config.problems
         self.builds += 1
+
+    def _accepted_config(self, build, secrets: dict) -> WaypointConfig:
+        """Never push config Envoy would reject: config that EnvoyFilters patched is checked with
+        `envoy --mode validate` (cached by content); if refused, the filters are tried one at a time
+        in order, and those Envoy refuses are left out and reported on their status."""
+        config = build(frozenset())
+        if not config.envoy_filters:
+            return config
+        if self.validation is None:
+            try:
+                self.validation = ValidationCache(self.envoy or find_envoy())
+            except FileNotFoundError:
+                self.validation = ValidationCache("envoy")  # every check then says it cannot run
+        statics = {P.SECRET: {name: P.to_dict(m) for name, m in secrets.items()}}
+        if self.validation.check({**config.resources, **statics})[0]:
+            return config
+        every, kept, rejected = frozenset(config.envoy_filters), [], []
+        for key in config.envoy_filters:
+            ok, reason = self.validation.check({**build(every - {*kept, key}).resources, **statics})
+            if ok:
+                kept.append(key)
+            else:
+                rejected.append((f"EnvoyFilter {key}", f"Envoy rejects the patched config, so the waypoint runs "
+                                                       f"without this EnvoyFilter: {reason}"))
+        final = build(every - set(kept))
+        return replace(final, problems=final.problems + tuple(rejected))
 
     def _scope_with_draining(self, state: ReplicaState) -> WaypointScope:
         """The waypoint's scope plus services unbound from it less than UNBIND_GRACE ago."""
@@ -159,9 +198,12 @@ class ControlPlane:
                 paths = EnvoyPaths(self.run_dir / "proxies" / replica_dir_name(replica),
                                    replica_sock_dir(self.state_dir, replica))
                 state = self.replicas[node_id] = ReplicaState(replica, node_id, paths)
+            started = time.perf_counter()
             self._push(state)
+            self.metrics.observe_build("waypoint", time.perf_counter() - started)
         self._stop_strays(set(wanted))
         self._report_problems()
+        self._report_envoy_filters()
         if self.cluster is not None:
             # Node proxies learn about a change only once the waypoints have it: a node proxy that
             # starts sending a service to a waypoint must find the waypoint ready to serve it.
@@ -192,7 +234,9 @@ class ControlPlane:
                 paths = EnvoyPaths(self.run_dir / "nodes" / node, socket_dir(self.state_dir) / f"z{n}")
                 prefix = ["ip", "netns", "exec", self.cluster.net.node_netns(n)]
                 state = self.nodes[node_id] = NodeState(n, node_id, paths, prefix)
+            started = time.perf_counter()
             resources, identities = build_ztunnel_config(self.view, NodeProxy(node_id, node))
+            self.metrics.observe_build("ztunnel", time.perf_counter() - started)
             messages = {t: {name: P.to_message(t, body) for name, body in items.items()}
                         for t, items in resources.items()}
             for identity in identities:
@@ -217,6 +261,8 @@ class ControlPlane:
             for where, message in state.problems:
                 kind, _, rest = where.partition(" ")
                 ns, _, name = rest.split(" ")[0].partition("/")
+                if kind == "EnvoyFilter":  # see _report_envoy_filters
+                    continue
                 found.setdefault((kind, ns, name), []).append(f"{where}: {message}")
         for key in set(found) | set(self._reported):
             text = "; ".join(dict.fromkeys(found.get(key, [])))
@@ -233,6 +279,33 @@ class ControlPlane:
                 self._reported[key] = text
             else:
                 self._reported.pop(key, None)
+
+    def _report_envoy_filters(self) -> None:
+        """Every EnvoyFilter's status: the waypoints it is applied on, or why it is not."""
+        applied: dict[str, set[str]] = {}
+        problems: dict[str, list[str]] = {}
+        for state in self.replicas.values():
+            waypoint = f"{state.replica.namespace}/{state.replica.waypoint}"
+            for key in state.envoy_filters:
+                applied.setdefault(key, set()).add(waypoint)
+            for where, message in state.problems:
+                kind, _, key = where.partition(" ")
+                if kind == "EnvoyFilter":
+                    problems.setdefault(key, []).append(f"waypoint {waypoint}: {message}")
+        written = {}
+        for body in self.view.config.get("EnvoyFilter", ()):
+            ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+            key, uid = f"{ns}/{name}", body["metadata"].get("uid")
+            condition = build_envoy_filter_condition(bool(body["spec"].get("targetRefs")), sorted(applied.get(key, ())),
+                                                     list(dict.fromkeys(problems.get(key, []))))
+            if self._filter_status.get(uid) != condition:
+                try:
+                    self.store.write_status("EnvoyFilter", ns, name, {"conditions": [condition]})
+                except Exception as exc:  # the resource may be gone
+                    log.debug("cannot report on EnvoyFilter %s: %s", key, exc)
+                    continue
+            written[uid] = condition
+        self._filter_status = written
 
     def _stop_strays(self, wanted: set[str]) -> None:
         """Envoys left by an earlier control plane for replicas that no longer exist."""
@@ -334,11 +407,33 @@ class ControlPlane:
             os.replace(tmp, path)
             self._status_text = text
 
+    # -- metrics ----------------------------------------------------------------------------------
+    def _collect_metrics(self) -> list:
+        """Runs on the metrics server's thread: the proxies come from the status file the loop writes."""
+        path = self.run_dir / "proxy-status.json"
+        status = json.loads(path.read_text()) if path.exists() else {}
+        proxies = fetch_proxy_metrics(find_scrape_targets(status))
+        return self.metrics.families(len(self.server.connected)) + proxies
+
+    def _start_metrics_server(self) -> MetricsServer | None:
+        if not self.metrics_addr:
+            return None
+        try:
+            monitor = MetricsServer(self.metrics_addr, self._collect_metrics)
+        except (OSError, ValueError) as exc:
+            log.warning("no metrics endpoint on %s: %s", self.metrics_addr, exc)
+            return None
+        monitor.start()
+        (self.run_dir / "metrics-address").write_text(f"{monitor.address}\n")
+        log.info("metrics on http://%s/metrics", monitor.address)
+        return monitor
+
     # -- main loop --------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         await self.server.start(self.ads_socket)
         (self.run_dir / "controlplane.pid").write_text(f"{os.getpid()}\n")
+        self.monitor = self._start_metrics_server()
         self.rv, snapshot = self.store.snapshot(XDS_KINDS)
         self.view = MeshView.build(snapshot)
         if self.cluster is not None:
@@ -381,6 +476,9 @@ class ControlPlane:
                     pass
         finally:
             await self.server.stop()
+            if self.monitor is not None:
+                self.monitor.stop()
+                (self.run_dir / "metrics-address").unlink(missing_ok=True)
             (self.run_dir / "controlplane.pid").unlink(missing_ok=True)
 
     def _sync_pods(self) -> None:

@@ -16,8 +16,9 @@ def controlplane_pid(state_dir: Path) -> int | None:
     return read_live_pid(state_dir / "run" / "controlplane.pid")
 
 
-def start_controlplane(state_dir: Path, cluster: bool = False) -> int:
-    """`meshway controlplane [--cluster]` in its own session, logging to run/controlplane.log."""
+def start_controlplane(state_dir: Path, cluster: bool = False, metrics_addr: str | None = None) -> int:
+    """`meshway controlplane [--cluster] [--metrics-addr HOST:PORT]` in its own session, logging to
+    run/controlplane.log."""
     running = controlplane_pid(state_dir)
     if running:
         return running
@@ -25,6 +26,7 @@ def start_controlplane(state_dir: Path, cluster: bool = False) -> int:
     run.mkdir(parents=True, exist_ok=True)
     with open(run / "controlplane.log", "ab") as log:
         args = [sys.executable, "-m", "meshway", "--state-dir", str(state_dir), "controlplane", "-v"]
+        args += ["--metrics-addr", metrics_addr] if metrics_addr else []
         proc = subprocess.Popen(args + (["--cluster"] if cluster else []),
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     deadline = time.monotonic() + 15

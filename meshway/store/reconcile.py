@@ -11,7 +11,7 @@ import copy
 from typing import Any
 
 from ..mesh import status as S
-from ..mesh.policy_status import build_policy_condition
+from ..mesh.policy_status import build_policy_conditions
 from ..mesh.selection import decide_service
 from ..model.istio import AuthorizationPolicy
 from ..mesh.view import MeshView, detect_waypoint_class
@@ -22,7 +22,7 @@ from .writer import Writer
 
 Body = dict[str, Any]
 STATUS_KINDS = ("Namespace", "Service", "ServiceEntry", "Gateway", "GatewayClass", "Deployment",
-                "AuthorizationPolicy")
+                "AuthorizationPolicy", "ConfigMap")  # ConfigMap: the MeshConfig's providers (CUSTOM policies)
 
 
 def reconcile(w: Writer) -> None:
@@ -133,7 +133,7 @@ def _statuses(w: Writer) -> None:
     for body in snapshot["AuthorizationPolicy"]:
         policy = AuthorizationPolicy.model_validate(body, strict=False)
         old = (body.get("status") or {}).get("conditions") or []
-        conds = S.merge_conditions(old, [build_policy_condition(policy, view)], w.now,
+        conds = S.merge_conditions(old, build_policy_conditions(policy, view), w.now,
                                    body["metadata"].get("generation"),
                                    drop=("ZtunnelAccepted", "WaypointAccepted"))
         w.set_status("AuthorizationPolicy", body, {**(body.get("status") or {}), "conditions": conds}, replace=True)

@@ -6,6 +6,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from .stat_tags import build_stats_tags
+
 XDS_CLUSTER = "xds-grpc"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 INTERNAL_LISTENER = "envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
@@ -18,6 +20,10 @@ def build_bootstrap(node_id: str, cluster: str, ads_socket: str | os.PathLike[st
     return {
         "node": {"id": node_id, "cluster": cluster, "metadata": dict(metadata or {})},
         "admin": {"address": {"pipe": {"path": str(admin_socket)}}},
+        # Istio's metric labels, read from the stat names meshway generates (`stat_tags`); histograms
+        # merged every second, so the admin's Prometheus output is at most a second behind.
+        "stats_config": {"stats_tags": build_stats_tags()},
+        "stats_flush_interval": "1s",
         "static_resources": {"clusters": [build_xds_cluster(ads_socket)]},
         "dynamic_resources": {
             "ads_config": {

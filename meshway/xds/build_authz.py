@@ -9,6 +9,11 @@
   `io.istio.peer_principal`; on a node proxy it is the mTLS peer of the HBONE connection.
 - A rule a proxy cannot enforce (HTTP attributes on a node proxy, unknown `when` keys) fails
   closed: dropped from an ALLOW, and matching everything in a DENY.
+- AUDIT policies are an RBAC filter with action LOG (logged, never enforced); policies annotated
+  `istio.io/dry-run: "true"` go to `shadow_rules` (evaluated and counted under the
+  `istio_dry_run_allow_` / `istio_dry_run_deny_` stats, never enforced). Node proxies get neither:
+  ztunnel supports no AUDIT, and dry-run only behind a feature flag that is off by default.
+- CUSTOM (external authorization) is built in `build_extauthz` and goes before these filters.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from typing import Any, Iterable
 
 from .. import labels as L
 from ..mesh.policy_status import HTTP_OPERATION_FIELDS, HTTP_SOURCE_FIELDS, HTTP_WHEN_PREFIXES, \
-    find_http_attributes
+    detect_dry_run, find_http_attributes
 from ..model.istio import AuthorizationPolicy, Rule
 from .protos import typed
 
@@ -25,6 +30,8 @@ Body = dict[str, Any]
 WAYPOINT = "waypoint"
 ZTUNNEL = "ztunnel"  # HBONE inbound: identity from the mTLS peer, port from the CONNECT :authority
 ZTUNNEL_TCP = "ztunnel-tcp"  # plaintext inbound: no identity, port from the original destination
+DRY_RUN_STAT_PREFIX = {"ALLOW": "istio_dry_run_allow_", "DENY": "istio_dry_run_deny_"}
+ENVOY_ACTION = {"AUDIT": "LOG", "DENY": "DENY", "ALLOW": "ALLOW"}
 
 
 @dataclass(frozen=True)
@@ -34,12 +41,13 @@ class Policy:
     action: str
     rules: tuple[Rule, ...] | None
     dry_run: bool = False
+    provider: str | None = None  # CUSTOM: the MeshConfig extension provider
 
     @staticmethod
     def of(p: AuthorizationPolicy) -> "Policy":
         rules = tuple(p.spec.rules) if p.spec.rules is not None else None
-        return Policy(p.namespace, p.name, p.spec.action, rules,
-                      (p.metadata.annotations or {}).get("istio.io/dry-run") == "true")
+        return Policy(p.namespace, p.name, p.spec.action, rules, detect_dry_run(p),
+                      (p.spec.provider or {}).get("name"))
 
 
 def _target_refs(p: AuthorizationPolicy) -> list:
@@ -245,37 +253,58 @@ def build_rule(rule: Rule, proxy: str, network: bool = False) -> Body | None:
     return {"permissions": [permission], "principals": [principal]}
 
 
-def build_rbac_policies(policies: list[Policy], action: str, proxy: str, network: bool = False) -> Body:
-    """{policy name: RBAC Policy} for one action, names `ns[NS]-policy[NAME]-rule[I]`."""
+def build_rbac_policies(policies: list[Policy], action: str, proxy: str, network: bool = False,
+                        prefix: str = "") -> Body:
+    """{policy name: RBAC Policy} for one action, names `[PREFIX]ns[NS]-policy[NAME]-rule[I]`."""
     out: Body = {}
     for p in policies:
         if p.action != action or p.rules is None:
             continue
         for i, rule in enumerate(p.rules):
             built = build_rule(rule, proxy, network)
-            if built is None and action in ("DENY", "AUDIT"):
-                # Fail closed: a DENY is enforced without the parts this proxy cannot see (Istio's rule).
+            if built is None and action in ("DENY", "AUDIT", "CUSTOM"):
+                # Fail closed: a DENY is enforced without the parts this proxy cannot see (Istio's rule;
+                # istiod builds CUSTOM and AUDIT rules the same way).
                 built = build_rule(strip_http(rule), proxy, network) or \
                     {"permissions": [{"any": True}], "principals": [{"any": True}]}
             if built is None:
                 continue
-            out[f"ns[{p.namespace}]-policy[{p.name}]-rule[{i}]"] = built
+            out[f"{prefix}ns[{p.namespace}]-policy[{p.name}]-rule[{i}]"] = built
     return out
 
 
-def build_rbac_filters(policies: list[Policy], proxy: str, network: bool = False) -> list[Body]:
-    """The RBAC filters for a chain, in Istio's order (AUDIT is logged only: left out), DENY then ALLOW."""
+def build_rbac_filter(network: bool, rules: Body | None = None, shadow: Body | None = None,
+                      shadow_prefix: str = "") -> Body:
+    """One HTTP or network RBAC filter: enforced `rules`, evaluated-only `shadow_rules`."""
     kind = "network" if network else "http"
-    type_name = (f"envoy.extensions.filters.{kind}.rbac.v3.RBAC")
+    config: Body = {}
+    if rules is not None:
+        config["rules"] = rules
+    if shadow is not None:
+        config["shadow_rules"] = shadow
+        if shadow_prefix:
+            config["shadow_rules_stat_prefix"] = shadow_prefix
+    if network:
+        config["stat_prefix"] = "tcp."
+    return {"name": f"envoy.filters.{kind}.rbac",
+            "typed_config": typed(f"envoy.extensions.filters.{kind}.rbac.v3.RBAC", **config)}
+
+
+def build_rbac_filters(policies: list[Policy], proxy: str, network: bool = False) -> list[Body]:
+    """The RBAC filters for a chain, in Istio's order: AUDIT, DENY, ALLOW (each with its dry-run
+    policies as shadow rules). A DENY or AUDIT filter is left out when it has no rule to match;
+    an ALLOW filter is there as soon as one ALLOW policy applies (then it denies what no rule allows)."""
+    if proxy != WAYPOINT:
+        policies = [p for p in policies if not p.dry_run and p.action != "AUDIT"]
     filters = []
-    live = [p for p in policies if not p.dry_run]
-    deny = build_rbac_policies(live, "DENY", proxy, network)
-    if deny:
-        rules = {"action": "DENY", "policies": deny}
-        filters.append({"name": f"envoy.filters.{kind}.rbac",
-                        "typed_config": typed(type_name, rules=rules, **({"stat_prefix": "tcp."} if network else {}))})
-    if any(p.action == "ALLOW" for p in live):
-        rules = {"action": "ALLOW", "policies": build_rbac_policies(live, "ALLOW", proxy, network)}
-        filters.append({"name": f"envoy.filters.{kind}.rbac",
-                        "typed_config": typed(type_name, rules=rules, **({"stat_prefix": "tcp."} if network else {}))})
+    for action, envoy_action in ENVOY_ACTION.items():
+        live = [p for p in policies if p.action == action and not p.dry_run]
+        dry = [p for p in policies if p.action == action and p.dry_run]
+        rules = {"action": envoy_action, "policies": build_rbac_policies(live, action, proxy, network)}
+        shadow = {"action": envoy_action, "policies": build_rbac_policies(dry, action, proxy, network)}
+        keep_rules = bool(live) if action == "ALLOW" else bool(rules["policies"])
+        keep_shadow = bool(dry) if action == "ALLOW" else bool(shadow["policies"])
+        if keep_rules or keep_shadow:
+            filters.append(build_rbac_filter(network, rules if keep_rules else None, shadow if keep_shadow else None,
+                                             DRY_RUN_STAT_PREFIX.get(action, "")))
     return filters

@@ -10,6 +10,7 @@ from ..model.istio import DestinationRule, TrafficPolicy
 from .build_listeners import ADS, build_tls_context
 from .protos import typed
 from .proxy import Proxy
+from .stat_tags import build_stat_name
 
 Body = dict[str, Any]
 MAX = 4294967295
@@ -154,10 +155,23 @@ def apply_policy(cluster: Body, policy: TrafficPolicy | None) -> list[str]:
     return notes
 
 
+def build_service_stat_name(name: str, svc_host: str, svc_name: str, svc_ns: str, subset: str | None,
+                            dr: DestinationRule | None) -> str:
+    """The cluster's stats carry Istio's destination labels (`stat_tags`); the version is the
+    `version` label the DestinationRule subset selects, if it selects one."""
+    labels = next((s.labels or {} for s in (dr.spec.subsets or []) if s.name == subset), {}) if dr else {}
+    return build_stat_name(name, {
+        "reporter": "waypoint", "request_protocol": name.split("|")[2].split("/")[0],
+        "destination_service": svc_host, "destination_service_name": svc_name,
+        "destination_service_namespace": svc_ns, "destination_version": labels.get("version", "")})
+
+
 def build_service_cluster(name: str, svc_host: str, svc_name: str, svc_ns: str, protocol: str,
                           subset: str | None, dr: DestinationRule | None, port: int) -> tuple[Body, list[str]]:
     cluster: Body = {
         "name": name, "type": "EDS", "connect_timeout": "10s", "lb_policy": "LEAST_REQUEST",
+        "alt_stat_name": build_service_stat_name(name, svc_host, svc_name, svc_ns, subset, dr),
+        "track_cluster_stats": {"request_response_sizes": True},
         "eds_cluster_config": {"service_name": name, "eds_config": {**ADS, "initial_fetch_timeout": "0s"}},
         "circuit_breakers": _default_breakers(),
         "transport_socket": _internal_upstream(True),

@@ -109,7 +109,7 @@ def build_http_filters() -> list[Body]:
 
 
 def build_hcm(stat_prefix: str, route_config: Body, http2: bool = False, authz: list[Body] | None = None,
-              access_log: list[Body] | None = None) -> Body:
+              access_log: list[Body] | None = None, tracing: Body | None = None) -> Body:
     config = typed(HCM, stat_prefix=stat_prefix, codec_type="AUTO", use_remote_address=False,
                    upgrade_configs=[{"upgrade_type": "websocket"}], stream_idle_timeout="0s", normalize_path=True,
                    server_name="istio-envoy",
@@ -119,6 +119,8 @@ def build_hcm(stat_prefix: str, route_config: Body, http2: bool = False, authz: 
         config["http2_protocol_options"] = {}
     if access_log:
         config["access_log"] = access_log
+    if tracing:
+        config["tracing"] = tracing
     return {"name": "envoy.filters.network.http_connection_manager", "typed_config": config}
 
 
@@ -155,9 +157,14 @@ def _no_logs(svc: ServiceInfo) -> list[Body]:
     return []
 
 
+def _no_tracing(svc: ServiceInfo) -> Body | None:
+    return None
+
+
 def build_main_internal(scope: WaypointScope, route_for: Callable[[ServiceInfo, int], Body],
                         authz_for: Callable[[ServiceInfo, bool], list[Body]] = _no_authz,
-                        logs_for: Callable[[ServiceInfo], list[Body]] = _no_logs) -> Body:
+                        logs_for: Callable[[ServiceInfo], list[Body]] = _no_logs,
+                        tracing_for: Callable[[ServiceInfo], Body | None] = _no_tracing) -> Body:
     """`route_for(service, port)` returns the inline route config of an HTTP chain; `authz_for(service,
     network)` its RBAC filters (HTTP or network)."""
     chains: list[Body] = []
@@ -170,7 +177,7 @@ def build_main_internal(scope: WaypointScope, route_for: Callable[[ServiceInfo, 
             if "http" in names:
                 chains.append({"name": names["http"], "filters": [build_hcm(
                     f"inbound_0.0.0.0_{port.port};", route_for(svc, port.port), detect_protocol(port) == "http2",
-                    authz_for(svc, False), logs_for(svc))]})
+                    authz_for(svc, False), logs_for(svc), tracing_for(svc))]})
             if "tcp" in names:
                 chains.append({"name": names["tcp"], "filters": [*authz_for(svc, True), _tcp_proxy(names["tcp"])]})
             if len(names) == 2:

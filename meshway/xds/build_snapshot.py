@@ -7,15 +7,19 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .. import labels as L
+from ..mesh.meshconfig import find_mesh_config
 from ..mesh.view import MeshView, ServiceInfo, WaypointInfo
 from ..model.gateway import HTTPRoute as GwHTTPRoute
-from ..model.istio import AuthorizationPolicy, DestinationRule, Telemetry, VirtualService
+from ..model.istio import AuthorizationPolicy, DestinationRule, EnvoyFilter, Telemetry, VirtualService
 from . import protos as P
 from .build_authz import WAYPOINT, build_rbac_filters, find_waypoint_policies
 from .build_clusters import build_service_cluster, build_static_clusters
+from .build_extauthz import build_custom_filters, build_ext_authz_setup
 from .build_listeners import build_connect_originate, build_connect_terminate, build_main_internal
 from .build_routes import Problems, RouteTarget, build_route_config
 from .build_telemetry import build_access_logs, find_access_logging
+from .envoyfilter import apply_envoy_filters, find_envoy_filters
+from .build_tracing import build_tracing, find_tracing
 from .httproute import convert_http_route, detect_parent
 from .proxy import Proxy
 from .scope import WaypointScope, cluster_name, detect_protocol, find_scope, find_service_pods, port_kinds, \
@@ -30,6 +34,7 @@ class WaypointConfig:
 
     resources: dict[str, dict[str, Body]]
     problems: tuple[tuple[str, str], ...] = field(default=())
+    envoy_filters: tuple[str, ...] = field(default=())  # "<ns>/<name>" of the EnvoyFilters applied
 
     def messages(self) -> dict[str, dict[str, Any]]:
         return {t: {n: P.to_message(t, d) for n, d in items.items()} for t, items in self.resources.items()}
@@ -120,9 +125,11 @@ def _endpoints(name: str, view: MeshView, svc: ServiceInfo, port_number: int, su
 
 
 def build_waypoint_config(view: MeshView, proxy: Proxy, secrets: dict[str, Body] | None = None,
-                          scope: WaypointScope | None = None, dial: Callable[[str], str] = _same) -> WaypointConfig:
+                          scope: WaypointScope | None = None, dial: Callable[[str], str] = _same,
+                          skip_envoy_filters: frozenset[str] = frozenset()) -> WaypointConfig:
     """`dial(pod_ip)` is the address the waypoint connects to for a pod (the placement's business:
-    the pod IP itself in the cluster, a loopback alias when everything runs on the host)."""
+    the pod IP itself in the cluster, a loopback alias when everything runs on the host).
+    `skip_envoy_filters`: EnvoyFilters ("<ns>/<name>") to leave out (ones Envoy rejected)."""
     scope = scope or find_scope(view, proxy.namespace, proxy.waypoint)
     wp = scope.waypoint
     problems = Problems()
@@ -165,9 +172,17 @@ def build_waypoint_config(view: MeshView, proxy: Proxy, secrets: dict[str, Body]
 
     policies = [AuthorizationPolicy.model_validate(b, strict=False) for b in view.config.get("AuthorizationPolicy", ())]
 
+    applied = {(s.kind, s.namespace, s.name): find_waypoint_policies(policies, wp.namespace, wp.name, s.namespace,
+                                                                     s.name, s.kind) for s in scope.services}
+    ext_authz = build_ext_authz_setup(view, applied.values(), dial)
+    clusters.update(ext_authz.clusters)
+    endpoints.update(ext_authz.endpoints)
+    for where, message in ext_authz.problems:
+        problems.add(where, message)
+
     def authz_for(svc: ServiceInfo, network: bool) -> list[Body]:
-        applied = find_waypoint_policies(policies, wp.namespace, wp.name, svc.namespace, svc.name, svc.kind)
-        return build_rbac_filters(applied, WAYPOINT, network)
+        chain = applied[(svc.kind, svc.namespace, svc.name)]
+        return build_custom_filters(chain, ext_authz, network) + build_rbac_filters(chain, WAYPOINT, network)
 
     telemetries = [Telemetry.model_validate(b, strict=False) for b in view.config.get("Telemetry", ())]
 
@@ -179,9 +194,31 @@ def build_waypoint_config(view: MeshView, proxy: Proxy, secrets: dict[str, Body]
             problems.add(f"Telemetry for {svc.namespace}/{svc.name}", note)
         return logs
 
+    mesh = find_mesh_config(view)
+
+    def tracing_for(svc: ServiceInfo) -> Body | None:
+        notes: list[str] = []
+        decision = find_tracing(telemetries, mesh.defaultProviders and mesh.defaultProviders.tracing, wp.namespace,
+                                wp.name, svc.namespace, svc.name)
+        tracing, collector = build_tracing(decision, mesh, view, proxy, dial, notes)
+        if collector:
+            clusters[collector.cluster["name"]] = collector.cluster
+            if collector.endpoints is not None:
+                endpoints[collector.cluster["name"]] = collector.endpoints
+        for note in notes:
+            problems.add(f"Telemetry for {svc.namespace}/{svc.name}", note)
+        return tracing
+
     listeners = {li["name"]: li for li in (build_connect_terminate(proxy),
-                                           build_main_internal(scope, route_for, authz_for, logs_for),
+                                           build_main_internal(scope, route_for, authz_for, logs_for, tracing_for),
                                            build_connect_originate())}
     resources = {P.CLUSTER: clusters, P.ENDPOINT: endpoints, P.LISTENER: listeners, P.ROUTE: {},
                  P.SECRET: dict(secrets or {})}
-    return WaypointConfig(resources, tuple(dict.fromkeys(problems.items)))
+    envoy_filters = [f for f in find_envoy_filters([EnvoyFilter.model_validate(b, strict=False)
+                                                    for b in view.config.get("EnvoyFilter", ())],
+                                                   wp.namespace, wp.name, scope.services)
+                     if f.key not in skip_envoy_filters]
+    resources, notes = apply_envoy_filters(resources, envoy_filters)
+    for where, message in notes:
+        problems.add(where, message)
+    return WaypointConfig(resources, tuple(dict.fromkeys(problems.items)), tuple(f.key for f in envoy_filters))

@@ -189,8 +189,9 @@ class _Outbound:
                                                                               "port_value": target}}}})
         cluster = f"svc|{self.h}|{svc.hostname}|{port}"
         self.clusters[cluster] = {
-            "name": cluster, "alt_stat_name": build_stat_name(cluster), "type": "STATIC", "connect_timeout": "10s",
-            "lb_policy": "LEAST_REQUEST", "circuit_breakers": _default_breakers(), "transport_socket": _internal_upstream(True),
+            "name": cluster, "type": "STATIC", "connect_timeout": "10s", "lb_policy": "LEAST_REQUEST",
+            "circuit_breakers": _default_breakers(), "transport_socket": _internal_upstream(True),
+            "alt_stat_name": build_stat_name(cluster),
             "load_assignment": {"cluster_name": cluster, "endpoints": [{"lb_endpoints": endpoints}] if endpoints else []}}
         return cluster
 
@@ -292,7 +293,8 @@ def build_ztunnel_config(view: MeshView, proxy: NodeProxy) -> tuple[dict[str, di
     inbound_chains, plain_chains = [], []
     for pod in local:
         applied = find_workload_policies(policies, pod.namespace, dict(pod.labels))
-        for cluster in (_inbound_cluster(pod, identity_of(pod, td), False), _inbound_cluster(pod, identity_of(pod, td), True)):
+        for plaintext in (False, True):
+            cluster = _inbound_cluster(pod, identity_of(pod, td), plaintext)
             clusters[cluster["name"]] = cluster
         inbound_chains.append(build_inbound_chain(pod, identity_of(pod, td), td,
                                                   build_rbac_filters(applied, ZTUNNEL)))

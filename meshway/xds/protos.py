@@ -2,10 +2,12 @@
 URLs in builder dicts resolve, and the one function that turns builder dicts into messages."""
 from __future__ import annotations
 
+import importlib
 import json
+from pathlib import Path
 from typing import Any
 
-from google.protobuf import json_format, message, wrappers_pb2  # noqa: F401
+from google.protobuf import descriptor_pool, json_format, message, message_factory, wrappers_pb2  # noqa: F401
 from google.protobuf.any_pb2 import Any as AnyProto
 
 # Imported for their side effect: registering the types that `@type` URLs name.
@@ -13,15 +15,19 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.config.trace.v3 import opentelemetry_pb2, zipkin_pb2  # noqa: F401
 from envoy.extensions.access_loggers.file.v3 import file_pb2  # noqa: F401
 from envoy.extensions.bootstrap.internal_listener.v3 import internal_listener_pb2  # noqa: F401
 from envoy.extensions.filters.http.cors.v3 import cors_pb2  # noqa: F401
+from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2  # noqa: F401
 from envoy.extensions.filters.http.fault.v3 import fault_pb2  # noqa: F401
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2  # noqa: F401
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
 from envoy.extensions.filters.http.set_filter_state.v3 import set_filter_state_pb2  # noqa: F401
 from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2  # noqa: F401
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2  # noqa: F401
+from envoy.extensions.filters.network.connection_limit.v3 import connection_limit_pb2  # noqa: F401
+from envoy.extensions.filters.network.ext_authz.v3 import ext_authz_pb2 as net_ext_authz_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2  # noqa: F401
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as net_rbac_pb2  # noqa: F401
 from envoy.extensions.filters.network.set_filter_state.v3 import set_filter_state_pb2 as net_sfs_pb2  # noqa: F401
@@ -70,3 +76,55 @@ def pack(msg: message.Message) -> AnyProto:
     out = AnyProto()
     out.Pack(msg)
     return out
+
+
+def find_message_class(type_name: str) -> type[message.Message] | None:
+    """The message class for a full type name or type URL (`envoy.extensions.filters.http.local_ratelimit.v3.
+    LocalRateLimit`), importing the generated modules of its proto package on first use; None if unknown."""
+    name = type_name.rsplit("/", 1)[-1]
+    pool = descriptor_pool.Default()
+    try:
+        return message_factory.GetMessageClass(pool.FindMessageTypeByName(name))
+    except KeyError:
+        pass
+    package = name.rsplit(".", 1)[0]
+    try:
+        init = importlib.import_module(package).__file__
+    except ImportError:
+        return None
+    for module in sorted(Path(init).parent.glob("*_pb2.py")) if init else ():
+        try:
+            importlib.import_module(f"{package}.{module.stem}")
+        except ImportError:
+            continue
+    try:
+        return message_factory.GetMessageClass(pool.FindMessageTypeByName(name))
+    except KeyError:
+        return None
+
+
+REPLACED_ON_MERGE = frozenset({"google.protobuf.Duration"})  # as Istio's merge: `60s` onto `1.5s` is `60s`
+
+
+def merge_message(dst: message.Message, src: message.Message, replace_lists: bool = False) -> None:
+    """Proto merge of `src` into `dst` (Istio's EnvoyFilter MERGE): set scalars overwrite, messages
+    merge field by field, lists append (or are replaced), map entries and Durations are replaced."""
+    for field, value in src.ListFields():
+        target = getattr(dst, field.name) if field.message_type or field.is_repeated else None
+        if field.message_type and field.message_type.GetOptions().map_entry:
+            for key, item in value.items():
+                if field.message_type.fields_by_name["value"].message_type:
+                    target[key].CopyFrom(item)
+                else:
+                    target[key] = item
+        elif field.is_repeated:
+            if replace_lists:
+                del target[:]
+            target.extend(value)
+        elif field.message_type and field.message_type.full_name in REPLACED_ON_MERGE:
+            target.CopyFrom(value)
+        elif field.message_type:
+            target.SetInParent()
+            merge_message(target, value, replace_lists)
+        else:
+            setattr(dst, field.name, value)

@@ -27,8 +27,9 @@ StreamFactory = Callable[..., SotwStream | DeltaStream]
 
 
 class XdsServer:
-    def __init__(self, cache: SnapshotCache) -> None:
+    def __init__(self, cache: SnapshotCache, on_event: Callable[[str, Event], None] | None = None) -> None:
         self.cache = cache
+        self.on_event = on_event  # also told every stream event (node id, event), e.g. for metrics
         self.connected: set[str] = set()  # node ids with at least one open ADS stream
         self.socket_path: Path | None = None
         self._streams: Counter[str] = Counter()
@@ -101,6 +102,8 @@ class XdsServer:
             case Nacked():
                 log.warning("%s NACKed %s version %s: %s", node_id, event.type_url, event.version, event.message)
                 self.cache.record_nack(node_id, event.type_url, event.accepted_version, event.nonce, event.message)
+        if self.on_event is not None:
+            self.on_event(node_id, event)
 
     def _connect(self, node_id: str) -> None:
         self._streams[node_id] += 1

@@ -34,8 +34,10 @@ def build_stat_name(token: str, tags: Mapping[str, str] | None = None) -> str:
 
 
 def build_stats_tags() -> list[dict[str, str]]:
-    """`stats_config.stats_tags` of the bootstrap: one extractor per label, Envoy's defaults kept."""
-    return [{"tag_name": t, "regex": rf"(\.{t}=\.=(.*?);)"} for t in TAGS]
+    """`stats_config.stats_tags` of the bootstrap: one extractor per label, Envoy's defaults kept. A
+    match starts at the dot before the label (so `x_service` never matches inside `y_x_service`) and
+    removes the pair with the dot after it, leaving `cluster.<token>.upstream_rq_200` to Envoy's own."""
+    return [{"tag_name": t, "regex": rf"\.({t}=\.=(.*?);\.)"} for t in TAGS]
 
 
 def build_principal(identity: str) -> str:

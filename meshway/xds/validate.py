@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -31,7 +33,7 @@ def build_static_bootstrap(resources: dict[str, dict[str, Body]]) -> Body:
     for name, cluster in resources[P.CLUSTER].items():
         cluster = copy.deepcopy(cluster)
         if cluster.get("type") == "EDS":
-            cluster.pop("eds_cluster_config")
+            cluster.pop("eds_cluster_config", None)
             cluster["type"] = "STATIC"
             cluster["load_assignment"] = resources[P.ENDPOINT].get(name, {"cluster_name": name})
         clusters.append(cluster)
@@ -54,3 +56,46 @@ def run_validate(resources: dict[str, dict[str, Body]], envoy: str = "envoy") ->
         proc = subprocess.run([envoy, "--mode", "validate", "-c", str(path), "--disable-hot-restart", "-l", "error"],
                               capture_output=True, text=True, timeout=120)
     return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
+
+
+def summarize_rejection(output: str) -> str:
+    """Envoy's reason, without the log prefix, the temporary file name and the proto dump."""
+    text = output.split("error initializing configuration", 1)[-1]
+    text = re.sub(r"^\s*'[^']*':\s*", "", text)
+    if "goo.gle/debugproto" in text:
+        text = text.rsplit("\n:", 1)[-1]
+    return " ".join(text.split())[:1000]
+
+
+class ValidationCache:
+    """`envoy --mode validate` verdicts by content hash (listeners, clusters, routes): about 0.5 s
+    each, so only config whose patched output changed is validated again."""
+
+    def __init__(self, envoy: str, size: int = 256):
+        self.envoy, self.size = envoy, size
+        self.verdicts: dict[str, tuple[bool, str]] = {}
+
+    def check(self, resources: dict[str, dict[str, Body]]) -> tuple[bool, str]:
+        """(accepted, Envoy's reason): also refused when a resource is not a valid Envoy message."""
+        key = hashlib.sha256(json.dumps([resources.get(t) for t in (P.LISTENER, P.CLUSTER, P.ROUTE)],
+                                        sort_keys=True).encode()).hexdigest()
+        if key in self.verdicts:
+            return self.verdicts[key]
+        try:
+            verdict = self._judge(resources)
+        except (OSError, subprocess.TimeoutExpired) as exc:  # no verdict: not cached
+            return False, f"cannot run `envoy --mode validate`: {exc}"
+        self.verdicts[key] = verdict
+        while len(self.verdicts) > self.size:
+            self.verdicts.pop(next(iter(self.verdicts)))
+        return verdict
+
+    def _judge(self, resources: dict[str, dict[str, Body]]) -> tuple[bool, str]:
+        try:
+            for type_url, items in resources.items():
+                for body in items.values():
+                    P.to_message(type_url, body)
+        except Exception as exc:  # json_format's errors
+            return False, f"not a valid Envoy resource: {str(exc).splitlines()[0]}"
+        ok, output = run_validate(resources, self.envoy)
+        return ok, "" if ok else summarize_rejection(output)

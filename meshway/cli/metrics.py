@@ -1,0 +1,133 @@
+"""`meshway metrics [TARGET]`: Istio's standard metrics of the mesh, read from the proxies' own stats.
+
+Like `istioctl experimental metrics`, but from counters (meshway keeps no time series): requests,
+error requests and latency quantiles per destination service and version since the proxies started,
+and TCP connections and bytes per reporter, source and destination. `-o prometheus` prints the
+Istio-named Prometheus text the control plane's `--metrics-addr` endpoint serves.
+
+Commands gather (proxy-status.json, each proxy's admin socket); the writers below render.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import click
+
+from ..mesh.view import build_pod
+from ..model import find_kind
+from ..observe.metrics import Family, build_istio_metrics, merge_families, write_text
+from ..observe.summary import HttpRow, Predicate, TcpRow, build_http_rows, build_tcp_rows
+from ..runtime.monitoring import SCRAPE_PATH
+from ..xds.stat_tags import find_workload_name
+from . import printers as P
+from .controlplane import load_proxy_status
+from .envoy_admin import AdminError, fetch_admin
+from .main import Ctx, cli, pass_ctx
+from .proxyconfig import split_target
+
+Body = dict[str, Any]
+
+
+# -- gathering -----------------------------------------------------------------------------------
+def _is_replica(pod: str, deployment: str) -> bool:
+    return pod.startswith(f"{deployment}-") and pod[len(deployment) + 1:].count("-") == 1
+
+
+def find_target(c: Ctx, status: dict[str, Body], target: str | None,
+                namespace: str | None) -> tuple[list[Body], Predicate]:
+    """(the proxies to read, the series to keep): a proxy's own reports for a waypoint or node proxy
+    (deploy/NAME, POD), the series about a service (svc/NAME) or an application workload otherwise."""
+    proxies = sorted(status.values(), key=lambda p: (p["namespace"], p["pod"]))
+    if target is None:
+        return proxies, lambda s: True
+    kind, _, rest = target.rpartition("/")
+    if kind.lower() in ("svc", "service", "services"):
+        name, _, ns = rest.partition(".")
+        ns = ns or namespace or "default"
+        return proxies, lambda s: (s.label("destination_service_name"), s.label("destination_service_namespace")) \
+            == (name, ns)
+    kind, name, ns = split_target(target, namespace)
+    own = [p for p in proxies if (p["namespace"] == ns or (kind == "pod" and namespace is None))
+           and (p["pod"] == name if kind == "pod" else _is_replica(p["pod"], name))]
+    if own:
+        return own[:1] if kind == "pod" else own, lambda s: True
+    workload = name
+    if kind == "pod":
+        pods = [b for b in c.store.list(find_kind("pod"), ns) if b["metadata"]["name"] == name]
+        if not pods:
+            raise LookupError(f'pod "{name}" not found in namespace {ns}')
+        workload = find_workload_name(build_pod(pods[0]))
+    return proxies, lambda s: (s.label("destination_workload"), s.label("destination_workload_namespace")) \
+        == (workload, ns)
+
+
+def fetch_families(proxies: list[Body]) -> list[Family]:
+    groups = []
+    for p in proxies:
+        try:
+            text = fetch_admin(p["admin"], SCRAPE_PATH).decode()
+        except AdminError as exc:
+            raise ValueError(f"{p['pod']}.{p['namespace']}: {exc}") from exc
+        groups.append(build_istio_metrics(text, {"pod": p["pod"], "namespace": p["namespace"]}))
+    return merge_families(groups)
+
+
+def select(families: list[Family], keep: Predicate) -> list[Family]:
+    kept = [Family(f.name, f.type, f.help, tuple(s for s in f.samples if keep(s))) for f in families]
+    return [f for f in kept if f.samples]
+
+
+# -- writers -------------------------------------------------------------------------------------
+def format_latency(ms: float) -> str:
+    if math.isnan(ms):
+        return "-"
+    return f"{ms / 1000:.2f}s" if ms >= 1000 else f"{ms:.1f}ms"
+
+
+def write_http(rows: list[HttpRow]) -> str:
+    table = [["DESTINATION", "VERSION", "REQUESTS", "ERRORS", "P50 LATENCY", "P90 LATENCY", "P99 LATENCY"]]
+    table += [[r.service, r.version, str(r.requests), str(r.errors), format_latency(r.p50), format_latency(r.p90),
+               format_latency(r.p99)] for r in rows]
+    return P.tabwrite(table)
+
+
+def write_tcp(rows: list[TcpRow]) -> str:
+    table = [["REPORTER", "SOURCE", "DESTINATION", "OPENED", "CLOSED", "RECEIVED BYTES", "SENT BYTES"]]
+    table += [[r.reporter, r.source, r.destination, str(r.opened), str(r.closed), str(r.received), str(r.sent)]
+              for r in rows]
+    return P.tabwrite(table)
+
+
+def write_metrics(families: list[Family]) -> str:
+    http, tcp = build_http_rows(families), build_tcp_rows(families)
+    parts = ([write_http(http)] if http else []) + ([write_tcp(tcp)] if tcp else [])
+    return "\n".join(parts)
+
+
+# -- command -------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("target", required=False)
+@click.option("-n", "--namespace", default=None, help="Namespace of TARGET (default: default).")
+@click.option("-o", "--output", type=click.Choice(["short", "prometheus"]), default="short", show_default=True,
+              help="Summary tables, or the Istio metrics as Prometheus text.")
+@pass_ctx
+def metrics(c: Ctx, target: str | None, namespace: str | None, output: str) -> None:
+    """Istio metrics from the proxies' own counters: requests, errors and latency per destination
+    service and version, TCP connections and bytes.
+
+    TARGET: deploy/NAME[.NS] or POD[.NS] of a waypoint or node proxy (what it reports), svc/NAME[.NS]
+    (traffic to a service), deploy/NAME or POD of an application (traffic to that workload); none:
+    the whole mesh."""
+    status = load_proxy_status(c)
+    if not status:
+        raise LookupError("no proxies found (is `meshway controlplane` running?)")
+    proxies, keep = find_target(c, status, target, namespace)
+    families = select(fetch_families(proxies), keep)
+    if output == "prometheus":
+        click.echo(write_text(families), nl=False)
+    elif families:
+        click.echo(write_metrics(families), nl=False)
+    else:
+        click.echo("No metrics found (no traffic yet?).", err=True)
+

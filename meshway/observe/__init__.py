@@ -1,0 +1,1 @@
+"""Observability: Istio's metrics read from Envoy's own stats (pure translation and summaries)."""
