@@ -421,10 +421,34 @@ class RuleTo(Strict):
     operation: Operation
 
 
+WHEN_KEYS = ("source.ip", "remote.ip", "source.namespace", "source.principal", "request.auth.principal",
+             "request.auth.audiences", "request.auth.presenter", "destination.ip", "destination.port",
+             "connection.sni")
+WHEN_MAP_KEYS = ("request.headers", "request.auth.claims", "experimental.envoy.filters.")
+
+
 class Condition(Strict):
     key: Annotated[str, Field(min_length=1)]
     values: list[str] | None = None
     notValues: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _attribute(self) -> "Condition":
+        """Istio's ValidateAttribute: a known key, `[name]` where the key takes one, some value."""
+        key = self.key
+        if not (self.values or self.notValues):
+            raise ValueError(f"at least one of values or notValues must be set for key {key}")
+        prefix = next((k for k in WHEN_MAP_KEYS if key.startswith(k)), None)
+        if prefix:
+            if not (key.endswith("]") and "[" in key[len(prefix) - 1:] and not key.endswith("[]")):
+                raise ValueError(f"invalid key {key}: expecting format {prefix.rstrip('.')}[<NAME>]")
+        elif key not in WHEN_KEYS:
+            raise ValueError(f"unknown attribute: {key}")
+        if key == "destination.port":
+            for v in (self.values or []) + (self.notValues or []):
+                if not v.isdigit() or not 0 < int(v) < 65536:
+                    raise ValueError(f"invalid port {v!r} for key {key}")
+        return self
 
 
 class Rule(Strict):

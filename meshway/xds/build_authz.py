@@ -105,9 +105,71 @@ def _wild(value: str, exact_key: str = "exact") -> Body:
     return {exact_key: value}
 
 
+JWT_FILTER = "envoy.filters.http.jwt_authn"  # where RequestAuthentication puts the token's claims
+
+
+def _header(name: str, value: str, ignore_case: bool = False) -> Body:
+    """Istio's HeaderMatcher: `*` is presence; hosts compare case-insensitively."""
+    if value == "*":
+        return {"header": {"name": name, "present_match": True}}
+    match = _wild(value)
+    if ignore_case:
+        match["ignore_case"] = True
+    return {"header": {"name": name, "string_match": match}}
+
+
+def _path(value: str) -> Body:
+    """`{*}` / `{**}` path templates use Envoy's URI template matcher (its `*` / `**`), as Istio does."""
+    if "{*}" in value or "{**}" in value:
+        return {"uri_template": {"name": "uri-template", "typed_config": typed(
+            "envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig",
+            path_template=value.replace("{**}", "**").replace("{*}", "*"))}}
+    return {"url_path": {"path": _wild(value)}}
+
+
+def _claims(claims: list[str], values: list[str]) -> Body:
+    """A JWT claim (string or list of strings) among `values`, read from jwt_authn's payload."""
+    path = [{"key": "payload"}, *({"key": c} for c in claims)]
+    one = {"or_match": {"value_matchers": [{"string_match": _wild(v)} for v in values]}} if len(values) > 1 \
+        else {"string_match": _wild(values[0])}
+    return {"or_ids": {"ids": [{"metadata": {"filter": JWT_FILTER, "path": path, "value": one}},
+                               {"metadata": {"filter": JWT_FILTER, "path": path,
+                                             "value": {"list_match": {"one_of": one}}}}]}}
+
+
+def _request_principal(value: str) -> Body:
+    """`iss/sub` of the request's JWT (Istio's requestPrincipalGenerator, `*` forms included)."""
+    iss, slash, sub = value.rpartition("/")
+    if not slash:
+        iss, sub = value, ""
+    any_ = {"safe_regex": {"regex": ".+"}}
+    if value == "*":
+        m_iss, m_sub = any_, any_
+    elif value.startswith("*"):
+        m_iss = (any_ if iss == "*" else {"suffix": iss[1:]}) if slash else any_
+        m_sub = {"exact": sub} if slash else {"suffix": value[1:]}
+    elif value.endswith("*"):
+        m_iss = {"exact": iss} if slash else {"prefix": value[:-1]}
+        m_sub = (any_ if sub == "*" else {"prefix": sub[:-1]}) if slash else any_
+    else:
+        m_iss, m_sub = {"exact": iss}, {"exact": sub}
+    return {"and_ids": {"ids": [
+        {"metadata": {"filter": JWT_FILTER, "path": [{"key": "payload"}, {"key": k}], "value": {"string_match": m}}}
+        for k, m in (("iss", m_iss), ("sub", m_sub))]}}
+
+
+def _bracketed(text: str) -> list[str] | None:
+    """`[a][b]` -> ["a", "b"]; `[a.b]` -> ["a.b"]; None if malformed."""
+    if not text.startswith("[") or not text.endswith("]"):
+        return None
+    parts = text[1:-1].split("][")
+    return parts if all(parts) and not any("[" in x or "]" in x for x in parts) else None
+
+
 class _Builder:
-    def __init__(self, proxy: str):
+    def __init__(self, proxy: str, namespace: str = ""):
         self.proxy = proxy
+        self.policy_ns = namespace  # the default namespace of `serviceAccounts` entries
 
     def principal_id(self, match: Body) -> Body:
         if self.proxy == WAYPOINT:
@@ -121,7 +183,14 @@ class _Builder:
         return self.principal_id(m)
 
     def namespace(self, ns: str) -> Body:
-        return self.principal_id({"safe_regex": {"regex": f".*/ns/{ns}/.*"}})
+        return self.principal_id({"safe_regex": {"regex": f".*/ns/{ns.replace('*', '.*')}/.*"}})
+
+    def service_account(self, value: str) -> Body:
+        """`NAME` (in the policy's namespace) or `NS/NAME`, by Istio's serviceAccountRegex."""
+        ns, slash, sa = value.partition("/")
+        if not slash:
+            ns, sa = self.policy_ns, value
+        return self.principal_id({"safe_regex": {"regex": f"spiffe://.+/ns/{ns}/(.+/|)sa/{sa}(/.+)?"}})
 
     def ip(self, cidr: str, remote: bool = False) -> Body:
         prefix, _, length = cidr.partition("/")
@@ -153,6 +222,10 @@ class _Builder:
             self._field(s.notPrincipals, self.principal, "or_ids", True),
             self._field(s.namespaces, self.namespace, "or_ids", False),
             self._field(s.notNamespaces, self.namespace, "or_ids", True),
+            self._field(s.serviceAccounts, self.service_account, "or_ids", False),
+            self._field(s.notServiceAccounts, self.service_account, "or_ids", True),
+            self._field(s.requestPrincipals, _request_principal, "or_ids", False),
+            self._field(s.notRequestPrincipals, _request_principal, "or_ids", True),
             self._field(s.ipBlocks, self.ip, "or_ids", False),
             self._field(s.notIpBlocks, self.ip, "or_ids", True),
             self._field(s.remoteIpBlocks, lambda c: self.ip(c, True), "or_ids", False),
@@ -161,12 +234,10 @@ class _Builder:
         return [p for p in parts if p]
 
     def operation(self, o) -> list[Body]:
-        def header(name: str):
-            return lambda v: {"header": {"name": name, "string_match": _wild(v)}}
+        def header(name: str, ignore_case: bool = False):
+            return lambda v: _header(name, v, ignore_case)
 
-        def path(v: str) -> Body:
-            return {"url_path": {"path": _wild(v)}}
-
+        path = _path
         parts = [
             self._field(o.ports, self.port, "or_rules", False),
             self._field(o.notPorts, self.port, "or_rules", True),
@@ -174,8 +245,8 @@ class _Builder:
             self._field(o.notMethods, header(":method"), "or_rules", True),
             self._field(o.paths, path, "or_rules", False),
             self._field(o.notPaths, path, "or_rules", True),
-            self._field(o.hosts, header(":authority"), "or_rules", False),
-            self._field(o.notHosts, header(":authority"), "or_rules", True),
+            self._field(o.hosts, header(":authority", True), "or_rules", False),
+            self._field(o.notHosts, header(":authority", True), "or_rules", True),
         ]
         return [p for p in parts if p]
 
@@ -183,14 +254,28 @@ class _Builder:
         """('permission'|'principal', matcher) for a `when` key, None when unsupported."""
         if key.startswith("request.headers[") and key.endswith("]"):
             name = key[len("request.headers["):-1].lower()
-            return "permission", self._or([{"header": {"name": name, "string_match": _wild(v)}} for v in values],
+            return "principal", self._or([{"header": _header(name, v)["header"]} for v in values], "or_ids")
+        if key.startswith("request.auth.claims["):
+            claims = _bracketed(key[len("request.auth.claims"):])
+            return ("principal", _claims(claims, values)) if claims and values else None
+        if key.startswith("experimental.envoy.filters.") and key.endswith("]"):
+            filter_name, _, field = key.removeprefix("experimental.")[:-1].partition("[")
+            return "permission", self._or([{"metadata": {"filter": filter_name, "path": [{"key": field}],
+                                                         "value": {"string_match": _wild(v)}}} for v in values],
                                           "or_rules")
+        jwt = {"request.auth.principal": lambda: self._or([_request_principal(v) for v in values], "or_ids"),
+               "request.auth.audiences": lambda: _claims(["aud"], values),
+               "request.auth.presenter": lambda: _claims(["azp"], values)}
+        if key in jwt:
+            return ("principal", jwt[key]()) if values else None
         simple = {
             "source.ip": ("principal", lambda v: self.ip(v)),
             "remote.ip": ("principal", lambda v: self.ip(v, True)),
             "source.namespace": ("principal", self.namespace),
             "source.principal": ("principal", self.principal),
             "destination.port": ("permission", self.port),
+            "destination.ip": ("permission", lambda v: {"destination_ip": self.ip(v)["direct_remote_ip"]}),
+            "connection.sni": ("permission", lambda v: {"requested_server_name": _wild(v)}),
         }
         if key not in simple:
             return None
@@ -217,9 +302,9 @@ def strip_http(rule: Rule) -> Rule:
     return Rule.model_validate(data, strict=False)
 
 
-def build_rule(rule: Rule, proxy: str, network: bool = False) -> Body | None:
+def build_rule(rule: Rule, proxy: str, network: bool = False, namespace: str = "") -> Body | None:
     """One Envoy RBAC Policy for an Istio rule, or None if the proxy (or a TCP chain) cannot enforce it."""
-    b = _Builder(proxy)
+    b = _Builder(proxy, namespace)
     if (network or proxy in (ZTUNNEL, ZTUNNEL_TCP)) and detect_http_rule(rule):
         return None
     principals: list[Body] = []
@@ -233,19 +318,18 @@ def build_rule(rule: Rule, proxy: str, network: bool = False) -> Body | None:
                for parts in (b.operation(t.operation) for t in rule.to)]
         permissions.append(ops[0] if len(ops) == 1 else {"or_rules": {"rules": ops}})
     for cond in rule.when or []:
-        if cond.notValues and not cond.values:
-            built = b.condition(cond.key, cond.notValues)
-            negate = True
-        else:
-            built = b.condition(cond.key, cond.values or [])
-            negate = False
-        if built is None or built[1] is None:
-            return None
-        side, matcher = built
-        if side == "principal":
-            principals.append({"not_id": matcher} if negate else matcher)
-        else:
-            permissions.append({"not_rule": matcher} if negate else matcher)
+        # `values` must match and `notValues` must not (both may be given).
+        for values, negate in ((cond.values, False), (cond.notValues, True)):
+            if not values:
+                continue
+            built = b.condition(cond.key, values)
+            if built is None or built[1] is None:
+                return None
+            side, matcher = built
+            if side == "principal":
+                principals.append({"not_id": matcher} if negate else matcher)
+            else:
+                permissions.append({"not_rule": matcher} if negate else matcher)
     principal = ({"and_ids": {"ids": principals}} if len(principals) > 1 else principals[0]) if principals \
         else {"any": True}
     permission = ({"and_rules": {"rules": permissions}} if len(permissions) > 1 else permissions[0]) if permissions \
@@ -261,11 +345,11 @@ def build_rbac_policies(policies: list[Policy], action: str, proxy: str, network
         if p.action != action or p.rules is None:
             continue
         for i, rule in enumerate(p.rules):
-            built = build_rule(rule, proxy, network)
+            built = build_rule(rule, proxy, network, p.namespace)
             if built is None and action in ("DENY", "AUDIT", "CUSTOM"):
                 # Fail closed: a DENY is enforced without the parts this proxy cannot see (Istio's rule;
                 # istiod builds CUSTOM and AUDIT rules the same way).
-                built = build_rule(strip_http(rule), proxy, network) or \
+                built = build_rule(strip_http(rule), proxy, network, p.namespace) or \
                     {"permissions": [{"any": True}], "principals": [{"any": True}]}
             if built is None:
                 continue
