@@ -3,9 +3,7 @@ per-service targetRefs, problems), proto merge semantics, and a live waypoint En
 patched config while a filter Envoy would reject is left out and reported on its status."""
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 from pathlib import Path
 from types import MappingProxyType
@@ -13,13 +11,12 @@ from types import MappingProxyType
 import pytest
 from pydantic import ValidationError
 
-from xds_support import BOOKINFO, ENVOY, GOLDEN, TRAFFIC
+from xds_support import BOOKINFO, ENVOY, GOLDEN, TRAFFIC, live_controlplane
 
 from meshway.cli.envoy_admin import fetch_admin
 from meshway.mesh.view import ServiceInfo
 from meshway.model import find_kind, load_yaml
 from meshway.model.istio import EnvoyFilter
-from meshway.runtime.controlplane import ControlPlane
 from meshway.store import Store
 from meshway.xds import protos as P
 from meshway.xds.envoyfilter import apply_envoy_filters, build_envoy_filter_condition, find_envoy_filters
@@ -407,12 +404,7 @@ def test_live_waypoint_acks_patched_config_and_a_rejected_filter_is_left_out(tmp
     for f in (BOOKINFO, TRAFFIC, GOLDEN / "reviews.yaml", GOLDEN / "envoyfilter.yaml"):
         store.apply(load_yaml(f.read_text(), str(f)))
     store.apply(load_yaml(REJECTED, "rejected.yaml"))
-    cp = ControlPlane(tmp_path / "state", envoy=ENVOY)
-    stop = asyncio.Event()
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(cp.run(stop),), daemon=True)
-    thread.start()
-    try:
+    with live_controlplane(tmp_path / "state") as cp:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             status = cp.cache.status.get(next(iter(cp.replicas), ""), {})
@@ -439,10 +431,6 @@ def test_live_waypoint_acks_patched_config_and_a_rejected_filter_is_left_out(tmp
         assert names[f"inbound-vip|9080|http|{REVIEWS}"][:2] == ["envoy.filters.http.local_ratelimit"] * 2
         assert names["inbound-vip|9080|http|details.default.svc.cluster.local"][:2] == [
             "envoy.filters.http.local_ratelimit", "envoy.filters.http.fault"]  # only the Gateway-wide one
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(10)
-        cp.stop_proxies()
 
 
 

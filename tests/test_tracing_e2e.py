@@ -8,13 +8,11 @@ carry the waypoint's span as its parent. One test, loopback only, checks a live 
 tracing golden case."""
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import pytest
 from cluster_support import Mesh, cluster_fixture
 from meshway.cli.envoy_admin import fetch_admin
 from meshway.model import find_kind, load_yaml
-from xds_support import ENVOY, GOLDEN
+from xds_support import GOLDEN
 
 mesh = cluster_fixture()
 
@@ -257,29 +255,13 @@ spec:
 
 def test_tracing_golden_case_is_acked_by_a_live_waypoint(tmp_path: Path) -> None:
     """Loopback, no root: the tracing golden case pushed to a real waypoint is ACKed, never NACKed."""
-    from meshway.runtime.controlplane import ControlPlane
     from meshway.store import Store
+    from xds_support import live_controlplane, wait_programmed
 
     store = Store(tmp_path / "state")
     store.apply(load_yaml((GOLDEN / "tracing.yaml").read_text(), "tracing.yaml"))
-    cp = ControlPlane(tmp_path / "state", envoy=ENVOY)
-    stop = asyncio.Event()
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(cp.run(stop),), daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            gw = store.get(find_kind("gtw"), "trace", "waypoint")
-            if any(c["type"] == "Programmed" and c["status"] == "True" for c in gw["status"]["conditions"]):
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail("waypoint for the tracing case never became Programmed")
+    with live_controlplane(tmp_path / "state") as cp:
+        assert wait_programmed(store, "trace"), "waypoint for the tracing case never became Programmed"
         status = cp.cache.status[next(iter(cp.replicas))]
         assert {t.rsplit(".", 1)[-1]: v["state"] for t, v in status.items()} == {
             "Cluster": "SYNCED", "ClusterLoadAssignment": "SYNCED", "Listener": "SYNCED", "Secret": "SYNCED"}
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(10)
-        cp.stop_proxies()

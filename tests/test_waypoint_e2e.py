@@ -296,34 +296,18 @@ def test_live_weight_change_pushes_only_the_affected_waypoint(mesh: Mesh) -> Non
 def test_every_feature_is_acked_by_a_live_waypoint(tmp_path: Path) -> None:
     """The feature matrix of the golden tests, pushed to a real waypoint: ACKed, never NACKed;
     the VirtualService's route to a missing subset is reported on its status."""
-    from xds_support import GOLDEN
+    from xds_support import GOLDEN, live_controlplane, wait_programmed
 
     store = Store(tmp_path / "state")
     store.apply(load_yaml((GOLDEN / "features.yaml").read_text(), "features.yaml"))
-    cp = ControlPlane(tmp_path / "state", envoy=ENVOY)
-    stop = asyncio.Event()
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(cp.run(stop),), daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            gw = store.get(find_kind("gtw"), "shop", "waypoint")
-            if any(c["type"] == "Programmed" and c["status"] == "True" for c in gw["status"]["conditions"]):
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail("waypoint for the feature matrix never became Programmed")
+    with live_controlplane(tmp_path / "state") as cp:
+        assert wait_programmed(store, "shop"), "waypoint for the feature matrix never became Programmed"
         status = cp.cache.status[next(iter(cp.replicas))]
         assert {t.rsplit(".", 1)[-1]: v["state"] for t, v in status.items()} == {
             "Cluster": "SYNCED", "ClusterLoadAssignment": "SYNCED", "Listener": "SYNCED", "Secret": "SYNCED"}
         vs_status = store.get(find_kind("vs"), "shop", "web").get("status") or {}
         cond = vs_status["conditions"][0]
         assert cond["type"] == "Reconciled" and cond["status"] == "False" and "v9" in cond["message"]
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(10)
-        cp.stop_proxies()
 
 
 def test_l7_authorization_policy_on_the_waypoint(mesh: Mesh) -> None:

@@ -1,7 +1,11 @@
 """Shared by the xDS tests: build a store from YAML deterministically and translate a waypoint."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +13,7 @@ import yaml
 
 from meshway.mesh.view import XDS_KINDS, MeshView
 from meshway.model import find_kind, load_yaml
+from meshway.runtime.controlplane import ControlPlane
 from meshway.store import Store
 from meshway.xds import protos as P
 from meshway.xds.build_snapshot import WaypointConfig, build_waypoint_config
@@ -61,3 +66,31 @@ def plain(config: WaypointConfig, with_secrets: bool = False) -> dict[str, Any]:
 
 def dump(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=True, width=120)
+
+
+@contextlib.contextmanager
+def live_controlplane(state: Path):
+    """A ControlPlane running in a thread (its own event loop) with real waypoint Envoys; on exit it
+    stops and so do the Envoys it started."""
+    cp = ControlPlane(state, envoy=ENVOY)
+    stop = asyncio.Event()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(cp.run(stop),), daemon=True)
+    thread.start()
+    try:
+        yield cp
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        cp.stop_proxies()
+
+
+def wait_programmed(store: Store, namespace: str, name: str = "waypoint", timeout: float = 30) -> bool:
+    """Until the waypoint Gateway is Programmed (its replicas ACKed); False if not within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        gw = store.get(find_kind("gtw"), namespace, name)
+        if any(c["type"] == "Programmed" and c["status"] == "True" for c in gw["status"].get("conditions", [])):
+            return True
+        time.sleep(0.1)
+    return False
