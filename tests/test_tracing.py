@@ -160,11 +160,11 @@ def test_provider_service_lookup_as_istio() -> None:
     ambiguous = v.with_changes({"ServiceEntry": [twice, *[{"kind": "ServiceEntry", "metadata": {
         "name": s.name, "namespace": s.namespace}, "spec": {"hosts": list(s.hosts), "ports": [
             {"name": "http", "number": 443}]}} for s in v.services.values() if s.kind == "ServiceEntry"]]})
-    with pytest.raises(LookupError, match=r"multiple namespaces \['istio-system', 'other'\]"):
-        find_provider_service(ambiguous, "collector.example.com")
-    assert find_provider_service(ambiguous, "other/collector.example.com").namespace == "other"
-    with pytest.raises(LookupError, match="could not find service zipkin.istio-system in Istio service registry"):
-        find_provider_service(v, "zipkin.istio-system")  # a hostname is the FQDN, as in Istio
+    with pytest.raises(LookupError, match=r"multiple namespaces \[istio-system other\]"):
+        find_provider_service(ambiguous, "collector.example.com", 443)
+    assert find_provider_service(ambiguous, "other/collector.example.com", 443).namespace == "other"
+    with pytest.raises(LookupError, match="could not find service zipkin.istio-system:9411 in Istio service registry"):
+        find_provider_service(v, "zipkin.istio-system", 9411)  # a hostname is the FQDN, as in Istio
     saas = build_provider_cluster(v, "collector.example.com", 443)
     assert saas.cluster["type"] == "STRICT_DNS" and saas.endpoints is None
     assert saas.cluster["name"] == "outbound|443||collector.example.com"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
+from ..mesh import providers
 from ..mesh.view import MeshView, ServiceInfo
 from .build_listeners import ADS
 from .protos import typed
@@ -30,19 +31,12 @@ def _same(ip: str) -> str:
     return ip
 
 
-def find_provider_service(view: MeshView, service: str) -> ServiceInfo:
+def find_provider_service(view: MeshView, service: str, port: int) -> ServiceInfo:
     """The Service or ServiceEntry that `[namespace/]hostname` names; LookupError (Istio's words) if none."""
-    namespace, _, host = service.rpartition("/")
-    found = [s for s in view.services.values()
-             if host in (s.hosts if s.kind == "ServiceEntry" else (s.hostname,))
-             and (not namespace or s.namespace == namespace)]
-    namespaces = sorted({s.namespace for s in found})
-    if len(namespaces) > 1:
-        raise LookupError(f"found {host} in multiple namespaces {namespaces}, specify the namespace explicitly "
-                          "in the format of <Namespace>/<Hostname>")
-    if not found:
-        raise LookupError(f"could not find service {service} in Istio service registry")
-    return sorted(found, key=lambda s: s.kind)[0]  # a Service before a ServiceEntry of the same host
+    found, error = providers.find_provider_service(view, service, port)
+    if found is None:
+        raise LookupError(error)
+    return found.service
 
 
 def build_provider_endpoints(name: str, view: MeshView, svc: ServiceInfo, port: int,
@@ -60,7 +54,7 @@ def build_provider_cluster(view: MeshView, service: str, port: int, dial: Callab
                            http2: bool = False) -> ProviderCluster:
     """`outbound|PORT||HOST` for the provider's service (HTTP/2 for gRPC providers). LookupError when
     the service is not in the registry (Istio then leaves the feature that needs it out)."""
-    svc = find_provider_service(view, service)
+    svc = find_provider_service(view, service, port)
     host = service.rpartition("/")[2] if svc.kind == "ServiceEntry" else svc.hostname
     name = cluster_name(port, "", host, "outbound")
     cluster: Body = {"name": name, "connect_timeout": "10s", "lb_policy": "LEAST_REQUEST",
