@@ -12,7 +12,7 @@ store and waited for until the waypoint ACKs it:
 - `log-on`: a Telemetry turning on the JSON access log (one line per request, to the log file)
 - `authz-100+log`: both
 
-    python benchmarks/l7.py            # full: about 2 minutes on 2 CPUs
+    python benchmarks/l7.py            # full: about 3 minutes on 2 CPUs
     python benchmarks/l7.py --quick    # smoke run, about 40 s
 
 Writes benchmarks/results/l7.{json,md} (`--quick`: l7-quick.{json,md}). All traffic stays on
@@ -162,9 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="one round of short runs")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results directory (default: %(default)s)")
     ap.add_argument("--connections", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=None, help="rounds over the configurations (default 5; quick 1)")
     args = ap.parse_args(argv)
     envoy = find_envoy()
-    rounds, duration = (1, 2.0) if args.quick else (3, 4.0)
+    rounds, duration = (1, 2.0) if args.quick else (5, 4.0)
+    rounds = args.rounds or rounds
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mw-l7-") as tmp_name:
