@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..mesh.view import PodInfo
-from .protos import typed
+from .build_telemetry import build_stdout_log
 
 Body = dict[str, Any]
 _COMMON = {
@@ -26,9 +26,7 @@ _COMMON = {
 
 
 def _log(fields: Body) -> Body:
-    return {"name": "envoy.access_loggers.file", "typed_config": typed(
-        "envoy.extensions.access_loggers.file.v3.FileAccessLog", path="/dev/stdout",
-        log_format={"json_format": {**_COMMON, **fields}, "omit_empty_values": True})}
+    return build_stdout_log({"json_format": {**_COMMON, **fields}, "omit_empty_values": True})
 
 
 def build_outbound_log(identity: str, service: str | None = None, waypoint: str | None = None) -> Body:

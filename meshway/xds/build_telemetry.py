@@ -46,6 +46,12 @@ _EXPR = re.compile(r"^\s*response\.code\s*(>=|<=|==|!=|>|<)\s*(\d{3})\s*$")
 _OPS = {">=": ("GE", 0), ">": ("GE", 1), "<=": ("LE", 0), "<": ("LE", -1), "==": ("EQ", 0)}
 
 
+def build_stdout_log(log_format: Body) -> Body:
+    """A file access logger on the proxy's stdout (its log file, read by `meshway logs`)."""
+    return {"name": "envoy.access_loggers.file", "typed_config": typed(
+        "envoy.extensions.access_loggers.file.v3.FileAccessLog", path="/dev/stdout", log_format=log_format)}
+
+
 def _refs(t: Telemetry) -> list:
     return list(t.spec.targetRefs or []) + ([t.spec.targetRef] if t.spec.targetRef else [])
 
@@ -102,9 +108,7 @@ def build_access_logs(logging: list | None, problems: list[str]) -> list[Body]:
         if not any(p in ("envoy", "stdout") for p in providers):
             problems.append(f"access log providers {providers} are not configured (available: envoy)")
             continue
-        log: Body = {"name": "envoy.access_loggers.file", "typed_config": typed(
-            "envoy.extensions.access_loggers.file.v3.FileAccessLog", path="/dev/stdout",
-            log_format={"json_format": JSON_FORMAT})}
+        log = build_stdout_log({"json_format": JSON_FORMAT})
         if entry.filter:
             built = build_filter(entry.filter.expression)
             if built is None:
