@@ -42,7 +42,7 @@ from dataplane import tool_versions  # noqa: E402
 from selection import machine_info  # noqa: E402
 
 from meshway import labels as L  # noqa: E402
-from meshway.cli.envoy_admin import AdminError, fetch_admin  # noqa: E402
+from meshway.runtime.envoy_admin import AdminError, fetch_admin  # noqa: E402
 from meshway.model import find_kind, load_yaml  # noqa: E402
 from meshway.runtime.daemon import controlplane_pid, stop_all  # noqa: E402
 from meshway.runtime.envoy import find_envoy  # noqa: E402

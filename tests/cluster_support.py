@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from meshway.cli.envoy_admin import fetch_admin
+from meshway.runtime.envoy_admin import fetch_admin
 from meshway.model import find_kind, load_yaml
 from meshway.runtime.daemon import start_controlplane, stop_all
 from meshway.runtime.netns import cluster_id, detect_capability, pod_netns_name

@@ -14,7 +14,7 @@ import pytest
 
 from xds_support import ENVOY
 
-from meshway.cli.envoy_admin import fetch_admin
+from meshway.runtime.envoy_admin import fetch_admin
 from meshway.model import find_kind, load_yaml
 from meshway.runtime.controlplane import ControlPlane
 from meshway.runtime.daemon import controlplane_pid, start_controlplane, stop_all

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from xds_support import BOOKINFO, ENVOY, GOLDEN, TRAFFIC, live_controlplane
 
-from meshway.cli.envoy_admin import fetch_admin
+from meshway.runtime.envoy_admin import fetch_admin
 from meshway.mesh.view import ServiceInfo
 from meshway.model import find_kind, load_yaml
 from meshway.model.istio import EnvoyFilter

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from cluster_support import Mesh, cluster_fixture
-from meshway.cli.envoy_admin import fetch_admin
+from meshway.runtime.envoy_admin import fetch_admin
 from meshway.model import find_kind, load_yaml
 
 mesh = cluster_fixture()

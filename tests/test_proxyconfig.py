@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from meshway.cli import configdump as D
 from meshway.cli import proxyconfig  # noqa: F401  (registers `proxy-config` and `pc`)
-from meshway.cli.envoy_admin import AdminError, fetch_admin
+from meshway.runtime.envoy_admin import AdminError, fetch_admin
 from meshway.cli.main import cli
 from meshway.cli.proxyconfig import find_replica, split_target
 

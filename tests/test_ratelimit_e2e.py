@@ -10,7 +10,7 @@ import sys
 import time
 
 from cluster_support import REVIEWS, Mesh, cluster_fixture, via_waypoint
-from meshway.cli.envoy_admin import fetch_admin
+from meshway.runtime.envoy_admin import fetch_admin
 from meshway.model import find_kind, load_yaml
 
 mesh = cluster_fixture()

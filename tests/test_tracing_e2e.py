@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from cluster_support import Mesh, cluster_fixture
-from meshway.cli.envoy_admin import fetch_admin
+from meshway.runtime.envoy_admin import fetch_admin
 from meshway.model import find_kind, load_yaml
 from xds_support import GOLDEN
 

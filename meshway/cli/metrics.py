@@ -22,7 +22,7 @@ from ..runtime.monitoring import SCRAPE_PATH
 from ..xds.stat_tags import find_workload_name
 from . import printers as P
 from .controlplane import load_proxy_status
-from .envoy_admin import AdminError, fetch_admin
+from ..runtime.envoy_admin import AdminError, fetch_admin
 from .main import Ctx, cli, pass_ctx
 from .proxyconfig import split_target
 

@@ -15,7 +15,7 @@ import click
 from . import configdump as D
 from . import printers as P
 from .controlplane import load_proxy_status
-from .envoy_admin import AdminError, fetch_admin
+from ..runtime.envoy_admin import AdminError, fetch_admin
 from .main import Ctx, cli, pass_ctx
 
 Body = dict[str, Any]

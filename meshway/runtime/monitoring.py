@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .. import __version__
-from ..cli.envoy_admin import AdminError, fetch_admin
+from .envoy_admin import AdminError, fetch_admin
 from ..observe.metrics import Family, Sample, build_istio_metrics, merge_families, write_text
 from ..xds.stream import Acked, Event, Nacked, Sent
 
