@@ -122,7 +122,20 @@ spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, p
         mesh.wait_until(lambda: via_waypoint(mesh.requests(ip, 1)[0]), 2, "pod-IP traffic via the pod waypoint")
         results = mesh.requests(ip, 10)
         assert all(r[0] == 200 and via_waypoint(r) and r[2] == "v2" for r in results), results
+        # A policy for the whole waypoint applies to traffic addressed to its pods too.
+        mesh.store.apply(load_yaml("""
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: pod-waypoint-no-delete, namespace: default}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: pod-waypoint}]
+  action: DENY
+  rules: [{to: [{operation: {methods: [DELETE]}}]}]
+""", "ap.yaml"))
+        mesh.wait_until(lambda: mesh.requests(ip, 1, method="DELETE")[0][0] == 403, 5, "DENY on the pod waypoint")
+        assert mesh.requests(ip, 1)[0][0] == 200
     finally:
+        mesh.store.delete([(find_kind("ap"), "default", "pod-waypoint-no-delete")], ignore_not_found=True)
         mesh.label("pod", target["metadata"]["name"], {}, remove=("istio.io/use-waypoint",))
         mesh.store.delete([(find_kind("gtw"), "default", "pod-waypoint")])
 

@@ -149,24 +149,25 @@ def _app_protocol_matcher(http_chain: str, tcp_chain: str) -> Body:
         "on_no_match": _chain_action(tcp_chain)}
 
 
-def _no_authz(svc: ServiceInfo, network: bool) -> list[Body]:
+def _no_authz(svc: ServiceInfo | None, network: bool) -> list[Body]:
     return []
 
 
-def _no_logs(svc: ServiceInfo) -> list[Body]:
+def _no_logs(svc: ServiceInfo | None) -> list[Body]:
     return []
 
 
-def _no_tracing(svc: ServiceInfo) -> Body | None:
+def _no_tracing(svc: ServiceInfo | None) -> Body | None:
     return None
 
 
 def build_main_internal(scope: WaypointScope, route_for: Callable[[ServiceInfo, int], Body],
-                        authz_for: Callable[[ServiceInfo, bool], list[Body]] = _no_authz,
-                        logs_for: Callable[[ServiceInfo], list[Body]] = _no_logs,
-                        tracing_for: Callable[[ServiceInfo], Body | None] = _no_tracing) -> Body:
+                        authz_for: Callable[[ServiceInfo | None, bool], list[Body]] = _no_authz,
+                        logs_for: Callable[[ServiceInfo | None], list[Body]] = _no_logs,
+                        tracing_for: Callable[[ServiceInfo | None], Body | None] = _no_tracing) -> Body:
     """`route_for(service, port)` returns the inline route config of an HTTP chain; `authz_for(service,
-    network)` its RBAC filters (HTTP or network)."""
+    network)` its RBAC filters (HTTP or network); the callbacks get `None` for the chains of traffic
+    addressed to a bound pod, which only waypoint-wide config applies to."""
     chains: list[Body] = []
     ranges: list[Body] = []
     for svc in scope.services:
@@ -191,13 +192,15 @@ def build_main_internal(scope: WaypointScope, route_for: Callable[[ServiceInfo, 
                                "input": {"name": "port", "typed_config": typed(
                                    "envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput")},
                                "exact_match_map": {"map": port_map}}}}})
+    # Traffic addressed to a bound pod: the waypoint-wide policies and telemetry (`None`: no service).
     chains += [
-        {"name": "direct-tcp", "filters": [_keep_destination(), _tcp_proxy("encap")]},
+        {"name": "direct-tcp", "filters": [_keep_destination(), *authz_for(None, True), _tcp_proxy("encap")]},
         {"name": "direct-http", "filters": [_keep_destination(), build_hcm("inbound_0.0.0.0_0;", {
             "name": "encap", "validate_clusters": False, "virtual_hosts": [{
                 "name": "inbound|http|0", "domains": ["*"],
                 "routes": [{"name": "default", "match": {"prefix": "/"},
-                            "route": {"cluster": "encap", "timeout": "0s"}}]}]})]},
+                            "route": {"cluster": "encap", "timeout": "0s"}}]}]},
+            False, authz_for(None, False), logs_for(None), tracing_for(None))]},
     ]
     pod_ips = [p.ip for p in scope.workloads if p.ip]
     if pod_ips:

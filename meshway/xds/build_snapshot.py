@@ -174,39 +174,42 @@ def build_waypoint_config(view: MeshView, proxy: Proxy, secrets: dict[str, Body]
 
     applied = {(s.kind, s.namespace, s.name): find_waypoint_policies(policies, wp.namespace, wp.name, s.namespace,
                                                                      s.name, s.kind) for s in scope.services}
+    applied[None] = find_waypoint_policies(policies, wp.namespace, wp.name)  # direct chains: waypoint-wide ones
     ext_authz = build_ext_authz_setup(view, applied.values(), dial)
     clusters.update(ext_authz.clusters)
     endpoints.update(ext_authz.endpoints)
     for where, message in ext_authz.problems:
         problems.add(where, message)
 
-    def authz_for(svc: ServiceInfo, network: bool) -> list[Body]:
-        chain = applied[(svc.kind, svc.namespace, svc.name)]
+    def authz_for(svc: ServiceInfo | None, network: bool) -> list[Body]:
+        """`svc` None: the chains of traffic addressed to a bound pod (waypoint-wide config only)."""
+        chain = applied[(svc.kind, svc.namespace, svc.name) if svc else None]
         return build_custom_filters(chain, ext_authz, network) + build_rbac_filters(chain, WAYPOINT, network)
 
     telemetries = [Telemetry.model_validate(b, strict=False) for b in view.config.get("Telemetry", ())]
 
-    def logs_for(svc: ServiceInfo) -> list[Body]:
+    def logs_for(svc: ServiceInfo | None) -> list[Body]:
         notes: list[str] = []
-        logs = build_access_logs(find_access_logging(telemetries, wp.namespace, wp.name, svc.namespace, svc.name),
-                                 notes)
+        ns, name = (svc.namespace, svc.name) if svc else ("", "")
+        logs = build_access_logs(find_access_logging(telemetries, wp.namespace, wp.name, ns, name), notes)
         for note in notes:
-            problems.add(f"Telemetry for {svc.namespace}/{svc.name}", note)
+            problems.add(f"Telemetry for {ns or wp.namespace}/{name or wp.name}", note)
         return logs
 
     mesh = find_mesh_config(view)
 
-    def tracing_for(svc: ServiceInfo) -> Body | None:
+    def tracing_for(svc: ServiceInfo | None) -> Body | None:
         notes: list[str] = []
+        ns, name = (svc.namespace, svc.name) if svc else ("", "")
         decision = find_tracing(telemetries, mesh.defaultProviders and mesh.defaultProviders.tracing, wp.namespace,
-                                wp.name, svc.namespace, svc.name)
+                                wp.name, ns, name)
         tracing, collector = build_tracing(decision, mesh, view, proxy, dial, notes)
         if collector:
             clusters[collector.cluster["name"]] = collector.cluster
             if collector.endpoints is not None:
                 endpoints[collector.cluster["name"]] = collector.endpoints
         for note in notes:
-            problems.add(f"Telemetry for {svc.namespace}/{svc.name}", note)
+            problems.add(f"Telemetry for {ns or wp.namespace}/{name or wp.name}", note)
         return tracing
 
     listeners = {li["name"]: li for li in (build_connect_terminate(proxy),
