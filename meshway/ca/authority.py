@@ -1,6 +1,6 @@
 """The mesh CA: a root kept on disk and workload certificates issued from it, cached in memory.
 
-Files (under `<state_dir>/ca/`): `root-key.pem` (mode 0600) and `root-cert.pem`. Each is written
+Files (under `<state_dir>/ca/`, a 0700 folder): `root-key.pem` and `root-cert.pem` (0600). Each is written
 atomically (temp file, fsync, rename, fsync of the directory), the key first, so the certificate is
 the commit marker: a key without a certificate is a crashed first start and is replaced; a
 certificate without its key is an error, never silently replaced (every issued identity hangs on
@@ -16,8 +16,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
+from datetime import timedelta
+
 from cryptography import x509
 
+from ..private import make_private_dir
 from .certs import (DEFAULT_TRUST_DOMAIN, WORKLOAD_LIFETIME, PrivateKey, WorkloadCert, build_root,
                     build_workload, cert_from_pem, cert_to_pem, detect_key_matches, detect_needs_renewal,
                     key_from_pem, key_to_pem, spiffe_id)
@@ -38,9 +41,13 @@ def utc_now() -> datetime:
 
 
 class CertificateAuthority:
-    def __init__(self, state_dir: Path, clock: Clock = utc_now, trust_domain: str = DEFAULT_TRUST_DOMAIN):
+    def __init__(self, state_dir: Path, clock: Clock = utc_now, trust_domain: str = DEFAULT_TRUST_DOMAIN,
+                 workload_lifetime: timedelta = WORKLOAD_LIFETIME):
+        if workload_lifetime <= timedelta(0):
+            raise ValueError(f"the workload certificate lifetime must be positive, not {workload_lifetime}")
         self.dir = Path(state_dir) / "ca"
         self.trust_domain = trust_domain
+        self.workload_lifetime = workload_lifetime  # istiod's SECRET_TTL
         self._clock = clock
         self._lock = threading.Lock()
         self._issued: dict[str, tuple[WorkloadCert, x509.Certificate]] = {}
@@ -58,20 +65,23 @@ class CertificateAuthority:
             cached = self._issued.get(identity)
             if cached and not detect_needs_renewal(cached[1], now):
                 return cached[0]
-            issued = build_workload(self._root_cert, self._root_key, identity, now, WORKLOAD_LIFETIME)
+            issued = build_workload(self._root_cert, self._root_key, identity, now, self.workload_lifetime)
             self._issued[identity] = issued
             return issued[0]
 
     # -- disk ------------------------------------------------------------------------------------
     def _load_or_create_root(self) -> tuple[x509.Certificate, PrivateKey]:
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(self.dir)
         cert_path, key_path = self.dir / ROOT_CERT_FILE, self.dir / ROOT_KEY_FILE
         with _exclusive(self.dir / LOCK_FILE):
             if cert_path.exists():
+                for path in (cert_path, key_path):  # written 0644 by earlier versions
+                    if path.exists():
+                        os.chmod(path, 0o600)
                 return _load_root(cert_path, key_path)
             cert, key = build_root(self._clock(), self.trust_domain)
             write_atomic(key_path, key_to_pem(key), 0o600)
-            write_atomic(cert_path, cert_to_pem(cert), 0o644)
+            write_atomic(cert_path, cert_to_pem(cert), 0o600)
             return cert, key
 
 
@@ -112,6 +122,7 @@ def write_atomic(path: Path, text: str, mode: int) -> None:
 def _exclusive(lock_path: Path) -> Iterator[None]:
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
+        os.fchmod(fd, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:

@@ -3,6 +3,12 @@
 All protocol decisions live in `meshway.xds.stream`; all state worth keeping lives in the
 `SnapshotCache`. A handler reads the node id from the first request, then waits for whichever comes
 first, the next request or a new snapshot for that node, and writes what the stream returns.
+
+Authentication: given `authenticate` (a predicate on the first request's `Node`, e.g.
+`meshway.ca.tokens.ProxyTokens.authenticate`), a stream whose node does not prove its id is ended
+with PERMISSION_DENIED before anything is sent, logged and counted in `denied`. A proven stream
+receives only what that node's snapshot holds: a secret name not in it is never served. The socket
+is 0600 in a 0700 folder whatever the umask.
 """
 from __future__ import annotations
 
@@ -16,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from envoy.config.core.v3.base_pb2 import Node
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
+from ..private import make_private, make_private_dir
 from .cache import SnapshotCache
 from .stream import Acked, DeltaStream, Event, Nacked, Sent, SotwStream
 
@@ -27,9 +35,12 @@ StreamFactory = Callable[..., SotwStream | DeltaStream]
 
 
 class XdsServer:
-    def __init__(self, cache: SnapshotCache, on_event: Callable[[str, Event], None] | None = None) -> None:
+    def __init__(self, cache: SnapshotCache, on_event: Callable[[str, Event], None] | None = None,
+                 authenticate: Callable[[Node], bool] | None = None) -> None:
         self.cache = cache
         self.on_event = on_event  # also told every stream event (node id, event), e.g. for metrics
+        self.authenticate = authenticate  # None: any node id is believed (tests of the protocol only)
+        self.denied: Counter[str] = Counter()  # refused streams by the node id they claimed
         self.connected: set[str] = set()  # node ids with at least one open ADS stream
         self.socket_path: Path | None = None
         self._streams: Counter[str] = Counter()
@@ -37,13 +48,14 @@ class XdsServer:
 
     async def start(self, socket_path: str | os.PathLike[str]) -> None:
         path = Path(socket_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # left over from a previous run; binding would fail
         server = grpc.aio.server()
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
         if server.add_insecure_port(f"unix:{path}") == 0:
             raise OSError(f"cannot listen on unix:{path}")
+        make_private(path)  # bound by now; nobody else could reach it inside the 0700 folder anyway
         await server.start()
         self._server, self.socket_path = server, path
 
@@ -62,6 +74,10 @@ class XdsServer:
         node_id = first.node.id
         if not node_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id")
+        if self.authenticate is not None and not self.authenticate(first.node):
+            self.denied[node_id] += 1
+            log.warning("refused an xDS stream claiming node %s: its credential does not match", node_id)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"no valid credential for node {node_id}")
         generation = self.cache.generation(node_id)
         stream = make_stream(node_id, self.cache.get(node_id), lambda event: self._record(node_id, event))
         self._connect(node_id)
