@@ -407,12 +407,28 @@ def test_namespace_label_then_ready_then_unlabel(store):
     assert "conditions" not in (store.get(find_kind("svc"), "default", "reviews").get("status") or {})
 
 
-def test_waypoint_becoming_unready_unbinds_service(store):
+def test_waypoint_losing_its_replicas_keeps_the_binding(store):
+    """Only the first readiness gates binding: a waypoint that was ready keeps its services when its
+    replicas go away (the Gateway's addresses stay), so traffic fails at it rather than bypassing it."""
     apply(store, WORLD)
     set_labels(store, "namespace", None, "default", {USE: "waypoint"})
     make_waypoint_ready(store, "default", "waypoint")
     assert bound_condition(store, *SVC)["reason"] == ACCEPTED
     make_waypoint_unready(store, "default", "waypoint")
+    d = decide(store, *SVC)
+    assert (d.reason, d.waypoint, d.ready) == (ACCEPTED, "default/waypoint", False)
+    assert "never bypass" in d.rules[-1]
+    cond = bound_condition(store, *SVC)
+    assert (cond["status"], cond["reason"]) == ("True", ACCEPTED)
+    gateway = store.get(find_kind("gateway"), "default", "waypoint")
+    programmed = next(c for c in gateway["status"]["conditions"] if c["type"] == "Programmed")
+    assert (programmed["status"], programmed["reason"]) == ("False", "AddressNotAssigned")
+    assert gateway["status"]["addresses"]  # never removed once reported
+
+
+def test_waypoint_never_ready_does_not_bind(store):
+    apply(store, WORLD)
+    set_labels(store, "namespace", None, "default", {USE: "waypoint"})
     d = decide(store, *SVC)
     assert (d.reason, d.waypoint, d.ready) == (NOT_READY, "default/waypoint", False)
     cond = bound_condition(store, *SVC)
@@ -545,6 +561,20 @@ def test_gateway_non_hbone_listener_unsupported(store, listener):
     assert (conds["Accepted"]["status"], conds["Accepted"]["reason"], conds["Accepted"]["message"]) == \
         ("False", "UnsupportedProtocol", 'Expected a single listener on port 15008 with protocol "HBONE"')
     assert status["supportedKinds"] == []
+
+
+def test_waypoint_without_hbone_listener_is_not_programmed_and_binds_nothing(store):
+    apply(store, WORLD + gateway("bad", listener="{name: http, port: 80, protocol: HTTP}"))
+    make_waypoint_ready(store, "default", "bad")  # its replica runs; the Gateway is still unusable
+    gw = store.get(find_kind("gateway"), "default", "bad")
+    conds = {c["type"]: c for c in gw["status"]["conditions"]}
+    assert (conds["Programmed"]["status"], conds["Programmed"]["reason"]) == ("False", "Invalid")
+    assert (conds["Accepted"]["status"], conds["Accepted"]["reason"]) == ("False", "ListenersNotValid")
+    assert "addresses" not in gw["status"]
+    set_labels(store, "svc", "default", "reviews", {USE: "bad"})
+    d = decide(store, *SVC)
+    assert (d.reason, d.ready) == (NOT_READY, False)
+    assert "15008" in d.rules[-1]
 
 
 def test_gateway_extra_listener_unsupported_hbone_listener_accepted(store):

@@ -3,7 +3,9 @@ decision record (istio-facts §3; Istio's waypoints.go fetchWaypointForTarget/Se
 
 Order of checks: opt-out and labels, the named waypoint's existence, its traffic type, its
 allowedRoutes, ServiceEntry visibility, and last its readiness, so that a configuration error
-is reported as such even before the waypoint runs.
+is reported as such even before the waypoint runs. Readiness gates binding only the first time: a
+waypoint that has been ready keeps its destinations when its replicas are lost (Istio binds by the
+Gateway's addresses, which are never removed), so traffic never bypasses it.
 """
 from __future__ import annotations
 
@@ -159,11 +161,22 @@ def _decide(view: MeshView, dest: Destination, labels: Mapping[str, str], addres
               "another namespace")
         return t.done(CROSS_NS, f"{what} has NAMESPACE visibility, so it cannot bind to waypoint {requested} in "
                                 "another namespace.", requested=requested)
-    if not wp.ready:
-        t.add(f"waypoint {requested} is not ready (no ready replica; Gateway not Programmed)")
+    if not wp.valid:
+        t.add(f"waypoint {requested} has no listener on port 15008 with protocol HBONE, so it is not programmed")
+        return t.done(NOT_READY, f"Traffic to {what} is meant for waypoint {requested}, but the waypoint is not "
+                                 "programmed (it needs a listener on port 15008 with protocol HBONE), so traffic "
+                                 "goes directly to the destination.", waypoint=requested, requested=requested)
+    if not wp.bound:
+        t.add(f"waypoint {requested} has never been ready (no ready replica yet; Gateway has no addresses)")
         return t.done(NOT_READY, f"Traffic to {what} is meant for waypoint {requested}, but the waypoint is not "
                                  "ready, so until it is traffic goes directly to the destination.",
                       waypoint=requested, requested=requested)
+    if not wp.ready:
+        t.add(f"waypoint {requested} has addresses (it was ready before) but no ready replica now: the binding "
+              "stays, so requests wait or fail at the waypoint and never bypass its policies")
+        return t.done(ACCEPTED, f"Traffic addressed to {what} goes through waypoint {requested}, which has no ready "
+                                "replica right now: requests fail until one is ready (they never bypass it).",
+                      waypoint=requested, ready=False, requested=requested)
     t.add(f"waypoint {requested} is ready")
     return t.done(ACCEPTED, f"Traffic addressed to {what} goes through waypoint {requested}.",
                   waypoint=requested, ready=True, requested=requested)

@@ -81,7 +81,11 @@ def build_listener_status(listener: Body) -> Body:
 def build_gateway_status(wp: WaypointInfo, gateway: Body, service: Body | None) -> tuple[list[Body], Body]:
     """(Gateway conditions, the rest of status: listeners and addresses) for a waypoint Gateway."""
     host = f"{wp.hostname}"
-    if service is None:
+    accepted = _cond("Accepted", True, "Accepted", "Resource accepted")
+    if not wp.valid:
+        accepted = _cond("Accepted", False, "ListenersNotValid", f"Invalid listeners: {_BAD_LISTENER}")
+        programmed = _cond("Programmed", False, "Invalid", f"Not programmed: {_BAD_LISTENER}")
+    elif service is None:
         programmed = _cond("Programmed", False, "AddressNotUsable",
                            f'Failed to assign to any requested addresses: hostname "{host}" not found')
     elif wp.ready:
@@ -91,8 +95,7 @@ def build_gateway_status(wp: WaypointInfo, gateway: Body, service: Body | None) 
         programmed = _cond("Programmed", False, "AddressNotAssigned",
                            f'Failed to assign to any requested addresses: no instances found for hostname "{host}"')
     # Programmed last: `waypoint status` shows the last condition when Programmed is not True.
-    conditions = [_cond("Accepted", True, "Accepted", "Resource accepted"),
-                  _cond("ResolvedRefs", True, "ResolvedRefs", "All references resolved"), programmed]
+    conditions = [accepted, _cond("ResolvedRefs", True, "ResolvedRefs", "All references resolved"), programmed]
     addresses = list((gateway.get("status") or {}).get("addresses") or [])
     if wp.ready and service is not None:
         spec = service.get("spec", {})

@@ -75,8 +75,13 @@ class WaypointInfo:
     allowed_from: str
     allowed_selector: Body | None
     service_name: str
-    ready: bool
+    ready: bool  # a replica is ready now
     uid: str
+    # Destinations bind once the waypoint has been ready (its Gateway has status.addresses, which are
+    # never removed), as Istio binds by the Gateway's addresses: losing every replica afterwards does
+    # not unbind anything, so traffic waits or fails at the waypoint instead of bypassing its policy.
+    bound: bool = False
+    valid: bool = True  # it has the one listener a waypoint needs (15008/HBONE)
 
     @property
     def key(self) -> str:
@@ -161,9 +166,12 @@ def build_waypoint(gateway: Body, classes: Mapping[str, Body], ready: bool) -> W
     listener = find_hbone_listener(gateway) or {}
     namespaces = (listener.get("allowedRoutes") or {}).get("namespaces") or {}
     annotations = meta.get("annotations") or {}
+    valid = bool(listener)
+    ready = ready and valid
+    bound = valid and (ready or bool((gateway.get("status") or {}).get("addresses")))
     return WaypointInfo(meta["namespace"], meta["name"], _frozen(labels), spec["gatewayClassName"], traffic, source,
                         namespaces.get("from", "Same"), namespaces.get("selector"),
-                        annotations.get(L.NAME_OVERRIDE, meta["name"]), ready, meta.get("uid", ""))
+                        annotations.get(L.NAME_OVERRIDE, meta["name"]), ready, meta.get("uid", ""), bound, valid)
 
 
 def detect_deployment_ready(deployment: Body | None) -> bool:

@@ -132,15 +132,18 @@ class _Outbound:
     def waypoint_cluster(self, wp_key: str) -> str | None:
         ns, name = wp_key.split("/", 1)
         wp = self.view.waypoints.get((ns, name))
-        pods = [p for p in self.view.pods.values() if p.namespace == ns and p.ready and p.ip
-                and p.labels.get(L.GATEWAY_NAME) == name]
-        if wp is None or not pods:
+        if wp is None:
             return None
+        # A bound waypoint is never skipped: its ready replicas, else whichever replicas exist (a
+        # restarting one accepts again as soon as it is up), else none, and connections fail.
+        replicas = [p for p in self.view.pods.values() if p.namespace == ns and p.ip
+                    and p.labels.get(L.GATEWAY_NAME) == name]
+        pods = [p for p in replicas if p.ready] or replicas
         cluster = f"waypoint|{self.h}|{wp_key}"
+        endpoints = [{"endpoint": {"address": {"socket_address": {"address": p.ip, "port_value": INBOUND_PORT}}}}
+                     for p in sorted(pods, key=lambda p: p.name)]
         self.clusters[cluster] = _h2_tls_cluster(cluster, self.identity, self.td, type="STATIC", load_assignment={
-            "cluster_name": cluster, "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": {"socket_address": {"address": p.ip, "port_value": INBOUND_PORT}}}}
-                for p in sorted(pods, key=lambda p: p.name)]}]})
+            "cluster_name": cluster, "endpoints": [{"lb_endpoints": endpoints}] if endpoints else []})
         return cluster
 
     def chain(self, name: str, filters: list[Body]) -> str:
