@@ -277,7 +277,7 @@ def test_bootstrap_shape(tmp_path: Path) -> None:
         "api_type": "DELTA_GRPC", "transport_api_version": "V3",
         "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}], "set_node_on_first_message_only": True}
     assert delta["node"] == {"id": "n", "cluster": "c", "metadata": {"k": "v"}}
-    assert delta["admin"] == {"address": {"pipe": {"path": "/x/admin.sock"}}}
+    assert delta["admin"] == {"address": {"pipe": {"path": "/x/admin.sock", "mode": 0o600}}}
     [xds] = delta["static_resources"]["clusters"]
     assert xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == {
         "pipe": {"path": "/x/ads.sock"}}

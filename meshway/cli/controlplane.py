@@ -5,6 +5,7 @@ import asyncio
 import json
 import logging
 import signal
+from datetime import timedelta
 
 import click
 
@@ -23,11 +24,16 @@ from .main import Ctx, cli, pass_ctx
 @click.option("--metrics-addr", default=None, metavar="HOST:PORT",
               help="Serve Prometheus metrics on http://HOST:PORT/metrics: the control plane's own and the "
                    "Istio metrics of every proxy (port 0: any free port, written to run/metrics-address).")
+@click.option("--secret-ttl", envvar="SECRET_TTL", default="24h", show_default=True, metavar="DURATION",
+              help="Lifetime of workload certificates (istiod's SECRET_TTL; Go duration: 24h, 2m, 90s); "
+                   "renewed at half life. Env: SECRET_TTL.")
 @pass_ctx
 def controlplane(c: Ctx, sotw: bool, verbose: bool, cluster_mode: bool, nodes: int | None,
-                 stop_proxies_on_exit: bool, metrics_addr: str | None) -> None:
+                 stop_proxies_on_exit: bool, metrics_addr: str | None, secret_ttl: str) -> None:
     """Run the control plane in the foreground: store watch, translation, ADS/SDS, waypoint replicas."""
     from ..runtime.controlplane import ControlPlane
+
+    ttl = parse_secret_ttl(secret_ttl)
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -42,7 +48,8 @@ def controlplane(c: Ctx, sotw: bool, verbose: bool, cluster_mode: bool, nodes: i
         if nodes:
             c.store.set_nodes(nodes)
         cluster = ClusterRuntime(c.store.state_dir, c.store.node_count())
-    cp = ControlPlane(c.store.state_dir, delta=not sotw, cluster=cluster, metrics_addr=metrics_addr)
+    cp = ControlPlane(c.store.state_dir, delta=not sotw, cluster=cluster, metrics_addr=metrics_addr,
+                      secret_ttl=ttl)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -55,6 +62,22 @@ def controlplane(c: Ctx, sotw: bool, verbose: bool, cluster_mode: bool, nodes: i
     asyncio.run(main())
     if stop_proxies_on_exit:
         cp.stop_proxies()
+
+
+MIN_SECRET_TTL = timedelta(seconds=2)  # certificates carry whole seconds; renewal at half life
+
+
+def parse_secret_ttl(text: str) -> timedelta:
+    from ..model.durations import parse_duration
+
+    try:
+        ttl = timedelta(seconds=parse_duration(text.strip()))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--secret-ttl' / SECRET_TTL") from None
+    if ttl < MIN_SECRET_TTL:
+        raise click.BadParameter(f"{text!r} is shorter than {MIN_SECRET_TTL.total_seconds():g}s",
+                                 param_hint="'--secret-ttl' / SECRET_TTL")
+    return ttl
 
 
 def load_proxy_status(c: Ctx) -> dict:

@@ -4,6 +4,13 @@ makes its Gateway Programmed and its services WaypointAccepted).
 
 This is the I/O shell; decisions and translation are the pure functions of `meshway.mesh` and
 `meshway.xds`. Pushes are debounced and only proxies whose snapshot version changed get one.
+
+Security: the state folder, run folders and sockets are owner-only (`meshway.private`); every Envoy
+it starts carries a per-node xDS token in its bootstrap and the ADS server refuses streams without
+the token of the node id they claim (`meshway.ca.tokens`); a waypoint's snapshot holds only its
+own service account's certificate and ROOTCA, a node proxy's only the identities of the pods on its
+node and ROOTCA. Workload certificates live `secret_ttl` (istiod's SECRET_TTL) and are renewed at
+half life by the periodic resync, which runs at least every quarter of the lifetime.
 """
 from __future__ import annotations
 
@@ -11,15 +18,19 @@ import asyncio
 import json
 import logging
 import os
+import subprocess
 import time
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 
 from .. import __version__
 from .. import labels as L
-from ..ca import CertificateAuthority, build_secrets
+from ..ca import WORKLOAD_LIFETIME, CertificateAuthority, build_secrets
+from ..ca.tokens import TOKEN_METADATA, ProxyTokens
 from ..ca.sds import build_certificate_secret, build_root_secret
 from ..model.registry import BY_KIND
+from ..private import make_private, make_private_dir, write_private
 from ..xds.build_ztunnel import NodeProxy, build_ztunnel_config, find_local_pods, find_service_backends
 from ..mesh.view import XDS_KINDS, MeshView, expand_kinds
 from ..store import Expired, Store
@@ -33,7 +44,7 @@ from ..xds.scope import WaypointScope, find_scope
 from ..xds.server import XdsServer
 from ..xds.validate import ValidationCache
 from .envoy import EnvoyPaths, find_envoy, read_pid, start_envoy, stop_envoy
-from .capture import apply_capture_rules
+from .capture import apply_capture_rules, apply_service_nat
 from .monitoring import ControlPlaneMetrics, MetricsServer, fetch_proxy_metrics, find_scrape_targets
 from .placement import LoopbackPlacement, NetnsPlacement, Replica, replica_dir_name, replica_sock_dir, socket_dir
 
@@ -86,13 +97,16 @@ def find_replicas(view: MeshView) -> list[Replica]:
 class ControlPlane:
     def __init__(self, state_dir: Path | str, placement=None, delta: bool = True, debounce: float = 0.05,
                  poll: float = 0.05, envoy: str | None = None, resync: float = 60.0, cluster=None,
-                 metrics_addr: str | None = None):
-        self.state_dir = Path(state_dir)
+                 metrics_addr: str | None = None, secret_ttl: timedelta = WORKLOAD_LIFETIME):
+        self.state_dir = make_private_dir(state_dir)
         self.store = Store(self.state_dir)
-        self.ca = CertificateAuthority(self.state_dir)
+        for db_file in self.state_dir.glob("store.db*"):  # SQLite gives its -wal/-shm the db's mode
+            make_private(db_file)
+        self.ca = CertificateAuthority(self.state_dir, workload_lifetime=secret_ttl)
+        self.tokens = ProxyTokens(self.state_dir)
         self.cache = SnapshotCache()
         self.metrics = ControlPlaneMetrics()
-        self.server = XdsServer(self.cache, on_event=self.metrics.on_event)
+        self.server = XdsServer(self.cache, on_event=self.metrics.on_event, authenticate=self.tokens.authenticate)
         self.metrics_addr = metrics_addr  # host:port of the Prometheus endpoint (monitoring), if any
         self.monitor: MetricsServer | None = None
         self.cluster = cluster  # ClusterRuntime: pods in network namespaces, node proxies (ztunnel)
@@ -105,13 +119,15 @@ class ControlPlane:
         self.run_dir = self.state_dir / "run"
         self.ads_socket = socket_dir(self.state_dir) / "xds.sock"
         self.builds = 0
-        self.resync = resync  # periodic rebuild: renews certificates well before they expire
+        # Periodic rebuild: renews certificates (at half life) well before they expire.
+        self.resync = min(resync, secret_ttl.total_seconds() / 4)
         self._status_text = ""
         self._reported: dict[tuple[str, str, str], str] = {}
         self._filter_status: dict[str, dict] = {}
         self.validation: ValidationCache | None = None
         self._next_drain_sync = float("inf")
         self._nodes_due = float("inf")
+        self._service_nat: dict[tuple[str, str], tuple] = {}  # (ns, pod) -> the service NAT installed in it
 
     # -- translation ------------------------------------------------------------------------------
     def _proxy(self, r: Replica) -> Proxy:
@@ -198,6 +214,7 @@ class ControlPlane:
                 paths = EnvoyPaths(self.run_dir / "proxies" / replica_dir_name(replica),
                                    replica_sock_dir(self.state_dir, replica))
                 state = self.replicas[node_id] = ReplicaState(replica, node_id, paths)
+                self._stop_without_credential(paths, node_id)
             started = time.perf_counter()
             self._push(state)
             self.metrics.observe_build("waypoint", time.perf_counter() - started)
@@ -234,6 +251,7 @@ class ControlPlane:
                 paths = EnvoyPaths(self.run_dir / "nodes" / node, socket_dir(self.state_dir) / f"z{n}")
                 prefix = ["ip", "netns", "exec", self.cluster.net.node_netns(n)]
                 state = self.nodes[node_id] = NodeState(n, node_id, paths, prefix)
+                self._stop_without_credential(paths, node_id)
             started = time.perf_counter()
             resources, identities = build_ztunnel_config(self.view, NodeProxy(node_id, node))
             self.metrics.observe_build("ztunnel", time.perf_counter() - started)
@@ -247,11 +265,28 @@ class ControlPlane:
                 messages[P.SECRET][identity] = secret
             messages[P.SECRET]["ROOTCA"] = build_root_secret(self.ca.root_pem())
             self._publish(node_id, messages)
-            mesh_ips = tuple(sorted(p.ip for p in find_local_pods(self.view, node)))
+            self._sync_capture(state, node)
+
+    def _sync_capture(self, state: NodeState, node: str) -> None:
+        """The node's capture rules and, in each of its pods outside the mesh, kube-proxy's service
+        NAT (empty in mesh pods). A failed iptables-restore is logged and retried with the next sync."""
+        mesh_ips = tuple(sorted(p.ip for p in find_local_pods(self.view, node)))
+        try:
+            if mesh_ips != state.captured:
+                apply_capture_rules(self.cluster.net.node_netns(state.index), list(mesh_ips))
+                state.captured = mesh_ips
             backends = find_service_backends(self.view)
-            if (mesh_ips, backends) != state.captured:
-                apply_capture_rules(self.cluster.net.node_netns(n), list(mesh_ips), backends)
-                state.captured = (mesh_ips, backends)
+            for key, pod in list(self.cluster.pods.items()):
+                if pod.body["spec"].get("nodeName") != node:
+                    continue
+                wanted = () if pod.body["status"]["podIP"] in mesh_ips else backends
+                if self._service_nat.get(key) != wanted:
+                    apply_service_nat(self.cluster.net.pod_netns(*key), wanted)
+                    self._service_nat[key] = wanted
+        except (OSError, subprocess.CalledProcessError) as exc:
+            log.warning("capture rules on %s: %s", node, getattr(exc, "stderr", "") or exc)
+        for key in [k for k in self._service_nat if k not in self.cluster.pods]:
+            del self._service_nat[key]
 
     def _report_problems(self) -> None:
         """Translation problems (e.g. a route to a missing subset) go on the offending resource's
@@ -326,12 +361,26 @@ class ControlPlane:
             node = f"node-{state.index}"
             bootstrap = build_bootstrap(state.node_id, f"ztunnel.{L.ROOT_NAMESPACE}", self.ads_socket,
                                         state.paths.admin, delta=self.delta,
-                                        metadata={"NODE_TYPE": "ztunnel", "NODE_NAME": node})
+                                        metadata={"NODE_TYPE": "ztunnel", "NODE_NAME": node,
+                                                  TOKEN_METADATA: self.tokens.token(state.node_id)})
             # Long drain: connections on a filter chain that a config change replaced finish normally.
             start_envoy(state.paths, bootstrap, state.prefix, self.envoy, log_level="error", drain_seconds=30)
             state.next_start = now + min(30.0, 0.5 * 2 ** state.restarts)
             state.restarts += 1
             log.info("started node proxy on %s", node)
+
+    def _stop_without_credential(self, paths: EnvoyPaths, node_id: str) -> None:
+        """An adopted Envoy whose bootstrap lacks this node's xDS token (started before tokens, or
+        with another state folder's key) could never connect again: stop it, so it is restarted."""
+        if read_pid(paths) is None:
+            return
+        try:
+            metadata = json.loads(paths.bootstrap.read_text())["node"]["metadata"]
+        except (OSError, ValueError, KeyError, TypeError):
+            metadata = {}
+        if not self.tokens.verify(node_id, str(metadata.get(TOKEN_METADATA, ""))):
+            log.warning("restarting %s: its bootstrap has no valid xDS credential", node_id)
+            stop_envoy(paths)
 
     def _supervise(self) -> None:
         now = time.monotonic()
@@ -348,7 +397,8 @@ class ControlPlane:
                                         state.paths.admin, delta=self.delta,
                                         metadata={"NAMESPACE": r.namespace, "WORKLOAD_NAME": r.waypoint,
                                                   "SERVICE_ACCOUNT": r.service_account, "NODE_TYPE": "waypoint",
-                                                  "INSTANCE_IPS": r.pod_ip, "POD_NAME": r.pod})
+                                                  "INSTANCE_IPS": r.pod_ip, "POD_NAME": r.pod,
+                                                  TOKEN_METADATA: self.tokens.token(state.node_id)})
             start_envoy(state.paths, bootstrap, self.placement.command_prefix(r), self.envoy)
             state.next_start = now + min(30.0, 0.5 * 2 ** state.restarts)
             state.restarts += 1
@@ -401,10 +451,7 @@ class ControlPlane:
     def _write_status_file(self) -> None:
         text = json.dumps(self.proxy_status(), indent=1, sort_keys=True)
         if text != self._status_text:
-            path = self.run_dir / "proxy-status.json"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+            write_private(self.run_dir / "proxy-status.json", text)
             self._status_text = text
 
     # -- metrics ----------------------------------------------------------------------------------
@@ -424,15 +471,15 @@ class ControlPlane:
             log.warning("no metrics endpoint on %s: %s", self.metrics_addr, exc)
             return None
         monitor.start()
-        (self.run_dir / "metrics-address").write_text(f"{monitor.address}\n")
+        write_private(self.run_dir / "metrics-address", f"{monitor.address}\n")
         log.info("metrics on http://%s/metrics", monitor.address)
         return monitor
 
     # -- main loop --------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        await self.server.start(self.ads_socket)
-        (self.run_dir / "controlplane.pid").write_text(f"{os.getpid()}\n")
+        make_private_dir(self.run_dir)
+        await self.server.start(self.ads_socket)  # its folder: socket_dir, private (refused if planted in /tmp)
+        write_private(self.run_dir / "controlplane.pid", f"{os.getpid()}\n")
         self.monitor = self._start_metrics_server()
         self.rv, snapshot = self.store.snapshot(XDS_KINDS)
         self.view = MeshView.build(snapshot)

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..private import make_private_dir, open_private_log
 from .envoy import EnvoyPaths, read_live_pid, stop_envoy
 from .placement import Replica, replica_sock_dir
 
@@ -16,17 +17,20 @@ def controlplane_pid(state_dir: Path) -> int | None:
     return read_live_pid(state_dir / "run" / "controlplane.pid")
 
 
-def start_controlplane(state_dir: Path, cluster: bool = False, metrics_addr: str | None = None) -> int:
-    """`meshway controlplane [--cluster] [--metrics-addr HOST:PORT]` in its own session, logging to
-    run/controlplane.log."""
+def start_controlplane(state_dir: Path, cluster: bool = False, metrics_addr: str | None = None,
+                       secret_ttl: str | None = None) -> int:
+    """`meshway controlplane [--cluster] [--metrics-addr HOST:PORT] [--secret-ttl D]` in its own
+    session, logging to run/controlplane.log (0600). Without `secret_ttl`, the child reads the
+    SECRET_TTL environment variable it inherits."""
     running = controlplane_pid(state_dir)
     if running:
         return running
-    run = state_dir / "run"
-    run.mkdir(parents=True, exist_ok=True)
-    with open(run / "controlplane.log", "ab") as log:
+    make_private_dir(state_dir)
+    run = make_private_dir(state_dir / "run")
+    with open_private_log(run / "controlplane.log") as log:
         args = [sys.executable, "-m", "meshway", "--state-dir", str(state_dir), "controlplane", "-v"]
         args += ["--metrics-addr", metrics_addr] if metrics_addr else []
+        args += ["--secret-ttl", secret_ttl] if secret_ttl else []
         proc = subprocess.Popen(args + (["--cluster"] if cluster else []),
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     deadline = time.monotonic() + 15

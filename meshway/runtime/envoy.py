@@ -1,6 +1,8 @@
 """One Envoy process: its run folder (bootstrap, admin socket, log, pid file), start, stop, and
 liveness. Envoys run in their own session so that they outlive the control plane: a control plane
-that dies leaves proxies serving their last configuration, and a new one adopts them by pid file."""
+that dies leaves proxies serving their last configuration, and a new one adopts them by pid file.
+The run and socket folders are 0700 and every file in them 0600 whatever the umask: the bootstrap
+holds the proxy's xDS credential and the log may hold secrets."""
 from __future__ import annotations
 
 import json
@@ -13,6 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..private import make_private_dir, open_private_log, write_private
 
 
 def find_envoy() -> str:
@@ -82,18 +86,16 @@ LOG_FLUSH_MS = 1000  # access logs reach the log file within a second (Envoy's d
 
 def start_envoy(paths: EnvoyPaths, bootstrap: dict[str, Any], prefix: list[str] | None = None,
                 envoy: str | None = None, log_level: str = "warning", drain_seconds: int = 1) -> int:
-    paths.run_dir.mkdir(parents=True, exist_ok=True)
-    paths.sock_dir.mkdir(parents=True, exist_ok=True)
-    tmp = paths.bootstrap.with_suffix(".tmp")
-    tmp.write_text(json.dumps(bootstrap, indent=1))
-    os.replace(tmp, paths.bootstrap)
+    make_private_dir(paths.run_dir)
+    make_private_dir(paths.sock_dir)
+    write_private(paths.bootstrap, json.dumps(bootstrap, indent=1))
     cmd = [*(prefix or []), envoy or find_envoy(), "-c", str(paths.bootstrap), "--disable-hot-restart",
            "--concurrency", "1", "-l", log_level, "--drain-time-s", str(drain_seconds),
            "--parent-shutdown-time-s", str(drain_seconds + 1),
            "--file-flush-interval-msec", str(LOG_FLUSH_MS)]
-    with open(paths.log, "ab") as log:
+    with open_private_log(paths.log) as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-    paths.pid_file.write_text(f"{proc.pid}\n")
+    write_private(paths.pid_file, f"{proc.pid}\n")
     return proc.pid
 
 

@@ -37,7 +37,9 @@ class LoopbackPlacement:
 
 
 def socket_dir(state_dir: Path) -> Path:
-    """A folder for Unix sockets whose paths stay under the 107-byte limit."""
+    """A folder for Unix sockets whose paths stay under the 107-byte limit. Whoever binds in it
+    creates it with `meshway.private.make_private_dir` (0700), which refuses a folder someone else
+    planted first (under /tmp the name is predictable)."""
     run = state_dir.resolve() / "run"
     if len(str(run)) <= 60:
         return run / "sock"

@@ -1,5 +1,8 @@
 """The Envoy bootstrap of a meshway proxy: who it is, where its admin listens, and ADS over a Unix
-socket for everything else. Pure: returns a dict to be written as JSON or YAML."""
+socket for everything else. Pure: returns a dict to be written as JSON or YAML.
+
+The node metadata may carry the proxy's xDS credential (`meshway.ca.tokens`), so the file is
+written owner-only; the admin socket, which can dump the bootstrap, is created 0600 by Envoy."""
 from __future__ import annotations
 
 import os
@@ -11,6 +14,7 @@ from .stat_tags import build_stats_tags
 XDS_CLUSTER = "xds-grpc"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 INTERNAL_LISTENER = "envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
+ADMIN_SOCKET_MODE = 0o600
 
 
 def build_bootstrap(node_id: str, cluster: str, ads_socket: str | os.PathLike[str],
@@ -19,7 +23,7 @@ def build_bootstrap(node_id: str, cluster: str, ads_socket: str | os.PathLike[st
     ads = {"ads": {}, "resource_api_version": "V3"}
     return {
         "node": {"id": node_id, "cluster": cluster, "metadata": dict(metadata or {})},
-        "admin": {"address": {"pipe": {"path": str(admin_socket)}}},
+        "admin": {"address": {"pipe": {"path": str(admin_socket), "mode": ADMIN_SOCKET_MODE}}},
         # Istio's metric labels, read from the stat names meshway generates (`stat_tags`); histograms
         # merged every second, so the admin's Prometheus output is at most a second behind.
         "stats_config": {"stats_tags": build_stats_tags()},
