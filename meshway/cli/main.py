@@ -72,22 +72,32 @@ def cli(ctx: click.Context, state_dir: str | None) -> None:
     ctx.obj = Ctx(state_dir)
 
 
+def find_manifest_files(name: str) -> list[Path]:
+    """A file, or a folder's *.yaml, *.yml and *.json files (sorted); InputError when missing."""
+    path = Path(name)
+    try:
+        if path.is_dir():
+            return sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml", ".json"))
+    except OSError as exc:
+        raise InputError(name, f"cannot read: {exc.strerror or exc}") from None
+    if not path.exists():
+        raise InputError(name, "the path does not exist")
+    return [path]
+
+
 def read_manifests(files: tuple[str, ...], namespace: str | None) -> list[Manifest]:
     """Every document of every file (a folder means its *.yaml, *.yml and *.json files, sorted)."""
     manifests: list[Manifest] = []
     for name in files:
         if name == "-":
-            manifests += load_yaml(sys.stdin.read(), "<stdin>", namespace)
+            manifests += load_yaml(sys.stdin.buffer.read(), "<stdin>", namespace)
             continue
-        path = Path(name)
-        if path.is_dir():
-            paths = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml", ".json"))
-        elif path.exists():
-            paths = [path]
-        else:
-            raise InputError(name, "the path does not exist")
-        for p in paths:
-            manifests += load_yaml(p.read_text(), str(p), namespace)
+        for p in find_manifest_files(name):
+            try:
+                data = p.read_bytes()
+            except OSError as exc:
+                raise InputError(str(p), f"cannot read: {exc.strerror or exc}") from None
+            manifests += load_yaml(data, str(p), namespace)
     if not manifests:
         raise InputError(", ".join(files), "no objects passed to apply")
     return manifests

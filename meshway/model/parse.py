@@ -2,6 +2,7 @@
 document, the field path and what was expected."""
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -9,6 +10,7 @@ from typing import Any, Iterable
 import pydantic
 import yaml
 
+from . import limits
 from .meta import Resource, check_dns1035_label, check_dns1123_label, check_dns1123_subdomain
 from .registry import KindInfo, UnknownKind, find_kind_for
 
@@ -103,6 +105,7 @@ def parse_object(body: Any, source: str = "<input>", document: int = 1, namespac
             meta.pop("namespace", None)
         body["metadata"] = meta
         what = f"{kind} {meta['namespace'] + '/' if info.namespaced else ''}{meta.get('name', '')}"
+    check_bounds(body, source, document, what)
     try:
         obj = info.model.model_validate(body)
     except pydantic.ValidationError as exc:
@@ -134,15 +137,56 @@ class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml w
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _StrictLoader.construct_mapping)
-def load_yaml(text: str, source: str = "<input>", namespace: str | None = None) -> list[Manifest]:
-    """Every document of a multi-document YAML stream, validated; the first bad one raises."""
+def check_bounds(body: dict[str, Any], source: str, document: int, what: str) -> None:
+    """The API server's bounds on one object: nesting depth, 3 MiB serialized, 256 KiB annotations."""
+    if limits.find_depth_over(body):
+        raise InputError(source, f"nesting too deep: {limits.TOO_DEEP}", document, what)
+    size = len(json.dumps(body, separators=(",", ":"), default=str).encode())
+    if size > limits.MAX_REQUEST_BYTES:
+        raise InputError(source, f"{limits.TOO_LARGE} (the object is {size} bytes)", document, what)
+    meta = body.get("metadata")
+    annotations = meta.get("annotations") if isinstance(meta, dict) else None
+    if isinstance(annotations, dict) and limits.annotations_size(annotations) > limits.MAX_ANNOTATIONS_BYTES:
+        raise InputError(source, limits.ANNOTATIONS_TOO_LONG, document, what, "metadata.annotations")
+
+
+def decode_text(data: bytes | str, source: str) -> str:
+    """Bytes of a manifest -> text: UTF-8 (or UTF-16 with a byte-order mark, as YAML allows)."""
+    if isinstance(data, str):
+        return data
+    encoding = "utf-8"
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        encoding = "utf-16"
     try:
+        return data.decode(encoding).removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        raise InputError(source, f"not a YAML or JSON text: invalid {exc.encoding.upper()} byte "
+                                 f"0x{data[exc.start]:02x} at offset {exc.start} (binary input?)") from None
+
+
+def _yaml_error(exc: yaml.YAMLError, source: str, document: int | None = None) -> InputError:
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow (NUL, control bytes)
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        return InputError(source, f"invalid YAML: unacceptable character #x{char:04x} at offset {exc.position} "
+                                  f"({exc.reason}; binary input?)")
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return InputError(source, f"invalid YAML{where}: {problem}", document)
+
+
+def load_yaml(text: str | bytes, source: str = "<input>", namespace: str | None = None) -> list[Manifest]:
+    """Every document of a multi-document YAML stream, validated; the first bad one raises.
+    Alias expansion and nesting are bounded before anything is built (`limits`)."""
+    text = decode_text(text, source)
+    try:
+        limits.check_yaml_events(yaml.parse(text, Loader=_StrictLoader))
         docs = list(yaml.load_all(text, Loader=_StrictLoader))
+    except limits.LimitError as exc:
+        where = f" at line {exc.mark.line + 1}, column {exc.mark.column + 1}" if exc.mark else ""
+        raise InputError(source, f"{exc.message}{where}", exc.document) from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise InputError(source, f"invalid YAML{where}: {problem}") from None
+        raise _yaml_error(exc, source) from None
     out: list[Manifest] = []
     index = 0
     for doc in docs:

@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator
 
 from .. import labels as L
 from ..model import InputError, KindInfo, Manifest, parse_object
+from ..model import limits
 from ..model.meta import LabelSelector, check_label_key, check_label_value
 from ..model.registry import BY_KIND
 from ..model.selectors import selector_matches
@@ -98,6 +99,7 @@ class Store:
         if live is None:
             body = copy.deepcopy(desired)
             record_last_applied(body, desired)
+            self._check_annotations(body, m, "creating")
             w.create(info.kind, body)
             return Result(info, ns, name, "created")
         base = {k: v for k, v in live.items() if k != "status"}
@@ -105,6 +107,7 @@ class Store:
         if info.kind == "Service":
             self._keep_cluster_ip(live, merged, m)
         record_last_applied(merged, desired)
+        self._check_annotations(merged, m, "applying patch")
         set_defaults(info.kind, merged)
         if info.kind == "Service":
             w.retype_service(merged)
@@ -117,6 +120,13 @@ class Store:
                           f"{exc.message}") from None
         changed = w.update(info.kind, live, merged)
         return Result(info, ns, name, "configured" if changed else "unchanged")
+
+    @staticmethod
+    def _check_annotations(body: Body, m: Manifest, doing: str) -> None:
+        """kubectl apply records the object in an annotation, so the total counts it too (as in Kubernetes)."""
+        if limits.annotations_size(body["metadata"].get("annotations") or {}) > limits.MAX_ANNOTATIONS_BYTES:
+            raise Invalid(f'error when {doing} "{m.source}": {m.info.kind} "{m.obj.name}" is invalid: '
+                          f"metadata.annotations: {limits.ANNOTATIONS_TOO_LONG}")
 
     @staticmethod
     def _keep_cluster_ip(live: Body, merged: Body, m: Manifest) -> None:

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..model.limits import MAX_REQUEST_BYTES, TOO_LARGE
+from .errors import RequestEntityTooLarge
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
   kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
@@ -99,6 +102,8 @@ class Txn:
         rv = self._next_rv()
         meta["resourceVersion"] = str(rv)
         text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        if len(text) > MAX_REQUEST_BYTES and len(text.encode()) > MAX_REQUEST_BYTES:  # etcd's bound, as the API server applies it
+            raise RequestEntityTooLarge(f'{kind} "{name}": {TOO_LARGE}')
         self.conn.execute("INSERT INTO changes(rv, type, kind, namespace, name, body) VALUES (?,?,?,?,?,?)",
                           (rv, "ADDED" if created else "MODIFIED", kind, namespace, name, text))
         self.conn.execute("INSERT OR REPLACE INTO objects(kind, namespace, name, uid, owner_uid, rv, body) "

@@ -19,6 +19,10 @@ class Invalid(StoreError):
     reason = "Invalid"
 
 
+class RequestEntityTooLarge(StoreError):
+    reason = "RequestEntityTooLarge"
+
+
 class Forbidden(StoreError):
     reason = "Forbidden"
 
