@@ -3,8 +3,10 @@ backoff, readiness probes and stopping against real processes (prefix `[]`, or `
 the path a pod namespace's `ip netns exec` prefix takes)."""
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,9 +16,11 @@ import pytest
 import yaml
 
 from meshway.apps.images import AppCommand, find_repository, resolve_image
-from meshway.runtime.workload import (Backoff, ContainerConfigError, Probe, Readiness, PodProcesses,
-                                      build_container_command, build_probe, detect_probe_due, detect_restart,
-                                      expand_vars, next_readiness, run_probe)
+from meshway.runtime.workload import (STATE_FILE, Adoption, Backoff, ContainerConfigError, ProcInfo, ProcessRecord,
+                                      Probe, Readiness, PodProcesses, build_container_command, build_probe,
+                                      build_state, decide_adoption, detect_probe_due, detect_restart, expand_vars,
+                                      next_readiness, parse_proc_stat, parse_state, read_proc, read_state,
+                                      run_probe, write_state)
 
 BOOKINFO_YAML = Path("/work/shared/data/istio-samples/bookinfo.yaml")
 PY = sys.executable
@@ -447,3 +451,178 @@ def test_stop_kills_the_process_group_after_the_grace(tmp_path: Path) -> None:
     assert time.monotonic() - began >= 0.5
     assert wait_for(lambda: pid_gone(child), 2) and pid_gone(leader)
     assert pod.statuses()[0].state == "terminated"
+
+
+# -- adoption: decisions (pure) --------------------------------------------------------------
+ARGV = ("ip", "netns", "exec", "mw1-shop-web", "sleep", "30")
+LIVE = ProcInfo(start_ticks=500, cmdline=ARGV[4:], zombie=False)  # after `ip netns exec` exec'd
+
+
+def rec(phase: str = "running", pid: int | None = 42, ticks: int | None = 500, argv: tuple = ARGV,
+        restarts: int = 3, **extra: Any) -> ProcessRecord:
+    return ProcessRecord(phase, pid, ticks, argv, restarts, started_at=1000.0, **extra)
+
+
+@pytest.mark.parametrize("record,info,policy,same_pod,expected", [
+    (None, None, "Always", True, ("start", 0, "nothing recorded")),
+    (rec(), LIVE, "Always", True, ("adopt", 3, "pid 42 still runs")),
+    (rec(), ProcInfo(500, ARGV, False), "Always", True, ("adopt", 3, "pid 42 still runs")),  # before the exec
+    (rec(), None, "Always", True, ("start", 4, "pid 42 exited while unsupervised")),
+    (rec(), ProcInfo(500, (), True), "Always", True, ("start", 4, "pid 42 exited while unsupervised")),
+    (rec(), ProcInfo(501, ARGV[4:], False), "Always", True, ("start", 4, "pid 42 now belongs to another process")),
+    (rec(), ProcInfo(500, ("bash",), False), "Always", True, ("start", 4, "pid 42 now runs another command")),
+    (rec(), None, "Never", True, ("leave", 3, "pid 42 exited while unsupervised; restartPolicy Never does not "
+                                              "restart it")),
+    (rec(), None, "OnFailure", True, ("start", 4, "pid 42 exited while unsupervised")),  # exit code unknown
+    (rec(argv=ARGV[:4] + ("sleep", "60")), ProcInfo(500, ("sleep", "60"), False), "Always", True,
+     ("replace", 4, "pid 42 runs a command the pod no longer has")),
+    (rec(), LIVE, "Always", False, ("replace", 0, "pid 42 belongs to an earlier pod of this name")),
+    (rec(), None, "Always", False, ("start", 0, "the record belongs to an earlier pod of this name")),
+    (rec("starting", pid=None, ticks=None), None, "Always", True,
+     ("start", 3, "the previous supervisor stopped before recording the start")),
+    (rec("exited", pid=None, ticks=None, exit_code=1, restart_due=True), None, "Always", True,
+     ("start", 4, "exited with 1, restart was due")),
+    (rec("exited", pid=None, ticks=None, exit_code=0), None, "OnFailure", True,
+     ("leave", 3, "exited with 0; restartPolicy OnFailure does not restart it")),
+    (rec("stopped", pid=None, ticks=None), None, "Always", True, ("start", 4, "stopped by the previous supervisor")),
+])
+def test_decide_adoption(record, info, policy: str, same_pod: bool, expected: tuple) -> None:
+    assert decide_adoption(record, info, ARGV, 4, policy, same_pod) == Adoption(*expected)
+
+
+def test_parse_proc_stat_with_a_name_holding_spaces_and_parens() -> None:
+    text = "77 (we ird) (x) S 1 77 77 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 123456 1000 200 rest"
+    assert parse_proc_stat(text) == ("S", 123456)
+
+
+def test_state_round_trip_and_foreign_files(tmp_path: Path) -> None:
+    records = {"web": rec(ready=True), "side": rec("exited", pid=None, ticks=None, exit_code=2, restart_due=True)}
+    assert parse_state(build_state("u-1", records)) == ("u-1", records)
+    assert parse_state({"version": 99, "containers": {}}) == ("", {})
+    assert parse_state({"version": 1, "containers": {"x": {"unknown": 1}}}) == ("", {})
+    write_state(tmp_path / STATE_FILE, build_state("u-1", records))
+    assert read_state(tmp_path / STATE_FILE) == ("u-1", records)
+    (tmp_path / "bad.json").write_text("{not json")
+    assert read_state(tmp_path / "bad.json") == ("", {}) and read_state(tmp_path / "none.json") == ("", {})
+
+
+def test_read_proc_of_this_process_and_of_no_process() -> None:
+    info = read_proc(os.getpid())
+    raw = Path("/proc/self/cmdline").read_bytes()
+    assert info is not None and not info.zombie and info.start_ticks > 0
+    assert info.cmdline == tuple(os.fsdecode(a) for a in raw.removesuffix(b"\0").split(b"\0"))
+    assert read_proc(2 ** 22 + 1) is None
+
+
+# -- adoption: real processes ----------------------------------------------------------------
+SLEEPER = {"name": "app", "command": ["sleep", "300"]}
+
+
+def sleeper_pod(uid: str = "u-1", **spec: Any) -> dict[str, Any]:
+    pod = make_pod(SLEEPER, **spec)
+    pod["metadata"]["uid"] = uid
+    return pod
+
+
+def test_a_new_supervisor_adopts_a_live_process_instead_of_starting_it_twice(tmp_path: Path) -> None:
+    first = PodProcesses(sleeper_pod(), ["env"], tmp_path, backoff=Backoff(initial=0.05))
+    first.start()
+    pid = first.statuses()[0].pid
+    assert pid and json.loads((tmp_path / STATE_FILE).read_text())["containers"]["app"]["pid"] == pid
+    os.kill(pid, 9)  # one restart, so that the count has something to carry over
+    assert wait_for(lambda: first.poll() == ["app"], 3)
+    pid = first.statuses()[0].pid
+    assert first.statuses()[0].restart_count == 1 and pid
+    second = PodProcesses(sleeper_pod(), ["env"], tmp_path, backoff=Backoff(initial=0.05))
+    try:
+        second.start()
+        status = second.statuses()[0]
+        assert second.decisions["app"].action == "adopt"
+        assert (status.pid, status.restart_count, status.adopted, status.state) == (pid, 1, True, "running")
+        assert not pid_gone(pid) and sleepers() == [pid]  # no second copy
+        assert second.poll() == []
+    finally:
+        second.stop(grace=1)
+    assert pid_gone(pid), "stop() must reach an adopted process"
+    assert second.statuses()[0].state == "terminated"
+
+
+def test_an_adopted_process_that_dies_has_an_unknown_exit_code_and_restarts(tmp_path: Path) -> None:
+    first = PodProcesses(sleeper_pod(), [], tmp_path)
+    first.start()
+    pid = first.statuses()[0].pid
+    second = PodProcesses(sleeper_pod(), [], tmp_path, backoff=Backoff(initial=0.05))
+    try:
+        second.start()
+        os.kill(pid, 9)
+        first.containers[0].proc.wait()  # reap it here, as init would for the real orphan
+        assert wait_for(lambda: second.poll() == ["app"], 3)
+        status = second.statuses()[0]
+        assert status.restart_count == 1 and status.pid != pid and not status.adopted
+        assert status.last_exit_code is None and "exit code unknown" in (status.last_error or "")
+        recorded = json.loads((tmp_path / STATE_FILE).read_text())["containers"]["app"]
+        assert (recorded["pid"], recorded["restarts"], recorded["phase"]) == (status.pid, 1, "running")
+    finally:
+        second.stop(grace=1)
+
+
+def test_restart_counts_and_readiness_survive_the_supervisor(tmp_path: Path) -> None:
+    port = free_port()
+    pod = make_pod(echo_container("web", port), ip="127.0.0.1")
+    first = PodProcesses(pod, [], tmp_path)
+    first.start()
+    assert wait_for(first.check_ready, 8)
+    second = PodProcesses(pod, [], tmp_path)
+    try:
+        second.start()
+        assert second.decisions["web"].action == "adopt"
+        assert second.check_ready(), "ready at once: an adopted ready container does not go through NotReady"
+    finally:
+        second.stop(grace=2)
+
+
+def test_a_reused_pid_is_not_adopted_and_not_touched(tmp_path: Path) -> None:
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        info = read_proc(stranger.pid)
+        forged = ProcessRecord("running", stranger.pid, info.start_ticks + 1, ("sleep", "300"), 2, time.time())
+        write_state(tmp_path / STATE_FILE, build_state("u-1", {"app": forged}))
+        pod = PodProcesses(sleeper_pod(), [], tmp_path)
+        pod.start()
+        status = pod.statuses()[0]
+        assert pod.decisions["app"].action == "start" and status.pid != stranger.pid and status.restart_count == 3
+        pod.stop(grace=1)
+        assert stranger.poll() is None, "a process that only shares the pid must survive"
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_a_process_of_an_earlier_pod_with_the_same_name_is_replaced(tmp_path: Path) -> None:
+    first = PodProcesses(sleeper_pod("u-1"), [], tmp_path)
+    first.start()
+    old = first.statuses()[0].pid
+    second = PodProcesses(sleeper_pod("u-2"), [], tmp_path)
+    try:
+        second.start()
+        status = second.statuses()[0]
+        assert second.decisions["app"].action == "replace" and status.restart_count == 0
+        assert wait_for(lambda: first.containers[0].proc.poll() is not None, 3) and status.pid != old
+        assert json.loads((tmp_path / STATE_FILE).read_text())["podUID"] == "u-2"
+    finally:
+        second.stop(grace=1)
+
+
+def sleepers() -> list[int]:
+    """Pids of this test process's `sleep 300` children."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmdline = (entry / "cmdline").read_bytes()
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == os.getpid() and cmdline == b"sleep\x00300\x00":
+                found.append(int(entry.name))
+    return sorted(found)

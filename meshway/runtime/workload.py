@@ -11,6 +11,13 @@ is ready (pure), and a thin supervisor that starts, polls, probes and stops the 
   for 60 s starts over at 1 s: Kubernetes' 10 s / 5 min / 10 min scaled down tenfold);
   `check_ready()` runs `readinessProbe` (httpGet, tcpSocket, exec; grpc as tcpSocket) inside the
   pod's namespace; `stop()` sends SIGTERM to each process group, then SIGKILL after the grace.
+- Restarts adopt: every container's process (pid, its /proc start time, argv, phase, restart
+  count, start time, readiness) is recorded in `<log_dir>/containers.json`, written atomically
+  before and after each start and on every exit. The first `start()` of a new `PodProcesses` for
+  the same pod (a restarted control plane) decides per container with `decide_adoption` (pure):
+  a live recorded process with the same pid, start time and command is adopted, not started
+  twice. An adopted process is not our child: /proc says whether it lives, and its exit code is
+  unknown. Restart counts live in the record, so they survive the supervisor.
 
 `python -m meshway.runtime.workload probe PROBE_JSON HOST` runs one probe and exits 0 when it
 passes: that is how a probe reaches a pod IP that only exists inside the pod's namespace.
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import os
 import re
 import signal
@@ -35,6 +43,7 @@ from typing import Any
 from ..apps.images import resolve_image
 
 Body = dict[str, Any]
+log = logging.getLogger("meshway.workload")
 DEFAULT_GRACE = 10.0  # seconds, when the pod sets no terminationGracePeriodSeconds
 PARENT_ENV = ("PATH", "HOME")
 VAR_REF = re.compile(r"\$(\$|\(([^)]*)\))")
@@ -155,7 +164,9 @@ class Backoff:
         return min(self.cap, self.initial * 2 ** max(0, failures - 1))
 
 
-def detect_restart(restart_policy: str, exit_code: int) -> bool:
+def detect_restart(restart_policy: str, exit_code: int | None) -> bool:
+    """Whether an exited container restarts; an unknown exit code (a process we adopted) counts as
+    a failure."""
     return restart_policy == "Always" or (restart_policy == "OnFailure" and exit_code != 0)
 
 
@@ -237,6 +248,109 @@ def next_readiness(probe: Probe, state: Readiness, passed: bool, now: float) -> 
     return Readiness(state.ready and failures < probe.failure_threshold, 0, failures, now)
 
 
+# -- adoption (pure) --------------------------------------------------------------------------
+STATE_FILE = "containers.json"
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    """What `containers.json` keeps of one container between supervisors."""
+    phase: str = "starting"  # "starting" (about to start: no pid yet), "running", "exited", "stopped"
+    pid: int | None = None
+    start_ticks: int | None = None  # /proc/<pid>/stat starttime: a reused pid has another one
+    argv: tuple[str, ...] = ()  # as started, prefix included
+    restarts: int = 0  # Kubernetes' restartCount: monotonic, never reset by readiness
+    started_at: float = 0.0  # wall clock
+    ready: bool = False
+    exit_code: int | None = None
+    restart_due: bool = False  # exited and the restart policy restarts it
+
+
+@dataclass(frozen=True)
+class ProcInfo:
+    """What /proc says about a pid."""
+    start_ticks: int
+    cmdline: tuple[str, ...]
+    zombie: bool  # exited, not yet reaped (an orphan's parent may never reap it)
+
+
+@dataclass(frozen=True)
+class Adoption:
+    action: str  # "adopt", "start", "replace" (stop the recorded process, then start) or "leave"
+    restarts: int  # the container's restart count once the action is done
+    reason: str
+
+
+def detect_alive(info: ProcInfo | None, start_ticks: int | None) -> bool:
+    return info is not None and not info.zombie and info.start_ticks == start_ticks
+
+
+def detect_same_command(cmdline: tuple[str, ...], argv: tuple[str, ...], prefix_len: int) -> bool:
+    """The process runs `argv`: as started, or as the prefix (`ip netns exec NS`) left it after exec."""
+    return bool(argv) and (cmdline == argv or cmdline == argv[prefix_len:])
+
+
+def decide_adoption(record: ProcessRecord | None, info: ProcInfo | None, argv: tuple[str, ...],
+                    prefix_len: int, restart_policy: str, same_pod: bool = True) -> Adoption:
+    """What a new supervisor does with a container an earlier one recorded. `info` is /proc's view
+    of the recorded pid; `argv` the command it would start now; `same_pod` False when the record
+    belongs to an earlier pod of the same name (another uid)."""
+    if record is None:
+        return Adoption("start", 0, "nothing recorded")
+    ours = record.pid is not None and detect_alive(info, record.start_ticks) \
+        and detect_same_command(info.cmdline, record.argv, prefix_len)  # type: ignore[union-attr]
+    if not same_pod:
+        if ours:
+            return Adoption("replace", 0, f"pid {record.pid} belongs to an earlier pod of this name")
+        return Adoption("start", 0, "the record belongs to an earlier pod of this name")
+    if record.phase == "starting":
+        return Adoption("start", record.restarts, "the previous supervisor stopped before recording the start")
+    if record.phase == "exited":
+        if record.restart_due:
+            return Adoption("start", record.restarts + 1, f"exited with {record.exit_code}, restart was due")
+        return Adoption("leave", record.restarts,
+                        f"exited with {record.exit_code}; restartPolicy {restart_policy} does not restart it")
+    if record.phase == "stopped":
+        return Adoption("start", record.restarts + 1, "stopped by the previous supervisor")
+    if ours and record.argv != argv:
+        return Adoption("replace", record.restarts + 1, f"pid {record.pid} runs a command the pod no longer has")
+    if ours:
+        return Adoption("adopt", record.restarts, f"pid {record.pid} still runs")
+    if info is None or info.zombie or info.start_ticks != record.start_ticks:
+        why = f"pid {record.pid} exited while unsupervised" if info is None or info.zombie \
+            else f"pid {record.pid} now belongs to another process"
+    else:
+        why = f"pid {record.pid} now runs another command"
+    if not detect_restart(restart_policy, None):
+        return Adoption("leave", record.restarts, f"{why}; restartPolicy {restart_policy} does not restart it")
+    return Adoption("start", record.restarts + 1, why)
+
+
+def parse_proc_stat(text: str) -> tuple[str, int]:
+    """(state letter, starttime in clock ticks) from /proc/<pid>/stat (the name may hold spaces and ')')."""
+    fields = text.rsplit(")", 1)[1].split()
+    return fields[0], int(fields[19])  # fields 3 and 22 of proc(5)
+
+
+def build_state(pod_uid: str, records: Mapping[str, ProcessRecord]) -> Body:
+    return {"version": STATE_VERSION, "podUID": pod_uid,
+            "containers": {name: {**asdict(r), "argv": list(r.argv)} for name, r in sorted(records.items())}}
+
+
+def parse_state(data: Body) -> tuple[str, dict[str, ProcessRecord]]:
+    """(pod uid, records by container name); an unreadable or foreign file reads as empty."""
+    if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+        return "", {}
+    records = {}
+    for name, fields in (data.get("containers") or {}).items():
+        try:
+            records[name] = ProcessRecord(**{**fields, "argv": tuple(fields.get("argv") or ())})
+        except TypeError:
+            continue
+    return str(data.get("podUID") or ""), records
+
+
 # -- probing (I/O) ---------------------------------------------------------------------------
 def run_probe(probe: Probe, host: str, env: Mapping[str, str] | None = None) -> bool:
     """Run one probe from this process's network namespace."""
@@ -291,6 +405,32 @@ def run_probe_in(prefix: list[str], probe: Probe, host: str, env: Mapping[str, s
 
 
 # -- processes (I/O) -------------------------------------------------------------------------
+def read_proc(pid: int) -> ProcInfo | None:
+    """/proc's view of a pid, or None when there is no such process."""
+    try:
+        state, ticks = parse_proc_stat(Path(f"/proc/{pid}/stat").read_text())
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return None
+    cmdline = tuple(os.fsdecode(a) for a in raw.removesuffix(b"\0").split(b"\0")) if raw else ()
+    return ProcInfo(ticks, cmdline, state in ("Z", "X"))
+
+
+def read_state(path: Path) -> tuple[str, dict[str, ProcessRecord]]:
+    try:
+        return parse_state(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return "", {}
+
+
+def write_state(path: Path, data: Body) -> None:
+    """Atomically: a supervisor killed mid-write leaves the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
 @dataclass(frozen=True)
 class ContainerStatus:
     name: str
@@ -298,9 +438,14 @@ class ContainerStatus:
     ready: bool
     restart_count: int
     pid: int | None
-    last_exit_code: int | None
+    last_exit_code: int | None  # None: never exited, or exited while adopted (the code is unknown)
     last_error: str | None
     log: Path
+    adopted: bool = False  # started by an earlier supervisor
+
+
+def nothing() -> None:
+    pass
 
 
 @dataclass
@@ -315,21 +460,29 @@ class ContainerProcess:
     cwd: str | None = None
     backoff: Backoff = field(default_factory=Backoff)
     clock: Callable[[], float] = time.monotonic
-    proc: subprocess.Popen[bytes] | None = None
+    on_change: Callable[[], None] = nothing  # records the container (PodProcesses.save)
+    proc: subprocess.Popen[bytes] | None = None  # our child, when this supervisor started it
+    pid: int | None = None  # the running process, ours or adopted
+    start_ticks: int | None = None
+    adopted: bool = False
     pgid: int | None = None
-    started_at: float = 0.0
-    restarts: int = 0
-    failures: int = 0  # consecutive short runs, for the backoff
+    started_at: float = 0.0  # on `clock`
+    started_wall: float = 0.0
+    restarts: int = 0  # restartCount: never reset
+    failures: int = 0  # consecutive short runs, for the backoff (which does reset)
     next_start_at: float | None = None
     last_exit_code: int | None = None
     last_error: str | None = None
     readiness: Readiness = field(default_factory=Readiness)
     stopping: bool = False
+    phase: str = "starting"
 
     def start(self) -> None:
-        self.started_at = self.clock()
+        self.started_at, self.started_wall = self.clock(), time.time()
         self.next_start_at = None
         self.readiness = Readiness()
+        self.phase, self.pid, self.start_ticks, self.adopted = "starting", None, None, False
+        self.on_change()  # write-ahead: a supervisor that dies now makes its successor start it
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             try:
@@ -341,34 +494,55 @@ class ContainerProcess:
                 self.proc = None
                 self.exited(128, self.clock())
                 return
-        self.pgid = self.proc.pid
+        self.pid = self.pgid = self.proc.pid
+        info = read_proc(self.pid)
+        self.start_ticks = info.start_ticks if info else None
+        self.phase = "running"
+        self.on_change()
+
+    def adopt(self, record: ProcessRecord) -> None:
+        """Take over a live process an earlier supervisor started (its group: `start_new_session`)."""
+        self.proc, self.adopted, self.phase = None, True, "running"
+        self.pid = self.pgid = record.pid
+        self.start_ticks = record.start_ticks
+        self.started_wall = record.started_at
+        self.started_at = self.clock() - max(0.0, time.time() - record.started_at)
+        self.readiness = Readiness(ready=record.ready)
+        self.next_start_at = None
 
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return self.pid is not None and detect_alive(read_proc(self.pid), self.start_ticks)
 
     def poll(self) -> bool:
         """Notice an exit and restart when the backoff has passed; True when started now."""
         if self.stopping:
             return False
         now = self.clock()
-        if self.proc is not None:
-            code = self.proc.poll()
-            if code is None:
+        if self.pid is not None:
+            if self.running():
                 return False
-            self.exited(code, now)
+            if self.proc is not None:
+                self.exited(self.proc.poll(), now)
+            else:
+                self.last_error = f"pid {self.pid} (adopted from an earlier supervisor) exited: exit code unknown"
+                self.exited(None, now)
         if self.next_start_at is None or now < self.next_start_at:
             return False
         self.restarts += 1
         self.start()
         return True
 
-    def exited(self, code: int, now: float) -> None:
+    def exited(self, code: int | None, now: float) -> None:
         self.kill_group(signal.SIGKILL)  # whatever the process left behind in its group
-        self.proc, self.pgid, self.last_exit_code = None, None, code
+        self.proc, self.pid, self.pgid, self.start_ticks, self.adopted = None, None, None, None, False
+        self.last_exit_code, self.phase = code, "exited"
         self.readiness = Readiness()
         self.failures = 1 if now - self.started_at >= self.backoff.reset_after else self.failures + 1
         restart = detect_restart(self.restart_policy, code)
         self.next_start_at = now + self.backoff.delay(self.failures) if restart else None
+        self.on_change()
 
     def kill_group(self, sig: signal.Signals) -> None:
         if self.pgid is None:
@@ -378,17 +552,23 @@ class ContainerProcess:
         except (ProcessLookupError, PermissionError):
             pass
 
+    def record(self) -> ProcessRecord:
+        return ProcessRecord(self.phase, self.pid, self.start_ticks, tuple(self.argv), self.restarts,
+                             self.started_wall, self.readiness.ready, self.last_exit_code,
+                             self.next_start_at is not None)
+
     def status(self) -> ContainerStatus:
         running = self.running()
         state = "running" if running else "waiting" if self.next_start_at is not None else "terminated"
         return ContainerStatus(self.name, state, running and self.readiness.ready, self.restarts,
-                               self.proc.pid if running and self.proc else None, self.last_exit_code,
-                               self.last_error, self.log_path)
+                               self.pid if running else None, self.last_exit_code, self.last_error,
+                               self.log_path, running and self.adopted)
 
 
 class PodProcesses:
     """The processes of one pod. `probe_host` is the address probes connect to (a string or a
-    function returning one; default the pod IP, or 127.0.0.1 when the pod has none)."""
+    function returning one; default the pod IP, or 127.0.0.1 when the pod has none).
+    The first `start()` (or a `stop()` before any) adopts what `<log_dir>/containers.json` records."""
 
     def __init__(self, pod: Body, prefix: list[str], log_dir: Path,
                  probe_host: str | Callable[[], str] | None = None, *, backoff: Backoff = Backoff(),
@@ -396,8 +576,11 @@ class PodProcesses:
         self.pod = pod
         self.prefix = list(prefix)
         self.log_dir = Path(log_dir)
+        self.state_path = self.log_dir / STATE_FILE
         self.probe_host = probe_host
         self.clock = clock
+        self.adopting = True  # until the recorded processes are adopted: saving now would lose them
+        self.decisions: dict[str, Adoption] = {}
         spec = pod.get("spec") or {}
         policy = spec.get("restartPolicy") or "Always"
         self.containers = [self.build_container(c, policy, backoff, parent_env) for c in spec.get("containers") or []]
@@ -410,18 +593,54 @@ class PodProcesses:
             name=container["name"], argv=[*self.prefix, *argv], env=env,
             log_path=self.log_dir / f"{container['name']}.log", probe=build_probe(container, self.pod),
             restart_policy=policy, cwd=workdir if workdir and os.path.isdir(workdir) else None,
-            backoff=backoff, clock=self.clock)
+            backoff=backoff, clock=self.clock, on_change=self.save)
+
+    def uid(self) -> str:
+        return str((self.pod.get("metadata") or {}).get("uid") or "")
 
     def host(self) -> str:
         if callable(self.probe_host):
             return self.probe_host()
         return self.probe_host or find_pod_ip(self.pod) or "127.0.0.1"
 
-    def start(self) -> None:
+    def save(self) -> None:
+        if not self.adopting:
+            write_state(self.state_path, build_state(self.uid(), {c.name: c.record() for c in self.containers}))
+
+    def adopt(self) -> dict[str, Adoption]:
+        """Decide for every container what to do with its recorded process; adopt the live ones and
+        record the decisions. Containers to (re)start are left to `start()`."""
+        recorded_uid, records = read_state(self.state_path)
+        same_pod = not recorded_uid or not self.uid() or recorded_uid == self.uid()
         for c in self.containers:
-            if not c.running():
-                c.stopping = False
-                c.start()
+            record = records.get(c.name)
+            info = read_proc(record.pid) if record and record.pid else None
+            decision = decide_adoption(record, info, tuple(c.argv), len(self.prefix), c.restart_policy, same_pod)
+            self.decisions[c.name] = decision
+            c.restarts = decision.restarts
+            if decision.action in ("adopt", "replace"):
+                c.adopt(record)  # type: ignore[arg-type]
+            elif decision.action == "leave":
+                c.phase, c.last_exit_code = "exited", record.exit_code  # type: ignore[union-attr]
+                c.last_error = decision.reason
+            if record is not None:
+                log.info("pod %s container %s: %s (%s)", self.log_dir.name, c.name, decision.action, decision.reason)
+        self.adopting = False
+        self.save()
+        return self.decisions
+
+    def start(self) -> None:
+        """Start what is not running; the first call adopts recorded processes instead."""
+        if self.adopting:
+            self.adopt()
+            replace = [c for c in self.containers if self.decisions[c.name].action == "replace"]
+            self._terminate(replace, self.grace_period())
+            todo = [c for c in self.containers if self.decisions[c.name].action in ("start", "replace")]
+        else:
+            todo = [c for c in self.containers if not c.running()]
+        for c in todo:
+            c.stopping = False
+            c.start()
 
     def poll(self) -> list[str]:
         """Restart what exited and whose backoff has passed; the names of containers started now."""
@@ -430,6 +649,7 @@ class PodProcesses:
     def check_ready(self) -> bool:
         """Run the probes that are due; True when every container runs and is ready."""
         host = self.host()
+        before = [c.readiness.ready for c in self.containers]
         for c in self.containers:
             if not c.running():
                 c.readiness = Readiness()
@@ -438,6 +658,8 @@ class PodProcesses:
             if detect_probe_due(c.probe, c.readiness, c.started_at, now):
                 passed = run_probe_in(self.prefix, c.probe, host, c.env)
                 c.readiness = next_readiness(c.probe, c.readiness, passed, now)
+        if before != [c.readiness.ready for c in self.containers]:
+            self.save()  # a successor starts from the last readiness, not from "not ready"
         return all(c.running() and c.readiness.ready for c in self.containers)
 
     def grace_period(self) -> float:
@@ -445,11 +667,20 @@ class PodProcesses:
         return DEFAULT_GRACE if value is None else float(value)
 
     def stop(self, grace: float | None = None) -> None:
-        """SIGTERM every container's process group; SIGKILL what is left after the grace period."""
+        """SIGTERM every container's process group (adopted ones included); SIGKILL what is left
+        after the grace period."""
+        if self.adopting:
+            self.adopt()
         grace = self.grace_period() if grace is None else grace
         live = [c for c in self.containers if c.running()]
         for c in self.containers:
             c.stopping, c.next_start_at = True, None
+        self._terminate(live, grace)
+        for c in self.containers:
+            c.phase = "stopped"
+        self.save()
+
+    def _terminate(self, live: list[ContainerProcess], grace: float) -> None:
         for c in live:
             c.kill_group(signal.SIGTERM)
         deadline = time.monotonic() + grace
@@ -459,7 +690,12 @@ class PodProcesses:
             c.kill_group(signal.SIGKILL)  # the leader, or children it left behind
             if c.proc is not None:
                 c.last_exit_code = c.proc.wait()
-            c.proc, c.pgid, c.readiness = None, None, Readiness()
+            else:  # adopted: not our child, so no exit code; wait for /proc to let go of it
+                c.last_exit_code = None
+                end = time.monotonic() + 2.0
+                while c.running() and time.monotonic() < end:
+                    time.sleep(0.02)
+            c.proc, c.pid, c.pgid, c.start_ticks, c.adopted, c.readiness = None, None, None, None, False, Readiness()
 
     def statuses(self) -> list[ContainerStatus]:
         return [c.status() for c in self.containers]
