@@ -130,6 +130,9 @@ def run_table(stream: Any, events: list, steps: list[tuple[Any, list[tuple], lis
 CHANGED_ALL = snap(cluster("a", 2), cluster("b"), endpoints("a", 9), endpoints("b"), listener("l", 15001),
                    route("r", header="2"))
 ONLY_B_ENDPOINTS = snap(cluster("a"), cluster("b"), endpoints("a"), endpoints("b", 9), listener("l"), route("r"))
+MODIFIED_A = snap(cluster("a", 2), cluster("b"), endpoints("a"), endpoints("b"), listener("l"), route("r"))
+WITH_C = snap(cluster("a"), cluster("b"), cluster("c"), endpoints("a"), endpoints("b"), endpoints("c"),
+              listener("l"), route("r"))
 
 SOTW_TABLES: dict[str, tuple[Snapshot | None, list]] = {
     "initial wildcard CDS gets every cluster, ACK reported, nothing resent": (BASE, [
@@ -170,9 +173,10 @@ SOTW_TABLES: dict[str, tuple[Snapshot | None, list]] = {
         (sotw("RDS", ("r",)), [("RDS", ("r",), "1")], []),
         (sotw("LDS"), [("LDS", ("l",), "2")], []),
         (sotw("EDS", ("a",)), [("EDS", ("a",), "3")], []),
-        (sotw("CDS"), [("CDS", ("a", "b"), "4")], []),
-        (CHANGED_ALL, [("CDS", ("a", "b"), "5"), ("EDS", ("a",), "6"), ("LDS", ("l",), "7"),
-                       ("RDS", ("r",), "8")], []),
+        # the clusters are new to this stream: the endpoints they warm on follow
+        (sotw("CDS"), [("CDS", ("a", "b"), "4"), ("EDS", ("a",), "5")], []),
+        (CHANGED_ALL, [("CDS", ("a", "b"), "6"), ("EDS", ("a",), "7"), ("LDS", ("l",), "8"),
+                       ("RDS", ("r",), "9")], []),
         (CHANGED_ALL, [], []),  # same content again: nothing
     ]),
     "only subscribed names count: another cluster's endpoints changing is not pushed": (BASE, [
@@ -187,6 +191,36 @@ SOTW_TABLES: dict[str, tuple[Snapshot | None, list]] = {
     "wildcard: a removed listener means a new, smaller set": (BASE, [
         (sotw("LDS"), [("LDS", ("l",), "1")], []),
         (snap(cluster("a")), [("LDS", (), "2")], []),
+    ]),
+    "a modified EDS cluster gets its unchanged endpoints again right after CDS (it warms until then)": (BASE, [
+        (sotw("CDS"), [("CDS", ("a", "b"), "1")], []),
+        (sotw("EDS", ("a", "b")), [("EDS", ("a", "b"), "2")], []),
+        (sotw("CDS", nonce="1"), [], [("ack", "CDS", "1")]),
+        (sotw("EDS", ("a", "b"), nonce="2"), [], [("ack", "EDS", "2")]),
+        (MODIFIED_A, [("CDS", ("a", "b"), "3"), ("EDS", ("a", "b"), "4")], []),
+        (MODIFIED_A, [], []),
+        (sotw("CDS", nonce="3"), [], [("ack", "CDS", "3")]),
+        (sotw("EDS", ("a", "b"), nonce="4"), [], [("ack", "EDS", "4")]),  # the ACK gets no answer
+        (BASE, [("CDS", ("a", "b"), "5"), ("EDS", ("a", "b"), "6")], []),  # changed back (DR deleted)
+    ]),
+    "no endpoints resent when no cluster was added or modified": (BASE, [
+        (sotw("CDS"), [("CDS", ("a", "b"), "1")], []),
+        (sotw("EDS", ("a", "b")), [("EDS", ("a", "b"), "2")], []),
+        (sotw("LDS"), [("LDS", ("l",), "3")], []),
+        (snap(cluster("a"), cluster("b"), endpoints("a"), endpoints("b"), listener("l", 15001), route("r")),
+         [("LDS", ("l",), "4")], []),
+        (snap(cluster("a"), endpoints("a"), endpoints("b"), listener("l", 15001), route("r")),
+         [("CDS", ("a",), "5")], []),  # a removed cluster warms nothing
+    ]),
+    "an added cluster's endpoints go out when Envoy subscribes to them": (BASE, [
+        (sotw("CDS"), [("CDS", ("a", "b"), "1")], []),
+        (sotw("EDS", ("a", "b")), [("EDS", ("a", "b"), "2")], []),
+        (WITH_C, [("CDS", ("a", "b", "c"), "3")], []),
+        (sotw("EDS", ("a", "b", "c"), nonce="2"), [("EDS", ("a", "b", "c"), "4")], [("ack", "EDS", "2")]),
+    ]),
+    "a CDS response sent on a request also re-sends the endpoints it warms": (BASE, [
+        (sotw("EDS", ("a",)), [("EDS", ("a",), "1")], []),
+        (sotw("CDS"), [("CDS", ("a", "b"), "2"), ("EDS", ("a",), "3")], []),
     ]),
 }
 
@@ -239,9 +273,10 @@ DELTA_TABLES: dict[str, tuple[Snapshot | None, list]] = {
         (delta("RDS", ("r",)), [("RDS", ("r",), (), "1")], []),
         (delta("LDS"), [("LDS", ("l",), (), "2")], []),
         (delta("EDS", ("a", "b")), [("EDS", ("a", "b"), (), "3")], []),
-        (delta("CDS"), [("CDS", ("a", "b"), (), "4")], []),
+        # the clusters are new to this stream: the endpoints they warm on follow
+        (delta("CDS"), [("CDS", ("a", "b"), (), "4"), ("EDS", ("a", "b"), (), "5")], []),
         (snap(cluster("a", 2), endpoints("a", 9), listener("l"), route("r", header="2")),
-         [("CDS", ("a",), ("b",), "5"), ("EDS", ("a",), ("b",), "6"), ("RDS", ("r",), (), "7")], []),
+         [("CDS", ("a",), ("b",), "6"), ("EDS", ("a",), ("b",), "7"), ("RDS", ("r",), (), "8")], []),
     ]),
     "NACK is reported and the rejected resources are never resent": (BASE, [
         (delta("LDS"), [("LDS", ("l",), (), "1")], []),
@@ -278,6 +313,34 @@ DELTA_TABLES: dict[str, tuple[Snapshot | None, list]] = {
         (WITHOUT_B, [("CDS", (), ("b",), "2")], []),
         (WITHOUT_B, [], []),
         (BASE, [("CDS", ("b",), (), "3")], []),
+    ]),
+    "a modified EDS cluster gets its unchanged endpoints again right after CDS (it warms until then)": (BASE, [
+        (delta("CDS"), [("CDS", ("a", "b"), (), "1")], []),
+        (delta("EDS", ("a", "b")), [("EDS", ("a", "b"), (), "2")], []),
+        (delta("CDS", nonce="1"), [], [("ack", "CDS", "1")]),
+        (delta("EDS", nonce="2"), [], [("ack", "EDS", "2")]),
+        (MODIFIED_A, [("CDS", ("a",), (), "3"), ("EDS", ("a",), (), "4")], []),
+        (MODIFIED_A, [], []),
+        (delta("EDS", nonce="4"), [], [("ack", "EDS", "4")]),
+        (BASE, [("CDS", ("a",), (), "5"), ("EDS", ("a",), (), "6")], []),  # changed back (DR deleted)
+    ]),
+    "no endpoints resent when no cluster was added or modified": (BASE, [
+        (delta("CDS"), [("CDS", ("a", "b"), (), "1")], []),
+        (delta("EDS", ("a", "b")), [("EDS", ("a", "b"), (), "2")], []),
+        (WITHOUT_B, [("CDS", (), ("b",), "3"), ("EDS", (), ("b",), "4")], []),
+        (snap(cluster("a"), endpoints("a"), listener("l", 15001), route("r")), [], []),
+    ]),
+    "an added cluster's endpoints go out when Envoy subscribes to them": (BASE, [
+        (delta("CDS"), [("CDS", ("a", "b"), (), "1")], []),
+        (delta("EDS", ("a", "b")), [("EDS", ("a", "b"), (), "2")], []),
+        (WITH_C, [("CDS", ("c",), (), "3")], []),
+        (delta("EDS", ("c",), nonce="2"), [("EDS", ("c",), (), "4")], [("ack", "EDS", "2")]),
+    ]),
+    "reconnect: a cluster changed while away gets its endpoints even if Envoy has them": (MODIFIED_A, [
+        (delta("CDS", initial={n: BASE.resource_version(CLUSTER, n) for n in ("a", "b")}),
+         [("CDS", ("a",), (), "1")], []),
+        (delta("EDS", ("a", "b"), initial={n: BASE.resource_version(ENDPOINT, n) for n in ("a", "b")}),
+         [("EDS", ("a",), (), "2")], []),
     ]),
 }
 

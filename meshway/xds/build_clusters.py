@@ -88,7 +88,8 @@ def merge_policy(dr: DestinationRule | None, port: int, subset: str | None) -> T
     merged: Body = {}
     for layer in layers:
         if layer is not None:
-            merged.update({k: v for k, v in layer.model_dump(exclude_none=True).items() if k != "portLevelSettings"})
+            merged.update({k: v for k, v in layer.model_dump(exclude_none=True).items()
+                           if k not in ("portLevelSettings", "port")})
     return TrafficPolicy.model_validate(merged, strict=False) if merged else None
 
 

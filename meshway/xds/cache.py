@@ -143,12 +143,20 @@ def check_consistency(snapshot: Snapshot) -> None:
         raise InconsistentSnapshot(missing)
 
 
+def find_endpoints_name(cluster: Message) -> str | None:
+    """The ClusterLoadAssignment an EDS cluster served over ADS waits for; None for other clusters."""
+    if cluster.WhichOneof("cluster_discovery_type") == "type" and cluster.type == cluster.EDS:
+        eds = cluster.eds_cluster_config
+        if not eds.HasField("eds_config") or _served_by_ads(eds.eds_config):
+            return eds.service_name or cluster.name
+    return None
+
+
 def _references(snapshot: Snapshot) -> Iterator[tuple[str, str, str]]:
     for cluster in snapshot.resources(CLUSTER).values():
-        if cluster.WhichOneof("cluster_discovery_type") == "type" and cluster.type == cluster.EDS:
-            eds = cluster.eds_cluster_config
-            if not eds.HasField("eds_config") or _served_by_ads(eds.eds_config):
-                yield ENDPOINT, eds.service_name or cluster.name, f"Cluster {cluster.name!r}"
+        endpoints = find_endpoints_name(cluster)
+        if endpoints is not None:
+            yield ENDPOINT, endpoints, f"Cluster {cluster.name!r}"
     for type_url in (CLUSTER, LISTENER, ROUTE):
         for name, resource in snapshot.resources(type_url).items():
             referrer = f"{SHORT_NAMES[type_url]} {name!r}"

@@ -17,7 +17,12 @@ Protocol rules kept here (the "server" half of go-control-plane's cache/server s
 - Delta: per resource versions; `removed_resources` for names that disappeared or that we never
   had, so Envoy does not wait for `initial_fetch_timeout`; the first request seeds what Envoy has
   from `initial_resource_versions`. Subscription changes are applied whatever the nonce, since in
-  Delta a request carries a change, not the whole state; only the ACK/NACK part needs a known nonce.
+  Delta a request carries a change, not the whole state; only the ACK/NACK part needs a known nonce;
+- warming (both modes): a cluster that a CDS response adds or modifies warms in Envoy until it
+  receives its ClusterLoadAssignment again, and Envoy does not ask for it (the names it is
+  subscribed to did not change). So the endpoints of every EDS cluster a CDS response added or
+  changed are sent again right after it, even when they did not change (Envoy's "eventual
+  consistency considerations"; go-control-plane and Istio do the same).
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from dataclasses import dataclass, field
 from envoy.service.discovery.v3.discovery_pb2 import (DeltaDiscoveryRequest, DeltaDiscoveryResponse,
                                                       DiscoveryRequest, DiscoveryResponse, Resource)
 
-from .cache import PUSH_ORDER, WILDCARD_TYPES, Snapshot
+from .cache import CLUSTER, ENDPOINT, PUSH_ORDER, WILDCARD_TYPES, Snapshot, find_endpoints_name
 
 
 # -- events: what happened on the stream, for the cache's status records ---------------------------
@@ -70,6 +75,17 @@ def _ignore(event: Event) -> None:
     pass
 
 
+def find_warming_refs(snapshot: Snapshot, type_url: str, names: Iterable[str]) -> dict[str, set[str]]:
+    """type URL -> names that Envoy waits for before it uses the resources `names` of `type_url`
+    it has just been sent (added or modified): the endpoints of EDS clusters."""
+    if type_url != CLUSTER:
+        return {}
+    have = snapshot.resources(CLUSTER)
+    endpoints = {find_endpoints_name(have[n]) for n in names if n in have}
+    endpoints.discard(None)
+    return {ENDPOINT: endpoints} if endpoints else {}  # type: ignore[dict-item]
+
+
 # -- State of the World --------------------------------------------------------------------------
 @dataclass
 class _SotwType:
@@ -77,6 +93,7 @@ class _SotwType:
     wildcard: bool
     version: str | None = None  # last sent
     nonce: str | None = None  # last sent
+    sent: dict[str, str] = field(default_factory=dict)  # name -> resource version last sent (CDS only)
 
 
 class SotwStream:
@@ -88,6 +105,7 @@ class SotwStream:
         self._emit = on_event or _ignore
         self._types: dict[str, _SotwType] = {}
         self._nonce = 0
+        self._resend: dict[str, set[str]] = {}  # type URL -> names a warming parent waits for
 
     def subscriptions(self) -> dict[str, tuple[bool, frozenset[str]]]:
         """type URL -> (wildcard, names)."""
@@ -118,14 +136,29 @@ class SotwStream:
             state.names, state.wildcard = names, wildcard
         if self.snapshot is None:
             return []
-        if changed or self._version(type_url, state) != state.version:
-            return [self._respond(type_url, state)]
+        if changed or self._due(type_url, state):
+            return [self._respond(type_url, state), *self._respond_due(self._resend)]
         return []
 
     def on_snapshot(self, snapshot: Snapshot) -> list[DiscoveryResponse]:
         self.snapshot = snapshot
-        return [self._respond(t, self._types[t]) for t in push_order(self._types)
-                if self._version(t, self._types[t]) != self._types[t].version]
+        return self._respond_due(self._types)
+
+    def _respond_due(self, type_urls: Iterable[str]) -> list[DiscoveryResponse]:
+        """Responses for the given types that are due, in push order (a CDS response may make EDS due)."""
+        out = []
+        for t in push_order(type_urls):
+            state = self._types.get(t)
+            if state is not None and self._due(t, state):
+                out.append(self._respond(t, state))
+        return out
+
+    def _due(self, type_url: str, state: _SotwType) -> bool:
+        """The type's content changed, or a resource Envoy is warming waits for one of its names."""
+        resend = self._resend.get(type_url)
+        if resend and (state.wildcard or resend & state.names):
+            return True
+        return self._version(type_url, state) != state.version
 
     def _version(self, type_url: str, state: _SotwType) -> str:
         assert self.snapshot is not None
@@ -140,6 +173,13 @@ class SotwStream:
         state.version, state.nonce = self._version(type_url, state), str(self._nonce)
         response = DiscoveryResponse(version_info=state.version, type_url=type_url, nonce=state.nonce,
                                      resources=[snapshot.packed(type_url, n) for n in names])
+        self._resend.pop(type_url, None)  # every subscribed name goes out
+        if type_url == CLUSTER:
+            versions = {n: snapshot.resource_version(type_url, n) for n in names}
+            changed = [n for n, v in versions.items() if state.sent.get(n) != v]
+            state.sent = versions
+            for ref_type, ref_names in find_warming_refs(snapshot, type_url, changed).items():
+                self._resend.setdefault(ref_type, set()).update(ref_names)
         self._emit(Sent(type_url, state.version, state.nonce, tuple(names)))
         return response
 
@@ -167,6 +207,7 @@ class DeltaStream:
         self._emit = on_event or _ignore
         self._types: dict[str, _DeltaType] = {}
         self._nonce = 0
+        self._resend: dict[str, set[str]] = {}  # type URL -> names a warming parent waits for
 
     def subscriptions(self) -> dict[str, tuple[bool, frozenset[str]]]:
         """type URL -> (wildcard, names)."""
@@ -201,11 +242,17 @@ class DeltaStream:
         if self.snapshot is None:
             return []
         response = self._respond(type_url, state)
-        return [response] if response is not None else []
+        if response is None:
+            return []
+        return [response, *self._respond_all(t for t in self._resend if t != type_url)]
 
     def on_snapshot(self, snapshot: Snapshot) -> list[DeltaDiscoveryResponse]:
         self.snapshot = snapshot
-        responses = (self._respond(t, self._types[t]) for t in push_order(self._types))
+        return self._respond_all(self._types)
+
+    def _respond_all(self, type_urls: Iterable[str]) -> list[DeltaDiscoveryResponse]:
+        """Responses for the given types that have something to send, in push order."""
+        responses = (self._respond(t, self._types[t]) for t in push_order(type_urls) if t in self._types)
         return [r for r in responses if r is not None]
 
     def _answer(self, type_url: str, state: _DeltaType, request: DeltaDiscoveryRequest) -> None:
@@ -226,6 +273,9 @@ class DeltaStream:
     def _respond(self, type_url: str, state: _DeltaType) -> DeltaDiscoveryResponse | None:
         snapshot = self.snapshot
         assert snapshot is not None
+        for name in self._resend.pop(type_url, ()):  # a warming parent waits for these: send them again
+            if state.sent.get(name) is not None:
+                del state.sent[name]
         have = snapshot.resources(type_url)
         interest = set(state.names)
         if state.wildcard:
@@ -244,5 +294,7 @@ class DeltaStream:
         state.sent.update(dict.fromkeys(removed))
         state.pending[nonce] = version
         state.answered = True
+        for ref_type, ref_names in find_warming_refs(snapshot, type_url, [n for n, _ in updates]).items():
+            self._resend.setdefault(ref_type, set()).update(ref_names)
         self._emit(Sent(type_url, version, nonce, tuple(n for n, _ in updates), tuple(removed)))
         return response
