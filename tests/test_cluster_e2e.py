@@ -177,16 +177,24 @@ spec:
 def test_pods_outside_the_mesh_reach_services_and_meet_policy(mesh: Mesh) -> None:
     """A pod in a namespace not enrolled in ambient: its traffic is not captured (no waypoint, no
     HBONE), services still work (kube-proxy's DNAT), and at a mesh pod its plaintext is captured
-    inbound, where L4 policy applies (a principal cannot be proven without mTLS)."""
-    mesh.store.apply(load_yaml("""
+    inbound, where L4 policy applies (a principal cannot be proven without mTLS), whether it comes
+    by pod IP or through the service VIP, from another node or from the destination's own node."""
+    details_node = mesh.pod("details")["spec"]["nodeName"]
+    other_node = "node-2" if details_node == "node-1" else "node-1"
+    mesh.store.apply(load_yaml(f"""
 apiVersion: v1
 kind: Namespace
-metadata: {name: outside}
+metadata: {{name: outside}}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: curl-outside, namespace: outside, labels: {app: curl-outside}}
-spec: {containers: [{name: curl, image: curlimages/curl, command: ["/bin/sleep", "infinity"]}]}
+metadata: {{name: curl-outside, namespace: outside, labels: {{app: curl-outside}}}}
+spec: {{nodeName: {other_node}, containers: [{{name: curl, image: curlimages/curl, command: ["/bin/sleep", "infinity"]}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: near-curl, namespace: outside, labels: {{app: curl-outside}}}}
+spec: {{nodeName: {details_node}, containers: [{{name: curl, image: curlimages/curl, command: ["/bin/sleep", "infinity"]}}]}}
 """, "outside.yaml"))
     try:
         mesh.wait_ready()
@@ -203,8 +211,12 @@ spec:
 """, "ap.yaml"))
         time.sleep(2.5)
         details_ip = mesh.pod("details")["status"]["podIP"]
-        refused = mesh.requests(details_ip, 3, "/details/0", client="curl-outside", client_ns="outside")
-        assert all(r[0] != 200 for r in refused), refused
+        for client in ("curl-outside", "near-curl"):
+            for target in (details_ip, "details.default"):
+                refused = mesh.requests(target, 3, "/details/0", client=client, client_ns="outside")
+                assert all(r[0] != 200 for r in refused), (client, target, refused)
+        near = mesh.requests("reviews.default", 5, client="near-curl", client_ns="outside")
+        assert all(r[0] == 200 for r in near), near  # services without such a policy still answer
         assert all(r[0] == 200 for r in mesh.requests("details", 3, "/details/0"))  # mesh clients still pass
     finally:
         mesh.store.delete([(find_kind("ap"), "default", "mesh-only")], ignore_not_found=True)
