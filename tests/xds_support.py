@@ -6,11 +6,13 @@ import contextlib
 import itertools
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from meshway.ca import WORKLOAD_LIFETIME
 from meshway.mesh.view import XDS_KINDS, MeshView
 from meshway.model import find_kind, load_yaml
 from meshway.runtime.controlplane import ControlPlane
@@ -69,10 +71,10 @@ def dump(data: Any) -> str:
 
 
 @contextlib.contextmanager
-def live_controlplane(state: Path):
+def live_controlplane(state: Path, secret_ttl: timedelta = WORKLOAD_LIFETIME):
     """A ControlPlane running in a thread (its own event loop) with real waypoint Envoys; on exit it
     stops and so do the Envoys it started."""
-    cp = ControlPlane(state, envoy=ENVOY)
+    cp = ControlPlane(state, envoy=ENVOY, secret_ttl=secret_ttl)
     stop = asyncio.Event()
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(cp.run(stop),), daemon=True)

@@ -28,7 +28,7 @@ from .. import __version__
 from .. import labels as L
 from ..ca import WORKLOAD_LIFETIME, CertificateAuthority, build_secrets
 from ..ca.tokens import TOKEN_METADATA, ProxyTokens
-from ..ca.sds import build_certificate_secret, build_root_secret
+from ..ca.sds import SDS_ROOT, build_certificate_secret, build_root_secret
 from ..model.registry import BY_KIND
 from ..private import make_private, make_private_dir, write_private
 from ..xds.build_ztunnel import NodeProxy, build_ztunnel_config, find_local_pods, find_service_backends
@@ -252,20 +252,26 @@ class ControlPlane:
                 prefix = ["ip", "netns", "exec", self.cluster.net.node_netns(n)]
                 state = self.nodes[node_id] = NodeState(n, node_id, paths, prefix)
                 self._stop_without_credential(paths, node_id)
-            started = time.perf_counter()
-            resources, identities = build_ztunnel_config(self.view, NodeProxy(node_id, node))
-            self.metrics.observe_build("ztunnel", time.perf_counter() - started)
-            messages = {t: {name: P.to_message(t, body) for name, body in items.items()}
-                        for t, items in resources.items()}
-            for identity in identities:
-                ns = identity.split("/ns/", 1)[1].split("/", 1)[0]
-                sa = identity.rsplit("/sa/", 1)[1]
-                secret = build_certificate_secret(self.ca.issue(ns, sa))
-                secret.name = identity
-                messages[P.SECRET][identity] = secret
-            messages[P.SECRET]["ROOTCA"] = build_root_secret(self.ca.root_pem())
-            self._publish(node_id, messages)
+            self._publish(node_id, self._node_messages(node_id, node))
             self._sync_capture(state, node)
+
+    def _node_messages(self, node_id: str, node: str) -> dict:
+        """A node proxy's snapshot: its config and, as secrets, only the identities of the mesh pods
+        on its node (named by SPIFFE ID) and ROOTCA, nothing for pods elsewhere."""
+        started = time.perf_counter()
+        resources, identities = build_ztunnel_config(self.view, NodeProxy(node_id, node))
+        self.metrics.observe_build("ztunnel", time.perf_counter() - started)
+        messages = {t: {name: P.to_message(t, body) for name, body in items.items()}
+                    for t, items in resources.items()}
+        messages[P.SECRET] = {}
+        for identity in sorted(identities):
+            ns = identity.split("/ns/", 1)[1].split("/", 1)[0]
+            sa = identity.rsplit("/sa/", 1)[1]
+            secret = build_certificate_secret(self.ca.issue(ns, sa))
+            secret.name = identity
+            messages[P.SECRET][identity] = secret
+        messages[P.SECRET][SDS_ROOT] = build_root_secret(self.ca.root_pem())
+        return messages
 
     def _sync_capture(self, state: NodeState, node: str) -> None:
         """The node's capture rules and, in each of its pods outside the mesh, kube-proxy's service
