@@ -1,6 +1,10 @@
 """The kubelet of the local cluster: realise the store's pods as network namespaces and processes,
-keep their /etc/hosts current, and report their readiness. Waypoint pods get a namespace only:
-their Envoy is started by the control plane (NetnsPlacement)."""
+keep their /etc/hosts current, and report their readiness and restart counts. Waypoint pods get a
+namespace only: their Envoy is started by the control plane (NetnsPlacement).
+
+A new runtime on a running cluster (a restarted control plane) adopts what is there: the
+namespaces recorded in run/cluster.json (`ClusterNet`) and each pod's running containers recorded
+in run/pods/<ns>.<pod>/containers.json (`PodProcesses`); nothing is started twice."""
 from __future__ import annotations
 
 import logging
@@ -12,7 +16,7 @@ from typing import Any
 from .. import labels as L
 from ..mesh.view import MeshView
 from .netns import ClusterNet, service_hostnames
-from .workload import PodProcesses
+from .workload import ContainerStatus, PodProcesses
 
 log = logging.getLogger("meshway.cluster")
 Body = dict[str, Any]
@@ -38,11 +42,36 @@ def build_host_entries(view: MeshView) -> list[tuple[str, list[str]]]:
     return entries
 
 
+def build_container_statuses(statuses: list[ContainerStatus]) -> list[Body]:
+    """`status.containerStatuses` as Kubernetes writes them (restartCount never resets)."""
+    out = []
+    for s in statuses:
+        if s.state == "running":
+            state: Body = {"running": {}}
+        elif s.state == "waiting":
+            state = {"waiting": {"reason": "CrashLoopBackOff"}}
+        else:
+            state = {"terminated": build_termination(s)}
+        body = {"name": s.name, "ready": s.ready, "restartCount": s.restart_count, "started": s.state == "running",
+                "state": state}
+        if s.state != "terminated" and (s.last_exit_code is not None or s.last_error):
+            body["lastState"] = {"terminated": build_termination(s)}
+        out.append(body)
+    return out
+
+
+def build_termination(s: ContainerStatus) -> Body:
+    if s.last_exit_code is None:  # exited while adopted: the code is not ours to know
+        return {"reason": "ContainerStatusUnknown", "message": s.last_error or "exit code unknown"}
+    return {"exitCode": s.last_exit_code, "reason": "Completed" if s.last_exit_code == 0 else "Error"}
+
+
 @dataclass
 class PodState:
     body: Body
     processes: PodProcesses | None = None
     ready: bool | None = None
+    reported: tuple | None = None  # (ready, restart counts) last written
     last_probe: float = 0.0
     hosts: str = field(default="")
 
@@ -92,22 +121,24 @@ class ClusterRuntime:
         self.net.remove_pod(*key)
 
     def poll(self, period: float = 0.5) -> list[tuple[str, str, bool, Body]]:
-        """Restart exited containers; return the pods whose readiness changed (ns, name, ready, statuses)."""
+        """Restart exited containers; return the pods whose readiness or restart counts changed
+        (ns, name, ready, {"containerStatuses": ...})."""
         now = time.monotonic()
         changed = []
         for (ns, name), state in self.pods.items():
             if state.processes is None:
                 continue
-            state.processes.poll()
-            if now - state.last_probe < period and state.ready is not None:
+            restarted = state.processes.poll()
+            if now - state.last_probe < period and state.ready is not None and not restarted:
                 continue
             state.last_probe = now
             ready = bool(state.processes.check_ready())
-            if ready != state.ready:
-                state.ready = ready
-                statuses = [{"name": s.name, "ready": s.ready, "restartCount": s.restart_count}
-                            for s in state.processes.statuses()]
-                changed.append((ns, name, ready, {"containerStatuses": statuses}))
+            statuses = state.processes.statuses()
+            reported = (ready, tuple(s.restart_count for s in statuses))
+            state.ready = ready
+            if reported != state.reported:
+                state.reported = reported
+                changed.append((ns, name, ready, {"containerStatuses": build_container_statuses(statuses)}))
         return changed
 
     def stop(self) -> None:
