@@ -108,14 +108,19 @@ def logs(c: Ctx, target: str, namespace: str | None, container: str | None, foll
 @pass_ctx
 def status(c: Ctx) -> None:
     """Nodes, pods, waypoints and proxy sync of the local mesh."""
-    from ..runtime.daemon import controlplane_pid
     from .controlplane import load_proxy_status, write_proxy_status
+    from .liveness import NOT_RUNNING_NOTE, as_unknown, find_controlplane
 
     state = c.store.state_dir
-    pid = controlplane_pid(state)
-    mode = "cluster (network namespaces)" if (state / "run" / "cluster.json").exists() else "loopback"
-    click.echo(f"Control plane: {'running (pid ' + str(pid) + ')' if pid else 'not running'}, {mode}\n")
+    pid = find_controlplane(state)
+    if pid:
+        mode = "cluster (network namespaces)" if (state / "run" / "cluster.json").exists() else "loopback"
+        click.echo(f"Control plane: running (pid {pid}), {mode}\n")
+    else:
+        click.echo(f"Control plane: not running\n{NOT_RUNNING_NOTE}\n")
     pods = c.store.list(POD, None)
+    if not pid:
+        pods = [as_unknown(p, "Ready") for p in pods]
     proxies = load_proxy_status(c) if pid else {}
     rows = [["NODE", "PODS", "READY", "NODE PROXY"]]
     for n in range(1, c.store.node_count() + 1):
@@ -127,7 +132,8 @@ def status(c: Ctx) -> None:
         rows.append([node, str(len(on)), str(sum(_ready(p) for p in on)), zstate])
     click.echo(P.tabwrite(rows) + "\n", nl=False)
     click.echo(P.write_table("Pod", pods, all_namespaces=True, wide=True) + "\n", nl=False)
-    gws = [g for g in c.store.list(find_kind("gtw"), None) if g["spec"]["gatewayClassName"] == L.WAYPOINT_CLASS]
+    gws = [g if pid else as_unknown(g, "Programmed") for g in c.store.list(find_kind("gtw"), None)
+           if g["spec"]["gatewayClassName"] == L.WAYPOINT_CLASS]
     if gws:
         click.echo(P.write_table("Gateway", gws, all_namespaces=True) + "\n", nl=False)
     if proxies:

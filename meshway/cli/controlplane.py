@@ -113,8 +113,13 @@ def write_proxy_status(status: dict) -> str:
 @pass_ctx
 def proxy_status(c: Ctx) -> None:
     """Each proxy's xDS state: SYNCED, STALE (sent, not yet ACKed), NACKED (with Envoy's message)."""
+    from .liveness import find_controlplane
+
+    if not find_controlplane(c.store.state_dir):  # as istioctl when it cannot reach istiod
+        click.echo("Error: unable to reach the control plane: it is not running (`meshway up` starts it)", err=True)
+        raise click.exceptions.Exit(1)
     status = load_proxy_status(c)
     if not status:
-        click.echo("No proxies found (is `meshway controlplane` running?).", err=True)
+        click.echo("No proxies found.", err=True)
         return
     click.echo(write_proxy_status(status), nl=False)

@@ -7,15 +7,20 @@ from ..mesh.explain import find_decision
 from ..mesh.selection import Decision
 from ..mesh.view import SNAPSHOT_KINDS, MeshView
 from . import printers as P
+from .liveness import NOT_RUNNING, find_controlplane
 from .main import Ctx, cli, namespace_option, pass_ctx
 
 
-def write_decision(decision: Decision) -> str:
+def write_decision(decision: Decision, live: bool = True) -> str:
+    """`live`: the control plane runs; else a recorded "ready" is shown as unknown (see `liveness`)."""
     d = decision.destination
     what = f"{d.kind.lower()}/{d.name}"
     waypoint = decision.waypoint or "<none>"
     if decision.waypoint:
-        waypoint += " (ready)" if decision.ready else " (not ready)"
+        if decision.ready and not live:
+            waypoint += f" (readiness Unknown: {NOT_RUNNING}; last recorded: ready)"
+        else:
+            waypoint += " (ready)" if decision.ready else " (not ready)"
     lines = [f"Destination:  {what} in namespace {d.namespace}" + (f" ({d.address})" if d.address else ""),
              f"Addressed as: {decision.addressed_as}",
              f"Waypoint:     {waypoint}",
@@ -23,7 +28,19 @@ def write_decision(decision: Decision) -> str:
              "Rules:"]
     lines += [f"  {i}. {rule}" for i, rule in enumerate(decision.rules, 1)]
     lines.append(decision.explanation)
+    if decision.waypoint and decision.ready and not live:
+        lines.append(f"Note: {NOT_RUNNING} (`meshway up` starts it): the waypoint's readiness is the last recorded "
+                     "state, not live.")
     return "\n".join(lines) + "\n"
+
+
+def decision_json(decision: Decision, live: bool = True) -> dict:
+    """`ready` is null (unknown) when only a stopped control plane recorded it as ready."""
+    out = decision.to_json()
+    if decision.waypoint and decision.ready and not live:
+        out["ready"] = None
+    out["control_plane"] = "running" if live else "not running"
+    return out
 
 
 @cli.command()
@@ -38,4 +55,6 @@ def explain(c: Ctx, target: str, namespace: str | None, output: str) -> None:
     """
     _, snapshot = c.store.snapshot(SNAPSHOT_KINDS)
     decision = find_decision(MeshView.build(snapshot), target, namespace or "default")
-    click.echo(P.to_json(decision.to_json()) if output == "json" else write_decision(decision), nl=False)
+    live = find_controlplane(c.store.state_dir) is not None
+    click.echo(P.to_json(decision_json(decision, live)) if output == "json" else write_decision(decision, live),
+               nl=False)

@@ -12,6 +12,7 @@ from .. import labels as L
 from ..model import find_kind, parse_object
 from ..store import Store
 from . import printers as P
+from .liveness import NOT_RUNNING, REASON, as_unknown, find_controlplane
 from .main import Ctx, cli, namespace_option, pass_ctx
 
 GATEWAY = find_kind("gateway")
@@ -194,7 +195,8 @@ def delete_(c: Ctx, names: tuple[str, ...], namespace: str | None, all_: bool, r
 
 def status_row(gw: dict[str, Any], all_namespaces: bool) -> list[str]:
     conds = (gw.get("status") or {}).get("conditions") or []
-    cond = next((c for c in conds if c["type"] == "Programmed" and c["status"] == "True"), conds[-1] if conds else {})
+    cond = next((c for c in conds if c["type"] == "Programmed" and c["status"] == "True"), None) or \
+        next((c for c in conds if c.get("reason") == REASON), conds[-1] if conds else {})
     row = [gw["metadata"]["name"], cond.get("status", ""), cond.get("type", ""), cond.get("reason", ""),
            cond.get("message", "")]
     return ([gw["metadata"]["namespace"]] if all_namespaces else []) + row
@@ -219,6 +221,15 @@ def status(c: Ctx, name: str, namespace: str | None, all_namespaces: bool, wait:
                               f'"{name}" not found')
     header = (["NAMESPACE"] if all_namespaces else []) + ["NAME", "STATUS", "TYPE", "REASON", "MESSAGE"]
     rows, timeout = [header], parse_timeout(waypoint_timeout)
+    if find_controlplane(c.store.state_dir) is None:  # nothing can program a waypoint: no waiting, no "True"
+        rows += [status_row(as_unknown(gw, "Programmed"), all_namespaces) for gw in gateways]
+        click.echo(P.tabwrite(rows, padding=5), nl=False)
+        if wait:
+            click.echo(f"Error: {NOT_RUNNING}, so no waypoint can become ready (`meshway up` starts it; "
+                       "--no-wait shows the last recorded status)", err=True)
+            raise click.exceptions.Exit(1)
+        click.echo(f"Note: {NOT_RUNNING}; the status above is the last recorded.", err=True)
+        return
     for gw in gateways:
         meta = gw["metadata"]
         if wait:
