@@ -43,7 +43,7 @@ from ..xds.proxy import Proxy, build_node_id
 from ..xds.scope import WaypointScope, find_scope
 from ..xds.server import XdsServer
 from ..xds.validate import ValidationCache
-from .envoy import EnvoyPaths, find_envoy, read_pid, start_envoy, stop_envoy
+from .envoy import EnvoyPaths, detect_restart_count, find_envoy, read_pid, read_starts, start_envoy, stop_envoy
 from .capture import apply_capture_rules, apply_service_nat
 from .monitoring import ControlPlaneMetrics, MetricsServer, fetch_proxy_metrics, find_scrape_targets
 from .placement import LoopbackPlacement, NetnsPlacement, Replica, replica_dir_name, replica_sock_dir, socket_dir
@@ -72,7 +72,7 @@ class ReplicaState:
     replica: Replica
     node_id: str
     paths: EnvoyPaths
-    restarts: int = 0
+    failures: int = 0  # starts since it was last ready: the backoff (resets; the restart count does not)
     next_start: float = 0.0
     ready_written: bool | None = None
     problems: tuple = field(default=())
@@ -207,7 +207,9 @@ class ControlPlane:
         wanted = {build_node_id("waypoint", r.pod_ip, r.pod, r.namespace): r for r in find_replicas(self.view)}
         for node_id in list(self.replicas):
             if node_id not in wanted:
-                stop_envoy(self.replicas.pop(node_id).paths)
+                paths = self.replicas.pop(node_id).paths
+                stop_envoy(paths)
+                paths.starts_file.unlink(missing_ok=True)  # a new pod of this name starts from 0
         for node_id, replica in wanted.items():
             state = self.replicas.get(node_id)
             if state is None:
@@ -357,7 +359,9 @@ class ControlPlane:
         for child in folder.iterdir():
             if child.is_dir() and child.name not in names:
                 ns, _, pod = child.name.partition(".")
-                stop_envoy(EnvoyPaths(child, replica_sock_dir(self.state_dir, Replica(ns, pod, "", "", ""))))
+                paths = EnvoyPaths(child, replica_sock_dir(self.state_dir, Replica(ns, pod, "", "", "")))
+                stop_envoy(paths)
+                paths.starts_file.unlink(missing_ok=True)
 
     # -- processes and readiness ------------------------------------------------------------------
     def _supervise_nodes(self, now: float) -> None:
@@ -406,8 +410,8 @@ class ControlPlane:
                                                   "INSTANCE_IPS": r.pod_ip, "POD_NAME": r.pod,
                                                   TOKEN_METADATA: self.tokens.token(state.node_id)})
             start_envoy(state.paths, bootstrap, self.placement.command_prefix(r), self.envoy)
-            state.next_start = now + min(30.0, 0.5 * 2 ** state.restarts)
-            state.restarts += 1
+            state.next_start = now + min(30.0, 0.5 * 2 ** state.failures)
+            state.failures += 1
             log.info("started waypoint replica %s/%s", r.namespace, r.pod)
 
     def _write_ready(self, state: ReplicaState, ready: bool) -> None:
@@ -418,7 +422,7 @@ class ControlPlane:
                 "phase": "Running" if ready else "Pending",
                 "conditions": [{"type": "PodScheduled", "status": "True"},
                                {"type": "Ready", "status": status}],
-                "containerStatuses": [{"name": "istio-proxy", "ready": ready, "restartCount": max(0, state.restarts - 1)}],
+                "containerStatuses": [{"name": "istio-proxy", "ready": ready, "restartCount": detect_restart_count(read_starts(state.paths))}],
             })
         except Exception as exc:  # the pod may be gone already
             log.debug("cannot write readiness of %s: %s", r.pod, exc)
@@ -432,7 +436,7 @@ class ControlPlane:
             if synced != bool(state.ready_written):
                 self._write_ready(state, synced)
                 if synced:
-                    state.restarts = 0
+                    state.failures = 0
 
     def proxy_status(self) -> dict:
         out = {}

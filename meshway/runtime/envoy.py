@@ -51,6 +51,23 @@ class EnvoyPaths:
     def admin(self) -> Path:
         return self.sock_dir / "admin.sock"
 
+    @property
+    def starts_file(self) -> Path:
+        """How many times this proxy was started: kept across control planes (restartCount)."""
+        return self.run_dir / "starts"
+
+
+def read_starts(paths: EnvoyPaths) -> int:
+    try:
+        return int(paths.starts_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def detect_restart_count(starts: int) -> int:
+    """Kubernetes' restartCount: every start after the first."""
+    return max(0, starts - 1)
+
 
 def read_live_pid(pid_file: Path) -> int | None:
     """The pid in `pid_file` if that process is alive (an exited child of ours is reaped: dead)."""
@@ -89,6 +106,7 @@ def start_envoy(paths: EnvoyPaths, bootstrap: dict[str, Any], prefix: list[str] 
     make_private_dir(paths.run_dir)
     make_private_dir(paths.sock_dir)
     write_private(paths.bootstrap, json.dumps(bootstrap, indent=1))
+    write_private(paths.starts_file, f"{read_starts(paths) + 1}\n")
     cmd = [*(prefix or []), envoy or find_envoy(), "-c", str(paths.bootstrap), "--disable-hot-restart",
            "--concurrency", "1", "-l", log_level, "--drain-time-s", str(drain_seconds),
            "--parent-shutdown-time-s", str(drain_seconds + 1),
