@@ -64,14 +64,33 @@ def find_metrics_url(c: Ctx, requested: str, timeout: float = 5.0) -> str:
     return f"http://{path.read_text().strip()}/metrics"
 
 
-def run_walkthrough(c: Ctx, files: tuple[str, ...], nodes: int | None, metrics_addr: str | None = None) -> None:
-    from ..runtime.daemon import start_controlplane
-    from ..runtime.netns import detect_capability
+def report_running(c: Ctx, files: tuple[str, ...], nodes: int | None, pid: int) -> None:
+    """`up` on a running mesh starts nothing a second time: it says so and applies the -f manifests
+    (apply is idempotent); the control plane picks them up like any other change."""
+    click.echo(f"meshway: the mesh is already running (control plane pid {pid}, store "
+               f"{c.store.state_dir / 'store.db'}); nothing started. `meshway status` shows it, `meshway down` "
+               "stops it.")
+    if nodes and nodes != c.store.node_count():
+        click.echo(f"meshway: --nodes {nodes} ignored: the running cluster has {c.store.node_count()} "
+                   "(`meshway down` first to change it)", err=True)
+    click.echo()
+    if files:
+        _run(c, ["apply", *[arg for f in files for arg in ("-f", f)]])
 
+
+def run_walkthrough(c: Ctx, files: tuple[str, ...], nodes: int | None, metrics_addr: str | None = None) -> None:
+    from ..runtime.daemon import controlplane_pid, start_controlplane
+    from ..runtime.netns import detect_capability, state_path
+
+    running = controlplane_pid(c.store.state_dir)
+    if running:
+        report_running(c, files, nodes, running)
+        return
     reason = detect_capability()
     cluster = reason is None
     if cluster:
-        c.store.set_nodes(nodes or 2)
+        if nodes or not state_path(c.store.state_dir).exists():  # a recorded cluster keeps its nodes (adopted)
+            c.store.set_nodes(nodes or 2)
         mode = f"cluster of {c.store.node_count()} nodes in network namespaces"
     else:
         mode = f"loopback (no network-namespace cluster here: {reason}); waypoints run, application pods do not"

@@ -1,0 +1,42 @@
+"""`meshway up` on a mesh that is already running starts nothing a second time: it says so,
+applies the -f manifests and exits 0."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from meshway.cli.main import cli
+from meshway.cli import up  # noqa: F401  (registers the command)
+from meshway.model import find_kind
+from meshway.store import Store
+
+SERVICE = """
+apiVersion: v1
+kind: Service
+metadata: {name: extra, namespace: default}
+spec: {selector: {app: extra}, ports: [{port: 80}]}
+"""
+
+
+def test_up_on_a_running_mesh_starts_nothing_and_applies_the_manifests(tmp_path: Path, monkeypatch) -> None:
+    state = tmp_path / "state"
+    Store(state).set_nodes(3)
+    (state / "run").mkdir(parents=True, exist_ok=True)
+    (state / "run" / "controlplane.pid").write_text(f"{os.getpid()}\n")  # a live process: "running"
+
+    def no_second_control_plane(*args, **kwargs):
+        raise AssertionError("up started a second control plane")
+
+    monkeypatch.setattr("meshway.runtime.daemon.start_controlplane", no_second_control_plane)
+    manifest = tmp_path / "extra.yaml"
+    manifest.write_text(SERVICE)
+    result = CliRunner().invoke(cli, ["--state-dir", str(state), "up", "--nodes", "2", "-f", str(manifest)])
+    assert result.exit_code == 0, result.output
+    assert f"the mesh is already running (control plane pid {os.getpid()}" in result.output
+    assert "--nodes 2 ignored: the running cluster has 3" in result.output
+    store = Store(state)
+    assert store.get(find_kind("svc"), "default", "extra")["metadata"]["name"] == "extra"
+    assert store.node_count() == 3
+    assert (state / "run" / "controlplane.pid").read_text() == f"{os.getpid()}\n"
