@@ -40,3 +40,18 @@ def test_up_on_a_running_mesh_starts_nothing_and_applies_the_manifests(tmp_path:
     assert store.get(find_kind("svc"), "default", "extra")["metadata"]["name"] == "extra"
     assert store.node_count() == 3
     assert (state / "run" / "controlplane.pid").read_text() == f"{os.getpid()}\n"
+
+
+def test_down_forgets_the_process_records(tmp_path: Path) -> None:
+    from meshway.runtime.daemon import stop_all
+
+    run = tmp_path / "state" / "run"
+    records = [run / "pods" / "default.web" / "containers.json", run / "proxies" / "default.waypoint-0" / "starts",
+               run / "nodes" / "node-1" / "starts"]
+    for path in records:
+        path.parent.mkdir(parents=True)
+        path.write_text("{}")
+    (run / "pods" / "default.web" / "app.log").write_text("kept\n")
+    stop_all(tmp_path / "state")
+    assert not any(p.exists() for p in records)
+    assert (run / "pods" / "default.web" / "app.log").exists()

@@ -74,4 +74,13 @@ def stop_all(state_dir: Path, timeout: float = 10.0) -> list[str]:
 
         down(state_dir)  # kills what still runs in the pod and node namespaces, then removes them
         stopped.append("cluster network namespaces")
+    forget_processes(state_dir)
     return stopped
+
+
+def forget_processes(state_dir: Path) -> None:
+    """After `down` nothing runs: the next `up` starts every pod and proxy afresh, restart counts
+    at 0 (the records a restarted control plane adopts from are only for a mesh that runs)."""
+    run = state_dir / "run"
+    for record in [*run.glob("pods/*/containers.json"), *run.glob("proxies/*/starts"), *run.glob("nodes/*/starts")]:
+        record.unlink(missing_ok=True)
