@@ -8,6 +8,7 @@ a node proxy: the pods of its node and ROOTCA), whatever names it asks for.
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import grpc
@@ -224,3 +225,49 @@ def test_the_bootstrap_carries_the_token_of_its_node(cp):
     assert tokens.verify(state.node_id, token) and not tokens.verify(ztunnel_id(1), token)
     assert state.paths.bootstrap.stat().st_mode & 0o777 == 0o600
     assert bootstrap["admin"]["address"]["pipe"]["mode"] == 0o600
+
+
+# -- the workload certificate lifetime (istiod's SECRET_TTL) ---------------------------------------
+@pytest.mark.parametrize("text,seconds", [("24h", 86400), ("2m", 120), ("90s", 90), ("1h30m", 5400), ("4s", 4)])
+def test_secret_ttl_takes_go_durations(text, seconds):
+    from meshway.cli.controlplane import parse_secret_ttl
+
+    assert parse_secret_ttl(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("args,env,message", [
+    (["--secret-ttl", "1s"], {}, "shorter than 2s"),
+    (["--secret-ttl", "2 minutes"], {}, "invalid duration"),
+    ([], {"SECRET_TTL": "tomorrow"}, "SECRET_TTL"),
+])
+def test_a_bad_secret_ttl_stops_the_control_plane_before_it_starts(state_dir, args, env, message):
+    from click.testing import CliRunner
+
+    from meshway.cli.main import cli
+    from meshway.cli import controlplane  # noqa: F401  (registers the command)
+
+    result = CliRunner().invoke(cli, ["--state-dir", str(state_dir), "controlplane", *args], env=env)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (state_dir / "run").exists()
+
+
+def test_the_ca_issues_for_the_configured_lifetime_and_renews_at_half_life(state_dir):
+    from meshway.ca import CertificateAuthority
+
+    clock = [datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)]
+    ca = CertificateAuthority(state_dir, clock=lambda: clock[0], workload_lifetime=timedelta(minutes=2))
+    first = ca.issue("default", "reviews")
+    cert = cert_from_pem(first.cert_pem)
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc == timedelta(minutes=2)
+    clock[0] += timedelta(seconds=60)
+    assert ca.issue("default", "reviews") is first  # exactly half: not yet
+    clock[0] += timedelta(seconds=1)
+    assert ca.issue("default", "reviews").cert_pem != first.cert_pem
+    with pytest.raises(ValueError):
+        CertificateAuthority(state_dir, workload_lifetime=timedelta(0))
+
+
+def test_the_resync_runs_at_least_every_quarter_of_the_lifetime(state_dir):
+    assert ControlPlane(state_dir, secret_ttl=timedelta(minutes=2)).resync == 30
+    assert ControlPlane(state_dir, secret_ttl=timedelta(seconds=4)).resync == 1
+    assert ControlPlane(state_dir).resync == 60
