@@ -17,6 +17,11 @@ def controlplane_pid(state_dir: Path) -> int | None:
     return read_live_pid(state_dir / "run" / "controlplane.pid")
 
 
+def python_module_args(module: str) -> list[str]:
+    """`python -P -m MODULE`: run this interpreter's MODULE without the current folder on sys.path."""
+    return [sys.executable, "-P", "-m", module]
+
+
 def start_controlplane(state_dir: Path, cluster: bool = False, metrics_addr: str | None = None,
                        secret_ttl: str | None = None) -> int:
     """`meshway controlplane [--cluster] [--metrics-addr HOST:PORT] [--secret-ttl D]` in its own
@@ -28,10 +33,12 @@ def start_controlplane(state_dir: Path, cluster: bool = False, metrics_addr: str
     make_private_dir(state_dir)
     run = make_private_dir(state_dir / "run")
     with open_private_log(run / "controlplane.log") as log:
-        args = [sys.executable, "-m", "meshway", "--state-dir", str(state_dir), "controlplane", "-v"]
+        # -P and cwd: the caller's folder is not on sys.path (a `meshway/` folder there would shadow
+        # the package), and nothing the daemon does depends on where `meshway up` was typed.
+        args = python_module_args("meshway") + ["--state-dir", str(Path(state_dir).resolve()), "controlplane", "-v"]
         args += ["--metrics-addr", metrics_addr] if metrics_addr else []
         args += ["--secret-ttl", secret_ttl] if secret_ttl else []
-        proc = subprocess.Popen(args + (["--cluster"] if cluster else []),
+        proc = subprocess.Popen(args + (["--cluster"] if cluster else []), cwd=run,
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:

@@ -45,6 +45,7 @@ class XdsServer:
         self.socket_path: Path | None = None
         self._streams: Counter[str] = Counter()
         self._server: grpc.aio.Server | None = None
+        self._closing = asyncio.Event()  # set by stop(): open streams end with OK instead of being cancelled
 
     async def start(self, socket_path: str | os.PathLike[str]) -> None:
         path = Path(socket_path)
@@ -57,10 +58,16 @@ class XdsServer:
             raise OSError(f"cannot listen on unix:{path}")
         make_private(path)  # bound by now; nobody else could reach it inside the 0700 folder anyway
         await server.start()
-        self._server, self.socket_path = server, path
+        self._server, self.socket_path, self._closing = server, path, asyncio.Event()
 
     async def stop(self, grace: float | None = 0.5) -> None:
         if self._server is not None:
+            # End every open stream first (Envoy reconnects to the next control plane): grpc.aio would
+            # otherwise cancel the handlers after `grace` and log each CancelledError as a traceback.
+            self._closing.set()
+            deadline = asyncio.get_running_loop().time() + (grace or 0.5)
+            while self._streams and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
             await self._server.stop(grace)
             self._server = None
         if self.socket_path is not None:
@@ -83,13 +90,17 @@ class XdsServer:
         self._connect(node_id)
         reading: asyncio.Future[Any] | None = None
         watching: asyncio.Future[int] | None = None
+        closing: asyncio.Future[Any] | None = None
         try:
             for response in stream.on_request(first):
                 await context.write(response)
             reading = asyncio.ensure_future(context.read())
             watching = asyncio.ensure_future(self.cache.changed(node_id, generation))
+            closing = asyncio.ensure_future(self._closing.wait())
             while True:
-                done, _ = await asyncio.wait({reading, watching}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait({reading, watching, closing}, return_when=asyncio.FIRST_COMPLETED)
+                if closing in done:
+                    return
                 if watching in done:
                     generation = watching.result()
                     snapshot = self.cache.get(node_id)
@@ -104,7 +115,7 @@ class XdsServer:
                         await context.write(response)
                     reading = asyncio.ensure_future(context.read())
         finally:
-            for task in (reading, watching):
+            for task in (reading, watching, closing):
                 if task is not None:
                     task.cancel()
             self._disconnect(node_id)
