@@ -156,6 +156,9 @@ def test_a_stream_claiming_another_node_gets_permission_denied_and_no_secret(cp,
     ])
     assert results == [(grpc.StatusCode.PERMISSION_DENIED, {})] * 6
     assert cp.server.denied == {node1: 4, node2: 1, waypoint: 1}
+    metrics = {s.label("node"): s.value for f in cp._collect_metrics() if f.name == "meshway_xds_denied"
+               for s in f.samples}
+    assert metrics == {node1: 4, node2: 1, waypoint: 1}
     assert not cp.server.connected
 
 

@@ -30,6 +30,7 @@ from ..ca import WORKLOAD_LIFETIME, CertificateAuthority, build_secrets
 from ..ca.tokens import TOKEN_METADATA, ProxyTokens
 from ..ca.sds import SDS_ROOT, build_certificate_secret, build_root_secret
 from ..model.registry import BY_KIND
+from ..observe.metrics import Family, Sample
 from ..private import make_private, make_private_dir, write_private
 from ..xds.build_ztunnel import NodeProxy, build_ztunnel_config, find_local_pods, find_service_backends
 from ..mesh.view import XDS_KINDS, MeshView, expand_kinds
@@ -470,7 +471,11 @@ class ControlPlane:
         path = self.run_dir / "proxy-status.json"
         status = json.loads(path.read_text()) if path.exists() else {}
         proxies = fetch_proxy_metrics(find_scrape_targets(status))
-        return self.metrics.families(len(self.server.connected)) + proxies
+        denied = Family("meshway_xds_denied", "counter",
+                        "ADS streams refused: no valid credential for the node id they claimed.",
+                        tuple(Sample("meshway_xds_denied", (("node", node),), n)
+                              for node, n in sorted(dict(self.server.denied).items())))
+        return self.metrics.families(len(self.server.connected)) + [denied] + proxies
 
     def _start_metrics_server(self) -> MetricsServer | None:
         if not self.metrics_addr:
