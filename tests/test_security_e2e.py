@@ -132,7 +132,7 @@ def test_owner_only_under_umask_000_and_only_the_started_envoy_is_served(tmp_pat
         assert identity_of(own[1]["default"]).endswith("/ns/default/sa/waypoint")
         assert cert.not_valid_after_utc - cert.not_valid_before_utc == timedelta(seconds=90)  # SECRET_TTL=90s
         log = (state / "run" / "controlplane.log").read_text()
-        assert log.count(f"refused an xDS stream claiming node {node_id}") == 2
+        assert log.count(f"refused an xDS stream claiming node {node_id!r}") == 2
         assert token not in log
         assert waypoint_synced(state)  # the real waypoint stays connected and in sync
     finally:

@@ -274,3 +274,13 @@ def test_the_resync_runs_at_least_every_quarter_of_the_lifetime(state_dir):
     assert ControlPlane(state_dir, secret_ttl=timedelta(minutes=2)).resync == 30
     assert ControlPlane(state_dir, secret_ttl=timedelta(seconds=4)).resync == 1
     assert ControlPlane(state_dir).resync == 60
+
+
+def test_refusals_are_counted_without_growing_without_bound(cp):
+    """Claimed node ids are the caller's word: past MAX_DENIED_IDS names they count as "(other)"."""
+    from meshway.xds.server import MAX_DENIED_IDS
+
+    for n in range(MAX_DENIED_IDS + 50):
+        cp.server._deny(f"made-up-{n}\nforged log line " + "x" * 1000)
+    assert len(cp.server.denied) == MAX_DENIED_IDS + 1 and cp.server.denied["(other)"] == 50
+    assert max(len(k) for k in cp.server.denied) <= 200

@@ -32,6 +32,7 @@ from .stream import Acked, DeltaStream, Event, Nacked, Sent, SotwStream
 log = logging.getLogger(__name__)
 
 StreamFactory = Callable[..., SotwStream | DeltaStream]
+MAX_DENIED_IDS = 256  # distinct claimed node ids counted by name in `denied`
 
 
 class XdsServer:
@@ -82,9 +83,8 @@ class XdsServer:
         if not node_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id")
         if self.authenticate is not None and not self.authenticate(first.node):
-            self.denied[node_id] += 1
-            log.warning("refused an xDS stream claiming node %s: its credential does not match", node_id)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"no valid credential for node {node_id}")
+            self._deny(node_id)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "no valid credential for the node id claimed")
         generation = self.cache.generation(node_id)
         stream = make_stream(node_id, self.cache.get(node_id), lambda event: self._record(node_id, event))
         self._connect(node_id)
@@ -119,6 +119,13 @@ class XdsServer:
                 if task is not None:
                     task.cancel()
             self._disconnect(node_id)
+
+    def _deny(self, node_id: str) -> None:
+        """Count and log a refused stream; the node id is the caller's word, so it is quoted, cut,
+        and counted under its own name only for the first MAX_DENIED_IDS names."""
+        claimed = node_id[:200]
+        self.denied[claimed if claimed in self.denied or len(self.denied) < MAX_DENIED_IDS else "(other)"] += 1
+        log.warning("refused an xDS stream claiming node %r: no valid credential for it", claimed)
 
     def _record(self, node_id: str, event: Event) -> None:
         match event:
