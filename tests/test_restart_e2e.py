@@ -1,0 +1,106 @@
+"""A restarted control plane adopts what runs (root, Linux; run in CI): `kill -9` of the control plane
+under load, then a new one started on the same state. Nothing is started twice: every pod process,
+Envoy, namespace and capture rule is the one that ran before, no request fails, restart counts do
+not move, and the pods are Ready again."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+from cluster_support import Mesh, cluster_fixture, via_waypoint
+from meshway.runtime.daemon import controlplane_pid, start_controlplane
+from meshway.runtime.netns import cluster_id, node_netns_name
+from meshway.runtime.workload import STATE_FILE, read_proc, read_state
+
+mesh = cluster_fixture()
+
+
+def pod_processes(mesh: Mesh) -> dict[tuple[str, str], tuple[int, int]]:
+    """(pod folder, container) -> (pid, /proc start time) of every recorded container process."""
+    out = {}
+    for path in sorted((mesh.state / "run" / "pods").glob(f"*/{STATE_FILE}")):
+        for name, record in read_state(path)[1].items():
+            assert record.phase == "running" and record.pid, (path, name, record)
+            out[(path.parent.name, name)] = (record.pid, record.start_ticks)
+    return out
+
+
+def envoy_pids(mesh: Mesh) -> dict[str, int]:
+    run = mesh.state / "run"
+    return {str(p.relative_to(run)): int(p.read_text()) for p in [*run.glob("proxies/*/envoy.pid"),
+                                                                  *run.glob("nodes/*/envoy.pid")]}
+
+
+def restart_counts(mesh: Mesh) -> dict[str, list[int]]:
+    return {f"{p['metadata']['namespace']}/{p['metadata']['name']}":
+            [c["restartCount"] for c in (p.get("status") or {}).get("containerStatuses") or []]
+            for p in mesh.pods(None)}
+
+
+def netns_processes(mesh: Mesh) -> dict[str, int]:
+    """Long-running processes per pod namespace (probe runs come and go)."""
+    out = {}
+    for pod in mesh.pods(None):
+        name = mesh.netns(pod)
+        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+        infos = [read_proc(int(p)) for p in pids]
+        out[name] = sum(1 for i in infos if i and not i.zombie and "probe" not in i.cmdline)
+    return out
+
+
+def capture_rules(mesh: Mesh) -> dict[str, list[str]]:
+    """The nat rules of every node namespace (counters left out)."""
+    out = {}
+    for n in (1, 2):
+        netns = node_netns_name(cluster_id(mesh.state), n)
+        dump = subprocess.run(["ip", "netns", "exec", netns, "iptables-save", "-t", "nat"],
+                              capture_output=True, text=True, check=True).stdout
+        out[netns] = [line for line in dump.splitlines() if line.startswith("-A")]
+    return out
+
+
+def test_control_plane_kill_9_and_restart_adopts_everything_under_load(mesh: Mesh) -> None:
+    processes, envoys, counts = pod_processes(mesh), envoy_pids(mesh), restart_counts(mesh)
+    in_netns, rules = netns_processes(mesh), capture_rules(mesh)
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert len(processes) >= 7 and len(envoys) >= 3, (processes, envoys)
+    runner = mesh.start_requests("reviews", 16.0)
+    try:
+        time.sleep(2.0)
+        old = controlplane_pid(mesh.state)
+        os.kill(old, signal.SIGKILL)
+        mesh.wait_until(lambda: controlplane_pid(mesh.state) is None, 10, "the control plane to die")
+        time.sleep(2.0)  # the outage: proxies and pods keep serving their last configuration
+        new = start_controlplane(mesh.state, cluster=True, metrics_addr="127.0.0.1:0")
+        assert new != old
+        mesh.wait_ready(60)
+        proxy_status = mesh.state / "run" / "proxy-status.json"
+        mesh.wait_until(lambda: proxy_status.exists() and all(
+            v["connected"] for v in json.loads(proxy_status.read_text()).values()), 30,
+            "every proxy connected to the new control plane")
+    finally:
+        out, err = runner.communicate(timeout=120)
+    results = json.loads(out)
+    failed = [r for r in results if r[0] != 200]
+    assert len(results) > 500, f"{len(results)} requests sent; {err[-2000:]}"
+    assert not failed, f"{len(failed)}/{len(results)} failed, e.g. {failed[:5]}"
+    assert all(via_waypoint(r) for r in results)
+    assert pod_processes(mesh) == processes, "a pod process was started again instead of adopted"
+    assert all(read_proc(pid) and not read_proc(pid).zombie for pid, _ in processes.values())
+    assert envoy_pids(mesh) == envoys, "an Envoy was started again instead of adopted"
+    assert netns_processes(mesh) == in_netns, "a second copy runs in some pod"
+    assert restart_counts(mesh) == counts
+    assert capture_rules(mesh) == rules
+    assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout == namespaces
+    logs = [p.read_text(errors="replace") for p in (mesh.state / "run" / "pods").glob("*/*.log")]
+    assert not any("Address already in use" in text or "address already in use" in text for text in logs)
+    # and the new control plane supervises them: a pod process killed now is restarted and counted
+    (folder, container), (pid, _) = next((k, v) for k, v in processes.items() if k[0].startswith("default.reviews-v1"))
+    os.kill(pid, signal.SIGKILL)
+    pod = folder.split(".", 1)[1]
+    mesh.wait_until(lambda: restart_counts(mesh)[f"default/{pod}"] == [counts[f"default/{pod}"][0] + 1], 30,
+                    "the adopted container's exit to be noticed and restarted")
+    mesh.wait_ready(60)
