@@ -30,6 +30,7 @@ from meshway.ca import cert_from_pem
 from meshway.ca.tokens import TOKEN_METADATA
 from meshway.model import load_yaml
 from meshway.runtime.daemon import stop_all
+from meshway.runtime.envoy import read_pid, stop_envoy
 from meshway.runtime.envoy_admin import fetch_admin
 from meshway.runtime.placement import socket_dir
 from meshway.store import Store
@@ -177,3 +178,38 @@ def test_short_secret_ttl_is_renewed_at_half_life_by_the_running_control_plane(t
         assert ttl / 2 <= renewed - previous < ttl, starts  # at half life, before it expires
     # Envoy always held a certificate that had not expired (X.509 times are whole seconds).
     assert all(now < end + timedelta(seconds=1) for now, (_, end) in samples)
+
+
+def test_a_restarted_control_plane_accepts_the_envoys_it_adopts(tmp_path: Path) -> None:
+    """Tokens are derived from the state folder's key, so the Envoy a dead control plane started is
+    accepted by the next one as it is (same process); an Envoy whose bootstrap has no valid token
+    (started before tokens existed) is restarted with one instead of being refused forever."""
+    state = tmp_path / "state"
+    store = Store(state)
+    store.apply(load_yaml(MANIFESTS, "mesh.yaml"))
+
+    def connected(cp) -> bool:
+        replica = next(iter(cp.replicas.values()), None)
+        if replica is None or cp.cache.get(replica.node_id) is None:
+            return False
+        acked = cp.cache.status.get(replica.node_id, {}).get(P.LISTENER, {}).get("version")
+        return replica.node_id in cp.server.connected and acked == cp.cache.get(replica.node_id).version(P.LISTENER)
+
+    with live_controlplane(state, stop_proxies=False) as first:
+        assert wait_programmed(store, "default", timeout=30)
+        [replica] = first.replicas.values()
+        paths, pid = replica.paths, read_pid(replica.paths)
+    assert pid and read_pid(paths) == pid  # the Envoy outlives its control plane
+    try:
+        with live_controlplane(state, stop_proxies=False) as second:
+            wait_for("the adopted Envoy to reconnect", lambda: connected(second))
+            assert read_pid(paths) == pid and not second.server.denied
+        bootstrap = json.loads(paths.bootstrap.read_text())
+        del bootstrap["node"]["metadata"][TOKEN_METADATA]
+        paths.bootstrap.write_text(json.dumps(bootstrap))
+        with live_controlplane(state) as third:
+            wait_for("a restarted Envoy to connect", lambda: connected(third))
+            assert read_pid(paths) not in (None, pid)
+            assert TOKEN_METADATA in json.loads(paths.bootstrap.read_text())["node"]["metadata"]
+    finally:
+        stop_envoy(paths)

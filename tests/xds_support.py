@@ -71,9 +71,9 @@ def dump(data: Any) -> str:
 
 
 @contextlib.contextmanager
-def live_controlplane(state: Path, secret_ttl: timedelta = WORKLOAD_LIFETIME):
+def live_controlplane(state: Path, secret_ttl: timedelta = WORKLOAD_LIFETIME, stop_proxies: bool = True):
     """A ControlPlane running in a thread (its own event loop) with real waypoint Envoys; on exit it
-    stops and so do the Envoys it started."""
+    stops and so do the Envoys it started (unless `stop_proxies` is false: a next one adopts them)."""
     cp = ControlPlane(state, envoy=ENVOY, secret_ttl=secret_ttl)
     stop = asyncio.Event()
     loop = asyncio.new_event_loop()
@@ -84,7 +84,8 @@ def live_controlplane(state: Path, secret_ttl: timedelta = WORKLOAD_LIFETIME):
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(10)
-        cp.stop_proxies()
+        if stop_proxies:
+            cp.stop_proxies()
 
 
 def wait_programmed(store: Store, namespace: str, name: str = "waypoint", timeout: float = 30) -> bool:
