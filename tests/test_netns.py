@@ -266,6 +266,24 @@ def test_up_and_add_pod_are_idempotent(tmp_path: Path):
         cluster.add_pod("default", "a", "10.244.1.3", 1)
 
 
+def test_a_new_cluster_net_on_a_recorded_cluster_adopts_it(tmp_path: Path):
+    """A restarted control plane builds a new ClusterNet: it reuses every namespace, link and
+    /etc/netns file recorded, running no command and tearing nothing down."""
+    host = FakeHost()
+    first = fake_cluster(tmp_path, host)
+    first.up()
+    first.add_pod("default", "a", "10.244.1.2", 1)
+    first.write_hosts("default", "a", "10.244.1.2", [("10.96.0.10", ["reviews"])])
+    hosts = (tmp_path / "etc-netns" / first.pod_netns("default", "a") / "hosts").read_text()
+    state, count = N.state_path(tmp_path / "state").read_text(), len(host.log)
+    again = fake_cluster(tmp_path, host)
+    again.up()
+    again.add_pod("default", "a", "10.244.1.2", 1)
+    assert host.log[count:] == []
+    assert N.state_path(tmp_path / "state").read_text() == state
+    assert (tmp_path / "etc-netns" / first.pod_netns("default", "a") / "hosts").read_text() == hosts
+
+
 def test_a_lost_link_is_rebuilt_inside_the_existing_netns(tmp_path: Path):
     host = FakeHost()
     cluster = fake_cluster(tmp_path, host)
