@@ -414,7 +414,8 @@ def test_live_waypoint_acks_patched_config_and_a_rejected_filter_is_left_out(tmp
         else:
             pytest.fail("the patched waypoint config was never ACKed")
         assert {t.rsplit(".", 1)[-1]: v["state"] for t, v in status.items()} == {
-            "Cluster": "SYNCED", "ClusterLoadAssignment": "SYNCED", "Listener": "SYNCED", "Secret": "SYNCED"}
+            "Cluster": "SYNCED", "ClusterLoadAssignment": "SYNCED", "Listener": "SYNCED", "RouteConfiguration": "SYNCED",
+            "Secret": "SYNCED"}
         rejected = condition(store, "envoy-says-no")
         assert rejected["status"] == "False" and rejected["reason"] == "PatchNotApplied"
         assert "Envoy rejects the patched config" in rejected["message"] and "StatPrefix" in rejected["message"]

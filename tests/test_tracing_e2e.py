@@ -264,4 +264,5 @@ def test_tracing_golden_case_is_acked_by_a_live_waypoint(tmp_path: Path) -> None
         assert wait_programmed(store, "trace"), "waypoint for the tracing case never became Programmed"
         status = cp.cache.status[next(iter(cp.replicas))]
         assert {t.rsplit(".", 1)[-1]: v["state"] for t, v in status.items()} == {
-            "Cluster": "SYNCED", "ClusterLoadAssignment": "SYNCED", "Listener": "SYNCED", "Secret": "SYNCED"}
+            "Cluster": "SYNCED", "ClusterLoadAssignment": "SYNCED", "Listener": "SYNCED", "RouteConfiguration": "SYNCED",
+            "Secret": "SYNCED"}

@@ -304,7 +304,8 @@ def test_every_feature_is_acked_by_a_live_waypoint(tmp_path: Path) -> None:
         assert wait_programmed(store, "shop"), "waypoint for the feature matrix never became Programmed"
         status = cp.cache.status[next(iter(cp.replicas))]
         assert {t.rsplit(".", 1)[-1]: v["state"] for t, v in status.items()} == {
-            "Cluster": "SYNCED", "ClusterLoadAssignment": "SYNCED", "Listener": "SYNCED", "Secret": "SYNCED"}
+            "Cluster": "SYNCED", "ClusterLoadAssignment": "SYNCED", "Listener": "SYNCED", "RouteConfiguration": "SYNCED",
+            "Secret": "SYNCED"}
         vs_status = store.get(find_kind("vs"), "shop", "web").get("status") or {}
         cond = vs_status["conditions"][0]
         assert cond["type"] == "Reconciled" and cond["status"] == "False" and "v9" in cond["message"]

@@ -3,6 +3,7 @@ a mismatch fails with a unified diff."""
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from pathlib import Path
 
@@ -11,8 +12,10 @@ import pytest
 from xds_support import BOOKINFO, ENVOY, GOLDEN, TRAFFIC, build_store, dump, plain, translate
 
 from meshway.ca import CertificateAuthority, build_secrets
+from meshway.model import load_yaml
 from meshway.xds import protos as P
-from meshway.xds.validate import run_validate
+from meshway.xds.cache import Snapshot
+from meshway.xds.validate import build_static_bootstrap, run_validate
 
 CASES = {
     "reviews": ([BOOKINFO, TRAFFIC, GOLDEN / "reviews.yaml"], "default"),
@@ -61,9 +64,13 @@ def test_reviews_scope_and_names(tmp_path: Path) -> None:
     assert not [c for c in clusters if c.startswith("outbound|")]  # a waypoint has no outbound clusters
     chains = [c["name"] for c in config["Listener"]["main_internal"]["filter_chains"]]
     assert "inbound-vip|9080|http|reviews.default.svc.cluster.local" in chains  # chain name == cluster name
-    route = next(c for c in config["Listener"]["main_internal"]["filter_chains"]
+    chain = next(c for c in config["Listener"]["main_internal"]["filter_chains"]
                  if c["name"] == "inbound-vip|9080|http|reviews.default.svc.cluster.local")
-    rc = route["filters"][0]["typed_config"]["route_config"]
+    rds = chain["filters"][0]["typed_config"]["rds"]  # routes over RDS, named as the chain (Istio's)
+    assert rds["route_config_name"] == chain["name"] and "route_config" not in chain["filters"][0]["typed_config"]
+    assert rds["config_source"] == {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}
+    rc = config["RouteConfiguration"][chain["name"]]
+    assert rc["name"] == chain["name"] and rc["virtual_hosts"][0]["name"] == "inbound|http|9080"
     weighted = rc["virtual_hosts"][0]["routes"][0]["route"]["weighted_clusters"]["clusters"]
     assert [(c["name"].split("|")[2], c["weight"]) for c in weighted] == [("http/v1", 90), ("http/v2", 10)]
     eps = config["ClusterLoadAssignment"]["inbound-vip|9080|http/v2|reviews.default.svc.cluster.local"]
@@ -83,8 +90,38 @@ def test_other_namespace_is_not_in_scope(tmp_path: Path) -> None:
 def test_missing_subset_is_reported_not_pushed(tmp_path: Path) -> None:
     config = translate(build_store(tmp_path / "s", [GOLDEN / "features.yaml"]), "shop")
     assert any("v9" in message for _, message in config.problems)
-    web = next(c for c in plain(config)["Listener"]["main_internal"]["filter_chains"]
-               if c["name"] == "inbound-vip|80|http|web.shop.svc.cluster.local")
-    ghost = [r for r in web["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
-             if r.get("name") == "missing-subset"][0]
+    web = plain(config)["RouteConfiguration"]["inbound-vip|80|http|web.shop.svc.cluster.local"]
+    ghost = [r for r in web["virtual_hosts"][0]["routes"] if r.get("name") == "missing-subset"][0]
     assert ghost["direct_response"]["status"] == 503
+
+
+def test_offline_validation_sees_the_rds_routes(tmp_path: Path) -> None:
+    """`envoy --mode validate` gets the RDS route configs inlined, so bad routes are still refused."""
+    ca = CertificateAuthority(tmp_path / "ca")
+    secrets = {n: P.to_dict(m) for n, m in build_secrets(ca.issue("default", "waypoint"), ca.root_pem()).items()}
+    config = translate(build_store(tmp_path / "s", CASES["reviews"][0]), "default", secrets=secrets)
+    resources = {t: {n: P.to_dict(m) for n, m in items.items()} for t, items in config.messages().items()}
+    assert run_validate(resources, ENVOY)[0]
+    text = json.dumps(build_static_bootstrap(resources))
+    assert '"rds"' not in text and '"inbound|http|9080"' in text
+    name = "inbound-vip|9080|http|reviews.default.svc.cluster.local"
+    resources[P.ROUTE][name]["virtual_hosts"][0]["routes"][0]["match"] = {"safe_regex": {"regex": "(("}}
+    ok, output = run_validate(resources, ENVOY)
+    assert not ok and "missing ): ((" in output
+
+
+def test_a_weight_change_updates_one_route_config_and_no_listener(tmp_path: Path) -> None:
+    """Routes travel over RDS: a VirtualService change changes the RouteConfiguration of that
+    service's chain only; listeners (an in-place update drains connections) and clusters keep their
+    versions, so only RDS is pushed."""
+    store = build_store(tmp_path / "s", CASES["reviews"][0])
+    before = Snapshot(translate(store, "default").messages())
+    store.apply(load_yaml(TRAFFIC.read_text().replace("weight: 90", "weight: 40").replace("weight: 10", "weight: 60"),
+                          "weights.yaml"))
+    after = Snapshot(translate(store, "default").messages())
+    assert [t for t in P.TYPE_ORDER if before.version(t) != after.version(t)] == [P.ROUTE]
+    changed = [n for n in after.resources(P.ROUTE)
+               if before.resource_version(P.ROUTE, n) != after.resource_version(P.ROUTE, n)]
+    assert changed == ["inbound-vip|9080|http|reviews.default.svc.cluster.local"]
+    weighted = P.to_dict(after.resources(P.ROUTE)[changed[0]])["virtual_hosts"][0]["routes"][0]["route"]
+    assert [c["weight"] for c in weighted["weighted_clusters"]["clusters"]] == [40, 60]

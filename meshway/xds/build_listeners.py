@@ -108,13 +108,25 @@ def build_http_filters() -> list[Body]:
     ]
 
 
-def build_hcm(stat_prefix: str, route_config: Body, http2: bool = False, authz: list[Body] | None = None,
+def build_rds(route_config_name: str) -> Body:
+    """Routes over ADS: a route change then updates only this RouteConfiguration, never the listener
+    (an in-place listener update drains the connections of the chains it replaces). No initial
+    fetch timeout, as Istio's: a listener waits for its routes rather than serve without them."""
+    return {"route_config_name": route_config_name, "config_source": {**ADS, "initial_fetch_timeout": "0s"}}
+
+
+def build_hcm(stat_prefix: str, routes: Body | str, http2: bool = False, authz: list[Body] | None = None,
               access_log: list[Body] | None = None, tracing: Body | None = None) -> Body:
+    """`routes`: an inline route config, or the name of the RouteConfiguration served over RDS."""
     config = typed(HCM, stat_prefix=stat_prefix, codec_type="AUTO", use_remote_address=False,
                    upgrade_configs=[{"upgrade_type": "websocket"}], stream_idle_timeout="0s", normalize_path=True,
                    server_name="istio-envoy",
                    request_id_extension={"typed_config": typed("envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig")},
-                   route_config=route_config, http_filters=[*(authz or []), *build_http_filters()])
+                   http_filters=[*(authz or []), *build_http_filters()])
+    if isinstance(routes, str):
+        config["rds"] = build_rds(routes)
+    else:
+        config["route_config"] = routes
     if http2:
         config["http2_protocol_options"] = {}
     if access_log:
@@ -161,13 +173,20 @@ def _no_tracing(svc: ServiceInfo | None) -> Body | None:
     return None
 
 
-def build_main_internal(scope: WaypointScope, route_for: Callable[[ServiceInfo, int], Body],
+def find_route_names(scope: WaypointScope) -> list[tuple[ServiceInfo, int, str]]:
+    """(service, port, RouteConfiguration name) of every HTTP chain: the name is the chain's (Istio's)."""
+    return [(svc, port.port, cluster_name(port.port, "http", svc.hostname))
+            for svc in scope.services for port in svc.ports if "http" in port_kinds(port)]
+
+
+def build_main_internal(scope: WaypointScope,
                         authz_for: Callable[[ServiceInfo | None, bool], list[Body]] = _no_authz,
                         logs_for: Callable[[ServiceInfo | None], list[Body]] = _no_logs,
                         tracing_for: Callable[[ServiceInfo | None], Body | None] = _no_tracing) -> Body:
-    """`route_for(service, port)` returns the inline route config of an HTTP chain; `authz_for(service,
-    network)` its RBAC filters (HTTP or network); the callbacks get `None` for the chains of traffic
-    addressed to a bound pod, which only waypoint-wide config applies to."""
+    """Each HTTP chain takes its routes over RDS, from the RouteConfiguration named as the chain
+    (`find_route_names`); `authz_for(service, network)` gives a chain's RBAC filters (HTTP or
+    network); the callbacks get `None` for the chains of traffic addressed to a bound pod, which only
+    waypoint-wide config applies to (their one fixed route stays inline, as Istio's `encap`)."""
     chains: list[Body] = []
     ranges: list[Body] = []
     for svc in scope.services:
@@ -177,7 +196,7 @@ def build_main_internal(scope: WaypointScope, route_for: Callable[[ServiceInfo, 
             names = {k: cluster_name(port.port, k, svc.hostname) for k in kinds}
             if "http" in names:
                 chains.append({"name": names["http"], "filters": [build_hcm(
-                    f"inbound_0.0.0.0_{port.port};", route_for(svc, port.port), detect_protocol(port) == "http2",
+                    f"inbound_0.0.0.0_{port.port};", names["http"], detect_protocol(port) == "http2",
                     authz_for(svc, False), logs_for(svc), tracing_for(svc))]})
             if "tcp" in names:
                 chains.append({"name": names["tcp"], "filters": [*authz_for(svc, True), _tcp_proxy(names["tcp"])]})

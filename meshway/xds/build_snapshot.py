@@ -1,4 +1,4 @@
-"""One waypoint proxy's complete xDS: listeners, clusters, endpoints and secrets, built from a
+"""One waypoint proxy's complete xDS: listeners, routes, clusters, endpoints and secrets, built from a
 MeshView for exactly the services and workloads bound to that waypoint. Pure."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from . import protos as P
 from .build_authz import WAYPOINT, build_rbac_filters, find_waypoint_policies
 from .build_clusters import build_service_cluster, build_static_clusters
 from .build_extauthz import build_custom_filters, build_ext_authz_setup
-from .build_listeners import build_connect_originate, build_connect_terminate, build_main_internal
+from .build_listeners import build_connect_originate, build_connect_terminate, build_main_internal, find_route_names
 from .build_routes import Problems, RouteTarget, build_route_config
 from .build_telemetry import build_access_logs, find_access_logging
 from .envoyfilter import apply_envoy_filters, find_envoy_filters
@@ -213,9 +213,10 @@ def build_waypoint_config(view: MeshView, proxy: Proxy, secrets: dict[str, Body]
         return tracing
 
     listeners = {li["name"]: li for li in (build_connect_terminate(proxy),
-                                           build_main_internal(scope, route_for, authz_for, logs_for, tracing_for),
+                                           build_main_internal(scope, authz_for, logs_for, tracing_for),
                                            build_connect_originate())}
-    resources = {P.CLUSTER: clusters, P.ENDPOINT: endpoints, P.LISTENER: listeners, P.ROUTE: {},
+    routes = {name: route_for(svc, port) for svc, port, name in find_route_names(scope)}
+    resources = {P.CLUSTER: clusters, P.ENDPOINT: endpoints, P.LISTENER: listeners, P.ROUTE: routes,
                  P.SECRET: dict(secrets or {})}
     envoy_filters = [f for f in find_envoy_filters([EnvoyFilter.model_validate(b, strict=False)
                                                     for b in view.config.get("EnvoyFilter", ())],

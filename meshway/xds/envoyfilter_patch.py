@@ -1,8 +1,10 @@
 """Applying EnvoyFilter patches to a waypoint's resource dicts (pure): matching listeners, filter
 chains, filters, route configs, virtual hosts, routes and clusters, and Istio's operations on them.
 
-- SIDECAR_INBOUND (and ANY) patches the chains of `main_internal` and their inline route configs;
-  SIDECAR_OUTBOUND (and ANY) patches clusters; GATEWAY matches nothing on a waypoint.
+- SIDECAR_INBOUND (and ANY) patches the chains of `main_internal`, the RouteConfigurations their
+  HTTP chains take over RDS (and the inline one of `direct-http`); SIDECAR_OUTBOUND (and ANY)
+  patches clusters; GATEWAY matches nothing on a waypoint. A patch cannot rename a
+  RouteConfiguration (the listener names it).
   `listener.portNumber` is the service port of a chain (a waypoint has one internal listener).
 - INSERT_BEFORE/INSERT_AFTER go next to the named (sub)filter or route, to the front/back without one;
   INSERT_FIRST; ADD; REPLACE; REMOVE; MERGE with proto merge semantics (MERGE_AND_REPLACE_LIST
@@ -344,6 +346,16 @@ def _patch_chain(chain: Body, patches: list[Patch], tally: Tally) -> Body:
     return {**chain, "filters": _patch_network_filters(filters, listeners, tally) if listeners else filters}
 
 
+def _patch_rds(routes: dict[str, Body], patches: list[Patch], tally: Tally) -> dict[str, Body]:
+    """The RouteConfigurations served over RDS, each patched by the route patches in its service's scope."""
+    out = {}
+    for name, rc in routes.items():
+        mine = [p for p in patches if p.apply_to in ROUTE_OBJECTS and p.match.context in INBOUND
+                and _in_scope(p, find_owner(name)[0])]
+        out[name] = {**_patch_route_config(rc, mine, tally), "name": name} if mine else rc
+    return out
+
+
 def _patch_clusters(clusters: dict[str, Body], patches: list[Patch], tally: Tally) -> dict[str, Body]:
     patches = [p for p in patches if p.apply_to == "CLUSTER" and p.match.context in OUTBOUND]
     out = {}
@@ -382,5 +394,7 @@ def patch_resources(resources: dict[str, dict[str, Body]], patches: list[Patch]
     if listener is not None:
         chains = [_patch_chain(c, patches, tally) for c in listener.get("filter_chains", [])]
         out[P.LISTENER] = {**resources[P.LISTENER], "main_internal": {**listener, "filter_chains": chains}}
+    if resources.get(P.ROUTE):
+        out[P.ROUTE] = _patch_rds(resources[P.ROUTE], patches, tally)
     out[P.CLUSTER] = _patch_clusters(resources[P.CLUSTER], patches, tally)
     return out, tally

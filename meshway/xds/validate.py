@@ -1,5 +1,6 @@
 """Offline check of generated config: the same resources as a static Envoy bootstrap, for
-`envoy --mode validate` (EDS clusters inlined as STATIC, SDS secrets as static secrets)."""
+`envoy --mode validate` (EDS clusters inlined as STATIC, RDS route configs inlined in their HTTP
+connection managers, SDS secrets as static secrets)."""
 from __future__ import annotations
 
 import copy
@@ -28,6 +29,21 @@ def _strip_sds_source(node: Any, names: frozenset[str] = frozenset({"default", "
     return node
 
 
+def _inline_rds(node: Any, routes: dict[str, Body]) -> Any:
+    """Every `rds` whose RouteConfiguration is given becomes that `route_config` (Envoy validates
+    no RDS offline: with no xDS server, it would not look at the routes at all)."""
+    if isinstance(node, list):
+        return [_inline_rds(v, routes) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _inline_rds(v, routes) for k, v in node.items()}
+    name = (out.get("rds") or {}).get("route_config_name")
+    if isinstance(out.get("rds"), dict) and name in routes:
+        del out["rds"]
+        out["route_config"] = routes[name]
+    return out
+
+
 def build_static_bootstrap(resources: dict[str, dict[str, Body]]) -> Body:
     clusters = []
     for name, cluster in resources[P.CLUSTER].items():
@@ -37,7 +53,8 @@ def build_static_bootstrap(resources: dict[str, dict[str, Body]]) -> Body:
             cluster["type"] = "STATIC"
             cluster["load_assignment"] = resources[P.ENDPOINT].get(name, {"cluster_name": name})
         clusters.append(cluster)
-    static = {"listeners": list(resources[P.LISTENER].values()), "clusters": clusters,
+    listeners = _inline_rds(list(resources[P.LISTENER].values()), resources.get(P.ROUTE) or {})
+    static = {"listeners": listeners, "clusters": clusters,
               "secrets": [{"name": n, **{k: v for k, v in s.items() if k != "name"}}
                           for n, s in resources[P.SECRET].items()]}
     return {
