@@ -8,9 +8,11 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 from cluster_support import Mesh, cluster_fixture, via_waypoint
+from meshway.model import find_kind
 from meshway.runtime.daemon import controlplane_pid, start_controlplane
 from meshway.runtime.netns import cluster_id, node_netns_name
 from meshway.runtime.workload import STATE_FILE, read_proc, read_state
@@ -51,6 +53,11 @@ def netns_processes(mesh: Mesh) -> dict[str, int]:
     return out
 
 
+def our_namespaces(mesh: Mesh) -> list[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split("\n")
+    return sorted(line.split()[0] for line in listed if line.startswith(f"mw{cluster_id(mesh.state)}-"))
+
+
 def capture_rules(mesh: Mesh) -> dict[str, list[str]]:
     """The nat rules of every node namespace (counters left out)."""
     out = {}
@@ -65,7 +72,7 @@ def capture_rules(mesh: Mesh) -> dict[str, list[str]]:
 def test_control_plane_kill_9_and_restart_adopts_everything_under_load(mesh: Mesh) -> None:
     processes, envoys, counts = pod_processes(mesh), envoy_pids(mesh), restart_counts(mesh)
     in_netns, rules = netns_processes(mesh), capture_rules(mesh)
-    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    namespaces = our_namespaces(mesh)
     assert len(processes) >= 7 and len(envoys) >= 3, (processes, envoys)
     runner = mesh.start_requests("reviews", 16.0)
     try:
@@ -94,7 +101,7 @@ def test_control_plane_kill_9_and_restart_adopts_everything_under_load(mesh: Mes
     assert netns_processes(mesh) == in_netns, "a second copy runs in some pod"
     assert restart_counts(mesh) == counts
     assert capture_rules(mesh) == rules
-    assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout == namespaces
+    assert our_namespaces(mesh) == namespaces
     logs = [p.read_text(errors="replace") for p in (mesh.state / "run" / "pods").glob("*/*.log")]
     assert not any("Address already in use" in text or "address already in use" in text for text in logs)
     # and the new control plane supervises them: a pod process killed now is restarted and counted
@@ -104,3 +111,49 @@ def test_control_plane_kill_9_and_restart_adopts_everything_under_load(mesh: Mes
     mesh.wait_until(lambda: restart_counts(mesh)[f"default/{pod}"] == [counts[f"default/{pod}"][0] + 1], 30,
                     "the adopted container's exit to be noticed and restarted")
     mesh.wait_ready(60)
+
+
+EXTRA = """
+apiVersion: v1
+kind: Service
+metadata: {name: extra-%d, namespace: default}
+spec: {selector: {app: extra}, ports: [{port: 80}]}
+"""
+
+
+def meshway_up(mesh: Mesh, n: int) -> subprocess.CompletedProcess:
+    manifest = mesh.state.parent / f"extra-{n}.yaml"
+    manifest.write_text(EXTRA % n)
+    return subprocess.run([sys.executable, "-m", "meshway", "--state-dir", str(mesh.state), "up", "-f", str(manifest),
+                           "--metrics-addr", "127.0.0.1:0"], capture_output=True, text=True, timeout=300)
+
+
+def test_up_on_a_running_mesh_starts_nothing(mesh: Mesh) -> None:
+    mesh.wait_ready(60)
+    cp, processes, envoys = controlplane_pid(mesh.state), pod_processes(mesh), envoy_pids(mesh)
+    done = meshway_up(mesh, 1)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "the mesh is already running" in done.stdout
+    assert mesh.store.get(find_kind("svc"), "default", "extra-1")
+    assert (controlplane_pid(mesh.state), pod_processes(mesh), envoy_pids(mesh)) == (cp, processes, envoys)
+
+
+def test_up_after_the_control_plane_was_killed_adopts_everything(mesh: Mesh) -> None:
+    mesh.wait_ready(60)
+    processes, envoys, counts = pod_processes(mesh), envoy_pids(mesh), restart_counts(mesh)
+    runner = mesh.start_requests("reviews", 12.0)
+    try:
+        time.sleep(1.0)
+        os.kill(controlplane_pid(mesh.state), signal.SIGKILL)
+        mesh.wait_until(lambda: controlplane_pid(mesh.state) is None, 10, "the control plane to die")
+        done = meshway_up(mesh, 2)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert controlplane_pid(mesh.state)
+    finally:
+        out, err = runner.communicate(timeout=300)
+    results = json.loads(out)
+    failed = [r for r in results if r[0] != 200]
+    assert len(results) > 300 and not failed, f"{len(failed)}/{len(results)} failed, e.g. {failed[:5]}; {err[-1000:]}"
+    assert (pod_processes(mesh), envoy_pids(mesh)) == (processes, envoys)
+    assert restart_counts(mesh) == counts
+    assert mesh.store.get(find_kind("svc"), "default", "extra-2")
