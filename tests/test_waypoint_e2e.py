@@ -374,3 +374,67 @@ spec:
     assert entry["upstream_cluster"].startswith("inbound-vip|9080|http/v")
     assert entry["source_principal"] == "spiffe://cluster.local/ns/default/sa/sleep"
     assert isinstance(entry["duration"], int)
+
+
+def test_fifty_weight_changes_drop_no_request_on_keep_alive_connections(mesh: Mesh) -> None:
+    """Routes travel over RDS: 50 VirtualService weight changes while four clients send requests on
+    keep-alive tunnels update only the route config. No request fails, no response closes its
+    connection, the listener is never updated in place, and an open connection follows the new
+    weights at once."""
+    from meshway.runtime.envoy_admin import fetch_admin
+
+    state = next(s for s in mesh.cp.replicas.values() if s.replica.namespace == "default")
+
+    def in_place_updates() -> int:
+        stats = fetch_admin(state.paths.admin, "/stats?filter=listener_manager.listener_in_place_updated").decode()
+        return int(stats.split(":")[1])
+
+    listener_version = mesh.cp.cache.get(state.node_id).version(P.LISTENER)
+    updates_before = in_place_updates()
+    stop = threading.Event()
+    results: list[collections.Counter] = []
+    authority = f"{mesh.vip()}:9080"
+    lock = threading.Lock()  # the test's client set-up (store, certificate files) is not thread-safe
+
+    def connect():
+        with lock:
+            conn = mesh.client()
+        return conn, conn.open(authority)
+
+    def client(conn, tunnel) -> None:
+        seen: collections.Counter = collections.Counter()
+        results.append(seen)
+        while not stop.is_set():
+            try:
+                r = tunnel.request("GET", "/", host="reviews")
+            except (HboneError, OSError) as exc:
+                seen[f"error {type(exc).__name__}"] += 1
+                conn.close()
+                conn, tunnel = connect()
+                continue
+            seen["ok" if r.status == 200 else f"status {r.status}"] += 1
+            if r.headers.get("connection", "").lower() == "close":
+                seen["connection: close"] += 1
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=connect()) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(1, 50):
+            mesh.store.apply(load_yaml(vs(i, 100 - i), "vs.yaml"))
+            time.sleep(0.1)
+        mesh.store.apply(load_yaml(vs(0, 100), "vs.yaml"))
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    total = sum(results, collections.Counter())
+    assert set(total) == {"ok"} and total["ok"] > 200, total
+    assert mesh.cp.cache.get(state.node_id).version(P.LISTENER) == listener_version
+    assert in_place_updates() == updates_before
+    conn = mesh.client()
+    tunnel = conn.open(f"{mesh.vip()}:9080")
+    assert versions(tunnel, 20) == {"v2": 20}
+    conn.close()
