@@ -22,7 +22,8 @@ def analyze() -> None:
 @click.option("--pods", type=click.IntRange(min=1), default=10, show_default=True, help="Generated: pods per deployment.")
 @click.option("--waypoint-replicas", type=click.IntRange(min=1), default=2, show_default=True,
               help="Generated: replicas per namespace waypoint.")
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="The table, or its figures as JSON.")
 @pass_ctx
 def config_distribution(c: Ctx, namespaces: int | None, deployments: int, pods: int, waypoint_replicas: int,
                         output: str) -> None:

@@ -81,8 +81,8 @@ def find_node_proxy_log(state_dir: Path, ns: str, target: str) -> Path | None:
 @cli.command()
 @click.argument("target")
 @namespace_option
-@click.option("-c", "--container", default=None)
-@click.option("-f", "--follow", is_flag=True)
+@click.option("-c", "--container", default=None, help="Container of the pod (default: its first).")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing the log as it grows.")
 @click.option("--tail", type=int, default=-1, help="Lines of recent log to show (-1: all).")
 @pass_ctx
 def logs(c: Ctx, target: str, namespace: str | None, container: str | None, follow: bool, tail: int) -> None:

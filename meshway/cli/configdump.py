@@ -131,20 +131,20 @@ def _render_config(metadata: Body | None) -> str:
 
 
 def parse_cluster_name(name: str) -> tuple[str, int, str, str]:
-    """`direction|port|subset|host` -> (direction, port, subset, host); other names -> ("", 0, "", name)."""
+    """Istio's `direction|port|subset|host` -> (direction, port, subset, host); a node proxy's
+    `svc|SOURCE-IDENTITY-HASH|host|port` (to the service's pods, from one local identity) ->
+    ("outbound", port, "", host); other names (`hbone|…`, `waypoint|…`, `encap`) -> ("", 0, "", name)."""
     parts = name.split("|")
-    if len(parts) < 4:
+    if len(parts) == 4 and parts[0] == "svc" and parts[3].isdigit():
+        return "outbound", int(parts[3]), "", parts[2]
+    if len(parts) != 4 or not parts[1].isdigit():
         return "", 0, "", name
-    try:
-        port = int(parts[1])
-    except ValueError:
-        port = 0
-    return parts[0], port, parts[2], parts[3]
+    return parts[0], int(parts[1]), parts[2], parts[3]
 
 
-def _cluster_sort_key(name: str) -> tuple[str, str, int, str]:
+def _cluster_sort_key(name: str) -> tuple[str, str, int, str, str]:
     direction, port, subset, host = parse_cluster_name(name)
-    return host, subset, port, direction
+    return host, subset, port, direction, name
 
 
 # -- listeners -----------------------------------------------------------------------------------
@@ -406,8 +406,8 @@ def write_clusters(clusters: list[Body], flt: ClusterFilter = ClusterFilter(), w
         name = cluster.get("name", "")
         lead = [f"cluster/{name}"] if with_names else []
         rule = _render_config(cluster.get("metadata")) or "-"
-        if len(name.split("|")) > 3:
-            direction, port, subset, host = parse_cluster_name(name)
+        direction, port, subset, host = parse_cluster_name(name)
+        if direction:
             rows.append(lead + [host, str(port), subset or "-", direction, cluster_type(cluster), rule])
         else:
             rows.append(lead + [name, "-", "-", "-", cluster_type(cluster), rule])

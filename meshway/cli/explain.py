@@ -46,7 +46,9 @@ def decision_json(decision: Decision, live: bool = True) -> dict:
 @cli.command()
 @click.argument("target")
 @namespace_option
-@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="The decision as text, or as JSON (keys destination, addressed_as, waypoint, ready, reason, "
+                   "rules, explanation, control_plane).")
 @pass_ctx
 def explain(c: Ctx, target: str, namespace: str | None, output: str) -> None:
     """Why traffic to TARGET does (not) go through a waypoint.

@@ -37,6 +37,11 @@ class MeshwayGroup(click.Group):
             raise
         except BrokenPipeError:  # `meshway get ... | head`: the reader went away
             os._exit(0)
+        except OSError as exc:  # the machine refused a file operation: the path and the cause, one line
+            if os.environ.get("MESHWAY_DEBUG") or not exc.filename:
+                raise
+            click.echo(f"error: {exc.filename}: {exc.strerror or exc}", err=True)
+            ctx.exit(1)
         except Exception as exc:  # a bug: one line, the traceback only on request
             if os.environ.get("MESHWAY_DEBUG"):
                 raise
@@ -62,7 +67,7 @@ namespace_option = click.option("-n", "--namespace", default=None, help="Namespa
 
 
 @click.group(cls=MeshwayGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--state-dir", envvar="MESHWAY_STATE_DIR", default=None,
+@click.option("--state-dir", envvar="MESHWAY_STATE_DIR", default=None, metavar="DIR",
               help="Folder of the embedded store (env MESHWAY_STATE_DIR; default $XDG_STATE_HOME/meshway).")
 @click.version_option(package_name="meshway")
 @click.pass_context
@@ -104,7 +109,8 @@ def read_manifests(files: tuple[str, ...], namespace: str | None) -> list[Manife
 
 
 @cli.command()
-@click.option("-f", "--filename", "files", multiple=True, required=True, help="File, folder or - for stdin.")
+@click.option("-f", "--filename", "files", multiple=True, required=True, metavar="FILE|DIR|-",
+              help="File, folder (its *.yaml, *.yml, *.json) or - for stdin; repeatable.")
 @namespace_option
 @pass_ctx
 def apply(c: Ctx, files: tuple[str, ...], namespace: str | None) -> None:
@@ -128,7 +134,8 @@ def _split_kind_names(args: tuple[str, ...]) -> tuple[KindInfo, list[str]]:
 @click.argument("args", nargs=-1, required=True)
 @namespace_option
 @click.option("-A", "--all-namespaces", is_flag=True, help="List across all namespaces.")
-@click.option("-o", "--output", type=click.Choice(["wide", "yaml", "json", "name"]), default=None)
+@click.option("-o", "--output", type=click.Choice(["wide", "yaml", "json", "name"]), default=None,
+              help="wide: more columns; yaml/json: the objects (a List when not one named object); name: KIND/NAME.")
 @click.option("-L", "--label-columns", multiple=True, help="Label keys to show as columns (comma-separated).")
 @click.option("-l", "--selector", default=None, help="Label selector, e.g. app=reviews,version!=v1.")
 @pass_ctx
@@ -138,23 +145,33 @@ def get(c: Ctx, args: tuple[str, ...], namespace: str | None, all_namespaces: bo
     if "," in args[0] and "/" not in args[0]:
         if len(args) > 1:
             raise ValueError("names cannot be given with more than one kind")
-        for i, kind in enumerate(k for k in args[0].split(",") if k):
-            info = find_kind(kind)
-            ns = None if all_namespaces else (namespace or "default")
-            items = c.store.list(info, ns, parse_selector(selector) if selector else None)
-            if items:
-                click.echo(("\n" if i else "") + P.write_table(info.kind, items, all_namespaces and info.namespaced,
-                                                              output == "wide", [], prefix=info.qualified), nl=False)
+        ns = None if all_namespaces else (namespace or "default")
+        found = [(info, c.store.list(info, ns, parse_selector(selector) if selector else None))
+                 for info in (find_kind(k) for k in args[0].split(",") if k)]
+        if output in ("yaml", "json"):  # one List of every kind's objects, as kubectl prints it
+            data = P.as_list([b for _, items in found for b in items])
+            click.echo(P.to_yaml(data) if output == "yaml" else P.to_json(data), nl=False)
+            return
+        first = True
+        for info, items in found:
+            if items and output == "name":
+                click.echo("".join(f"{info.qualified}/{b['metadata']['name']}\n" for b in items), nl=False)
+            elif items:
+                click.echo(("" if first else "\n") + P.write_table(info.kind, items, all_namespaces and info.namespaced,
+                                                                   output == "wide", [], prefix=info.qualified), nl=False)
+            first = first and not items
+        if first:
+            click.echo(f"No resources found{'' if all_namespaces else f' in {ns} namespace'}.", err=True)
         return
     info, names = _split_kind_names(args)
     ns = None if all_namespaces and not names else (namespace or "default")
     sel = parse_selector(selector) if selector else None
     items = [c.store.get(info, ns or "default", n) for n in names] if names else c.store.list(info, ns, sel)
-    if not items:
+    if not items and output not in ("yaml", "json"):
         where = f" in {ns} namespace" if info.namespaced and ns else ""
         click.echo(f"No resources found{where}.", err=True)
         return
-    if output in ("yaml", "json"):
+    if output in ("yaml", "json"):  # none: an empty List, as kubectl prints it
         data = items[0] if len(names) == 1 else P.as_list(items)
         click.echo(P.to_yaml(data) if output == "yaml" else P.to_json(data), nl=False)
     elif output == "name":
@@ -208,9 +225,10 @@ def label(c: Ctx, args: tuple[str, ...], namespace: str | None, selector: str | 
 
 @cli.command()
 @click.argument("args", nargs=-1)
-@click.option("-f", "--filename", "files", multiple=True, help="Delete the objects in these files.")
+@click.option("-f", "--filename", "files", multiple=True, metavar="FILE|DIR|-",
+              help="Delete the objects these files define (instead of KIND NAME...).")
 @namespace_option
-@click.option("--ignore-not-found", is_flag=True)
+@click.option("--ignore-not-found", is_flag=True, help="An object that does not exist is not an error.")
 @pass_ctx
 def delete(c: Ctx, args: tuple[str, ...], files: tuple[str, ...], namespace: str | None,
            ignore_not_found: bool) -> None:

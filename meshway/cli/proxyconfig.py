@@ -5,6 +5,8 @@ Commands gather: pick the replica from proxy-status.json, fetch its admin API (o
 """
 from __future__ import annotations
 
+import copy
+
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,13 +48,16 @@ class AliasGroup(click.Group):
 
 @cli.group("proxy-config", cls=AliasGroup)
 def proxy_config() -> None:
-    """A waypoint Envoy's listeners, clusters, routes, endpoints and secrets (alias: pc).
+    """A proxy's listeners, clusters, routes, endpoints and secrets (alias: pc).
 
-    TARGET is deploy/NAME[.NS] (the waypoint Deployment's first replica) or POD[.NS]; --file reads a
-    stored config dump instead of asking the live proxy."""
+    TARGET is deploy/NAME[.NS] (a waypoint Deployment's first replica), POD[.NS] (a waypoint replica,
+    or a node proxy: ztunnel-node-N.istio-system); --file reads a stored config dump instead of asking
+    the live proxy."""
 
 
-cli.add_command(proxy_config, "pc")
+_alias = copy.copy(proxy_config)
+_alias.hidden = True  # listed once, as proxy-config
+cli.add_command(_alias, "pc")
 
 
 # -- gathering -----------------------------------------------------------------------------------
@@ -125,7 +130,8 @@ def common_options(fn: Callable) -> Callable:
     for option in reversed([
         click.argument("target", required=False),
         click.option("-n", "--namespace", default=None, help="Namespace of TARGET (default: default)."),
-        click.option("-f", "--file", "file", default=None, help="Read this stored Envoy dump instead."),
+        click.option("-f", "--file", "file", default=None, metavar="DUMP",
+                     help="Read this stored Envoy dump (JSON of GET /config_dump) instead of the live proxy."),
         click.option("-o", "--output", type=click.Choice(["short", "json", "yaml"]), default="short",
                      show_default=True, help="Summary table, or the resources as JSON/YAML."),
     ]):
@@ -148,7 +154,7 @@ def echo(text: str) -> None:
 @pass_ctx
 def listener(c: Ctx, target: str | None, namespace: str | None, file: str | None, output: str, waypoint: bool,
              port: int, address: str, type_: str, verbose: bool) -> None:
-    """Listeners of a waypoint's Envoy."""
+    """Listeners of a proxy's Envoy."""
     dump = fetch_config_dump(c, target, namespace, file, "listener")
     flt = D.ListenerFilter(address, port, type_)
     if output != "short":
@@ -168,7 +174,7 @@ def listener(c: Ctx, target: str | None, namespace: str | None, file: str | None
 @pass_ctx
 def cluster(c: Ctx, target: str | None, namespace: str | None, file: str | None, output: str, fqdn: str,
             direction: str, port: int, subset: str) -> None:
-    """Clusters of a waypoint's Envoy."""
+    """Clusters of a proxy's Envoy (a node proxy's svc|…|HOST|PORT clusters as HOST, PORT)."""
     dump = fetch_config_dump(c, target, namespace, file, "cluster")
     flt = D.ClusterFilter(fqdn, direction, port, subset)
     if output == "short":
@@ -184,7 +190,7 @@ def cluster(c: Ctx, target: str | None, namespace: str | None, file: str | None,
 @pass_ctx
 def route(c: Ctx, target: str | None, namespace: str | None, file: str | None, output: str, name: str,
           verbose: bool) -> None:
-    """Route configurations of a waypoint's Envoy (a waypoint's are inline in its listeners)."""
+    """Route configurations of a proxy's Envoy (a waypoint's are inline in its listeners)."""
     dump = fetch_config_dump(c, target, namespace, file, "route")
     if output == "short":
         echo(D.write_routes(dump.routes, name, verbose))
@@ -201,7 +207,7 @@ def route(c: Ctx, target: str | None, namespace: str | None, file: str | None, o
 @pass_ctx
 def endpoint(c: Ctx, target: str | None, namespace: str | None, file: str | None, output: str,
              cluster_name: str, address: str, port: int, status: str) -> None:
-    """Endpoints of a waypoint's Envoy, from its cluster status (--file: GET /clusters?format=json)."""
+    """Endpoints of a proxy's Envoy, from its cluster status (--file: GET /clusters?format=json)."""
     data = fetch_json(c, target, namespace, file, "/clusters?format=json", "endpoint")
     flt = D.EndpointFilter(address, port, cluster_name, status)
     if isinstance(data, dict) and "configs" in data:  # a config dump given to --file: its EDS section
@@ -222,7 +228,7 @@ def endpoint(c: Ctx, target: str | None, namespace: str | None, file: str | None
 @common_options
 @pass_ctx
 def secret(c: Ctx, target: str | None, namespace: str | None, file: str | None, output: str) -> None:
-    """Secrets (workload certificate, root CA) of a waypoint's Envoy."""
+    """Secrets (workload certificates, root CA) of a proxy's Envoy."""
     dump = fetch_config_dump(c, target, namespace, file, "secret")
     if output == "short":
         echo(D.write_secrets(dump.secrets, datetime.now(timezone.utc)))

@@ -8,18 +8,26 @@ from .main import Ctx, cli, pass_ctx
 
 
 @cli.command()
-@click.option("-f", "--filename", "files", multiple=True, help="Manifests to apply (default: the bundled demo).")
+@click.option("-f", "--filename", "files", multiple=True, metavar="FILE|DIR",
+              help="Manifests to apply (default: the bundled demo); checked before anything starts.")
 @click.option("--nodes", type=click.IntRange(1, 50), default=None,
               help="Cluster nodes (default 2; each holds up to 253 pods).")
 @click.option("--metrics-addr", default="127.0.0.1:15014", show_default=True, metavar="HOST:PORT",
               help="Prometheus endpoint of the control plane and every proxy (istiod's monitoring port); '' for none.")
+@click.option("--cluster/--loopback", "mode", default=None,
+              help="Require the network-namespace cluster (root, Linux, ip, iptables), or run the loopback mode "
+                   "(waypoints only, no application pods). Default: the cluster where this machine allows it, "
+                   "else loopback, saying why.")
 @pass_ctx
-def up(c: Ctx, files: tuple[str, ...], nodes: int | None, metrics_addr: str) -> None:
+def up(c: Ctx, files: tuple[str, ...], nodes: int | None, metrics_addr: str, mode: bool | None) -> None:
     """Start the mesh: control plane, network-namespace cluster, node proxies, waypoints, and the
     bundled demo (bookinfo, a namespace waypoint, the reviews 90/10 split) or -f manifests."""
+    from .main import read_manifests
     from .walkthrough import run_walkthrough
 
-    run_walkthrough(c, files, nodes, metrics_addr or None)
+    if files:
+        read_manifests(files, None)  # a missing or bad file fails here, before anything starts
+    run_walkthrough(c, files, nodes, metrics_addr or None, mode)
 
 
 @cli.command()

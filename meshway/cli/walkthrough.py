@@ -4,7 +4,6 @@ commands, each printed as the command a user would type followed by its real out
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,17 +19,20 @@ def _run(c: Ctx, args: list[str]) -> None:
     click.secho(f"$ meshway {' '.join(args)}", bold=True)
     state = ["--state-dir", str(c.store.state_dir)]
     try:
-        cli.main(state + args, prog_name="meshway", standalone_mode=False)
-    except SystemExit as exc:  # a step that exits non-zero stops the walk-through
-        if exc.code:
-            raise
+        code = cli.main(state + args, prog_name="meshway", standalone_mode=False)
+    except SystemExit as exc:
+        code = exc.code
+    if code:  # a step that exits non-zero (its error already printed) stops the walk-through
+        raise click.exceptions.Exit(code)
     click.echo()
 
 
 def _run_process(c: Ctx, args: list[str]) -> None:
     """A step that replaces its process (`exec`): run it as a child."""
     click.secho(f"$ meshway {' '.join(args)}", bold=True)
-    out = subprocess.run([sys.executable, "-m", "meshway", "--state-dir", str(c.store.state_dir), *args],
+    from ..runtime.daemon import python_module_args
+
+    out = subprocess.run([*python_module_args("meshway"), "--state-dir", str(c.store.state_dir), *args],
                          capture_output=True, text=True, timeout=60)
     click.echo(out.stdout + out.stderr)
 
@@ -64,6 +66,20 @@ def find_metrics_url(c: Ctx, requested: str, timeout: float = 5.0) -> str:
     return f"http://{path.read_text().strip()}/metrics"
 
 
+def choose_mode(requested: bool | None, reason: str | None) -> tuple[bool, str]:
+    """(cluster?, the line that says which mode runs and why). `requested`: True --cluster, False
+    --loopback, None automatic. A required cluster this machine cannot run is an error."""
+    if requested is False:
+        return False, "loopback mode (--loopback): waypoints run on the host, application pods do not"
+    if reason is None:
+        return True, "cluster in network namespaces"
+    if requested:
+        raise click.ClickException(f"the cluster cannot run here: {reason} (root on Linux with ip, iptables and "
+                                   "sysctl; ./scripts/up installs them; --loopback runs without)")
+    return False, (f"LOOPBACK mode, not the cluster: {reason}. Waypoints run on the host; application pods do "
+                   "not run, so `meshway exec` has nothing to run in. For the cluster: sudo ./scripts/up")
+
+
 def report_running(c: Ctx, files: tuple[str, ...], nodes: int | None, pid: int) -> None:
     """`up` on a running mesh starts nothing a second time: it says so and applies the -f manifests
     (apply is idempotent); the control plane picks them up like any other change."""
@@ -78,7 +94,8 @@ def report_running(c: Ctx, files: tuple[str, ...], nodes: int | None, pid: int) 
         _run(c, ["apply", *[arg for f in files for arg in ("-f", f)]])
 
 
-def run_walkthrough(c: Ctx, files: tuple[str, ...], nodes: int | None, metrics_addr: str | None = None) -> None:
+def run_walkthrough(c: Ctx, files: tuple[str, ...], nodes: int | None, metrics_addr: str | None = None,
+                    requested: bool | None = None) -> None:
     from ..runtime.daemon import controlplane_pid, start_controlplane
     from ..runtime.netns import detect_capability, state_path
 
@@ -86,14 +103,13 @@ def run_walkthrough(c: Ctx, files: tuple[str, ...], nodes: int | None, metrics_a
     if running:
         report_running(c, files, nodes, running)
         return
-    reason = detect_capability()
-    cluster = reason is None
+    cluster, mode = choose_mode(requested, None if requested is False else detect_capability())
     if cluster:
         if nodes or not state_path(c.store.state_dir).exists():  # a recorded cluster keeps its nodes (adopted)
             c.store.set_nodes(nodes or 2)
         mode = f"cluster of {c.store.node_count()} nodes in network namespaces"
     else:
-        mode = f"loopback (no network-namespace cluster here: {reason}); waypoints run, application pods do not"
+        click.echo(f"meshway: {mode}", err=True)
     click.echo(f"meshway: store {c.store.state_dir / 'store.db'}; {mode}\n")
     if files:
         _run(c, ["apply", *[arg for f in files for arg in ("-f", f)]])

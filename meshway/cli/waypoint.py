@@ -94,7 +94,8 @@ def _namespace_labels(store: Store, ns: str) -> dict[str, str]:
 @click.option("--enroll-namespace", is_flag=True, help="Label the namespace with the waypoint name.")
 @click.option("--overwrite", is_flag=True, help="Overwrite the existing waypoint used by the namespace.")
 @click.option("-w", "--wait", is_flag=True, help="Wait for the waypoint to be ready.")
-@click.option("--waypoint-timeout", default="90s", show_default=True, help="Timeout for waiting for waypoint ready.")
+@click.option("--waypoint-timeout", default="90s", show_default=True, metavar="DURATION",
+              help="Timeout for waiting for waypoint ready.")
 @click.option("--replicas", type=click.IntRange(1, 100), default=None,
               help=f"Waypoint replicas (sets the {L.REPLICAS} annotation; default 1).")
 @pass_ctx
@@ -168,7 +169,7 @@ def list_(c: Ctx, namespace: str | None, all_namespaces: bool) -> None:
 @click.argument("names", nargs=-1)
 @namespace_option
 @click.option("--all", "all_", is_flag=True, help="Delete all waypoints in the namespace.")
-@revision_option
+@click.option("-r", "--revision", default=None, help="Delete the waypoints labeled with this revision.")
 @pass_ctx
 def delete_(c: Ctx, names: tuple[str, ...], namespace: str | None, all_: bool, revision: str | None) -> None:
     """Delete waypoints by name, or all of them."""
@@ -206,8 +207,10 @@ def status_row(gw: dict[str, Any], all_namespaces: bool) -> list[str]:
 @name_option
 @namespace_option
 @click.option("-A", "--all-namespaces", is_flag=True, help="Show the status of waypoints in all namespaces.")
-@click.option("-w", "--wait/--no-wait", default=True, show_default=True, help="Wait for the waypoint to be ready.")
-@click.option("--waypoint-timeout", default="90s", show_default=True)
+@click.option("-w", "--wait/--no-wait", default=True,
+              help="Wait for the waypoint to be ready (the default), or show its status now.")
+@click.option("--waypoint-timeout", default="90s", show_default=True, metavar="DURATION",
+              help="How long to wait for the waypoint to be ready.")
 @pass_ctx
 def status(c: Ctx, name: str, namespace: str | None, all_namespaces: bool, wait: bool, waypoint_timeout: str) -> None:
     """Show the Programmed status of waypoints."""

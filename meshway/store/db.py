@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..model.limits import MAX_REQUEST_BYTES, TOO_LARGE
-from .errors import RequestEntityTooLarge
+from .errors import RequestEntityTooLarge, StateDirError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -134,12 +134,21 @@ class Database:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None, check_same_thread=False)
-        self.conn.execute("PRAGMA busy_timeout=60000")
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.executescript(SCHEMA)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.parent.is_dir():
+                raise NotADirectoryError(20, "Not a directory", str(self.path.parent))
+            self.conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None, check_same_thread=False)
+            self.conn.execute("PRAGMA busy_timeout=60000")
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.executescript(SCHEMA)
+        except OSError as exc:
+            raise StateDirError(self.path.parent, exc) from None
+        except sqlite3.OperationalError as exc:
+            if "unable to open" not in str(exc) and "readonly" not in str(exc):
+                raise
+            raise StateDirError(self.path.parent, exc) from None
 
     def close(self) -> None:
         self.conn.close()
