@@ -230,12 +230,17 @@ class ControlPlane:
             self._nodes_due = min(self._nodes_due, time.monotonic() + NODE_PUSH_WAIT)
 
     def _waypoints_acked(self) -> bool:
+        """Every running waypoint ACKed its listeners and the routes they take over RDS (a listener
+        warms until its routes arrive; every route config of a waypoint is named by its listener)."""
         for state in self.replicas.values():
             snapshot = self.cache.get(state.node_id)
-            status = self.cache.status.get(state.node_id, {}).get(P.LISTENER, {})
-            if snapshot is not None and read_pid(state.paths) is not None \
-                    and status.get("version") != snapshot.version(P.LISTENER):
-                return False
+            if snapshot is None or read_pid(state.paths) is None:
+                continue
+            types = self.cache.status.get(state.node_id, {})
+            for t in (P.LISTENER, P.ROUTE):
+                if (snapshot.resources(t) or t == P.LISTENER) \
+                        and types.get(t, {}).get("version") != snapshot.version(t):
+                    return False
         return True
 
     def _maybe_sync_nodes(self) -> None:
