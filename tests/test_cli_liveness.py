@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from meshway.cli import clustercmds, controlplane, explain, waypoint  # noqa: F401  (register commands)
 from meshway.cli.main import cli
+from meshway.model import find_kind
 from meshway.store import Store
 
 from conftest import apply, make_waypoint_ready
@@ -129,3 +130,16 @@ def test_store_only_negative_state_is_unchanged(tmp_path: Path) -> None:
     assert "default/waypoint (not ready)" in r.stdout and "Note:" not in r.stdout
     r = run(s, "waypoint", "status", "--no-wait")
     assert r.stdout.splitlines()[1].split()[:2] == ["waypoint", "False"]
+
+
+def test_port_forward_after_down_refuses_at_once(state: Path) -> None:
+    set_pid(state, None)
+    store = Store(state)
+    try:
+        pod = store.list(find_kind("pod"), "default")[0]
+    finally:
+        store.close()
+    name = pod["metadata"]["name"]
+    r = run(state, "port-forward", name, "0:15008")
+    assert r.exit_code == 1 and r.stdout == ""
+    assert r.stderr.startswith(f"error: pod default/{name} is not running") and r.stderr.count("\n") == 1

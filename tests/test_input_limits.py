@@ -190,3 +190,23 @@ def test_load_yaml_raises_input_error_for_each_bound() -> None:
     for text in (BOMB, ENVOYFILTER.format(value="        a: " + "{b: " * 120 + "c" + "}" * 120)):
         with pytest.raises(InputError):
             load_yaml(text, "x.yaml")
+
+
+def test_store_refuses_an_object_over_3_mib_whatever_the_caller(state: Path) -> None:
+    """The store's own bound (etcd's, as the API server applies it), for writes that do not come
+    from a file: nothing is written."""
+    from meshway.store.errors import RequestEntityTooLarge
+
+    store = Store(state)
+    try:
+        before = store.dump()
+        body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "huge", "uid": "u"},
+                "spec": {"x": "y" * (3 * 1024 * 1024)}}
+        with pytest.raises(RequestEntityTooLarge) as exc:
+            with store.db.write() as txn:
+                txn.put("Namespace", body, created=True)
+        assert str(exc.value) == ('Error from server (RequestEntityTooLarge): Namespace "huge": '
+                                  "Request entity too large: limit is 3145728")
+        assert store.dump() == before
+    finally:
+        store.close()

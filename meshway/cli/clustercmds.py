@@ -212,6 +212,9 @@ def port_forward(c: Ctx, target: str, ports: str, namespace: str | None) -> None
         pod, target_port = find_pod(c, target, ns), int(remote)
     node = int(pod["spec"]["nodeName"].rsplit("-", 1)[1])
     netns = node_netns_name(cluster_id(c.store.state_dir), node)
+    if not Path("/run/netns", netns).exists():  # after `down`: refuse now, not on the first connection
+        raise LookupError(f"pod {ns}/{pod['metadata']['name']} is not running (its node {pod['spec']['nodeName']} "
+                          "is not up; is `meshway up` running?)")
     address = (pod["status"]["podIP"], int(target_port))
     server = socket.create_server(("127.0.0.1", int(local)), reuse_port=False)
     click.echo(f"Forwarding from 127.0.0.1:{server.getsockname()[1]} -> {pod['metadata']['name']} "

@@ -37,14 +37,12 @@ class MeshwayGroup(click.Group):
             raise
         except BrokenPipeError:  # `meshway get ... | head`: the reader went away
             os._exit(0)
-        except OSError as exc:  # the machine refused a file operation: the path and the cause, one line
-            if os.environ.get("MESHWAY_DEBUG") or not exc.filename:
-                raise
-            click.echo(f"error: {exc.filename}: {exc.strerror or exc}", err=True)
-            ctx.exit(1)
         except Exception as exc:  # a bug: one line, the traceback only on request
             if os.environ.get("MESHWAY_DEBUG"):
                 raise
+            if isinstance(exc, OSError) and exc.filename:  # the machine refused a file operation: path and cause
+                click.echo(f"error: {exc.filename}: {exc.strerror or exc}", err=True)
+                ctx.exit(1)
             click.echo(f"error: internal error ({type(exc).__name__}: {exc}); rerun with MESHWAY_DEBUG=1 for "
                        "the traceback", err=True)
             ctx.exit(2)
