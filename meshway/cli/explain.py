@@ -26,9 +26,12 @@ def write_decision(decision: Decision, live: bool = True) -> str:
              f"Waypoint:     {waypoint}",
              f"Reason:       {decision.reason}",
              "Rules:"]
-    lines += [f"  {i}. {rule}" for i, rule in enumerate(decision.rules, 1)]
-    lines.append(decision.explanation)
-    if decision.waypoint and decision.ready and not live:
+    stale = bool(decision.waypoint and decision.ready and not live)
+    rules = [rule.removesuffix(" is ready") + " was ready when last recorded" if stale and rule.endswith(" is ready")
+             else rule for rule in decision.rules]
+    lines += [f"  {i}. {rule}" for i, rule in enumerate(rules, 1)]
+    lines.append(f"As last recorded: {decision.explanation}" if stale else decision.explanation)
+    if stale:
         lines.append(f"Note: {NOT_RUNNING} (`meshway up` starts it): the waypoint's readiness is the last recorded "
                      "state, not live.")
     return "\n".join(lines) + "\n"
