@@ -18,7 +18,7 @@ import yaml
 from meshway.apps.images import AppCommand, find_repository, resolve_image
 from meshway.runtime.workload import (STATE_FILE, Adoption, Backoff, ContainerConfigError, ProcInfo, ProcessRecord,
                                       Probe, Readiness, PodProcesses, build_container_command, build_probe,
-                                      build_state, decide_adoption, detect_probe_due, detect_restart, expand_vars,
+                                      build_state, decide_adoption, detect_probe_due, detect_started_process, detect_restart, expand_vars,
                                       next_readiness, parse_proc_stat, parse_state, read_proc, read_state,
                                       run_probe, write_state)
 
@@ -626,3 +626,40 @@ def sleepers() -> list[int]:
             if ppid == os.getpid() and cmdline == b"sleep\x00300\x00":
                 found.append(int(entry.name))
     return sorted(found)
+
+
+LOG_FILE = "/state/run/pods/shop.web-1/app.log"
+
+
+@pytest.mark.parametrize("info,session,stdout,expected", [
+    (LIVE, 42, LOG_FILE, True),
+    (LIVE, 7, LOG_FILE, False),  # not a session of its own: not started by a supervisor
+    (LIVE, 42, "/state/run/pods/shop.web-2/app.log", False),  # another replica, same command
+    (LIVE, 42, "/other-state/run/pods/shop.web-1/app.log", False),  # the same pod in another cluster
+    (ProcInfo(500, ("sleep", "60"), False), 42, LOG_FILE, False),
+    (ProcInfo(500, (), True), 42, LOG_FILE, False),
+    (None, 42, LOG_FILE, False),
+])
+def test_detect_started_process(info, session: int, stdout: str, expected: bool) -> None:
+    assert detect_started_process(info, session, 42, stdout, ARGV, 4, LOG_FILE) is expected
+
+
+def test_a_process_started_but_not_recorded_is_found_and_adopted(tmp_path: Path) -> None:
+    """The supervisor died between starting a container and recording its pid."""
+    (tmp_path / "other").mkdir()
+    with open(tmp_path / "app.log", "ab") as log, open(tmp_path / "other" / "app.log", "ab") as other_log:
+        other = subprocess.Popen(["sleep", "300"], stdout=other_log, start_new_session=True)
+        orphan = subprocess.Popen(["sleep", "300"], stdout=log, start_new_session=True)
+    try:
+        write_state(tmp_path / STATE_FILE, build_state("u-1", {"app": ProcessRecord("starting", restarts=2)}))
+        pods = PodProcesses(sleeper_pod(), [], tmp_path)
+        pods.start()
+        status = pods.statuses()[0]
+        assert pods.decisions["app"].action == "adopt"
+        assert (status.pid, status.restart_count, status.adopted) == (orphan.pid, 2, True)
+        pods.stop(grace=1)
+        assert orphan.wait(timeout=3) is not None and other.poll() is None
+    finally:
+        for proc in (other, orphan):
+            proc.kill()
+            proc.wait()

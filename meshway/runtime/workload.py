@@ -16,8 +16,9 @@ is ready (pure), and a thin supervisor that starts, polls, probes and stops the 
   before and after each start and on every exit. The first `start()` of a new `PodProcesses` for
   the same pod (a restarted control plane) decides per container with `decide_adoption` (pure):
   a live recorded process with the same pid, start time and command is adopted, not started
-  twice. An adopted process is not our child: /proc says whether it lives, and its exit code is
-  unknown. Restart counts live in the record, so they survive the supervisor.
+  twice (one started but not yet recorded is found by its command, own session and log file). An
+  adopted process is not our child: /proc says whether it lives, and its exit code is unknown.
+  Restart counts live in the record, so they survive the supervisor.
 
 `python -m meshway.runtime.workload probe PROBE_JSON HOST` runs one probe and exits 0 when it
 passes: that is how a probe reaches a pod IP that only exists inside the pod's namespace.
@@ -36,11 +37,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..apps.images import resolve_image
+from ..private import write_private
 
 Body = dict[str, Any]
 log = logging.getLogger("meshway.workload")
@@ -291,6 +293,15 @@ def detect_same_command(cmdline: tuple[str, ...], argv: tuple[str, ...], prefix_
     return bool(argv) and (cmdline == argv or cmdline == argv[prefix_len:])
 
 
+def detect_started_process(info: ProcInfo | None, session: int, pid: int, stdout: str,
+                           argv: tuple[str, ...], prefix_len: int, log_path: str) -> bool:
+    """Whether a process is the container a supervisor started but died before recording: its
+    command, a session of its own (`start_new_session`) and its stdout on the container's log file
+    (replicas of one Deployment, or the same pod of another cluster, run the same command)."""
+    return info is not None and not info.zombie and session == pid and stdout == log_path \
+        and detect_same_command(info.cmdline, argv, prefix_len)
+
+
 def decide_adoption(record: ProcessRecord | None, info: ProcInfo | None, argv: tuple[str, ...],
                     prefix_len: int, restart_policy: str, same_pod: bool = True) -> Adoption:
     """What a new supervisor does with a container an earlier one recorded. `info` is /proc's view
@@ -416,6 +427,24 @@ def read_proc(pid: int) -> ProcInfo | None:
     return ProcInfo(ticks, cmdline, state in ("Z", "X"))
 
 
+def find_started_process(argv: tuple[str, ...], prefix_len: int, log_path: Path) -> tuple[int, int] | None:
+    """(pid, start ticks) of the process `detect_started_process` recognises, if one runs."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        info = read_proc(pid)
+        if info is None or not detect_same_command(info.cmdline, argv, prefix_len):
+            continue
+        try:
+            session, stdout = os.getsid(pid), os.readlink(f"/proc/{pid}/fd/1")
+        except OSError:
+            continue
+        if detect_started_process(info, session, pid, stdout, argv, prefix_len, str(log_path)):
+            return pid, info.start_ticks  # type: ignore[union-attr]
+    return None
+
+
 def read_state(path: Path) -> tuple[str, dict[str, ProcessRecord]]:
     try:
         return parse_state(json.loads(path.read_text()))
@@ -424,11 +453,9 @@ def read_state(path: Path) -> tuple[str, dict[str, ProcessRecord]]:
 
 
 def write_state(path: Path, data: Body) -> None:
-    """Atomically: a supervisor killed mid-write leaves the old file or the new one."""
+    """Atomically (a supervisor killed mid-write leaves the old file or the new one), owner-only."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_private(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 @dataclass(frozen=True)
@@ -614,6 +641,8 @@ class PodProcesses:
         same_pod = not recorded_uid or not self.uid() or recorded_uid == self.uid()
         for c in self.containers:
             record = records.get(c.name)
+            if record is not None and record.phase == "starting" and same_pod:
+                record = self.find_started(c, record)
             info = read_proc(record.pid) if record and record.pid else None
             decision = decide_adoption(record, info, tuple(c.argv), len(self.prefix), c.restart_policy, same_pod)
             self.decisions[c.name] = decision
@@ -629,12 +658,20 @@ class PodProcesses:
         self.save()
         return self.decisions
 
+    def find_started(self, c: ContainerProcess, record: ProcessRecord) -> ProcessRecord:
+        """The previous supervisor died between starting `c` and recording its pid: the process, if
+        it runs, as a running record (adopted like any other), else the record as it was."""
+        found = find_started_process(tuple(c.argv), len(self.prefix), c.log_path.resolve())
+        if found is None:
+            return record
+        return replace(record, phase="running", pid=found[0], start_ticks=found[1], argv=tuple(c.argv))
+
     def start(self) -> None:
         """Start what is not running; the first call adopts recorded processes instead."""
         if self.adopting:
             self.adopt()
-            replace = [c for c in self.containers if self.decisions[c.name].action == "replace"]
-            self._terminate(replace, self.grace_period())
+            replacing = [c for c in self.containers if self.decisions[c.name].action == "replace"]
+            self._terminate(replacing, self.grace_period())
             todo = [c for c in self.containers if self.decisions[c.name].action in ("start", "replace")]
         else:
             todo = [c for c in self.containers if not c.running()]
