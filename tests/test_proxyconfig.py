@@ -408,3 +408,37 @@ def test_cli_live_replica(pc, tmp_path, admin_socket, dump):
     down = pc("pc", "c", "deploy/waypoint-extra", ok=False)
     assert down.exit_code == 1 and "waypoint-extra-5f6d7c8b9a-abcde.default" in down.stderr
     assert "/nonexistent.sock does not exist" in down.stderr
+
+
+# -- a waypoint whose routes come over RDS (captured from a live waypoint, bookinfo + 90/10) ----------
+RDS_DUMP_FILE = DATA / "waypoint_rds_config_dump.json"
+
+
+@pytest.fixture(scope="module")
+def rds_dump() -> D.ConfigDump:
+    return D.parse_config_dump(json.loads(RDS_DUMP_FILE.read_text()))
+
+
+def test_rds_routes_are_listed_from_dynamic_route_configs(rds_dump):
+    raw = json.loads(RDS_DUMP_FILE.read_text())
+    section = next(c for c in raw["configs"] if c["@type"].endswith(".RoutesConfigDump"))
+    assert REVIEWS in {d["route_config"]["name"] for d in section["dynamic_route_configs"]}
+    lines = D.write_routes(rds_dump.routes).splitlines()
+    assert cells_strip(next(l for l in lines if l.startswith(REVIEWS))) == [
+        REVIEWS, "inbound|http|9080", "*", "/*", "reviews.default"]
+    assert sorted(cells_strip(l)[0] for l in lines[1:]) == sorted([
+        "default", "encap", REVIEWS, *(f"inbound-vip|9080|http|{s}.default.svc.cluster.local"
+                                       for s in ("details", "productpage", "ratings"))])  # each once
+
+
+def test_rds_chains_show_their_route_config(rds_dump):
+    lines = D.write_waypoint_listeners(rds_dump.listeners).splitlines()
+    chain = cells_strip(next(l for l in lines if f" {REVIEWS} " in l))
+    assert chain[0] == "envoy://main_internal" and chain[-1].endswith(f"Route: {REVIEWS}")
+    assert ["envoy://connect_terminate", "default", "ALL", "Inline", "Route:"] in [l.split() for l in lines]
+
+
+def test_cli_route_from_rds(pc):
+    out = pc("pc", "routes", "-f", str(RDS_DUMP_FILE), "--name", REVIEWS, "-o", "yaml").stdout
+    clusters = yaml.safe_load(out)[0]["virtualHosts"][0]["routes"][0]["route"]["weightedClusters"]["clusters"]
+    assert [(c["name"], c["weight"]) for c in clusters] == [(REVIEWS_V1, 90), (REVIEWS_V1.replace("/v1", "/v2"), 10)]

@@ -77,9 +77,10 @@ def parse_config_dump(dump: Body) -> ConfigDump:
 
 
 def _with_inline_routes(routes: list[Body], listeners: list[Body]) -> list[Body]:
-    """Route configs plus the inline `route_config` of every HCM: a waypoint gets no RDS, so its routes
-    live in its listeners. Envoy lists inline configs under static_route_configs too; those that are
-    already there (same content) are not repeated."""
+    """Route configs (a waypoint's service chains take theirs over RDS) plus the inline `route_config`
+    of every HCM (`connect_terminate`'s, `direct-http`'s, and every route of dumps from before RDS).
+    Envoy lists inline configs under static_route_configs too; those that are already there (same
+    content) are not repeated."""
     def key(rc: Body) -> str:
         return json.dumps({k: v for k, v in rc.items() if k != "@type"}, sort_keys=True)
 

@@ -190,7 +190,7 @@ def cluster(c: Ctx, target: str | None, namespace: str | None, file: str | None,
 @pass_ctx
 def route(c: Ctx, target: str | None, namespace: str | None, file: str | None, output: str, name: str,
           verbose: bool) -> None:
-    """Route configurations of a proxy's Envoy (a waypoint's are inline in its listeners)."""
+    """Route configurations of a proxy's Envoy (a waypoint's: one per HTTP chain over RDS, plus the inline ones)."""
     dump = fetch_config_dump(c, target, namespace, file, "route")
     if output == "short":
         echo(D.write_routes(dump.routes, name, verbose))
