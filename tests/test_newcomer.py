@@ -73,11 +73,32 @@ def test_mode_is_said_with_its_reason() -> None:
         choose_mode(True, "network namespaces need root")
 
 
-def test_scripts_up_installs_or_names_the_command() -> None:
-    text = (ROOT / "scripts" / "up").read_text()
-    assert "apt-get install -y -qq" in text and "iproute2" in text and "iptables" in text
-    assert "sudo ./scripts/up" in text and "up --cluster" in text
-    assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / "up")]).returncode == 0
+def _scripts_up(tmp_path: Path, uid: int) -> tuple[subprocess.CompletedProcess, str]:
+    """scripts/up on a machine without ip, iptables and sysctl: PATH holds only stubs (id, uname,
+    dirname, an apt-get that records its arguments and fails the install so nothing else runs)."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    log = tmp_path / "apt.log"
+    for name, body in {"id": f"echo {uid}", "uname": "echo Linux", "dirname": 'exec /usr/bin/dirname "$@"',
+                       "apt-get": f'echo "$*" >> {log}; [ "$1" = install ] && exit 3; exit 0'}.items():
+        (stubs / name).write_text(f"#!/bin/bash\n{body}\n")
+        (stubs / name).chmod(0o755)
+    r = subprocess.run(["/bin/bash", str(ROOT / "scripts" / "up")], env={"PATH": str(stubs)},
+                       capture_output=True, text=True, timeout=30)
+    return r, log.read_text() if log.exists() else ""
+
+
+def test_scripts_up_installs_the_tools_as_root(tmp_path: Path) -> None:
+    r, apt = _scripts_up(tmp_path, 0)
+    assert r.returncode == 3, r.stderr  # the stub apt-get's install failure stops it
+    assert "installing iproute2 iptables procps" in r.stderr
+    assert apt.splitlines() == ["update -qq", "install -y -qq iproute2 iptables procps"]
+
+
+def test_scripts_up_without_root_names_the_one_command(tmp_path: Path) -> None:
+    r, apt = _scripts_up(tmp_path, 1000)
+    assert r.returncode == 1 and apt == ""
+    assert "the cluster needs root" in r.stderr and "  sudo ./scripts/up\n" in r.stderr
 
 
 # -- state folder --------------------------------------------------------------------------------
