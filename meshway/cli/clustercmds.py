@@ -49,8 +49,19 @@ def exec_(c: Ctx, target: str, command: tuple[str, ...], namespace: str | None) 
     pod = find_pod(c, target, ns)
     netns = pod_netns_name(cluster_id(c.store.state_dir), ns, pod["metadata"]["name"])
     if not Path("/run/netns", netns).exists():
-        raise LookupError(f"pod {ns}/{pod['metadata']['name']} is not running (is `meshway up` running?)")
+        raise LookupError(f"pod {ns}/{pod['metadata']['name']} is not running ({_why_no_pods(c.store.state_dir)})")
     os.execvp("ip", ["ip", "netns", "exec", netns, *command])
+
+
+def _why_no_pods(state_dir: Path) -> str:
+    from .liveness import find_controlplane
+
+    if not find_controlplane(state_dir):
+        return "the control plane is not running; `meshway up` starts it"
+    if not (state_dir / "run" / "cluster.json").exists():
+        return "the mesh runs in the loopback mode, where application pods do not run; `sudo meshway up --cluster` " \
+               "after `meshway down` runs the cluster"
+    return "is `meshway up` running?"
 
 
 def find_log(state_dir: Path, ns: str, pod: dict, container: str | None) -> Path:
@@ -213,8 +224,7 @@ def port_forward(c: Ctx, target: str, ports: str, namespace: str | None) -> None
     node = int(pod["spec"]["nodeName"].rsplit("-", 1)[1])
     netns = node_netns_name(cluster_id(c.store.state_dir), node)
     if not Path("/run/netns", netns).exists():  # after `down`: refuse now, not on the first connection
-        raise LookupError(f"pod {ns}/{pod['metadata']['name']} is not running (its node {pod['spec']['nodeName']} "
-                          "is not up; is `meshway up` running?)")
+        raise LookupError(f"pod {ns}/{pod['metadata']['name']} is not running ({_why_no_pods(c.store.state_dir)})")
     address = (pod["status"]["podIP"], int(target_port))
     server = socket.create_server(("127.0.0.1", int(local)), reuse_port=False)
     click.echo(f"Forwarding from 127.0.0.1:{server.getsockname()[1]} -> {pod['metadata']['name']} "
