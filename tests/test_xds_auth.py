@@ -284,3 +284,12 @@ def test_refusals_are_counted_without_growing_without_bound(cp):
         cp.server._deny(f"made-up-{n}\nforged log line " + "x" * 1000)
     assert len(cp.server.denied) == MAX_DENIED_IDS + 1 and cp.server.denied["(other)"] == 50
     assert max(len(k) for k in cp.server.denied) <= 200
+
+
+def test_a_state_path_that_is_a_link_is_narrowed_through_the_link(tmp_path):
+    real = tmp_path / "real-state"
+    real.mkdir()
+    real.chmod(0o755)
+    (tmp_path / "state").symlink_to(real)
+    cp = ControlPlane(tmp_path / "state")
+    assert cp.state_dir == tmp_path / "state" and real.stat().st_mode & 0o777 == 0o700

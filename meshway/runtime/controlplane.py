@@ -99,7 +99,8 @@ class ControlPlane:
     def __init__(self, state_dir: Path | str, placement=None, delta: bool = True, debounce: float = 0.05,
                  poll: float = 0.05, envoy: str | None = None, resync: float = 60.0, cluster=None,
                  metrics_addr: str | None = None, secret_ttl: timedelta = WORKLOAD_LIFETIME):
-        self.state_dir = make_private_dir(state_dir)
+        self.state_dir = Path(state_dir)
+        make_private_dir(self.state_dir.resolve())  # the folder itself: a state path may be a link to it
         self.store = Store(self.state_dir)
         for db_file in self.state_dir.glob("store.db*"):  # SQLite gives its -wal/-shm the db's mode
             make_private(db_file)

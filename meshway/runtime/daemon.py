@@ -30,7 +30,7 @@ def start_controlplane(state_dir: Path, cluster: bool = False, metrics_addr: str
     running = controlplane_pid(state_dir)
     if running:
         return running
-    make_private_dir(state_dir)
+    make_private_dir(Path(state_dir).resolve())  # a state path may be a link to the folder
     run = make_private_dir(state_dir / "run")
     with open_private_log(run / "controlplane.log") as log:
         # -P and cwd: the caller's folder is not on sys.path (a `meshway/` folder there would shadow
