@@ -546,7 +546,8 @@ def percentile(values: list[float], q: float) -> float:
 
 def bench_ack(mesh: LiveMesh, changes: int, timeout: float = 10.0) -> Body:
     """Apply a VirtualService weight change, then poll (every 2 ms) until the cache records the new
-    LDS version as ACKed (SYNCED) for the waypoint. Also records when the new snapshot was set in
+    RDS version as ACKed (SYNCED) for the waypoint (routes travel over RDS: a weight change changes
+    no listener). Also records when the new snapshot was set in
     the cache (`SnapshotCache.watch`) and how long the control plane's `sync` took."""
     cp, node = mesh.cp, mesh.node_id
     cache = cp.cache
@@ -576,13 +577,13 @@ def bench_ack(mesh: LiveMesh, changes: int, timeout: float = 10.0) -> Body:
                 if time.perf_counter() > deadline:
                     raise RuntimeError(f"change {i}: no new snapshot within {timeout:g} s")
                 time.sleep(0.002)
-            version = cache.get(node).version(P.LISTENER)
+            version = cache.get(node).version(P.ROUTE)
             while True:
-                status = dict(cache.status.get(node, {}).get(P.LISTENER, {}))
+                status = dict(cache.status.get(node, {}).get(P.ROUTE, {}))
                 if status.get("state") == SYNCED and status.get("version") == version:
                     break
                 if time.perf_counter() > deadline:
-                    raise RuntimeError(f"change {i}: LDS {version} not ACKed within {timeout:g} s: {status}")
+                    raise RuntimeError(f"change {i}: RDS {version} not ACKed within {timeout:g} s: {status}")
                 time.sleep(0.002)
             t_ack = time.perf_counter()
             t_set = next(t for t, g in set_at if g > generation)
@@ -604,7 +605,7 @@ def bench_ack(mesh: LiveMesh, changes: int, timeout: float = 10.0) -> Body:
 
     out = {"changes": changes, "poll_s": cp.poll, "debounce_s": cp.debounce, "delta_xds": cp.delta,
            "samples": rows, **{k: stats(k) for k in ("total", "apply", "to_snapshot", "sync", "snapshot_to_ack")}}
-    print(f"  store change -> LDS ACK: p50 {fmt_time(out['total']['p50'])}, p99 {fmt_time(out['total']['p99'])} "
+    print(f"  store change -> RDS ACK: p50 {fmt_time(out['total']['p50'])}, p99 {fmt_time(out['total']['p99'])} "
           f"(snapshot set -> ACK p50 {fmt_time(out['snapshot_to_ack']['p50'])})", flush=True)
     return out
 
@@ -843,7 +844,7 @@ def _md_translation(report: Body, measurements: list[Measurement]) -> list[str]:
     for m in measurements:
         lines.append(f"| {m.name} | {fmt_time(m.median)} | {fmt_time(m.min)} | {len(m.samples)} | {m.notes} |")
     types = [t for t in ("CDS", "EDS", "LDS", "RDS", "SDS") if t in tr["one"]["bytes"]]
-    lines += ["", "Serialized bytes (sum of `SerializeToString()`; no secrets, routes are inline in LDS):", "",
+    lines += ["", "Serialized bytes (sum of `SerializeToString()`; no secrets; routes over RDS):", "",
               "| config | " + " | ".join(types) + " | total |", "|---|" + "---|" * (len(types) + 1),
               "| 1a one waypoint (25 services) | " + " | ".join(f"{tr['one']['bytes'][t]:,}" for t in types)
               + f" | **{tr['one']['bytes']['total']:,}** |",
@@ -873,14 +874,14 @@ def _md_bytes(b: Body) -> list[str]:
 def _md_ack(a: Body) -> list[str]:
     lines = ["", "## 3. Store change -> waypoint Envoy ACK", "",
              f"{a['changes']} VirtualService weight changes (`Store.apply`), one at a time; latency until "
-             f"`cache.status[node][LDS]` is SYNCED at the new snapshot's version (polled every 2 ms). Control plane "
+             f"`cache.status[node][RDS]` is SYNCED at the new snapshot's version (polled every 2 ms). Control plane "
              f"defaults: store poll {a['poll_s'] * 1e3:.0f} ms, debounce {a['debounce_s'] * 1e3:.0f} ms, "
              f"{'Delta' if a['delta_xds'] else 'SotW'} ADS.", "",
              "| part | p50 | p99 | min | max |", "|---|---|---|---|---|"]
-    for key, label in (("total", "**store change -> LDS ACK**"), ("apply", "of which `Store.apply`"),
+    for key, label in (("total", "**store change -> RDS ACK**"), ("apply", "of which `Store.apply`"),
                        ("to_snapshot", "store change -> new snapshot in the cache (poll wait + debounce + sync)"),
                        ("sync", "of which `ControlPlane.sync` (translate + set_snapshot)"),
-                       ("snapshot_to_ack", "new snapshot -> LDS ACK (push, Envoy applies, ACK)")):
+                       ("snapshot_to_ack", "new snapshot -> RDS ACK (push, Envoy applies, ACK)")):
         s = a[key]
         if s:
             lines.append(f"| {label} | {fmt_time(s['p50'])} | {fmt_time(s['p99'])} | {fmt_time(s['min'])} | "
