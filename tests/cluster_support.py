@@ -25,7 +25,9 @@ DEMO = ROOT / "meshway" / "demo"
 REVIEWS = "inbound-vip|9080|http|reviews.default.svc.cluster.local"
 
 CLIENT = textwrap.dedent('''
-    import http.client, json, sys, time
+    import http.client, json, signal, sys, time
+    stopped = []
+    signal.signal(signal.SIGTERM, lambda *_: stopped.append(True))  # stop early, still print the results
     host, port, path, count = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
     method = sys.argv[5] if len(sys.argv) > 5 else "GET"
     seconds = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0  # run for this long instead, paced
@@ -33,7 +35,7 @@ CLIENT = textwrap.dedent('''
     out = []
     end = time.time() + seconds
     i = 0
-    while (i < count) if not seconds else (time.time() < end and i < count):
+    while not stopped and ((i < count) if not seconds else (time.time() < end and i < count)):
         i += 1
         if seconds:
             time.sleep(0.01)

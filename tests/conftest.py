@@ -124,3 +124,27 @@ def subprocess_env() -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+# -- the fault suite's table (tests/fault_table.py) ---------------------------------------------------
+def pytest_configure(config) -> None:
+    from fault_table import ENV
+
+    if not hasattr(config, "workerinput"):  # the controlling process: workers inherit the path
+        import tempfile
+        fd, path = tempfile.mkstemp(prefix="meshway-faults-", suffix=".jsonl")
+        os.close(fd)
+        os.environ[ENV] = path
+
+
+def pytest_terminal_summary(terminalreporter, config) -> None:
+    from fault_table import ENV, render_fault_table
+
+    path = os.environ.get(ENV)
+    if hasattr(config, "workerinput") or not path:
+        return
+    table = render_fault_table(Path(path))
+    if table:
+        terminalreporter.write_sep("-", "fault suite")
+        terminalreporter.write_line(table)
+    Path(path).unlink(missing_ok=True)

@@ -37,6 +37,9 @@ from .stat_tags import build_principal, build_stat_name, build_workload_tags
 Body = dict[str, Any]
 OUTBOUND_PORT, INBOUND_PORT, PLAINTEXT_PORT = 15001, 15008, 15006
 PASSTHROUGH = "passthrough"
+# A connection to a waypoint replica that just died is refused before the control plane has taken
+# the replica out: tcp_proxy tries again, on the next replica (round robin), before giving up.
+WAYPOINT_CONNECT_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,10 @@ def find_mesh_pods(view: MeshView) -> dict[str, PodInfo]:
     return {p.ip: p for p in view.pods.values() if p.ip and detect_ambient(view, p)}
 
 
-def _tcp(cluster: str, stat: str, tunnel: bool = False, log: Body | None = None) -> Body:
+def _tcp(cluster: str, stat: str, tunnel: bool = False, log: Body | None = None, attempts: int = 1) -> Body:
     config = typed("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", stat_prefix=stat, cluster=cluster)
+    if attempts > 1:
+        config["max_connect_attempts"] = attempts
     if tunnel:
         config["tunneling_config"] = {"hostname": "%DOWNSTREAM_LOCAL_ADDRESS%"}
     if log:
@@ -150,13 +155,15 @@ class _Outbound:
         self.chains.setdefault(name, {"name": name, "filters": filters})
         return name
 
-    def tcp_chain(self, name: str, cluster: str, log: Body, tags: dict[str, str], tunnel: bool = True) -> str:
+    def tcp_chain(self, name: str, cluster: str, log: Body, tags: dict[str, str], tunnel: bool = True,
+                  attempts: int = 1) -> str:
         """A tcp_proxy chain whose stats carry Istio's labels (reporter=source, `stat_tags`)."""
         stat = build_stat_name(name, {"reporter": "source", "request_protocol": "tcp",
                                       "source_principal": build_principal(self.identity),
                                       "source_workload_namespace": self.identity.split("/ns/")[1].split("/")[0],
                                       **tags})
-        return self.chain(name, [_connection_counter(stat), _tcp(cluster, stat, tunnel=tunnel, log=log)])
+        return self.chain(name, [_connection_counter(stat), _tcp(cluster, stat, tunnel=tunnel, log=log,
+                                                                  attempts=attempts)])
 
     def service_chain(self, svc: ServiceInfo, port: int) -> str:
         # The direct cluster exists whether or not a waypoint is in use: removing a cluster would cut
@@ -170,7 +177,8 @@ class _Outbound:
             if cluster:
                 log = build_outbound_log(self.identity, svc.hostname, decision.waypoint)
                 return self.tcp_chain(f"{self.h}|svc|{svc.namespace}/{svc.name}|{port}|waypoint", cluster, log,
-                                      {**tags, "connection_security_policy": "mutual_tls"})
+                                      {**tags, "connection_security_policy": "mutual_tls"},
+                                      attempts=WAYPOINT_CONNECT_ATTEMPTS)
         log = build_outbound_log(self.identity, svc.hostname)
         return self.tcp_chain(f"{self.h}|svc|{svc.namespace}/{svc.name}|{port}", direct, log, tags, tunnel=False)
 
@@ -205,7 +213,8 @@ class _Outbound:
             if cluster:
                 log = build_outbound_log(self.identity, waypoint=decision.waypoint)
                 return self.tcp_chain(f"{self.h}|pod|{pod.ip}|waypoint", cluster, log, {
-                    **build_workload_tags(pod, identity_of(pod, self.td)), "connection_security_policy": "mutual_tls"})
+                    **build_workload_tags(pod, identity_of(pod, self.td)), "connection_security_policy": "mutual_tls"},
+                    attempts=WAYPOINT_CONNECT_ATTEMPTS)
         return self.tcp_chain(f"{self.h}|pod", self.hbone, build_outbound_log(self.identity),
                               {"connection_security_policy": "mutual_tls"})
 
