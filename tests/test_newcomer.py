@@ -134,7 +134,8 @@ def test_unwritable_state_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_get_nothing_as_json_or_yaml_is_an_empty_list(tmp_path: Path, args: list[str]) -> None:
     r = run(tmp_path / "s", *args, "-o", "json")
     assert r.exit_code == 0 and r.stderr == ""
-    assert json.loads(r.stdout) == {"apiVersion": "v1", "items": [], "kind": "List", "metadata": {"resourceVersion": ""}}
+    assert json.loads(r.stdout) == {"apiVersion": "v1", "items": [], "kind": "List",
+                                    "metadata": {"resourceVersion": ""}}
     r = run(tmp_path / "s", *args, "-o", "yaml")
     assert r.stdout == "apiVersion: v1\nitems: []\nkind: List\nmetadata:\n  resourceVersion: ''\n"
 
@@ -152,7 +153,8 @@ def test_node_proxy_cluster_names_parse() -> None:
     """A dump captured from node-1's proxy (`meshway pc all ztunnel-node-1.istio-system -o json`)."""
     assert D.parse_cluster_name("svc|384d28cf|reviews.default.svc.cluster.local|9080") == (
         "outbound", 9080, "", "reviews.default.svc.cluster.local")
-    assert D.parse_cluster_name("waypoint|384d28cf|default/waypoint") == ("", 0, "", "waypoint|384d28cf|default/waypoint")
+    waypoint_cluster = "waypoint|384d28cf|default/waypoint"
+    assert D.parse_cluster_name(waypoint_cluster) == ("", 0, "", waypoint_cluster)
     assert D.parse_cluster_name("inbound|default/curl-x") == ("", 0, "", "inbound|default/curl-x")
     r = CliRunner().invoke(cli, ["pc", "cluster", "-f", str(DATA / "ztunnel_clusters_config_dump.json")])
     assert r.exit_code == 0, r.output

@@ -155,8 +155,9 @@ def get(c: Ctx, args: tuple[str, ...], namespace: str | None, all_namespaces: bo
             if items and output == "name":
                 click.echo("".join(f"{info.qualified}/{b['metadata']['name']}\n" for b in items), nl=False)
             elif items:
-                click.echo(("" if first else "\n") + P.write_table(info.kind, items, all_namespaces and info.namespaced,
-                                                                   output == "wide", [], prefix=info.qualified), nl=False)
+                table = P.write_table(info.kind, items, all_namespaces and info.namespaced, output == "wide", [],
+                                      prefix=info.qualified)
+                click.echo(("" if first else "\n") + table, nl=False)
             first = first and not items
         if first:
             click.echo(f"No resources found{'' if all_namespaces else f' in {ns} namespace'}.", err=True)

@@ -102,7 +102,8 @@ class Txn:
         rv = self._next_rv()
         meta["resourceVersion"] = str(rv)
         text = json.dumps(body, sort_keys=True, separators=(",", ":"))
-        if len(text) > MAX_REQUEST_BYTES and len(text.encode()) > MAX_REQUEST_BYTES:  # etcd's bound, as the API server applies it
+        # etcd's bound, as the API server applies it (len(text) first: encoding is only paid near it)
+        if len(text) > MAX_REQUEST_BYTES and len(text.encode()) > MAX_REQUEST_BYTES:
             raise RequestEntityTooLarge(f'{kind} "{name}": {TOO_LARGE}')
         self.conn.execute("INSERT INTO changes(rv, type, kind, namespace, name, body) VALUES (?,?,?,?,?,?)",
                           (rv, "ADDED" if created else "MODIFIED", kind, namespace, name, text))
