@@ -111,6 +111,12 @@ def test_control_plane_kill_9_and_restart_adopts_everything_under_load(mesh: Mes
     mesh.wait_until(lambda: restart_counts(mesh)[f"default/{pod}"] == [counts[f"default/{pod}"][0] + 1], 30,
                     "the adopted container's exit to be noticed and restarted")
     mesh.wait_ready(60)
+    table = subprocess.run([sys.executable, "-m", "meshway", "--state-dir", str(mesh.state), "get", "pods"],
+                           capture_output=True, text=True, timeout=60).stdout
+    header, *rows = table.splitlines()
+    restarts = header.split().index("RESTARTS")
+    row = next(line.split() for line in rows if line.split()[0] == pod)
+    assert row[restarts] == str(counts[f"default/{pod}"][0] + 1), table
 
 
 EXTRA = """
