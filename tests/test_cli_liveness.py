@@ -145,3 +145,10 @@ def test_port_forward_after_down_refuses_at_once(state: Path) -> None:
         assert r.exit_code == 1 and r.stdout == ""
         assert r.stderr == (f"error: pod default/{name} is not running (the control plane is not running; "
                             "`meshway up` starts it)\n")
+
+
+def test_waypoint_apply_wait_without_control_plane_fails_at_once(tmp_path: Path) -> None:
+    r = run(tmp_path / "s", "waypoint", "apply", "-n", "default", "--wait")
+    assert r.exit_code == 1 and "✅ waypoint default/waypoint applied" in r.stdout
+    assert r.stderr == ("Error: the control plane is not running, so waypoint default/waypoint cannot become ready "
+                        "(`meshway up` starts it)\n")

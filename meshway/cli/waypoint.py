@@ -118,6 +118,10 @@ def apply_(c: Ctx, name: str, traffic: str | None, revision: str | None, namespa
     c.store.apply([manifest])
     click.echo(f"✅ waypoint {ns}/{name} applied")
     if wait:
+        if find_controlplane(c.store.state_dir) is None:  # nothing can program it: say so now, not in 90 s
+            click.echo(f"Error: {NOT_RUNNING}, so waypoint {ns}/{name} cannot become ready (`meshway up` starts it)",
+                       err=True)
+            raise click.exceptions.Exit(1)
         wait_programmed(c.store, ns, name, timeout, "timed out while waiting for waypoint")
         click.echo(f"✅ waypoint {ns}/{name} is ready!")
     if enroll_namespace:
