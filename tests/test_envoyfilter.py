@@ -30,24 +30,39 @@ REVIEWS, RATINGS = "reviews.default.svc.cluster.local", "ratings.default.svc.clu
 LRL = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 
 
-def chain(host: str, port: int = 9080, filters: tuple = ("envoy.filters.http.fault", "envoy.filters.http.router")):
+def route_config_of(host: str, port: int = 9080) -> dict:
     name = f"inbound-vip|{port}|http|{host}"
     routes = [{"name": "first", "match": {"prefix": "/a"}, "direct_response": {"status": 200}},
               {"name": "default", "match": {"prefix": "/"}, "route": {"cluster": name, "timeout": "0s"}}]
+    return {"name": name, "virtual_hosts": [{"name": f"inbound|http|{port}", "domains": ["*"], "routes": routes}]}
+
+
+def chain(host: str, port: int = 9080, filters: tuple = ("envoy.filters.http.fault", "envoy.filters.http.router")):
+    """A service chain as the waypoint builds it: its routes come over RDS (`route_config_of`)."""
+    name = f"inbound-vip|{port}|http|{host}"
     return {"name": name, "filters": [{"name": HCM, "typed_config": {
         "@type": HCM_TYPE, "stat_prefix": "inbound", "http_filters": [
             {"name": n, "typed_config": {"@type": f"type.googleapis.com/{TYPES[n]}"}} for n in filters],
-        "route_config": {"name": name, "virtual_hosts": [{"name": f"inbound|http|{port}", "domains": ["*"],
-                                                          "routes": routes}]}}}]}
+        "rds": {"route_config_name": name, "config_source": {"ads": {}, "resource_api_version": "V3"}}}}]}
+
+
+def direct_http() -> dict:
+    """The chain of traffic addressed to a bound pod: its one route stays inline (Istio's `encap`)."""
+    return {"name": "direct-http", "filters": [{"name": HCM, "typed_config": {
+        "@type": HCM_TYPE, "stat_prefix": "direct", "http_filters": [],
+        "route_config": {"name": "encap", "virtual_hosts": [{"name": "inbound|http|0", "domains": ["*"], "routes": [
+            {"name": "default", "match": {"prefix": "/"}, "route": {"cluster": "encap"}}]}]}}}]}
 
 
 def resources() -> dict:
     clusters = {f"inbound-vip|9080|{k}|{h}": {"name": f"inbound-vip|9080|{k}|{h}", "type": "EDS",
                                               "connect_timeout": "10s"}
                 for h in (REVIEWS, RATINGS) for k in ("http", "http/v1")}
-    return {P.LISTENER: {"main_internal": {"name": "main_internal", "filter_chains": [chain(REVIEWS), chain(RATINGS)]},
+    chains = [chain(REVIEWS), chain(RATINGS), direct_http()]
+    return {P.LISTENER: {"main_internal": {"name": "main_internal", "filter_chains": chains},
                          "connect_terminate": {"name": "connect_terminate"}},
-            P.CLUSTER: clusters, P.ENDPOINT: {}, P.ROUTE: {}, P.SECRET: {}}
+            P.CLUSTER: clusters, P.ENDPOINT: {},
+            P.ROUTE: {rc["name"]: rc for rc in (route_config_of(REVIEWS), route_config_of(RATINGS))}, P.SECRET: {}}
 
 
 def service(name: str, kind: str = "Service") -> ServiceInfo:
@@ -74,7 +89,12 @@ def http_filters(out: dict, host: str = REVIEWS) -> list[str]:
 
 
 def route_config(out: dict, host: str = REVIEWS) -> dict:
-    c = next(c for c in out[P.LISTENER]["main_internal"]["filter_chains"] if c["name"].endswith(host))
+    """The RouteConfiguration a service chain takes over RDS."""
+    return out[P.ROUTE][f"inbound-vip|9080|http|{host}"]
+
+
+def inline_route_config(out: dict) -> dict:
+    c = next(c for c in out[P.LISTENER]["main_internal"]["filter_chains"] if c["name"] == "direct-http")
     return c["filters"][0]["typed_config"]["route_config"]
 
 
@@ -296,6 +316,24 @@ def test_route_configuration_and_virtual_host_patches() -> None:
     assert route_config(out)["response_headers_to_add"][0]["header"]["key"] == "k"
     assert route_config(out)["virtual_hosts"] == []
     assert [v["name"] for v in route_config(out, RATINGS)["virtual_hosts"]] == ["inbound|http|9080", "extra"]
+
+
+def test_route_patches_reach_the_rds_configs_and_the_inline_one_but_rename_nothing() -> None:
+    rename = {"applyTo": "ROUTE_CONFIGURATION", "match": {"context": "SIDECAR_INBOUND"},
+              "patch": {"operation": "MERGE", "value": {"name": "renamed", "validate_clusters": True}}}
+    header = {"applyTo": "HTTP_ROUTE", "match": {"context": "SIDECAR_INBOUND"},
+              "patch": {"operation": "MERGE", "value": {"request_headers_to_add": [{"header": {"key": "k",
+                                                                                              "value": "v"}}]}}}
+    out, problems = patched(envoy_filter([rename, header]))
+    assert not problems
+    assert sorted(out[P.ROUTE]) == sorted(resources()[P.ROUTE])  # the listener names them: names stay
+    for rc in (route_config(out), route_config(out, RATINGS)):
+        assert rc["name"] != "renamed" and rc["validate_clusters"] is True
+        assert all(r["request_headers_to_add"][0]["header"]["key"] == "k" for r in rc["virtual_hosts"][0]["routes"])
+    assert inline_route_config(out)["validate_clusters"] is True  # the waypoint-wide filter patches encap too
+    assert "rds" in out[P.LISTENER]["main_internal"]["filter_chains"][0]["filters"][0]["typed_config"]
+    scoped, _ = patched(envoy_filter([header], refs=[{"kind": "Service", "name": "ratings"}]))
+    assert "request_headers_to_add" not in inline_route_config(scoped)["virtual_hosts"][0]["routes"][0]
 
 
 def test_cluster_remove_add_and_match_by_subset() -> None:
