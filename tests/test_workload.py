@@ -18,9 +18,9 @@ import yaml
 from meshway.apps.images import AppCommand, find_repository, resolve_image
 from meshway.runtime.workload import (STATE_FILE, Adoption, Backoff, ContainerConfigError, ProcInfo, ProcessRecord,
                                       Probe, Readiness, PodProcesses, build_container_command, build_probe,
-                                      build_state, decide_adoption, detect_probe_due, detect_started_process, detect_restart, expand_vars,
-                                      next_readiness, parse_proc_stat, parse_state, read_proc, read_state,
-                                      run_probe, write_state)
+                                      build_state, decide_adoption, detect_probe_due, detect_restart,
+                                      detect_started_process, expand_vars, next_readiness, parse_proc_stat,
+                                      parse_state, read_proc, read_state, run_probe, write_state)
 
 BOOKINFO_YAML = Path("/work/shared/data/istio-samples/bookinfo.yaml")
 PY = sys.executable

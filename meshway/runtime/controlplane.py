@@ -429,7 +429,8 @@ class ControlPlane:
                 "phase": "Running" if ready else "Pending",
                 "conditions": [{"type": "PodScheduled", "status": "True"},
                                {"type": "Ready", "status": status}],
-                "containerStatuses": [{"name": "istio-proxy", "ready": ready, "restartCount": detect_restart_count(read_starts(state.paths))}],
+                "containerStatuses": [{"name": "istio-proxy", "ready": ready,
+                                       "restartCount": detect_restart_count(read_starts(state.paths))}],
             })
         except Exception as exc:  # the pod may be gone already
             log.debug("cannot write readiness of %s: %s", r.pod, exc)
