@@ -28,3 +28,38 @@ LOG = Path("/tmp/x.log")
 ])
 def test_container_statuses(status: ContainerStatus, expected: dict) -> None:
     assert build_container_statuses([status]) == [expected]
+
+
+def waypoint_pod(name: str, ip: str, node: str) -> dict:
+    return {"metadata": {"namespace": "default", "name": name, "labels": {
+        "gateway.networking.k8s.io/gateway-name": "waypoint",
+        "gateway.istio.io/managed": "istio.io-mesh-controller",
+        "gateway.networking.k8s.io/gateway-class-name": "istio-waypoint"}},
+        "spec": {"nodeName": node}, "status": {"podIP": ip}}
+
+
+def test_a_restarted_runtime_keeps_recorded_pods_and_removes_those_deleted_meanwhile(tmp_path: Path) -> None:
+    from test_netns import FakeHost
+
+    from meshway.mesh.view import MeshView
+    from meshway.runtime.cluster import ClusterRuntime, detect_waypoint_pod
+    from meshway.runtime.netns import ClusterNet
+
+    host = FakeHost()
+
+    def net() -> ClusterNet:
+        return ClusterNet(tmp_path / "state", 2, host=host, etc_netns=tmp_path / "etc-netns")
+
+    kept, gone = waypoint_pod("waypoint-a", "10.244.1.2", "node-1"), waypoint_pod("waypoint-b", "10.244.2.2", "node-2")
+    assert detect_waypoint_pod(kept)
+    first = ClusterRuntime(tmp_path / "state", 2, net())
+    first.up()
+    first.sync_pods([kept, gone], MeshView())
+    count = len(host.log)
+    again = ClusterRuntime(tmp_path / "state", 2, net())  # the control plane restarted; waypoint-b was deleted
+    again.up()
+    again.sync_pods([kept], MeshView())
+    redone = host.log[count:]
+    assert ["ip", "netns", "del", again.net.pod_netns("default", "waypoint-b")] in redone
+    assert not any(again.net.pod_netns("default", "waypoint-a") in " ".join(cmd) for cmd in redone)
+    assert again.net.recorded_pods() == [("default", "waypoint-a")]

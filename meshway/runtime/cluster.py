@@ -77,12 +77,13 @@ class PodState:
 
 
 class ClusterRuntime:
-    def __init__(self, state_dir: Path, nodes: int):
+    def __init__(self, state_dir: Path, nodes: int, net: ClusterNet | None = None):
         self.state_dir = Path(state_dir)
         self.nodes = nodes
-        self.net = ClusterNet(self.state_dir, nodes)
+        self.net = net or ClusterNet(self.state_dir, nodes)
         self.pods: dict[tuple[str, str], PodState] = {}
         self.log_dir = self.state_dir / "run" / "pods"
+        self.reconciled = False  # the recorded pods have been compared with the store once
 
     def up(self) -> None:
         self.net.up()
@@ -92,6 +93,12 @@ class ClusterRuntime:
                   if (b.get("status") or {}).get("podIP") and b["spec"].get("nodeName")}
         for key in [k for k in self.pods if k not in wanted]:
             self._remove(key)
+        if not self.reconciled:  # pods an earlier runtime made that were deleted while none ran
+            self.reconciled = True
+            for ns, name in self.net.recorded_pods():
+                if (ns, name) not in wanted:
+                    log.info("removing pod %s/%s: deleted while no control plane ran", ns, name)
+                    self.net.remove_pod(ns, name)
         entries = build_host_entries(view)
         for key, body in wanted.items():
             state = self.pods.get(key)

@@ -551,6 +551,11 @@ class ClusterNet:
             rewrite_in_place(self.etc_netns / name / "resolv.conf", RESOLV_CONF)
         return PodNet(rec["netns"], rec["node_netns"], rec["host_veth"])
 
+    def recorded_pods(self) -> list[tuple[str, str]]:
+        """(namespace, pod) of every pod recorded in the state file."""
+        state = _load(self.path)
+        return sorted((r["namespace"], r["pod"]) for r in (state or {}).get("pods", {}).values())
+
     def remove_pod(self, namespace: str, pod: str) -> None:
         """Kill what runs in the pod's netns, remove its veth, netns and /etc/netns folder."""
         state = self._state()
