@@ -3,12 +3,13 @@ applies the -f manifests and exits 0."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from meshway.cli.main import cli
-from meshway.cli import up  # noqa: F401  (registers the command)
+from meshway.cli import controlplane, up  # noqa: F401  (register the commands)
 from meshway.model import find_kind
 from meshway.store import Store
 
@@ -55,3 +56,18 @@ def test_down_forgets_the_process_records(tmp_path: Path) -> None:
     stop_all(tmp_path / "state")
     assert not any(p.exists() for p in records)
     assert (run / "pods" / "default.web" / "app.log").exists()
+
+
+def test_a_second_control_plane_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    Store(state)
+    (state / "run").mkdir(parents=True, exist_ok=True)
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        (state / "run" / "controlplane.pid").write_text(f"{other.pid}\n")
+        result = CliRunner().invoke(cli, ["--state-dir", str(state), "controlplane"])
+        assert result.exit_code == 1
+        assert f"a control plane already runs for {state} (pid {other.pid})" in result.output
+    finally:
+        other.kill()
+        other.wait()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 from datetime import timedelta
 
@@ -34,6 +35,12 @@ def controlplane(c: Ctx, sotw: bool, verbose: bool, cluster_mode: bool, nodes: i
     from ..runtime.controlplane import ControlPlane
 
     ttl = parse_secret_ttl(secret_ttl)
+    from ..runtime.daemon import controlplane_pid
+
+    running = controlplane_pid(c.store.state_dir)
+    if running and running != os.getpid():  # two would both supervise the same pods and proxies
+        raise click.ClickException(f"a control plane already runs for {c.store.state_dir} (pid {running}); "
+                                   "`meshway down` stops it")
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
