@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -71,3 +72,20 @@ def test_a_second_control_plane_is_refused(tmp_path: Path) -> None:
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_killed_orphan_is_not_running_even_unreaped(tmp_path: Path) -> None:
+    """A control plane started by `meshway up` is an orphan once up exits; killed, it may stay a
+    zombie (an init that does not reap): that is not a running control plane."""
+    from meshway.runtime.daemon import controlplane_pid
+
+    spawn = subprocess.run(["sh", "-c", "sleep 300 >/dev/null 2>&1 & echo $!"], capture_output=True, text=True)
+    orphan = int(spawn.stdout)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "controlplane.pid").write_text(f"{orphan}\n")
+    assert controlplane_pid(tmp_path) == orphan
+    os.kill(orphan, 9)
+    deadline = time.monotonic() + 5
+    while controlplane_pid(tmp_path) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert controlplane_pid(tmp_path) is None

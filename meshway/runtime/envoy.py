@@ -70,7 +70,8 @@ def detect_restart_count(starts: int) -> int:
 
 
 def read_live_pid(pid_file: Path) -> int | None:
-    """The pid in `pid_file` if that process is alive (an exited child of ours is reaped: dead)."""
+    """The pid in `pid_file` if that process is alive (an exited child of ours is reaped: dead; an
+    exited orphan that nobody reaps, a zombie, is dead too)."""
     try:
         pid = int(pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
@@ -84,7 +85,11 @@ def read_live_pid(pid_file: Path) -> int | None:
         os.kill(pid, 0)
     except OSError:
         return None
-    return pid
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return pid
+    return None if state in ("Z", "X") else pid
 
 
 def read_pid(paths: EnvoyPaths) -> int | None:
