@@ -163,3 +163,13 @@ def test_up_after_the_control_plane_was_killed_adopts_everything(mesh: Mesh) -> 
     assert (pod_processes(mesh), envoy_pids(mesh)) == (processes, envoys)
     assert restart_counts(mesh) == counts
     assert mesh.store.get(find_kind("svc"), "default", "extra-2")
+    # That control plane is an orphan (`up` exited): killed, it may linger as a zombie nobody reaps,
+    # which is not a running control plane: `up` starts a new one again.
+    orphan = controlplane_pid(mesh.state)
+    os.kill(orphan, signal.SIGKILL)
+    mesh.wait_until(lambda: controlplane_pid(mesh.state) is None, 10, "the orphan control plane to be seen dead")
+    done = meshway_up(mesh, 3)
+    assert done.returncode == 0 and "already running" not in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    assert controlplane_pid(mesh.state) not in (None, orphan)
+    mesh.wait_ready(60)
+    assert (pod_processes(mesh), envoy_pids(mesh), restart_counts(mesh)) == (processes, envoys, counts)
