@@ -56,7 +56,8 @@ MAIN = f"inbound-vip|9080|http|{HOST}"
 V1, V2 = f"inbound-vip|9080|http/v1|{HOST}", f"inbound-vip|9080|http/v2|{HOST}"
 DR = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\n"
 
-Clusters = dict[str, dict[str, Any]]
+Clusters = dict[str, dict[str, Any]]  # active clusters by name; under ROUTES the route configs by name
+ROUTES = "(route configs)"
 
 
 def _thresholds(c: dict) -> dict:
@@ -66,6 +67,11 @@ def _thresholds(c: dict) -> dict:
 def _http_options(c: dict) -> dict:
     return c.get("typed_extension_protocol_options", {}).get(
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions", {})
+
+
+def _route(cs: Clusters) -> dict:
+    """The route action of the service's default route, as the route config (RDS) dump shows it."""
+    return cs[ROUTES][MAIN]["virtual_hosts"][0]["routes"][0]["route"]
 
 
 def _lb(c: dict) -> str:
@@ -81,8 +87,13 @@ STEPS: list[tuple[str, str | None, Callable[[Clusters], bool]]] = [
     ("loadBalancer.simple LEAST_CONN", "spec: {host: reviews, trafficPolicy: {loadBalancer: {simple: LEAST_CONN}}}",
      lambda cs: _lb(cs[MAIN]) == "LEAST_REQUEST"),
     ("loadBalancer.consistentHash", "spec: {host: reviews, trafficPolicy: {loadBalancer: "
-                                    "{consistentHash: {httpHeaderName: x-user}}}}",
-     lambda cs: _lb(cs[MAIN]) == "RING_HASH"),
+                                    "{consistentHash: {httpHeaderName: x-user, minimumRingSize: 2048}}}}",
+     lambda cs: _lb(cs[MAIN]) == "RING_HASH" and cs[MAIN]["ring_hash_lb_config"]["minimum_ring_size"] == "2048"
+     and _route(cs).get("hash_policy") == [{"header": {"header_name": "x-user"}}]),
+    ("loadBalancer.consistentHash maglev", "spec: {host: reviews, trafficPolicy: {loadBalancer: "
+                                           "{consistentHash: {httpCookie: {name: s, ttl: 10s}, maglev: {}}}}}",
+     lambda cs: _lb(cs[MAIN]) == "MAGLEV" and _route(cs).get("hash_policy") == [{"cookie": {"name": "s",
+                                                                                           "ttl": "10s"}}]),
     ("connectionPool.tcp", "spec: {host: reviews, trafficPolicy: {connectionPool: "
                            "{tcp: {maxConnections: 7, connectTimeout: 3s}}}}",
      lambda cs: _thresholds(cs[MAIN]).get("max_connections") == 7 and cs[MAIN]["connect_timeout"] == "3s"),
@@ -125,6 +136,7 @@ STEPS: list[tuple[str, str | None, Callable[[Clusters], bool]]] = [
      lambda cs: _lb(cs[MAIN]) == "ROUND_ROBIN" and _thresholds(cs[MAIN]).get("max_connections") == 21),
     ("DestinationRule deleted", None,
      lambda cs: _lb(cs[MAIN]) == "LEAST_REQUEST" and "outlier_detection" not in cs[MAIN] and V2 not in cs
+     and "hash_policy" not in _route(cs)
      and "config" not in cs[MAIN].get("metadata", {}).get("filter_metadata", {}).get("istio", {})
      and _thresholds(cs[MAIN]).get("max_connections") == 4294967295),
 ]
@@ -146,11 +158,14 @@ def running(state: Path, delta: bool):
 
 
 def fetch_clusters(admin: Path) -> tuple[Clusters, list[str]]:
-    """(active dynamic clusters by name, names of warming clusters) from the admin config dump."""
+    """(active dynamic clusters by name plus the RDS route configs under ROUTES, names of warming
+    clusters) from the admin config dump."""
     dump = json.loads(fetch_admin(admin, "/config_dump?resource=dynamic_active_clusters"))
     active = {c["cluster"]["name"]: c["cluster"] for c in dump.get("configs", [])}
     dump = json.loads(fetch_admin(admin, "/config_dump?resource=dynamic_warming_clusters"))
     warming = [c["cluster"]["name"] for c in dump.get("configs", [])]
+    dump = json.loads(fetch_admin(admin, "/config_dump?resource=dynamic_route_configs"))
+    active[ROUTES] = {r["route_config"]["name"]: r["route_config"] for r in dump.get("configs", [])}
     return active, warming
 
 

@@ -12,7 +12,7 @@ import pytest
 from xds_support import BOOKINFO, ENVOY, GOLDEN, TRAFFIC, build_store, dump, plain, translate
 
 from meshway.ca import CertificateAuthority, build_secrets
-from meshway.model import load_yaml
+from meshway.model import find_kind, load_yaml
 from meshway.xds import protos as P
 from meshway.xds.cache import Snapshot
 from meshway.xds.validate import build_static_bootstrap, run_validate
@@ -125,3 +125,63 @@ def test_a_weight_change_updates_one_route_config_and_no_listener(tmp_path: Path
     assert changed == ["inbound-vip|9080|http|reviews.default.svc.cluster.local"]
     weighted = P.to_dict(after.resources(P.ROUTE)[changed[0]])["virtual_hosts"][0]["routes"][0]["route"]
     assert [c["weight"] for c in weighted["weighted_clusters"]["clusters"]] == [40, 60]
+
+
+CONSISTENT = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy: TRAFFIC_POLICY
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy: SUBSET_POLICY
+"""
+
+
+@pytest.mark.parametrize("traffic_policy, subset_policy, expected", [
+    ("{loadBalancer: {consistentHash: {httpHeaderName: x-user}}}", "{}", [{"header": {"header_name": "x-user"}}]),
+    ("{loadBalancer: {consistentHash: {httpQueryParameterName: u}}}", "{}", [{"query_parameter": {"name": "u"}}]),
+    ("{loadBalancer: {consistentHash: {useSourceIp: true}}}", "{}", [{"connection_properties": {"source_ip": True}}]),
+    # the 90/10 route's two subsets hash differently: no hash policy (as Istio)
+    ("{loadBalancer: {consistentHash: {httpHeaderName: x-user}}}",
+     "{loadBalancer: {consistentHash: {httpHeaderName: x-other}}}", None),
+    ("{}", "{loadBalancer: {consistentHash: {httpHeaderName: x-user}}}", None),
+])
+def test_consistent_hash_puts_a_hash_policy_on_the_route(tmp_path: Path, traffic_policy: str, subset_policy: str,
+                                                         expected: list | None) -> None:
+    store = build_store(tmp_path / "s", CASES["reviews"][0])
+    store.apply(load_yaml(CONSISTENT.replace("TRAFFIC_POLICY", traffic_policy).replace("SUBSET_POLICY",
+                                                                                          subset_policy), "dr.yaml"))
+    config = plain(translate(store, "default"))
+    route = config["RouteConfiguration"]["inbound-vip|9080|http|reviews.default.svc.cluster.local"][
+        "virtual_hosts"][0]["routes"][0]["route"]
+    assert route.get("hash_policy") == expected
+    assert ("retry_host_predicate" in route["retry_policy"]) == (expected is None)  # Istio drops it when hashing
+    v1 = config["Cluster"]["inbound-vip|9080|http/v1|reviews.default.svc.cluster.local"]
+    assert (v1.get("lb_policy") == "RING_HASH") == ("consistentHash" in traffic_policy)
+
+
+def test_consistent_hash_on_httproute_and_default_routes_and_maglev(tmp_path: Path) -> None:
+    config = plain(translate(build_store(tmp_path / "s", [GOLDEN / "features.yaml"]), "shop"))
+    api = "inbound-vip|8080|http|api.shop.svc.cluster.local"
+    routes = [r["route"] for r in config["RouteConfiguration"][api]["virtual_hosts"][0]["routes"] if "route" in r]
+    assert [r["hash_policy"] for r in routes] == [[{"cookie": {"name": "session", "path": "/", "ttl": "60s"}}]] * 2
+    assert config["Cluster"][api]["lb_policy"] == "RING_HASH"
+    assert config["Cluster"][api]["ring_hash_lb_config"] == {"minimum_ring_size": "1024"}
+    store = build_store(tmp_path / "m", [GOLDEN / "features.yaml"])
+    store.delete([(find_kind("httproute"), "shop", "api")])
+    store.apply(load_yaml("""
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: shop}
+spec: {host: api, trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-u, maglev: {tableSize: 65537}}}}}
+""", "maglev.yaml"))
+    config = plain(translate(store, "shop"))
+    assert config["Cluster"][api]["lb_policy"] == "MAGLEV"
+    assert config["Cluster"][api]["maglev_lb_config"] == {"table_size": "65537"}
+    [default] = config["RouteConfiguration"][api]["virtual_hosts"][0]["routes"]
+    assert default["name"] == "default" and default["route"]["hash_policy"] == [{"header": {"header_name": "x-u"}}]

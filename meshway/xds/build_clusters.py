@@ -101,7 +101,16 @@ def apply_policy(cluster: Body, policy: TrafficPolicy | None) -> list[str]:
     if policy.loadBalancer:
         lb = policy.loadBalancer
         if lb.consistentHash:
-            cluster["lb_policy"] = "RING_HASH"
+            ch = lb.consistentHash
+            if ch.maglev is not None:
+                cluster["lb_policy"] = "MAGLEV"
+                if ch.maglev.get("tableSize"):
+                    cluster["maglev_lb_config"] = {"table_size": int(ch.maglev["tableSize"])}
+            else:
+                cluster["lb_policy"] = "RING_HASH"
+                size = (ch.ringHash or {}).get("minimumRingSize") or ch.minimumRingSize
+                if size:
+                    cluster["ring_hash_lb_config"] = {"minimum_ring_size": int(size)}
         elif lb.simple in LB:
             cluster["lb_policy"] = LB[lb.simple]
         elif lb.simple == "PASSTHROUGH":
@@ -154,6 +163,28 @@ def apply_policy(cluster: Body, policy: TrafficPolicy | None) -> list[str]:
     if policy.tls and policy.tls.mode in ("SIMPLE", "MUTUAL"):
         notes.append(f"tls.mode {policy.tls.mode} origination is not supported yet; traffic stays in HBONE")
     return notes
+
+
+def build_hash_policy(policy: TrafficPolicy | None) -> list[Body] | None:
+    """The route `hash_policy` a DestinationRule's consistentHash needs (Istio's
+    consistentHashToHashPolicy): without it a ring-hash cluster hashes nothing and picks at random."""
+    ch = policy.loadBalancer.consistentHash if policy and policy.loadBalancer else None
+    if ch is None:
+        return None
+    if ch.httpHeaderName:
+        return [{"header": {"header_name": ch.httpHeaderName}}]
+    if ch.httpCookie:
+        cookie: Body = {"name": ch.httpCookie.get("name", "")}
+        if ch.httpCookie.get("path"):
+            cookie["path"] = ch.httpCookie["path"]
+        if ch.httpCookie.get("ttl"):
+            cookie["ttl"] = _seconds(ch.httpCookie["ttl"])
+        return [{"cookie": cookie}]
+    if ch.useSourceIp:
+        return [{"connection_properties": {"source_ip": True}}]
+    if ch.httpQueryParameterName:
+        return [{"query_parameter": {"name": ch.httpQueryParameterName}}]
+    return None
 
 
 def build_service_stat_name(name: str, svc_host: str, svc_name: str, svc_ns: str, subset: str | None,

@@ -1,4 +1,4 @@
-"""Inline route configs of a waypoint's HTTP chains (istio-facts §1.8): Istio's default route, or
+"""Route configs of a waypoint's HTTP chains, served over RDS (istio-facts §1.8): Istio's default route, or
 the routes of the VirtualServices (and HTTPRoutes, converted to VirtualServices) for the service.
 
 `build_route_config` returns the config and a list of problems: a route to a destination that does
@@ -29,6 +29,8 @@ class RouteTarget:
     port: int
     # (host, port, subset) -> cluster name, or None when the destination does not exist
     resolve: Callable[[str, int | None, str | None], str | None]
+    # cluster name -> the route hash_policy its DestinationRule's consistentHash asks for, if any
+    hash_policy: Callable[[str], list[Body] | None] = lambda cluster: None
 
 
 @dataclass
@@ -51,10 +53,27 @@ def build_default_retry() -> Body:
 
 def build_default_route(target: RouteTarget) -> Body:
     cluster = cluster_name(target.port, "http", target.host)
-    return {"name": "default", "match": {"prefix": "/"},
-            "route": {"cluster": cluster, "timeout": "0s", "retry_policy": build_default_retry(),
-                      "max_stream_duration": {"max_stream_duration": "0s", "grpc_timeout_header_max": "0s"}},
+    action = {"cluster": cluster, "timeout": "0s", "retry_policy": build_default_retry(),
+              "max_stream_duration": {"max_stream_duration": "0s", "grpc_timeout_header_max": "0s"}}
+    _add_hash_policy(action, target.hash_policy(cluster))
+    return {"name": "default", "match": {"prefix": "/"}, "route": action,
             "decorator": {"operation": f"{target.host}:{target.port}/*"}}
+
+
+def _add_hash_policy(action: Body, hash_policy: list[Body] | None) -> None:
+    """Consistent hashing: the route hashes the request; retries may then go to the same host
+    (Istio leaves out the previous_hosts predicate)."""
+    if not hash_policy:
+        return
+    action["hash_policy"] = hash_policy
+    if action.get("retry_policy"):
+        action["retry_policy"].pop("retry_host_predicate", None)
+
+
+def _shared_hash_policy(target: RouteTarget, clusters: list[str]) -> list[Body] | None:
+    """The hash policy of the route's clusters when they all ask for the same one."""
+    policies = [target.hash_policy(c) for c in clusters]
+    return policies[0] if policies and all(p == policies[0] for p in policies) else None
 
 
 def _string_match(m: StringMatch, ignore_case: bool = False) -> Body:
@@ -210,6 +229,7 @@ def _action(route: HTTPRoute, target: RouteTarget, where: str, problems: Problem
     retry = build_retry(route)
     if retry:
         action["retry_policy"] = retry
+    _add_hash_policy(action, _shared_hash_policy(target, [name for name, _ in clusters]))
     if route.rewrite:
         if route.rewrite.uri is not None:
             action["prefix_rewrite"] = route.rewrite.uri

@@ -13,7 +13,7 @@ from ..model.gateway import HTTPRoute as GwHTTPRoute
 from ..model.istio import AuthorizationPolicy, DestinationRule, EnvoyFilter, Telemetry, VirtualService
 from . import protos as P
 from .build_authz import WAYPOINT, build_rbac_filters, find_waypoint_policies
-from .build_clusters import build_service_cluster, build_static_clusters
+from .build_clusters import build_hash_policy, build_service_cluster, build_static_clusters, merge_policy
 from .build_extauthz import build_custom_filters, build_ext_authz_setup
 from .build_listeners import build_connect_originate, build_connect_terminate, build_main_internal, find_route_names
 from .build_routes import Problems, RouteTarget, build_route_config
@@ -135,6 +135,7 @@ def build_waypoint_config(view: MeshView, proxy: Proxy, secrets: dict[str, Body]
     problems = Problems()
     clusters: dict[str, Body] = {c["name"]: c for c in build_static_clusters(proxy)}
     endpoints: dict[str, Body] = {}
+    hashing: dict[str, list[Body]] = {}  # cluster -> the route hash_policy its DR's consistentHash needs
     by_host = {h: s for s in scope.services for h in _hosts(s)}
     rules = {(s.kind, s.namespace, s.name): find_destination_rule(view, s, wp) for s in scope.services}
 
@@ -150,6 +151,9 @@ def build_waypoint_config(view: MeshView, proxy: Proxy, secrets: dict[str, Body]
                     for note in notes:
                         problems.add(f"DestinationRule {dr.namespace}/{dr.name}", note)
                     clusters[name] = cluster
+                    hash_policy = build_hash_policy(merge_policy(dr, port.port, subset))
+                    if hash_policy:
+                        hashing[name] = hash_policy
                     endpoints[name] = _endpoints(name, view, svc, port.port,
                                                  subsets.get(subset) if subset else None, dial)
 
@@ -166,7 +170,7 @@ def build_waypoint_config(view: MeshView, proxy: Proxy, secrets: dict[str, Body]
             name = cluster_name(chosen, kind, target.hostname)
             return name if name in clusters else None
 
-        target = RouteTarget(svc.hostname, svc.namespace, port, resolve)
+        target = RouteTarget(svc.hostname, svc.namespace, port, resolve, hashing.get)
         name = cluster_name(port, "http", svc.hostname)
         return build_route_config(name, target, find_routes_for(view, svc, wp, port), problems)
 
