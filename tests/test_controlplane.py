@@ -101,6 +101,30 @@ def test_two_replicas_restart_after_crash_and_stop_with_their_gateway(running) -
     assert not cp.replicas
 
 
+def test_a_crash_looping_replica_backs_off_and_is_not_ready_until_it_acks(running) -> None:
+    """Killed whenever it appears, a replica is restarted after 0.5 s, 1 s, 2 s ... (what the dead
+    process ACKed neither makes the next one Ready nor resets the backoff); restartCount counts
+    every restart, and once it runs again it is Ready and the backoff starts over."""
+    store, cp = running
+    victim = list(cp.replicas.values())[0]
+    kills, seen, end = 0, set(), time.monotonic() + 4.0
+    while time.monotonic() < end:
+        pid = read_pid(victim.paths)
+        if pid and pid not in seen:
+            seen.add(pid)
+            conditions = store.get(find_kind("pod"), "default", victim.replica.pod)["status"]["conditions"]
+            os.kill(pid, signal.SIGKILL)
+            kills += 1
+            if kills > 1:  # a process that has just started has not ACKed anything yet
+                assert not any(c["type"] == "Ready" and c["status"] == "True" for c in conditions), \
+                    "Ready before its ACK"
+        time.sleep(0.01)
+    assert 3 <= kills <= 5, f"{kills} starts in 4 s: the backoff did not grow"
+    wait_for(lambda: ready_replicas(store) == 2, what="the replica to be ready once left alone")
+    wait_for(lambda: restart_count(store, victim.replica.pod) == kills, what=f"restartCount {kills}")
+    assert victim.failures == 0
+
+
 def test_envoy_keeps_serving_when_the_control_plane_dies(tmp_path: Path) -> None:
     state = tmp_path / "state"
     store = Store(state)

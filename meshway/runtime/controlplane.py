@@ -64,7 +64,7 @@ class NodeState:
     paths: EnvoyPaths
     prefix: list[str]
     captured: tuple | None = None
-    restarts: int = 0
+    failures: int = 0  # starts since it last ACKed its config: the backoff
     next_start: float = 0.0
 
 
@@ -373,7 +373,12 @@ class ControlPlane:
     # -- processes and readiness ------------------------------------------------------------------
     def _supervise_nodes(self, now: float) -> None:
         for state in self.nodes.values():
-            if read_pid(state.paths) is not None or now < state.next_start:
+            if read_pid(state.paths) is not None:
+                if state.failures and self._acked(state.node_id):
+                    state.failures = 0  # healthy again: a later crash restarts after the shortest delay
+                continue
+            self.cache.status.pop(state.node_id, None)  # what a dead proxy ACKed says nothing of the next one
+            if now < state.next_start:
                 continue
             node = f"node-{state.index}"
             bootstrap = build_bootstrap(state.node_id, f"ztunnel.{L.ROOT_NAMESPACE}", self.ads_socket,
@@ -382,8 +387,8 @@ class ControlPlane:
                                                   TOKEN_METADATA: self.tokens.token(state.node_id)})
             # Long drain: connections on a filter chain that a config change replaced finish normally.
             start_envoy(state.paths, bootstrap, state.prefix, self.envoy, log_level="error", drain_seconds=30)
-            state.next_start = now + min(30.0, 0.5 * 2 ** state.restarts)
-            state.restarts += 1
+            state.next_start = now + min(30.0, 0.5 * 2 ** state.failures)
+            state.failures += 1
             log.info("started node proxy on %s", node)
 
     def _stop_without_credential(self, paths: EnvoyPaths, node_id: str) -> None:
@@ -405,6 +410,9 @@ class ControlPlane:
         for state in self.replicas.values():
             if read_pid(state.paths) is not None:
                 continue
+            # Ready again only once the next process ACKs (else the dead one's ACKs would make it
+            # Ready at once and reset the backoff of a replica that crash-loops).
+            self.cache.status.pop(state.node_id, None)
             if state.ready_written:
                 self._write_ready(state, False)
             if now < state.next_start:
@@ -436,11 +444,13 @@ class ControlPlane:
             log.debug("cannot write readiness of %s: %s", r.pod, exc)
         state.ready_written = ready
 
+    def _acked(self, node_id: str) -> bool:
+        types = self.cache.status.get(node_id, {})
+        return all(types.get(t, {}).get("version") for t in READY_TYPES)
+
     def _readiness(self) -> None:
         for state in self.replicas.values():
-            types = self.cache.status.get(state.node_id, {})
-            synced = all(types.get(t, {}).get("version") for t in READY_TYPES) \
-                and read_pid(state.paths) is not None
+            synced = self._acked(state.node_id) and read_pid(state.paths) is not None
             if synced != bool(state.ready_written):
                 self._write_ready(state, synced)
                 if synced:
