@@ -12,6 +12,7 @@ import sys
 import time
 
 from cluster_support import Mesh, cluster_fixture, via_waypoint
+from fault_table import record_fault
 from meshway.model import find_kind
 from meshway.runtime.daemon import controlplane_pid, start_controlplane
 from meshway.runtime.netns import cluster_id, node_netns_name
@@ -92,6 +93,11 @@ def test_control_plane_kill_9_and_restart_adopts_everything_under_load(mesh: Mes
         out, err = runner.communicate(timeout=120)
     results = json.loads(out)
     failed = [r for r in results if r[0] != 200]
+    restarted = [k for k, v in pod_processes(mesh).items() if processes.get(k) != v]
+    record_fault("control plane `kill -9`, 2 s outage, restarted (`controlplane --cluster`)",
+                 f"{len(failed)}/{len(results)} failed; {len(restarted)} of {len(processes)} pod processes and "
+                 f"{sum(envoy_pids(mesh).get(k) != v for k, v in envoys.items())} of {len(envoys)} Envoys started "
+                 "again (the rest adopted)", "0 failed, running pods adopted")
     assert len(results) > 500, f"{len(results)} requests sent; {err[-2000:]}"
     assert not failed, f"{len(failed)}/{len(results)} failed, e.g. {failed[:5]}"
     assert all(via_waypoint(r) for r in results)
@@ -159,6 +165,10 @@ def test_up_after_the_control_plane_was_killed_adopts_everything(mesh: Mesh) -> 
         out, err = runner.communicate(timeout=300)
     results = json.loads(out)
     failed = [r for r in results if r[0] != 200]
+    same = pod_processes(mesh) == processes and envoy_pids(mesh) == envoys
+    record_fault("control plane `kill -9`, then `meshway up`", f"{len(failed)}/{len(results)} failed; "
+                 f"pod processes and Envoys {'the same (adopted)' if same else 'STARTED AGAIN'}",
+                 "0 failed, running pods adopted")
     assert len(results) > 300 and not failed, f"{len(failed)}/{len(results)} failed, e.g. {failed[:5]}; {err[-1000:]}"
     assert (pod_processes(mesh), envoy_pids(mesh)) == (processes, envoys)
     assert restart_counts(mesh) == counts
