@@ -89,3 +89,19 @@ def test_a_killed_orphan_is_not_running_even_unreaped(tmp_path: Path) -> None:
     while controlplane_pid(tmp_path) is not None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert controlplane_pid(tmp_path) is None
+
+
+def test_up_after_a_crash_keeps_the_recorded_node_count(tmp_path: Path, monkeypatch) -> None:
+    state = tmp_path / "state"
+    Store(state).set_nodes(3)
+    (state / "run").mkdir(parents=True, exist_ok=True)
+    (state / "run" / "cluster.json").write_text('{"node_count": 3, "pods": {}, "nodes": {}}')
+
+    def no_control_plane(*args, **kwargs):
+        raise AssertionError("started a control plane for a cluster it cannot adopt")
+
+    monkeypatch.setattr("meshway.runtime.daemon.start_controlplane", no_control_plane)
+    result = CliRunner().invoke(cli, ["--state-dir", str(state), "up", "--nodes", "2"])
+    assert result.exit_code == 1
+    assert "has 3 nodes, not 2: `meshway down` first" in result.output
+    assert Store(state).node_count() == 3

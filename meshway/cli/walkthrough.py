@@ -97,12 +97,16 @@ def report_running(c: Ctx, files: tuple[str, ...], nodes: int | None, pid: int) 
 def run_walkthrough(c: Ctx, files: tuple[str, ...], nodes: int | None, metrics_addr: str | None = None,
                     requested: bool | None = None) -> None:
     from ..runtime.daemon import controlplane_pid, start_controlplane
-    from ..runtime.netns import detect_capability, state_path
+    from ..runtime.netns import detect_capability, recorded_node_count, state_path
 
     running = controlplane_pid(c.store.state_dir)
     if running:
         report_running(c, files, nodes, running)
         return
+    recorded = recorded_node_count(c.store.state_dir)
+    if recorded and nodes and nodes != recorded:  # the pods still run there: adopted, not rebuilt
+        raise click.ClickException(f"the cluster recorded in {c.store.state_dir} has {recorded} nodes, not {nodes}: "
+                                   "`meshway down` first to change it (or `meshway up` without --nodes)")
     cluster, mode = choose_mode(requested, None if requested is False else detect_capability())
     if cluster:
         if nodes or not state_path(c.store.state_dir).exists():  # a recorded cluster keeps its nodes (adopted)

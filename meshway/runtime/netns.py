@@ -388,6 +388,12 @@ def _save(path: Path, state: dict[str, Any]) -> None:
     _fsync_dir(path.parent)
 
 
+def recorded_node_count(state_dir: Path) -> int | None:
+    """The node count of the cluster recorded in `state_dir`, if one is."""
+    state = _load(state_path(state_dir))
+    return int(state["node_count"]) if state else None
+
+
 def _recorded_netns(state: dict[str, Any]) -> list[str]:
     """Pods first, then nodes, then the fabric: the order things are taken down in."""
     names = [p["netns"] for p in state["pods"].values()] + [n["netns"] for n in state["nodes"].values()]
