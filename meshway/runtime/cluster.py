@@ -98,7 +98,10 @@ class ClusterRuntime:
             for ns, name in self.net.recorded_pods():
                 if (ns, name) not in wanted:
                     log.info("removing pod %s/%s: deleted while no control plane ran", ns, name)
-                    self.net.remove_pod(ns, name)
+                    try:
+                        self.net.remove_pod(ns, name)
+                    except Exception as exc:  # noqa: BLE001 (the rest of the cluster still runs)
+                        log.warning("cannot remove pod %s/%s: %s", ns, name, exc)
         entries = build_host_entries(view)
         for key, body in wanted.items():
             state = self.pods.get(key)
