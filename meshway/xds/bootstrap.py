@@ -9,12 +9,30 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from .stat_tags import build_stats_tags
+from .stat_tags import FAMILIES, build_stats_tags
 
 XDS_CLUSTER = "xds-grpc"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 INTERNAL_LISTENER = "envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
 ADMIN_SOCKET_MODE = 0o600
+# The stats meshway reads, and no others: Envoy creates only these, so it never names, tags or stores
+# the hundreds of other stats each cluster and listener would have.
+# - Istio's series (`meshway.observe.metrics`): the labelled cluster, tcp_proxy and connection_limit
+#   stats (`stat_tags`), by name; their `upstream_rq_total` is also how tests and benchmarks count
+#   the requests a waypoint sent to a service;
+# - server state, cluster/listener managers (listener_in_place_updated) and the control-plane
+#   connection (connected_state, the xds-grpc cluster), as Istio keeps them;
+# - RBAC allowed/denied and their dry-run (shadow) counts, ext_authz and rate-limit counters.
+ISTIO_SERIES = (r"(?:upstream_rq_(?:\d{3}|total|time)|upstream_r[qs]_body_size"
+                r"|upstream_cx_(?:total|destroy|rx_bytes_total|tx_bytes_total)"
+                r"|downstream_cx_(?:total|rx_bytes_total|tx_bytes_total)|active_connections)")
+STATS_INCLUSIONS = (
+    {"safe_regex": {"regex": rf"(?:{'|'.join(FAMILIES)})\.[^.]*\..*reporter=\.=.*\.{ISTIO_SERIES}"}},
+    *({"prefix": p} for p in ("server.", "cluster_manager.", "listener_manager.", "control_plane.",
+                              f"cluster.{XDS_CLUSTER}.")),
+    *({"suffix": s} for s in ("rbac.allowed", "rbac.denied", "shadow_allowed", "shadow_denied")),
+    *({"contains": c} for c in ("ext_authz.", "rate_limit", "ratelimit.")),
+)
 
 
 def build_bootstrap(node_id: str, cluster: str, ads_socket: str | os.PathLike[str],
@@ -26,7 +44,7 @@ def build_bootstrap(node_id: str, cluster: str, ads_socket: str | os.PathLike[st
         "admin": {"address": {"pipe": {"path": str(admin_socket), "mode": ADMIN_SOCKET_MODE}}},
         # Istio's metric labels, read from the stat names meshway generates (`stat_tags`); histograms
         # merged every second, so the admin's Prometheus output is at most a second behind.
-        "stats_config": {"stats_tags": build_stats_tags()},
+        "stats_config": build_stats_config(str(dict(metadata or {}).get("NODE_TYPE", "")) or None),
         "stats_flush_interval": "1s",
         "static_resources": {"clusters": [build_xds_cluster(ads_socket)]},
         "dynamic_resources": {
@@ -44,6 +62,13 @@ def build_bootstrap(node_id: str, cluster: str, ads_socket: str | os.PathLike[st
             "typed_config": {"@type": f"type.googleapis.com/{INTERNAL_LISTENER}", "buffer_size_kb": 64},
         }],
     }
+
+
+def build_stats_config(node_type: str | None = None) -> dict[str, Any]:
+    """Anchored tag extractors for this kind of proxy (`NODE_TYPE` in the node metadata: waypoint,
+    ztunnel) and the inclusion list of the stats meshway reads."""
+    return {"stats_tags": build_stats_tags(node_type),
+            "stats_matcher": {"inclusion_list": {"patterns": [dict(p) for p in STATS_INCLUSIONS]}}}
 
 
 def build_xds_cluster(ads_socket: str | os.PathLike[str]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Istio metric labels carried in the stat names meshway generates (pure).
+r"""Istio metric labels carried in the stat names meshway generates (pure).
 
 Stock Envoy has no `istio.stats` filter, so the labels of Istio's standard metrics travel in stat
 names and the bootstrap gives Envoy one tag extractor per label (Istio's `LABEL=.=VALUE` convention):
@@ -10,6 +10,15 @@ names and the bootstrap gives Envoy one tag extractor per label (Istio's `LABEL=
 A stat name starts with a dot-free token (Envoy's default cluster, tcp and connection_limit
 extractors end their tag at the first dot), then `.LABEL=.=VALUE;` per label. `meshway.observe.metrics`
 renames the tagged series to Istio's metric names.
+
+Envoy runs every custom extractor (std::regex, tried at every position of the name) on every stat
+it creates, unless the regex starts `^<token>\.`: such an extractor is indexed by that first token
+and runs only on stat names that start with it (Envoy's `TagExtractorImplBase::extractRegexPrefix`,
+`TagProducerImpl::forEachExtractorMatching`). So each extractor here is anchored to one stat family
+that carries labels (`cluster.` alt_stat_name, `tcp.` and `connection_limit.` stat prefixes), and a
+proxy gets only the extractors for the labels its kind of proxy generates (a miss costs a scan of
+the whole name, a hit at the start very little). The bootstrap's inclusion list (`build_stats_matcher`)
+keeps Envoy from creating the stats nobody reads, so they are never tag-extracted at all.
 """
 from __future__ import annotations
 
@@ -27,17 +36,42 @@ TAGS = (
 )
 
 
+WORKLOAD_TAGS = ("destination_workload", "destination_workload_namespace", "destination_principal",
+                 "destination_app", "destination_version", "destination_canonical_service",
+                 "destination_canonical_revision")
+SERVICE_TAGS = ("destination_service", "destination_service_name", "destination_service_namespace")
+SOURCE_TAGS = ("reporter", "request_protocol", "connection_security_policy", "source_principal",
+               "source_workload_namespace", *SERVICE_TAGS, *WORKLOAD_TAGS)
+# The labels each kind of proxy puts in each stat family, by the builders that generate them:
+# build_clusters.build_service_stat_name (waypoint service clusters), build_ztunnel._inbound_cluster
+# (a node proxy's inbound clusters) and build_ztunnel._Outbound.tcp_chain (its tcp_proxy and
+# connection_limit stat prefixes). A node type not listed gets every label in every family.
+FAMILY_TAGS: dict[str, dict[str, tuple[str, ...]]] = {
+    "waypoint": {"cluster": ("reporter", "request_protocol", *SERVICE_TAGS, "destination_version")},
+    "ztunnel": {"cluster": ("reporter", "request_protocol", "connection_security_policy", *WORKLOAD_TAGS),
+                "tcp": SOURCE_TAGS, "connection_limit": SOURCE_TAGS},
+}
+FAMILIES = ("cluster", "tcp", "connection_limit")
+
+
 def build_stat_name(token: str, tags: Mapping[str, str] | None = None) -> str:
     """`token` made dot-free, then each non-empty tag (values must not contain `;`)."""
     pairs = "".join(f".{k}=.={v};" for k, v in (tags or {}).items() if v)
     return token.replace(".", "_") + pairs
 
 
-def build_stats_tags() -> list[dict[str, str]]:
-    """`stats_config.stats_tags` of the bootstrap: one extractor per label, Envoy's defaults kept. A
-    match starts at the dot before the label (so `x_service` never matches inside `y_x_service`) and
-    removes the pair with the dot after it, leaving `cluster.<token>.upstream_rq_200` to Envoy's own."""
-    return [{"tag_name": t, "regex": rf"\.({t}=\.=(.*?);\.)"} for t in TAGS]
+def build_tag_regex(family: str, tag: str) -> str:
+    """`^family.<token>.` then any labels, then this one: the first group (`tag=.=VALUE;.`) is removed
+    from the tag-extracted name, the second is the value. Anchored, so that Envoy indexes it by the
+    family's first token; `x_service` never matches inside `y_x_service` (labels are whole tokens)."""
+    return rf"^{family}\.[^.]*\.(?:[^.;]*=\.=[^;]*;\.)*?({tag}=\.=([^;]*);\.)"
+
+
+def build_stats_tags(node_type: str | None = None) -> list[dict[str, str]]:
+    """`stats_config.stats_tags` of the bootstrap: one anchored extractor per stat family and label
+    that this kind of proxy generates, Envoy's default extractors kept."""
+    families = FAMILY_TAGS.get(node_type or "", {f: TAGS for f in FAMILIES})
+    return [{"tag_name": t, "regex": build_tag_regex(f, t)} for f, tags in families.items() for t in tags]
 
 
 def build_principal(identity: str) -> str:
