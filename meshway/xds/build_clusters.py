@@ -7,7 +7,7 @@ from typing import Any
 
 from ..model.durations import parse_duration
 from ..model.istio import DestinationRule, TrafficPolicy
-from .build_listeners import ADS, build_tls_context
+from .build_listeners import ADS, BUFFER_LIMIT, HBONE_WINDOWS, build_tls_context
 from .protos import typed
 from .proxy import Proxy
 from .stat_tags import build_stat_name
@@ -57,10 +57,10 @@ def build_connect_originate(proxy: Proxy) -> Body:
         "name": "connect_originate", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
         "connect_timeout": "10s", "cleanup_interval": "60s",
         "original_dst_lb_config": {"upstream_port_override": 15008},
-        "circuit_breakers": _default_breakers(),
+        "circuit_breakers": _default_breakers(), "per_connection_buffer_limit_bytes": BUFFER_LIMIT,
         "typed_extension_protocol_options": {HTTP_OPTIONS: typed(
             HTTP_OPTIONS, common_http_protocol_options={"idle_timeout": "3600s"},
-            explicit_http_config={"http2_protocol_options": {"allow_connect": True}})},
+            explicit_http_config={"http2_protocol_options": {"allow_connect": True, **HBONE_WINDOWS}})},
         "transport_socket": build_tls_context("UpstreamTlsContext", proxy.trust_domain),
     }
 

@@ -16,6 +16,12 @@ ADS = {"ads": {}, "resource_api_version": "V3"}
 HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ORIGINAL_DST_LOCAL = "envoy.filters.listener.original_dst.local_ip"
 ORIGINAL_DST_REMOTE = "envoy.filters.listener.original_dst.remote_ip"
+# HBONE flow control. HTTP/2 windows as ztunnel's (4 MiB per stream and per connection, its
+# `window_size`/`connection_window_size`) instead of Envoy's 256 MiB, so a slow reader holds back
+# its own tunnel instead of filling memory; and Envoy's own buffering per connection bounded at
+# 32 KiB (Istio's `per_connection_buffer_limit_bytes`; Envoy's default is 1 MiB).
+HBONE_WINDOWS = {"initial_stream_window_size": 4 * 2**20, "initial_connection_window_size": 4 * 2**20}
+BUFFER_LIMIT = 32 * 1024
 
 
 def build_tls_context(kind: str, trust_domain: str, extra: Body | None = None, cert: str = "default") -> Body:
@@ -60,7 +66,7 @@ def build_connect_terminate(proxy: Proxy) -> Body:
             "route": {"cluster": "main_internal",
                       "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}]}}]}]},
         upgrade_configs=[{"upgrade_type": "CONNECT"}],
-        http2_protocol_options={"allow_connect": True, "max_concurrent_streams": 100,
+        http2_protocol_options={"allow_connect": True, "max_concurrent_streams": 100, **HBONE_WINDOWS,
                                 "connection_keepalive": {"interval": "10s", "timeout": "20s"}},
         stream_idle_timeout="0s", use_remote_address=False, forward_client_cert_details="APPEND_FORWARD",
         set_current_client_cert_details={"subject": True, "uri": True, "dns": True},
@@ -70,6 +76,7 @@ def build_connect_terminate(proxy: Proxy) -> Body:
         "name": "connect_terminate",
         "address": {"socket_address": {"address": proxy.ip, "port_value": L.HBONE_PORT}},
         "connection_balance_config": {"exact_balance": {}},
+        "per_connection_buffer_limit_bytes": BUFFER_LIMIT,
         "filter_chains": [{
             "name": "default",
             "transport_socket": build_tls_context("DownstreamTlsContext", proxy.trust_domain,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import labels as L
-from .build_listeners import HCM, build_tls_context
+from .build_listeners import BUFFER_LIMIT, HBONE_WINDOWS, HCM, build_tls_context
 from .protos import typed
 
 Body = dict[str, Any]
@@ -25,11 +25,12 @@ def build_node_inbound_listener(listen_ip: str, trust_domain: str = L.CLUSTER_DO
             "route": {"cluster": INBOUND_CLUSTER, "upgrade_configs": [{"upgrade_type": "CONNECT",
                                                                        "connect_config": {}}]}}]}]},
         upgrade_configs=[{"upgrade_type": "CONNECT"}],
-        http2_protocol_options={"allow_connect": True, "max_concurrent_streams": 200},
+        http2_protocol_options={"allow_connect": True, "max_concurrent_streams": 200, **HBONE_WINDOWS},
         stream_idle_timeout="0s",
         http_filters=[deliver, {"name": "envoy.filters.http.router",
                                 "typed_config": typed("envoy.extensions.filters.http.router.v3.Router")}])
     return {"name": name, "address": {"socket_address": {"address": listen_ip, "port_value": L.HBONE_PORT}},
+            "per_connection_buffer_limit_bytes": BUFFER_LIMIT,
             "filter_chains": [{
                 "transport_socket": build_tls_context("DownstreamTlsContext", trust_domain,
                                                       {"require_client_certificate": True}),

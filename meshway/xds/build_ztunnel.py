@@ -28,7 +28,7 @@ from . import protos as P
 from .build_authz import ZTUNNEL, ZTUNNEL_TCP, build_rbac_filters, find_workload_policies
 from .build_connection_logs import build_inbound_log, build_outbound_log, build_plaintext_log
 from .build_clusters import HTTP_OPTIONS, _default_breakers, _internal_upstream
-from .build_listeners import HCM, _chain_action, _original_dst, build_tls_context
+from .build_listeners import BUFFER_LIMIT, HBONE_WINDOWS, HCM, _chain_action, _original_dst, build_tls_context
 from .build_node_inbound import INBOUND_CLUSTER
 from .protos import typed
 from .scope import find_service_pods, resolve_target_port
@@ -97,9 +97,10 @@ def _inbound_cluster(pod: PodInfo, identity: str, plaintext: bool) -> Body:
 
 def _h2_tls_cluster(name: str, identity: str, trust_domain: str, **fields: Any) -> Body:
     return {"name": name, "connect_timeout": "10s", "circuit_breakers": _default_breakers(),
+            "per_connection_buffer_limit_bytes": BUFFER_LIMIT,
             "typed_extension_protocol_options": {HTTP_OPTIONS: typed(
                 HTTP_OPTIONS, common_http_protocol_options={"idle_timeout": "3600s"},
-                explicit_http_config={"http2_protocol_options": {"allow_connect": True}})},
+                explicit_http_config={"http2_protocol_options": {"allow_connect": True, **HBONE_WINDOWS}})},
             "transport_socket": build_tls_context("UpstreamTlsContext", trust_domain, cert=identity), **fields}
 
 
@@ -256,7 +257,7 @@ def build_inbound_chain(pod: PodInfo, identity: str, trust_domain: str, authz: l
                 {"upgrade_type": "CONNECT", "connect_config": {}}]}}]}]},
         upgrade_configs=[{"upgrade_type": "CONNECT"}], stream_idle_timeout="0s",
         access_log=[build_inbound_log(pod, identity)],
-        http2_protocol_options={"allow_connect": True, "max_concurrent_streams": 200},
+        http2_protocol_options={"allow_connect": True, "max_concurrent_streams": 200, **HBONE_WINDOWS},
         http_filters=[*authz, deliver, {"name": "envoy.filters.http.router",
                                         "typed_config": typed("envoy.extensions.filters.http.router.v3.Router")}])
     return {"name": f"inbound|{pod.namespace}/{pod.name}",
@@ -320,6 +321,8 @@ def build_ztunnel_config(view: MeshView, proxy: NodeProxy) -> tuple[dict[str, di
         if chains_:
             listeners[name] = {"name": name, "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
                                "listener_filters": [_original_dst()], "filter_chains": chains_}
+    if "ztunnel_inbound" in listeners:  # HBONE from peers
+        listeners["ztunnel_inbound"]["per_connection_buffer_limit_bytes"] = BUFFER_LIMIT
     return {P.CLUSTER: clusters, P.ENDPOINT: {}, P.LISTENER: listeners, P.ROUTE: {}, P.SECRET: {}}, identities
 
 
