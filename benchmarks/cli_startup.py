@@ -13,7 +13,15 @@ it imported and where the import time went. Scenarios:
   (a new folder per run)
 - `get-pods-demo`: `meshway get pods -A` with the bundled demo applied (bookinfo, curl, the
   namespace waypoint)
+- `get-pods-no-pyc`: `get-pods-empty` with PYTHONDONTWRITEBYTECODE=1 and no bytecode cache for
+  meshway's own modules, so they are compiled from source in every run (a checkout run with that
+  variable set, as in this repository's sandbox)
 - `kubectl-help` (when `kubectl` is on PATH): `kubectl --help`, the same machine's anchor
+
+Bytecode: every other scenario runs with PYTHONPYCACHEPREFIX in the run's temporary folder (so the
+checkout gets no __pycache__) and PYTHONDONTWRITEBYTECODE unset; the warm-up run writes the bytecode,
+as the first run after an install does. `--source DIR` imports meshway from DIR (PYTHONPATH), e.g. a
+`git worktree` of an older commit, to measure before and after on one machine.
 
 Checks (exit status 1 if one fails): every command exits 0; `get pods` with the demo lists the
 demo's pods; `--help` and `get pods` import none of the Envoy protobufs, gRPC or protobuf
@@ -62,6 +70,7 @@ class Scenario:
     argv: tuple[str, ...]  # after the program
     program: str = "meshway"
     fresh_state: bool = False  # a new state folder for every run
+    no_pyc: bool = False  # PYTHONDONTWRITEBYTECODE=1 and no bytecode cache: meshway compiled in every run
     expect_stdout: str = ""  # a line that must be in the output
 
 
@@ -114,6 +123,8 @@ def import_profile(cmd: list[str], env: dict[str, str]) -> Body:
 
 def measure(s: Scenario, meshway: list[str], state: Path, runs: int, env: dict[str, str]) -> Body:
     program = meshway if s.program == "meshway" else [shutil.which(s.program) or s.program]
+    if s.no_pyc:
+        env = {k: v for k, v in env.items() if k != "PYTHONPYCACHEPREFIX"} | {"PYTHONDONTWRITEBYTECODE": "1"}
 
     def argv_for(i: int) -> list[str]:
         if s.program != "meshway":
@@ -154,6 +165,8 @@ def scenarios() -> tuple[list[Scenario], list[Scenario]]:
         Scenario("get-pods-empty", "`meshway get pods`, bootstrapped store, no pods", ("get", "pods")),
         Scenario("get-pods-fresh", "`meshway get pods`, new state folder (creates and bootstraps the store)",
                  ("get", "pods"), fresh_state=True),
+        Scenario("get-pods-no-pyc", "`meshway get pods`, no pods, meshway compiled from source each run "
+                 "(PYTHONDONTWRITEBYTECODE=1)", ("get", "pods"), no_pyc=True),
     ]
     demo = [Scenario("get-pods-demo", "`meshway get pods -A`, the bundled demo applied", ("get", "pods", "-A"),
                      expect_stdout="productpage-v1")]
@@ -179,6 +192,18 @@ def check(results: list[Body]) -> Body:
     }
 
 
+def describe_source(env: dict[str, str]) -> Body:
+    """Where the children import meshway from, and that folder's git commit."""
+    path = subprocess.run([sys.executable, "-c", "import meshway; print(meshway.__file__)"], capture_output=True,
+                          text=True, env=env, timeout=TIMEOUT_S).stdout.strip()
+    folder = Path(path).parent.parent if path else ROOT
+    commit = subprocess.run(["git", "-C", str(folder), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, timeout=30).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--", "meshway"], capture_output=True,
+                           text=True, timeout=30).stdout.strip()
+    return {"package": path, "commit": commit or None, "meshway_changed_since_commit": bool(dirty)}
+
+
 def machine_info() -> Body:
     return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
             "load_avg_1m": os.getloadavg()[0]}
@@ -189,7 +214,9 @@ def write_markdown(path: Path, report: Body) -> None:
              f"{report['started']}, Python {report['machine']['python']}, {report['machine']['cpus']} CPUs, "
              f"load average {report['machine']['load_avg_1m']:.2f} at the start. CPU = user + system time of the "
              f"process; {report['runs']} runs after one warm-up per row. Imports from one extra run under "
-             "`python -X importtime`.", "",
+             "`python -X importtime`. meshway from commit "
+             f"{report['source']['commit']}{' (with uncommitted changes)' if report['source']['meshway_changed_since_commit'] else ''}; "
+             "bytecode cached (written by the warm-up run) except in the no-pyc row.", "",
              "| scenario | CPU median (ms) | CPU min (ms) | wall median (ms) | modules | import time (ms) | "
              "Envoy/gRPC/protobuf imported |",
              "|---|---:|---:|---:|---:|---:|---|"]
@@ -219,17 +246,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="3 runs per scenario instead of 20")
     ap.add_argument("--runs", type=int, default=None, help="runs per scenario (after one warm-up)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results directory (default: %(default)s)")
+    ap.add_argument("--source", type=Path, default=None,
+                    help="import meshway from this folder (PYTHONPATH), e.g. a git worktree of another commit")
     args = ap.parse_args(argv)
     runs = args.runs or (3 if args.quick else 20)
 
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     meshway = find_meshway()
-    env = {k: v for k, v in os.environ.items() if k not in ("MESHWAY_STATE_DIR", "MESHWAY_DEBUG")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MESHWAY_STATE_DIR", "MESHWAY_DEBUG", "PYTHONDONTWRITEBYTECODE", "PYTHONPATH")}
     env["COLUMNS"] = "100"
+    if args.source:
+        env["PYTHONPATH"] = str(args.source.resolve())
     results = []
     with tempfile.TemporaryDirectory(prefix="meshway-cli-bench-") as tmp:
         state = Path(tmp)
+        env["PYTHONPYCACHEPREFIX"] = str(state / "pycache")
+        source = describe_source(env)
         empty, demo = scenarios()
         for s in empty:
             results.append(measure(s, meshway, state, runs, env))
@@ -239,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "cli_startup", "mode": "quick" if args.quick else "full",
         "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "duration_s": time.perf_counter() - t0,
-        "machine": machine_info(), "command": meshway, "runs": runs,
+        "machine": machine_info(), "command": meshway, "runs": runs, "source": source,
+        "bytecode": "cached in a temporary PYTHONPYCACHEPREFIX, written by the warm-up run (not for get-pods-no-pyc)",
         "anchors": {"kubectl_get_pods_ms": KUBECTL_ANCHOR_MS, "goal_get_pods_ms": GOAL_MS},
         "scenarios": results, "checks": check(results),
     }

@@ -1,23 +1,86 @@
 """The `meshway` command: kubectl-shaped resource commands plus istioctl-shaped mesh commands.
 
-Commands gather data from the store and the pure mesh functions; `printers` renders it.
+Commands gather data from the store and the pure mesh functions; `printers` renders it. The resource
+commands live here; every other command's module is imported only when that command runs (or its own
+help is asked for), so that `meshway --help` and `meshway get` load neither the Envoy protobufs, gRPC
+nor the models (see LAZY_COMMANDS; tests/test_cli_startup.py checks it, benchmarks/cli_startup.py
+measures it).
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from ..model import InputError, KindInfo, Manifest, UnknownKind, find_kind, load_yaml
-from ..model.selectors import parse_selector
+from ..model import InputError, KindInfo, UnknownKind, find_kind
 from ..store import Store, StoreError
 from ..store.db import Expired
 from . import printers as P
 
+if TYPE_CHECKING:
+    from ..model.meta import LabelSelector
+    from ..model.parse import Manifest
 
-class MeshwayGroup(click.Group):
+# Commands defined in other modules of this package: name -> (module, the line `meshway --help` lists;
+# None for a hidden alias). The module registers the command on `cli` when imported. A test checks this
+# table against the modules (every command listed, the same help line).
+LAZY_COMMANDS: dict[str, tuple[str, str | None]] = {
+    "analyze": ("analyze", "Analyze the mesh's configuration."),
+    "controlplane": ("controlplane", "Run the control plane in the foreground: store watch, translation, ADS/SDS, "
+                                     "waypoint replicas."),
+    "down": ("up", "Stop the control plane and every proxy it runs."),
+    "exec": ("clustercmds", "Run a command inside a pod's network namespace: exec POD|deploy/NAME -- CMD [ARGS...]."),
+    "explain": ("explain", "Why traffic to TARGET does (not) go through a waypoint."),
+    "logs": ("clustercmds", "Print a pod's logs: logs POD|deploy/NAME [-c CONTAINER] [-f]; node proxies: logs -n "
+                            "istio-system ds/ztunnel|ztunnel-node-N."),
+    "metrics": ("metrics", "Istio metrics from the proxies' own counters: requests, errors and latency per "
+                           "destination service and version, TCP connections and bytes."),
+    "pc": ("proxyconfig", None),
+    "port-forward": ("clustercmds", "Forward 127.0.0.1:LOCAL on the host to a pod of svc/NAME (or a pod) on PORT: "
+                                    "port-forward svc/NAME LOCAL:PORT."),
+    "proxy-config": ("proxyconfig", "A proxy's listeners, clusters, routes, endpoints and secrets (alias: pc)."),
+    "proxy-status": ("controlplane", "Each proxy's xDS state: SYNCED, STALE (sent, not yet ACKed), NACKED (with "
+                                     "Envoy's message)."),
+    "status": ("clustercmds", "Nodes, pods, waypoints and proxy sync of the local mesh."),
+    "up": ("up", "Start the mesh: control plane, network-namespace cluster, node proxies, waypoints, and the bundled "
+                 "demo (bookinfo, a namespace waypoint, the reviews 90/10 split) or -f manifests."),
+    "waypoint": ("waypoint", "Manage waypoint configuration."),
+}
+
+
+class LazyGroup(click.Group):
+    """click's lazy-loading group: a command of LAZY_COMMANDS is imported when it is resolved, and
+    listed in the help from the table without importing it."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(LAZY_COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
+            importlib.import_module(f"{__package__}.{LAZY_COMMANDS[cmd_name][0]}")
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's listing, with a stand-in (the table's line as its help) for a command not imported."""
+        commands = []
+        for name in self.list_commands(ctx):
+            cmd = self.commands.get(name)
+            if cmd is None:
+                line = LAZY_COMMANDS[name][1]
+                cmd = click.Command(name, help=line, hidden=line is None)
+            if not cmd.hidden:
+                commands.append((name, cmd))
+        if commands:
+            limit = formatter.width - 6 - max(len(name) for name, _ in commands)
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, cmd.get_short_help_str(limit)) for name, cmd in commands])
+
+
+class MeshwayGroup(LazyGroup):
     """Turns every expected failure into one line on stderr and exit code 1, never a traceback."""
 
     def invoke(self, ctx: click.Context):
@@ -90,6 +153,8 @@ def find_manifest_files(name: str) -> list[Path]:
 
 def read_manifests(files: tuple[str, ...], namespace: str | None) -> list[Manifest]:
     """Every document of every file (a folder means its *.yaml, *.yml and *.json files, sorted)."""
+    from ..model.parse import load_yaml
+
     manifests: list[Manifest] = []
     for name in files:
         if name == "-":
@@ -116,6 +181,12 @@ def apply(c: Ctx, files: tuple[str, ...], namespace: str | None) -> None:
     manifests = read_manifests(files, namespace)
     for result in c.store.apply(manifests):
         click.echo(str(result))
+
+
+def parse_selector(text: str) -> LabelSelector:
+    from ..model.selectors import parse_selector as parse
+
+    return parse(text)
 
 
 def _split_kind_names(args: tuple[str, ...]) -> tuple[KindInfo, list[str]]:
@@ -244,8 +315,6 @@ def delete(c: Ctx, args: tuple[str, ...], files: tuple[str, ...], namespace: str
 
 
 def main() -> None:
-    from . import analyze, clustercmds, controlplane, explain, metrics, proxyconfig, up, waypoint  # noqa: F401  (register their commands)
-
     cli(prog_name="meshway")
 
 

@@ -5,8 +5,6 @@ import json
 from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
-import yaml
-
 Body = dict[str, Any]
 
 
@@ -155,6 +153,8 @@ def write_table(kind: str, items: list[Body], all_namespaces: bool = False, wide
 
 
 def to_yaml(data: Any) -> str:
+    import yaml  # here, not at the top: a table needs no YAML (start-up of `meshway get`)
+
     return yaml.safe_dump(data, sort_keys=True, default_flow_style=False, allow_unicode=True)
 
 

@@ -13,9 +13,10 @@
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-import yaml
+if TYPE_CHECKING:
+    import yaml
 
 MAX_REQUEST_BYTES = 3 * 1024 * 1024
 MAX_ANNOTATIONS_BYTES = 256 * 1024
@@ -62,6 +63,8 @@ def check_yaml_events(events: Iterable[yaml.Event]) -> None:
 
     Per document: `decodes` is the number of nodes the decoded document has (every alias counted as
     itself plus the expanded size of its anchor), `aliased` the part that comes from aliases."""
+    import yaml  # here: the store imports the bounds above, and a read (`meshway get`) parses no YAML
+
     document = 0
     stack: list[_Frame] = []
     anchors: dict[str, tuple[int, int]] = {}  # name -> (expanded size, height)

@@ -11,21 +11,9 @@ import pydantic
 import yaml
 
 from . import limits
+from .errors import InputError
 from .meta import Resource, check_dns1035_label, check_dns1123_label, check_dns1123_subdomain
 from .registry import KindInfo, UnknownKind, find_kind_for
-
-
-class InputError(ValueError):
-    """Bad input: one line naming where it is and what was expected."""
-
-    def __init__(self, source: str, message: str, document: int | None = None, what: str = "", path: str = ""):
-        self.source, self.document, self.what, self.path, self.message = source, document, what, path, message
-        where = source
-        if document is not None:
-            where += f": document {document}"
-        if what:
-            where += f" ({what})"
-        super().__init__(f"{where}: {path + ': ' if path else ''}{message}")
 
 
 @dataclass(frozen=True)

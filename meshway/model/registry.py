@@ -1,23 +1,30 @@
 """The kinds meshway serves: API group, versions, plural and short names, scope and model class."""
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .core import ConfigMap, Deployment, Namespace, Pod, Service, ServiceAccount
-from .gateway import Gateway, GatewayClass, HTTPRoute
-from .istio import AuthorizationPolicy, DestinationRule, EnvoyFilter, ServiceEntry, Telemetry, VirtualService
-from .meta import Resource
+if TYPE_CHECKING:
+    from .meta import Resource
 
 
 @dataclass(frozen=True)
 class KindInfo:
+    """A kind's names and scope; its pydantic model class is imported on first use (`model`), so that
+    resolving a kind (`meshway get pods`) loads no model."""
+
     kind: str
     group: str
     versions: tuple[str, ...]
     plural: str
     short_names: tuple[str, ...]
     namespaced: bool
-    model: type[Resource]
+    module: str  # the module under meshway.model that defines the class named `kind`
+
+    @property
+    def model(self) -> type[Resource]:
+        return getattr(importlib.import_module(f"{__package__}.{self.module}"), self.kind)
 
     @property
     def singular(self) -> str:
@@ -37,21 +44,21 @@ NET = "networking.istio.io"
 SEC = "security.istio.io"
 
 KINDS: tuple[KindInfo, ...] = (
-    KindInfo("Namespace", "", ("v1",), "namespaces", ("ns",), False, Namespace),
-    KindInfo("ServiceAccount", "", ("v1",), "serviceaccounts", ("sa",), True, ServiceAccount),
-    KindInfo("ConfigMap", "", ("v1",), "configmaps", ("cm",), True, ConfigMap),
-    KindInfo("Service", "", ("v1",), "services", ("svc",), True, Service),
-    KindInfo("Pod", "", ("v1",), "pods", ("po",), True, Pod),
-    KindInfo("Deployment", "apps", ("v1",), "deployments", ("deploy",), True, Deployment),
-    KindInfo("GatewayClass", GW, ("v1", "v1beta1"), "gatewayclasses", ("gc",), False, GatewayClass),
-    KindInfo("Gateway", GW, ("v1", "v1beta1"), "gateways", ("gtw",), True, Gateway),
-    KindInfo("HTTPRoute", GW, ("v1", "v1beta1"), "httproutes", (), True, HTTPRoute),
-    KindInfo("ServiceEntry", NET, ("v1", "v1beta1", "v1alpha3"), "serviceentries", ("se",), True, ServiceEntry),
-    KindInfo("VirtualService", NET, ("v1", "v1beta1", "v1alpha3"), "virtualservices", ("vs",), True, VirtualService),
-    KindInfo("DestinationRule", NET, ("v1", "v1beta1", "v1alpha3"), "destinationrules", ("dr",), True, DestinationRule),
-    KindInfo("EnvoyFilter", NET, ("v1alpha3",), "envoyfilters", (), True, EnvoyFilter),
-    KindInfo("AuthorizationPolicy", SEC, ("v1", "v1beta1"), "authorizationpolicies", ("ap",), True, AuthorizationPolicy),
-    KindInfo("Telemetry", "telemetry.istio.io", ("v1", "v1alpha1"), "telemetries", ("telemetry",), True, Telemetry),
+    KindInfo("Namespace", "", ("v1",), "namespaces", ("ns",), False, "core"),
+    KindInfo("ServiceAccount", "", ("v1",), "serviceaccounts", ("sa",), True, "core"),
+    KindInfo("ConfigMap", "", ("v1",), "configmaps", ("cm",), True, "core"),
+    KindInfo("Service", "", ("v1",), "services", ("svc",), True, "core"),
+    KindInfo("Pod", "", ("v1",), "pods", ("po",), True, "core"),
+    KindInfo("Deployment", "apps", ("v1",), "deployments", ("deploy",), True, "core"),
+    KindInfo("GatewayClass", GW, ("v1", "v1beta1"), "gatewayclasses", ("gc",), False, "gateway"),
+    KindInfo("Gateway", GW, ("v1", "v1beta1"), "gateways", ("gtw",), True, "gateway"),
+    KindInfo("HTTPRoute", GW, ("v1", "v1beta1"), "httproutes", (), True, "gateway"),
+    KindInfo("ServiceEntry", NET, ("v1", "v1beta1", "v1alpha3"), "serviceentries", ("se",), True, "istio"),
+    KindInfo("VirtualService", NET, ("v1", "v1beta1", "v1alpha3"), "virtualservices", ("vs",), True, "istio"),
+    KindInfo("DestinationRule", NET, ("v1", "v1beta1", "v1alpha3"), "destinationrules", ("dr",), True, "istio"),
+    KindInfo("EnvoyFilter", NET, ("v1alpha3",), "envoyfilters", (), True, "istio"),
+    KindInfo("AuthorizationPolicy", SEC, ("v1", "v1beta1"), "authorizationpolicies", ("ap",), True, "istio"),
+    KindInfo("Telemetry", "telemetry.istio.io", ("v1", "v1alpha1"), "telemetries", ("telemetry",), True, "istio"),
 )
 
 BY_KIND: dict[str, KindInfo] = {k.kind: k for k in KINDS}

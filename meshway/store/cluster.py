@@ -7,19 +7,20 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .. import labels as L
-from ..model import InputError, KindInfo, Manifest, parse_object
 from ..model import limits
-from ..model.meta import LabelSelector, check_label_key, check_label_value
-from ..model.registry import BY_KIND
-from ..model.selectors import selector_matches
+from ..model.errors import InputError
+from ..model.registry import BY_KIND, KindInfo
 from .db import Change, Database
 from .errors import Invalid, LabelConflict, NotFound
 from .objects import last_applied, record_last_applied, set_defaults, three_way_merge, user_view
-from .reconcile import reconcile
 from .writer import Writer, default_suffix
+
+if TYPE_CHECKING:
+    from ..model.meta import LabelSelector
+    from ..model.parse import Manifest
 
 Body = dict[str, Any]
 BOOTSTRAP_NAMESPACES = ("default", "kube-system", "kube-public", L.ROOT_NAMESPACE)
@@ -43,6 +44,20 @@ class Result:
 
     def __str__(self) -> str:
         return f"{self.info.qualified}/{self.name} {self.action}"
+
+
+def reconcile(w: Writer) -> None:
+    """The controllers (`store/reconcile.py`), imported when a write first runs them: writes need the
+    models and the mesh view, a read (`meshway get`) starts without them."""
+    from .reconcile import reconcile as run_controllers
+
+    run_controllers(w)
+
+
+def selector_matches(selector: LabelSelector, labels: dict[str, str]) -> bool:
+    from ..model.selectors import selector_matches as matches
+
+    return matches(selector, labels)
 
 
 def _not_found(info: KindInfo, name: str) -> NotFound:
@@ -113,6 +128,8 @@ class Store:
             w.retype_service(merged)
         if "status" in live:  # status belongs to the controllers, never to apply
             merged["status"] = live["status"]
+        from ..model.parse import parse_object
+
         try:
             parse_object(merged, m.source, m.document)
         except InputError as exc:
@@ -158,6 +175,8 @@ class Store:
     def label(self, info: KindInfo, namespace: str | None, names: list[str], selector: LabelSelector | None,
               set_labels: dict[str, str], remove: list[str], overwrite: bool = False) -> list[Result]:
         """kubectl label: set `k=v`, remove `k-`, on named objects or those matching a selector."""
+        from ..model.meta import check_label_key, check_label_value
+
         for key, value in set_labels.items():
             try:
                 check_label_key(key)
