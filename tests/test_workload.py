@@ -663,3 +663,19 @@ def test_a_process_started_but_not_recorded_is_found_and_adopted(tmp_path: Path)
         for proc in (other, orphan):
             proc.kill()
             proc.wait()
+
+
+def test_a_recorded_container_the_pod_no_longer_has_is_stopped(tmp_path: Path) -> None:
+    two = make_pod(SLEEPER, {"name": "side", "command": ["sleep", "301"]})
+    first = PodProcesses(two, [], tmp_path)
+    first.start()
+    side = first.statuses()[1].pid
+    second = PodProcesses(sleeper_pod("u-2"), [], tmp_path)  # a new pod of that name, without "side"
+    try:
+        second.start()
+        assert wait_for(lambda: first.containers[1].proc.poll() is not None, 3), "the leftover must be stopped"
+        assert [c.name for c in second.containers] == ["app"] and second.statuses()[0].pid not in (None, side)
+        assert set(read_state(tmp_path / STATE_FILE)[1]) == {"app"}
+    finally:
+        second.stop(grace=1)
+        first.stop(grace=1)

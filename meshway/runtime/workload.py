@@ -607,6 +607,7 @@ class PodProcesses:
         self.probe_host = probe_host
         self.clock = clock
         self.adopting = True  # until the recorded processes are adopted: saving now would lose them
+        self.leftovers: list[ContainerProcess] = []
         self.decisions: dict[str, Adoption] = {}
         spec = pod.get("spec") or {}
         policy = spec.get("restartPolicy") or "Always"
@@ -654,9 +655,23 @@ class PodProcesses:
                 c.last_error = decision.reason
             if record is not None:
                 log.info("pod %s container %s: %s (%s)", self.log_dir.name, c.name, decision.action, decision.reason)
+        self.leftovers = self.find_leftovers(records)
         self.adopting = False
         self.save()
         return self.decisions
+
+    def find_leftovers(self, records: Mapping[str, ProcessRecord]) -> list[ContainerProcess]:
+        """Live recorded processes of containers this pod does not have (an earlier pod of the same
+        name had them), adopted only to be stopped."""
+        names, out = {c.name for c in self.containers}, []
+        for name, record in records.items():
+            info = read_proc(record.pid) if record.pid and name not in names else None
+            if info and detect_alive(info, record.start_ticks) \
+                    and detect_same_command(info.cmdline, record.argv, len(self.prefix)):
+                gone = ContainerProcess(name, list(record.argv), {}, self.log_dir / f"{name}.log", Probe("none"))
+                gone.adopt(record)
+                out.append(gone)
+        return out
 
     def find_started(self, c: ContainerProcess, record: ProcessRecord) -> ProcessRecord:
         """The previous supervisor died between starting `c` and recording its pid: the process, if
@@ -671,7 +686,8 @@ class PodProcesses:
         if self.adopting:
             self.adopt()
             replacing = [c for c in self.containers if self.decisions[c.name].action == "replace"]
-            self._terminate(replacing, self.grace_period())
+            self._terminate(replacing + self.leftovers, self.grace_period())
+            self.leftovers = []
             todo = [c for c in self.containers if self.decisions[c.name].action in ("start", "replace")]
         else:
             todo = [c for c in self.containers if not c.running()]
@@ -709,7 +725,8 @@ class PodProcesses:
         if self.adopting:
             self.adopt()
         grace = self.grace_period() if grace is None else grace
-        live = [c for c in self.containers if c.running()]
+        live = [c for c in self.containers if c.running()] + self.leftovers
+        self.leftovers = []
         for c in self.containers:
             c.stopping, c.next_start_at = True, None
         self._terminate(live, grace)
