@@ -112,6 +112,26 @@ STEPS: list[tuple[str, str | None, Callable[[Clusters], bool]]] = [
                                                     "{h2UpgradePolicy: UPGRADE, idleTimeout: 20s}}}}",
      lambda cs: "http2_protocol_options" in _http_options(cs[MAIN]).get("explicit_http_config", {})
      and _http_options(cs[MAIN])["common_http_protocol_options"] == {"idle_timeout": "20s"}),
+    ("connectionPool.tcp keepalive, maxConnectionDuration", "spec: {host: reviews, trafficPolicy: {connectionPool: "
+                                                          "{tcp: {tcpKeepalive: {probes: 3, time: 60s, interval: 10s}, "
+                                                          "maxConnectionDuration: 1h}}}}",
+     lambda cs: cs[MAIN].get("upstream_connection_options", {}).get("tcp_keepalive") == {
+         "keepalive_probes": 3, "keepalive_time": 60, "keepalive_interval": 10}
+     and _http_options(cs[MAIN])["common_http_protocol_options"] == {"max_connection_duration": "3600s"}),
+    ("connectionPool.http useClientProtocol, maxConcurrentStreams", "spec: {host: reviews, trafficPolicy: "
+                                                                    "{connectionPool: {http: {useClientProtocol: true, "
+                                                                    "maxConcurrentStreams: 64}}}}",
+     lambda cs: _http_options(cs[MAIN]).get("use_downstream_protocol_config", {}).get("http2_protocol_options") == {
+         "max_concurrent_streams": 64} and "explicit_http_config" not in _http_options(cs[MAIN])),
+    ("loadBalancer warmup", "spec: {host: reviews, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN, "
+                            "warmupDurationSecs: 30s}}}",
+     lambda cs: _lb(cs[MAIN]) == "ROUND_ROBIN"
+     and cs[MAIN].get("round_robin_lb_config", {}).get("slow_start_config", {}).get("slow_start_window") == "30s"),
+    ("loadBalancer warmup (LEAST_REQUEST, aggression)", "spec: {host: reviews, trafficPolicy: {loadBalancer: "
+                                                        "{simple: LEAST_REQUEST, warmup: {duration: 20s, "
+                                                        "aggression: 2, minimumPercent: 10}}}}",
+     lambda cs: cs[MAIN].get("least_request_lb_config", {}).get("slow_start_config", {}).get(
+         "slow_start_window") == "20s"),
     ("outlierDetection", "spec: {host: reviews, trafficPolicy: {outlierDetection: {consecutive5xxErrors: 3, "
                          "consecutiveGatewayErrors: 2, interval: 5s, baseEjectionTime: 30s, maxEjectionPercent: 50, "
                          "minHealthPercent: 20}}}",

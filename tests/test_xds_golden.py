@@ -185,3 +185,30 @@ spec: {host: api, trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName
     assert config["Cluster"][api]["maglev_lb_config"] == {"table_size": "65537"}
     [default] = config["RouteConfiguration"][api]["virtual_hosts"][0]["routes"]
     assert default["name"] == "default" and default["route"]["hash_policy"] == [{"header": {"header_name": "x-u"}}]
+
+
+@pytest.mark.parametrize("protocol, pool, expected", [
+    ("http", {"http": {"maxConcurrentStreams": 8}}, None),  # HTTP/1.1 upstream: no HTTP/2 streams to limit
+    ("http2", {"http": {"maxConcurrentStreams": 8}}, {"explicit_http_config": {
+        "http2_protocol_options": {"max_concurrent_streams": 8}}}),
+    ("auto", {"http": {"maxConcurrentStreams": 8}}, {"use_downstream_protocol_config": {
+        "http_protocol_options": {}, "http2_protocol_options": {"max_concurrent_streams": 8}}}),
+    ("http", {"http": {"h2UpgradePolicy": "UPGRADE", "useClientProtocol": True}}, {
+        "use_downstream_protocol_config": {"http_protocol_options": {}, "http2_protocol_options": {}}}),
+    ("http", {"tcp": {"maxConnectionDuration": "90s"}}, {
+        "explicit_http_config": {"http_protocol_options": {}},
+        "common_http_protocol_options": {"max_connection_duration": "90s"}}),
+    ("tcp", {"tcp": {"maxConnectionDuration": "90s"}, "http": {"useClientProtocol": True}}, None),
+])
+def test_connection_pool_protocol_options(protocol: str, pool: dict, expected: dict | None) -> None:
+    from meshway.model.istio import DestinationRule
+    from meshway.xds.build_clusters import HTTP_OPTIONS, build_service_cluster
+
+    dr = DestinationRule.model_validate({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                                         "metadata": {"name": "r", "namespace": "default"},
+                                         "spec": {"host": "r", "trafficPolicy": {"connectionPool": pool}}},
+                                        strict=False)
+    cluster, notes = build_service_cluster("inbound-vip|80|http|r.default.svc.cluster.local", "r", "r", "default",
+                                           protocol, None, dr, 80)
+    options = cluster.get("typed_extension_protocol_options", {}).get(HTTP_OPTIONS)
+    assert ({k: v for k, v in options.items() if k != "@type"} if options else None) == expected and not notes

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..model.durations import parse_duration
-from ..model.istio import DestinationRule, TrafficPolicy
+from ..model.istio import ConnectionPoolSettings, DestinationRule, LoadBalancerSettings, OutlierDetection, \
+    TrafficPolicy
 from .build_listeners import ADS, BUFFER_LIMIT, HBONE_WINDOWS, build_tls_context
 from .protos import typed
 from .proxy import Proxy
@@ -99,70 +100,114 @@ def apply_policy(cluster: Body, policy: TrafficPolicy | None) -> list[str]:
     if policy is None:
         return notes
     if policy.loadBalancer:
-        lb = policy.loadBalancer
-        if lb.consistentHash:
-            ch = lb.consistentHash
-            if ch.maglev is not None:
-                cluster["lb_policy"] = "MAGLEV"
-                if ch.maglev.get("tableSize"):
-                    cluster["maglev_lb_config"] = {"table_size": int(ch.maglev["tableSize"])}
-            else:
-                cluster["lb_policy"] = "RING_HASH"
-                size = (ch.ringHash or {}).get("minimumRingSize") or ch.minimumRingSize
-                if size:
-                    cluster["ring_hash_lb_config"] = {"minimum_ring_size": int(size)}
-        elif lb.simple in LB:
-            cluster["lb_policy"] = LB[lb.simple]
-        elif lb.simple == "PASSTHROUGH":
-            notes.append("loadBalancer.simple PASSTHROUGH is not supported on waypoints; using LEAST_REQUEST")
-    pool = policy.connectionPool
+        _apply_load_balancer(cluster, policy.loadBalancer, notes)
+    if policy.connectionPool:
+        _apply_connection_pool(cluster, policy.connectionPool)
+    if policy.outlierDetection:
+        _apply_outlier_detection(cluster, policy.outlierDetection)
+    if policy.tls and policy.tls.mode in ("SIMPLE", "MUTUAL"):
+        notes.append(f"tls.mode {policy.tls.mode} origination is not supported yet; traffic stays in HBONE")
+    return notes
+
+
+def _apply_load_balancer(cluster: Body, lb: LoadBalancerSettings, notes: list[str]) -> None:
+    if lb.consistentHash:
+        ch = lb.consistentHash
+        if ch.maglev is not None:
+            cluster["lb_policy"] = "MAGLEV"
+            if ch.maglev.get("tableSize"):
+                cluster["maglev_lb_config"] = {"table_size": int(ch.maglev["tableSize"])}
+        else:
+            cluster["lb_policy"] = "RING_HASH"
+            size = (ch.ringHash or {}).get("minimumRingSize") or ch.minimumRingSize
+            if size:
+                cluster["ring_hash_lb_config"] = {"minimum_ring_size": int(size)}
+    elif lb.simple in LB:
+        cluster["lb_policy"] = LB[lb.simple]
+    elif lb.simple == "PASSTHROUGH":
+        notes.append("loadBalancer.simple PASSTHROUGH is not supported on waypoints; using LEAST_REQUEST")
+    warmup = (lb.warmup or {}).get("duration") or lb.warmupDurationSecs
+    key = {"ROUND_ROBIN": "round_robin_lb_config", "LEAST_REQUEST": "least_request_lb_config"}.get(
+        cluster.get("lb_policy", ""))
+    if warmup and key:  # slow start: new endpoints get traffic gradually (Istio's warmup)
+        slow: Body = {"slow_start_window": _seconds(str(warmup))}
+        if (lb.warmup or {}).get("aggression") is not None:
+            slow["aggression"] = {"default_value": float(lb.warmup["aggression"]), "runtime_key": "meshway.warmup"}
+        if (lb.warmup or {}).get("minimumPercent") is not None:
+            slow["min_weight_percent"] = {"value": float(lb.warmup["minimumPercent"])}
+        cluster[key] = {"slow_start_config": slow}
+
+
+def _apply_connection_pool(cluster: Body, pool: ConnectionPoolSettings) -> None:
     thresholds = cluster["circuit_breakers"]["thresholds"][0]
-    if pool and pool.tcp:
-        if pool.tcp.maxConnections is not None:
-            thresholds["max_connections"] = pool.tcp.maxConnections
-        if pool.tcp.connectTimeout:
-            cluster["connect_timeout"] = _seconds(pool.tcp.connectTimeout)
-    options = cluster.setdefault("typed_extension_protocol_options", {})
-    if pool and pool.http:
-        http = pool.http
+    common: Body = {}
+    if pool.tcp:
+        tcp = pool.tcp
+        if tcp.maxConnections is not None:
+            thresholds["max_connections"] = tcp.maxConnections
+        if tcp.connectTimeout:
+            cluster["connect_timeout"] = _seconds(tcp.connectTimeout)
+        if tcp.tcpKeepalive is not None:
+            ka = tcp.tcpKeepalive
+            keepalive: Body = {}
+            if ka.get("probes"):
+                keepalive["keepalive_probes"] = int(ka["probes"])
+            for field, key in (("time", "keepalive_time"), ("interval", "keepalive_interval")):
+                if ka.get(field):
+                    keepalive[key] = max(1, round(parse_duration(str(ka[field]))))
+            cluster["upstream_connection_options"] = {"tcp_keepalive": keepalive}
+        if tcp.maxConnectionDuration:
+            common["max_connection_duration"] = _seconds(tcp.maxConnectionDuration)
+    http = pool.http
+    if http:
         for field, key in (("http1MaxPendingRequests", "max_pending_requests"), ("http2MaxRequests", "max_requests"),
                            ("maxRetries", "max_retries")):
             if getattr(http, field) is not None:
                 thresholds[key] = getattr(http, field)
-        common: Body = {}
         if http.idleTimeout:
             common["idle_timeout"] = _seconds(http.idleTimeout)
         if http.maxRequestsPerConnection:
             common["max_requests_per_connection"] = http.maxRequestsPerConnection
-        if common or http.h2UpgradePolicy == "UPGRADE":
-            proto = options.get(HTTP_OPTIONS) or typed(HTTP_OPTIONS, explicit_http_config={"http_protocol_options": {}})
-            proto.setdefault("common_http_protocol_options", {}).update(common)
-            if http.h2UpgradePolicy == "UPGRADE":
-                proto.pop("use_downstream_protocol_config", None)
-                proto["explicit_http_config"] = {"http2_protocol_options": {}}
-            options[HTTP_OPTIONS] = proto
-    od = policy.outlierDetection
-    if od:
-        out: Body = {"enforcing_consecutive_5xx": 0, "enforcing_consecutive_gateway_failure": 0,
-                     "enforcing_success_rate": 0}
-        five = od.consecutive5xxErrors if od.consecutive5xxErrors is not None else od.consecutiveErrors
-        if five:
-            out.update(consecutive_5xx=five, enforcing_consecutive_5xx=100)
-        if od.consecutiveGatewayErrors:
-            out.update(consecutive_gateway_failure=od.consecutiveGatewayErrors,
-                       enforcing_consecutive_gateway_failure=100)
-        if od.interval:
-            out["interval"] = _seconds(od.interval)
-        if od.baseEjectionTime:
-            out["base_ejection_time"] = _seconds(od.baseEjectionTime)
-        if od.maxEjectionPercent is not None:
-            out["max_ejection_percent"] = od.maxEjectionPercent
-        if od.minHealthPercent is not None:
-            cluster.setdefault("common_lb_config", {})["healthy_panic_threshold"] = {"value": od.minHealthPercent}
-        cluster["outlier_detection"] = out
-    if policy.tls and policy.tls.mode in ("SIMPLE", "MUTUAL"):
-        notes.append(f"tls.mode {policy.tls.mode} origination is not supported yet; traffic stays in HBONE")
-    return notes
+    upgrade = bool(http and http.h2UpgradePolicy == "UPGRADE")
+    client_protocol = bool(http and http.useClientProtocol)
+    streams = http.maxConcurrentStreams if http else None
+    options = cluster.setdefault("typed_extension_protocol_options", {})
+    if not (common or upgrade or client_protocol or streams and HTTP_OPTIONS in options):
+        return  # (max concurrent streams limit HTTP/2 upstreams only)
+    proto = options.get(HTTP_OPTIONS) or typed(HTTP_OPTIONS, explicit_http_config={"http_protocol_options": {}})
+    if common:
+        proto.setdefault("common_http_protocol_options", {}).update(common)
+    if client_protocol:  # Istio: useClientProtocol wins over h2UpgradePolicy
+        proto.pop("explicit_http_config", None)
+        proto["use_downstream_protocol_config"] = {"http_protocol_options": {}, "http2_protocol_options": {}}
+    elif upgrade:
+        proto.pop("use_downstream_protocol_config", None)
+        proto["explicit_http_config"] = {"http2_protocol_options": {}}
+    h2 = (proto.get("explicit_http_config") or proto.get("use_downstream_protocol_config") or {}).get(
+        "http2_protocol_options")
+    if streams and h2 is not None:
+        h2["max_concurrent_streams"] = streams
+    options[HTTP_OPTIONS] = proto
+
+
+def _apply_outlier_detection(cluster: Body, od: OutlierDetection) -> None:
+    out: Body = {"enforcing_consecutive_5xx": 0, "enforcing_consecutive_gateway_failure": 0,
+                 "enforcing_success_rate": 0}
+    five = od.consecutive5xxErrors if od.consecutive5xxErrors is not None else od.consecutiveErrors
+    if five:
+        out.update(consecutive_5xx=five, enforcing_consecutive_5xx=100)
+    if od.consecutiveGatewayErrors:
+        out.update(consecutive_gateway_failure=od.consecutiveGatewayErrors,
+                   enforcing_consecutive_gateway_failure=100)
+    if od.interval:
+        out["interval"] = _seconds(od.interval)
+    if od.baseEjectionTime:
+        out["base_ejection_time"] = _seconds(od.baseEjectionTime)
+    if od.maxEjectionPercent is not None:
+        out["max_ejection_percent"] = od.maxEjectionPercent
+    if od.minHealthPercent is not None:
+        cluster.setdefault("common_lb_config", {})["healthy_panic_threshold"] = {"value": od.minHealthPercent}
+    cluster["outlier_detection"] = out
 
 
 def build_hash_policy(policy: TrafficPolicy | None) -> list[Body] | None:
