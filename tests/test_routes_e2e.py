@@ -2,7 +2,8 @@
 in CI): clients in the curl pod keep HTTP/1.1 connections open to reviews (node proxy -> HBONE ->
 waypoint) while the VirtualService's weights change 50 times. Routes travel over RDS, so a change
 updates one RouteConfiguration: no request fails, no connection is closed, the waypoint's listener
-is never updated in place, and the open connections follow the new weights."""
+is never updated in place, and the open connections follow the new weights. DestinationRule changes
+(clusters swapped, their endpoints re-sent) under the same load fail nothing either."""
 from __future__ import annotations
 
 import json
@@ -113,3 +114,41 @@ def test_fifty_weight_changes_on_keep_alive_connections_fail_nothing(mesh: Mesh)
     # the last change (all to v2) reached the open connections: their last second is all v2
     assert {k for k in counts if k.startswith("tail ")} == {"tail v2"}, counts
     mesh.store.apply(load_yaml(VS.replace("V1", "90").replace("V2", "10"), "vs.yaml"))
+
+
+DR = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy: POLICY
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+  - {name: v3, labels: {version: v3}}
+"""
+POLICIES = ["{loadBalancer: {simple: ROUND_ROBIN}}", "{loadBalancer: {simple: RANDOM}}",
+            "{connectionPool: {tcp: {maxConnections: 1000}, http: {maxRequestsPerConnection: 100}}}",
+            "{outlierDetection: {consecutive5xxErrors: 50, interval: 10s}}",
+            "{loadBalancer: {consistentHash: {httpHeaderName: x-user}}}", "{}"]
+
+
+def test_destination_rule_changes_on_keep_alive_connections_fail_nothing(mesh: Mesh) -> None:
+    """Each change modifies the service's clusters (CDS + their endpoints again): requests on open
+    connections keep being answered while Envoy swaps the clusters."""
+    runner = keepalive_clients(mesh, seconds=len(POLICIES) * 4 * 0.25 + 3.0)
+    time.sleep(1.0)
+    try:
+        for policy in POLICIES * 4:
+            mesh.store.apply(load_yaml(DR.replace("POLICY", policy), "dr.yaml"))
+            time.sleep(0.25)
+    finally:
+        out, err = runner.communicate(timeout=120)
+    assert runner.returncode == 0, err
+    counts = json.loads(out)
+    failed = sum(v for k, v in counts.items() if k.startswith(("error", "status")))
+    record_fault(f"{len(POLICIES) * 4} DestinationRule changes, 4 keep-alive clients",
+                 f"{failed} failed of {counts.get('ok', 0) + failed}", "0 failed")
+    assert failed == 0 and counts.get("connection: close", 0) == 0, counts
+    assert counts.get("ok", 0) > 300, counts
