@@ -212,3 +212,23 @@ def test_connection_pool_protocol_options(protocol: str, pool: dict, expected: d
                                            protocol, None, dr, 80)
     options = cluster.get("typed_extension_protocol_options", {}).get(HTTP_OPTIONS)
     assert ({k: v for k, v in options.items() if k != "@type"} if options else None) == expected and not notes
+
+
+def test_an_httproute_change_updates_one_route_config_and_no_listener(tmp_path: Path) -> None:
+    store = build_store(tmp_path / "s", [GOLDEN / "features.yaml"])
+    before = Snapshot(translate(store, "shop").messages())
+    store.apply(load_yaml("""
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: api, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: api, port: 8080}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /v2}}]
+    backendRefs: [{name: api, port: 8080}]
+    timeouts: {request: 5s}
+""", "httproute.yaml"))
+    after = Snapshot(translate(store, "shop").messages())
+    assert [t for t in P.TYPE_ORDER if before.version(t) != after.version(t)] == [P.ROUTE]
+    assert [n for n in after.resources(P.ROUTE) if before.resource_version(P.ROUTE, n)
+            != after.resource_version(P.ROUTE, n)] == ["inbound-vip|8080|http|api.shop.svc.cluster.local"]
