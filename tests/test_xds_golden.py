@@ -232,3 +232,27 @@ spec:
     assert [t for t in P.TYPE_ORDER if before.version(t) != after.version(t)] == [P.ROUTE]
     assert [n for n in after.resources(P.ROUTE) if before.resource_version(P.ROUTE, n)
             != after.resource_version(P.ROUTE, n)] == ["inbound-vip|8080|http|api.shop.svc.cluster.local"]
+
+
+def test_a_weight_change_is_one_small_delta_push(tmp_path: Path) -> None:
+    """Over Delta ADS, a VirtualService weight change sends one RouteConfiguration (about 1 kB), not
+    the listener with every service's routes in it."""
+    from meshway.xds.stream import DeltaStream
+    from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest
+
+    store = build_store(tmp_path / "s", CASES["reviews"][0])
+    before = Snapshot(translate(store, "default").messages())
+    stream = DeltaStream("node", before)
+    for type_url in P.TYPE_ORDER:
+        names = [] if type_url in (P.CLUSTER, P.LISTENER) else list(before.resources(type_url))
+        for response in stream.on_request(DeltaDiscoveryRequest(type_url=type_url, resource_names_subscribe=names)):
+            stream.on_request(DeltaDiscoveryRequest(type_url=type_url, response_nonce=response.nonce))
+    store.apply(load_yaml(TRAFFIC.read_text().replace("weight: 90", "weight: 50").replace("weight: 10", "weight: 50"),
+                          "weights.yaml"))
+    [push] = stream.on_snapshot(Snapshot(translate(store, "default").messages()))
+    assert push.type_url == P.ROUTE and [r.name for r in push.resources] == [
+        "inbound-vip|9080|http|reviews.default.svc.cluster.local"] and not push.removed_resources
+    assert push.ByteSize() < 2000, push.ByteSize()
+    inline = before.resources(P.LISTENER)["main_internal"].ByteSize() + sum(
+        rc.ByteSize() for rc in before.resources(P.ROUTE).values())  # what the push was with inline routes
+    assert push.ByteSize() * 5 < inline, (push.ByteSize(), inline)
