@@ -69,7 +69,7 @@ class Scenario:
     what: str
     argv: tuple[str, ...]  # after the program
     program: str = "meshway"
-    fresh_state: bool = False  # a new state folder for every run
+    store: str = "empty"  # the state folder: "empty" (bootstrapped, no pods), "demo", "fresh" (new per run)
     no_pyc: bool = False  # PYTHONDONTWRITEBYTECODE=1 and no bytecode cache: meshway compiled in every run
     expect_stdout: str = ""  # a line that must be in the output
 
@@ -121,59 +121,74 @@ def import_profile(cmd: list[str], env: dict[str, str]) -> Body:
     }
 
 
-def measure(s: Scenario, meshway: list[str], state: Path, runs: int, env: dict[str, str]) -> Body:
-    program = meshway if s.program == "meshway" else [shutil.which(s.program) or s.program]
+def argv_for(s: Scenario, meshway: list[str], state: Path, i: int) -> list[str]:
+    if s.program != "meshway":
+        return [shutil.which(s.program) or s.program, *s.argv]
+    folder = state / f"fresh-{s.name}-{i}" if s.store == "fresh" else state / s.store
+    return [*meshway, "--state-dir", str(folder), *s.argv]
+
+
+def env_for(s: Scenario, env: dict[str, str]) -> dict[str, str]:
     if s.no_pyc:
-        env = {k: v for k, v in env.items() if k != "PYTHONPYCACHEPREFIX"} | {"PYTHONDONTWRITEBYTECODE": "1"}
+        return {k: v for k, v in env.items() if k != "PYTHONPYCACHEPREFIX"} | {"PYTHONDONTWRITEBYTECODE": "1"}
+    return env
 
-    def argv_for(i: int) -> list[str]:
-        if s.program != "meshway":
-            return [*program, *s.argv]
-        folder = state / f"fresh-{s.name}-{i}" if s.fresh_state else state / "store"
-        return [*program, "--state-dir", str(folder), *s.argv]
 
-    cpu_ms, wall_ms, failures, missing = [], [], [], False
-    for i in range(runs + 1):  # run 0 is the warm-up (page cache, .pyc files)
-        cpu, wall, proc = cpu_run(argv_for(i), env)
-        if proc.returncode != 0:
-            failures.append(f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}")
-        if s.expect_stdout and s.expect_stdout not in proc.stdout:
-            missing = True
-        if i:
-            cpu_ms.append(cpu)
-            wall_ms.append(wall)
-    out: Body = {
-        "name": s.name, "what": s.what, "command": " ".join([s.program, *s.argv]), "runs": runs,
-        "cpu_ms": {"median": statistics.median(cpu_ms), "min": min(cpu_ms), "max": max(cpu_ms)},
-        "wall_ms": {"median": statistics.median(wall_ms), "min": min(wall_ms)},
-        "failures": failures[:3], "expected_output_found": not missing,
-    }
-    if s.program == "meshway":
-        out["imports"] = import_profile(argv_for(runs + 1), env)
+def measure(todo: list[Scenario], meshway: list[str], state: Path, runs: int, env: dict[str, str]) -> list[Body]:
+    """Round-robin over the scenarios (a change in the machine's load hits them all alike); run 0 of
+    each is the warm-up (page cache, bytecode)."""
+    samples: dict[str, Body] = {s.name: {"cpu": [], "wall": [], "failures": [], "missing": False} for s in todo}
+    for i in range(runs + 1):
+        for s in todo:
+            cpu, wall, proc = cpu_run(argv_for(s, meshway, state, i), env_for(s, env))
+            got = samples[s.name]
+            if proc.returncode != 0:
+                got["failures"].append(f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}")
+            got["missing"] |= bool(s.expect_stdout) and s.expect_stdout not in proc.stdout
+            if i:
+                got["cpu"].append(cpu)
+                got["wall"].append(wall)
+    out = []
+    for s in todo:
+        got = samples[s.name]
+        r: Body = {
+            "name": s.name, "what": s.what, "command": " ".join([s.program, *s.argv]), "runs": runs,
+            "cpu_ms": {"median": statistics.median(got["cpu"]), "min": min(got["cpu"]), "max": max(got["cpu"])},
+            "wall_ms": {"median": statistics.median(got["wall"]), "min": min(got["wall"])},
+            "failures": got["failures"][:3], "expected_output_found": not got["missing"],
+        }
+        if s.program == "meshway":
+            r["imports"] = import_profile(argv_for(s, meshway, state, runs + 1), env_for(s, env))
+        out.append(r)
+    anchor = next((r["cpu_ms"]["median"] for r in out if r["name"] == "kubectl-help"), None)
+    for r in out:
+        r["vs_kubectl_help"] = r["cpu_ms"]["median"] / anchor if anchor else None
     return out
 
 
 def apply_demo(meshway: list[str], state: Path, env: dict[str, str]) -> None:
-    subprocess.run([*meshway, "--state-dir", str(state / "store"), "apply", "-f", str(DEMO)], check=True,
+    for store in ("empty", "demo"):  # the first command creates and bootstraps the store
+        subprocess.run([*meshway, "--state-dir", str(state / store), "get", "ns"], check=True, capture_output=True,
+                       text=True, env=env, timeout=TIMEOUT_S)
+    subprocess.run([*meshway, "--state-dir", str(state / "demo"), "apply", "-f", str(DEMO)], check=True,
                    capture_output=True, text=True, env=env, timeout=TIMEOUT_S)
 
 
-def scenarios() -> tuple[list[Scenario], list[Scenario]]:
-    """(before the demo is applied, after)."""
-    empty = [
+def scenarios() -> list[Scenario]:
+    out = [
         Scenario("help", "`meshway --help`", ("--help",), expect_stdout="Commands:"),
         Scenario("get-pods-empty", "`meshway get pods`, bootstrapped store, no pods", ("get", "pods")),
+        Scenario("get-pods-demo", "`meshway get pods -A`, the bundled demo applied", ("get", "pods", "-A"),
+                 store="demo", expect_stdout="productpage-v1"),
         Scenario("get-pods-fresh", "`meshway get pods`, new state folder (creates and bootstraps the store)",
-                 ("get", "pods"), fresh_state=True),
+                 ("get", "pods"), store="fresh"),
         Scenario("get-pods-no-pyc", "`meshway get pods`, no pods, meshway compiled from source each run "
                  "(PYTHONDONTWRITEBYTECODE=1)", ("get", "pods"), no_pyc=True),
     ]
-    demo = [Scenario("get-pods-demo", "`meshway get pods -A`, the bundled demo applied", ("get", "pods", "-A"),
-                     expect_stdout="productpage-v1")]
     if shutil.which("kubectl"):
-        demo.append(Scenario("kubectl-help", "`kubectl --help` (anchor on this machine)", ("--help",),
-                             program="kubectl"))
-    return empty, demo
+        out.append(Scenario("kubectl-help", "`kubectl --help` (anchor on this machine)", ("--help",),
+                            program="kubectl"))
+    return out
 
 
 def check(results: list[Body]) -> Body:
@@ -213,16 +228,18 @@ def write_markdown(path: Path, report: Body) -> None:
     lines = [f"# CLI start-up ({report['mode']})", "",
              f"{report['started']}, Python {report['machine']['python']}, {report['machine']['cpus']} CPUs, "
              f"load average {report['machine']['load_avg_1m']:.2f} at the start. CPU = user + system time of the "
-             f"process; {report['runs']} runs after one warm-up per row. Imports from one extra run under "
+             f"process; {report['runs']} runs per row after one warm-up, the rows taking turns. Imports from one extra run under "
              "`python -X importtime`. meshway from commit "
              f"{report['source']['commit']}{' (with uncommitted changes)' if report['source']['meshway_changed_since_commit'] else ''}; "
              "bytecode cached (written by the warm-up run) except in the no-pyc row.", "",
-             "| scenario | CPU median (ms) | CPU min (ms) | wall median (ms) | modules | import time (ms) | "
-             "Envoy/gRPC/protobuf imported |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+             "| scenario | CPU median (ms) | CPU min (ms) | / kubectl --help | wall median (ms) | modules | "
+             "import time (ms) | Envoy/gRPC/protobuf imported |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in report["scenarios"]:
         imp = r.get("imports")
-        cells = [r["what"], f"{r['cpu_ms']['median']:.0f}", f"{r['cpu_ms']['min']:.0f}", f"{r['wall_ms']['median']:.0f}"]
+        ratio = f"{r['vs_kubectl_help']:.1f}x" if r.get("vs_kubectl_help") else "-"
+        cells = [r["what"], f"{r['cpu_ms']['median']:.0f}", f"{r['cpu_ms']['min']:.0f}", ratio,
+                 f"{r['wall_ms']['median']:.0f}"]
         if imp:
             bad = ", ".join(imp["forbidden"][:4]) + (" …" if len(imp["forbidden"]) > 4 else "")
             cells += [str(imp["modules"]), f"{imp['imports_ms']:.0f}", bad or "no"]
@@ -259,17 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     env["COLUMNS"] = "100"
     if args.source:
         env["PYTHONPATH"] = str(args.source.resolve())
-    results = []
     with tempfile.TemporaryDirectory(prefix="meshway-cli-bench-") as tmp:
         state = Path(tmp)
         env["PYTHONPYCACHEPREFIX"] = str(state / "pycache")
         source = describe_source(env)
-        empty, demo = scenarios()
-        for s in empty:
-            results.append(measure(s, meshway, state, runs, env))
         apply_demo(meshway, state, env)
-        for s in demo:
-            results.append(measure(s, meshway, state, runs, env))
+        results = measure(scenarios(), meshway, state, runs, env)
     report = {
         "benchmark": "cli_startup", "mode": "quick" if args.quick else "full",
         "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "duration_s": time.perf_counter() - t0,

@@ -120,3 +120,14 @@ def test_every_kind_names_its_model_class() -> None:
     for info in KINDS:
         assert info.model.__name__ == info.kind
         assert info.model.__module__ == f"meshway.model.{info.module}"
+
+
+def test_age_reads_the_stored_timestamp() -> None:
+    from datetime import datetime, timezone
+
+    from meshway.cli.printers import age
+
+    now = datetime(2026, 12, 2, 15, 5, 30, tzinfo=timezone.utc)
+    assert age({"metadata": {"creationTimestamp": "2026-12-02T15:00:00Z"}}, now) == "5m30s"
+    assert age({"metadata": {"creationTimestamp": "2026-11-30T15:05:30Z"}}, now) == "2d"
+    assert age({"metadata": {}}, now) == "<unknown>"

@@ -51,7 +51,7 @@ def age(body: Body, now: datetime | None = None) -> str:
     ts = body.get("metadata", {}).get("creationTimestamp")
     if not ts:
         return "<unknown>"
-    created = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    created = datetime.fromisoformat(ts).replace(tzinfo=timezone.utc)  # C code: no _strptime import at start-up
     return human_duration(((now or datetime.now(timezone.utc)) - created).total_seconds())
 
 
