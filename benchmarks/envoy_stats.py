@@ -295,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON and Markdown")
     args = parser.parse_args(argv)
     envoy = find_envoy()
+    started, t0 = datetime.now(timezone.utc), time.perf_counter()
     sizes, rounds = ((25,), 1) if args.quick else ((25, 250), args.rounds)
     version = subprocess.run([envoy, "--version"], capture_output=True, text=True).stdout.split("version:")[-1].strip()
     try:
@@ -302,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
-    report = {"generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "envoy_version": version,
+    report = {"benchmark": "envoy_stats", "mode": "quick" if args.quick else "full",
+              "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "duration_s": time.perf_counter() - t0,
+              "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "envoy_version": version,
               "machine": machine_info(), "rounds": rounds, "quick": args.quick,
               "topology": "build_topology(1, N, 2, 1) in ambient mode: one namespace and its waypoint, N services "
                           "x 2 pods, 3 with v1/v2 subsets and a 90/10 VirtualService; the node proxy of node-0 "
