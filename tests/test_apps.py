@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -427,10 +428,20 @@ def test_bookinfo_without_service_exits_with_message() -> None:
 
 
 # -- sleep -----------------------------------------------------------------------------------
+def catches(pid: int, sig: int) -> bool:
+    """Whether the process has installed a handler for `sig` (SigCgt in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
 def test_sleep_runs_until_sigterm() -> None:
     proc = subprocess.Popen([sys.executable, "-m", "meshway.apps.sleep"])
     try:
-        time.sleep(0.3)
+        deadline = time.monotonic() + 10
+        while not catches(proc.pid, signal.SIGTERM) and time.monotonic() < deadline:  # its handler is in place
+            time.sleep(0.02)
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=3) == 0

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from .. import labels as L
+from .index import ConfigIndex
 
 Body = dict[str, Any]
 
@@ -136,6 +137,14 @@ def build_pod(body: Body) -> PodInfo:
                    meta.get("creationTimestamp", ""))
 
 
+def build_label_index(pods: Iterable[PodInfo]) -> dict[tuple[str, str, str], frozenset[tuple[str, str]]]:
+    index: dict[tuple[str, str, str], set[tuple[str, str]]] = {}
+    for pod in pods:
+        for key, value in pod.labels.items():
+            index.setdefault((pod.namespace, key, value), set()).add((pod.namespace, pod.name))
+    return {k: frozenset(v) for k, v in index.items()}
+
+
 def detect_waypoint_class(class_name: str, classes: Mapping[str, Body]) -> bool:
     if class_name == L.WAYPOINT_CLASS:
         return True
@@ -189,6 +198,11 @@ class MeshView:
     gateways: Mapping[tuple[str, str], GatewayInfo] = field(default_factory=dict)
     # Routing config, as stored (validated) bodies, by kind: VirtualService, DestinationRule, HTTPRoute.
     config: Mapping[str, tuple[Body, ...]] = field(default_factory=dict)
+    index: ConfigIndex = field(default_factory=ConfigIndex)  # the config parsed once, by host and parent
+    # Pods by (namespace, label key, label value): a Service's pods are the intersection for its selector.
+    pods_by_label: Mapping[tuple[str, str, str], frozenset[tuple[str, str]]] = field(default_factory=dict)
+    # Derived results computed at most once per view (e.g. which services each waypoint serves).
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
     def build(snapshot: Mapping[str, Iterable[Body]]) -> "MeshView":
@@ -212,15 +226,22 @@ class MeshView:
             view = replace(view, services=kept, services_by_ip=by_ip)
         if "Pod" in snapshot:
             pods = {(b["metadata"]["namespace"], b["metadata"]["name"]): build_pod(b) for b in snapshot["Pod"]}
-            view = replace(view, pods=pods, pods_by_ip={p.ip: p for p in pods.values() if p.ip})
+            view = replace(view, pods=pods, pods_by_ip={p.ip: p for p in pods.values() if p.ip},
+                           pods_by_label=build_label_index(pods.values()))
         if {"Gateway", "GatewayClass", "Deployment"} & set(snapshot):
             view = view._with_gateways(snapshot)
         if set(CONFIG_KINDS) & set(snapshot):
             config = dict(view.config)
             config.update({k: tuple(b for b in snapshot[k] if detect_config(k, b)) for k in CONFIG_KINDS
                            if k in snapshot})
-            view = replace(view, config=config)
-        return view
+            view = replace(view, config=config, index=view.index.with_config(config, snapshot))
+        return view if view is self else replace(view, memo={})
+
+    def remember(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """`compute()` once per view: views are immutable, so a derived result stays valid."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
 
     def _with_gateways(self, snapshot: Mapping[str, Iterable[Body]]) -> "MeshView":
         classes = {b["metadata"]["name"]: b for b in snapshot.get("GatewayClass", ())}

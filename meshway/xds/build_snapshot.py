@@ -2,15 +2,14 @@
 MeshView for exactly the services and workloads bound to that waypoint. Pure."""
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .. import labels as L
 from ..mesh.meshconfig import find_mesh_config
+from ..mesh.index import resolve_host
 from ..mesh.view import MeshView, ServiceInfo, WaypointInfo
-from ..model.gateway import HTTPRoute as GwHTTPRoute
-from ..model.istio import AuthorizationPolicy, DestinationRule, EnvoyFilter, Telemetry, VirtualService
+from ..model.istio import DestinationRule, VirtualService
 from . import protos as P
 from .build_authz import WAYPOINT, build_rbac_filters, find_waypoint_policies
 from .build_clusters import build_hash_policy, build_service_cluster, build_static_clusters, merge_policy
@@ -40,36 +39,15 @@ class WaypointConfig:
         return {t: {n: P.to_message(t, d) for n, d in items.items()} for t, items in self.resources.items()}
 
 
-def resolve_host(host: str, namespace: str) -> str:
-    """Short names resolve in the namespace of the config that uses them (Istio's ResolveShortnameToFQDN)."""
-    if "*" in host or host.endswith(f".svc.{L.CLUSTER_DOMAIN}"):
-        return host
-    parts = host.split(".")
-    if len(parts) == 1:
-        return f"{host}.{namespace}.svc.{L.CLUSTER_DOMAIN}"
-    if len(parts) == 2 or (len(parts) == 3 and parts[2] == "svc"):
-        return f"{parts[0]}.{parts[1]}.svc.{L.CLUSTER_DOMAIN}"
-    return host
-
-
 def _hosts(svc: ServiceInfo) -> tuple[str, ...]:
     return svc.hosts if svc.kind == "ServiceEntry" else (svc.hostname,)
 
 
 def find_virtual_services(view: MeshView, svc: ServiceInfo, wp: WaypointInfo) -> list[VirtualService]:
-    out = []
-    for body in view.config.get("VirtualService", ()):
-        meta = body["metadata"]
-        if meta["namespace"] not in (svc.namespace, wp.namespace):
-            continue
-        gateways = body["spec"].get("gateways") or ["mesh"]
-        if "mesh" not in gateways:
-            continue
-        hosts = [resolve_host(h, meta["namespace"]) for h in body["spec"].get("hosts", [])]
-        if any(fnmatch.fnmatchcase(h2, h) for h in hosts for h2 in _hosts(svc)):
-            out.append(VirtualService.model_validate(body, strict=False))
-    out.sort(key=lambda v: (v.metadata.creationTimestamp or "", v.namespace, v.name))
-    return out
+    """Mesh VirtualServices for the service's hosts, from its own or the waypoint's namespace."""
+    found = [vs for vs in view.index.virtual_services.find(_hosts(svc)) if vs.namespace in (svc.namespace, wp.namespace)]
+    found.sort(key=lambda v: (v.metadata.creationTimestamp or "", v.namespace, v.name))
+    return found
 
 
 def find_routes_for(view: MeshView, svc: ServiceInfo, wp: WaypointInfo, port: int) -> list[VirtualService]:
@@ -78,26 +56,22 @@ def find_routes_for(view: MeshView, svc: ServiceInfo, wp: WaypointInfo, port: in
     if vss:
         return vss
     converted = []
-    for body in view.config.get("HTTPRoute", ()):
-        route = GwHTTPRoute.model_validate(body, strict=False)
+    for route in view.index.http_routes.get((svc.namespace, svc.name), ()):
         ports = detect_parent(route, svc.namespace, svc.name)
         if ports and (None in ports or port in ports):
-            converted.append(convert_http_route(route, svc.hostname, None if None in ports else port))
+            only = None if None in ports else port
+            converted.append(view.remember(("http-route", id(route), svc.hostname, only),
+                                           lambda: convert_http_route(route, svc.hostname, only)))
     return converted
 
 
 def find_destination_rule(view: MeshView, svc: ServiceInfo, wp: WaypointInfo) -> DestinationRule | None:
-    candidates = []
-    for body in view.config.get("DestinationRule", ()):
-        ns = body["metadata"]["namespace"]
-        host = resolve_host(body["spec"]["host"], ns)
-        if any(fnmatch.fnmatchcase(h, host) for h in _hosts(svc)):
-            rank = {svc.namespace: 0, wp.namespace: 1, L.ROOT_NAMESPACE: 2}.get(ns)
-            if rank is not None:
-                candidates.append((rank, body["metadata"].get("creationTimestamp", ""), body))
-    if not candidates:
-        return None
-    return DestinationRule.model_validate(min(candidates, key=lambda c: (c[0], c[1]))[2], strict=False)
+    """The one DestinationRule that applies: the service's namespace first, then the waypoint's,
+    then the root namespace; the oldest within a namespace, then by name (Istio's config order)."""
+    ranks = {svc.namespace: 0, wp.namespace: 1, L.ROOT_NAMESPACE: 2}
+    candidates = [(ranks[dr.namespace], dr.metadata.creationTimestamp or "", dr.name, dr)
+                  for dr in view.index.destination_rules.find(_hosts(svc)) if dr.namespace in ranks]
+    return min(candidates, key=lambda c: c[:3])[3] if candidates else None
 
 
 def _same(ip: str) -> str:
@@ -174,7 +148,7 @@ def build_waypoint_config(view: MeshView, proxy: Proxy, secrets: dict[str, Body]
         name = cluster_name(port, "http", svc.hostname)
         return build_route_config(name, target, find_routes_for(view, svc, wp, port), problems)
 
-    policies = [AuthorizationPolicy.model_validate(b, strict=False) for b in view.config.get("AuthorizationPolicy", ())]
+    policies = list(view.index.of("AuthorizationPolicy"))
 
     applied = {(s.kind, s.namespace, s.name): find_waypoint_policies(policies, wp.namespace, wp.name, s.namespace,
                                                                      s.name, s.kind) for s in scope.services}
@@ -190,7 +164,7 @@ def build_waypoint_config(view: MeshView, proxy: Proxy, secrets: dict[str, Body]
         chain = applied[(svc.kind, svc.namespace, svc.name) if svc else None]
         return build_custom_filters(chain, ext_authz, network) + build_rbac_filters(chain, WAYPOINT, network)
 
-    telemetries = [Telemetry.model_validate(b, strict=False) for b in view.config.get("Telemetry", ())]
+    telemetries = list(view.index.of("Telemetry"))
 
     def logs_for(svc: ServiceInfo | None) -> list[Body]:
         notes: list[str] = []
@@ -222,9 +196,8 @@ def build_waypoint_config(view: MeshView, proxy: Proxy, secrets: dict[str, Body]
     routes = {name: route_for(svc, port) for svc, port, name in find_route_names(scope)}
     resources = {P.CLUSTER: clusters, P.ENDPOINT: endpoints, P.LISTENER: listeners, P.ROUTE: routes,
                  P.SECRET: dict(secrets or {})}
-    envoy_filters = [f for f in find_envoy_filters([EnvoyFilter.model_validate(b, strict=False)
-                                                    for b in view.config.get("EnvoyFilter", ())],
-                                                   wp.namespace, wp.name, scope.services)
+    envoy_filters = [f for f in find_envoy_filters(list(view.index.of("EnvoyFilter")), wp.namespace, wp.name,
+                                                   scope.services)
                      if f.key not in skip_envoy_filters]
     resources, notes = apply_envoy_filters(resources, envoy_filters)
     for where, message in notes:

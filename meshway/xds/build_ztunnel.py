@@ -23,7 +23,6 @@ from .. import labels as L
 from ..mesh.enrollment import detect_ambient
 from ..mesh.selection import ACCEPTED, decide_service, decide_workload
 from ..mesh.view import MeshView, PodInfo, ServiceInfo
-from ..model.istio import AuthorizationPolicy
 from . import protos as P
 from .build_authz import ZTUNNEL, ZTUNNEL_TCP, build_rbac_filters, find_workload_policies
 from .build_connection_logs import build_inbound_log, build_outbound_log, build_plaintext_log
@@ -271,7 +270,7 @@ def build_ztunnel_config(view: MeshView, proxy: NodeProxy) -> tuple[dict[str, di
     """(resources by type URL, the SPIFFE identities whose certificates it needs as SDS secrets)."""
     td = proxy.trust_domain
     local = find_local_pods(view, proxy.node)
-    policies = [AuthorizationPolicy.model_validate(b, strict=False) for b in view.config.get("AuthorizationPolicy", ())]
+    policies = list(view.index.of("AuthorizationPolicy"))
     identities = {identity_of(p, td) for p in local}
     outbound = {i: _Outbound(view, i, td) for i in sorted(identities)}
     listeners: dict[str, Body] = {}

@@ -49,30 +49,53 @@ def find_scope(view: MeshView, namespace: str, name: str) -> WaypointScope:
     """Services and workloads whose selection names this waypoint (accepted, or waiting for it to be
     ready: the waypoint must hold their configuration before it can become ready)."""
     waypoint = view.waypoints[(namespace, name)]
-    key = waypoint.key
+    services, workloads = find_bindings(view).get(waypoint.key, ((), ()))
+    if waypoint.traffic_type not in ("workload", "all"):
+        workloads = ()
+    return WaypointScope(waypoint, services, workloads)
 
-    def bound(decision) -> bool:
-        return decision.requested == key and decision.reason in (ACCEPTED, NOT_READY)
 
-    services = [s for s in view.services.values() if s.addresses and bound(decide_service(view, s))]
-    services.sort(key=lambda s: (s.created, s.namespace, s.name))
-    traffic = waypoint.traffic_type
-    workloads = []
-    if traffic in ("workload", "all"):
-        workloads = [p for p in view.pods.values() if p.ip and bound(decide_workload(view, p))]
-        workloads.sort(key=lambda p: (p.created, p.namespace, p.name))
-    return WaypointScope(waypoint, tuple(services), tuple(workloads))
+def find_bindings(view: MeshView) -> dict[str, tuple[tuple[ServiceInfo, ...], tuple[PodInfo, ...]]]:
+    """Waypoint key -> (its services, its workloads), from one decision per service and per pod;
+    computed once per view."""
+    def build() -> dict[str, tuple[tuple[ServiceInfo, ...], tuple[PodInfo, ...]]]:
+        services: dict[str, list[ServiceInfo]] = {}
+        workloads: dict[str, list[PodInfo]] = {}
+        for svc in view.services.values():
+            if svc.addresses:
+                decision = decide_service(view, svc)
+                if decision.requested and decision.reason in (ACCEPTED, NOT_READY):
+                    services.setdefault(decision.requested, []).append(svc)
+        wants_workloads = {wp.key for wp in view.waypoints.values() if wp.traffic_type in ("workload", "all")}
+        if wants_workloads:
+            for pod in view.pods.values():
+                if pod.ip:
+                    decision = decide_workload(view, pod)
+                    if decision.requested in wants_workloads and decision.reason in (ACCEPTED, NOT_READY):
+                        workloads.setdefault(decision.requested, []).append(pod)
+        keys = set(services) | set(workloads)
+        return {key: (tuple(sorted(services.get(key, ()), key=lambda s: (s.created, s.namespace, s.name))),
+                      tuple(sorted(workloads.get(key, ()), key=lambda p: (p.created, p.namespace, p.name))))
+                for key in keys}
+    return view.remember("waypoint-bindings", build)
 
 
 def find_service_pods(view: MeshView, svc: ServiceInfo) -> list[PodInfo]:
-    """Ready pods behind a Service (its selector in its namespace), ordered by name."""
+    """Ready pods behind a Service (its selector in its namespace), ordered by name: the intersection
+    of the label index's entries for each selector pair."""
     if svc.kind != "Service" or not svc.selector:
         return []
-    pods = [p for p in view.pods.values()
-            if p.namespace == svc.namespace and p.ip and p.ready
-            and all(p.labels.get(k) == v for k, v in svc.selector.items())
-            and p.labels.get(L.MANAGED) != L.MANAGED_VALUE]
-    return sorted(pods, key=lambda p: p.name)
+    def build() -> list[PodInfo]:
+        keys = None
+        for k, v in sorted(svc.selector.items()):
+            found = view.pods_by_label.get((svc.namespace, k, v), frozenset())
+            keys = found if keys is None else keys & found
+            if not keys:
+                return []
+        pods = [view.pods[key] for key in keys or ()]
+        return sorted((p for p in pods if p.ip and p.ready and p.labels.get(L.MANAGED) != L.MANAGED_VALUE),
+                      key=lambda p: p.name)
+    return list(view.remember(("service-pods", svc.kind, svc.namespace, svc.name), build))
 
 
 def resolve_target_port(port: PortInfo, pod: PodInfo) -> int | None:

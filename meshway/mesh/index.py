@@ -1,0 +1,136 @@
+"""Indexes over the routing and policy config of a MeshView (pure), so translation looks things up
+instead of scanning: host -> VirtualServices, host -> DestinationRules, parent Service ->
+HTTPRoutes, and every config object parsed into its model once per change of that object (a new
+index reuses the models of objects whose uid and resourceVersion did not change).
+
+Hosts are resolved the way Istio resolves short names (in the namespace of the config that names
+them); an exact host is a dict lookup, a wildcard host is matched with fnmatch against the few
+wildcard entries only.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from .. import labels as L
+from ..model.gateway import HTTPRoute
+from ..model.istio import AuthorizationPolicy, DestinationRule, EnvoyFilter, Telemetry, VirtualService
+
+Body = dict[str, Any]
+MODELS = {"VirtualService": VirtualService, "DestinationRule": DestinationRule, "HTTPRoute": HTTPRoute,
+          "AuthorizationPolicy": AuthorizationPolicy, "Telemetry": Telemetry, "EnvoyFilter": EnvoyFilter}
+WILDCARD = frozenset("*?[")
+
+
+def resolve_host(host: str, namespace: str) -> str:
+    """Short names resolve in the namespace of the config that uses them (Istio's ResolveShortnameToFQDN)."""
+    if "*" in host or host.endswith(f".svc.{L.CLUSTER_DOMAIN}"):
+        return host
+    parts = host.split(".")
+    if len(parts) == 1:
+        return f"{host}.{namespace}.svc.{L.CLUSTER_DOMAIN}"
+    if len(parts) == 2 or (len(parts) == 3 and parts[2] == "svc"):
+        return f"{parts[0]}.{parts[1]}.svc.{L.CLUSTER_DOMAIN}"
+    return host
+
+
+@dataclass(frozen=True)
+class HostIndex:
+    """Objects by the (resolved) hosts they name: exact hosts in a dict, patterns in a list."""
+
+    exact: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    patterns: tuple[tuple[str, Any], ...] = ()
+
+    @staticmethod
+    def build(entries: Iterable[tuple[str, Any]]) -> "HostIndex":
+        exact: dict[str, list[Any]] = {}
+        patterns = []
+        for host, obj in entries:
+            if WILDCARD & set(host):
+                patterns.append((host, obj))
+            else:
+                exact.setdefault(host, []).append(obj)
+        return HostIndex({h: tuple(objs) for h, objs in exact.items()}, tuple(patterns))
+
+    def find(self, hosts: Iterable[str]) -> list[Any]:
+        """Objects naming any of `hosts` (each once, in index order)."""
+        found: dict[int, Any] = {}
+        for host in hosts:
+            for obj in self.exact.get(host, ()):
+                found.setdefault(id(obj), obj)
+            for pattern, obj in self.patterns:
+                if fnmatch.fnmatchcase(host, pattern):
+                    found.setdefault(id(obj), obj)
+        return list(found.values())
+
+
+@dataclass(frozen=True)
+class ConfigIndex:
+    models: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)  # kind -> models, store order
+    virtual_services: HostIndex = field(default_factory=HostIndex)  # mesh VirtualServices by host
+    destination_rules: HostIndex = field(default_factory=HostIndex)
+    http_routes: Mapping[tuple[str, str], tuple[HTTPRoute, ...]] = field(default_factory=dict)  # parent Service
+    _parsed: Mapping[tuple[str, str, str], Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def of(self, kind: str) -> tuple[Any, ...]:
+        return self.models.get(kind, ())
+
+    def with_config(self, config: Mapping[str, tuple[Body, ...]], kinds: Iterable[str]) -> "ConfigIndex":
+        """The index after `kinds` changed (`config[kind]` is the complete list of each)."""
+        kinds = [k for k in kinds if k in MODELS]
+        if not kinds:
+            return self
+        models = dict(self.models)
+        parsed = {k: m for k, m in self._parsed.items() if k[0] not in kinds}
+        for kind in kinds:
+            models[kind] = tuple(_parse(kind, body, self._parsed, parsed) for body in config.get(kind, ()))
+        out = ConfigIndex(models, self.virtual_services, self.destination_rules, self.http_routes, parsed)
+        if "VirtualService" in kinds:
+            out = _replace(out, virtual_services=build_virtual_service_hosts(models["VirtualService"]))
+        if "DestinationRule" in kinds:
+            out = _replace(out, destination_rules=HostIndex.build(
+                (resolve_host(dr.spec.host, dr.namespace), dr) for dr in models["DestinationRule"]))
+        if "HTTPRoute" in kinds:
+            out = _replace(out, http_routes=build_route_parents(models["HTTPRoute"]))
+        return out
+
+
+def _replace(index: ConfigIndex, **changes: Any) -> ConfigIndex:
+    fields = {"models": index.models, "virtual_services": index.virtual_services,
+              "destination_rules": index.destination_rules, "http_routes": index.http_routes,
+              "_parsed": index._parsed}
+    return ConfigIndex(**{**fields, **changes})
+
+
+def _parse(kind: str, body: Body, old: Mapping[tuple[str, str, str], Any], new: dict) -> Any:
+    meta = body["metadata"]
+    key = (kind, meta.get("uid") or f"{meta.get('namespace')}/{meta['name']}", str(meta.get("resourceVersion")))
+    model = old.get(key)
+    if model is None or not meta.get("uid"):
+        model = MODELS[kind].model_validate(body, strict=False)
+    new[key] = model
+    return model
+
+
+def build_virtual_service_hosts(services: Iterable[VirtualService]) -> HostIndex:
+    """VirtualServices that apply to mesh traffic (gateways absent or naming `mesh`), by host."""
+    entries = []
+    for vs in services:
+        if "mesh" not in (vs.spec.gateways or ["mesh"]):
+            continue
+        for host in dict.fromkeys(resolve_host(h, vs.namespace) for h in vs.spec.hosts or []):
+            entries.append((host, vs))
+    return HostIndex.build(entries)
+
+
+def build_route_parents(routes: Iterable[HTTPRoute]) -> Mapping[tuple[str, str], tuple[HTTPRoute, ...]]:
+    """HTTPRoutes by the Services they attach to ((namespace, name) of a Service parentRef)."""
+    out: dict[tuple[str, str], list[HTTPRoute]] = {}
+    for route in routes:
+        for ref in route.spec.parentRefs:
+            if ref.kind == "Service" and (ref.group or "") in ("", "core"):
+                attached = out.setdefault((ref.namespace or route.namespace, ref.name), [])
+                if not any(r is route for r in attached):
+                    attached.append(route)
+    return {k: tuple(v) for k, v in out.items()}

@@ -1,0 +1,107 @@
+"""The config index (meshway/mesh/index.py) answers exactly what a scan of every object answers:
+random VirtualServices, DestinationRules and HTTPRoutes (short, qualified and wildcard hosts,
+gateways with and without `mesh`), checked against a brute-force reference for every service."""
+from __future__ import annotations
+
+import fnmatch
+import random
+
+import yaml
+
+from conftest import apply
+from meshway.mesh.view import XDS_KINDS, MeshView
+from meshway.model import find_kind
+from meshway.mesh.index import resolve_host
+from meshway.xds.build_snapshot import find_destination_rule, find_routes_for, find_virtual_services
+from meshway.xds.scope import find_service_pods
+
+NAMESPACES = ("default", "shop", "istio-system")
+SERVICES = ("reviews", "ratings", "cart")
+
+
+def world(rng: random.Random) -> str:
+    docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in NAMESPACES]
+    for ns in NAMESPACES[:2]:
+        for name in SERVICES:
+            docs.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
+                         "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 9080}]}})
+            docs.append({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{name}-{rng.randrange(99)}",
+                         "namespace": ns, "labels": {"app": name, "v": rng.choice("ab")}},
+                         "spec": {"containers": [{"name": "c", "image": "x"}]}})
+    hosts = lambda ns: rng.choice([  # noqa: E731
+        rng.choice(SERVICES), f"{rng.choice(SERVICES)}.{rng.choice(NAMESPACES)}",
+        f"{rng.choice(SERVICES)}.{ns}.svc.cluster.local", "*.shop.svc.cluster.local", "*", "r*.default.svc.cluster.local"])
+    for i in range(12):
+        ns = rng.choice(NAMESPACES)
+        spec = {"hosts": [hosts(ns) for _ in range(rng.randint(1, 2))],
+                "http": [{"route": [{"destination": {"host": "reviews"}}]}]}
+        if rng.random() < 0.3:
+            spec["gateways"] = rng.choice([["mesh"], ["some-gateway"], ["mesh", "some-gateway"]])
+        docs.append({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                     "metadata": {"name": f"vs{i}", "namespace": ns}, "spec": spec})
+        docs.append({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                     "metadata": {"name": f"dr{i}", "namespace": rng.choice(NAMESPACES)},
+                     "spec": {"host": hosts(ns)}})
+        parent = {"kind": "Service", "group": "", "name": rng.choice(SERVICES)}
+        if rng.random() < 0.5:
+            parent["namespace"] = rng.choice(NAMESPACES[:2])
+        docs.append({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                     "metadata": {"name": f"route{i}", "namespace": rng.choice(NAMESPACES[:2])},
+                     "spec": {"parentRefs": [parent], "rules": [{"backendRefs": [{"name": "reviews", "port": 9080}]}]}})
+    return yaml.safe_dump_all(docs)
+
+
+def scan_virtual_services(view, svc, wp_ns):
+    out = []
+    for body in view.config.get("VirtualService", ()):
+        meta = body["metadata"]
+        if meta["namespace"] not in (svc.namespace, wp_ns) or "mesh" not in (body["spec"].get("gateways") or ["mesh"]):
+            continue
+        if any(fnmatch.fnmatchcase(svc.hostname, resolve_host(h, meta["namespace"])) for h in body["spec"]["hosts"]):
+            out.append(meta["name"])
+    return sorted(out)
+
+
+def scan_destination_rule(view, svc, wp_ns):
+    ranks = {svc.namespace: 0, wp_ns: 1, "istio-system": 2}
+    found = [(ranks[b["metadata"]["namespace"]], b["metadata"]["creationTimestamp"], b["metadata"]["name"])
+             for b in view.config.get("DestinationRule", ())
+             if b["metadata"]["namespace"] in ranks
+             and fnmatch.fnmatchcase(svc.hostname, resolve_host(b["spec"]["host"], b["metadata"]["namespace"]))]
+    return min(found)[2] if found else None
+
+
+class Waypoint:
+    namespace = "default"
+
+
+def test_index_lookups_equal_a_scan_of_everything(store):
+    ready_pods = 0
+    for seed in range(4):
+        rng = random.Random(seed)
+        apply(store, world(rng))
+        for pod in store.list(find_kind("pod"), None):
+            ready = "True" if rng.random() < 0.7 else "False"
+            store.write_status("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"],
+                               {"conditions": [{"type": "Ready", "status": ready}]})
+        view = MeshView.build(store.snapshot(XDS_KINDS)[1])
+        for svc in view.services.values():
+            if svc.kind != "Service" or svc.namespace == "istio-system":
+                continue
+            assert sorted(v.name for v in find_virtual_services(view, svc, Waypoint)) == \
+                scan_virtual_services(view, svc, "default"), (seed, svc.name, svc.namespace)
+            rule = find_destination_rule(view, svc, Waypoint)
+            assert (rule.name if rule else None) == scan_destination_rule(view, svc, "default"), (seed, svc.name)
+            pods = [p.name for p in view.pods.values() if p.namespace == svc.namespace and p.ip and p.ready
+                    and p.labels.get("app") == svc.selector["app"]]
+            assert [p.name for p in find_service_pods(view, svc)] == sorted(pods)
+            ready_pods += len(pods)
+            if not find_virtual_services(view, svc, Waypoint):
+                attached = [b for b in view.config.get("HTTPRoute", ())
+                            for ref in b["spec"]["parentRefs"]
+                            if ref["name"] == svc.name and ref.get("namespace", b["metadata"]["namespace"]) == svc.namespace]
+                assert len(find_routes_for(view, svc, Waypoint, 9080)) == len({b["metadata"]["name"] for b in attached})
+        for kind in ("VirtualService", "DestinationRule", "HTTPRoute"):
+            store.delete([(find_kind(kind), b["metadata"]["namespace"], b["metadata"]["name"])
+                          for b in store.list(find_kind(kind), None)])
+    assert ready_pods  # the pod lookups were exercised
