@@ -210,7 +210,7 @@ def check(results: list[Body]) -> Body:
 def describe_source(env: dict[str, str]) -> Body:
     """Where the children import meshway from, and that folder's git commit."""
     path = subprocess.run([sys.executable, "-c", "import meshway; print(meshway.__file__)"], capture_output=True,
-                          text=True, env=env, timeout=TIMEOUT_S).stdout.strip()
+                          text=True, env=env, timeout=TIMEOUT_S, cwd="/").stdout.strip()  # not the cwd's meshway
     folder = Path(path).parent.parent if path else ROOT
     commit = subprocess.run(["git", "-C", str(folder), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, timeout=30).stdout.strip()
