@@ -225,12 +225,12 @@ def machine_info() -> Body:
 
 
 def write_markdown(path: Path, report: Body) -> None:
+    changed = " (with uncommitted changes)" if report["source"]["meshway_changed_since_commit"] else ""
     lines = [f"# CLI start-up ({report['mode']})", "",
              f"{report['started']}, Python {report['machine']['python']}, {report['machine']['cpus']} CPUs, "
              f"load average {report['machine']['load_avg_1m']:.2f} at the start. CPU = user + system time of the "
-             f"process; {report['runs']} runs per row after one warm-up, the rows taking turns. Imports from one extra run under "
-             "`python -X importtime`. meshway from commit "
-             f"{report['source']['commit']}{' (with uncommitted changes)' if report['source']['meshway_changed_since_commit'] else ''}; "
+             f"process; {report['runs']} runs per row after one warm-up, the rows taking turns. Imports from one "
+             f"extra run under `python -X importtime`. meshway from commit {report['source']['commit']}{changed}; "
              "bytecode cached (written by the warm-up run) except in the no-pyc row.", "",
              "| scenario | CPU median (ms) | CPU min (ms) | / kubectl --help | wall median (ms) | modules | "
              "import time (ms) | Envoy/gRPC/protobuf imported |",

@@ -7,7 +7,7 @@ and unpaced, from a client pod to the reviews service over three paths, with the
 every proxy; then everything is torn down with `stop_all`.
 
     python benchmarks/cluster.py            # full: about 7 minutes on 2 CPUs (root)
-    python benchmarks/cluster.py --quick    # smoke run, about 75 s
+    python benchmarks/cluster.py --quick    # smoke run, about 40 s
 
 Writes benchmarks/results/cluster.{json,md} (`--quick`: cluster-quick.{json,md}). See
 benchmarks/README.md for what each measurement means. All traffic stays inside the cluster's own
@@ -44,6 +44,7 @@ from selection import machine_info  # noqa: E402
 from meshway import labels as L  # noqa: E402
 from meshway.runtime.envoy_admin import AdminError, fetch_admin  # noqa: E402
 from meshway.model import find_kind, load_yaml  # noqa: E402
+from meshway.observe.metrics import build_istio_metrics  # noqa: E402
 from meshway.runtime.daemon import controlplane_pid, stop_all  # noqa: E402
 from meshway.runtime.envoy import find_envoy  # noqa: E402
 from meshway.runtime.netns import cluster_id, detect_capability, node_netns_name, pod_netns_name  # noqa: E402
@@ -352,6 +353,13 @@ def top_others(before: dict[int, tuple[str, float]], after: dict[int, tuple[str,
 
 # == the cluster ==================================================================================
 
+def count_waypoint_requests(prometheus_text: str, service: str) -> int:
+    """The sum of a waypoint's `istio_requests_total` to `service` (FQDN) in its Prometheus text."""
+    families = [f for f in build_istio_metrics(prometheus_text) if f.name == "istio_requests_total"]
+    return int(sum(s.value for f in families for s in f.samples
+                   if s.label("reporter") == "waypoint" and s.label("destination_service") == service))
+
+
 @dataclass
 class Route:
     """One of the three paths: where the client runs, what it connects to, which pods answer."""
@@ -410,18 +418,15 @@ class Cluster:
         return next(v["admin"] for v in status.values() if v["type"] == "waypoint" and v["namespace"] == "default")
 
     def waypoint_requests(self) -> int:
-        """Requests the waypoint sent to reviews' clusters (subsets included), from its own stats."""
+        """Requests the waypoint answered for reviews (every version and code): `istio_requests_total`
+        with reporter=waypoint and destination_service=reviews, from its own `/stats/prometheus`, as
+        `meshway metrics` reads it (meshway.observe.metrics; tests/test_metrics_e2e.py checks that
+        series against the requests sent). -1 when the waypoint cannot be asked."""
         try:
-            text = fetch_admin(self.waypoint_admin(), "/stats?filter=upstream_rq_total").decode()
+            text = fetch_admin(self.waypoint_admin(), "/stats/prometheus").decode()
         except (AdminError, OSError, StopIteration):
             return -1
-        total = 0
-        for line in text.splitlines():
-            name, _, value = line.rpartition(": ")
-            parts = name.removeprefix("cluster.").removesuffix(".upstream_rq_total").split("|")
-            if len(parts) == 4 and parts[0] == "inbound-vip" and parts[3] == "reviews.default.svc.cluster.local":
-                total += int(value)
-        return total
+        return count_waypoint_requests(text, "reviews.default.svc.cluster.local")
 
     # backends
     def netns_pids(self, netns: str) -> list[int]:
@@ -604,14 +609,16 @@ def wait_pods_ready(cl: Cluster, ns: str, timeout: float = 90.0) -> None:
     raise RuntimeError(f"pods in {ns} not ready within {timeout:g} s; see {cl.state / 'run' / 'controlplane.log'}")
 
 
+def nat_rules(netns: str, chain: str) -> list[list[str]]:
+    """One chain of a network namespace's nat table, as iptables -S argument lists."""
+    text = subprocess.run(["ip", "netns", "exec", netns, "iptables", "-t", "nat", "-S", chain], capture_output=True,
+                          text=True, timeout=10).stdout
+    return [line.split() for line in text.splitlines() if line.startswith("-A ")]
+
+
 def node_nat_rules(cl: Cluster) -> list[list[str]]:
-    """The MESHWAY-PRE rules of every node's nat table, as iptables -S argument lists."""
-    rules = []
-    for n in (1, 2):
-        text = subprocess.run(["ip", "netns", "exec", node_netns_name(cl.cid, n), "iptables", "-t", "nat", "-S",
-                               "MESHWAY-PRE"], capture_output=True, text=True, timeout=10).stdout
-        rules += [line.split() for line in text.splitlines() if line.startswith("-A ")]
-    return rules
+    """The capture rules (MESHWAY-PRE) of every node."""
+    return [r for n in (1, 2) for r in nat_rules(node_netns_name(cl.cid, n), "MESHWAY-PRE")]
 
 
 def _arg(rule: list[str], flag: str) -> str | None:
@@ -620,8 +627,9 @@ def _arg(rule: list[str], flag: str) -> str | None:
 
 def path_checks(cl: Cluster, timeout: float = 15.0) -> Body:
     """(a) takes no proxy: no capture (REDIRECT) rule names a nomesh pod, and the nomesh reviews VIP
-    is DNATed in the kernel (meshway's kube-proxy part) to the nomesh reviews pods only. The rules
-    follow pod readiness with the next node push: wait for them."""
+    is DNATed in the kernel (meshway's kube-proxy part, in the nomesh curl pod's own namespace:
+    OUTPUT -> MESHWAY-SVC) to the nomesh reviews pods only. The rules follow pod readiness with the
+    next node push: wait for them."""
     deadline = time.monotonic() + timeout
     while True:
         out = _path_checks(cl)
@@ -638,7 +646,8 @@ def _path_checks(cl: Cluster) -> Body:
     redirected = {(_arg(r, "-s") or _arg(r, "-d") or "").removesuffix("/32") for r in rules if "REDIRECT" in r}
     nomesh_ips = {p["status"]["podIP"] for p in cl.pods(NOMESH)}
     vip = cl.vip("reviews", NOMESH) + "/32"
-    dnat = sorted({_arg(r, "--to-destination") or "" for r in rules if _arg(r, "-d") == vip and "DNAT" in r})
+    service_nat = nat_rules(pod_netns_name(cl.cid, NOMESH, "curl"), "MESHWAY-SVC")
+    dnat = sorted({_arg(r, "--to-destination") or "" for r in service_nat if _arg(r, "-d") == vip and "DNAT" in r})
     reviews = sorted(f"{p['status']['podIP']}:9080" for p in cl.pods(NOMESH)
                      if p["metadata"]["labels"].get("app") == "reviews")
     out = {"nomesh_pod_ips_in_capture_rules": sorted(nomesh_ips & redirected),
@@ -659,7 +668,8 @@ def setup_routes(cl: Cluster) -> Body:
     cl.routes = {
         "direct": Route("direct", cl.netns(curl_nomesh), [(nomesh_vip, 9080)],
                         [(NOMESH, p["metadata"]["name"]) for p in nomesh_reviews], False,
-                        f"nomesh/curl -> nomesh reviews VIP {nomesh_vip}:9080, DNATed by iptables in the node "
+                        f"nomesh/curl -> nomesh reviews VIP {nomesh_vip}:9080, DNATed by iptables in the curl pod's "
+                        "namespace "
                         "(meshway's kube-proxy part: a random pod per connection) -> nomesh/reviews-v1|v2|v3; "
                         "no capture rule, no proxy"),
         "node": Route("node", cl.netns(curl), [(vip, 9080)],
@@ -815,7 +825,8 @@ def measure_idle(cl: Cluster, seconds: float) -> Body:
             for k, p in pids.items()}
 
 
-def bench_load(cl: Cluster, rates: tuple[int, ...], rounds: int, duration: float, max_duration: float) -> Body:
+def bench_load(cl: Cluster, rates: tuple[int, ...], rounds: int, duration: float, max_duration: float,
+               max_connections: tuple[int, ...] = MAX_CONNECTIONS) -> Body:
     wrk = shutil.which("wrk") is not None
     runs: list[Body] = []
     switches: list[Body] = []
@@ -837,7 +848,7 @@ def bench_load(cl: Cluster, rates: tuple[int, ...], rounds: int, duration: float
                 check_run(cl, r)
                 runs.append(r)
                 print(f"  round {rnd} {describe_run(r)}", flush=True)
-            for connections in MAX_CONNECTIONS:
+            for connections in max_connections:
                 r = measured_run(cl, route, 0, max_duration, wrk=wrk, connections=connections)
                 r["round"] = rnd
                 check_run(cl, r)
@@ -845,7 +856,7 @@ def bench_load(cl: Cluster, rates: tuple[int, ...], rounds: int, duration: float
                 print(f"  round {rnd} {describe_run(r)}", flush=True)
     cl.set_waypoint(True)  # leave the demo as `meshway up` made it
     return {"runs": runs, "switches": switches, "idle": idle,
-            "summary": summarize(runs, run_keys(rates)), "max_client": "wrk" if wrk else "python"}
+            "summary": summarize(runs, run_keys(rates, max_connections)), "max_client": "wrk" if wrk else "python"}
 
 
 # == summary ======================================================================================
@@ -855,8 +866,8 @@ def _med(values: list[float | None]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def run_keys(rates: tuple[int, ...] | list[int]) -> list[str]:
-    return [run_key(r, CONNECTIONS) for r in rates] + [run_key(0, c) for c in MAX_CONNECTIONS]
+def run_keys(rates: tuple[int, ...] | list[int], max_connections: tuple[int, ...] = MAX_CONNECTIONS) -> list[str]:
+    return [run_key(r, CONNECTIONS) for r in rates] + [run_key(0, c) for c in max_connections]
 
 
 def summarize(runs: list[Body], keys: list[str]) -> Body:
@@ -1052,7 +1063,7 @@ def write_markdown(path: Path, rep: Body) -> None:
     sw = ld["switches"]
     lines += ["", "## 7. Checks", "",
               "- Every run's path was verified: on (c) every response carried `server: istio-envoy` and the "
-              "waypoint's own `upstream_rq_total` for reviews grew by at least the run's requests; on (a) and (b) "
+              "waypoint's own `istio_requests_total` for reviews (reporter=waypoint) grew by at least the run's requests; on (a) and (b) "
               "no response did and the counter did not grow.",
               f"- (a) bypasses the proxies: the nodes' capture (REDIRECT) rules name no `nomesh` pod "
               f"({checks['default_pod_ips_in_capture_rules']} `default` pod IPs are captured), the `nomesh` reviews "
@@ -1085,16 +1096,18 @@ def teardown(cl: Cluster) -> Body:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="one round of short runs")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: one round of 2 s runs at one rate (500/s) and unpaced with 15 connections")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results directory (default: %(default)s)")
-    ap.add_argument("--rates", default="100,500,1000", help="fixed request rates, req/s (default: %(default)s)")
+    ap.add_argument("--rates", default=None, help="fixed request rates, req/s (default: 100,500,1000; --quick: 500)")
     args = ap.parse_args(argv)
     reason = detect_capability()
     if reason:
         print(f"the cluster benchmark needs root, network namespaces and iptables: {reason}", file=sys.stderr)
         return 2
-    rates = tuple(int(r) for r in args.rates.split(","))
-    rounds, duration, max_duration = (1, 3.0, 3.0) if args.quick else (3, 10.0, 5.0)
+    rates = tuple(int(r) for r in (args.rates or ("500" if args.quick else "100,500,1000")).split(","))
+    rounds, duration, max_duration = (1, 2.0, 2.0) if args.quick else (3, 10.0, 5.0)
+    max_connections = (CONNECTIONS,) if args.quick else MAX_CONNECTIONS
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     loadavg = os.getloadavg()
@@ -1110,7 +1123,7 @@ def main(argv: list[str] | None = None) -> int:
             print("2. non-mesh copy of reviews + curl in namespace nomesh", flush=True)
             setup = setup_routes(cl)
             print(f"3. load: rates {', '.join(map(str, rates))} req/s and unpaced, {rounds} round(s)", flush=True)
-            load = bench_load(cl, rates, rounds, duration, max_duration)
+            load = bench_load(cl, rates, rounds, duration, max_duration, max_connections)
         finally:
             if cl.store is not None:
                 cl.store.close()
@@ -1124,7 +1137,7 @@ def main(argv: list[str] | None = None) -> int:
         "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "duration_s": time.perf_counter() - t0,
         "machine": {**machine_info(), **tool_versions(find_envoy()), "loadavg_at_start": loadavg},
         "settings": {"rates": list(rates), "rounds": rounds, "duration_s": duration, "max_duration_s": max_duration,
-                     "connections": CONNECTIONS, "max_connections": list(MAX_CONNECTIONS), "request": f"GET {PATH}", "host_header": HOST_HEADER,
+                     "connections": CONNECTIONS, "max_connections": list(max_connections), "request": f"GET {PATH}", "host_header": HOST_HEADER,
                      "request_cap_per_run": REQUEST_CAP},
         "startup": startup, "setup": setup, "load": load, "teardown": down,
     }

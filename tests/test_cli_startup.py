@@ -17,7 +17,8 @@ from meshway.model.registry import KINDS
 from meshway.store import Store
 
 DEMO = Path(__file__).resolve().parents[1] / "meshway" / "demo"
-# Run `python -m meshway ARGS` in this process (with $LOAD_ALL, after importing every command), then write the names of every imported module to $MODULES_OUT.
+# Run `python -m meshway ARGS` in this process (with $LOAD_ALL, after importing every command), then write
+# the names of every imported module to $MODULES_OUT.
 WRAPPER = """
 import importlib, json, os, runpy, sys
 sys.argv = ["meshway", *sys.argv[1:]]
