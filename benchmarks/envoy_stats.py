@@ -12,8 +12,9 @@ Per N and stats config, with the control plane's snapshot already set (an in-pro
 runtime starts it):
 - waypoint: process start -> CDS ACK (the N services' clusters), -> LDS ACK, and Envoy's own CPU
   seconds at the LDS ACK; and the number of stats it created;
-- node proxy: a running node proxy is killed (SIGKILL) and started again: process start -> its
-  outbound listener accepts a TCP connection (restart-to-listening), and the CPU seconds by then.
+- node proxy: a node proxy connected to the control plane is killed (SIGKILL) and started again:
+  process start -> CDS ACK, -> its outbound listener accepts a TCP connection (restart-to-listening),
+  and the CPU seconds by then.
 
 Topology: `benchmarks/dataplane.build_topology(1, N, 2, 1)` (one namespace bound to its waypoint,
 N services x 2 pods, 3 services with DestinationRule subsets v1/v2 + a 90/10 VirtualService), in
@@ -217,8 +218,10 @@ def run_node_restart(envoy: str, tmp: Path, plane: Plane, variant: str, timeout:
     node = "ztunnel~bench"
     listening = lambda: accepts(NODE_IP, 15001)  # noqa: E731
     first = Envoy(envoy, tmp / f"node-{variant}", plane, node, "ztunnel", variant)
-    first.wait("the first node proxy listening", listening, timeout)
-    first.kill()  # kill -9, then the supervisor's restart
+    try:  # killed (-9) once the control plane is serving it, then started again as the supervisor does
+        first.wait("the first node proxy connected", lambda: node in plane.server.connected, timeout)
+    finally:
+        first.kill()
     proc = Envoy(envoy, tmp / f"node-{variant}", plane, node, "ztunnel", variant)
     try:
         cds = proc.wait("CDS ACK", lambda: plane.acked(node, P.CLUSTER), timeout)
@@ -291,9 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="N = 25 only, one round (a smoke run)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per N (old and new alternate first)")
-    parser.add_argument("--timeout", type=float, default=180.0, help="seconds per Envoy milestone")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per Envoy milestone")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON and Markdown")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # `finally` blocks stop the Envoys started
     envoy = find_envoy()
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     sizes, rounds = ((25,), 1) if args.quick else ((25, 250), args.rounds)
