@@ -131,7 +131,8 @@ def test_inclusion_list_keeps_the_istio_series_and_what_meshway_reads() -> None:
     for suffix in ("upstream_rq_200", "upstream_rq_total", "upstream_rq_time", "upstream_rq_body_size",
                    "upstream_rs_body_size", "upstream_cx_destroy"):
         assert included(f"{labelled}.{suffix}") and re.fullmatch(ISTIO_SERIES, suffix)
-    for name in (f"{labelled}.upstream_rq_retry", f"{labelled}.upstream_cx_active", f"{labelled}.external.upstream_rq_200",
+    for name in (f"{labelled}.upstream_rq_retry", f"{labelled}.upstream_cx_active",
+                 f"{labelled}.external.upstream_rq_200",
                  "cluster.main_internal;.upstream_cx_total", "listener.127.0.0.2_15008.downstream_cx_total",
                  "http.connect_terminate.downstream_rq_2xx", "tcp.connect_originate.downstream_cx_total",
                  "cluster.inbound-vip|9080|http|r.upstream_rq_total"):
@@ -175,7 +176,8 @@ def test_real_envoy_tags_a_waypoints_stats_and_creates_only_the_included(tmp_pat
         assert opened["inbound-vip|9080|http/v2|reviews_default_svc_cluster_local"] == {
             "reporter": "waypoint", "request_protocol": "http", "destination_service": REVIEWS,
             "destination_service_name": "reviews", "destination_service_namespace": "default",
-            "destination_version": "v2", "envoy_cluster_name": "inbound-vip|9080|http/v2|reviews_default_svc_cluster_local"}
+            "destination_version": "v2",
+            "envoy_cluster_name": "inbound-vip|9080|http/v2|reviews_default_svc_cluster_local"}
         assert {"envoy_server_state", "envoy_listener_manager_listener_in_place_updated",
                 "envoy_cluster_manager_active_clusters", "envoy_cluster_upstream_rq_total"} <= names
         assert not {"envoy_cluster_upstream_rq_retry", "envoy_listener_downstream_cx_total",

@@ -28,7 +28,8 @@ ISTIO_SERIES = (r"(?:upstream_rq_(?:\d{3}|total|time)|upstream_r[qs]_body_size"
                 r"|downstream_cx_(?:total|rx_bytes_total|tx_bytes_total)|active_connections)")
 _LABELS = r"(?:[^.;]*=\.=[^;]*;\.)*"  # `LABEL=.=VALUE;.` pairs (`stat_tags`); then the stat's own name
 STATS_INCLUSIONS = (
-    {"safe_regex": {"regex": rf"(?:{'|'.join(FAMILIES)})\.[^.]*\.{_LABELS}reporter=\.=[^;]*;\.{_LABELS}{ISTIO_SERIES}"}},
+    {"safe_regex": {"regex": rf"(?:{'|'.join(FAMILIES)})\.[^.]*\."
+                             rf"{_LABELS}reporter=\.=[^;]*;\.{_LABELS}{ISTIO_SERIES}"}},
     *({"prefix": p} for p in ("server.", "cluster_manager.", "listener_manager.", "control_plane.",
                               f"cluster.{XDS_CLUSTER}.")),
     *({"suffix": s} for s in ("rbac.allowed", "rbac.denied", "shadow_allowed", "shadow_denied")),
