@@ -31,6 +31,6 @@ def test_grpc_check_header_first_then_service_account() -> None:
 
 def test_image_and_flags() -> None:
     app = resolve_image("gcr.io/istio-testing/ext-authz:latest", python="python3")
-    assert app.argv == ("python3", "-u", "-m", "meshway.apps.extauthz")
+    assert app.argv == ("python3", "-P", "-u", "-m", "meshway.apps.extauthz")
     args = parse_args(["-http", "8001", "-grpc=9001", "--allow_service_account", "curl"])
     assert (args.http, args.grpc, args.allow_service_account) == ("8001", "9001", "curl")

@@ -86,12 +86,12 @@ def test_expand_vars(text: str, expected: str) -> None:
     ({"command": ["/bin/app", "--port", "$(PORT)"], "env": [{"name": "PORT", "value": "80"}]},
      ["/bin/app", "--port", "80"]),
     ({"command": ["sh", "-c"], "args": ["echo $(POD_NAME) $$(POD_NAME)"]}, ["sh", "-c", "echo web-1 $(POD_NAME)"]),
-    ({"image": "docker.io/istio/examples-bookinfo-ratings-v1:1.20.1"}, [PY, "-u", "-m", "meshway.apps.bookinfo"]),
-    ({"image": "istio/examples-bookinfo-ratings-v1", "args": ["9081"]}, [PY, "-u", "-m", "meshway.apps.bookinfo", "9081"]),
+    ({"image": "docker.io/istio/examples-bookinfo-ratings-v1:1.20.1"}, [PY, "-P", "-u", "-m", "meshway.apps.bookinfo"]),
+    ({"image": "istio/examples-bookinfo-ratings-v1", "args": ["9081"]}, [PY, "-P", "-u", "-m", "meshway.apps.bookinfo", "9081"]),
     ({"image": "curlimages/curl", "command": ["/bin/sleep", "infinity"]}, ["/bin/sleep", "infinity"]),
     ({"image": "unknown/thing:1", "command": ["run"], "args": ["$(POD_IP)"]}, ["run", "10.244.1.5"]),
-    ({"image": "hashicorp/http-echo", "args": ["-text=hi"]}, [PY, "-u", "-m", "meshway.apps.echo", "-text=hi"]),
-    ({"image": "curlimages/curl"}, [PY, "-u", "-m", "meshway.apps.sleep"]),
+    ({"image": "hashicorp/http-echo", "args": ["-text=hi"]}, [PY, "-P", "-u", "-m", "meshway.apps.echo", "-text=hi"]),
+    ({"image": "curlimages/curl"}, [PY, "-P", "-u", "-m", "meshway.apps.sleep"]),
 ])
 def test_build_command(container: dict[str, Any], argv: list[str]) -> None:
     got, _ = build_container_command({"name": "c", **container}, make_pod(), PARENT)
@@ -182,7 +182,7 @@ def test_every_bookinfo_image_maps_to_the_stand_in() -> None:
     for pod, container in bookinfo_containers():
         argv, env = build_container_command(container, pod, PARENT)
         labels = pod["metadata"]["labels"]
-        assert argv == [PY, "-u", "-m", "meshway.apps.bookinfo"], container["image"]
+        assert argv == [PY, "-P", "-u", "-m", "meshway.apps.bookinfo"], container["image"]
         assert (env["BOOKINFO_SERVICE"], env["BOOKINFO_VERSION"]) == (labels["app"], labels["version"])
         assert env["SERVICE_ACCOUNT"] == f"bookinfo-{labels['app']}" and env["POD_IP"] == "10.244.0.9"
         if labels["app"] == "reviews":
@@ -214,7 +214,7 @@ def test_find_repository(image: str, repository: str) -> None:
     ("curlimages/curl:8.8.0", "sleep", {}), ("curl", "sleep", {}), ("sleep", "sleep", {}),
 ])
 def test_resolve_image(image: str, module: str, env: dict[str, str]) -> None:
-    assert resolve_image(image) == AppCommand((PY, "-u", "-m", f"meshway.apps.{module}"),
+    assert resolve_image(image) == AppCommand((PY, "-P", "-u", "-m", f"meshway.apps.{module}"),
                                               {"PYTHONUNBUFFERED": "1", **env})
 
 

@@ -49,8 +49,9 @@ def find_repository(image: str) -> str:
 
 
 def _app(module: str, python: str, env: Mapping[str, str]) -> AppCommand:
-    # Unbuffered, so that `meshway logs` shows each line as it is written.
-    return AppCommand((python, "-u", "-m", f"meshway.apps.{module}"), {"PYTHONUNBUFFERED": "1", **env})
+    # Unbuffered, so that `meshway logs` shows each line as it is written; -P: the working directory
+    # is not put on sys.path, so a `meshway/` folder there never shadows the package.
+    return AppCommand((python, "-P", "-u", "-m", f"meshway.apps.{module}"), {"PYTHONUNBUFFERED": "1", **env})
 
 
 def resolve_image(image: str | None, python: str = sys.executable) -> AppCommand | None:

@@ -4,7 +4,10 @@ namespace only: their Envoy is started by the control plane (NetnsPlacement).
 
 A new runtime on a running cluster (a restarted control plane) adopts what is there: the
 namespaces recorded in run/cluster.json (`ClusterNet`) and each pod's running containers recorded
-in run/pods/<ns>.<pod>/containers.json (`PodProcesses`); nothing is started twice."""
+in run/pods/<ns>.<pod>/containers.json (`PodProcesses`); nothing is started twice.
+
+Containers run as the user their securityContext names (65532 when none; root only when asked):
+they cannot read the state folder, the CA key or the ADS socket (`meshway.runtime.runas`)."""
 from __future__ import annotations
 
 import logging
@@ -118,7 +121,8 @@ class ClusterRuntime:
         if detect_waypoint_pod(body):
             return
         try:
-            state.processes = PodProcesses(body, self.net.exec_prefix(ns, name), self.log_dir / f"{ns}.{name}")
+            state.processes = PodProcesses(body, self.net.exec_prefix(ns, name), self.log_dir / f"{ns}.{name}",
+                                           home_root=self.net.pod_home(ns, name))
             state.processes.start()
         except Exception as exc:  # a container we cannot run: the pod stays not ready, with the reason logged
             log.warning("cannot start pod %s/%s: %s", ns, name, exc)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from meshway.private import FILE_MODE, make_private_dir
 from meshway.store.ipam import node_cidr
 
 Cmd = list[str]
@@ -43,6 +44,7 @@ POD_IFACE = "eth0"
 FABRIC_NET = ipaddress.ip_network("10.240.0.0/24")
 MAX_NODES = 254
 ETC_NETNS = Path("/etc/netns")  # `ip netns exec NAME` bind-mounts /etc/netns/NAME/* over /etc/*
+POD_HOMES = Path("/run/meshway")  # <here>/mw<id>/<pod netns>/<uid>: HOME of a pod's unprivileged users
 NETNS_NAME_MAX = 63  # a netns name is a file name under /run/netns
 IFNAME_MAX = 15  # IFNAMSIZ - 1
 STATE_VERSION = 1
@@ -231,7 +233,9 @@ def rewrite_in_place(path: Path, text: str) -> None:
     data = text.encode()
     if not path.exists():
         tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)  # pods read it as their own users; only root writes it, whatever the umask
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -239,6 +243,7 @@ def rewrite_in_place(path: Path, text: str) -> None:
         return
     fd = os.open(path, os.O_RDWR)
     try:
+        os.fchmod(fd, 0o644)
         padded = data + b"\n" * max(0, os.fstat(fd).st_size - len(data))
         written = 0
         while written < len(padded):
@@ -340,7 +345,7 @@ def detect_capability() -> str | None:
         return f"network namespaces need Linux, this is {sys.platform}"
     if os.geteuid() != 0:
         return "network namespaces need root"
-    for tool in ("ip", "iptables", "sysctl"):
+    for tool in ("ip", "iptables", "sysctl", "setpriv"):  # setpriv: util-linux, runs pods unprivileged
         if not shutil.which(tool):
             return f"{tool} not found on PATH"
     name = f"mwcap-{os.getpid():x}-{secrets.token_hex(2)}"
@@ -378,9 +383,12 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Atomically and durably, owner-only (0600 in a 0700 folder) whatever the umask."""
+    make_private_dir(path.parent)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), FILE_MODE)
         json.dump(state, f, indent=1, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
@@ -419,6 +427,8 @@ def down(state_dir: Path, host: Host | None = None) -> None:
     etc = Path(state["etc_netns"])
     for name in names:
         shutil.rmtree(etc / name, ignore_errors=True)
+    if state.get("pod_homes"):
+        shutil.rmtree(state["pod_homes"], ignore_errors=True)
     if state.get("etc_netns_created"):
         try:
             etc.rmdir()
@@ -443,13 +453,15 @@ class PodNet:
 class ClusterNet:
     """The cluster's namespaces, recorded in `<state_dir>/run/cluster.json` before they are made."""
 
-    def __init__(self, state_dir: Path, nodes: int, *, host: Host | None = None, etc_netns: Path = ETC_NETNS):
+    def __init__(self, state_dir: Path, nodes: int, *, host: Host | None = None, etc_netns: Path = ETC_NETNS,
+                 pod_homes: Path = POD_HOMES):
         _check_node(1, nodes)
         self.state_dir = Path(state_dir)
         self.nodes = nodes
         self.id = cluster_id(self.state_dir)
         self.host: Host = host or System()
         self.etc_netns = Path(etc_netns)
+        self.pod_homes = Path(pod_homes) / f"mw{self.id}"
         self.path = state_path(self.state_dir)
 
     # names
@@ -463,13 +475,19 @@ class ClusterNet:
     def exec_prefix(self, namespace: str, pod: str) -> list[str]:
         return ["ip", "netns", "exec", self.pod_netns(namespace, pod)]
 
+    def pod_home(self, namespace: str, pod: str) -> Path:
+        """Where the pod's unprivileged users get their HOME (made by the pod's runtime, removed with
+        the pod and by `down`); outside the state folder, which they cannot enter."""
+        return self.pod_homes / self.pod_netns(namespace, pod)
+
     # state
     def _state(self) -> dict[str, Any]:
         state = _load(self.path)
         if state is None:
             return {"version": STATE_VERSION, "cluster": self.id, "node_count": self.nodes,
-                    "etc_netns": str(self.etc_netns), "etc_netns_created": False,
+                    "etc_netns": str(self.etc_netns), "etc_netns_created": False, "pod_homes": str(self.pod_homes),
                     "fabric": None, "nodes": {}, "pods": {}}
+        state.setdefault("pod_homes", str(self.pod_homes))  # recorded by an older meshway without it
         if state["node_count"] != self.nodes:
             raise NetnsError(f"the cluster in {self.path} has {state['node_count']} nodes, not {self.nodes}: "
                              "run `meshway down` first")
@@ -573,6 +591,7 @@ class ClusterNet:
         if errors:
             raise errors[0]
         shutil.rmtree(self.etc_netns / rec["netns"], ignore_errors=True)
+        shutil.rmtree(self.pod_homes / rec["netns"], ignore_errors=True)
         del state["pods"][f"{namespace}/{pod}"]
         _save(self.path, state)
 
@@ -587,8 +606,10 @@ class ClusterNet:
             state["etc_netns_created"] = True
             _save(self.path, state)
             self.etc_netns.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.etc_netns, 0o755)
         folder = self.etc_netns / rec["netns"]
         folder.mkdir(exist_ok=True)
+        os.chmod(folder, 0o755)  # a pod's users read its hosts and resolv.conf; only root writes them
         rewrite_in_place(folder / "hosts", render_hosts(pod, ip, entries))
         return folder / "hosts"
 

@@ -5,8 +5,12 @@ is ready (pure), and a thin supervisor that starts, polls, probes and stops the 
   expansion, or the built-in app that stands in for the image (`meshway.apps.images`); the
   environment is the container's `env` (values and `fieldRef`s) plus POD_NAME, POD_NAMESPACE,
   POD_IP, SERVICE_ACCOUNT, HOSTNAME, and PATH/HOME from the parent.
-- `PodProcesses(pod, prefix, log_dir)`: each container runs as `prefix + argv` (the cluster passes
-  `ip netns exec <pod netns>`) in its own session, logging to `<log_dir>/<container>.log`;
+- `PodProcesses(pod, prefix, log_dir, home_root=...)`: each container runs as `prefix + argv` (the
+  cluster passes `ip netns exec <pod netns>`) in its own session, logging to
+  `<log_dir>/<container>.log` (the folder 0700, logs 0600: they are read through meshway, as root);
+  with `home_root`, as the user its `securityContext` names (`meshway.runtime.runas`: 65532 when
+  none, root only when asked), privileges dropped by `setpriv` once inside the namespace, HOME a
+  folder of its own under `home_root`, the cwd `workingDir` or `/`;
   `poll()` restarts exited containers after 1 s, 2 s, 4 s ... (at most 30 s; a container that ran
   for 60 s starts over at 1 s: Kubernetes' 10 s / 5 min / 10 min scaled down tenfold);
   `check_ready()` runs `readinessProbe` (httpGet, tcpSocket, exec; grpc as tcpSocket) inside the
@@ -21,7 +25,9 @@ is ready (pure), and a thin supervisor that starts, polls, probes and stops the 
   Restart counts live in the record, so they survive the supervisor.
 
 `python -m meshway.runtime.workload probe PROBE_JSON HOST` runs one probe and exits 0 when it
-passes: that is how a probe reaches a pod IP that only exists inside the pod's namespace.
+passes: that is how a probe reaches a pod IP that only exists inside the pod's namespace. It runs as
+root, as the kubelet's probes do; exec probes run as the container's user. `-P` everywhere: a
+`meshway/` folder in the working directory never shadows the package.
 """
 from __future__ import annotations
 
@@ -42,7 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from ..apps.images import resolve_image
-from ..private import write_private
+from ..private import make_private_dir, open_private_log, write_private
+from .runas import Interpreter, RunAs, RunAsError, build_setpriv_prefix, find_interpreter, find_run_as, make_home
 
 Body = dict[str, Any]
 log = logging.getLogger("meshway.workload")
@@ -137,12 +144,16 @@ def describe(pod: Body, container: Body) -> str:
     return f"pod {namespace}/{name} container {container.get('name', '?')!r}"
 
 
-def build_container_command(container: Body, pod: Body,
-                            parent_env: Mapping[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+def build_container_command(container: Body, pod: Body, parent_env: Mapping[str, str] | None = None,
+                            interpreter: Interpreter | None = None) -> tuple[list[str], dict[str, str]]:
     """(argv, env) for one container. `command` replaces the image's entrypoint and `args` its
-    default arguments; without `command` the image must be one a built-in app stands in for."""
-    app = resolve_image(container.get("image"))
+    default arguments; without `command` the image must be one a built-in app stands in for, run
+    by `interpreter` (default: this Python) with the PYTHONPATH it needs in the image's env."""
+    interpreter = interpreter or Interpreter(sys.executable)
+    app = resolve_image(container.get("image"), interpreter.python)
     command, args = container.get("command"), container.get("args")
+    if app is not None and interpreter.path and not command:
+        app = replace(app, env={**app.env, "PYTHONPATH": os.pathsep.join(interpreter.path)})
     if not command and app is None:
         raise ContainerConfigError(
             f"{describe(pod, container)}: no `command` and image {container.get('image')!r} is not one meshway "
@@ -267,6 +278,8 @@ class ProcessRecord:
     ready: bool = False
     exit_code: int | None = None
     restart_due: bool = False  # exited and the restart policy restarts it
+    prefix_len: int | None = None  # launcher part of argv (`ip netns exec NS`, `setpriv ... --`); None: older
+    # records, whose launcher was the netns prefix alone
 
 
 @dataclass(frozen=True)
@@ -305,12 +318,14 @@ def detect_started_process(info: ProcInfo | None, session: int, pid: int, stdout
 def decide_adoption(record: ProcessRecord | None, info: ProcInfo | None, argv: tuple[str, ...],
                     prefix_len: int, restart_policy: str, same_pod: bool = True) -> Adoption:
     """What a new supervisor does with a container an earlier one recorded. `info` is /proc's view
-    of the recorded pid; `argv` the command it would start now; `same_pod` False when the record
-    belongs to an earlier pod of the same name (another uid)."""
+    of the recorded pid; `argv` the command it would start now; `prefix_len` the launcher's length
+    for records that do not say; `same_pod` False when the record belongs to an earlier pod of the
+    same name (another uid)."""
     if record is None:
         return Adoption("start", 0, "nothing recorded")
+    launcher = prefix_len if record.prefix_len is None else record.prefix_len
     ours = record.pid is not None and detect_alive(info, record.start_ticks) \
-        and detect_same_command(info.cmdline, record.argv, prefix_len)  # type: ignore[union-attr]
+        and detect_same_command(info.cmdline, record.argv, launcher)  # type: ignore[union-attr]
     if not same_pod:
         if ours:
             return Adoption("replace", 0, f"pid {record.pid} belongs to an earlier pod of this name")
@@ -397,15 +412,18 @@ def run_http_probe(probe: Probe, host: str) -> bool:
     return 200 <= status < 400
 
 
-def run_probe_in(prefix: list[str], probe: Probe, host: str, env: Mapping[str, str]) -> bool:
+def run_probe_in(prefix: list[str], probe: Probe, host: str, env: Mapping[str, str],
+                 user_prefix: list[str] | tuple[str, ...] = ()) -> bool:
     """Run a probe inside the pod: in this process when there is no prefix, else as
-    `prefix + python -m meshway.runtime.workload probe ...` (exec probes as `prefix + command`)."""
-    if not prefix or probe.kind == "none":
+    `prefix + python -P -m meshway.runtime.workload probe ...` as root, like the kubelet (exec
+    probes as `prefix + user_prefix + command`: as the container's user)."""
+    if probe.kind == "none" or not prefix and (probe.kind != "exec" or not user_prefix):
         return run_probe(probe, host, env)
     if probe.kind == "exec":
-        argv, timeout = [*prefix, *probe.command], probe.timeout
+        argv, timeout = [*prefix, *user_prefix, *probe.command], probe.timeout
     else:
-        argv = [*prefix, sys.executable, "-m", "meshway.runtime.workload", "probe", json.dumps(asdict(probe)), host]
+        argv = [*prefix, sys.executable, "-P", "-m", "meshway.runtime.workload", "probe", json.dumps(asdict(probe)),
+                host]
         timeout = probe.timeout + 5  # interpreter start-up; the probe keeps its own timeout
     try:
         done = subprocess.run(argv, env=dict(env) if probe.kind == "exec" else None, timeout=timeout,
@@ -454,7 +472,7 @@ def read_state(path: Path) -> tuple[str, dict[str, ProcessRecord]]:
 
 def write_state(path: Path, data: Body) -> None:
     """Atomically (a supervisor killed mid-write leaves the old file or the new one), owner-only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)
     write_private(path, json.dumps(data, indent=1, sort_keys=True))
 
 
@@ -485,6 +503,8 @@ class ContainerProcess:
     probe: Probe
     restart_policy: str = "Always"
     cwd: str | None = None
+    prefix_len: int = 0  # launcher part of argv: after the execs, /proc shows argv[prefix_len:]
+    user_prefix: tuple[str, ...] = ()  # `setpriv ... --`: exec probes run as the container's user
     backoff: Backoff = field(default_factory=Backoff)
     clock: Callable[[], float] = time.monotonic
     on_change: Callable[[], None] = nothing  # records the container (PodProcesses.save)
@@ -510,8 +530,8 @@ class ContainerProcess:
         self.readiness = Readiness()
         self.phase, self.pid, self.start_ticks, self.adopted = "starting", None, None, False
         self.on_change()  # write-ahead: a supervisor that dies now makes its successor start it
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
+        make_private_dir(self.log_path.parent)
+        with open_private_log(self.log_path) as log:
             try:
                 self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
                                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -582,7 +602,7 @@ class ContainerProcess:
     def record(self) -> ProcessRecord:
         return ProcessRecord(self.phase, self.pid, self.start_ticks, tuple(self.argv), self.restarts,
                              self.started_wall, self.readiness.ready, self.last_exit_code,
-                             self.next_start_at is not None)
+                             self.next_start_at is not None, self.prefix_len)
 
     def status(self) -> ContainerStatus:
         running = self.running()
@@ -595,13 +615,17 @@ class ContainerProcess:
 class PodProcesses:
     """The processes of one pod. `probe_host` is the address probes connect to (a string or a
     function returning one; default the pod IP, or 127.0.0.1 when the pod has none).
+    `home_root` set (the cluster, as root): containers run as their securityContext's user, with
+    HOME `<home_root>/<uid>`; None: as this process's user (tests, loopback).
     The first `start()` (or a `stop()` before any) adopts what `<log_dir>/containers.json` records."""
 
     def __init__(self, pod: Body, prefix: list[str], log_dir: Path,
                  probe_host: str | Callable[[], str] | None = None, *, backoff: Backoff = Backoff(),
-                 parent_env: Mapping[str, str] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 parent_env: Mapping[str, str] | None = None, clock: Callable[[], float] = time.monotonic,
+                 home_root: Path | None = None) -> None:
         self.pod = pod
         self.prefix = list(prefix)
+        self.home_root = home_root
         self.log_dir = Path(log_dir)
         self.state_path = self.log_dir / STATE_FILE
         self.probe_host = probe_host
@@ -615,13 +639,39 @@ class PodProcesses:
 
     def build_container(self, container: Body, policy: str, backoff: Backoff,
                         parent_env: Mapping[str, str] | None) -> ContainerProcess:
-        argv, env = build_container_command(container, self.pod, parent_env)
         workdir = container.get("workingDir")
+        cwd = workdir if workdir and os.path.isdir(workdir) else None
+        user_prefix: list[str] = []
+        interpreter = None
+        if self.home_root is not None:
+            run_as = self.find_user(container)
+            user_prefix = build_setpriv_prefix(run_as)
+            if user_prefix:
+                interpreter = self.find_interpreter(container, run_as)
+                home = make_home(self.home_root / str(run_as.uid), run_as.uid, run_as.gid)
+                parent_env = {**(os.environ if parent_env is None else parent_env), "HOME": str(home)}
+                cwd = cwd or "/"  # as a container without WORKDIR; the supervisor's cwd may be closed to it
+        argv, env = build_container_command(container, self.pod, parent_env, interpreter)
         return ContainerProcess(
-            name=container["name"], argv=[*self.prefix, *argv], env=env,
+            name=container["name"], argv=[*self.prefix, *user_prefix, *argv], env=env,
             log_path=self.log_dir / f"{container['name']}.log", probe=build_probe(container, self.pod),
-            restart_policy=policy, cwd=workdir if workdir and os.path.isdir(workdir) else None,
-            backoff=backoff, clock=self.clock, on_change=self.save)
+            restart_policy=policy, cwd=cwd, prefix_len=len(self.prefix) + len(user_prefix),
+            user_prefix=tuple(user_prefix), backoff=backoff, clock=self.clock, on_change=self.save)
+
+    def find_user(self, container: Body) -> RunAs:
+        try:
+            return find_run_as(container, self.pod, describe(self.pod, container))
+        except RunAsError as exc:
+            raise ContainerConfigError(str(exc)) from None
+
+    def find_interpreter(self, container: Body, run_as: RunAs) -> Interpreter | None:
+        """The Python the user runs a built-in app with; None for a container with a `command`."""
+        if container.get("command") or resolve_image(container.get("image")) is None:
+            return None
+        try:
+            return find_interpreter(run_as.uid, (run_as.gid, *run_as.groups))
+        except RunAsError as exc:
+            raise ContainerConfigError(f"{describe(self.pod, container)}: {exc}") from None
 
     def uid(self) -> str:
         return str((self.pod.get("metadata") or {}).get("uid") or "")
@@ -666,8 +716,9 @@ class PodProcesses:
         names, out = {c.name for c in self.containers}, []
         for name, record in records.items():
             info = read_proc(record.pid) if record.pid and name not in names else None
+            launcher = len(self.prefix) if record.prefix_len is None else record.prefix_len
             if info and detect_alive(info, record.start_ticks) \
-                    and detect_same_command(info.cmdline, record.argv, len(self.prefix)):
+                    and detect_same_command(info.cmdline, record.argv, launcher):
                 gone = ContainerProcess(name, list(record.argv), {}, self.log_dir / f"{name}.log", Probe("none"))
                 gone.adopt(record)
                 out.append(gone)
@@ -676,7 +727,7 @@ class PodProcesses:
     def find_started(self, c: ContainerProcess, record: ProcessRecord) -> ProcessRecord:
         """The previous supervisor died between starting `c` and recording its pid: the process, if
         it runs, as a running record (adopted like any other), else the record as it was."""
-        found = find_started_process(tuple(c.argv), len(self.prefix), c.log_path.resolve())
+        found = find_started_process(tuple(c.argv), c.prefix_len, c.log_path.resolve())
         if found is None:
             return record
         return replace(record, phase="running", pid=found[0], start_ticks=found[1], argv=tuple(c.argv))
@@ -709,7 +760,7 @@ class PodProcesses:
                 continue
             now = self.clock()
             if detect_probe_due(c.probe, c.readiness, c.started_at, now):
-                passed = run_probe_in(self.prefix, c.probe, host, c.env)
+                passed = run_probe_in(self.prefix, c.probe, host, c.env, c.user_prefix)
                 c.readiness = next_readiness(c.probe, c.readiness, passed, now)
         if before != [c.readiness.ready for c in self.containers]:
             self.save()  # a successor starts from the last readiness, not from "not ready"
