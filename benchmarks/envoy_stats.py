@@ -4,7 +4,7 @@ with the old stats config (15 unanchored tag regexes, every stat created) and th
 (anchored per-family extractors + inclusion list, `meshway.xds.bootstrap.build_stats_config`),
 side by side in one run.
 
-    python benchmarks/envoy_stats.py            # N = 25 and 250 services, 3 rounds: about 5 minutes
+    python benchmarks/envoy_stats.py            # N = 25 and 250, 3 rounds: about 10 minutes (2 CPUs)
     python benchmarks/envoy_stats.py --quick    # N = 25, 1 round: about 20 s
 
 Per N and stats config, with the control plane's snapshot already set (an in-process ADS server,
