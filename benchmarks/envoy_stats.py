@@ -31,6 +31,7 @@ import asyncio
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -238,6 +239,13 @@ def median(rows: list[Body], key: str) -> float:
 
 def bench(envoy: str, sizes: tuple[int, ...], rounds: int, timeout: float) -> Body:
     ca_dir = Path(tempfile.mkdtemp(prefix="meshway-envoy-stats-"))
+    try:
+        return _bench(envoy, sizes, rounds, timeout, ca_dir)
+    finally:
+        shutil.rmtree(ca_dir, ignore_errors=True)  # keys, sockets, logs
+
+
+def _bench(envoy: str, sizes: tuple[int, ...], rounds: int, timeout: float, ca_dir: Path) -> Body:
     ca = CertificateAuthority(ca_dir / "ca")
     out: Body = {"sizes": []}
     for services in sizes:

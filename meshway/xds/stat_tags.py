@@ -18,7 +18,9 @@ and runs only on stat names that start with it (Envoy's `TagExtractorImplBase::e
 that carries labels (`cluster.` alt_stat_name, `tcp.` and `connection_limit.` stat prefixes), and a
 proxy gets only the extractors for the labels its kind of proxy generates (a miss costs a scan of
 the whole name, a hit at the start very little). The bootstrap's inclusion list (`build_stats_matcher`)
-keeps Envoy from creating the stats nobody reads, so they are never tag-extracted at all.
+keeps Envoy from creating the stats nobody reads, so they are never tag-extracted at all. (Custom
+extractors are always std::regex: only Envoy's built-in ones use RE2 or tokens; those stay on,
+`use_all_default_tags`, as `envoy_cluster_name` and `envoy_response_code` come from them.)
 """
 from __future__ import annotations
 
