@@ -105,6 +105,8 @@ def test_plan_pod():
     assert N.plan_pod(CID, 2, "default", "a", "10.244.2.7") == [
         ["ip", "netns", "add", pod],
         ["ip", "-n", pod, "link", "set", "lo", "up"],
+        ["ip", "netns", "exec", pod, "sysctl", "-q", "-w", "net.ipv4.ip_unprivileged_port_start=0",
+         "net.ipv4.ping_group_range=0 2147483647"],
         ["ip", "-n", node, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", pod],
         ["ip", "netns", "exec", node, "sysctl", "-q", "-w", f"net.ipv4.conf.{veth}.rp_filter=0"],
         ["ip", "-n", node, "addr", "add", "10.244.2.1/32", "dev", veth],

@@ -218,6 +218,7 @@ def test_an_unprivileged_container_is_adopted_by_a_new_supervisor(tmp_path: Path
     pid = first.statuses()[0].pid
     try:
         assert wait_for(lambda: proc_ids(pid) == (NONROOT, NONROOT), 5)
+        assert wait_for(lambda: Path(f"/proc/{pid}/cmdline").read_bytes() == b"/bin/sleep\x0030\x00", 5)
         recorded = json.loads((tmp_path / "logs" / STATE_FILE).read_text())["containers"]["s"]
         assert recorded["argv"][:2] == ["env", "setpriv"] and recorded["prefix_len"] == 1 + len(SETPRIV)
         second = PodProcesses(body, ["env"], tmp_path / "logs", home_root=tmp_path / "homes")
@@ -258,3 +259,51 @@ def test_make_home_takes_back_a_folder_and_refuses_a_link(tmp_path: Path) -> Non
     (tmp_path / "h" / "7").symlink_to(tmp_path)
     with pytest.raises(RunAsError, match="must be a folder"):
         make_home(tmp_path / "h" / "7", 7, 7)
+
+
+# -- the interpreter a pod's user runs the built-in apps with ------------------------------------
+@pytest.fixture
+def open_dir():
+    import shutil
+    import tempfile
+    path = Path(tempfile.mkdtemp(prefix="mw-open-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+@as_root
+def test_a_checkout_in_a_closed_folder_is_a_one_line_error(tmp_path: Path, monkeypatch) -> None:
+    closed = tmp_path / "root"  # as /root: 0700 (so is pytest's own folder: the first closed one is named)
+    (closed / "clone" / "meshway").mkdir(parents=True)
+    closed.chmod(0o700)
+    from meshway.runtime import runas
+    clone = str(closed / "clone")
+    monkeypatch.setattr(runas, "_own_needs", lambda: ("/usr/lib", clone, []))
+    closed = find_denied(str(closed), NONROOT, (NONROOT,))
+    with pytest.raises(RunAsError, match=rf"uid 65532 cannot enter {closed}, so it cannot run meshway's built-in apps: "
+                                         r"put the checkout and its virtualenv where other users can read them"):
+        runas.find_interpreter.__wrapped__(NONROOT, (NONROOT,))
+
+
+@as_root
+def test_an_interpreter_under_a_closed_folder_falls_back_to_the_system_python(open_dir: Path, monkeypatch) -> None:
+    from meshway.runtime import runas
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    system = next((p for p in (f"/usr/bin/{version}", f"/usr/local/bin/{version}") if os.path.exists(p)), None)
+    if system is None or not find_denied(sys.executable, NONROOT, (NONROOT,)):
+        pytest.skip(f"needs {version} in /usr/bin and this interpreter in a closed folder (as a pyenv under /root)")
+    (open_dir / "meshway").mkdir()
+    (open_dir / "site-packages").mkdir()
+    monkeypatch.setattr(runas, "_own_needs", lambda: ("/usr/lib", str(open_dir), [str(open_dir / "site-packages")]))
+    assert runas.find_interpreter.__wrapped__(NONROOT, (NONROOT,)) == \
+        Interpreter(system, (str(open_dir), str(open_dir / "site-packages")))
+
+
+@pytest.mark.parametrize("cmdline,same", [
+    (NETNS + SETPRIV + APP, True), (SETPRIV + APP, True), (APP, True), (APP[1:], False), (("sleep",), False),
+    ((), False),
+])
+def test_a_process_caught_between_the_launchers_execs_is_the_same_command(cmdline, same) -> None:
+    from meshway.runtime.workload import detect_same_command
+    assert detect_same_command(cmdline, NETNS + SETPRIV + APP, len(NETNS + SETPRIV)) is same

@@ -164,7 +164,7 @@ def check_pod_ip(node: int, ip: str) -> None:
 
 
 def plan_pod(cluster: str, node: int, pod_ns: str, pod: str, ip: str) -> list[Cmd]:
-    """A pod on node N: a veth whose pod end is `eth0` (<ip>/32, default via 10.244.N.1) and whose
+    """A pod on node N: low ports open to its users, a veth whose pod end is `eth0` (<ip>/32, default via 10.244.N.1) and whose
     node end carries 10.244.N.1/32 (so REDIRECT/TPROXY in the node netns have an address) and a
     /32 route back to the pod."""
     check_pod_ip(node, ip)
@@ -172,6 +172,9 @@ def plan_pod(cluster: str, node: int, pod_ns: str, pod: str, ip: str) -> list[Cm
     veth, gateway = pod_veth_name(cluster, pod_ns, pod), node_gateway_ip(node)
     return [["ip", "netns", "add", netns],
             _ip(netns, "link", "set", "lo", "up"),
+            # as containerd and Docker set them: a pod's unprivileged users may bind ports below 1024
+            # (httpbin listens on 80) and ping, in the pod's own namespace only
+            _sysctl(netns, "net.ipv4.ip_unprivileged_port_start=0", "net.ipv4.ping_group_range=0 2147483647"),
             _ip(node_ns, "link", "add", veth, "type", "veth", "peer", "name", POD_IFACE, "netns", netns),
             _sysctl(node_ns, f"net.ipv4.conf.{veth}.rp_filter=0"),
             _ip(node_ns, "addr", "add", f"{gateway}/32", "dev", veth),

@@ -302,8 +302,9 @@ def detect_alive(info: ProcInfo | None, start_ticks: int | None) -> bool:
 
 
 def detect_same_command(cmdline: tuple[str, ...], argv: tuple[str, ...], prefix_len: int) -> bool:
-    """The process runs `argv`: as started, or as the prefix (`ip netns exec NS`) left it after exec."""
-    return bool(argv) and (cmdline == argv or cmdline == argv[prefix_len:])
+    """The process runs `argv`: as started, as the launcher (`ip netns exec NS`, `setpriv ... --`)
+    left it after its execs, or caught between two of them (`setpriv ... -- app`)."""
+    return bool(argv) and any(cmdline == argv[i:] for i in range(min(prefix_len, len(argv) - 1) + 1))
 
 
 def detect_started_process(info: ProcInfo | None, session: int, pid: int, stdout: str,
