@@ -4,7 +4,7 @@
   `ControlPlane`, configured over ADS/SDS) --connect_originate HBONE mTLS--> destination node-proxy
   Envoy (:15008 on each pod's loopback alias) --> Python backends for reviews v1 / v2.
 
-Pod IPs 10.244.1.x are reached at their loopback aliases 127.244.1.x (LoopbackPlacement)."""
+Pod IPs 10.244.1.x are reached at their loopback aliases 127.X.1.x (LoopbackPlacement, X from the state folder)."""
 from __future__ import annotations
 
 import asyncio
@@ -153,11 +153,12 @@ class Mesh:
         self.tmp = tmp
         self.state = tmp / "state"
         self.store = Store(self.state)
+        self.placement = LoopbackPlacement.for_state(self.state)  # the control plane's own
         self.store.apply(load_yaml(MANIFESTS + "---\n" + vs(90, 10), "e2e.yaml"))
         self.pods = {p["metadata"]["name"]: p for p in self.store.list(find_kind("pod"), "default")}
         self.backends = []
         for name in ("reviews-v1", "reviews-v2"):
-            ip = LoopbackPlacement.dial(self.pods[name]["status"]["podIP"])
+            ip = self.placement.dial(self.pods[name]["status"]["podIP"])
             self.backends.append(start_backend(ip, name.split("-")[1]))
             self.store.write_status("Pod", "default", name, {"phase": "Running", "conditions": [
                 {"type": "Ready", "status": "True"}]})
@@ -173,7 +174,7 @@ class Mesh:
     def _start_node_proxy(self) -> EnvoyPaths:
         """The destination node proxy: HBONE in on each app pod's :15008, delivered to the pod."""
         secrets = build_secrets(self.ca.issue("default", "bookinfo-reviews"), self.ca.root_pem())
-        listeners = [build_node_inbound_listener(LoopbackPlacement.dial(p["status"]["podIP"]), name=f"hbone_{n}")
+        listeners = [build_node_inbound_listener(self.placement.dial(p["status"]["podIP"]), name=f"hbone_{n}")
                      for n, p in self.pods.items() if n.startswith("reviews")]
         static = {"listeners": listeners, "clusters": [build_node_inbound_cluster()],
                   "secrets": [{"name": n, **{k: v for k, v in P.to_dict(s).items() if k != "name"}}
@@ -187,7 +188,7 @@ class Mesh:
     def waypoint_ip(self, ns: str = "default") -> str:
         pod = next(p for p in self.store.list(find_kind("pod"), ns)
                    if p["metadata"]["labels"].get("gateway.networking.k8s.io/gateway-name") == "waypoint")
-        return LoopbackPlacement.dial(pod["status"]["podIP"])
+        return self.placement.dial(pod["status"]["podIP"])
 
     def vip(self) -> str:
         return self.store.get(find_kind("svc"), "default", "reviews")["spec"]["clusterIP"]

@@ -23,6 +23,7 @@ from meshway import labels as L
 from meshway.ca import cert_from_pem, find_uri_sans
 from meshway.ca.tokens import TOKEN_KEY_FILE, TOKEN_METADATA, ProxyTokens
 from meshway.mesh.view import XDS_KINDS, MeshView
+from meshway.xds.protos import MessageCache
 from meshway.runtime.controlplane import ControlPlane
 from meshway.xds import protos as P
 from meshway.xds.proxy import build_node_id
@@ -82,7 +83,7 @@ def cp(state_dir: Path, store) -> ControlPlane:
     cp.sync()
     assert len(cp.replicas) == 1
     for n in (1, 2):
-        cp._publish(ztunnel_id(n), cp._node_messages(ztunnel_id(n), f"node-{n}"))
+        cp._publish(ztunnel_id(n), cp._node_messages(ztunnel_id(n), f"node-{n}", MessageCache()))
     return cp
 
 

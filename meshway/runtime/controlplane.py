@@ -42,6 +42,7 @@ from ..xds.cache import Snapshot, SnapshotCache
 from ..xds.envoyfilter import build_envoy_filter_condition
 from ..xds.proxy import Proxy, build_node_id
 from ..xds.scope import WaypointScope, find_scope
+from ..xds.protos import MessageCache
 from ..xds.server import XdsServer
 from ..xds.validate import ValidationCache
 from .envoy import EnvoyPaths, detect_restart_count, find_envoy, read_pid, read_starts, start_envoy, stop_envoy
@@ -66,6 +67,7 @@ class NodeState:
     captured: tuple | None = None
     failures: int = 0  # starts since it last ACKed its config: the backoff
     next_start: float = 0.0
+    converter: MessageCache = field(default_factory=MessageCache)
 
 
 @dataclass
@@ -82,6 +84,7 @@ class ReplicaState:
     # Services that left this waypoint's scope, kept until a deadline so that connections the node
     # proxies still send here (they learn about the change at about the same time) succeed.
     draining: dict = field(default_factory=dict)
+    converter: MessageCache = field(default_factory=MessageCache)
 
 
 def find_replicas(view: MeshView) -> list[Replica]:
@@ -112,7 +115,8 @@ class ControlPlane:
         self.metrics_addr = metrics_addr  # host:port of the Prometheus endpoint (monitoring), if any
         self.monitor: MetricsServer | None = None
         self.cluster = cluster  # ClusterRuntime: pods in network namespaces, node proxies (ztunnel)
-        self.placement = placement or (NetnsPlacement(cluster.net) if cluster else LoopbackPlacement())
+        self.placement = placement or (NetnsPlacement(cluster.net) if cluster else
+                                       LoopbackPlacement.for_state(self.state_dir))
         self.nodes: dict[str, NodeState] = {}
         self.delta, self.debounce, self.poll, self.envoy = delta, debounce, poll, envoy
         self.replicas: dict[str, ReplicaState] = {}
@@ -138,8 +142,8 @@ class ControlPlane:
 
     def _publish(self, node_id: str, messages: dict) -> None:
         """Set the proxy's snapshot only if some type's version changed: nothing else is pushed."""
-        snapshot = Snapshot(messages)
         current = self.cache.get(node_id)
+        snapshot = Snapshot(messages, previous=current)
         if current is None or any(current.version(t) != snapshot.version(t) for t in P.TYPE_ORDER):
             self.cache.set_snapshot(node_id, snapshot)
             self.metrics.published(node_id)
@@ -151,7 +155,7 @@ class ControlPlane:
         config = self._accepted_config(lambda skip: build_waypoint_config(
             self.view, self._proxy(r), dial=self.placement.dial, scope=scope, skip_envoy_filters=skip), secrets)
         state.envoy_filters = config.envoy_filters
-        messages = config.messages()
+        messages = state.converter.messages(config.resources)
         messages[P.SECRET] = dict(secrets)
         self._publish(state.node_id, messages)
         if config.problems != state.problems:
@@ -261,17 +265,16 @@ class ControlPlane:
                 prefix = ["ip", "netns", "exec", self.cluster.net.node_netns(n)]
                 state = self.nodes[node_id] = NodeState(n, node_id, paths, prefix)
                 self._stop_without_credential(paths, node_id)
-            self._publish(node_id, self._node_messages(node_id, node))
+            self._publish(node_id, self._node_messages(node_id, node, state.converter))
             self._sync_capture(state, node)
 
-    def _node_messages(self, node_id: str, node: str) -> dict:
+    def _node_messages(self, node_id: str, node: str, converter: MessageCache) -> dict:
         """A node proxy's snapshot: its config and, as secrets, only the identities of the mesh pods
         on its node (named by SPIFFE ID) and ROOTCA, nothing for pods elsewhere."""
         started = time.perf_counter()
         resources, identities = build_ztunnel_config(self.view, NodeProxy(node_id, node))
         self.metrics.observe_build("ztunnel", time.perf_counter() - started)
-        messages = {t: {name: P.to_message(t, body) for name, body in items.items()}
-                    for t, items in resources.items()}
+        messages = converter.messages(resources)
         messages[P.SECRET] = {}
         for identity in sorted(identities):
             ns = identity.split("/ns/", 1)[1].split("/", 1)[0]

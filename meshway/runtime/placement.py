@@ -2,8 +2,10 @@
 
 `LoopbackPlacement` (the default until the network-namespace cluster exists) runs each replica on
 the host with its HBONE listener on a loopback address derived from its pod IP (10.244.1.8 ->
-127.244.1.8), so no root is needed. The cluster runtime replaces it with a placement that runs
-the replica inside its pod's network namespace, listening on the pod IP itself.
+127.X.1.8, X one byte per state folder, so two meshes on one host never share an address: Envoy
+binds listeners with SO_REUSEPORT and two waypoints on one address would split each other's
+traffic), so no root is needed. The cluster runtime replaces it with a placement that runs the
+replica inside its pod's network namespace, listening on the pod IP itself.
 """
 from __future__ import annotations
 
@@ -21,16 +23,27 @@ class Replica:
     waypoint: str  # Gateway name
 
 
+def loopback_octet(state_dir: Path) -> int:
+    """The second byte of a mesh's loopback aliases: 128-247, from the resolved state folder."""
+    return 128 + int(hashlib.sha1(str(Path(state_dir).resolve()).encode()).hexdigest()[:6], 16) % 120
+
+
 class LoopbackPlacement:
     name = "loopback"
+
+    def __init__(self, octet: int = 244):
+        self.octet = octet
+
+    @classmethod
+    def for_state(cls, state_dir: Path) -> "LoopbackPlacement":
+        return cls(loopback_octet(state_dir))
 
     def listen_address(self, replica: Replica) -> str:
         return self.dial(replica.pod_ip)
 
-    @staticmethod
-    def dial(pod_ip: str) -> str:
-        """The loopback alias of a pod address: 10.244.1.8 -> 127.244.1.8."""
-        return "127." + ".".join(pod_ip.split(".")[1:])
+    def dial(self, pod_ip: str) -> str:
+        """The loopback alias of a pod address: 10.244.1.8 -> 127.<octet>.1.8."""
+        return f"127.{self.octet}." + ".".join(pod_ip.split(".")[2:])
 
     def command_prefix(self, replica: Replica) -> list[str]:
         return []

@@ -57,11 +57,36 @@ class Snapshot(Mapping[str, Mapping[str, Message]]):
     """type URL -> {resource name -> message}. Frozen: the mappings are read-only views, and the
     messages must not be mutated after they are handed over (versions are memoized)."""
 
-    def __init__(self, resources: Mapping[str, Mapping[str, Message]] | None = None) -> None:
+    def __init__(self, resources: Mapping[str, Mapping[str, Message]] | None = None,
+                 previous: "Snapshot | None" = None) -> None:
+        """`previous`: the proxy's snapshot before this one; the serialization and references of
+        every message object it shares with this one are reused (a change re-serializes and
+        re-checks only what changed). Nothing of `previous` is kept."""
         self._resources = MappingProxyType({
             type_url: MappingProxyType(dict(by_name)) for type_url, by_name in (resources or {}).items() if by_name})
         self._packed: dict[tuple[str, str], AnyProto] = {}
+        self._refs: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
         self._versions: dict[tuple[str, tuple[str, ...] | None], str] = {}
+        if previous is not None:
+            for key, msg in self._items():
+                if previous._resources.get(key[0], {}).get(key[1]) is msg:
+                    if key in previous._packed:
+                        self._packed[key] = previous._packed[key]
+                    if key in previous._refs:
+                        self._refs[key] = previous._refs[key]
+
+    def _items(self) -> Iterator[tuple[tuple[str, str], Message]]:
+        for type_url, by_name in self._resources.items():
+            for name, msg in by_name.items():
+                yield (type_url, name), msg
+
+    def references(self, type_url: str, name: str) -> tuple[tuple[str, str], ...]:
+        """(type URL, name) of every resource this one names (memoized per message)."""
+        key = (type_url, name)
+        if key not in self._refs:
+            self._refs[key] = tuple(dict.fromkeys(ref for msg in _walk(self._resources[type_url][name])
+                                                  for ref in _named_refs(msg)))
+        return self._refs[key]
 
     @classmethod
     def of(cls, messages: Iterable[Message]) -> Snapshot:
@@ -158,11 +183,10 @@ def _references(snapshot: Snapshot) -> Iterator[tuple[str, str, str]]:
         if endpoints is not None:
             yield ENDPOINT, endpoints, f"Cluster {cluster.name!r}"
     for type_url in (CLUSTER, LISTENER, ROUTE):
-        for name, resource in snapshot.resources(type_url).items():
+        for name in snapshot.resources(type_url):
             referrer = f"{SHORT_NAMES[type_url]} {name!r}"
-            for msg in _walk(resource):
-                for ref_type, ref_name in _named_refs(msg):
-                    yield ref_type, ref_name, referrer
+            for ref_type, ref_name in snapshot.references(type_url, name):
+                yield ref_type, ref_name, referrer
 
 
 def _served_by_ads(source: Message) -> bool:

@@ -67,6 +67,34 @@ def to_message(type_url: str, data: dict[str, Any]) -> message.Message:
     return json_format.ParseDict(data, MESSAGES[type_url]())
 
 
+class MessageCache:
+    """Protobufs built once per resource: a resource whose builder dict equals the dict converted
+    for the same (type, name) last time reuses that message (ParseDict is the costly part of a
+    build; comparing two dicts is cheap). One per proxy; it keeps the last build only. Builders
+    produce new dicts on every build, so a dict is never changed after it was converted."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], tuple[dict[str, Any], message.Message]] = {}
+        self.converted = 0  # resources parsed by the last `messages` call (the rest were reused)
+
+    def messages(self, resources: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, message.Message]]:
+        out: dict[str, dict[str, message.Message]] = {}
+        kept: dict[tuple[str, str], tuple[dict[str, Any], message.Message]] = {}
+        converted = 0
+        for type_url, items in resources.items():
+            by_name = out[type_url] = {}
+            for name, data in items.items():
+                prev = self._last.get((type_url, name))
+                if prev is not None and prev[0] == data:
+                    msg = prev[1]
+                else:
+                    msg, converted = to_message(type_url, data), converted + 1
+                by_name[name] = msg
+                kept[(type_url, name)] = (data, msg)
+        self._last, self.converted = kept, converted
+        return out
+
+
 def to_dict(msg: message.Message) -> dict[str, Any]:
     """A plain (JSON-compatible, no OrderedDict) dict with proto field names."""
     return json.loads(json_format.MessageToJson(msg, preserving_proto_field_name=True))

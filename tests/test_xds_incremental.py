@@ -1,0 +1,68 @@
+"""Protobufs built once per resource and snapshots that reuse what did not change: the results are
+exactly those of a from-scratch conversion, and unchanged resources are neither re-parsed,
+re-serialized nor re-walked for references."""
+from __future__ import annotations
+
+import copy
+
+from meshway.xds import protos as P
+from meshway.xds.cache import Snapshot, check_consistency
+from meshway.xds.protos import MessageCache
+
+
+def cluster(name: str, timeout: str = "5s") -> dict:
+    return {"name": name, "type": "EDS", "connect_timeout": timeout, "eds_cluster_config": {"eds_config": {"ads": {}}}}
+
+
+def endpoints(name: str) -> dict:
+    return {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+        "socket_address": {"address": "10.0.0.1", "port_value": 80}}}}]}]}
+
+
+def resources(n: int, changed: int | None = None) -> dict:
+    names = [f"c{i}" for i in range(n)]
+    return {P.CLUSTER: {c: cluster(c, "7s" if i == changed else "5s") for i, c in enumerate(names)},
+            P.ENDPOINT: {c: endpoints(c) for c in names}}
+
+
+def test_message_cache_parses_only_what_changed():
+    cache = MessageCache()
+    first = cache.messages(resources(5))
+    assert cache.converted == 10
+    second = cache.messages(copy.deepcopy(resources(5, changed=2)))  # equal dicts, new objects
+    assert cache.converted == 1
+    assert all(second[P.ENDPOINT][n] is first[P.ENDPOINT][n] for n in first[P.ENDPOINT])
+    assert second[P.CLUSTER]["c2"] is not first[P.CLUSTER]["c2"]
+    assert second[P.CLUSTER]["c2"].connect_timeout.seconds == 7
+    assert all(second[P.CLUSTER][n] is first[P.CLUSTER][n] for n in ("c0", "c1", "c3", "c4"))
+    fresh = {t: {n: P.to_message(t, d) for n, d in items.items()} for t, items in resources(5, changed=2).items()}
+    assert second == fresh
+
+
+def test_message_cache_forgets_removed_resources():
+    cache = MessageCache()
+    cache.messages(resources(3))
+    assert set(cache.messages(resources(2))[P.CLUSTER]) == {"c0", "c1"}
+    cache.messages(resources(3))
+    assert cache.converted == 2  # c2 came back: parsed again, not served from a stale entry
+
+
+def test_snapshot_reuses_serialization_and_references_of_shared_messages():
+    cache = MessageCache()
+    old = Snapshot(cache.messages(resources(4)))
+    check_consistency(old)
+    for t in (P.CLUSTER, P.ENDPOINT):
+        old.version(t)
+    new_messages = cache.messages(resources(4, changed=1))
+    new = Snapshot(new_messages, previous=old)
+    assert new.packed(P.CLUSTER, "c0") is old.packed(P.CLUSTER, "c0")
+    assert new.packed(P.CLUSTER, "c1") is not old.packed(P.CLUSTER, "c1")
+    assert new._refs[(P.CLUSTER, "c0")] is old._refs[(P.CLUSTER, "c0")]
+    scratch = Snapshot({t: {n: P.to_message(t, P.to_dict(m)) for n, m in items.items()}
+                        for t, items in new_messages.items()})
+    for t in (P.CLUSTER, P.ENDPOINT):
+        assert new.version(t) == scratch.version(t)
+        assert [new.resource_version(t, n) for n in sorted(new.resources(t))] == \
+            [scratch.resource_version(t, n) for n in sorted(scratch.resources(t))]
+    assert new.version(P.CLUSTER) != old.version(P.CLUSTER)
+    assert new.version(P.ENDPOINT) == old.version(P.ENDPOINT)
