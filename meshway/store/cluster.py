@@ -230,6 +230,25 @@ class Store:
             w.set_status(kind, body, status)
             reconcile(w)
 
+    def write_statuses(self, updates: list[tuple[str, str, str, Body]]) -> list[tuple[str, str, str]]:
+        """Many `write_status` calls in one transaction (one commit, one reconcile), for the
+        runtime's batches: (kind, namespace, name, status) each. Objects that are gone are skipped
+        and returned; an unchanged status writes nothing."""
+        if not updates:
+            return []
+        missing = []
+        with self.db.write() as txn:
+            w = self._writer(txn)
+            for kind, namespace, name, status in updates:
+                body = txn.get(kind, namespace, name)
+                if body is None:
+                    missing.append((kind, namespace, name))
+                    continue
+                w.set_status(kind, body, status)
+            if len(missing) < len(updates):
+                reconcile(w)
+        return missing
+
     def set_nodes(self, count: int) -> None:
         with self.db.write() as txn:
             txn.set_meta("nodes", str(count))

@@ -3,7 +3,8 @@
 Every write happens in one `BEGIN IMMEDIATE` transaction (writers queue on the lock, so concurrent
 CLI calls serialize and lose nothing) and is committed with `synchronous=FULL` (an acknowledged
 write survives `kill -9` and power loss). Each object write appends a row to `changes`; its row id
-is the store-wide resourceVersion, which is what a watch follows.
+is the store-wide resourceVersion, which is what a watch follows. After a commit that changed
+something, the writer wakes the control plane through `meshway.store.notify` (a FIFO beside the file).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any, Iterator
 
 from ..model.limits import MAX_REQUEST_BYTES, TOO_LARGE
 from .errors import RequestEntityTooLarge, StateDirError
+from .notify import notify_commit, notify_path
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -135,6 +137,7 @@ class Database:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
+        self.notify = notify_path(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not self.path.parent.is_dir():
@@ -173,6 +176,8 @@ class Database:
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
+        if txn.changed:
+            notify_commit(self.notify)
 
     @contextmanager
     def read(self) -> Iterator[Txn]:
