@@ -1,0 +1,826 @@
+#!/usr/bin/env python
+"""Control plane at scale: change -> Envoy ACK at 3,000 routes, incremental translation, cold start,
+memory and idle CPU per connected proxy, in one run, each figure beside its goal (issue 10).
+
+    python benchmarks/scale.py            # full: 1,000 services per topology, N=30 changes
+    python benchmarks/scale.py --quick    # smoke run (100 services, 5 changes), well under a minute
+
+Writes benchmarks/results/scale.{json,md} (`--quick`: scale-quick.{json,md}). Measures whatever
+meshway is checked out; meshway's own code is only wrapped (ControlPlane.sync timed as
+dataplane.py's bench_ack does), never changed. All traffic stays on 127.0.0.0/8 and Unix sockets.
+See benchmarks/README.md for what each figure means.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+for _path in (ROOT, Path(__file__).resolve().parent):  # meshway from this checkout; the other benchmarks beside us
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from dataplane import SHORT, percentile, tool_versions  # noqa: E402
+from selection import fmt_time, machine_info  # noqa: E402
+
+from meshway import labels as L  # noqa: E402
+from meshway.model.parse import parse_object  # noqa: E402
+from meshway.runtime.controlplane import ControlPlane  # noqa: E402
+from meshway.runtime.envoy import find_envoy  # noqa: E402
+from meshway.store import Store  # noqa: E402
+from meshway.xds import protos as P  # noqa: E402
+from meshway.xds.cache import NACKED, SYNCED  # noqa: E402
+
+Body = dict[str, Any]
+RESULTS = Path(__file__).resolve().parent / "results"
+PORT = 9080
+ROUTES = 3  # per service: 3 prefix-match routes (one VirtualService, or 3 HTTPRoutes)
+PODS = 2  # per service
+ANCHORS = "Istio 120–300 ms; Agentgateway 10–30 ms"
+GOALS = {  # issue 10, "Done means"
+    "ack_p50_s": 0.030, "ack_p99_s": 0.100, "change_cpu_s": 0.050, "cold_translation_s": 1.0,
+    "cold_start_s": 3.0, "rss_per_proxy_bytes": 0.3e6, "idle_cpu_ms_per_s": 10.0, "get_pods_cpu_ms": 120.0,
+}
+READY = {"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"},
+                                            {"type": "Ready", "status": "True"}]}
+SLEEP_S = 1800  # a stand-in proxy (below) sleeps at most this long
+
+
+# == topology =====================================================================================
+
+def ns_name(i: int) -> str:
+    return f"scale-{i:03d}"
+
+
+def vs_body(ns: str, svc: str, variant: int) -> Body:
+    """The service's own VirtualService: 3 prefix-match routes; `variant` flips route r1's timeout."""
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": svc, "namespace": ns},
+            "spec": {"hosts": [svc], "http": [
+                {"name": f"r{k}", "match": [{"uri": {"prefix": f"/r{k}"}}],
+                 "route": [{"destination": {"host": svc, "port": {"number": PORT}}}],
+                 "timeout": f"{1 + (variant if k == 1 else 0)}s"} for k in range(ROUTES)]}}
+
+
+def httproute_body(ns: str, svc: str, k: int, variant: int) -> Body:
+    """HTTPRoute k of a service, attached to the Service by parentRefs; `variant` flips its timeout."""
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": f"{svc}-r{k}", "namespace": ns},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": svc, "port": PORT}],
+                     "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": f"/r{k}"}}],
+                                "backendRefs": [{"name": svc, "port": PORT}],
+                                "timeouts": {"request": f"{1 + variant}s"}}]}}
+
+
+def route_bodies(routes: str, ns: str, svc: str, variant: int = 0) -> list[Body]:
+    if routes == "vs":
+        return [vs_body(ns, svc, variant)]
+    return [httproute_body(ns, svc, k, variant) for k in range(ROUTES)]
+
+
+def changed_route(routes: str, ns: str, svc: str, variant: int) -> Body:
+    """What one change applies: the VirtualService (route r1's timeout) or HTTPRoute r1."""
+    return vs_body(ns, svc, variant) if routes == "vs" else httproute_body(ns, svc, 1, variant)
+
+
+def topology(namespaces: int, services: int, routes: str) -> list[Body]:
+    """`namespaces` namespaces enrolled to their own waypoint, `services` Services in all (spread
+    evenly), each with 2 pods and its routes ("vs": its own VirtualService with 3 prefix routes;
+    "httproute": 3 HTTPRoutes attached to the Service by parentRefs)."""
+    out: list[Body] = []
+    per_ns = services // namespaces
+    for n in range(1, namespaces + 1):
+        ns = ns_name(n)
+        out.append({"apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": ns, "labels": {L.USE_WAYPOINT: "waypoint"}}})
+        out.append({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                    "metadata": {"name": "waypoint", "namespace": ns},
+                    "spec": {"gatewayClassName": L.WAYPOINT_CLASS,
+                             "listeners": [{"name": "mesh", "port": L.HBONE_PORT, "protocol": "HBONE"}]}})
+        for s in range(per_ns):
+            svc = f"svc-{s:04d}"
+            out.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": svc, "namespace": ns},
+                        "spec": {"selector": {"app": svc}, "ports": [{"name": "http", "port": PORT}]}})
+            for p in range(PODS):
+                out.append({"apiVersion": "v1", "kind": "Pod",
+                            "metadata": {"name": f"{svc}-{p}", "namespace": ns, "labels": {"app": svc, "version": "v1"}},
+                            "spec": {"serviceAccountName": "default",
+                                     "containers": [{"name": "app", "image": "app"}]}})
+            out.extend(route_bodies(routes, ns, svc))
+    return out
+
+
+def describe(namespaces: int, services: int, routes: str) -> str:
+    per_ns = services // namespaces
+    what = (f"{services:,} services x {ROUTES} VirtualService routes (each service its own VirtualService with "
+            f"{ROUTES} prefix-match routes)" if routes == "vs" else
+            f"{services * ROUTES:,} HTTPRoutes ({services:,} services x {ROUTES} HTTPRoutes attached by parentRefs "
+            "to the Service, one PathPrefix rule each)")
+    where = ("one waypoint (1 namespace)" if namespaces == 1 else
+             f"{namespaces} waypoints ({namespaces} namespaces, {per_ns} services each)")
+    return f"{what}, {PODS} pods per service, {where}"
+
+
+def load_store(state: Path, bodies: list[Body], ready_waypoints: Callable[[str], bool]) -> tuple[Store, float]:
+    """A fresh store holding `bodies`, every app pod Ready (the runtime's job, written in one
+    transaction) and the waypoint pods of the namespaces `ready_waypoints` accepts Ready too, as a
+    control plane restarting over a running mesh finds them. Returns the store and the apply time."""
+    from meshway.store.cluster import reconcile
+
+    store = Store(state)
+    pods = sum(1 for b in bodies if b["kind"] == "Pod") + sum(1 for b in bodies if b["kind"] == "Gateway")
+    store.set_nodes(max(1, math.ceil(pods / 200)))
+    manifests = [parse_object(b, "scale.yaml", i + 1) for i, b in enumerate(bodies)]
+    t0 = time.perf_counter()
+    store.apply(manifests)
+    took = time.perf_counter() - t0
+    with store.db.write() as txn:
+        w = store._writer(txn)
+        for body in txn.list("Pod", None):
+            labels = body["metadata"].get("labels") or {}
+            waypoint = labels.get(L.GATEWAY_NAME)
+            if waypoint is None or ready_waypoints(body["metadata"]["namespace"]):
+                w.set_status("Pod", body, READY)
+        reconcile(w)
+    return store, took
+
+
+def envoy_wrapper(folder: Path, envoy: str, real: Callable[[str], bool], namespaces: list[str]) -> Path:
+    """The `envoy` the control plane starts: the real Envoy for the waypoints of the namespaces
+    `real` accepts; for the others a stand-in that keeps the bootstrap path in its command line (so
+    the control plane sees a live proxy and does not restart it) and sleeps, bounded, until SIGTERM."""
+    cases = "".join(f'  *"/proxies/{ns}."*) exec "{envoy}" "$@" ;;\n' for ns in namespaces if real(ns))
+    script = folder / "envoy-or-standin"
+    script.write_text("#!/bin/sh\n"
+                      f'case "$*" in\n{cases}esac\n'
+                      "trap 'kill $! 2>/dev/null; exit 0' TERM INT\n"
+                      f"sleep {SLEEP_S} &\nwait\n")
+    script.chmod(0o700)
+    return script
+
+
+def cpu_of(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def stop_leftovers(state: Path) -> int:
+    """Stop every proxy process the run left (by the pid in its pid file, only if its command line
+    still names its own bootstrap): the real Envoys and the stand-ins."""
+    stopped = 0
+    for pid_file in (state / "run").glob("*/*/envoy.pid"):
+        try:
+            pid = int(pid_file.read_text().split()[0])
+            if str(pid_file.parent / "bootstrap.json") not in Path(f"/proc/{pid}/cmdline").read_bytes().decode():
+                continue
+            os.kill(pid, signal.SIGTERM)
+            stopped += 1
+        except (OSError, ValueError, IndexError):
+            continue
+    return stopped
+
+
+def stats(values: list[float]) -> Body:
+    values = [v for v in values if v is not None]
+    if not values:
+        return {}
+    return {"p50": percentile(values, 50), "p99": percentile(values, 99), "min": min(values), "max": max(values),
+            "mean": statistics.fmean(values), "n": len(values)}
+
+
+# == a control plane in this process ==============================================================
+
+class LocalControlPlane:
+    """`ControlPlane.run` on its own thread and event loop, as `meshway controlplane` runs it (its
+    default debounce, poll and loopback placement), with `sync` wrapped for timing: each call's wall
+    time and the CPU time of the thread that ran it."""
+
+    def __init__(self, state: Path, envoy: str):
+        self.state = state
+        self.syncs: list[tuple[float, float, float]] = []  # (start, end, thread CPU)
+        self.started = time.perf_counter()
+        self.cp = ControlPlane(state, envoy=envoy)
+        original = self.cp.sync
+
+        def timed_sync(*args, **kwargs):  # instance attribute: wraps this ControlPlane's sync, for timing only
+            start, cpu = time.perf_counter(), time.thread_time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.syncs.append((start, time.perf_counter(), time.thread_time() - cpu))
+
+        self.cp.sync = timed_sync
+        self.stop_event = asyncio.Event()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self.cp.run(self.stop_event),),
+                                       daemon=True)
+        self.thread.start()
+
+    def alive(self) -> None:
+        if not self.thread.is_alive():
+            raise RuntimeError("the control plane's loop ended")
+
+    def node_ids(self, namespace: str | None = None) -> list[str]:
+        return sorted(n for n, s in list(self.cp.replicas.items())
+                      if namespace is None or s.replica.namespace == namespace)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.stop_event.set)
+        self.thread.join(15)
+        try:
+            self.cp.stop_proxies()
+        finally:
+            stop_leftovers(self.state)
+
+
+def wait_for(what: str, predicate: Callable[[], bool], timeout: float, interval: float = 0.005,
+             alive: Callable[[], None] | None = None) -> float:
+    """perf_counter when `predicate` first held; raises after `timeout` seconds."""
+    deadline = time.perf_counter() + timeout
+    while True:
+        if predicate():
+            return time.perf_counter()
+        if alive is not None:
+            alive()
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"{what}: not within {timeout:g} s")
+        time.sleep(interval)
+
+
+def gateway_programmed(store: Store, ns: str) -> bool:
+    from meshway.model.registry import BY_KIND
+
+    gw = store.get(BY_KIND["Gateway"], ns, "waypoint")
+    return any(c.get("type") == "Programmed" and c.get("status") == "True"
+               for c in (gw.get("status") or {}).get("conditions", []))
+
+
+def acked_all(cp: ControlPlane, node: str, routes_wanted: int) -> bool:
+    """The node's snapshot holds at least `routes_wanted` route configurations and Envoy ACKed the
+    current version of every type in it (NACK: an error)."""
+    snap = cp.cache.get(node)
+    if snap is None or len(snap.resources(P.ROUTE)) < routes_wanted:
+        return False
+    status = cp.cache.status.get(node, {})
+    for t in P.TYPE_ORDER:
+        if not snap.resources(t):
+            continue
+        s = dict(status.get(t, {}))
+        if s.get("state") == NACKED:
+            raise RuntimeError(f"{node} NACKed {t}: {s.get('error')}")
+        if s.get("state") != SYNCED or s.get("version") != snap.version(t):
+            return False
+    return True
+
+
+# == 1. store change -> waypoint Envoy ACK ========================================================
+
+def bench_ack(name: str, namespaces: int, services: int, routes: str, changes: int, envoy: str, tmp: Path,
+              timeout: float) -> Body:
+    """One topology: fresh store, control plane started (cold start measured), then `changes` route
+    changes one at a time, each timed until the real waypoint Envoy ACKs the new RDS version."""
+    folder = tmp / name
+    folder.mkdir()
+    state = folder / "state"
+    target_ns = ns_name(1)
+    label = describe(namespaces, services, routes)
+    print(f"  [{name}] {label}", flush=True)
+    bodies = topology(namespaces, services, routes)
+    # The waypoint measured runs a real Envoy and goes through the real start (Ready when it ACKs);
+    # the other waypoints (10-waypoint topology) run stand-ins and are Ready from the start.
+    store, apply_s = load_store(state, bodies, lambda ns: ns != target_ns)
+    wrapper = envoy_wrapper(folder, envoy, lambda ns: ns == target_ns, [ns_name(n) for n in range(1, namespaces + 1)])
+    per_ns = services // namespaces
+    print(f"    store loaded ({len(bodies):,} objects applied in {apply_s:.1f} s); starting the control plane",
+          flush=True)
+    lcp = LocalControlPlane(state, str(wrapper))
+    cp = lcp.cp
+    try:
+        t0 = lcp.started
+        t_node = wait_for("waypoint replica", lambda: bool(lcp.node_ids(target_ns)), timeout, alive=lcp.alive)
+        node = lcp.node_ids(target_ns)[0]
+        t_prog = wait_for("Gateway Programmed", lambda: gateway_programmed(store, target_ns), timeout, 0.02, lcp.alive)
+        t_full = wait_for(f"waypoint ACKs all {per_ns} services", lambda: acked_all(cp, node, per_ns), timeout,
+                          0.01, lcp.alive)
+        snap = cp.cache.get(node)
+        cold = {"to_replica_known_s": t_node - t0, "to_programmed_s": t_prog - t0, "to_all_services_acked_s": t_full - t0,
+                "resources": {SHORT.get(t, t): len(snap.resources(t)) for t in P.TYPE_ORDER if snap.resources(t)}}
+        print(f"    cold start: Programmed after {fmt_time(cold['to_programmed_s'])}, all {per_ns} services ACKed "
+              f"after {fmt_time(cold['to_all_services_acked_s'])}", flush=True)
+        time.sleep(0.5)
+        others = [n for n in lcp.node_ids() if n != node]
+        svc = f"svc-{per_ns // 2:04d}"
+        rows = measure_changes(lcp, store, node, others, routes, target_ns, svc, changes, timeout)
+    finally:
+        lcp.close()
+        store.close()
+    out = {"name": name, "topology": label, "namespaces": namespaces, "services": services,
+           "routes_kind": routes, "route_objects": services * (1 if routes == "vs" else ROUTES),
+           "routes": services * ROUTES, "changes": changes,
+           "change": f"{'VirtualService' if routes == 'vs' else 'HTTPRoute'} {target_ns}/{svc}"
+                     f"{'' if routes == 'vs' else '-r1'}: route r1's timeout 1s <-> 2s (`Store.apply`)",
+           "real_envoy": f"the waypoint of {target_ns}" + ("" if namespaces == 1 else
+                                                           f"; the other {namespaces - 1} waypoints run stand-ins "
+                                                           "(no Envoy), Ready from the start, so their services bind"),
+           "store_apply_s": apply_s, "cold_start": cold, "samples": rows,
+           "poll_s": cp.poll, "debounce_s": cp.debounce, "delta_xds": cp.delta}
+    for key in ("total", "apply", "to_snapshot", "sync", "sync_cpu", "snapshot_to_ack"):
+        out[key] = stats([r[key] for r in rows])
+    out["other_snapshots_set"] = sum(r["other_snapshots_set"] for r in rows)
+    print(f"    store change -> RDS ACK: p50 {fmt_time(out['total']['p50'])}, p99 {fmt_time(out['total']['p99'])}; "
+          f"snapshot -> ACK p50 {fmt_time(out['snapshot_to_ack']['p50'])}; other waypoints' snapshots set: "
+          f"{out['other_snapshots_set']}", flush=True)
+    return out
+
+
+def measure_changes(lcp: LocalControlPlane, store: Store, node: str, others: list[str], routes: str, ns: str,
+                    svc: str, changes: int, timeout: float) -> list[Body]:
+    """dataplane.py's bench_ack for one node, plus: the snapshots set for the other waypoints."""
+    cp, cache = lcp.cp, lcp.cp.cache
+    set_at: list[tuple[float, int]] = []
+    unwatch = cache.watch(node, lambda generation: set_at.append((time.perf_counter(), generation)))
+    rng = random.Random(1)
+    rows = []
+    try:
+        for i in range(changes):
+            manifest = parse_object(changed_route(routes, ns, svc, (i + 1) % 2), "change.yaml")
+            generation = cache.generation(node)
+            before = {n: cache.generation(n) for n in others}
+            t0 = time.perf_counter()
+            store.apply([manifest])
+            t_applied = time.perf_counter()
+            wait_for(f"change {i}: new snapshot", lambda: cache.generation(node) != generation, timeout, 0.002,
+                     lcp.alive)
+            version = cache.get(node).version(P.ROUTE)
+
+            def acked() -> bool:
+                status = dict(cache.status.get(node, {}).get(P.ROUTE, {}))
+                if status.get("state") == NACKED:
+                    raise RuntimeError(f"change {i}: RDS NACKed: {status.get('error')}")
+                return status.get("state") == SYNCED and status.get("version") == version
+
+            t_ack = wait_for(f"change {i}: RDS {version} ACK", acked, timeout, 0.002, lcp.alive)
+            t_set = next(t for t, g in set_at if g > generation)
+            syncs = [(e - s, c) for s, e, c in list(lcp.syncs) if s >= t_applied - 0.001 and e <= t_set + 0.001]
+            time.sleep(rng.uniform(0.1, 0.2))  # idle between changes; random so the poll phase varies
+            other = sum(1 for n in others if cache.generation(n) != before[n])
+            rows.append({"apply": t_applied - t0, "to_snapshot": t_set - t0, "snapshot_to_ack": t_ack - t_set,
+                         "total": t_ack - t0, "sync": syncs[-1][0] if syncs else None,
+                         "sync_cpu": syncs[-1][1] if syncs else None, "other_snapshots_set": other})
+    finally:
+        unwatch()
+    return rows
+
+
+# == 2. translation only (stand-ins, no Envoy) ====================================================
+
+def bench_translation(namespaces: int, services: int, changes: int, tmp: Path, timeout: float) -> Body:
+    """100 waypoints (stand-in proxies, Ready from the start): the control plane's first sync
+    translates all of them (cold); then one VirtualService change at a time in one namespace:
+    which waypoints got a new snapshot (cache generations), how many builds ran (`ControlPlane.builds`)
+    and the CPU it took."""
+    folder = tmp / "translation"
+    folder.mkdir()
+    state = folder / "state"
+    label = describe(namespaces, services, "vs")
+    print(f"  [translation] {label}; no Envoy", flush=True)
+    bodies = topology(namespaces, services, "vs")
+    store, apply_s = load_store(state, bodies, lambda ns: True)
+    wrapper = envoy_wrapper(folder, "/nonexistent", lambda ns: False, [])
+    per_ns = services // namespaces
+    lcp = LocalControlPlane(state, str(wrapper))
+    cp = lcp.cp
+    try:
+        t0, cpu0 = lcp.started, time.process_time() - time.thread_time()
+
+        def all_set() -> bool:
+            nodes = lcp.node_ids()
+            return len(nodes) == namespaces and all(
+                (s := cp.cache.get(n)) is not None and len(s.resources(P.ROUTE)) >= per_ns for n in nodes)
+
+        t_all = wait_for(f"snapshots of all {namespaces} waypoints", all_set, timeout, 0.01, lcp.alive)
+        cpu_all = time.process_time() - time.thread_time() - cpu0
+        first = lcp.syncs[0] if lcp.syncs else None
+        cold = {"first_sync_s": first[1] - first[0] if first else None, "first_sync_cpu_s": first[2] if first else None,
+                "start_to_all_snapshots_s": t_all - t0, "start_to_all_snapshots_cpu_s": cpu_all,
+                "builds": getattr(cp, "builds", None)}
+        print(f"    cold: first sync {fmt_time(cold['first_sync_s'] or 0)} "
+              f"(CPU {fmt_time(cold['first_sync_cpu_s'] or 0)}); start -> all {namespaces} snapshots "
+              f"{fmt_time(cold['start_to_all_snapshots_s'])}", flush=True)
+        time.sleep(1.0)
+        target = ns_name(namespaces // 2)
+        node = lcp.node_ids(target)[0]
+        nodes = lcp.node_ids()
+        rows = []
+        for i in range(changes):
+            manifest = parse_object(vs_body(target, f"svc-{per_ns // 2:04d}", (i + 1) % 2), "change.yaml")
+            before = {n: cp.cache.generation(n) for n in nodes}
+            builds0 = getattr(cp, "builds", None)
+            store.apply([manifest])
+            t_applied, cpu_applied = time.perf_counter(), time.process_time() - time.thread_time()
+            t_set = wait_for(f"change {i}: new snapshot for {target}",
+                             lambda: cp.cache.generation(node) != before[node], timeout, 0.002, lcp.alive)
+            cpu_set = time.process_time() - time.thread_time()
+            time.sleep(0.3)  # anything else this change causes
+            syncs = [(e - s, c) for s, e, c in list(lcp.syncs) if s >= t_applied - 0.001 and e <= t_set + 0.001]
+            builds1 = getattr(cp, "builds", None)
+            rows.append({"snapshots_set": sum(1 for n in nodes if cp.cache.generation(n) != before[n]),
+                         "builds": None if builds0 is None else builds1 - builds0,
+                         "to_snapshot": t_set - t_applied, "cp_cpu": cpu_set - cpu_applied,
+                         "sync": syncs[-1][0] if syncs else None, "sync_cpu": syncs[-1][1] if syncs else None})
+            time.sleep(random.Random(i).uniform(0.05, 0.15))
+    finally:
+        lcp.close()
+        store.close()
+    out = {"topology": label + "; stand-in proxies (no Envoy), every waypoint Ready from the start",
+           "namespaces": namespaces, "services": services, "store_apply_s": apply_s, "cold": cold,
+           "change": f"VirtualService {target}/svc-{per_ns // 2:04d}: route r1's timeout 1s <-> 2s",
+           "changes": changes, "samples": rows,
+           "snapshots_set": stats([r["snapshots_set"] for r in rows]),
+           "builds": stats([r["builds"] for r in rows]) if rows and rows[0]["builds"] is not None else {},
+           "cp_cpu": stats([r["cp_cpu"] for r in rows]), "sync_cpu": stats([r["sync_cpu"] for r in rows]),
+           "sync": stats([r["sync"] for r in rows]), "to_snapshot": stats([r["to_snapshot"] for r in rows])}
+    print(f"    one change: {out['snapshots_set'].get('p50')} snapshot(s) set, {out['builds'].get('p50')} build(s), "
+          f"control-plane CPU p50 {fmt_time(out['cp_cpu']['p50'])}", flush=True)
+    return out
+
+
+# == 3. memory and idle CPU per connected proxy (raw ADS clients) ==================================
+
+def serve(state: Path, envoy: str) -> int:
+    """`--serve STATE`: the control plane alone in this process, until SIGTERM (then its proxies stop)."""
+    cp = ControlPlane(state, envoy=envoy)
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await cp.run(stop)
+
+    try:
+        asyncio.run(main())
+    finally:
+        cp.stop_proxies()
+    return 0
+
+
+async def ads_client(socket: Path, node_id: str, token: str, done: asyncio.Event, counts: dict,
+                     stop: asyncio.Event) -> None:
+    """A raw Delta ADS client (xds-protos stubs): presents the node's xDS token, subscribes to every
+    resource of the five types (`*`), and ACKs every response, until `stop`."""
+    import grpc
+    from envoy.config.core.v3.base_pb2 import Node
+    from envoy.service.discovery.v3 import ads_pb2_grpc
+    from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest
+
+    from meshway.ca.tokens import TOKEN_METADATA
+
+    node = Node(id=node_id, cluster="scale-bench")
+    node.metadata.update({TOKEN_METADATA: token})
+    answered: set[str] = set()
+    async with grpc.aio.insecure_channel(f"unix:{socket}") as channel:
+        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources()
+        for i, type_url in enumerate(P.TYPE_ORDER):
+            request = DeltaDiscoveryRequest(type_url=type_url, resource_names_subscribe=["*"])
+            if i == 0:
+                request.node.CopyFrom(node)
+            await call.write(request)
+        reader = asyncio.ensure_future(call.read())
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            while True:
+                await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if stopper.done():
+                    return
+                response = reader.result()
+                if response is grpc.aio.EOF:
+                    raise RuntimeError(f"{node_id}: the server ended the stream")
+                counts["responses"] += 1
+                counts["bytes"] += response.ByteSize()
+                await call.write(DeltaDiscoveryRequest(type_url=response.type_url, response_nonce=response.nonce))
+                answered.add(response.type_url)
+                if answered >= {P.CLUSTER, P.LISTENER, P.ROUTE} and not done.is_set():
+                    done.set()
+                reader = asyncio.ensure_future(call.read())
+        finally:
+            reader.cancel()
+            stopper.cancel()
+            call.cancel()
+
+
+def bench_proxies(namespaces: int, services: int, window: float, tmp: Path, timeout: float) -> Body:
+    """The control plane in its own process (`--serve`), `namespaces` waypoints with stand-in proxies;
+    its RSS and CPU with no proxy connected, then with one raw ADS client per waypoint connected and
+    every client having ACKed its CDS, LDS and RDS."""
+    folder = tmp / "proxies"
+    folder.mkdir()
+    state = folder / "state"
+    label = describe(namespaces, services, "vs")
+    print(f"  [proxies] {label}; control plane in its own process", flush=True)
+    bodies = topology(namespaces, services, "vs")
+    store, _ = load_store(state, bodies, lambda ns: True)
+    store.close()
+    wrapper = envoy_wrapper(folder, "/nonexistent", lambda ns: False, [])
+    log = (folder / "controlplane.log").open("w")
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve", str(state),
+                             "--envoy", str(wrapper)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        status_file = state / "run" / "proxy-status.json"
+
+        def listed() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the control plane exited {proc.returncode}; see {folder / 'controlplane.log'}")
+            try:
+                return len(json.loads(status_file.read_text())) >= namespaces
+            except (OSError, ValueError):
+                return False
+
+        wait_for("control plane lists every waypoint", listed, timeout, 0.1)
+        settle(proc.pid, timeout)
+        idle0 = idle_cpu(proc.pid, window)
+        rss0 = rss_of(proc.pid)
+        status = json.loads(status_file.read_text())
+        nodes = sorted(n for n, s in status.items() if s.get("type") == "waypoint")
+        from meshway.ca.tokens import ProxyTokens
+        from meshway.runtime.placement import socket_dir
+
+        tokens = ProxyTokens(state)
+        socket = socket_dir(state) / "xds.sock"
+        counts = {"responses": 0, "bytes": 0}
+
+        async def clients() -> Body:
+            stop = asyncio.Event()
+            dones = [asyncio.Event() for _ in nodes]
+            tasks = [asyncio.ensure_future(ads_client(socket, n, tokens.token(n), d, counts, stop))
+                     for n, d in zip(nodes, dones)]
+            t0 = time.perf_counter()
+            try:
+                deadline = time.perf_counter() + timeout
+                while not all(d.is_set() for d in dones):
+                    for t in tasks:
+                        if t.done():
+                            t.result()  # a client that ended raises here
+                    if time.perf_counter() > deadline:
+                        raise RuntimeError(f"{sum(not d.is_set() for d in dones)} clients without CDS/LDS/RDS "
+                                           f"within {timeout:g} s")
+                    await asyncio.sleep(0.05)
+                t_all = time.perf_counter() - t0
+                await asyncio.to_thread(settle, proc.pid, timeout)
+                connected = await asyncio.to_thread(count_connected, status_file, nodes)
+                idle = await asyncio.to_thread(idle_cpu, proc.pid, window)
+                rss = rss_of(proc.pid)
+                connected_after = await asyncio.to_thread(count_connected, status_file, nodes)
+                return {"all_acked_s": t_all, "idle": idle, "rss": rss, "connected": min(connected, connected_after)}
+            finally:
+                stop.set()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+        result = asyncio.run(clients())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+        stop_leftovers(state)
+    n = len(nodes)
+    out = {"topology": label + "; stand-in proxies (no Envoy), each waypoint served to one raw Delta ADS client "
+                               "(xds-protos stubs, its xDS token, `*` for CDS/EDS/LDS/RDS/SDS, every response ACKed)",
+           "proxies": n, "connected": result["connected"], "window_s": window,
+           "rss_no_proxy_bytes": rss0, "rss_connected_bytes": result["rss"],
+           "rss_per_proxy_bytes": (result["rss"] - rss0) / n if n else None,
+           "idle_cpu_ms_per_s_no_proxy": idle0 * 1e3, "idle_cpu_ms_per_s_connected": result["idle"] * 1e3,
+           "clients_all_acked_s": result["all_acked_s"], "responses": counts["responses"], "bytes": counts["bytes"]}
+    print(f"    RSS {rss0 / 2**20:.1f} MiB -> {result['rss'] / 2**20:.1f} MiB with {n} connected "
+          f"({(out['rss_per_proxy_bytes'] or 0) / 1e6:.3f} MB per proxy); idle CPU {idle0 * 1e3:.1f} -> "
+          f"{result['idle'] * 1e3:.1f} ms/s", flush=True)
+    if result["connected"] < n:
+        raise RuntimeError(f"only {result['connected']} of {n} proxies connected during the measurement")
+    return out
+
+
+def settle(pid: int, timeout: float, quiet: float = 0.05) -> None:
+    """Until the process used under `quiet` CPU seconds per second over half a second (bounded)."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        c0 = cpu_of(pid)
+        time.sleep(0.5)
+        if (cpu_of(pid) - c0) / 0.5 < quiet:
+            return
+
+
+def idle_cpu(pid: int, window: float) -> float:
+    """CPU seconds per second the process used over `window` seconds (utime + stime, /proc)."""
+    c0, t0 = cpu_of(pid), time.perf_counter()
+    time.sleep(window)
+    return (cpu_of(pid) - c0) / (time.perf_counter() - t0)
+
+
+def count_connected(status_file: Path, nodes: list[str]) -> int:
+    status = json.loads(status_file.read_text())
+    return sum(1 for n in nodes if status.get(n, {}).get("connected"))
+
+
+# == 4. `meshway get pods` (cli_startup.py's result) ===============================================
+
+def get_pods_reference() -> Body:
+    path = RESULTS / "cli_startup.json"
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"source": str(path.relative_to(ROOT)), "missing": True}
+    rows = {s["name"]: s for s in report.get("scenarios", [])}
+    out = {"source": str(path.relative_to(ROOT)), "started": report.get("started"),
+           "commit": (report.get("machine") or {}).get("meshway_commit")}
+    for name in ("get-pods-empty", "get-pods-demo"):
+        if name in rows:
+            out[name] = {"what": rows[name].get("what"), "cpu_ms_median": rows[name]["cpu_ms"]["median"],
+                         "vs_kubectl_help": rows[name].get("vs_kubectl_help")}
+    return out
+
+
+# == output =======================================================================================
+
+def verdict(value: float | None, goal: float) -> str:
+    if value is None:
+        return "—"
+    return "met" if value <= goal else f"**missed ({value / goal:.1f}x)**"
+
+
+def _ms(s: float | None) -> str:
+    return "—" if s is None else fmt_time(s)
+
+
+def write_markdown(path: Path, report: Body) -> None:
+    m, acks, tr, px, gp = report["machine"], report["ack"], report["translation"], report["proxies"], report["get_pods"]
+    lines = [f"# Control plane at scale ({report['mode']})", "",
+             f"Python {m['python']}, {m['cpu_count']} CPUs (shared), Envoy {m.get('envoy')} (`--concurrency 1`), "
+             f"protobuf {m.get('protobuf')} ({m.get('protobuf_backend')}); meshway {m.get('meshway_commit')}; "
+             f"run {report['started']} ({report['duration_s']:.0f} s); load average at start "
+             f"{m['loadavg_at_start'][0]:.2f}. Goals: issue 10.", ""]
+    lines += ["## Summary", "", "| figure | topology | measured | goal | verdict | anchor |", "|---|---|---|---|---|---|"]
+    for a in acks:
+        t = a["total"]
+        lines.append(f"| store change -> waypoint Envoy RDS ACK, p50 / p99 (N={a['changes']}) | {a['topology']} | "
+                     f"**{_ms(t['p50'])} / {_ms(t['p99'])}** | 30 ms / 100 ms | "
+                     f"{verdict(t['p50'], GOALS['ack_p50_s'])} / {verdict(t['p99'], GOALS['ack_p99_s'])} | {ANCHORS} |")
+    lines.append(f"| cold translation of all {tr['namespaces']} waypoints (the control plane's first `sync`) | "
+                 f"{tr['topology']} | **{_ms(tr['cold']['first_sync_s'])}** (CPU {_ms(tr['cold']['first_sync_cpu_s'])}) | "
+                 f"1 s | {verdict(tr['cold']['first_sync_s'], GOALS['cold_translation_s'])} | |")
+    sets, builds = tr["snapshots_set"], tr["builds"]
+    lines.append(f"| one change -> waypoints re-translated (snapshots set / `ControlPlane.builds`), median of "
+                 f"{tr['changes']} | same | **{sets.get('p50')} / {builds.get('p50', '—')}** of {tr['namespaces']} | "
+                 f"1 (the affected waypoint) | {verdict(builds.get('p50', sets.get('p50')), 1)} | |")
+    lines.append(f"| one change -> control-plane CPU until the snapshot is set, p50 / p99 | same | "
+                 f"**{_ms(tr['cp_cpu']['p50'])} / {_ms(tr['cp_cpu']['p99'])}** | 50 ms | "
+                 f"{verdict(tr['cp_cpu']['p50'], GOALS['change_cpu_s'])} | |")
+    for a in acks:
+        c = a["cold_start"]
+        lines.append(f"| cold start -> Gateway Programmed / -> waypoint ACKed all its services | {a['topology']} | "
+                     f"**{_ms(c['to_programmed_s'])} / {_ms(c['to_all_services_acked_s'])}** | 3 s | "
+                     f"{verdict(c['to_programmed_s'], GOALS['cold_start_s'])} / "
+                     f"{verdict(c['to_all_services_acked_s'], GOALS['cold_start_s'])} | |")
+    per = px["rss_per_proxy_bytes"]
+    lines.append(f"| control-plane RSS per connected proxy | {px['topology']} | **{per / 1e6:.3f} MB** | 0.3 MB | "
+                 f"{verdict(per, GOALS['rss_per_proxy_bytes'])} | |")
+    lines.append(f"| control-plane idle CPU, {px['proxies']} connected proxies | same | "
+                 f"**{px['idle_cpu_ms_per_s_connected']:.1f} ms/s** (none connected: "
+                 f"{px['idle_cpu_ms_per_s_no_proxy']:.1f} ms/s) | 10 ms/s | "
+                 f"{verdict(px['idle_cpu_ms_per_s_connected'], GOALS['idle_cpu_ms_per_s'])} | |")
+    gpe = gp.get("get-pods-empty")
+    if gpe:
+        lines.append(f"| `meshway get pods` CPU (from `{gp['source']}`, run {gp['started']}, not re-measured) | "
+                     f"{gpe['what']} | **{gpe['cpu_ms_median']:.0f} ms** | 120 ms | "
+                     f"{verdict(gpe['cpu_ms_median'], GOALS['get_pods_cpu_ms'])} | kubectl get pods 40 ms |")
+    lines += ["", "## 1. Store change -> waypoint Envoy ACK, per stage", ""]
+    for a in acks:
+        lines += [f"### {a['name']}: {a['topology']}", "",
+                  f"{a['changes']} changes, one at a time: {a['change']}. Latency until `cache.status[node][RDS]` is "
+                  f"SYNCED at the new snapshot's version (polled every 2 ms). Real Envoy: {a['real_envoy']}. "
+                  f"Control plane defaults: poll {a['poll_s'] * 1e3:.0f} ms, debounce {a['debounce_s'] * 1e3:.0f} ms, "
+                  f"{'Delta' if a['delta_xds'] else 'SotW'} ADS. Snapshots set for other waypoints during the changes: "
+                  f"{a['other_snapshots_set']}.", "",
+                  "| part | p50 | p99 | min | max |", "|---|---|---|---|---|"]
+        for key, what in (("total", "**store change -> RDS ACK**"), ("apply", "of which `Store.apply`"),
+                          ("to_snapshot", "store change -> new snapshot in the cache"),
+                          ("sync", "of which `ControlPlane.sync` (wall)"),
+                          ("sync_cpu", "of which `ControlPlane.sync` (CPU of its thread)"),
+                          ("snapshot_to_ack", "new snapshot -> RDS ACK (push, Envoy applies, ACK)")):
+            s = a[key]
+            if s:
+                lines.append(f"| {what} | {_ms(s['p50'])} | {_ms(s['p99'])} | {_ms(s['min'])} | {_ms(s['max'])} |")
+        c = a["cold_start"]
+        lines += ["", f"Cold start (store loaded first: {a['store_apply_s']:.1f} s for `Store.apply`; clock from "
+                      f"`ControlPlane(...)`, in this process): replica known {_ms(c['to_replica_known_s'])}, Gateway "
+                      f"Programmed {_ms(c['to_programmed_s'])}, every service's routes ACKed "
+                      f"{_ms(c['to_all_services_acked_s'])}; the waypoint's resources: "
+                      + ", ".join(f"{k} {v:,}" for k, v in c["resources"].items()) + ".", ""]
+    lines += ["## 2. Translation, no Envoy", "", f"{tr['topology']}.", "",
+              "| measurement | value |", "|---|---|",
+              f"| first `ControlPlane.sync` (all {tr['namespaces']} waypoints), wall / CPU | "
+              f"{_ms(tr['cold']['first_sync_s'])} / {_ms(tr['cold']['first_sync_cpu_s'])} |",
+              f"| `ControlPlane(...)` -> every waypoint's snapshot set (store read, view, translation), wall / CPU | "
+              f"{_ms(tr['cold']['start_to_all_snapshots_s'])} / {_ms(tr['cold']['start_to_all_snapshots_cpu_s'])} |",
+              f"| one change ({tr['change']}): snapshots set, median [max] | {sets.get('p50')} [{sets.get('max')}] |",
+              f"| builds (`ControlPlane.builds`), median [max] | {builds.get('p50', '—')} [{builds.get('max', '—')}] |",
+              f"| control-plane CPU, apply returned -> snapshot set (all threads but this benchmark's), p50 / p99 | "
+              f"{_ms(tr['cp_cpu']['p50'])} / {_ms(tr['cp_cpu']['p99'])} |",
+              f"| of which `ControlPlane.sync` CPU, p50 / p99 | {_ms(tr['sync_cpu'].get('p50'))} / "
+              f"{_ms(tr['sync_cpu'].get('p99'))} |",
+              f"| apply returned -> snapshot set (wall), p50 / p99 | {_ms(tr['to_snapshot']['p50'])} / "
+              f"{_ms(tr['to_snapshot']['p99'])} |", ""]
+    lines += ["## 3. Memory and idle CPU per connected proxy", "", f"{px['topology']}.", "",
+              "| measurement | value |", "|---|---|",
+              f"| control-plane RSS, no proxy connected (snapshots built) | {px['rss_no_proxy_bytes'] / 2**20:.1f} MiB |",
+              f"| control-plane RSS, {px['connected']} connected and ACKed | {px['rss_connected_bytes'] / 2**20:.1f} MiB |",
+              f"| per connected proxy | {px['rss_per_proxy_bytes'] / 1e6:.3f} MB |",
+              f"| idle CPU ({px['window_s']:g} s window), none / {px['proxies']} connected | "
+              f"{px['idle_cpu_ms_per_s_no_proxy']:.1f} / {px['idle_cpu_ms_per_s_connected']:.1f} ms/s |",
+              f"| clients connected -> all ACKed CDS/LDS/RDS | {_ms(px['clients_all_acked_s'])} |",
+              f"| responses / bytes the clients received | {px['responses']:,} / {px['bytes']:,} |", ""]
+    lines += ["Times are wall clock on a shared 2-vCPU machine (other work running: expect +-30 %); CPU is "
+              "utime + stime. See benchmarks/README.md (`scale.py`).", ""]
+    path.write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="100 services per topology, 5 changes: a smoke run")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results directory (default: %(default)s)")
+    ap.add_argument("--envoy", default=None, help="envoy binary (default: the one next to this Python)")
+    ap.add_argument("--only", default=None, help=argparse.SUPPRESS)  # comma-separated parts, for development
+    ap.add_argument("--serve", type=Path, default=None, help=argparse.SUPPRESS)  # internal: the control plane alone
+    args = ap.parse_args(argv)
+    if args.serve is not None:
+        return serve(args.serve, args.envoy)
+    try:
+        envoy = args.envoy or find_envoy()
+    except FileNotFoundError as exc:
+        print(f"scale: {exc}", file=sys.stderr)
+        return 2
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    loadavg = os.getloadavg()
+    if args.quick:
+        services, changes, tr_ns, tr_services, tr_changes, proxies, px_services, window, timeout = \
+            100, 5, 20, 100, 3, 10, 100, 2.0, 60.0
+    else:
+        services, changes, tr_ns, tr_services, tr_changes, proxies, px_services, window, timeout = \
+            1000, 30, 100, 1000, 10, 50, 1000, 10.0, 600.0
+    only = set(args.only.split(",")) if args.only else {"ack", "translation", "proxies"}
+    report: Body = {"benchmark": "scale", "mode": "quick" if args.quick else "full",
+                    "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "goals": GOALS, "anchors": ANCHORS, "ack": [], "translation": None, "proxies": None}
+    with tempfile.TemporaryDirectory(prefix="mw-scale-") as tmp_name:
+        tmp = Path(tmp_name)
+        if "ack" in only:
+            print("1. store change -> waypoint Envoy ACK", flush=True)
+            for name, namespaces, routes in (("vs-1-waypoint", 1, "vs"), ("httproute-1-waypoint", 1, "httproute"),
+                                             ("vs-10-waypoints", 10, "vs")):
+                report["ack"].append(bench_ack(name, namespaces, services, routes, changes, envoy, tmp, timeout))
+        if "translation" in only:
+            print("2. translation (no Envoy)", flush=True)
+            report["translation"] = bench_translation(tr_ns, tr_services, tr_changes, tmp, timeout)
+        if "proxies" in only:
+            print("3. memory and idle CPU per connected proxy", flush=True)
+            report["proxies"] = bench_proxies(proxies, px_services, window, tmp, timeout)
+    report["get_pods"] = get_pods_reference()
+    report["duration_s"] = time.perf_counter() - t0
+    report["machine"] = {**machine_info(), **tool_versions(envoy), "loadavg_at_start": loadavg}
+    stem = "scale-quick" if args.quick else "scale"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    if report["ack"] and report["translation"] and report["proxies"]:
+        write_markdown(args.out / f"{stem}.md", report)
+    else:
+        (args.out / f"{stem}.md").write_text(f"# Control plane at scale (partial: {sorted(only)})\n\n```json\n"
+                                             + json.dumps({k: v for k, v in report.items() if k != "machine"},
+                                                          indent=1, default=str)[:20000] + "\n```\n")
+    print(f"total {report['duration_s']:.0f} s; wrote {args.out / stem}.json and .md", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
