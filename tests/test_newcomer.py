@@ -74,7 +74,7 @@ def test_mode_is_said_with_its_reason() -> None:
 
 
 def _scripts_up(tmp_path: Path, uid: int) -> tuple[subprocess.CompletedProcess, str]:
-    """scripts/up on a machine without ip, iptables and sysctl: PATH holds only stubs (id, uname,
+    """scripts/up on a machine without ip, iptables, sysctl and setpriv: PATH holds only stubs (id, uname,
     dirname, an apt-get that records its arguments and fails the install so nothing else runs)."""
     stubs = tmp_path / "bin"
     stubs.mkdir()
@@ -91,8 +91,8 @@ def _scripts_up(tmp_path: Path, uid: int) -> tuple[subprocess.CompletedProcess, 
 def test_scripts_up_installs_the_tools_as_root(tmp_path: Path) -> None:
     r, apt = _scripts_up(tmp_path, 0)
     assert r.returncode == 3, r.stderr  # the stub apt-get's install failure stops it
-    assert "installing iproute2 iptables procps" in r.stderr
-    assert apt.splitlines() == ["update -qq", "install -y -qq iproute2 iptables procps"]
+    assert "installing iproute2 iptables procps util-linux" in r.stderr
+    assert apt.splitlines() == ["update -qq", "install -y -qq iproute2 iptables procps util-linux"]
 
 
 def test_scripts_up_without_root_names_the_one_command(tmp_path: Path) -> None:
