@@ -307,3 +307,19 @@ def test_an_interpreter_under_a_closed_folder_falls_back_to_the_system_python(op
 def test_a_process_caught_between_the_launchers_execs_is_the_same_command(cmdline, same) -> None:
     from meshway.runtime.workload import detect_same_command
     assert detect_same_command(cmdline, NETNS + SETPRIV + APP, len(NETNS + SETPRIV)) is same
+
+
+def test_a_meshway_folder_in_the_working_directory_does_not_shadow_the_package(tmp_path: Path) -> None:
+    """Built-in apps run `python -P -m meshway.apps...`: the cwd is not on sys.path."""
+    trap = tmp_path / "work"
+    (trap / "meshway").mkdir(parents=True)
+    (trap / "meshway" / "__init__.py").write_text("raise SystemExit('shadowed by the cwd')\n")
+    container = {"name": "app", "image": "curlimages/curl", "workingDir": str(trap)}
+    pods = PodProcesses(pod(container), [], tmp_path / "logs")
+    pods.start()
+    try:
+        time.sleep(1.5)
+        assert pods.statuses()[0].state == "running", (tmp_path / "logs" / "app.log").read_text()
+    finally:
+        pods.stop(grace=1)
+    assert "shadowed" not in (tmp_path / "logs" / "app.log").read_text()
