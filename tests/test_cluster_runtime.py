@@ -63,3 +63,27 @@ def test_a_restarted_runtime_keeps_recorded_pods_and_removes_those_deleted_meanw
     assert ["ip", "netns", "del", again.net.pod_netns("default", "waypoint-b")] in redone
     assert not any(again.net.pod_netns("default", "waypoint-a") in " ".join(cmd) for cmd in redone)
     assert again.net.recorded_pods() == [("default", "waypoint-a")]
+
+
+def test_a_pod_whose_containers_cannot_be_created_reports_create_container_config_error(tmp_path: Path) -> None:
+    from test_netns import FakeHost
+
+    from meshway.mesh.view import MeshView
+    from meshway.runtime.cluster import ClusterRuntime
+    from meshway.runtime.netns import ClusterNet
+
+    net = ClusterNet(tmp_path / "state", 1, host=FakeHost(), etc_netns=tmp_path / "etc-netns",
+                     pod_homes=tmp_path / "homes")
+    runtime = ClusterRuntime(tmp_path / "state", 1, net)
+    runtime.up()
+    pod = {"metadata": {"namespace": "default", "name": "root-app"},
+           "spec": {"nodeName": "node-1", "securityContext": {"runAsNonRoot": True, "runAsUser": 0},
+                    "containers": [{"name": "app", "command": ["true"]}]},
+           "status": {"podIP": "10.244.1.2"}}
+    runtime.sync_pods([pod], MeshView())
+    (ns, name, ready, extra), = runtime.poll()
+    assert (ns, name, ready) == ("default", "root-app", False)
+    (status,) = extra["containerStatuses"]
+    assert status["state"]["waiting"]["reason"] == "CreateContainerConfigError"
+    assert "runAsNonRoot is set and the container would run as root" in status["state"]["waiting"]["message"]
+    assert runtime.poll() == []  # reported once

@@ -63,6 +63,14 @@ def build_container_statuses(statuses: list[ContainerStatus]) -> list[Body]:
     return out
 
 
+def build_config_error_statuses(body: Body, error: str) -> list[Body]:
+    """Containers that could not be created (a securityContext meshway cannot honour, an image
+    without a command, a user that cannot reach the interpreter), as the kubelet reports them."""
+    return [{"name": c.get("name", ""), "ready": False, "restartCount": 0, "started": False,
+             "state": {"waiting": {"reason": "CreateContainerConfigError", "message": error}}}
+            for c in (body.get("spec") or {}).get("containers") or []]
+
+
 def build_termination(s: ContainerStatus) -> Body:
     if s.last_exit_code is None:  # exited while adopted: the code is not ours to know
         return {"reason": "ContainerStatusUnknown", "message": s.last_error or "exit code unknown"}
@@ -77,6 +85,7 @@ class PodState:
     reported: tuple | None = None  # (ready, restart counts) last written
     last_probe: float = 0.0
     hosts: str = field(default="")
+    error: str | None = None  # why the containers could not be created
 
 
 class ClusterRuntime:
@@ -126,7 +135,7 @@ class ClusterRuntime:
             state.processes.start()
         except Exception as exc:  # a container we cannot run: the pod stays not ready, with the reason logged
             log.warning("cannot start pod %s/%s: %s", ns, name, exc)
-            state.processes = None
+            state.processes, state.error = None, str(exc)
 
     def _remove(self, key: tuple[str, str]) -> None:
         state = self.pods.pop(key)
@@ -141,6 +150,10 @@ class ClusterRuntime:
         changed = []
         for (ns, name), state in self.pods.items():
             if state.processes is None:
+                if state.error and state.reported is None:
+                    state.reported = (False, ())
+                    changed.append((ns, name, False,
+                                    {"containerStatuses": build_config_error_statuses(state.body, state.error)}))
                 continue
             restarted = state.processes.poll()
             if now - state.last_probe < period and state.ready is not None and not restarted:
