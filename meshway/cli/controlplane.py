@@ -113,6 +113,8 @@ def write_proxy_status(status: dict) -> str:
                      state("Secret"), f"meshway-{proxy['version']}"])
         if not proxy.get("connected"):
             notes.append(f"{proxy['pod']}.{proxy['namespace']} is not connected to the control plane")
+        for where, message in proxy.get("problems") or ():
+            notes.append(f"{proxy['pod']}.{proxy['namespace']} {where}: {message}")
     return P.tabwrite(rows) + "".join(f"{n}\n" for n in notes)
 
 

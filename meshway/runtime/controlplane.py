@@ -10,7 +10,21 @@ it starts carries a per-node xDS token in its bootstrap and the ADS server refus
 the token of the node id they claim (`meshway.ca.tokens`); a waypoint's snapshot holds only its
 own service account's certificate and ROOTCA, a node proxy's only the identities of the pods on its
 node and ROOTCA. Workload certificates live `secret_ttl` (istiod's SECRET_TTL) and are renewed at
-half life by the periodic resync, which runs at least every quarter of the lifetime.
+half life by the periodic resync, which runs at least every quarter of the lifetime and only
+publishes the renewed secrets (it rebuilds no proxy's config).
+
+Event-driven, off the event loop: the asyncio loop serves ADS and keeps the timers; everything else
+(reading the store, translation, `envoy --mode validate`, iptables, probes, starting and stopping
+processes, status writes) runs in one worker thread, one round at a time (`_round`). A round starts
+when a store commit is signalled (`meshway.store.notify`, with a slow safety poll), when a timer is
+due (debounced push, housekeeping every `poll`, resync, drain deadline), or when a proxy ACKs while
+node proxies wait for the waypoints. Store changes are debounced as istiod does (`Debouncer`:
+`debounce` of quiet, at most `debounce_max` under a burst).
+
+Failure isolation: one proxy's failed build (any exception of its builder, an `InconsistentSnapshot`)
+is logged and shown in its `problems` (proxy-status.json, `meshway proxy-status`); it keeps its last
+good snapshot and the others are updated as usual. A build over `build_budget` seconds is reported
+the same way (measured, never killed). A failing round step is logged and retried next round.
 """
 from __future__ import annotations
 
@@ -18,8 +32,8 @@ import asyncio
 import json
 import logging
 import os
-import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -28,22 +42,25 @@ from .. import __version__
 from .. import labels as L
 from ..ca import WORKLOAD_LIFETIME, CertificateAuthority, build_secrets
 from ..ca.tokens import TOKEN_METADATA, ProxyTokens
-from ..ca.sds import SDS_ROOT, build_certificate_secret, build_root_secret
+from ..ca.sds import SDS_DEFAULT, SDS_ROOT, build_certificate_secret, build_root_secret
 from ..model.registry import BY_KIND
 from ..observe.metrics import Family, Sample
 from ..private import make_private, make_private_dir, write_private
 from ..xds.build_ztunnel import NodeProxy, build_ztunnel_config, find_local_pods, find_service_backends
 from ..mesh.view import XDS_KINDS, MeshView, expand_kinds
 from ..store import Expired, Store
+from ..store.notify import CommitListener
 from ..xds import protos as P
 from ..xds.bootstrap import build_bootstrap
 from ..xds.build_snapshot import WaypointConfig, build_waypoint_config
 from ..xds.cache import Snapshot, SnapshotCache
+from ..xds.debounce import NEVER, Debouncer
 from ..xds.envoyfilter import build_envoy_filter_condition
 from ..xds.proxy import Proxy, build_node_id
 from ..xds.scope import WaypointScope, find_scope
 from ..xds.protos import MessageCache
 from ..xds.server import XdsServer
+from ..xds.stream import Acked, Event
 from ..xds.validate import ValidationCache
 from .envoy import EnvoyPaths, detect_restart_count, find_envoy, read_pid, read_starts, start_envoy, stop_envoy
 from .capture import apply_capture_rules, apply_service_nat
@@ -54,6 +71,7 @@ log = logging.getLogger("meshway.controlplane")
 READY_TYPES = (P.CLUSTER, P.LISTENER)
 UNBIND_GRACE = 5.0  # seconds a waypoint keeps serving a service that was just unbound from it
 NODE_PUSH_WAIT = 1.0  # at most this long, node proxies wait for the waypoints to ACK a change first
+MAX_PROBLEM = 600  # characters of an exception's text kept on status
 
 
 @dataclass
@@ -68,6 +86,8 @@ class NodeState:
     failures: int = 0  # starts since it last ACKed its config: the backoff
     next_start: float = 0.0
     converter: MessageCache = field(default_factory=MessageCache)
+    errors: tuple = field(default=())  # (where, message): a failed or slow build, failed capture rules
+    capture_error: str = ""
 
 
 @dataclass
@@ -85,6 +105,7 @@ class ReplicaState:
     # proxies still send here (they learn about the change at about the same time) succeed.
     draining: dict = field(default_factory=dict)
     converter: MessageCache = field(default_factory=MessageCache)
+    errors: tuple = field(default=())  # (where, message): a failed or slow build, kept apart from `problems`
 
 
 def find_replicas(view: MeshView) -> list[Replica]:
@@ -99,9 +120,16 @@ def find_replicas(view: MeshView) -> list[Replica]:
 
 
 class ControlPlane:
-    def __init__(self, state_dir: Path | str, placement=None, delta: bool = True, debounce: float = 0.05,
+    def __init__(self, state_dir: Path | str, placement=None, delta: bool = True, debounce: float = 0.01,
                  poll: float = 0.05, envoy: str | None = None, resync: float = 60.0, cluster=None,
-                 metrics_addr: str | None = None, secret_ttl: timedelta = WORKLOAD_LIFETIME):
+                 metrics_addr: str | None = None, secret_ttl: timedelta = WORKLOAD_LIFETIME,
+                 debounce_max: float = 0.1, safety_poll: float = 1.0, build_budget: float = 2.0,
+                 clock=time.monotonic):
+        """`debounce`/`debounce_max`: quiet period after a store change and the longest a burst waits
+        (istiod's PILOT_DEBOUNCE_AFTER/MAX); `poll`: housekeeping period (process supervision,
+        readiness, proxy-status.json); `safety_poll`: how often the store is read without a commit
+        signal; `build_budget`: seconds one proxy's translation may take before it is reported;
+        `clock`: the debouncer's and the round timers' clock."""
         self.state_dir = Path(state_dir)
         make_private_dir(self.state_dir.resolve())  # the folder itself: a state path may be a link to it
         self.store = Store(self.state_dir)
@@ -111,7 +139,7 @@ class ControlPlane:
         self.tokens = ProxyTokens(self.state_dir)
         self.cache = SnapshotCache()
         self.metrics = ControlPlaneMetrics()
-        self.server = XdsServer(self.cache, on_event=self.metrics.on_event, authenticate=self.tokens.authenticate)
+        self.server = XdsServer(self.cache, on_event=self._on_xds_event, authenticate=self.tokens.authenticate)
         self.metrics_addr = metrics_addr  # host:port of the Prometheus endpoint (monitoring), if any
         self.monitor: MetricsServer | None = None
         self.cluster = cluster  # ClusterRuntime: pods in network namespaces, node proxies (ztunnel)
@@ -134,6 +162,17 @@ class ControlPlane:
         self._next_drain_sync = float("inf")
         self._nodes_due = float("inf")
         self._service_nat: dict[tuple[str, str], tuple] = {}  # (ns, pod) -> the service NAT installed in it
+        self.debounce_max, self.safety_poll, self.build_budget, self.clock = debounce_max, safety_poll, build_budget, clock
+        self.debouncer = Debouncer(debounce, debounce_max)
+        self._pending_kinds: set[str] = set()  # kinds changed in the store since the last push
+        self._statuses: list[tuple[str, str, str, dict]] = []  # status writes of this round, one transaction
+        self._status_inputs: object = None  # what the last status reports were computed from
+        self._wake: asyncio.Event | None = None  # set on the loop: run a round now
+        self._store_signalled = True  # a commit was signalled since the last round read the store
+        self._listening = False  # commit signals arrive (else the store is read every `poll`)
+        self._next_store_read = self._next_resync = self._next_housekeeping = 0.0
+        self._step_errors: dict[str, str] = {}
+        self._next_capture_retry = 0.0
 
     # -- translation ------------------------------------------------------------------------------
     def _proxy(self, r: Replica) -> Proxy:
@@ -223,16 +262,41 @@ class ControlPlane:
                                    replica_sock_dir(self.state_dir, replica))
                 state = self.replicas[node_id] = ReplicaState(replica, node_id, paths)
                 self._stop_without_credential(paths, node_id)
-            started = time.perf_counter()
-            self._push(state)
-            self.metrics.observe_build("waypoint", time.perf_counter() - started)
+            self._guarded(state, "waypoint", lambda: self._push(state))
         self._stop_strays(set(wanted))
-        self._report_problems()
-        self._report_envoy_filters()
+        inputs = (tuple((s.node_id, s.problems, s.envoy_filters) for s in self.replicas.values()),
+                  tuple((b["metadata"].get("uid"), b["metadata"].get("resourceVersion"))
+                        for b in self.view.config.get("EnvoyFilter", ())))
+        if inputs != self._status_inputs:  # recomputed only when a proxy's problems or an EnvoyFilter changed
+            self._report_problems()
+            self._report_envoy_filters()
+            self._status_inputs = inputs
+        self._flush_statuses()
         if self.cluster is not None:
             # Node proxies learn about a change only once the waypoints have it: a node proxy that
             # starts sending a service to a waypoint must find the waypoint ready to serve it.
             self._nodes_due = min(self._nodes_due, time.monotonic() + NODE_PUSH_WAIT)
+
+    def _guarded(self, state: ReplicaState | NodeState, proxy_type: str, build) -> None:
+        """One proxy's build and publish, isolated: any exception (its builder's, an
+        `InconsistentSnapshot`) is logged once and shown in its problems, and it keeps its last good
+        snapshot; a build over `build_budget` is reported the same way. Never raises."""
+        started = time.perf_counter()
+        errors: tuple = ()
+        try:
+            build()
+        except Exception as exc:  # noqa: BLE001: whatever one proxy's build raises, the others go on
+            text = f"{type(exc).__name__}: {exc}"
+            text = text if len(text) <= MAX_PROBLEM else text[:MAX_PROBLEM] + " ..."
+            errors = (("translation", f"build failed, the proxy keeps its last good config: {text}"),)
+            if errors != state.errors[:1]:
+                log.exception("%s: build failed, keeping its last good config", state.node_id)
+        elapsed = time.perf_counter() - started
+        self.metrics.observe_build(proxy_type, elapsed)
+        if elapsed > self.build_budget:
+            log.warning("%s: translation took %.2f s, over its %g s budget", state.node_id, elapsed, self.build_budget)
+            errors += (("translation", f"took {elapsed:.2f} s, over the {self.build_budget:g} s budget"),)
+        state.errors = errors
 
     def _waypoints_acked(self) -> bool:
         """Every running waypoint ACKed its listeners and the routes they take over RDS (a listener
@@ -265,15 +329,14 @@ class ControlPlane:
                 prefix = ["ip", "netns", "exec", self.cluster.net.node_netns(n)]
                 state = self.nodes[node_id] = NodeState(n, node_id, paths, prefix)
                 self._stop_without_credential(paths, node_id)
-            self._publish(node_id, self._node_messages(node_id, node, state.converter))
+            self._guarded(state, "ztunnel", lambda: self._publish(
+                state.node_id, self._node_messages(state.node_id, node, state.converter)))
             self._sync_capture(state, node)
 
     def _node_messages(self, node_id: str, node: str, converter: MessageCache) -> dict:
         """A node proxy's snapshot: its config and, as secrets, only the identities of the mesh pods
         on its node (named by SPIFFE ID) and ROOTCA, nothing for pods elsewhere."""
-        started = time.perf_counter()
         resources, identities = build_ztunnel_config(self.view, NodeProxy(node_id, node))
-        self.metrics.observe_build("ztunnel", time.perf_counter() - started)
         messages = converter.messages(resources)
         messages[P.SECRET] = {}
         for identity in sorted(identities):
@@ -287,7 +350,8 @@ class ControlPlane:
 
     def _sync_capture(self, state: NodeState, node: str) -> None:
         """The node's capture rules and, in each of its pods outside the mesh, kube-proxy's service
-        NAT (empty in mesh pods). A failed iptables-restore is logged and retried with the next sync."""
+        NAT (empty in mesh pods). A failed iptables-restore is logged, shown in the node proxy's
+        problems and retried with the next sync."""
         mesh_ips = tuple(sorted(p.ip for p in find_local_pods(self.view, node)))
         try:
             if mesh_ips != state.captured:
@@ -301,8 +365,12 @@ class ControlPlane:
                 if self._service_nat.get(key) != wanted:
                     apply_service_nat(self.cluster.net.pod_netns(*key), wanted)
                     self._service_nat[key] = wanted
-        except (OSError, subprocess.CalledProcessError) as exc:
-            log.warning("capture rules on %s: %s", node, getattr(exc, "stderr", "") or exc)
+            state.capture_error = ""
+        except Exception as exc:  # noqa: BLE001: OSError, CalledProcessError, or anything else: retried
+            error = f"capture rules: {getattr(exc, 'stderr', '') or exc}"[:MAX_PROBLEM]
+            if error != state.capture_error:
+                log.warning("%s on %s", error, node)
+            state.capture_error = error
         for key in [k for k in self._service_nat if k not in self.cluster.pods]:
             del self._service_nat[key]
 
@@ -324,10 +392,7 @@ class ControlPlane:
             kind, ns, name = key
             conditions = [{"type": "Reconciled", "status": "False", "reason": "InvalidDestination",
                            "message": text}] if text else []
-            try:
-                self.store.write_status(kind, ns, name, {"conditions": conditions})
-            except Exception as exc:  # the resource may be gone
-                log.debug("cannot report on %s %s/%s: %s", kind, ns, name, exc)
+            self._queue_status(kind, ns, name, {"conditions": conditions})  # skipped if the resource is gone
             if text:
                 self._reported[key] = text
             else:
@@ -352,13 +417,53 @@ class ControlPlane:
             condition = build_envoy_filter_condition(bool(body["spec"].get("targetRefs")), sorted(applied.get(key, ())),
                                                      list(dict.fromkeys(problems.get(key, []))))
             if self._filter_status.get(uid) != condition:
-                try:
-                    self.store.write_status("EnvoyFilter", ns, name, {"conditions": [condition]})
-                except Exception as exc:  # the resource may be gone
-                    log.debug("cannot report on EnvoyFilter %s: %s", key, exc)
-                    continue
+                self._queue_status("EnvoyFilter", ns, name, {"conditions": [condition]})
             written[uid] = condition
         self._filter_status = written
+
+    def _queue_status(self, kind: str, namespace: str, name: str, status: dict) -> None:
+        self._statuses.append((kind, namespace, name, status))
+
+    def _flush_statuses(self) -> None:
+        """The queued status writes in one store transaction (objects that are gone are skipped)."""
+        batch, self._statuses = self._statuses, []
+        if not batch:
+            return
+        try:
+            for kind, ns, name in self.store.write_statuses(batch):
+                log.debug("cannot report on %s %s/%s: gone", kind, ns, name)
+        except Exception as exc:  # noqa: BLE001: e.g. the store busy beyond its timeout; the next round retries
+            log.warning("cannot write %d statuses: %s", len(batch), exc)
+
+    def _renew_certificates(self) -> None:
+        """The resync: publish the certificates the CA renewed (at half life) in each proxy's
+        current snapshot; nothing is rebuilt, and a proxy whose certificates are current gets nothing."""
+        for state in self.replicas.values():
+            r = state.replica
+            self._republish_secrets(state.node_id, lambda name, r=r: build_certificate_secret(
+                self.ca.issue(r.namespace, r.service_account)) if name == SDS_DEFAULT else None)
+        for state in self.nodes.values():
+            self._republish_secrets(state.node_id, self._node_certificate)
+
+    def _node_certificate(self, identity: str):
+        if identity == SDS_ROOT:
+            return None
+        ns = identity.split("/ns/", 1)[1].split("/", 1)[0]
+        secret = build_certificate_secret(self.ca.issue(ns, identity.rsplit("/sa/", 1)[1]))
+        secret.name = identity
+        return secret
+
+    def _republish_secrets(self, node_id: str, current) -> None:
+        snapshot = self.cache.get(node_id)
+        if snapshot is None:
+            return
+        have = snapshot.resources(P.SECRET)
+        renewed = {name: secret for name in have if (secret := current(name)) is not None and secret != have[name]}
+        if renewed:
+            messages = {t: dict(snapshot.resources(t)) for t in snapshot}
+            messages[P.SECRET] = {**have, **renewed}
+            self._publish(node_id, messages)
+            log.info("%s: renewed %s", node_id, ", ".join(sorted(renewed)))
 
     def _stop_strays(self, wanted: set[str]) -> None:
         """Envoys left by an earlier control plane for replicas that no longer exist."""
@@ -433,18 +538,16 @@ class ControlPlane:
             log.info("started waypoint replica %s/%s", r.namespace, r.pod)
 
     def _write_ready(self, state: ReplicaState, ready: bool) -> None:
+        """Queued (`_flush_statuses` writes the round's batch); a pod that is gone is skipped."""
         r = state.replica
         status = "True" if ready else "False"
-        try:
-            self.store.write_status("Pod", r.namespace, r.pod, {
-                "phase": "Running" if ready else "Pending",
-                "conditions": [{"type": "PodScheduled", "status": "True"},
-                               {"type": "Ready", "status": status}],
-                "containerStatuses": [{"name": "istio-proxy", "ready": ready,
-                                       "restartCount": detect_restart_count(read_starts(state.paths))}],
-            })
-        except Exception as exc:  # the pod may be gone already
-            log.debug("cannot write readiness of %s: %s", r.pod, exc)
+        self._queue_status("Pod", r.namespace, r.pod, {
+            "phase": "Running" if ready else "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "True"},
+                           {"type": "Ready", "status": status}],
+            "containerStatuses": [{"name": "istio-proxy", "ready": ready,
+                                   "restartCount": detect_restart_count(read_starts(state.paths))}],
+        })
         state.ready_written = ready
 
     def _acked(self, node_id: str) -> bool:
@@ -461,20 +564,22 @@ class ControlPlane:
 
     def proxy_status(self) -> dict:
         out = {}
-        for state in self.nodes.values():
-            types = self.cache.status.get(state.node_id, {})
+        # cache.status is updated on the event loop's thread: copied in one step (dict() holds the GIL)
+        for state in list(self.nodes.values()):
+            types = dict(self.cache.status.get(state.node_id, {}))
+            capture = (("capture", state.capture_error),) if state.capture_error else ()
             out[state.node_id] = {
                 "pod": f"ztunnel-node-{state.index}", "namespace": L.ROOT_NAMESPACE, "type": "ztunnel",
                 "connected": state.node_id in self.server.connected, "admin": str(state.paths.admin),
-                "version": __version__, "problems": [],
+                "version": __version__, "problems": [list(p) for p in state.errors + capture],
                 "xds": {t.rsplit(".", 1)[-1]: dict(v) for t, v in types.items()},
             }
-        for state in self.replicas.values():
-            types = self.cache.status.get(state.node_id, {})
+        for state in list(self.replicas.values()):
+            types = dict(self.cache.status.get(state.node_id, {}))
             out[state.node_id] = {
                 "pod": state.replica.pod, "namespace": state.replica.namespace, "type": "waypoint",
                 "connected": state.node_id in self.server.connected, "admin": str(state.paths.admin),
-                "version": __version__, "problems": [list(p) for p in state.problems],
+                "version": __version__, "problems": [list(p) for p in state.errors + state.problems],
                 "xds": {t.rsplit(".", 1)[-1]: dict(v) for t, v in types.items()},
             }
         return out
@@ -512,69 +617,175 @@ class ControlPlane:
 
     # -- main loop --------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
+        """Serve ADS on this loop; every other piece of work runs in one worker thread, a round at a
+        time (`_round`), woken by store commits, ACKs awaited by node proxies and the round's timers."""
         make_private_dir(self.run_dir)
         await self.server.start(self.ads_socket)  # its folder: socket_dir, private (refused if planted in /tmp)
         write_private(self.run_dir / "controlplane.pid", f"{os.getpid()}\n")
         self.monitor = self._start_metrics_server()
-        self.rv, snapshot = self.store.snapshot(XDS_KINDS)
-        self.view = MeshView.build(snapshot)
-        if self.cluster is not None:
-            self.cluster.up()
-            self._sync_pods()
-        self.sync()
-        next_resync = time.monotonic() + self.resync
+        loop = asyncio.get_running_loop()
+        wake = self._wake = asyncio.Event()
+        stopping = asyncio.ensure_future(stop.wait())
+        stopping.add_done_callback(lambda _: wake.set())
+        listener = self._listen_for_commits(loop)
+        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="meshway-controlplane")
         try:
+            await loop.run_in_executor(worker, self._start)
             while not stop.is_set():
-                if time.monotonic() >= min(next_resync, self._next_drain_sync):
-                    self._next_drain_sync = float("inf")
-                    self.sync()
-                    next_resync = time.monotonic() + self.resync
+                signalled, self._store_signalled = self._store_signalled, False
+                wake.clear()
                 try:
-                    changes = self.store.db.changes_since(self.rv)
-                except Expired:  # fell behind compaction: re-list everything
-                    self.rv, snapshot = self.store.snapshot(XDS_KINDS)
-                    self.view, changes = MeshView.build(snapshot), []
-                    self.sync()
-                if changes:
-                    await asyncio.sleep(self.debounce)  # coalesce a burst of writes into one push
-                    changes += self.store.db.changes_since(changes[-1].rv)
-                    kinds = {c.kind for c in changes} & set(XDS_KINDS)
-                    self.rv = changes[-1].rv
-                    if kinds:
-                        _, snapshot = self.store.snapshot(expand_kinds(kinds))
-                        self.view = self.view.with_changes(snapshot)
-                        if self.cluster is not None and kinds & {"Pod", "Service", "ServiceEntry"}:
-                            self._sync_pods()
-                        self.sync()
-                self._maybe_sync_nodes()
-                self._supervise()
-                self._readiness()
-                if self.cluster is not None:
-                    self._pod_readiness()
-                self._write_status_file()
-                try:
-                    await asyncio.wait_for(stop.wait(), self.poll)
-                except asyncio.TimeoutError:
-                    pass
+                    next_round = await loop.run_in_executor(worker, self._round, signalled)
+                except Exception:  # noqa: BLE001: the control plane never exits for one failed round
+                    log.exception("control plane round failed; retrying")
+                    self._store_signalled = signalled
+                    next_round = self.clock() + max(self.poll, 0.5)
+                delay = next_round - self.clock()
+                if delay > 0 and not wake.is_set():
+                    try:
+                        await asyncio.wait_for(wake.wait(), delay)
+                    except asyncio.TimeoutError:
+                        pass
         finally:
+            stopping.cancel()
+            if listener is not None:
+                loop.remove_reader(listener.fileno())
+                listener.close()
+            worker.shutdown(wait=False)
+            self._wake = None
             await self.server.stop()
             if self.monitor is not None:
                 self.monitor.stop()
                 (self.run_dir / "metrics-address").unlink(missing_ok=True)
             (self.run_dir / "controlplane.pid").unlink(missing_ok=True)
 
+    def _listen_for_commits(self, loop: asyncio.AbstractEventLoop) -> CommitListener | None:
+        """Wake a round whenever a store commit is signalled (`meshway.store.notify`)."""
+        try:
+            listener = CommitListener(self.store.db.notify)
+            loop.add_reader(listener.fileno(), self._on_commit, listener)
+        except (OSError, NotImplementedError) as exc:
+            log.warning("no store commit signals (%s): reading the store every %g s", exc, self.poll)
+            return None
+        self._listening = True
+        return listener
+
+    def _on_commit(self, listener: CommitListener) -> None:
+        listener.drain()
+        self._store_signalled = True
+        if self._wake is not None:
+            self._wake.set()
+
+    def _on_xds_event(self, node_id: str, event: Event) -> None:
+        """On the loop: metrics, and a round as soon as a proxy ACKs while node proxies wait for the
+        waypoints to have a change (`_maybe_sync_nodes`)."""
+        self.metrics.on_event(node_id, event)
+        if isinstance(event, Acked) and self._nodes_due != NEVER and self._wake is not None:
+            self._wake.set()
+
+    def _start(self) -> None:
+        """In the worker: the first full translation."""
+        self.rv, snapshot = self.store.snapshot(XDS_KINDS)
+        self.view = MeshView.build(snapshot)
+        if self.cluster is not None:
+            self.cluster.up()
+            self._sync_pods()
+        self.sync()
+        now = self.clock()
+        self._next_resync = now + self.resync
+        self._next_store_read = now  # what was committed meanwhile
+
+    def _round(self, store_signalled: bool) -> float:
+        """In the worker: one round of work; returns when the next one is due (`clock` time)."""
+        now = self.clock()
+        if store_signalled or now >= self._next_store_read:
+            self._step("store", lambda: self._read_store(now))
+            self._next_store_read = now + (self.safety_poll if self._listening else self.poll)
+        if self.debouncer.take(self.clock()):
+            self._step("push", self._push_pending)
+        now = self.clock()
+        if now >= self._next_drain_sync:
+            self._next_drain_sync = NEVER
+            self._step("drain", self.sync)
+        if now >= self._next_resync:
+            self._step("resync", self._renew_certificates)
+            self._next_resync = now + self.resync
+        self._step("node proxies", self._maybe_sync_nodes)
+        if now >= self._next_housekeeping:
+            self._step("supervise", self._supervise)
+            self._step("readiness", self._readiness)
+            if self.cluster is not None:
+                self._step("pods", self._pod_readiness)
+                self._step("capture", self._retry_capture)
+            self._step("proxy status", self._write_status_file)
+            self._next_housekeeping = now + self.poll
+        self._step("status", self._flush_statuses)
+        return min(self.debouncer.due(), self._next_store_read, self._next_drain_sync, self._next_resync,
+                   self._next_housekeeping, self._nodes_due)
+
+    def _step(self, what: str, action) -> None:
+        """One step of a round; a failure is logged (once while it repeats) and the round goes on."""
+        try:
+            action()
+        except Exception as exc:  # noqa: BLE001: one failing step never stops the others
+            text = f"{type(exc).__name__}: {exc}"
+            if self._step_errors.get(what) != text:
+                log.exception("%s failed (retried next round)", what)
+            self._step_errors[what] = text
+        else:
+            self._step_errors.pop(what, None)
+
+    def _read_store(self, now: float) -> None:
+        """Changes since the last read: their kinds wait for the debouncer."""
+        try:
+            changes = self.store.db.changes_since(self.rv)
+        except Expired:  # fell behind compaction: re-list everything
+            self.rv, snapshot = self.store.snapshot(XDS_KINDS)
+            self.view = MeshView.build(snapshot)
+            self._pending_kinds.clear()
+            self.debouncer.take(NEVER)
+            if self.cluster is not None:
+                self._sync_pods()
+            self.sync()
+            return
+        count = 0
+        while changes:
+            count += len(changes)
+            self.rv = changes[-1].rv
+            self._pending_kinds |= {c.kind for c in changes} & set(XDS_KINDS)
+            changes = self.store.db.changes_since(self.rv) if len(changes) >= 10_000 else []
+        if count and self._pending_kinds:
+            self.debouncer.add(now, count)
+
+    def _push_pending(self) -> None:
+        kinds, self._pending_kinds = self._pending_kinds, set()
+        if not kinds:
+            return
+        _, snapshot = self.store.snapshot(expand_kinds(kinds))
+        self.view = self.view.with_changes(snapshot)
+        if self.cluster is not None and kinds & {"Pod", "Service", "ServiceEntry"}:
+            self._sync_pods()
+        self.sync()
+
+    def _retry_capture(self) -> None:
+        """Capture rules that failed are retried every second, not only with the next change."""
+        now = self.clock()
+        if now < self._next_capture_retry:
+            return
+        self._next_capture_retry = now + 1.0
+        for state in self.nodes.values():
+            if state.capture_error:
+                self._sync_capture(state, f"node-{state.index}")
+
     def _sync_pods(self) -> None:
         self.cluster.sync_pods(self.store.list(BY_KIND["Pod"], None), self.view)
 
     def _pod_readiness(self) -> None:
         for ns, name, ready, extra in self.cluster.poll():
-            try:
-                self.store.write_status("Pod", ns, name, {
-                    "phase": "Running",
-                    "conditions": [{"type": "PodScheduled", "status": "True"},
-                                   {"type": "Ready", "status": "True" if ready else "False"}], **extra})
-            except Exception as exc:  # the pod may be gone
-                log.debug("cannot write readiness of %s/%s: %s", ns, name, exc)
+            self._queue_status("Pod", ns, name, {
+                "phase": "Running",
+                "conditions": [{"type": "PodScheduled", "status": "True"},
+                               {"type": "Ready", "status": "True" if ready else "False"}], **extra})
 
     def stop_proxies(self) -> None:
         for state in self.nodes.values():
@@ -583,3 +794,4 @@ class ControlPlane:
             stop_envoy(state.paths)
             if state.ready_written:
                 self._write_ready(state, False)
+        self._flush_statuses()
