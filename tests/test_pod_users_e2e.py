@@ -1,7 +1,7 @@
 """Pods run unprivileged, end to end (root, Linux; run in CI): in the network-namespace cluster every
 container of bookinfo and the curl pod runs as 65532 without capabilities, bookinfo still serves
 through the waypoint, and a process in a pod's namespace as the pod's user (the command the runtime
-builds: `ip netns exec NS setpriv ... --`, the pod's own interpreter and environment) gets EACCES
+builds: `ip netns exec NS [mounts] setpriv ... --`, the pod's interpreter and environment) gets EACCES
 for the CA key, the xDS token key and the ADS socket."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from cluster_support import Mesh, cluster_fixture, via_waypoint
 from meshway.ca.authority import ROOT_KEY_FILE
 from meshway.ca.tokens import TOKEN_KEY_FILE
 from meshway.runtime.placement import socket_dir
-from meshway.runtime.runas import NONROOT, build_setpriv_prefix, detect_allowed, find_run_as
+from meshway.runtime.runas import NONROOT, detect_allowed
 
 mesh = cluster_fixture()
 
@@ -89,19 +89,17 @@ def test_a_pod_process_cannot_read_the_ca_key_or_reach_the_ads_socket(mesh: Mesh
         # the file itself, not only a folder on the way, refuses the pod's user
         assert not detect_allowed(info, NONROOT, (NONROOT,), 4), path
     assert stat.S_IMODE(os.stat(ads.parent).st_mode) == 0o700
+    # the launcher the runtime built for reviews (mounts if any, then setpriv), its interpreter and
+    # environment; in the curl pod too (it runs /bin/sleep, as the same user)
+    app = containers(mesh, mesh.pod("reviews-v1"))["reviews"]
+    launcher, python = app["argv"][4:app["prefix_len"]], app["argv"][app["prefix_len"]]
+    assert "setpriv" in launcher and app["argv"][:3] == ["ip", "netns", "exec"]
     for prefix in ("reviews-v1", "curl"):
         pod = mesh.pod(prefix)
-        spec = pod["spec"]["containers"][0]
         record = next(iter(containers(mesh, pod).values()))
-        # the pod's own environment, and the interpreter (and PYTHONPATH) its user runs apps with:
-        # reviews' (the curl pod runs /bin/sleep)
-        app = containers(mesh, mesh.pod("reviews-v1"))["reviews"]
-        python = Path(f"/proc/{app['pid']}/cmdline").read_bytes().split(b"\0")[0].decode()
-        env = proc_environ(record["pid"])
-        if "PYTHONPATH" in proc_environ(app["pid"]):
-            env["PYTHONPATH"] = proc_environ(app["pid"])["PYTHONPATH"]
-        cmd = ["ip", "netns", "exec", mesh.netns(pod), *build_setpriv_prefix(find_run_as(spec, pod)),
-               python, "-P", "-c", ATTEMPT, str(ca_key), str(token_key), str(ads)]
+        env = {**proc_environ(app["pid"]), "HOME": proc_environ(record["pid"])["HOME"]}
+        cmd = ["ip", "netns", "exec", mesh.netns(pod), *launcher, python, "-P", "-c", ATTEMPT,
+               str(ca_key), str(token_key), str(ads)]
         out = subprocess.run(cmd, env=env, cwd="/", capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         seen = json.loads(out.stdout)

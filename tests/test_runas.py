@@ -272,41 +272,58 @@ def open_dir():
     shutil.rmtree(path)
 
 
-@as_root
-def test_a_checkout_in_a_closed_folder_is_a_one_line_error(tmp_path: Path, monkeypatch) -> None:
-    closed = tmp_path / "root"  # as /root: 0700 (so is pytest's own folder: the first closed one is named)
-    (closed / "clone" / "meshway").mkdir(parents=True)
+def test_folders_the_user_cannot_reach_are_mounted_where_it_can(tmp_path: Path, monkeypatch) -> None:
+    from meshway.runtime import runas
+    closed = tmp_path / "root"  # as /root: 0700 (so is pytest's own folder)
+    (closed / "clone").mkdir(parents=True)
+    (closed / "site").mkdir()
     closed.chmod(0o700)
-    from meshway.runtime import runas
-    clone = str(closed / "clone")
-    monkeypatch.setattr(runas, "_own_needs", lambda: ("/usr/lib", clone, []))
-    closed = find_denied(str(closed), NONROOT, (NONROOT,))
-    with pytest.raises(RunAsError, match=rf"uid 65532 cannot enter {closed}, so it cannot run meshway's built-in apps: "
-                                         r"put the checkout and its virtualenv where other users can read them"):
-        runas.find_interpreter.__wrapped__(NONROOT, (NONROOT,))
+    monkeypatch.setattr(runas, "_own_needs", lambda: (sysconfig_stdlib(), str(closed / "clone"), [str(closed / "site")]))
+    image = tmp_path / "image"
+    got = runas.find_interpreter.__wrapped__(NONROOT, (NONROOT,), image)
+    assert got.path == (str(image / "src"), str(image / "site0"))
+    assert (str(closed / "clone"), str(image / "src")) in got.mounts and \
+        (str(closed / "site"), str(image / "site0")) in got.mounts
+    mounted_python = find_denied(sys.executable, NONROOT, (NONROOT,)) is not None
+    assert got.python.startswith(str(image / "python")) is mounted_python
+    assert bool(got.library_path) is mounted_python
+    prefix = runas.build_mount_prefix(got.mounts)
+    assert prefix[:3] == ["unshare", "--mount", "sh"] and prefix[-1] == "--"
+    assert runas.build_mount_prefix(()) == []
+
+
+def sysconfig_stdlib() -> str:
+    import sysconfig
+    return sysconfig.get_paths()["stdlib"]
 
 
 @as_root
-def test_an_interpreter_under_a_closed_folder_falls_back_to_the_system_python(open_dir: Path, monkeypatch) -> None:
+def test_a_checkout_under_a_closed_folder_runs_its_built_in_apps_as_nonroot(tmp_path: Path, monkeypatch) -> None:
+    """As a CI clone under /root (0700): meshway and its packages are mounted read-only for the pod."""
+    import shutil
+
+    import meshway
     from meshway.runtime import runas
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    system = next((p for p in (f"/usr/bin/{version}", f"/usr/local/bin/{version}") if os.path.exists(p)), None)
-    if system is None or not find_denied(sys.executable, NONROOT, (NONROOT,)):
-        pytest.skip(f"needs {version} in /usr/bin and this interpreter in a closed folder (as a pyenv under /root)")
-    (open_dir / "meshway").mkdir()
-    (open_dir / "site-packages").mkdir()
-    monkeypatch.setattr(runas, "_own_needs", lambda: ("/usr/lib", str(open_dir), [str(open_dir / "site-packages")]))
-    assert runas.find_interpreter.__wrapped__(NONROOT, (NONROOT,)) == \
-        Interpreter(system, (str(open_dir), str(open_dir / "site-packages")))
-
-
-@pytest.mark.parametrize("cmdline,same", [
-    (NETNS + SETPRIV + APP, True), (SETPRIV + APP, True), (APP, True), (APP[1:], False), (("sleep",), False),
-    ((), False),
-])
-def test_a_process_caught_between_the_launchers_execs_is_the_same_command(cmdline, same) -> None:
-    from meshway.runtime.workload import detect_same_command
-    assert detect_same_command(cmdline, NETNS + SETPRIV + APP, len(NETNS + SETPRIV)) is same
+    closed = tmp_path / "root"
+    clone = closed / "clone"
+    shutil.copytree(Path(meshway.__file__).parent, clone / "meshway", ignore=shutil.ignore_patterns("__pycache__"))
+    (clone / "meshway" / "apps" / "sleep.py").write_text(
+        "import os, signal, sys\nprint('clone app as', os.getuid(), __file__, flush=True)\nsignal.pause()\n")
+    closed.chmod(0o700)
+    stdlib, _, sites = runas._own_needs()
+    monkeypatch.setattr(runas, "_own_needs", lambda: (stdlib, str(clone), sites))
+    runas.find_interpreter.cache_clear()
+    container = {"name": "app", "image": "curlimages/curl"}
+    pods = PodProcesses(pod(container), [], tmp_path / "logs", home_root=tmp_path / "homes")
+    try:
+        pods.start()
+        log = tmp_path / "logs" / "app.log"
+        assert wait_for(lambda: "clone app as" in log.read_text(), 10), log.read_text()
+        assert log.read_text().split()[3:5] == [str(NONROOT), "/run/meshway/image/src/meshway/apps/sleep.py"]
+        assert pods.statuses()[0].state == "running"
+    finally:
+        pods.stop(grace=1)
+        runas.find_interpreter.cache_clear()
 
 
 def test_a_meshway_folder_in_the_working_directory_does_not_shadow_the_package(tmp_path: Path) -> None:

@@ -10,10 +10,12 @@
   so that privileges are dropped once inside the pod's namespaces. No new privileges unless the
   container allows escalation: pods share the host's files here (no image), so a set-uid binary of
   the host must not give a pod root back.
-- `find_interpreter(uid, gids)`: the Python a pod's user can run the built-in apps with. This
-  interpreter when that user can reach it, its standard library and meshway; else the system's
-  Python of the same X.Y with meshway and our site-packages on PYTHONPATH (a pyenv Python lives
-  under /root, which is 0700); else a one-line error naming the folder the user cannot enter.
+- `find_interpreter(uid, gids)`: how a pod's user runs the built-in apps. This interpreter when
+  that user can reach it, its standard library, meshway and our site-packages; else (a pyenv Python
+  or a checkout under /root, which is 0700) the folders it cannot reach are bind-mounted read-only
+  under /run/meshway/image, in a mount namespace of the container's own (`build_mount_prefix`:
+  `unshare --mount` and `mount --bind` as root, before setpriv), the way an image's files appear
+  in a container: the same interpreter and packages, nothing on the host opened up.
 - `make_home(path, uid, gid)`: the user's HOME, a folder only it can use.
 """
 from __future__ import annotations
@@ -52,10 +54,16 @@ class RunAs:
         return self.uid == 0
 
 
+IMAGE_ROOT = Path("/run/meshway/image")  # mount points: python (sys.base_prefix), src (meshway), site0...
+MOUNT_SCRIPT = 'while [ "$1" != -- ]; do mount --bind -o ro "$1" "$2" || exit 126; shift 2; done; shift; exec "$@"'
+
+
 @dataclass(frozen=True)
 class Interpreter:
     python: str
     path: tuple[str, ...] = ()  # PYTHONPATH it needs (empty: its own site-packages have everything)
+    mounts: tuple[tuple[str, str], ...] = ()  # (host folder, where the container sees it)
+    library_path: str = ""  # LD_LIBRARY_PATH: a mounted interpreter's libpython (its RUNPATH is the host path)
 
 
 def _id(value: Any, field: str, where: str) -> int | None:
@@ -110,6 +118,14 @@ def detect_allowed(info: os.stat_result, uid: int, gids: tuple[int, ...], want: 
     return (mode >> shift) & want == want
 
 
+def build_mount_prefix(mounts: tuple[tuple[str, str], ...]) -> list[str]:
+    """A private mount namespace with `mounts` bound read-only, then the rest of the argv."""
+    if not mounts:
+        return []
+    return ["unshare", "--mount", "sh", "-c", MOUNT_SCRIPT, "meshway-image",
+            *[part for mount in mounts for part in mount], "--"]
+
+
 def find_denied(path: str, uid: int, gids: tuple[int, ...],
                 stat_fn: Callable[[str], os.stat_result] = os.stat) -> str | None:
     """The first folder on the way to `path` (as written, then resolved) that the user cannot
@@ -140,26 +156,43 @@ def _own_needs() -> tuple[str, list[str], list[str]]:
 
 
 @functools.lru_cache(maxsize=32)
-def find_interpreter(uid: int, gids: tuple[int, ...]) -> Interpreter:
-    """The Python `uid` runs meshway's built-in apps with (see the module's docstring)."""
-    if uid == 0:
-        return Interpreter(sys.executable)
+def find_interpreter(uid: int, gids: tuple[int, ...], image_root: Path = IMAGE_ROOT) -> Interpreter:
+    """How `uid` runs meshway's built-in apps (see the module's docstring)."""
     stdlib, root, sites = _own_needs()
-    needs = [sys.executable, stdlib, root, *sites]
-    denied = [d for d in (find_denied(p, uid, gids) for p in needs) if d]
-    if not denied:
+    if uid == 0 or not any(find_denied(p, uid, gids) for p in (sys.executable, stdlib, root, *sites)):
         return Interpreter(sys.executable)
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    system = next((p for p in (f"/usr/bin/{version}", f"/usr/local/bin/{version}")
-                   if os.path.exists(p) and not find_denied(p, uid, gids)), None)
-    blocked = next((d for d in (find_denied(p, uid, gids) for p in [root, *sites]) if d), None)
-    if system and not blocked:
-        return Interpreter(system, (root, *sites))
-    why = f"cannot enter {blocked or denied[0]}"
-    hint = ("put the checkout and its virtualenv where other users can read them (e.g. under /opt or /srv)"
-            if blocked else f"install {version} (e.g. apt-get install {version})")
-    raise RunAsError(f"uid {uid} {why}, so it cannot run meshway's built-in apps: {hint}, "
-                     "or give the pod securityContext.runAsUser: 0")
+    mounts: list[tuple[str, str]] = []
+
+    def reach(folder: str, name: str) -> str:
+        if not find_denied(folder, uid, gids):
+            return folder
+        mounts.append((folder, str(image_root / name)))
+        return mounts[-1][1]
+
+    exe, base = os.path.realpath(sys.executable), os.path.realpath(sys.base_prefix)
+    if os.path.commonpath([exe, base]) != base:
+        raise RunAsError(f"uid {uid} cannot run {exe} and meshway cannot mount it (it is outside {base}): "
+                         "install Python where other users can run it, or give the pod securityContext.runAsUser: 0")
+    home = reach(base, "python") if find_denied(exe, uid, gids) or find_denied(stdlib, uid, gids) else base
+    python = os.path.join(home, os.path.relpath(exe, base))
+    path = (reach(root, "src"), *[reach(site, f"site{i}") for i, site in enumerate(sites)])
+    for _, point in mounts:
+        make_open_dirs(Path(point))
+    return Interpreter(python, path, tuple(mounts), os.path.join(home, "lib") if home != base else "")
+
+
+def make_open_dirs(path: Path) -> None:
+    """`path` and its missing parents as root's folders others may enter (0755, whatever the umask)."""
+    missing, probe = [], path
+    while not os.path.lexists(probe):
+        missing.append(probe)
+        probe = probe.parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, 0o755)
+        except FileExistsError:
+            pass
+        os.chmod(folder, 0o755)
 
 
 def make_home(path: Path, uid: int, gid: int) -> Path:

@@ -9,8 +9,9 @@ is ready (pure), and a thin supervisor that starts, polls, probes and stops the 
   cluster passes `ip netns exec <pod netns>`) in its own session, logging to
   `<log_dir>/<container>.log` (the folder 0700, logs 0600: they are read through meshway, as root);
   with `home_root`, as the user its `securityContext` names (`meshway.runtime.runas`: 65532 when
-  none, root only when asked), privileges dropped by `setpriv` once inside the namespace, HOME a
-  folder of its own under `home_root`, the cwd `workingDir` or `/`;
+  none, root only when asked), privileges dropped by `setpriv` once inside the namespace (after
+  bind-mounting the interpreter and meshway where that user can read them, if it cannot where they
+  are), HOME a folder of its own under `home_root`, the cwd `workingDir` or `/`;
   `poll()` restarts exited containers after 1 s, 2 s, 4 s ... (at most 30 s; a container that ran
   for 60 s starts over at 1 s: Kubernetes' 10 s / 5 min / 10 min scaled down tenfold);
   `check_ready()` runs `readinessProbe` (httpGet, tcpSocket, exec; grpc as tcpSocket) inside the
@@ -49,7 +50,8 @@ from typing import Any
 
 from ..apps.images import resolve_image
 from ..private import make_private_dir, open_private_log, write_private
-from .runas import Interpreter, RunAs, RunAsError, build_setpriv_prefix, find_interpreter, find_run_as, make_home
+from .runas import (Interpreter, RunAs, RunAsError, build_mount_prefix, build_setpriv_prefix, find_interpreter,
+                    find_run_as, make_home)
 
 Body = dict[str, Any]
 log = logging.getLogger("meshway.workload")
@@ -153,7 +155,10 @@ def build_container_command(container: Body, pod: Body, parent_env: Mapping[str,
     app = resolve_image(container.get("image"), interpreter.python)
     command, args = container.get("command"), container.get("args")
     if app is not None and interpreter.path and not command:
-        app = replace(app, env={**app.env, "PYTHONPATH": os.pathsep.join(interpreter.path)})
+        extra = {"PYTHONPATH": os.pathsep.join(interpreter.path)}
+        if interpreter.library_path:
+            extra["LD_LIBRARY_PATH"] = interpreter.library_path
+        app = replace(app, env={**app.env, **extra})
     if not command and app is None:
         raise ContainerConfigError(
             f"{describe(pod, container)}: no `command` and image {container.get('image')!r} is not one meshway "
@@ -642,21 +647,24 @@ class PodProcesses:
                         parent_env: Mapping[str, str] | None) -> ContainerProcess:
         workdir = container.get("workingDir")
         cwd = workdir if workdir and os.path.isdir(workdir) else None
-        user_prefix: list[str] = []
+        user_prefix: list[str] = []  # setpriv ... --
+        launcher: list[str] = []  # the interpreter's mounts (as root, before setpriv), then user_prefix
         interpreter = None
         if self.home_root is not None:
             run_as = self.find_user(container)
             user_prefix = build_setpriv_prefix(run_as)
             if user_prefix:
                 interpreter = self.find_interpreter(container, run_as)
+                launcher = build_mount_prefix(interpreter.mounts) if interpreter else []
+                launcher += user_prefix
                 home = make_home(self.home_root / str(run_as.uid), run_as.uid, run_as.gid)
                 parent_env = {**(os.environ if parent_env is None else parent_env), "HOME": str(home)}
                 cwd = cwd or "/"  # as a container without WORKDIR; the supervisor's cwd may be closed to it
         argv, env = build_container_command(container, self.pod, parent_env, interpreter)
         return ContainerProcess(
-            name=container["name"], argv=[*self.prefix, *user_prefix, *argv], env=env,
+            name=container["name"], argv=[*self.prefix, *launcher, *argv], env=env,
             log_path=self.log_dir / f"{container['name']}.log", probe=build_probe(container, self.pod),
-            restart_policy=policy, cwd=cwd, prefix_len=len(self.prefix) + len(user_prefix),
+            restart_policy=policy, cwd=cwd, prefix_len=len(self.prefix) + len(launcher),
             user_prefix=tuple(user_prefix), backoff=backoff, clock=self.clock, on_change=self.save)
 
     def find_user(self, container: Body) -> RunAs:
