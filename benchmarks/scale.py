@@ -39,6 +39,7 @@ from selection import fmt_time, machine_info  # noqa: E402
 
 from meshway import labels as L  # noqa: E402
 from meshway.model.parse import parse_object  # noqa: E402
+from meshway.model.registry import BY_KIND  # noqa: E402
 from meshway.runtime.controlplane import ControlPlane  # noqa: E402
 from meshway.runtime.envoy import find_envoy  # noqa: E402
 from meshway.store import Store  # noqa: E402
@@ -139,8 +140,6 @@ def load_store(state: Path, bodies: list[Body], ready_waypoints: Callable[[str],
     """A fresh store holding `bodies`, every app pod Ready (the runtime's job, written in one
     transaction) and the waypoint pods of the namespaces `ready_waypoints` accepts Ready too, as a
     control plane restarting over a running mesh finds them. Returns the store and the apply time."""
-    from meshway.store.cluster import reconcile
-
     store = Store(state)
     pods = sum(1 for b in bodies if b["kind"] == "Pod") + sum(1 for b in bodies if b["kind"] == "Gateway")
     store.set_nodes(max(1, math.ceil(pods / 200)))
@@ -148,14 +147,15 @@ def load_store(state: Path, bodies: list[Body], ready_waypoints: Callable[[str],
     t0 = time.perf_counter()
     store.apply(manifests)
     took = time.perf_counter() - t0
-    with store.db.write() as txn:
-        w = store._writer(txn)
-        for body in txn.list("Pod", None):
-            labels = body["metadata"].get("labels") or {}
-            waypoint = labels.get(L.GATEWAY_NAME)
-            if waypoint is None or ready_waypoints(body["metadata"]["namespace"]):
-                w.set_status("Pod", body, READY)
-        reconcile(w)
+    ready = [("Pod", b["metadata"]["namespace"], b["metadata"]["name"], READY)
+             for b in store.list(BY_KIND["Pod"], None)
+             if L.GATEWAY_NAME not in (b["metadata"].get("labels") or {})
+             or ready_waypoints(b["metadata"]["namespace"])]
+    if hasattr(store, "write_statuses"):  # one transaction (the runtime's batch)
+        store.write_statuses(ready)
+    else:  # a checkout from before Store.write_statuses
+        for kind, ns, name, status in ready:
+            store.write_status(kind, ns, name, status)
     return store, took
 
 
@@ -269,8 +269,6 @@ def wait_for(what: str, predicate: Callable[[], bool], timeout: float, interval:
 
 
 def gateway_programmed(store: Store, ns: str) -> bool:
-    from meshway.model.registry import BY_KIND
-
     gw = store.get(BY_KIND["Gateway"], ns, "waypoint")
     return any(c.get("type") == "Programmed" and c.get("status") == "True"
                for c in (gw.get("status") or {}).get("conditions", []))
