@@ -292,7 +292,7 @@ class ControlPlane:
             if errors != state.errors[:1]:
                 log.exception("%s: build failed, keeping its last good config", state.node_id)
         elapsed = time.perf_counter() - started
-        self.metrics.observe_build(proxy_type, elapsed)
+        self.metrics.observe_build(proxy_type, elapsed, failed=bool(errors), over_budget=elapsed > self.build_budget)
         if elapsed > self.build_budget:
             log.warning("%s: translation took %.2f s, over its %g s budget", state.node_id, elapsed, self.build_budget)
             errors += (("translation", f"took {elapsed:.2f} s, over the {self.build_budget:g} s budget"),)

@@ -7,6 +7,8 @@ plus the Istio metrics of every proxy it runs, read from their admin sockets at 
 | pilot_xds{version} | proxies with an open ADS stream |
 | pilot_proxy_convergence_time | seconds from a proxy's new snapshot to its ACK of every response that carried it |
 | meshway_config_build_seconds{proxy_type} | seconds to build one proxy's config (waypoint, ztunnel) |
+| meshway_config_build_failures{proxy_type} | builds that raised (the proxy kept its last good config) |
+| meshway_config_build_over_budget{proxy_type} | builds that took longer than the per-proxy budget |
 
 Thin I/O: a threaded HTTP server; the translation is `meshway.observe.metrics`.
 """
@@ -67,6 +69,8 @@ class ControlPlaneMetrics:
         self.rejects: Counter[str] = Counter()
         self.convergence = Histogram(CONVERGENCE_BUCKETS)
         self.build = {"waypoint": Histogram(BUILD_BUCKETS), "ztunnel": Histogram(BUILD_BUCKETS)}
+        self.build_failures: Counter[str] = Counter()
+        self.over_budget: Counter[str] = Counter()
         self._published: dict[str, float] = {}  # node id -> when its newest snapshot was set
         self._waiting: dict[str, dict[str, str]] = {}  # node id -> type -> nonce not yet answered
         self._sent_since: set[str] = set()
@@ -76,9 +80,11 @@ class ControlPlaneMetrics:
             self._published[node_id] = self.clock()
             self._sent_since.discard(node_id)
 
-    def observe_build(self, proxy_type: str, seconds: float) -> None:
+    def observe_build(self, proxy_type: str, seconds: float, failed: bool = False, over_budget: bool = False) -> None:
         with self._lock:
             self.build[proxy_type].observe(seconds)
+            self.build_failures[proxy_type] += failed
+            self.over_budget[proxy_type] += over_budget
 
     def on_event(self, node_id: str, event: Event) -> None:
         """ADS stream events: a proxy has converged when every response sent since its newest snapshot
@@ -116,6 +122,14 @@ class ControlPlaneMetrics:
                 Family("meshway_config_build_seconds", "histogram", "Seconds to build one proxy's configuration.",
                        tuple(s for kind, h in sorted(self.build.items())
                              for s in h.samples("meshway_config_build_seconds", (("proxy_type", kind),)))),
+                Family("meshway_config_build_failures", "counter",
+                       "Proxy config builds that failed; the proxy kept its last good configuration.",
+                       tuple(Sample("meshway_config_build_failures", (("proxy_type", t),), n)
+                             for t, n in sorted(self.build_failures.items()))),
+                Family("meshway_config_build_over_budget", "counter",
+                       "Proxy config builds that took longer than the per-proxy budget.",
+                       tuple(Sample("meshway_config_build_over_budget", (("proxy_type", t),), n)
+                             for t, n in sorted(self.over_budget.items()))),
             ]
 
 
