@@ -446,7 +446,9 @@ def test_live_waypoint_acks_patched_config_and_a_rejected_filter_is_left_out(tmp
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             status = cp.cache.status.get(next(iter(cp.replicas), ""), {})
-            if status.get(P.LISTENER, {}).get("state") == "SYNCED" and condition(store, "envoy-says-no"):
+            # Routes come over RDS after the listener that names them: wait for every type.
+            if len(status) == 5 and all(v.get("state") == "SYNCED" for v in status.values()) \
+                    and condition(store, "envoy-says-no"):
                 break
             time.sleep(0.1)
         else:

@@ -8,6 +8,7 @@ from typing import Any, Callable
 from .. import labels as L
 from ..mesh.view import ServiceInfo
 from .protos import typed
+from .memo import Memo
 from .scope import WaypointScope, cluster_name, detect_protocol, port_kinds
 from .proxy import Proxy
 
@@ -186,38 +187,54 @@ def find_route_names(scope: WaypointScope) -> list[tuple[ServiceInfo, int, str]]
             for svc in scope.services for port in svc.ports if "http" in port_kinds(port)]
 
 
+def build_service_chains(svc: ServiceInfo, authz_http: list[Body], authz_tcp: list[Body], logs: list[Body],
+                         tracing: Body | None) -> tuple[list[Body], Body | None]:
+    """One bound service's filter chains in `main_internal` and its entry in the destination
+    matcher (VIP -> port -> chain), or None when no port gets a chain."""
+    chains: list[Body] = []
+    port_map: Body = {}
+    for port in svc.ports:
+        kinds = port_kinds(port)
+        names = {k: cluster_name(port.port, k, svc.hostname) for k in kinds}
+        if "http" in names:
+            chains.append({"name": names["http"], "filters": [build_hcm(
+                f"inbound_0.0.0.0_{port.port};", names["http"], detect_protocol(port) == "http2",
+                authz_http, logs, tracing)]})
+        if "tcp" in names:
+            chains.append({"name": names["tcp"], "filters": [*authz_tcp, _tcp_proxy(names["tcp"])]})
+        if len(names) == 2:
+            port_map[str(port.port)] = {"matcher": _app_protocol_matcher(names["http"], names["tcp"])}
+        elif names:
+            port_map[str(port.port)] = _chain_action(next(iter(names.values())))
+    if not port_map:
+        return chains, None
+    return chains, {"ranges": [{"address_prefix": ip, "prefix_len": 128 if ":" in ip else 32} for ip in svc.addresses],
+                    "on_match": {"matcher": {"matcher_tree": {
+                        "input": {"name": "port", "typed_config": typed(
+                            "envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput")},
+                        "exact_match_map": {"map": port_map}}}}}
+
+
 def build_main_internal(scope: WaypointScope,
                         authz_for: Callable[[ServiceInfo | None, bool], list[Body]] = _no_authz,
                         logs_for: Callable[[ServiceInfo | None], list[Body]] = _no_logs,
-                        tracing_for: Callable[[ServiceInfo | None], Body | None] = _no_tracing) -> Body:
+                        tracing_for: Callable[[ServiceInfo | None], Body | None] = _no_tracing,
+                        memo: Memo | None = None) -> Body:
     """Each HTTP chain takes its routes over RDS, from the RouteConfiguration named as the chain
     (`find_route_names`); `authz_for(service, network)` gives a chain's RBAC filters (HTTP or
     network); the callbacks get `None` for the chains of traffic addressed to a bound pod, which only
-    waypoint-wide config applies to (their one fixed route stays inline, as Istio's `encap`)."""
+    waypoint-wide config applies to (their one fixed route stays inline, as Istio's `encap`).
+    `memo`: a service's chains are rebuilt only when the service or its filters changed."""
+    memo = memo if memo is not None else Memo()
     chains: list[Body] = []
     ranges: list[Body] = []
     for svc in scope.services:
-        port_map: Body = {}
-        for port in svc.ports:
-            kinds = port_kinds(port)
-            names = {k: cluster_name(port.port, k, svc.hostname) for k in kinds}
-            if "http" in names:
-                chains.append({"name": names["http"], "filters": [build_hcm(
-                    f"inbound_0.0.0.0_{port.port};", names["http"], detect_protocol(port) == "http2",
-                    authz_for(svc, False), logs_for(svc), tracing_for(svc))]})
-            if "tcp" in names:
-                chains.append({"name": names["tcp"], "filters": [*authz_for(svc, True), _tcp_proxy(names["tcp"])]})
-            if len(names) == 2:
-                port_map[str(port.port)] = {"matcher": _app_protocol_matcher(names["http"], names["tcp"])}
-            elif names:
-                port_map[str(port.port)] = _chain_action(next(iter(names.values())))
-        if port_map:
-            ranges.append({"ranges": [{"address_prefix": ip, "prefix_len": 128 if ":" in ip else 32}
-                                      for ip in svc.addresses],
-                           "on_match": {"matcher": {"matcher_tree": {
-                               "input": {"name": "port", "typed_config": typed(
-                                   "envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput")},
-                               "exact_match_map": {"map": port_map}}}}})
+        inputs = (svc, authz_for(svc, False), authz_for(svc, True), logs_for(svc), tracing_for(svc))
+        svc_chains, entry = memo.get(("chains", svc.kind, svc.namespace, svc.name), inputs,
+                                     lambda: build_service_chains(*inputs))
+        chains += svc_chains
+        if entry is not None:
+            ranges.append(entry)
     # Traffic addressed to a bound pod: the waypoint-wide policies and telemetry (`None`: no service).
     chains += [
         {"name": "direct-tcp", "filters": [_keep_destination(), *authz_for(None, True), _tcp_proxy("encap")]},

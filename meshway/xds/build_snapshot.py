@@ -8,7 +8,7 @@ from typing import Any, Callable
 from .. import labels as L
 from ..mesh.meshconfig import find_mesh_config
 from ..mesh.index import resolve_host
-from ..mesh.view import MeshView, ServiceInfo, WaypointInfo
+from ..mesh.view import MeshView, PodInfo, ServiceInfo, WaypointInfo
 from ..model.istio import DestinationRule, VirtualService
 from . import protos as P
 from .build_authz import WAYPOINT, build_rbac_filters, find_waypoint_policies
@@ -20,6 +20,7 @@ from .build_telemetry import build_access_logs, find_access_logging
 from .envoyfilter import apply_envoy_filters, find_envoy_filters
 from .build_tracing import build_tracing, find_tracing
 from .httproute import convert_http_route, detect_parent
+from .memo import Memo
 from .proxy import Proxy
 from .scope import WaypointScope, cluster_name, detect_protocol, find_scope, find_service_pods, port_kinds, \
     resolve_target_port
@@ -50,18 +51,21 @@ def find_virtual_services(view: MeshView, svc: ServiceInfo, wp: WaypointInfo) ->
     return found
 
 
-def find_routes_for(view: MeshView, svc: ServiceInfo, wp: WaypointInfo, port: int) -> list[VirtualService]:
-    """VirtualServices for the service, else its attached HTTPRoutes converted (do not mix the two)."""
+def find_routes_for(view: MeshView, svc: ServiceInfo, wp: WaypointInfo, port: int,
+                    memo: Memo | None = None) -> list[VirtualService]:
+    """VirtualServices for the service, else its attached HTTPRoutes converted (do not mix the two;
+    a route is converted again only when it changed, given a memo)."""
     vss = find_virtual_services(view, svc, wp)
     if vss:
         return vss
+    memo = memo if memo is not None else Memo()
     converted = []
     for route in view.index.http_routes.get((svc.namespace, svc.name), ()):
         ports = detect_parent(route, svc.namespace, svc.name)
         if ports and (None in ports or port in ports):
             only = None if None in ports else port
-            converted.append(view.remember(("http-route", id(route), svc.hostname, only),
-                                           lambda: convert_http_route(route, svc.hostname, only)))
+            converted.append(memo.get(("http-route", route.namespace, route.name, svc.hostname, only),
+                                      (route,), lambda: convert_http_route(route, svc.hostname, only)))
     return converted
 
 
@@ -78,11 +82,11 @@ def _same(ip: str) -> str:
     return ip
 
 
-def _endpoints(name: str, view: MeshView, svc: ServiceInfo, port_number: int, subset_labels: dict | None,
-               dial: Callable[[str], str] = _same) -> Body:
+def _endpoints(name: str, svc: ServiceInfo, pods: tuple[PodInfo, ...], port_number: int,
+               subset_labels: dict | None, dial: Callable[[str], str] = _same) -> Body:
     port = next(p for p in svc.ports if p.port == port_number)
     lb = []
-    for pod in find_service_pods(view, svc):
+    for pod in pods:
         if subset_labels and any(pod.labels.get(k) != v for k, v in subset_labels.items()):
             continue
         target = resolve_target_port(port, pod)
@@ -98,108 +102,171 @@ def _endpoints(name: str, view: MeshView, svc: ServiceInfo, port_number: int, su
     return {"cluster_name": name, "endpoints": [{"lb_endpoints": lb}] if lb else []}
 
 
+@dataclass(frozen=True)
+class ServiceClusters:
+    """One bound service's clusters (a port x kind x subset each), their endpoints, the route hash
+    policies its DestinationRule asks for, and the notes about that rule."""
+
+    clusters: dict[str, Body]
+    endpoints: dict[str, Body]
+    hashing: dict[str, list[Body]]
+    problems: tuple[tuple[str, str], ...]
+
+
+def build_service_clusters(svc: ServiceInfo, dr: DestinationRule | None, pods: tuple[PodInfo, ...],
+                           dial: Callable[[str], str]) -> ServiceClusters:
+    clusters: dict[str, Body] = {}
+    endpoints: dict[str, Body] = {}
+    hashing: dict[str, list[Body]] = {}
+    problems = []
+    subsets = {s.name: dict(s.labels or {}) for s in (dr.spec.subsets or [])} if dr else {}
+    for port in svc.ports:
+        for kind in port_kinds(port):
+            for subset in [None, *subsets]:
+                name = cluster_name(port.port, kind + (f"/{subset}" if subset else ""), svc.hostname)
+                cluster, notes = build_service_cluster(name, svc.hostname, svc.name, svc.namespace,
+                                                       detect_protocol(port), subset, dr, port.port)
+                problems += [(f"DestinationRule {dr.namespace}/{dr.name}", note) for note in notes]
+                clusters[name] = cluster
+                hash_policy = build_hash_policy(merge_policy(dr, port.port, subset))
+                if hash_policy:
+                    hashing[name] = hash_policy
+                endpoints[name] = _endpoints(name, svc, pods, port.port, subsets.get(subset) if subset else None,
+                                             dial)
+    return ServiceClusters(clusters, endpoints, hashing, tuple(problems))
+
+
 def build_waypoint_config(view: MeshView, proxy: Proxy, secrets: dict[str, Body] | None = None,
                           scope: WaypointScope | None = None, dial: Callable[[str], str] = _same,
-                          skip_envoy_filters: frozenset[str] = frozenset()) -> WaypointConfig:
+                          skip_envoy_filters: frozenset[str] = frozenset(), memo: Memo | None = None) -> WaypointConfig:
     """`dial(pod_ip)` is the address the waypoint connects to for a pod (the placement's business:
     the pod IP itself in the cluster, a loopback alias when everything runs on the host).
-    `skip_envoy_filters`: EnvoyFilters ("<ns>/<name>") to leave out (ones Envoy rejected)."""
-    scope = scope or find_scope(view, proxy.namespace, proxy.waypoint)
-    wp = scope.waypoint
-    problems = Problems()
-    clusters: dict[str, Body] = {c["name"]: c for c in build_static_clusters(proxy)}
-    endpoints: dict[str, Body] = {}
-    hashing: dict[str, list[Body]] = {}  # cluster -> the route hash_policy its DR's consistentHash needs
-    by_host = {h: s for s in scope.services for h in _hosts(s)}
-    rules = {(s.kind, s.namespace, s.name): find_destination_rule(view, s, wp) for s in scope.services}
+    `skip_envoy_filters`: EnvoyFilters ("<ns>/<name>") to leave out (ones Envoy rejected).
+    `memo`: this proxy's memo (`meshway.xds.memo`): only the units a change touched are rebuilt;
+    without one, everything is built from scratch (the same result)."""
+    memo = memo if memo is not None else Memo()
+    memo.begin()
+    build = _WaypointBuild(view, proxy, scope or find_scope(view, proxy.namespace, proxy.waypoint), dial, memo)
+    build.add_service_clusters()
+    build.add_policies()
+    listeners = {li["name"]: li for li in (
+        build_connect_terminate(proxy),
+        build_main_internal(build.scope, build.authz_for, build.logs_for, build.tracing_for, memo),
+        build_connect_originate())}
+    routes = {name: build.route_for(svc, port) for svc, port, name in find_route_names(build.scope)}
+    memo.sweep()
+    resources = {P.CLUSTER: build.clusters, P.ENDPOINT: build.endpoints, P.LISTENER: listeners, P.ROUTE: routes,
+                 P.SECRET: dict(secrets or {})}
+    return build.with_envoy_filters(resources, skip_envoy_filters)
 
-    for svc in scope.services:
-        dr = rules[(svc.kind, svc.namespace, svc.name)]
-        subsets = {s.name: dict(s.labels or {}) for s in (dr.spec.subsets or [])} if dr else {}
-        for port in svc.ports:
-            for kind in port_kinds(port):
-                for subset in [None, *subsets]:
-                    name = cluster_name(port.port, kind + (f"/{subset}" if subset else ""), svc.hostname)
-                    cluster, notes = build_service_cluster(name, svc.hostname, svc.name, svc.namespace,
-                                                           detect_protocol(port), subset, dr, port.port)
-                    for note in notes:
-                        problems.add(f"DestinationRule {dr.namespace}/{dr.name}", note)
-                    clusters[name] = cluster
-                    hash_policy = build_hash_policy(merge_policy(dr, port.port, subset))
-                    if hash_policy:
-                        hashing[name] = hash_policy
-                    endpoints[name] = _endpoints(name, view, svc, port.port,
-                                                 subsets.get(subset) if subset else None, dial)
 
-    def route_for(svc: ServiceInfo, port: int) -> Body:
-        def resolve(host: str, dest_port: int | None, subset: str | None) -> str | None:
-            target = by_host.get(resolve_host(host, svc.namespace))
-            if target is None:
-                return None
-            ports = [p.port for p in target.ports]
-            chosen = dest_port or (port if target is svc else (ports[0] if len(ports) == 1 else None))
-            if chosen not in ports:
-                return None
-            kind = "http" + (f"/{subset}" if subset else "")
-            name = cluster_name(chosen, kind, target.hostname)
-            return name if name in clusters else None
+class _WaypointBuild:
+    """The steps of one waypoint's build, in order: clusters per bound service, policies, then
+    (driven by build_waypoint_config) listeners and routes, and last the EnvoyFilter patches."""
 
-        target = RouteTarget(svc.hostname, svc.namespace, port, resolve, hashing.get)
+    def __init__(self, view: MeshView, proxy: Proxy, scope: WaypointScope, dial: Callable[[str], str],
+                 memo: Memo) -> None:
+        self.view, self.proxy, self.scope, self.wp, self.dial, self.memo = view, proxy, scope, scope.waypoint, dial, memo
+        self.problems = Problems()
+        self.clusters: dict[str, Body] = {c["name"]: c for c in build_static_clusters(proxy)}
+        self.endpoints: dict[str, Body] = {}
+        self.hashing: dict[str, list[Body]] = {}  # cluster -> the route hash_policy its DR's consistentHash needs
+        self.by_host = {h: s for s in scope.services for h in _hosts(s)}
+
+    def add_service_clusters(self) -> None:
+        for svc in self.scope.services:
+            dr = find_destination_rule(self.view, svc, self.wp)
+            pods = tuple(find_service_pods(self.view, svc))
+            inputs = (svc, dr, pods, self.dial)
+            unit = self.memo.get(("clusters", svc.kind, svc.namespace, svc.name), inputs,
+                                 lambda: build_service_clusters(*inputs))
+            self.clusters.update(unit.clusters)
+            self.endpoints.update(unit.endpoints)
+            self.hashing.update(unit.hashing)
+            for where, message in unit.problems:
+                self.problems.add(where, message)
+
+    def resolve(self, svc: ServiceInfo, port: int, host: str, dest_port: int | None, subset: str | None) -> str | None:
+        """The cluster a route of `svc:port` to (host, port, subset) goes to; None if not served here."""
+        target = self.by_host.get(resolve_host(host, svc.namespace))
+        if target is None:
+            return None
+        ports = [p.port for p in target.ports]
+        chosen = dest_port or (port if target is svc else (ports[0] if len(ports) == 1 else None))
+        if chosen not in ports:
+            return None
+        name = cluster_name(chosen, "http" + (f"/{subset}" if subset else ""), target.hostname)
+        return name if name in self.clusters else None
+
+    def route_for(self, svc: ServiceInfo, port: int) -> Body:
+        """The RouteConfiguration of `svc:port`, rebuilt only when the service, its routes, or an
+        answer the build got about other clusters (the lookups it recorded) changed."""
+        routes = tuple(find_routes_for(self.view, svc, self.wp, port, self.memo))
         name = cluster_name(port, "http", svc.hostname)
-        return build_route_config(name, target, find_routes_for(view, svc, wp, port), problems)
 
-    policies = list(view.index.of("AuthorizationPolicy"))
+        def build(resolve: Callable, hash_policy: Callable) -> tuple[Body, tuple]:
+            problems = Problems()
+            config = build_route_config(name, RouteTarget(svc.hostname, svc.namespace, port, resolve, hash_policy),
+                                        list(routes), problems)
+            return config, tuple(problems.items)
 
-    applied = {(s.kind, s.namespace, s.name): find_waypoint_policies(policies, wp.namespace, wp.name, s.namespace,
-                                                                     s.name, s.kind) for s in scope.services}
-    applied[None] = find_waypoint_policies(policies, wp.namespace, wp.name)  # direct chains: waypoint-wide ones
-    ext_authz = build_ext_authz_setup(view, applied.values(), dial)
-    clusters.update(ext_authz.clusters)
-    endpoints.update(ext_authz.endpoints)
-    for where, message in ext_authz.problems:
-        problems.add(where, message)
+        lookups = (lambda *a: self.resolve(svc, port, *a), self.hashing.get)
+        config, problems = self.memo.get(("route", svc.kind, svc.namespace, svc.name, port), (svc, routes), build,
+                                         lookups)
+        for where, message in problems:
+            self.problems.add(where, message)
+        return config
 
-    def authz_for(svc: ServiceInfo | None, network: bool) -> list[Body]:
+    def add_policies(self) -> None:
+        """AuthorizationPolicies (and the ext_authz providers CUSTOM ones call), Telemetry, MeshConfig."""
+        wp = self.wp
+        policies = list(self.view.index.of("AuthorizationPolicy"))
+        self.applied = {(s.kind, s.namespace, s.name): find_waypoint_policies(
+            policies, wp.namespace, wp.name, s.namespace, s.name, s.kind) for s in self.scope.services}
+        self.applied[None] = find_waypoint_policies(policies, wp.namespace, wp.name)  # direct chains: waypoint-wide
+        self.ext_authz = build_ext_authz_setup(self.view, self.applied.values(), self.dial)
+        self.clusters.update(self.ext_authz.clusters)
+        self.endpoints.update(self.ext_authz.endpoints)
+        for where, message in self.ext_authz.problems:
+            self.problems.add(where, message)
+        self.telemetries = list(self.view.index.of("Telemetry"))
+        self.mesh = find_mesh_config(self.view)
+
+    def authz_for(self, svc: ServiceInfo | None, network: bool) -> list[Body]:
         """`svc` None: the chains of traffic addressed to a bound pod (waypoint-wide config only)."""
-        chain = applied[(svc.kind, svc.namespace, svc.name) if svc else None]
-        return build_custom_filters(chain, ext_authz, network) + build_rbac_filters(chain, WAYPOINT, network)
+        chain = self.applied[(svc.kind, svc.namespace, svc.name) if svc else None]
+        return build_custom_filters(chain, self.ext_authz, network) + build_rbac_filters(chain, WAYPOINT, network)
 
-    telemetries = list(view.index.of("Telemetry"))
-
-    def logs_for(svc: ServiceInfo | None) -> list[Body]:
+    def logs_for(self, svc: ServiceInfo | None) -> list[Body]:
         notes: list[str] = []
         ns, name = (svc.namespace, svc.name) if svc else ("", "")
-        logs = build_access_logs(find_access_logging(telemetries, wp.namespace, wp.name, ns, name), notes)
+        logs = build_access_logs(find_access_logging(self.telemetries, self.wp.namespace, self.wp.name, ns, name),
+                                 notes)
         for note in notes:
-            problems.add(f"Telemetry for {ns or wp.namespace}/{name or wp.name}", note)
+            self.problems.add(f"Telemetry for {ns or self.wp.namespace}/{name or self.wp.name}", note)
         return logs
 
-    mesh = find_mesh_config(view)
-
-    def tracing_for(svc: ServiceInfo | None) -> Body | None:
+    def tracing_for(self, svc: ServiceInfo | None) -> Body | None:
         notes: list[str] = []
         ns, name = (svc.namespace, svc.name) if svc else ("", "")
-        decision = find_tracing(telemetries, mesh.defaultProviders and mesh.defaultProviders.tracing, wp.namespace,
-                                wp.name, ns, name)
-        tracing, collector = build_tracing(decision, mesh, view, proxy, dial, notes)
+        mesh, wp = self.mesh, self.wp
+        decision = find_tracing(self.telemetries, mesh.defaultProviders and mesh.defaultProviders.tracing,
+                                wp.namespace, wp.name, ns, name)
+        tracing, collector = build_tracing(decision, mesh, self.view, self.proxy, self.dial, notes)
         if collector:
-            clusters[collector.cluster["name"]] = collector.cluster
+            self.clusters[collector.cluster["name"]] = collector.cluster
             if collector.endpoints is not None:
-                endpoints[collector.cluster["name"]] = collector.endpoints
+                self.endpoints[collector.cluster["name"]] = collector.endpoints
         for note in notes:
-            problems.add(f"Telemetry for {ns or wp.namespace}/{name or wp.name}", note)
+            self.problems.add(f"Telemetry for {ns or wp.namespace}/{name or wp.name}", note)
         return tracing
 
-    listeners = {li["name"]: li for li in (build_connect_terminate(proxy),
-                                           build_main_internal(scope, authz_for, logs_for, tracing_for),
-                                           build_connect_originate())}
-    routes = {name: route_for(svc, port) for svc, port, name in find_route_names(scope)}
-    resources = {P.CLUSTER: clusters, P.ENDPOINT: endpoints, P.LISTENER: listeners, P.ROUTE: routes,
-                 P.SECRET: dict(secrets or {})}
-    envoy_filters = [f for f in find_envoy_filters(list(view.index.of("EnvoyFilter")), wp.namespace, wp.name,
-                                                   scope.services)
-                     if f.key not in skip_envoy_filters]
-    resources, notes = apply_envoy_filters(resources, envoy_filters)
-    for where, message in notes:
-        problems.add(where, message)
-    return WaypointConfig(resources, tuple(dict.fromkeys(problems.items)), tuple(f.key for f in envoy_filters))
+    def with_envoy_filters(self, resources: dict[str, dict[str, Body]], skip: frozenset[str]) -> WaypointConfig:
+        models = list(self.view.index.of("EnvoyFilter"))
+        envoy_filters = [f for f in find_envoy_filters(models, self.wp.namespace, self.wp.name, self.scope.services)
+                         if f.key not in skip]
+        resources, notes = apply_envoy_filters(resources, envoy_filters)
+        for where, message in notes:
+            self.problems.add(where, message)
+        return WaypointConfig(resources, tuple(dict.fromkeys(self.problems.items)),
+                              tuple(f.key for f in envoy_filters))

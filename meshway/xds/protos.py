@@ -85,7 +85,7 @@ class MessageCache:
             by_name = out[type_url] = {}
             for name, data in items.items():
                 prev = self._last.get((type_url, name))
-                if prev is not None and prev[0] == data:
+                if prev is not None and (prev[0] is data or prev[0] == data):
                     msg = prev[1]
                 else:
                     msg, converted = to_message(type_url, data), converted + 1

@@ -1,0 +1,68 @@
+"""Rebuild only what a change touches (Istio's krt collections, in miniature): a `Memo` keeps, per
+unit of a proxy's config (a service's clusters, a route configuration, a service's filter chains),
+the inputs it was built from and what it built. A unit whose inputs are the same as last time
+returns the same objects, so the protobuf conversion (`protos.MessageCache`) and the snapshot
+(`cache.Snapshot(previous=...)`) see identical objects and skip them too.
+
+Inputs are compared by identity first (models from the config index are shared between views while
+their object's resourceVersion is unchanged; dicts a unit returned are reused as they are), then by
+equality (the view's frozen records, small lists). A unit may also record lookups it made into the
+rest of the config (`Lookups`): it is reused only if each lookup still gives the same answer.
+
+One memo per proxy; a build starts with `begin()` and ends with `sweep()`, which forgets the units
+that build did not use (`built` / `reused` then count that build's units). A build
+without a memo (`Memo()` each time) is the from-scratch translation the incremental one must equal.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Hashable
+
+
+def detect_same(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(x is y or (type(x) is type(y) and x == y) for x, y in zip(a, b))
+
+
+class Lookups:
+    """A recording function: calls pass through to `fn` and are remembered with their answers."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn, self.seen = fn, {}
+
+    def __call__(self, *args: Any) -> Any:
+        if args not in self.seen:
+            self.seen[args] = self.fn(*args)
+        return self.seen[args]
+
+    def still_valid(self, fn: Callable[..., Any]) -> bool:
+        return all(fn(*args) == answer for args, answer in self.seen.items())
+
+
+class Memo:
+    def __init__(self) -> None:
+        self._units: dict[Hashable, tuple[tuple, tuple[Lookups, ...], Any]] = {}
+        self._used: set[Hashable] = set()
+        self.built = self.reused = 0  # units, since the last sweep
+
+    def get(self, key: Hashable, inputs: tuple, build: Callable[..., Any],
+            lookups: tuple[Callable[..., Any], ...] = ()) -> Any:
+        """The unit's value: reused when `inputs` match and every recorded lookup still answers the
+        same through `lookups` (the current functions); else `build(*recorders)`, recorded."""
+        self._used.add(key)
+        entry = self._units.get(key)
+        if entry is not None and detect_same(entry[0], inputs) and \
+                all(rec.still_valid(fn) for rec, fn in zip(entry[1], lookups)):
+            self.reused += 1
+            return entry[2]
+        recorders = tuple(Lookups(fn) for fn in lookups)
+        value = build(*recorders)
+        self._units[key] = (inputs, recorders, value)
+        self.built += 1
+        return value
+
+    def begin(self) -> None:
+        self._used = set()
+        self.built = self.reused = 0
+
+    def sweep(self) -> None:
+        for key in [k for k in self._units if k not in self._used]:
+            del self._units[key]

@@ -1,0 +1,117 @@
+"""Incremental translation equals translation from scratch: over random sequences of changes to a
+store (routes, weights, DestinationRules, pods coming and going and changing labels, enrollment,
+HTTPRoutes, policies), a waypoint's config built with its memo (rebuilding only the units a change
+touched) is identical, resource for resource and problem for problem, to a build without one."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import yaml
+
+from conftest import apply, set_labels
+from meshway.mesh.view import XDS_KINDS, MeshView, expand_kinds
+from meshway.model import find_kind
+from meshway.xds.build_snapshot import build_waypoint_config
+from meshway.xds.memo import Memo
+from meshway.xds.proxy import Proxy
+
+DEMO = Path(__file__).resolve().parents[1] / "meshway" / "demo"
+WAYPOINT = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: default}
+spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+"""
+SERVICES = ("reviews", "ratings", "details", "productpage")
+
+
+def vs(rng: random.Random, name: str) -> dict:
+    weight = rng.randrange(0, 101, 10)
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": f"vs-{name}", "namespace": "default"},
+            "spec": {"hosts": [name], "http": [
+                {"match": [{"uri": {"prefix": "/p"}}], "route": [{"destination": {"host": rng.choice(SERVICES)}}],
+                 "timeout": f"{rng.randint(1, 9)}s"},
+                {"route": [{"destination": {"host": name, "subset": "v1"}, "weight": weight},
+                           {"destination": {"host": name, "subset": rng.choice(["v2", "v9"])}, "weight": 100 - weight}]}]}}
+
+
+def dr(rng: random.Random, name: str) -> dict:
+    subsets = [{"name": v, "labels": {"version": v}} for v in ("v1", "v2", "v3")[:rng.randint(1, 3)]]
+    return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": f"dr-{name}", "namespace": "default"},
+            "spec": {"host": name, "subsets": subsets, "trafficPolicy": {
+                "loadBalancer": {"simple": rng.choice(["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"])},
+                "connectionPool": {"tcp": {"maxConnections": rng.randint(1, 100)}}}}}
+
+
+def http_route(rng: random.Random, name: str) -> dict:
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": f"route-{name}", "namespace": "default"},
+            "spec": {"parentRefs": [{"kind": "Service", "group": "", "name": name}],
+                     "rules": [{"backendRefs": [{"name": name, "port": 9080, "weight": rng.randint(1, 9)}]}]}}
+
+
+def policy(rng: random.Random, name: str) -> dict:
+    return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": f"ap-{name}", "namespace": "default"},
+            "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": name}], "action": "DENY",
+                     "rules": [{"to": [{"operation": {"methods": [rng.choice(["DELETE", "PUT"])]}}]}]}}
+
+
+def change(store, rng: random.Random) -> None:
+    name = rng.choice(SERVICES)
+    kind, make = rng.choice([("VirtualService", vs), ("DestinationRule", dr), ("HTTPRoute", http_route),
+                             ("AuthorizationPolicy", policy), ("Pod", None), ("Service", None)])
+    if kind == "Pod":
+        pod = rng.choice(store.list(find_kind("pod"), "default"))
+        meta = pod["metadata"]
+        if rng.random() < 0.5:
+            ready = rng.choice(["True", "False"])
+            store.write_status("Pod", "default", meta["name"], {"conditions": [{"type": "Ready", "status": ready}]})
+        else:
+            set_labels(store, "pod", "default", meta["name"], {"version": rng.choice(["v1", "v2", "v3"])},
+                       overwrite=True)
+    elif kind == "Service":
+        if rng.random() < 0.5:
+            set_labels(store, "svc", "default", name, {"istio.io/use-waypoint": "none"}, overwrite=True)
+        else:
+            set_labels(store, "svc", "default", name, {}, remove=["istio.io/use-waypoint"])
+    elif rng.random() < 0.25:
+        store.delete([(find_kind(kind), "default", make(rng, name)["metadata"]["name"])], ignore_not_found=True)
+    else:
+        apply(store, yaml.safe_dump(make(rng, name)))
+
+
+def test_incremental_equals_from_scratch_on_random_changes(store, make_waypoint_ready):
+    for f in ("bookinfo.yaml", "bookinfo-client.yaml"):
+        apply(store, (DEMO / f).read_text())
+    apply(store, WAYPOINT)
+    set_labels(store, "namespace", None, "default", {"istio.io/use-waypoint": "waypoint"})
+    make_waypoint_ready(store, "default", "waypoint")
+    for pod in store.list(find_kind("pod"), "default"):
+        store.write_status("Pod", "default", pod["metadata"]["name"], {"conditions": [{"type": "Ready", "status": "True"}]})
+    proxy = Proxy("waypoint~test", "10.244.1.100", "default", "waypoint", "waypoint")
+    memo, reused, changed, previous, most_bound = Memo(), 0, 0, None, 0
+    rv, snapshot = store.snapshot(XDS_KINDS)
+    view = MeshView.build(snapshot)
+    for step in range(120):
+        rng = random.Random(step)
+        for _ in range(rng.randint(1, 3)):
+            change(store, rng)
+        changes = store.db.changes_since(rv)
+        rv = changes[-1].rv if changes else rv
+        kinds = {c.kind for c in changes} & set(XDS_KINDS)
+        view = view.with_changes(store.snapshot(expand_kinds(kinds))[1]) if kinds else view
+        incremental = build_waypoint_config(view, proxy, memo=memo)
+        reused += memo.reused
+        scratch = build_waypoint_config(MeshView.build(store.snapshot(XDS_KINDS)[1]), proxy)
+        assert incremental.resources == scratch.resources, f"step {step}"
+        assert incremental.problems == scratch.problems, f"step {step}"
+        changed += incremental.resources != previous
+        previous = incremental.resources
+        most_bound = max(most_bound, len(previous["type.googleapis.com/envoy.config.route.v3.RouteConfiguration"]))
+    assert reused > 0  # the memo did serve units: this was not a from-scratch build every time
+    assert changed > 60  # and the changes did change the config (most steps)
+    assert most_bound >= 3  # several services were bound to the waypoint along the way
