@@ -278,7 +278,8 @@ def test_folders_the_user_cannot_reach_are_mounted_where_it_can(tmp_path: Path, 
     (closed / "clone").mkdir(parents=True)
     (closed / "site").mkdir()
     closed.chmod(0o700)
-    monkeypatch.setattr(runas, "_own_needs", lambda: (sysconfig_stdlib(), str(closed / "clone"), [str(closed / "site")]))
+    needs = (sysconfig_stdlib(), str(closed / "clone"), [str(closed / "site")])
+    monkeypatch.setattr(runas, "_own_needs", lambda: needs)
     image = tmp_path / "image"
     got = runas.find_interpreter.__wrapped__(NONROOT, (NONROOT,), image)
     assert got.path == (str(image / "src"), str(image / "site0"))

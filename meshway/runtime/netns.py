@@ -164,9 +164,9 @@ def check_pod_ip(node: int, ip: str) -> None:
 
 
 def plan_pod(cluster: str, node: int, pod_ns: str, pod: str, ip: str) -> list[Cmd]:
-    """A pod on node N: low ports open to its users, a veth whose pod end is `eth0` (<ip>/32, default via 10.244.N.1) and whose
-    node end carries 10.244.N.1/32 (so REDIRECT/TPROXY in the node netns have an address) and a
-    /32 route back to the pod."""
+    """A pod on node N: low ports open to its users, a veth whose pod end is `eth0` (<ip>/32, default
+    via 10.244.N.1) and whose node end carries 10.244.N.1/32 (so REDIRECT/TPROXY in the node netns
+    have an address) and a /32 route back to the pod."""
     check_pod_ip(node, ip)
     netns, node_ns = pod_netns_name(cluster, pod_ns, pod), node_netns_name(cluster, node)
     veth, gateway = pod_veth_name(cluster, pod_ns, pod), node_gateway_ip(node)

@@ -510,7 +510,7 @@ class ContainerProcess:
     restart_policy: str = "Always"
     cwd: str | None = None
     prefix_len: int = 0  # launcher part of argv: after the execs, /proc shows argv[prefix_len:]
-    user_prefix: tuple[str, ...] = ()  # `setpriv ... --`: exec probes run as the container's user
+    user_prefix: tuple[str, ...] = ()  # `[mounts] setpriv ... --`: exec probes run as the container does
     backoff: Backoff = field(default_factory=Backoff)
     clock: Callable[[], float] = time.monotonic
     on_change: Callable[[], None] = nothing  # records the container (PodProcesses.save)
@@ -665,7 +665,7 @@ class PodProcesses:
             name=container["name"], argv=[*self.prefix, *launcher, *argv], env=env,
             log_path=self.log_dir / f"{container['name']}.log", probe=build_probe(container, self.pod),
             restart_policy=policy, cwd=cwd, prefix_len=len(self.prefix) + len(launcher),
-            user_prefix=tuple(user_prefix), backoff=backoff, clock=self.clock, on_change=self.save)
+            user_prefix=tuple(launcher), backoff=backoff, clock=self.clock, on_change=self.save)
 
     def find_user(self, container: Body) -> RunAs:
         try:
