@@ -109,3 +109,20 @@ def test_a_pod_process_cannot_read_the_ca_key_or_reach_the_ads_socket(mesh: Mesh
         assert env["HOME"].startswith("/run/meshway/"), env["HOME"]
 
 
+
+
+def test_runtime_files_are_owner_only_and_pod_files_readable(mesh: Mesh) -> None:
+    """Modes are set, not left to the umask: the pods' folders, logs and records and cluster.json are
+    root's alone; the pod's /etc/hosts and resolv.conf are readable by its users (written only by root)."""
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(os.stat(path).st_mode)
+
+    pods_dir = mesh.state / "run" / "pods"
+    assert mode(pods_dir) == 0o700 and mode(mesh.state / "run" / "cluster.json") == 0o600
+    for pod in app_pods(mesh):
+        folder = pods_dir / f"default.{pod['metadata']['name']}"
+        assert mode(folder) == 0o700, folder
+        for path in folder.iterdir():
+            assert mode(path) == 0o600, path
+        etc = Path("/etc/netns") / mesh.netns(pod)
+        assert mode(etc) == 0o755 and mode(etc / "hosts") == 0o644 and mode(etc / "resolv.conf") == 0o644, etc
