@@ -554,7 +554,7 @@ def bench_proxies(namespaces: int, services: int, window: float, tmp: Path, time
                 return False
 
         wait_for("control plane lists every waypoint", listed, timeout, 0.1)
-        settle(proc.pid, timeout)
+        settle(proc.pid)
         idle0 = idle_cpu(proc.pid, window)
         rss0 = rss_of(proc.pid)
         status = json.loads(status_file.read_text())
@@ -583,9 +583,11 @@ def bench_proxies(namespaces: int, services: int, window: float, tmp: Path, time
                                            f"within {timeout:g} s")
                     await asyncio.sleep(0.05)
                 t_all = time.perf_counter() - t0
-                await asyncio.to_thread(settle, proc.pid, timeout)
+                await asyncio.to_thread(settle, proc.pid)
                 connected = await asyncio.to_thread(count_connected, status_file, nodes)
+                responses0 = counts["responses"]
                 idle = await asyncio.to_thread(idle_cpu, proc.pid, window)
+                counts["responses_in_window"] = counts["responses"] - responses0
                 rss = rss_of(proc.pid)
                 connected_after = await asyncio.to_thread(count_connected, status_file, nodes)
                 return {"all_acked_s": t_all, "idle": idle, "rss": rss, "connected": min(connected, connected_after)}
@@ -610,7 +612,8 @@ def bench_proxies(namespaces: int, services: int, window: float, tmp: Path, time
            "rss_no_proxy_bytes": rss0, "rss_connected_bytes": result["rss"],
            "rss_per_proxy_bytes": (result["rss"] - rss0) / n if n else None,
            "idle_cpu_ms_per_s_no_proxy": idle0 * 1e3, "idle_cpu_ms_per_s_connected": result["idle"] * 1e3,
-           "clients_all_acked_s": result["all_acked_s"], "responses": counts["responses"], "bytes": counts["bytes"]}
+           "clients_all_acked_s": result["all_acked_s"], "responses": counts["responses"], "bytes": counts["bytes"],
+           "responses_in_window": counts.get("responses_in_window")}
     print(f"    RSS {rss0 / 2**20:.1f} MiB -> {result['rss'] / 2**20:.1f} MiB with {n} connected "
           f"({(out['rss_per_proxy_bytes'] or 0) / 1e6:.3f} MB per proxy); idle CPU {idle0 * 1e3:.1f} -> "
           f"{result['idle'] * 1e3:.1f} ms/s", flush=True)
@@ -619,14 +622,17 @@ def bench_proxies(namespaces: int, services: int, window: float, tmp: Path, time
     return out
 
 
-def settle(pid: int, timeout: float, quiet: float = 0.05) -> None:
-    """Until the process used under `quiet` CPU seconds per second over half a second (bounded)."""
-    deadline = time.perf_counter() + timeout
+def settle(pid: int, limit: float = 30.0, quiet: float = 0.05) -> None:
+    """Until the process's CPU rate over half a second is under `quiet` CPU seconds per second, or
+    steady (within 20 ms/s of the half second before: its idle loop), at most `limit` seconds."""
+    deadline, previous = time.perf_counter() + limit, None
     while time.perf_counter() < deadline:
         c0 = cpu_of(pid)
         time.sleep(0.5)
-        if (cpu_of(pid) - c0) / 0.5 < quiet:
+        rate = (cpu_of(pid) - c0) / 0.5
+        if rate < quiet or (previous is not None and abs(rate - previous) < 0.02 and rate < 0.5):
             return
+        previous = rate
 
 
 def idle_cpu(pid: int, window: float) -> float:
@@ -757,7 +763,8 @@ def write_markdown(path: Path, report: Body) -> None:
               f"| idle CPU ({px['window_s']:g} s window), none / {px['proxies']} connected | "
               f"{px['idle_cpu_ms_per_s_no_proxy']:.1f} / {px['idle_cpu_ms_per_s_connected']:.1f} ms/s |",
               f"| clients connected -> all ACKed CDS/LDS/RDS | {_ms(px['clients_all_acked_s'])} |",
-              f"| responses / bytes the clients received | {px['responses']:,} / {px['bytes']:,} |", ""]
+              f"| responses / bytes the clients received (of which responses in the idle window) | "
+              f"{px['responses']:,} / {px['bytes']:,} ({px.get('responses_in_window')}) |", ""]
     lines += ["Times are wall clock on a shared 2-vCPU machine (other work running: expect +-30 %); CPU is "
               "utime + stime. See benchmarks/README.md (`scale.py`).", ""]
     path.write_text("\n".join(lines))
