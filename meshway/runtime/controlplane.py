@@ -86,6 +86,7 @@ class NodeState:
     failures: int = 0  # starts since it last ACKed its config: the backoff
     next_start: float = 0.0
     converter: MessageCache = field(default_factory=MessageCache)
+    translation: Memo = field(default_factory=Memo)
     errors: tuple = field(default=())  # (where, message): a failed or slow build, failed capture rules
     capture_error: str = ""
 
@@ -330,13 +331,13 @@ class ControlPlane:
                 state = self.nodes[node_id] = NodeState(n, node_id, paths, prefix)
                 self._stop_without_credential(paths, node_id)
             self._guarded(state, "ztunnel", lambda: self._publish(
-                state.node_id, self._node_messages(state.node_id, node, state.converter)))
+                state.node_id, self._node_messages(state.node_id, node, state.converter, state.translation)))
             self._sync_capture(state, node)
 
-    def _node_messages(self, node_id: str, node: str, converter: MessageCache) -> dict:
+    def _node_messages(self, node_id: str, node: str, converter: MessageCache, memo: Memo | None = None) -> dict:
         """A node proxy's snapshot: its config and, as secrets, only the identities of the mesh pods
         on its node (named by SPIFFE ID) and ROOTCA, nothing for pods elsewhere."""
-        resources, identities = build_ztunnel_config(self.view, NodeProxy(node_id, node))
+        resources, identities = build_ztunnel_config(self.view, NodeProxy(node_id, node), memo)
         messages = converter.messages(resources)
         messages[P.SECRET] = {}
         for identity in sorted(identities):
@@ -638,7 +639,7 @@ class ControlPlane:
                     next_round = await loop.run_in_executor(worker, self._round, signalled)
                 except Exception:  # noqa: BLE001: the control plane never exits for one failed round
                     log.exception("control plane round failed; retrying")
-                    self._store_signalled = signalled
+                    self._store_signalled = self._store_signalled or signalled
                     next_round = self.clock() + max(self.poll, 0.5)
                 delay = next_round - self.clock()
                 if delay > 0 and not wake.is_set():
@@ -663,8 +664,13 @@ class ControlPlane:
         """Wake a round whenever a store commit is signalled (`meshway.store.notify`)."""
         try:
             listener = CommitListener(self.store.db.notify)
+        except OSError as exc:
+            log.warning("no store commit signals (%s): reading the store every %g s", exc, self.poll)
+            return None
+        try:
             loop.add_reader(listener.fileno(), self._on_commit, listener)
-        except (OSError, NotImplementedError) as exc:
+        except NotImplementedError as exc:  # a loop without add_reader
+            listener.close()
             log.warning("no store commit signals (%s): reading the store every %g s", exc, self.poll)
             return None
         self._listening = True
