@@ -1,7 +1,8 @@
 """Incremental translation equals translation from scratch: over random sequences of changes to a
 store (routes, weights, DestinationRules, pods coming and going and changing labels, enrollment,
-HTTPRoutes, policies), a waypoint's config built with its memo (rebuilding only the units a change
-touched) is identical, resource for resource and problem for problem, to a build without one."""
+HTTPRoutes, policies), a waypoint's config and a node proxy's config built with their memos
+(rebuilding only the units a change touched) are identical, resource for resource and problem for
+problem, to builds without one."""
 from __future__ import annotations
 
 import random
@@ -13,6 +14,7 @@ from conftest import apply, set_labels
 from meshway.mesh.view import XDS_KINDS, MeshView, expand_kinds
 from meshway.model import find_kind
 from meshway.xds.build_snapshot import build_waypoint_config
+from meshway.xds.build_ztunnel import NodeProxy, build_ztunnel_config
 from meshway.xds.memo import Memo
 from meshway.xds.proxy import Proxy
 
@@ -54,6 +56,11 @@ def http_route(rng: random.Random, name: str) -> dict:
 
 
 def policy(rng: random.Random, name: str) -> dict:
+    if rng.random() < 0.5:  # a node-proxy (L4) policy on the service's pods
+        return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                "metadata": {"name": f"ap-{name}", "namespace": "default"},
+                "spec": {"selector": {"matchLabels": {"app": name}}, "action": "ALLOW",
+                         "rules": [{"from": [{"source": {"namespaces": [rng.choice(["default", "other"])]}}]}]}}
     return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
             "metadata": {"name": f"ap-{name}", "namespace": "default"},
             "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": name}], "action": "DENY",
@@ -88,12 +95,15 @@ def test_incremental_equals_from_scratch_on_random_changes(store, make_waypoint_
     for f in ("bookinfo.yaml", "bookinfo-client.yaml"):
         apply(store, (DEMO / f).read_text())
     apply(store, WAYPOINT)
-    set_labels(store, "namespace", None, "default", {"istio.io/use-waypoint": "waypoint"})
+    set_labels(store, "namespace", None, "default", {"istio.io/use-waypoint": "waypoint",
+                                                     "istio.io/dataplane-mode": "ambient"})
     make_waypoint_ready(store, "default", "waypoint")
     for pod in store.list(find_kind("pod"), "default"):
         store.write_status("Pod", "default", pod["metadata"]["name"], {"conditions": [{"type": "Ready", "status": "True"}]})
     proxy = Proxy("waypoint~test", "10.244.1.100", "default", "waypoint", "waypoint")
     memo, reused, changed, previous, most_bound = Memo(), 0, 0, None, 0
+    node_memo, node_reused = Memo(), 0
+    node = NodeProxy("ztunnel~test", store.list(find_kind("pod"), "default")[0]["spec"]["nodeName"])
     rv, snapshot = store.snapshot(XDS_KINDS)
     view = MeshView.build(snapshot)
     for step in range(120):
@@ -109,9 +119,13 @@ def test_incremental_equals_from_scratch_on_random_changes(store, make_waypoint_
         scratch = build_waypoint_config(MeshView.build(store.snapshot(XDS_KINDS)[1]), proxy)
         assert incremental.resources == scratch.resources, f"step {step}"
         assert incremental.problems == scratch.problems, f"step {step}"
+        node_incremental = build_ztunnel_config(view, node, node_memo)
+        node_reused += node_memo.reused
+        assert node_incremental == build_ztunnel_config(MeshView.build(store.snapshot(XDS_KINDS)[1]), node), \
+            f"node proxy, step {step}"
         changed += incremental.resources != previous
         previous = incremental.resources
         most_bound = max(most_bound, len(previous["type.googleapis.com/envoy.config.route.v3.RouteConfiguration"]))
-    assert reused > 0  # the memo did serve units: this was not a from-scratch build every time
+    assert reused > 0 and node_reused > 0  # the memos did serve units: not a from-scratch build every time
     assert changed > 60  # and the changes did change the config (most steps)
     assert most_bound >= 3  # several services were bound to the waypoint along the way

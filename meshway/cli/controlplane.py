@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -57,6 +58,13 @@ def controlplane(c: Ctx, sotw: bool, verbose: bool, cluster_mode: bool, nodes: i
         cluster = ClusterRuntime(c.store.state_dir, c.store.node_count())
     cp = ControlPlane(c.store.state_dir, delta=not sotw, cluster=cluster, metrics_addr=metrics_addr,
                       secret_ttl=ttl)
+    # The control plane keeps a large, long-lived heap (views, memos, messages): collect the young
+    # generation less often and the old one rarely (CPython's 700/10/10 makes full collections
+    # walk that heap many times per translation; measured 0.6 s -> 0.15 s for a node proxy's build
+    # at 1,000 services).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .. import labels as L
 from ..mesh.enrollment import detect_ambient
@@ -30,6 +30,7 @@ from .build_clusters import HTTP_OPTIONS, _default_breakers, _internal_upstream
 from .build_listeners import BUFFER_LIMIT, HBONE_WINDOWS, HCM, _chain_action, _original_dst, build_tls_context
 from .build_node_inbound import INBOUND_CLUSTER
 from .protos import typed
+from .memo import Memo
 from .scope import find_service_pods, resolve_target_port
 from .stat_tags import build_principal, build_stat_name, build_workload_tags
 
@@ -106,8 +107,8 @@ def _h2_tls_cluster(name: str, identity: str, trust_domain: str, **fields: Any) 
 class _Outbound:
     """Chains and clusters of one source identity."""
 
-    def __init__(self, view: MeshView, identity: str, trust_domain: str):
-        self.view, self.identity, self.td, self.h = view, identity, trust_domain, _h(identity)
+    def __init__(self, view: MeshView, identity: str, trust_domain: str, memo: Memo):
+        self.view, self.identity, self.td, self.h, self.memo = view, identity, trust_domain, _h(identity), memo
         self.chains: dict[str, Body] = {}
         self.clusters: dict[str, Body] = {}
         self.listeners: dict[str, Body] = {}
@@ -141,15 +142,33 @@ class _Outbound:
             return None
         # A bound waypoint is never skipped: its ready replicas, else whichever replicas exist (a
         # restarting one accepts again as soon as it is up), else none, and connections fail.
-        replicas = [p for p in self.view.pods.values() if p.namespace == ns and p.ip
-                    and p.labels.get(L.GATEWAY_NAME) == name]
+        replicas = [self.view.pods[key] for key in self.view.pods_by_label.get((ns, L.GATEWAY_NAME, name), ())]
+        replicas = [p for p in replicas if p.ip]
         pods = [p for p in replicas if p.ready] or replicas
-        cluster = f"waypoint|{self.h}|{wp_key}"
+        cluster = self.waypoint_cluster_name(wp_key)
         endpoints = [{"endpoint": {"address": {"socket_address": {"address": p.ip, "port_value": INBOUND_PORT}}}}
                      for p in sorted(pods, key=lambda p: p.name)]
         self.clusters[cluster] = _h2_tls_cluster(cluster, self.identity, self.td, type="STATIC", load_assignment={
             "cluster_name": cluster, "endpoints": [{"lb_endpoints": endpoints}] if endpoints else []})
         return cluster
+
+    def waypoint_cluster_name(self, wp_key: str) -> str:
+        """The cluster of a waypoint, as `destination_matcher` registers it for every waypoint."""
+        return f"waypoint|{self.h}|{wp_key}"
+
+    def unit(self, key: tuple, inputs: tuple, build: Callable[[], Any]) -> Any:
+        """`build()` memoized with the clusters and chains it adds (see meshway.xds.memo)."""
+        def run() -> tuple[Any, dict[str, Body], dict[str, Body]]:
+            saved = self.clusters, self.chains
+            self.clusters, self.chains = {}, {}
+            try:
+                return build(), self.clusters, self.chains
+            finally:
+                self.clusters, self.chains = saved
+        value, clusters, chains = self.memo.get((self.identity, *key), inputs, run)
+        self.clusters.update(clusters)
+        self.chains.update(chains)
+        return value
 
     def chain(self, name: str, filters: list[Body]) -> str:
         self.chains.setdefault(name, {"name": name, "filters": filters})
@@ -173,7 +192,7 @@ class _Outbound:
         tags = {"destination_service": svc.hostname, "destination_service_name": svc.name,
                 "destination_service_namespace": svc.namespace}
         if decision.reason == ACCEPTED and decision.waypoint:
-            cluster = self.waypoint_cluster(decision.waypoint)
+            cluster = self.waypoint_cluster_name(decision.waypoint)
             if cluster:
                 log = build_outbound_log(self.identity, svc.hostname, decision.waypoint)
                 return self.tcp_chain(f"{self.h}|svc|{svc.namespace}/{svc.name}|{port}|waypoint", cluster, log,
@@ -209,7 +228,7 @@ class _Outbound:
     def pod_chain(self, pod: PodInfo) -> str:
         decision = decide_workload(self.view, pod)
         if decision.reason == ACCEPTED and decision.waypoint:
-            cluster = self.waypoint_cluster(decision.waypoint)
+            cluster = self.waypoint_cluster_name(decision.waypoint)
             if cluster:
                 log = build_outbound_log(self.identity, waypoint=decision.waypoint)
                 return self.tcp_chain(f"{self.h}|pod|{pod.ip}|waypoint", cluster, log, {
@@ -218,6 +237,14 @@ class _Outbound:
         return self.tcp_chain(f"{self.h}|pod", self.hbone, build_outbound_log(self.identity),
                               {"connection_security_policy": "mutual_tls"})
 
+    def service_range(self, svc: ServiceInfo) -> Body:
+        ports = {str(p.port): _chain_action(self.service_chain(svc, p.port)) for p in svc.ports if p.protocol == "TCP"}
+        return {"ranges": [{"address_prefix": ip, "prefix_len": 32} for ip in svc.addresses],
+                "on_match": {"matcher": {"matcher_tree": {
+                    "input": {"name": "port", "typed_config": typed(
+                        "envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput")},
+                    "exact_match_map": {"map": ports}}, "on_no_match": _chain_action(PASSTHROUGH)}}}
+
     def destination_matcher(self) -> Body:
         for ns, name in sorted(self.view.waypoints):  # kept while the waypoint runs, used or not
             self.waypoint_cluster(f"{ns}/{name}")
@@ -225,16 +252,16 @@ class _Outbound:
         for svc in sorted(self.view.services.values(), key=lambda s: (s.namespace, s.name)):
             if not svc.addresses or not svc.ports:
                 continue
-            ports = {str(p.port): _chain_action(self.service_chain(svc, p.port)) for p in svc.ports
-                     if p.protocol == "TCP"}
-            ranges.append({"ranges": [{"address_prefix": ip, "prefix_len": 32} for ip in svc.addresses],
-                           "on_match": {"matcher": {"matcher_tree": {
-                               "input": {"name": "port", "typed_config": typed(
-                                   "envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput")},
-                               "exact_match_map": {"map": ports}}, "on_no_match": _chain_action(PASSTHROUGH)}}})
+            # What a service's chains and direct clusters read: the service, the waypoint decision,
+            # its ready pods and which of them are in the mesh.
+            pods = tuple(find_service_pods(self.view, svc))
+            inputs = (svc, decide_service(self.view, svc), pods, tuple(p.ip in self.mesh_pods for p in pods))
+            ranges.append(self.unit(("svc", svc.kind, svc.namespace, svc.name), inputs,
+                                    lambda: self.service_range(svc)))
         for ip, pod in sorted(self.mesh_pods.items()):
-            ranges.append({"ranges": [{"address_prefix": ip, "prefix_len": 32}],
-                           "on_match": _chain_action(self.pod_chain(pod))})
+            chain = self.unit(("pod", pod.namespace, pod.name), (pod, decide_workload(self.view, pod)),
+                              lambda: self.pod_chain(pod))
+            ranges.append({"ranges": [{"address_prefix": ip, "prefix_len": 32}], "on_match": _chain_action(chain)})
         return {"matcher_tree": {
             "input": {"name": "destination-ip", "typed_config": typed(
                 "envoy.extensions.matching.common_inputs.network.v3.DestinationIPInput")},
@@ -266,13 +293,31 @@ def build_inbound_chain(pod: PodInfo, identity: str, trust_domain: str, authz: l
             "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
 
 
-def build_ztunnel_config(view: MeshView, proxy: NodeProxy) -> tuple[dict[str, dict[str, Body]], set[str]]:
-    """(resources by type URL, the SPIFFE identities whose certificates it needs as SDS secrets)."""
+def build_pod_inbound(pod: PodInfo, trust_domain: str, applied: tuple) -> tuple[Body, Body, dict[str, Body]]:
+    """A local pod's inbound chains (HBONE, plaintext) and their two clusters, with its L4 policies."""
+    identity = identity_of(pod, trust_domain)
+    clusters = {c["name"]: c for c in (_inbound_cluster(pod, identity, plaintext) for plaintext in (False, True))}
+    inbound = build_inbound_chain(pod, identity, trust_domain, build_rbac_filters(list(applied), ZTUNNEL))
+    plain = {"name": f"plaintext|{pod.namespace}/{pod.name}",
+             "filter_chain_match": {"prefix_ranges": [{"address_prefix": pod.ip, "prefix_len": 32}]},
+             "filters": [*build_rbac_filters(list(applied), ZTUNNEL_TCP, network=True),
+                         _tcp(f"plaintext|{pod.namespace}/{pod.name}", f"plaintext_{pod.ip}",
+                              log=build_plaintext_log(pod))]}
+    return inbound, plain, clusters
+
+
+def build_ztunnel_config(view: MeshView, proxy: NodeProxy, memo: Memo | None = None
+                         ) -> tuple[dict[str, dict[str, Body]], set[str]]:
+    """(resources by type URL, the SPIFFE identities whose certificates it needs as SDS secrets).
+    `memo`: the node proxy's memo; a service's chains and clusters (per source identity) and a
+    pod's chain are rebuilt only when what they read changed."""
+    memo = memo if memo is not None else Memo()
+    memo.begin()
     td = proxy.trust_domain
     local = find_local_pods(view, proxy.node)
     policies = list(view.index.of("AuthorizationPolicy"))
     identities = {identity_of(p, td) for p in local}
-    outbound = {i: _Outbound(view, i, td) for i in sorted(identities)}
+    outbound = {i: _Outbound(view, i, td, memo) for i in sorted(identities)}
     listeners: dict[str, Body] = {}
     clusters: dict[str, Body] = {
         PASSTHROUGH: {"name": PASSTHROUGH, "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
@@ -304,17 +349,13 @@ def build_ztunnel_config(view: MeshView, proxy: NodeProxy) -> tuple[dict[str, di
     listeners["ztunnel_outbound"] = outbound_listener
     inbound_chains, plain_chains = [], []
     for pod in local:
-        applied = find_workload_policies(policies, pod.namespace, dict(pod.labels))
-        for plaintext in (False, True):
-            cluster = _inbound_cluster(pod, identity_of(pod, td), plaintext)
-            clusters[cluster["name"]] = cluster
-        inbound_chains.append(build_inbound_chain(pod, identity_of(pod, td), td,
-                                                  build_rbac_filters(applied, ZTUNNEL)))
-        plain_chains.append({"name": f"plaintext|{pod.namespace}/{pod.name}",
-                             "filter_chain_match": {"prefix_ranges": [{"address_prefix": pod.ip, "prefix_len": 32}]},
-                             "filters": [*build_rbac_filters(applied, ZTUNNEL_TCP, network=True),
-                                         _tcp(f"plaintext|{pod.namespace}/{pod.name}", f"plaintext_{pod.ip}",
-                                              log=build_plaintext_log(pod))]})
+        applied = tuple(find_workload_policies(policies, pod.namespace, dict(pod.labels)))
+        inbound, plain, pod_clusters = memo.get(("inbound", pod.namespace, pod.name), (pod, applied, td),
+                                                lambda: build_pod_inbound(pod, td, applied))
+        clusters.update(pod_clusters)
+        inbound_chains.append(inbound)
+        plain_chains.append(plain)
+    memo.sweep()
     for name, port, chains_ in (("ztunnel_inbound", INBOUND_PORT, inbound_chains),
                                 ("ztunnel_inbound_plaintext", PLAINTEXT_PORT, plain_chains)):
         if chains_:
