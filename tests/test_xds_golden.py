@@ -29,8 +29,10 @@ CASES = {
 
 def check_golden(name: str, text: str) -> None:
     path = GOLDEN / f"{name}.expected.yaml"
-    if os.environ.get("MESHWAY_UPDATE_GOLDEN") or not path.exists():
+    if os.environ.get("MESHWAY_UPDATE_GOLDEN"):
         path.write_text(text)
+    if not path.exists():  # never written silently: a missing golden file is a failure
+        pytest.fail(f"golden file {path.name} is missing; generate it with MESHWAY_UPDATE_GOLDEN=1 and review it")
     expected = path.read_text()
     if expected != text:
         diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True), str(path), "generated"))
@@ -256,3 +258,10 @@ def test_a_weight_change_is_one_small_delta_push(tmp_path: Path) -> None:
     inline = before.resources(P.LISTENER)["main_internal"].ByteSize() + sum(
         rc.ByteSize() for rc in before.resources(P.ROUTE).values())  # what the push was with inline routes
     assert push.ByteSize() * 5 < inline, (push.ByteSize(), inline)
+
+
+def test_a_missing_golden_file_fails_and_is_not_written(monkeypatch) -> None:
+    monkeypatch.delenv("MESHWAY_UPDATE_GOLDEN", raising=False)
+    with pytest.raises(pytest.fail.Exception, match="golden file no-such-case.expected.yaml is missing"):
+        check_golden("no-such-case", "anything")
+    assert not (GOLDEN / "no-such-case.expected.yaml").exists()
