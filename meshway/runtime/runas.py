@@ -170,10 +170,12 @@ def find_interpreter(uid: int, gids: tuple[int, ...], image_root: Path = IMAGE_R
         return mounts[-1][1]
 
     exe, base = os.path.realpath(sys.executable), os.path.realpath(sys.base_prefix)
-    if os.path.commonpath([exe, base]) != base:
-        raise RunAsError(f"uid {uid} cannot run {exe} and meshway cannot mount it (it is outside {base}): "
-                         "install Python where other users can run it, or give the pod securityContext.runAsUser: 0")
-    home = reach(base, "python") if find_denied(exe, uid, gids) or find_denied(stdlib, uid, gids) else base
+    home = base
+    if find_denied(exe, uid, gids) or find_denied(stdlib, uid, gids):
+        if os.path.commonpath([exe, base]) != base:
+            raise RunAsError(f"uid {uid} cannot run {exe} and meshway cannot mount it (it is outside {base}): install "
+                             "Python where other users can run it, or give the pod securityContext.runAsUser: 0")
+        home = reach(base, "python")
     python = os.path.join(home, os.path.relpath(exe, base))
     path = (reach(root, "src"), *[reach(site, f"site{i}") for i, site in enumerate(sites)])
     for _, point in mounts:
