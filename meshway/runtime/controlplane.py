@@ -58,6 +58,7 @@ from ..xds.debounce import NEVER, Debouncer
 from ..xds.envoyfilter import build_envoy_filter_condition
 from ..xds.proxy import Proxy, build_node_id
 from ..xds.scope import WaypointScope, find_scope
+from ..xds.memo import Memo
 from ..xds.protos import MessageCache
 from ..xds.server import XdsServer
 from ..xds.stream import Acked, Event
@@ -106,6 +107,7 @@ class ReplicaState:
     # proxies still send here (they learn about the change at about the same time) succeed.
     draining: dict = field(default_factory=dict)
     converter: MessageCache = field(default_factory=MessageCache)
+    translation: Memo = field(default_factory=Memo)  # what each unit of its config was built from
     errors: tuple = field(default=())  # (where, message): a failed or slow build, kept apart from `problems`
 
 
@@ -193,7 +195,8 @@ class ControlPlane:
         secrets = build_secrets(self.ca.issue(r.namespace, r.service_account), self.ca.root_pem())
         scope = self._scope_with_draining(state)
         config = self._accepted_config(lambda skip: build_waypoint_config(
-            self.view, self._proxy(r), dial=self.placement.dial, scope=scope, skip_envoy_filters=skip), secrets)
+            self.view, self._proxy(r), dial=self.placement.dial, scope=scope, skip_envoy_filters=skip,
+            memo=state.translation), secrets)
         state.envoy_filters = config.envoy_filters
         messages = state.converter.messages(config.resources)
         messages[P.SECRET] = dict(secrets)
