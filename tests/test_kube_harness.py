@@ -1,0 +1,214 @@
+"""The local Kubernetes control-plane harness (meshway/kube/harness.py).
+
+The planning functions (certificates, command lines, kubeconfig) are tested as tables without any
+binary. `test_real_control_plane` starts the real etcd, kube-apiserver, kube-controller-manager and
+kube-scheduler that scripts/build-kubernetes builds; it is skipped, with the reason, when they are
+absent, and MESHWAY_REQUIRE_E2E=1 does NOT turn that skip into a failure yet: CI does not build the
+binaries until a cold build there has been measured and proven reliable (README "Kubernetes mode
+(in progress)").
+"""
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import os
+import socket
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from meshway.ca.certs import cert_from_pem, key_from_pem
+from meshway.kube.harness import (Harness, HarnessConfig, Ports, build_kubeconfig, build_pki, find_missing_binaries,
+                                  find_service_ip, plan_apiserver_args, plan_certificates,
+                                  plan_controller_manager_args, plan_etcd_args, plan_layout, plan_scheduler_args)
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc)
+PORTS = Ports(etcd_client=32379, etcd_peer=32380, apiserver=36443, controller_manager=40257, scheduler=40259)
+CONFIG = HarnessConfig(state=Path("/s"), bin_dir=Path("/b"), ports=PORTS)
+LAYOUT = plan_layout(CONFIG.state)
+
+
+def flags(argv: list[str]) -> dict[str, str]:
+    return dict(a[2:].split("=", 1) for a in argv[1:])
+
+
+@pytest.mark.parametrize("cidr,expected", [
+    ("10.96.0.0/16", "10.96.0.1"),
+    ("10.0.0.0/24", "10.0.0.1"),
+    ("fd00:10:96::/112", "fd00:10:96::1"),
+])
+def test_service_ip_is_first_host(cidr, expected):
+    assert find_service_ip(cidr) == expected
+
+
+@pytest.mark.parametrize("cidr", ["10.96.0.1/16", "10.96.0.0/31", "not-a-cidr"])
+def test_service_ip_rejects(cidr):
+    with pytest.raises(ValueError):
+        find_service_ip(cidr)
+
+
+@pytest.mark.parametrize("name,cn,groups,server", [
+    ("apiserver", "kube-apiserver", (), True),
+    ("admin", "meshway-admin", ("system:masters",), False),
+    ("controller-manager", "system:kube-controller-manager", (), False),
+    ("scheduler", "system:kube-scheduler", (), False),
+])
+def test_certificate_plan(name, cn, groups, server):
+    req = {r.name: r for r in plan_certificates(CONFIG)}[name]
+    assert (req.common_name, req.organizations, req.server) == (cn, groups, server)
+
+
+def test_apiserver_certificate_names_the_kubernetes_service():
+    req = {r.name: r for r in plan_certificates(CONFIG)}["apiserver"]
+    assert {"kubernetes", "kubernetes.default", "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local", "localhost"} <= set(req.dns_names)
+    assert set(req.ip_addresses) == {"127.0.0.1", "10.96.0.1"}
+
+
+@pytest.mark.parametrize("planner,binary,expected", [
+    (plan_etcd_args, "etcd", {
+        "listen-client-urls": "http://127.0.0.1:32379", "advertise-client-urls": "http://127.0.0.1:32379",
+        "listen-peer-urls": "http://127.0.0.1:32380", "initial-cluster": "meshway=http://127.0.0.1:32380",
+        "data-dir": "/s/etcd"}),
+    (plan_apiserver_args, "kube-apiserver", {
+        "etcd-servers": "http://127.0.0.1:32379", "bind-address": "127.0.0.1", "advertise-address": "127.0.0.1",
+        "secure-port": "36443", "service-cluster-ip-range": "10.96.0.0/16", "authorization-mode": "Node,RBAC",
+        "client-ca-file": "/s/pki/ca.crt", "tls-cert-file": "/s/pki/apiserver.crt",
+        "service-account-key-file": "/s/pki/sa.key", "service-account-signing-key-file": "/s/pki/sa.key",
+        "service-account-issuer": "https://kubernetes.default.svc.cluster.local"}),
+    (plan_controller_manager_args, "kube-controller-manager", {
+        "kubeconfig": "/s/controller-manager.kubeconfig", "bind-address": "127.0.0.1", "secure-port": "40257",
+        "service-account-private-key-file": "/s/pki/sa.key", "root-ca-file": "/s/pki/ca.crt",
+        "use-service-account-credentials": "true", "leader-elect": "false", "controllers": "*,-nodeipam"}),
+    (plan_scheduler_args, "kube-scheduler", {
+        "kubeconfig": "/s/scheduler.kubeconfig", "authentication-kubeconfig": "/s/scheduler.kubeconfig",
+        "bind-address": "127.0.0.1", "secure-port": "40259", "leader-elect": "false"}),
+])
+def test_command_lines(planner, binary, expected):
+    argv = planner(CONFIG, LAYOUT)
+    assert argv[0] == f"/b/{binary}"
+    got = flags(argv)
+    assert {k: got.get(k) for k in expected} == expected
+
+
+@pytest.mark.parametrize("planner", [plan_etcd_args, plan_apiserver_args, plan_controller_manager_args,
+                                     plan_scheduler_args])
+def test_everything_listens_on_loopback_only(planner):
+    for value in flags(planner(CONFIG, LAYOUT)).values():
+        assert "0.0.0.0" not in value and "localhost" not in value
+    for key, value in flags(planner(CONFIG, LAYOUT)).items():
+        if key.endswith("address") or key.endswith("urls"):
+            assert "127.0.0.1" in value, (key, value)
+
+
+def test_kubeconfig_embeds_credentials_and_selects_its_context():
+    doc = build_kubeconfig("https://127.0.0.1:36443", "CA", "CERT", "KEY", "meshway-admin")
+    (cluster,), (user,), (ctx,) = doc["clusters"], doc["users"], doc["contexts"]
+    assert cluster["cluster"]["server"] == "https://127.0.0.1:36443"
+    assert base64.b64decode(cluster["cluster"]["certificate-authority-data"]) == b"CA"
+    assert base64.b64decode(user["user"]["client-certificate-data"]) == b"CERT"
+    assert base64.b64decode(user["user"]["client-key-data"]) == b"KEY"
+    assert doc["current-context"] == ctx["name"]
+    assert ctx["context"] == {"cluster": cluster["name"], "user": user["name"]}
+
+
+def test_pki_certificates_chain_to_the_ca():
+    files = build_pki(CONFIG, NOW)
+    ca = cert_from_pem(files["ca.crt"])
+    for req in plan_certificates(CONFIG):
+        cert = cert_from_pem(files[f"{req.name}.crt"])
+        cert.verify_directly_issued_by(ca)
+        assert cert.public_key().public_numbers() == key_from_pem(files[f"{req.name}.key"]).public_key().public_numbers()
+        assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == req.common_name
+        assert [a.value for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)] == list(req.organizations)
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH if req.server else ExtendedKeyUsageOID.CLIENT_AUTH]
+        assert cert.not_valid_before_utc <= NOW < cert.not_valid_after_utc
+    san = cert_from_pem(files["apiserver.crt"]).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ipaddress.ip_address("10.96.0.1") in san.get_values_for_type(x509.IPAddress)
+
+
+def test_pki_service_account_key_pair():
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+    files = build_pki(CONFIG, NOW)
+    pub = load_pem_public_key(files["sa.pub"].encode())
+    assert isinstance(pub, ec.EllipticCurvePublicKey)
+    assert pub.public_numbers() == key_from_pem(files["sa.key"]).public_key().public_numbers()
+
+
+def test_missing_binaries_are_named(tmp_path):
+    (tmp_path / "etcd").write_text("")
+    (tmp_path / "etcd").chmod(0o755)
+    assert find_missing_binaries(tmp_path) == ["kube-apiserver", "kube-controller-manager", "kube-scheduler"]
+
+
+# -- the real binaries ----------------------------------------------------------------------------
+def find_bin_dir() -> Path:
+    env = os.environ.get("MESHWAY_K8S_BIN")
+    if env:
+        return Path(env)
+    out = subprocess.run([str(ROOT / "scripts" / "build-kubernetes"), "--print-bin-dir"],
+                         capture_output=True, text=True, check=True)
+    return Path(out.stdout.strip())
+
+
+def kubectl(bin_dir: Path, kubeconfig: Path, *args: str) -> str:
+    return subprocess.run([str(bin_dir / "kubectl"), f"--kubeconfig={kubeconfig}", *args],
+                          capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+def wait_for(what: str, check, timeout: float = 90.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.5)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def port_is_closed(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_real_control_plane():
+    """Start etcd + kube-apiserver + controller-manager + scheduler, use them through kubectl, stop.
+
+    Skipped when the binaries are not built (not required by MESHWAY_REQUIRE_E2E this session)."""
+    bin_dir = find_bin_dir()
+    missing = find_missing_binaries(bin_dir) + ([] if (bin_dir / "kubectl").exists() else ["kubectl"])
+    if missing:
+        pytest.skip(f"Kubernetes binaries not built ({', '.join(missing)} missing in {bin_dir}); "
+                    "run scripts/build-kubernetes")
+    h = Harness.create(bin_dir)
+    state = h.config.state
+    with h:
+        kc = h.kubeconfig
+        version = json.loads(kubectl(bin_dir, kc, "get", "--raw", "/version"))
+        assert version["gitVersion"].startswith("v1.37.") and version["major"] == "1"
+        assert kubectl(bin_dir, kc, "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}") == "meshway-admin"
+        # The kubernetes Service gets the first address of the service CIDR.
+        assert kubectl(bin_dir, kc, "get", "svc", "kubernetes", "-o", "jsonpath={.spec.clusterIP}") == "10.96.0.1"
+        # The controller-manager works: a new namespace gets its default ServiceAccount, a Deployment its Pod.
+        kubectl(bin_dir, kc, "create", "namespace", "harness")
+        wait_for("the default ServiceAccount", lambda: kubectl(
+            bin_dir, kc, "get", "sa", "-n", "harness", "-o", "name").strip() == "serviceaccount/default")
+        kubectl(bin_dir, kc, "create", "deployment", "web", "-n", "harness", "--image=example.invalid/web")
+        pod = wait_for("the Deployment's pod", lambda: kubectl(
+            bin_dir, kc, "get", "pods", "-n", "harness", "-o", "name").strip())
+        # The scheduler works: with no nodes it marks the pod unschedulable.
+        wait_for("the scheduler's verdict", lambda: "Unschedulable" in kubectl(
+            bin_dir, kc, "get", pod, "-n", "harness", "-o", "jsonpath={.status.conditions[*].reason}"))
+    assert not state.exists()
+    for port in (h.config.ports.apiserver, h.config.ports.etcd_client, h.config.ports.controller_manager,
+                 h.config.ports.scheduler):
+        assert port_is_closed(port)
