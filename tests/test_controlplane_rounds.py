@@ -70,9 +70,10 @@ def test_a_raising_build_keeps_the_last_snapshot_and_is_reported(state_dir, stor
     assert cp.cache.get(state.node_id) is kept
     [(where, message)] = cp.proxy_status()[state.node_id]["problems"]
     assert where == "translation" and "KeyError: 'boom'" in message
-    monkeypatch.undo()
-    cp.sync()
-    assert cp.proxy_status()[state.node_id]["problems"] == []
+    assert cp._failed_builds == {state.node_id} and cp._next_build_retry < float("inf")
+    monkeypatch.undo()  # a transient failure: retried without any change
+    cp._retry_failed_builds()
+    assert cp.proxy_status()[state.node_id]["problems"] == [] and not cp._failed_builds
 
 
 def test_an_inconsistent_snapshot_is_isolated_too(state_dir, store):

@@ -23,7 +23,8 @@ node proxies wait for the waypoints. Store changes are debounced as istiod does 
 
 Failure isolation: one proxy's failed build (any exception of its builder, an `InconsistentSnapshot`)
 is logged and shown in its `problems` (proxy-status.json, `meshway proxy-status`); it keeps its last
-good snapshot and the others are updated as usual. A build over `build_budget` seconds is reported
+good snapshot and the others are updated as usual; it is built again with the next change that
+touches it or after BUILD_RETRY seconds. A build over `build_budget` seconds is reported
 the same way (measured, never killed). A failing round step is logged and retried next round.
 """
 from __future__ import annotations
@@ -73,6 +74,7 @@ READY_TYPES = (P.CLUSTER, P.LISTENER)
 UNBIND_GRACE = 5.0  # seconds a waypoint keeps serving a service that was just unbound from it
 NODE_PUSH_WAIT = 1.0  # at most this long, node proxies wait for the waypoints to ACK a change first
 MAX_PROBLEM = 600  # characters of an exception's text kept on status
+BUILD_RETRY = 5.0  # seconds before a proxy whose build failed is built again without a change
 
 
 @dataclass
@@ -176,6 +178,8 @@ class ControlPlane:
         self._next_store_read = self._next_resync = self._next_housekeeping = 0.0
         self._step_errors: dict[str, str] = {}
         self._next_capture_retry = 0.0
+        self._failed_builds: set[str] = set()  # node ids whose last build raised: retried every BUILD_RETRY
+        self._next_build_retry = NEVER
 
     # -- translation ------------------------------------------------------------------------------
     def _proxy(self, r: Replica) -> Proxy:
@@ -295,6 +299,11 @@ class ControlPlane:
             errors = (("translation", f"build failed, the proxy keeps its last good config: {text}"),)
             if errors != state.errors[:1]:
                 log.exception("%s: build failed, keeping its last good config", state.node_id)
+            if not self._failed_builds:
+                self._next_build_retry = self.clock() + BUILD_RETRY
+            self._failed_builds.add(state.node_id)
+        else:
+            self._failed_builds.discard(state.node_id)
         elapsed = time.perf_counter() - started
         self.metrics.observe_build(proxy_type, elapsed, failed=bool(errors), over_budget=elapsed > self.build_budget)
         if elapsed > self.build_budget:
@@ -719,6 +728,9 @@ class ControlPlane:
         if now >= self._next_resync:
             self._step("resync", self._renew_certificates)
             self._next_resync = now + self.resync
+        if now >= self._next_build_retry:
+            self._next_build_retry = now + BUILD_RETRY
+            self._step("retry", self._retry_failed_builds)
         self._step("node proxies", self._maybe_sync_nodes)
         if now >= self._next_housekeeping:
             self._step("supervise", self._supervise)
@@ -729,8 +741,10 @@ class ControlPlane:
             self._step("proxy status", self._write_status_file)
             self._next_housekeeping = now + self.poll
         self._step("status", self._flush_statuses)
+        if not self._failed_builds:
+            self._next_build_retry = NEVER
         return min(self.debouncer.due(), self._next_store_read, self._next_drain_sync, self._next_resync,
-                   self._next_housekeeping, self._nodes_due)
+                   self._next_housekeeping, self._nodes_due, self._next_build_retry)
 
     def _step(self, what: str, action) -> None:
         """One step of a round; a failure is logged (once while it repeats) and the round goes on."""
@@ -775,6 +789,16 @@ class ControlPlane:
         if self.cluster is not None and kinds & {"Pod", "Service", "ServiceEntry"}:
             self._sync_pods()
         self.sync()
+
+    def _retry_failed_builds(self) -> None:
+        """Proxies whose build raised are built again (a failure may be transient: a validation that
+        could not run, a resource the store was still writing)."""
+        self._failed_builds &= set(self.replicas) | set(self.nodes)
+        for node_id in sorted(self._failed_builds & set(self.replicas)):
+            state = self.replicas[node_id]
+            self._guarded(state, "waypoint", lambda: self._push(state))
+        if self._failed_builds & set(self.nodes):
+            self._sync_nodes()
 
     def _retry_capture(self) -> None:
         """Capture rules that failed are retried every second, not only with the next change."""
