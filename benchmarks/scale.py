@@ -209,6 +209,58 @@ def stats(values: list[float]) -> Body:
             "mean": statistics.fmean(values), "n": len(values)}
 
 
+# == changes from another process ================================================================
+
+def apply_server(state: Path) -> int:
+    """`--apply-server STATE` (internal): one JSON object a line on stdin, each parsed and then applied
+    (`Store.apply`) in its own transaction; answers with the perf_counter (CLOCK_MONOTONIC, shared by
+    processes) before and after the apply. A user's `meshway apply` writes from another process too,
+    so the control plane under test shares no interpreter lock with the writer."""
+    store = Store(state)
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        manifest = parse_object(json.loads(line), "change.yaml")
+        start = time.perf_counter()
+        store.apply([manifest])
+        print(json.dumps({"start": start, "end": time.perf_counter()}), flush=True)
+    store.close()
+    return 0
+
+
+class Applier:
+    """The benchmark's side of `--apply-server`."""
+
+    def __init__(self, state: Path, timeout: float = 60.0):
+        self.timeout = timeout
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--apply-server", str(state)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._answer()
+
+    def _answer(self) -> Body:
+        import select
+
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            raise RuntimeError(f"the apply helper gave no answer within {self.timeout:g} s (exit {self.proc.poll()})")
+        return json.loads(line)
+
+    def apply(self, body: Body) -> tuple[float, float]:
+        self.proc.stdin.write(json.dumps(body) + "\n")
+        self.proc.stdin.flush()
+        answer = self._answer()
+        return answer["start"], answer["end"]
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
 # == a control plane in this process ==============================================================
 
 class LocalControlPlane:
@@ -218,17 +270,20 @@ class LocalControlPlane:
 
     def __init__(self, state: Path, envoy: str):
         self.state = state
-        self.syncs: list[tuple[float, float, float]] = []  # (start, end, thread CPU)
+        self.syncs: list[list] = []  # [start, end, thread CPU] per call; end and CPU None while it runs
         self.started = time.perf_counter()
         self.cp = ControlPlane(state, envoy=envoy)
         original = self.cp.sync
 
         def timed_sync(*args, **kwargs):  # instance attribute: wraps this ControlPlane's sync, for timing only
-            start, cpu = time.perf_counter(), time.thread_time()
+            entry = [time.perf_counter(), None, None]
+            self.syncs.append(entry)
+            cpu = time.thread_time()
             try:
                 return original(*args, **kwargs)
             finally:
-                self.syncs.append((start, time.perf_counter(), time.thread_time() - cpu))
+                entry[2] = time.thread_time() - cpu
+                entry[1] = time.perf_counter()
 
         self.cp.sync = timed_sync
         self.stop_event = asyncio.Event()
@@ -268,6 +323,20 @@ def wait_for(what: str, predicate: Callable[[], bool], timeout: float, interval:
         time.sleep(interval)
 
 
+def sync_around(lcp: "LocalControlPlane", t_set: float, wait: float) -> tuple[float, float, float] | None:
+    """The wrapped `sync` call during which the snapshot was set (start, end, thread CPU), once it has
+    returned (waiting up to `wait` seconds); None if the snapshot was set outside any `sync` call."""
+    entry = next((e for e in reversed(list(lcp.syncs)) if e[0] <= t_set + 0.001), None)
+    if entry is None:
+        return None
+    deadline = time.perf_counter() + wait
+    while entry[1] is None:
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"ControlPlane.sync did not return within {wait:g} s")
+        time.sleep(0.005)
+    return tuple(entry) if entry[1] >= t_set - 0.001 else None
+
+
 def gateway_programmed(store: Store, ns: str) -> bool:
     gw = store.get(BY_KIND["Gateway"], ns, "waypoint")
     return any(c.get("type") == "Programmed" and c.get("status") == "True"
@@ -303,7 +372,7 @@ def bench_ack(name: str, namespaces: int, services: int, routes: str, changes: i
     state = folder / "state"
     target_ns = ns_name(1)
     label = describe(namespaces, services, routes)
-    print(f"  [{name}] {label}", flush=True)
+    print(f"  [{name}] {label} ({time.strftime('%H:%M:%S')})", flush=True)
     bodies = topology(namespaces, services, routes)
     # The waypoint measured runs a real Envoy and goes through the real start (Ready when it ACKs);
     # the other waypoints (10-waypoint topology) run stand-ins and are Ready from the start.
@@ -338,7 +407,11 @@ def bench_ack(name: str, namespaces: int, services: int, routes: str, changes: i
         time.sleep(0.5)
         others = [n for n in lcp.node_ids() if n != node]
         svc = f"svc-{per_ns // 2:04d}"
-        rows = measure_changes(lcp, store, node, others, routes, target_ns, svc, changes, timeout)
+        applier = Applier(state)
+        try:
+            rows = measure_changes(lcp, applier, node, others, routes, target_ns, svc, changes, timeout)
+        finally:
+            applier.close()
     finally:
         lcp.close()
         store.close()
@@ -346,13 +419,14 @@ def bench_ack(name: str, namespaces: int, services: int, routes: str, changes: i
            "routes_kind": routes, "route_objects": services * (1 if routes == "vs" else ROUTES),
            "routes": services * ROUTES, "changes": changes,
            "change": f"{'VirtualService' if routes == 'vs' else 'HTTPRoute'} {target_ns}/{svc}"
-                     f"{'' if routes == 'vs' else '-r1'}: route r1's timeout 1s <-> 2s (`Store.apply`)",
+                     f"{'' if routes == 'vs' else '-r1'}: route r1's timeout 1s <-> 2s (`Store.apply` in a helper process)",
            "real_envoy": f"the waypoint of {target_ns}" + ("" if namespaces == 1 else
                                                            f"; the other {namespaces - 1} waypoints run stand-ins "
                                                            "(no Envoy), Ready from the start, so their services bind"),
            "store_apply_s": apply_s, "cold_start": cold, "samples": rows,
-           "poll_s": cp.poll, "debounce_s": cp.debounce, "delta_xds": cp.delta}
-    for key in ("total", "apply", "to_snapshot", "sync", "sync_cpu", "snapshot_to_ack"):
+           "poll_s": getattr(cp, "poll", None), "debounce_s": getattr(cp, "debounce", None),
+           "delta_xds": getattr(cp, "delta", None)}
+    for key in ("total", "apply", "to_snapshot", "sync_to_snapshot", "sync", "sync_cpu", "snapshot_to_ack"):
         out[key] = stats([r[key] for r in rows])
     out["other_snapshots_set"] = sum(r["other_snapshots_set"] for r in rows)
     print(f"    store change -> RDS ACK: p50 {fmt_time(out['total']['p50'])}, p99 {fmt_time(out['total']['p99'])}; "
@@ -361,9 +435,11 @@ def bench_ack(name: str, namespaces: int, services: int, routes: str, changes: i
     return out
 
 
-def measure_changes(lcp: LocalControlPlane, store: Store, node: str, others: list[str], routes: str, ns: str,
+def measure_changes(lcp: LocalControlPlane, applier: Applier, node: str, others: list[str], routes: str, ns: str,
                     svc: str, changes: int, timeout: float) -> list[Body]:
-    """dataplane.py's bench_ack for one node, plus: the snapshots set for the other waypoints."""
+    """dataplane.py's bench_ack for one node, the change applied from another process (`Applier`),
+    plus: the `sync` call that set the snapshot (it may go on with other waypoints after; the next
+    change waits for it to return) and the snapshots set for the other waypoints."""
     cp, cache = lcp.cp, lcp.cp.cache
     set_at: list[tuple[float, int]] = []
     unwatch = cache.watch(node, lambda generation: set_at.append((time.perf_counter(), generation)))
@@ -371,12 +447,10 @@ def measure_changes(lcp: LocalControlPlane, store: Store, node: str, others: lis
     rows = []
     try:
         for i in range(changes):
-            manifest = parse_object(changed_route(routes, ns, svc, (i + 1) % 2), "change.yaml")
+            body = changed_route(routes, ns, svc, (i + 1) % 2)
             generation = cache.generation(node)
             before = {n: cache.generation(n) for n in others}
-            t0 = time.perf_counter()
-            store.apply([manifest])
-            t_applied = time.perf_counter()
+            t0, t_applied = applier.apply(body)
             wait_for(f"change {i}: new snapshot", lambda: cache.generation(node) != generation, timeout, 0.002,
                      lcp.alive)
             version = cache.get(node).version(P.ROUTE)
@@ -389,12 +463,13 @@ def measure_changes(lcp: LocalControlPlane, store: Store, node: str, others: lis
 
             t_ack = wait_for(f"change {i}: RDS {version} ACK", acked, timeout, 0.002, lcp.alive)
             t_set = next(t for t, g in set_at if g > generation)
-            syncs = [(e - s, c) for s, e, c in list(lcp.syncs) if s >= t_applied - 0.001 and e <= t_set + 0.001]
+            sync = sync_around(lcp, t_set, timeout)
             time.sleep(rng.uniform(0.1, 0.2))  # idle between changes; random so the poll phase varies
             other = sum(1 for n in others if cache.generation(n) != before[n])
             rows.append({"apply": t_applied - t0, "to_snapshot": t_set - t0, "snapshot_to_ack": t_ack - t_set,
-                         "total": t_ack - t0, "sync": syncs[-1][0] if syncs else None,
-                         "sync_cpu": syncs[-1][1] if syncs else None, "other_snapshots_set": other})
+                         "total": t_ack - t0, "sync_to_snapshot": t_set - sync[0] if sync else None,
+                         "sync": sync[1] - sync[0] if sync else None, "sync_cpu": sync[2] if sync else None,
+                         "other_snapshots_set": other})
     finally:
         unwatch()
     return rows
@@ -428,35 +503,41 @@ def bench_translation(namespaces: int, services: int, changes: int, tmp: Path, t
 
         t_all = wait_for(f"snapshots of all {namespaces} waypoints", all_set, timeout, 0.01, lcp.alive)
         cpu_all = time.process_time() - time.thread_time() - cpu0
-        first = lcp.syncs[0] if lcp.syncs else None
+        first = sync_around(lcp, t_all, timeout)  # the call that set the last of them, normally the first one
         cold = {"first_sync_s": first[1] - first[0] if first else None, "first_sync_cpu_s": first[2] if first else None,
                 "start_to_all_snapshots_s": t_all - t0, "start_to_all_snapshots_cpu_s": cpu_all,
                 "builds": getattr(cp, "builds", None)}
-        print(f"    cold: first sync {fmt_time(cold['first_sync_s'] or 0)} "
-              f"(CPU {fmt_time(cold['first_sync_cpu_s'] or 0)}); start -> all {namespaces} snapshots "
+        print(f"    cold: first sync {_ms(cold['first_sync_s'])} "
+              f"(CPU {_ms(cold['first_sync_cpu_s'])}); start -> all {namespaces} snapshots "
               f"{fmt_time(cold['start_to_all_snapshots_s'])}", flush=True)
         time.sleep(1.0)
         target = ns_name(namespaces // 2)
         node = lcp.node_ids(target)[0]
         nodes = lcp.node_ids()
         rows = []
-        for i in range(changes):
-            manifest = parse_object(vs_body(target, f"svc-{per_ns // 2:04d}", (i + 1) % 2), "change.yaml")
-            before = {n: cp.cache.generation(n) for n in nodes}
-            builds0 = getattr(cp, "builds", None)
-            store.apply([manifest])
-            t_applied, cpu_applied = time.perf_counter(), time.process_time() - time.thread_time()
-            t_set = wait_for(f"change {i}: new snapshot for {target}",
-                             lambda: cp.cache.generation(node) != before[node], timeout, 0.002, lcp.alive)
-            cpu_set = time.process_time() - time.thread_time()
-            time.sleep(0.3)  # anything else this change causes
-            syncs = [(e - s, c) for s, e, c in list(lcp.syncs) if s >= t_applied - 0.001 and e <= t_set + 0.001]
-            builds1 = getattr(cp, "builds", None)
-            rows.append({"snapshots_set": sum(1 for n in nodes if cp.cache.generation(n) != before[n]),
-                         "builds": None if builds0 is None else builds1 - builds0,
-                         "to_snapshot": t_set - t_applied, "cp_cpu": cpu_set - cpu_applied,
-                         "sync": syncs[-1][0] if syncs else None, "sync_cpu": syncs[-1][1] if syncs else None})
-            time.sleep(random.Random(i).uniform(0.05, 0.15))
+        applier = Applier(state)
+        try:
+            for i in range(changes):
+                body = vs_body(target, f"svc-{per_ns // 2:04d}", (i + 1) % 2)
+                before = {n: cp.cache.generation(n) for n in nodes}
+                builds0 = getattr(cp, "builds", None)
+                cpu_before = time.process_time() - time.thread_time()
+                t0, _ = applier.apply(body)
+                t_set = wait_for(f"change {i}: new snapshot for {target}",
+                                 lambda: cp.cache.generation(node) != before[node], timeout, 0.002, lcp.alive)
+                sync = sync_around(lcp, t_set, timeout)  # the whole call: the other waypoints it went on with
+                cpu_after = time.process_time() - time.thread_time()
+                time.sleep(0.3)  # anything else this change causes
+                builds1 = getattr(cp, "builds", None)
+                rows.append({"snapshots_set": sum(1 for n in nodes if cp.cache.generation(n) != before[n]),
+                             "builds": None if builds0 is None else builds1 - builds0,
+                             "to_snapshot": t_set - t0, "cp_cpu": cpu_after - cpu_before,
+                             "cpu_window": "apply -> end of the sync that set the snapshot" if sync else
+                                           "apply -> snapshot set",
+                             "sync": sync[1] - sync[0] if sync else None, "sync_cpu": sync[2] if sync else None})
+                time.sleep(random.Random(i).uniform(0.05, 0.15))
+        finally:
+            applier.close()
     finally:
         lcp.close()
         store.close()
@@ -706,7 +787,7 @@ def write_markdown(path: Path, report: Body) -> None:
     lines.append(f"| one change -> waypoints re-translated (snapshots set / `ControlPlane.builds`), median of "
                  f"{tr['changes']} | same | **{sets.get('p50')} / {builds.get('p50', '—')}** of {tr['namespaces']} | "
                  f"1 (the affected waypoint) | {verdict(builds.get('p50', sets.get('p50')), 1)} | |")
-    lines.append(f"| one change -> control-plane CPU until the snapshot is set, p50 / p99 | same | "
+    lines.append(f"| one change -> control-plane CPU (apply -> the `sync` that set the snapshot returned), p50 / p99 | same | "
                  f"**{_ms(tr['cp_cpu']['p50'])} / {_ms(tr['cp_cpu']['p99'])}** | 50 ms | "
                  f"{verdict(tr['cp_cpu']['p50'], GOALS['change_cpu_s'])} | |")
     for a in acks:
@@ -732,14 +813,16 @@ def write_markdown(path: Path, report: Body) -> None:
         lines += [f"### {a['name']}: {a['topology']}", "",
                   f"{a['changes']} changes, one at a time: {a['change']}. Latency until `cache.status[node][RDS]` is "
                   f"SYNCED at the new snapshot's version (polled every 2 ms). Real Envoy: {a['real_envoy']}. "
-                  f"Control plane defaults: poll {a['poll_s'] * 1e3:.0f} ms, debounce {a['debounce_s'] * 1e3:.0f} ms, "
+                  f"Control plane defaults: poll {_ms(a['poll_s'])}, debounce {_ms(a['debounce_s'])}, "
                   f"{'Delta' if a['delta_xds'] else 'SotW'} ADS. Snapshots set for other waypoints during the changes: "
                   f"{a['other_snapshots_set']}.", "",
                   "| part | p50 | p99 | min | max |", "|---|---|---|---|---|"]
         for key, what in (("total", "**store change -> RDS ACK**"), ("apply", "of which `Store.apply`"),
                           ("to_snapshot", "store change -> new snapshot in the cache"),
-                          ("sync", "of which `ControlPlane.sync` (wall)"),
-                          ("sync_cpu", "of which `ControlPlane.sync` (CPU of its thread)"),
+                          ("sync_to_snapshot", "of which `ControlPlane.sync` started -> this snapshot set"),
+                          ("sync", "the whole `ControlPlane.sync` call that set it (wall; it may go on with other "
+                                   "waypoints after)"),
+                          ("sync_cpu", "the whole `ControlPlane.sync` call that set it (CPU of its thread)"),
                           ("snapshot_to_ack", "new snapshot -> RDS ACK (push, Envoy applies, ACK)")):
             s = a[key]
             if s:
@@ -758,11 +841,11 @@ def write_markdown(path: Path, report: Body) -> None:
               f"{_ms(tr['cold']['start_to_all_snapshots_s'])} / {_ms(tr['cold']['start_to_all_snapshots_cpu_s'])} |",
               f"| one change ({tr['change']}): snapshots set, median [max] | {sets.get('p50')} [{sets.get('max')}] |",
               f"| builds (`ControlPlane.builds`), median [max] | {builds.get('p50', '—')} [{builds.get('max', '—')}] |",
-              f"| control-plane CPU, apply returned -> snapshot set (all threads but this benchmark's), p50 / p99 | "
+              f"| control-plane CPU (all its threads), apply -> the `sync` that set the snapshot returned, p50 / p99 | "
               f"{_ms(tr['cp_cpu']['p50'])} / {_ms(tr['cp_cpu']['p99'])} |",
-              f"| of which `ControlPlane.sync` CPU, p50 / p99 | {_ms(tr['sync_cpu'].get('p50'))} / "
+              f"| of which that `ControlPlane.sync` call's CPU, p50 / p99 | {_ms(tr['sync_cpu'].get('p50'))} / "
               f"{_ms(tr['sync_cpu'].get('p99'))} |",
-              f"| apply returned -> snapshot set (wall), p50 / p99 | {_ms(tr['to_snapshot']['p50'])} / "
+              f"| apply -> snapshot set (wall), p50 / p99 | {_ms(tr['to_snapshot']['p50'])} / "
               f"{_ms(tr['to_snapshot']['p99'])} |", ""]
     lines += ["## 3. Memory and idle CPU per connected proxy", "", f"{px['topology']}.", "",
               "| measurement | value |", "|---|---|",
@@ -786,9 +869,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--envoy", default=None, help="envoy binary (default: the one next to this Python)")
     ap.add_argument("--only", default=None, help=argparse.SUPPRESS)  # comma-separated parts, for development
     ap.add_argument("--serve", type=Path, default=None, help=argparse.SUPPRESS)  # internal: the control plane alone
+    ap.add_argument("--apply-server", type=Path, default=None, help=argparse.SUPPRESS)  # internal: the writer
     args = ap.parse_args(argv)
     if args.serve is not None:
         return serve(args.serve, args.envoy)
+    if args.apply_server is not None:
+        return apply_server(args.apply_server)
     try:
         envoy = args.envoy or find_envoy()
     except FileNotFoundError as exc:
