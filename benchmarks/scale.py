@@ -118,7 +118,8 @@ def topology(namespaces: int, services: int, routes: str) -> list[Body]:
                         "spec": {"selector": {"app": svc}, "ports": [{"name": "http", "port": PORT}]}})
             for p in range(PODS):
                 out.append({"apiVersion": "v1", "kind": "Pod",
-                            "metadata": {"name": f"{svc}-{p}", "namespace": ns, "labels": {"app": svc, "version": "v1"}},
+                            "metadata": {"name": f"{svc}-{p}", "namespace": ns,
+                                         "labels": {"app": svc, "version": "v1"}},
                             "spec": {"serviceAccountName": "default",
                                      "containers": [{"name": "app", "image": "app"}]}})
             out.extend(route_bodies(routes, ns, svc))
@@ -400,7 +401,8 @@ def bench_ack(name: str, namespaces: int, services: int, routes: str, changes: i
         wait_for(f"Gateway Programmed and all {per_ns} services ACKed", milestones, timeout, 0.01, lcp.alive)
         t_prog, t_full = seen["programmed"], seen["full"]
         snap = cp.cache.get(node)
-        cold = {"to_replica_known_s": t_node - t0, "to_programmed_s": t_prog - t0, "to_all_services_acked_s": t_full - t0,
+        cold = {"to_replica_known_s": t_node - t0, "to_programmed_s": t_prog - t0,
+                "to_all_services_acked_s": t_full - t0,
                 "resources": {SHORT.get(t, t): len(snap.resources(t)) for t in P.TYPE_ORDER if snap.resources(t)}}
         print(f"    cold start: Programmed after {fmt_time(cold['to_programmed_s'])}, all {per_ns} services ACKed "
               f"after {fmt_time(cold['to_all_services_acked_s'])}", flush=True)
@@ -419,7 +421,8 @@ def bench_ack(name: str, namespaces: int, services: int, routes: str, changes: i
            "routes_kind": routes, "route_objects": services * (1 if routes == "vs" else ROUTES),
            "routes": services * ROUTES, "changes": changes,
            "change": f"{'VirtualService' if routes == 'vs' else 'HTTPRoute'} {target_ns}/{svc}"
-                     f"{'' if routes == 'vs' else '-r1'}: route r1's timeout 1s <-> 2s (`Store.apply` in a helper process)",
+                     f"{'' if routes == 'vs' else '-r1'}: route r1's timeout 1s <-> 2s "
+                     "(`Store.apply` in a helper process)",
            "real_envoy": f"the waypoint of {target_ns}" + ("" if namespaces == 1 else
                                                            f"; the other {namespaces - 1} waypoints run stand-ins "
                                                            "(no Envoy), Ready from the start, so their services bind"),
@@ -774,20 +777,23 @@ def write_markdown(path: Path, report: Body) -> None:
              f"protobuf {m.get('protobuf')} ({m.get('protobuf_backend')}); meshway {m.get('meshway_commit')}; "
              f"run {report['started']} ({report['duration_s']:.0f} s); load average at start "
              f"{m['loadavg_at_start'][0]:.2f}. Goals: issue 10.", ""]
-    lines += ["## Summary", "", "| figure | topology | measured | goal | verdict | anchor |", "|---|---|---|---|---|---|"]
+    lines += ["## Summary", "", "| figure | topology | measured | goal | verdict | anchor |",
+              "|---|---|---|---|---|---|"]
     for a in acks:
         t = a["total"]
         lines.append(f"| store change -> waypoint Envoy RDS ACK, p50 / p99 (N={a['changes']}) | {a['topology']} | "
                      f"**{_ms(t['p50'])} / {_ms(t['p99'])}** | 30 ms / 100 ms | "
                      f"{verdict(t['p50'], GOALS['ack_p50_s'])} / {verdict(t['p99'], GOALS['ack_p99_s'])} | {ANCHORS} |")
     lines.append(f"| cold translation of all {tr['namespaces']} waypoints (the control plane's first `sync`) | "
-                 f"{tr['topology']} | **{_ms(tr['cold']['first_sync_s'])}** (CPU {_ms(tr['cold']['first_sync_cpu_s'])}) | "
+                 f"{tr['topology']} | **{_ms(tr['cold']['first_sync_s'])}** "
+                 f"(CPU {_ms(tr['cold']['first_sync_cpu_s'])}) | "
                  f"1 s | {verdict(tr['cold']['first_sync_s'], GOALS['cold_translation_s'])} | |")
     sets, builds = tr["snapshots_set"], tr["builds"]
     lines.append(f"| one change -> waypoints re-translated (snapshots set / `ControlPlane.builds`), median of "
                  f"{tr['changes']} | same | **{sets.get('p50')} / {builds.get('p50', '—')}** of {tr['namespaces']} | "
                  f"1 (the affected waypoint) | {verdict(builds.get('p50', sets.get('p50')), 1)} | |")
-    lines.append(f"| one change -> control-plane CPU (apply -> the `sync` that set the snapshot returned), p50 / p99 | same | "
+    lines.append("| one change -> control-plane CPU (apply -> the `sync` that set the snapshot returned), p50 / p99 | "
+                 "same | "
                  f"**{_ms(tr['cp_cpu']['p50'])} / {_ms(tr['cp_cpu']['p99'])}** | 50 ms | "
                  f"{verdict(tr['cp_cpu']['p50'], GOALS['change_cpu_s'])} | |")
     for a in acks:
@@ -840,7 +846,8 @@ def write_markdown(path: Path, report: Body) -> None:
               f"| `ControlPlane(...)` -> every waypoint's snapshot set (store read, view, translation), wall / CPU | "
               f"{_ms(tr['cold']['start_to_all_snapshots_s'])} / {_ms(tr['cold']['start_to_all_snapshots_cpu_s'])} |",
               f"| one change ({tr['change']}): snapshots set, median [max] | {sets.get('p50')} [{sets.get('max')}] |",
-              f"| builds (`ControlPlane.builds`), median [max] | {builds.get('p50', '—')} [{builds.get('max', '—')}] |",
+              f"| builds (`ControlPlane.builds`), median [max] | {builds.get('p50', '—')} "
+              f"[{builds.get('max', '—')}] |",
               f"| control-plane CPU (all its threads), apply -> the `sync` that set the snapshot returned, p50 / p99 | "
               f"{_ms(tr['cp_cpu']['p50'])} / {_ms(tr['cp_cpu']['p99'])} |",
               f"| of which that `ControlPlane.sync` call's CPU, p50 / p99 | {_ms(tr['sync_cpu'].get('p50'))} / "
@@ -849,8 +856,10 @@ def write_markdown(path: Path, report: Body) -> None:
               f"{_ms(tr['to_snapshot']['p99'])} |", ""]
     lines += ["## 3. Memory and idle CPU per connected proxy", "", f"{px['topology']}.", "",
               "| measurement | value |", "|---|---|",
-              f"| control-plane RSS, no proxy connected (snapshots built) | {px['rss_no_proxy_bytes'] / 2**20:.1f} MiB |",
-              f"| control-plane RSS, {px['connected']} connected and ACKed | {px['rss_connected_bytes'] / 2**20:.1f} MiB |",
+              f"| control-plane RSS, no proxy connected (snapshots built) | "
+              f"{px['rss_no_proxy_bytes'] / 2**20:.1f} MiB |",
+              f"| control-plane RSS, {px['connected']} connected and ACKed | "
+              f"{px['rss_connected_bytes'] / 2**20:.1f} MiB |",
               f"| per connected proxy | {px['rss_per_proxy_bytes'] / 1e6:.3f} MB |",
               f"| idle CPU ({px['window_s']:g} s window), none / {px['proxies']} connected | "
               f"{px['idle_cpu_ms_per_s_no_proxy']:.1f} / {px['idle_cpu_ms_per_s_connected']:.1f} ms/s |",
