@@ -586,6 +586,8 @@ def bench_ack(mesh: LiveMesh, changes: int, timeout: float = 10.0) -> Body:
                     raise RuntimeError(f"change {i}: RDS {version} not ACKed within {timeout:g} s: {status}")
                 time.sleep(0.002)
             t_ack = time.perf_counter()
+            while not any(g > generation for _, g in list(set_at)):  # the watcher runs just after the set
+                time.sleep(0.0005)
             t_set = next(t for t, g in set_at if g > generation)
             sync = [e - s for s, e in syncs if s >= t_applied and e <= t_set + 0.001]
             rows.append({"apply": t_applied - t0, "to_snapshot": t_set - t0, "snapshot_to_ack": t_ack - t_set,
@@ -603,7 +605,8 @@ def bench_ack(mesh: LiveMesh, changes: int, timeout: float = 10.0) -> Body:
         return {"p50": percentile(values, 50), "p99": percentile(values, 99), "min": min(values),
                 "max": max(values), "mean": statistics.fmean(values)} if values else {}
 
-    out = {"changes": changes, "poll_s": cp.poll, "debounce_s": cp.debounce, "delta_xds": cp.delta,
+    out = {"changes": changes, "poll_s": cp.poll, "debounce_s": cp.debounce,
+           "debounce_max_s": getattr(cp, "debounce_max", None), "delta_xds": cp.delta,
            "samples": rows, **{k: stats(k) for k in ("total", "apply", "to_snapshot", "sync", "snapshot_to_ack")}}
     print(f"  store change -> RDS ACK: p50 {fmt_time(out['total']['p50'])}, p99 {fmt_time(out['total']['p99'])} "
           f"(snapshot set -> ACK p50 {fmt_time(out['snapshot_to_ack']['p50'])})", flush=True)
@@ -875,11 +878,14 @@ def _md_ack(a: Body) -> list[str]:
     lines = ["", "## 3. Store change -> waypoint Envoy ACK", "",
              f"{a['changes']} VirtualService weight changes (`Store.apply`), one at a time; latency until "
              f"`cache.status[node][RDS]` is SYNCED at the new snapshot's version (polled every 2 ms). Control plane "
-             f"defaults: store poll {a['poll_s'] * 1e3:.0f} ms, debounce {a['debounce_s'] * 1e3:.0f} ms, "
+             + (f"defaults: store commits signalled (no poll), debounce {a['debounce_s'] * 1e3:.0f} ms "
+                f"(at most {a['debounce_max_s'] * 1e3:.0f} ms under a burst), "
+                if a.get("debounce_max_s") is not None else
+                f"defaults: store poll {a['poll_s'] * 1e3:.0f} ms, debounce {a['debounce_s'] * 1e3:.0f} ms, ") +
              f"{'Delta' if a['delta_xds'] else 'SotW'} ADS.", "",
              "| part | p50 | p99 | min | max |", "|---|---|---|---|---|"]
     for key, label in (("total", "**store change -> RDS ACK**"), ("apply", "of which `Store.apply`"),
-                       ("to_snapshot", "store change -> new snapshot in the cache (poll wait + debounce + sync)"),
+                       ("to_snapshot", "store change -> new snapshot in the cache (signal + debounce + sync)"),
                        ("sync", "of which `ControlPlane.sync` (translate + set_snapshot)"),
                        ("snapshot_to_ack", "new snapshot -> RDS ACK (push, Envoy applies, ACK)")):
         s = a[key]
