@@ -167,7 +167,8 @@ class ControlPlane:
         self._next_drain_sync = float("inf")
         self._nodes_due = float("inf")
         self._service_nat: dict[tuple[str, str], tuple] = {}  # (ns, pod) -> the service NAT installed in it
-        self.debounce_max, self.safety_poll, self.build_budget, self.clock = debounce_max, safety_poll, build_budget, clock
+        self.debounce_max, self.safety_poll, self.build_budget = debounce_max, safety_poll, build_budget
+        self.clock = clock
         self.debouncer = Debouncer(debounce, debounce_max)
         self._pending_kinds: set[str] = set()  # kinds changed in the store since the last push
         self._statuses: list[tuple[str, str, str, dict]] = []  # status writes of this round, one transaction
