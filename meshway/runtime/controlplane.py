@@ -180,6 +180,9 @@ class ControlPlane:
         self._step_errors: dict[str, str] = {}
         self._next_capture_retry = 0.0
         self._failed_builds: set[str] = set()  # node ids whose last build raised: retried every BUILD_RETRY
+        self._alive: dict[str, bool] = {}  # node id -> its Envoy ran at this round's supervision
+        self._xds_events = 0  # ADS events seen (on the loop): proxy-status.json is rewritten only after some
+        self._status_key: object = None
         self._next_build_retry = NEVER
 
     # -- translation ------------------------------------------------------------------------------
@@ -499,7 +502,8 @@ class ControlPlane:
                 if state.failures and self._acked(state.node_id):
                     state.failures = 0  # healthy again: a later crash restarts after the shortest delay
                 continue
-            self.cache.status.pop(state.node_id, None)  # what a dead proxy ACKed says nothing of the next one
+            if self.cache.status.pop(state.node_id, None) is not None:  # what a dead proxy ACKed says nothing
+                self._xds_events += 1  # of the next one
             if now < state.next_start:
                 continue
             node = f"node-{state.index}"
@@ -529,12 +533,15 @@ class ControlPlane:
     def _supervise(self) -> None:
         now = time.monotonic()
         self._supervise_nodes(now)
+        self._alive = {}
         for state in self.replicas.values():
-            if read_pid(state.paths) is not None:
+            alive = self._alive[state.node_id] = read_pid(state.paths) is not None
+            if alive:
                 continue
             # Ready again only once the next process ACKs (else the dead one's ACKs would make it
             # Ready at once and reset the backoff of a replica that crash-loops).
-            self.cache.status.pop(state.node_id, None)
+            if self.cache.status.pop(state.node_id, None) is not None:
+                self._xds_events += 1
             if state.ready_written:
                 self._write_ready(state, False)
             if now < state.next_start:
@@ -569,8 +576,10 @@ class ControlPlane:
         return all(types.get(t, {}).get("version") for t in READY_TYPES)
 
     def _readiness(self) -> None:
+        """Right after `_supervise` in a round: its liveness check of each replica is reused."""
         for state in self.replicas.values():
-            synced = self._acked(state.node_id) and read_pid(state.paths) is not None
+            alive = self._alive.get(state.node_id)
+            synced = self._acked(state.node_id) and (read_pid(state.paths) is not None if alive is None else alive)
             if synced != bool(state.ready_written):
                 self._write_ready(state, synced)
                 if synced:
@@ -599,6 +608,14 @@ class ControlPlane:
         return out
 
     def _write_status_file(self) -> None:
+        """Recomputed only when something it shows may have changed: an ADS event, a connection, a
+        proxy's problems."""
+        key = (self._xds_events, frozenset(self.server.connected),
+               tuple((n, s.errors, s.problems) for n, s in self.replicas.items()),
+               tuple((n, s.errors, s.capture_error) for n, s in self.nodes.items()))
+        if key == self._status_key:
+            return
+        self._status_key = key
         text = json.dumps(self.proxy_status(), indent=1, sort_keys=True)
         if text != self._status_text:
             write_private(self.run_dir / "proxy-status.json", text)
@@ -699,6 +716,7 @@ class ControlPlane:
         """On the loop: metrics, and a round as soon as a proxy ACKs while node proxies wait for the
         waypoints to have a change (`_maybe_sync_nodes`)."""
         self.metrics.on_event(node_id, event)
+        self._xds_events += 1
         if isinstance(event, Acked) and self._nodes_due != NEVER and self._wake is not None:
             self._wake.set()
 
