@@ -75,6 +75,7 @@ UNBIND_GRACE = 5.0  # seconds a waypoint keeps serving a service that was just u
 NODE_PUSH_WAIT = 1.0  # at most this long, node proxies wait for the waypoints to ACK a change first
 MAX_PROBLEM = 600  # characters of an exception's text kept on status
 BUILD_RETRY = 5.0  # seconds before a proxy whose build failed is built again without a change
+SUPERVISE_POLL = 1.0  # with exit notifications (pidfd), the Envoys are also checked this often
 
 
 @dataclass
@@ -183,6 +184,15 @@ class ControlPlane:
         self._alive: dict[str, bool] = {}  # node id -> its Envoy ran at this round's supervision
         self._xds_events = 0  # ADS events seen (on the loop): proxy-status.json is rewritten only after some
         self._status_key: object = None
+        # Exit notifications: a pidfd per running Envoy, read by the loop (`_on_exit`), so a crash
+        # starts a round at once and the processes need no 50 ms polling.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pidfds = hasattr(os, "pidfd_open")
+        self._watching: dict[str, int] = {}  # node id -> the pid whose exit is watched
+        self._exits = self._exits_seen = 0
+        self._exit_fds: set[int] = set()  # pidfds the loop reads (loop thread only)
+        self._next_supervise = 0.0
+        self._restart_due = NEVER
         self._next_build_retry = NEVER
 
     # -- translation ------------------------------------------------------------------------------
@@ -498,13 +508,16 @@ class ControlPlane:
     # -- processes and readiness ------------------------------------------------------------------
     def _supervise_nodes(self, now: float) -> None:
         for state in self.nodes.values():
-            if read_pid(state.paths) is not None:
+            pid = read_pid(state.paths)
+            if pid is not None:
+                self._watch_exit(state.node_id, pid)
                 if state.failures and self._acked(state.node_id):
                     state.failures = 0  # healthy again: a later crash restarts after the shortest delay
                 continue
             if self.cache.status.pop(state.node_id, None) is not None:  # what a dead proxy ACKed says nothing
                 self._xds_events += 1  # of the next one
             if now < state.next_start:
+                self._restart_due = min(self._restart_due, state.next_start)
                 continue
             node = f"node-{state.index}"
             bootstrap = build_bootstrap(state.node_id, f"ztunnel.{L.ROOT_NAMESPACE}", self.ads_socket,
@@ -512,7 +525,8 @@ class ControlPlane:
                                         metadata={"NODE_TYPE": "ztunnel", "NODE_NAME": node,
                                                   TOKEN_METADATA: self.tokens.token(state.node_id)})
             # Long drain: connections on a filter chain that a config change replaced finish normally.
-            start_envoy(state.paths, bootstrap, state.prefix, self.envoy, log_level="error", drain_seconds=30)
+            self._watch_exit(state.node_id, start_envoy(state.paths, bootstrap, state.prefix, self.envoy,
+                                                        log_level="error", drain_seconds=30))
             state.next_start = now + min(30.0, 0.5 * 2 ** state.failures)
             state.failures += 1
             log.info("started node proxy on %s", node)
@@ -532,11 +546,14 @@ class ControlPlane:
 
     def _supervise(self) -> None:
         now = time.monotonic()
+        self._restart_due = NEVER
         self._supervise_nodes(now)
         self._alive = {}
         for state in self.replicas.values():
-            alive = self._alive[state.node_id] = read_pid(state.paths) is not None
-            if alive:
+            pid = read_pid(state.paths)
+            self._alive[state.node_id] = pid is not None
+            if pid is not None:
+                self._watch_exit(state.node_id, pid)
                 continue
             # Ready again only once the next process ACKs (else the dead one's ACKs would make it
             # Ready at once and reset the backoff of a replica that crash-loops).
@@ -544,7 +561,9 @@ class ControlPlane:
                 self._xds_events += 1
             if state.ready_written:
                 self._write_ready(state, False)
+                self._flush_statuses()  # NotReady is written before a next process can be seen
             if now < state.next_start:
+                self._restart_due = min(self._restart_due, state.next_start)
                 continue
             r = state.replica
             bootstrap = build_bootstrap(state.node_id, f"{r.service_account}.{r.namespace}", self.ads_socket,
@@ -553,10 +572,50 @@ class ControlPlane:
                                                   "SERVICE_ACCOUNT": r.service_account, "NODE_TYPE": "waypoint",
                                                   "INSTANCE_IPS": r.pod_ip, "POD_NAME": r.pod,
                                                   TOKEN_METADATA: self.tokens.token(state.node_id)})
-            start_envoy(state.paths, bootstrap, self.placement.command_prefix(r), self.envoy)
+            self._watch_exit(state.node_id, start_envoy(state.paths, bootstrap, self.placement.command_prefix(r),
+                                                        self.envoy))
             state.next_start = now + min(30.0, 0.5 * 2 ** state.failures)
             state.failures += 1
             log.info("started waypoint replica %s/%s", r.namespace, r.pod)
+
+    def _watch_exit(self, node_id: str, pid: int) -> None:
+        """In the worker: have the loop wake a round when `pid` exits (a pidfd becomes readable, for
+        children and adopted processes alike); without pidfds the processes are polled every `poll`."""
+        loop = self._loop
+        if loop is None or not self._pidfds or self._watching.get(node_id) == pid:
+            return
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:  # gone already: the next supervision sees it
+            return
+        except OSError as exc:  # e.g. a kernel before 5.3
+            log.info("no process exit notifications (%s): polling every %g s", exc, self.poll)
+            self._pidfds = False
+            return
+        self._watching[node_id] = pid
+        try:
+            loop.call_soon_threadsafe(self._add_exit_reader, fd)
+        except RuntimeError:  # the loop is closed
+            os.close(fd)
+
+    def _add_exit_reader(self, fd: int) -> None:
+        try:
+            asyncio.get_running_loop().add_reader(fd, self._on_exit, fd)
+            self._exit_fds.add(fd)
+        except (OSError, ValueError, NotImplementedError):
+            os.close(fd)
+
+    def _on_exit(self, fd: int) -> None:
+        """On the loop: a watched Envoy exited."""
+        self._close_exit_reader(fd)
+        self._exits += 1
+        if self._wake is not None:
+            self._wake.set()
+
+    def _close_exit_reader(self, fd: int) -> None:
+        asyncio.get_running_loop().remove_reader(fd)
+        os.close(fd)
+        self._exit_fds.discard(fd)
 
     def _write_ready(self, state: ReplicaState, ready: bool) -> None:
         """Queued (`_flush_statuses` writes the round's batch); a pod that is gone is skipped."""
@@ -576,10 +635,11 @@ class ControlPlane:
         return all(types.get(t, {}).get("version") for t in READY_TYPES)
 
     def _readiness(self) -> None:
-        """Right after `_supervise` in a round: its liveness check of each replica is reused."""
+        """After `_supervise`: its liveness check of each replica is reused (exits wake it at once)."""
         for state in self.replicas.values():
-            alive = self._alive.get(state.node_id)
-            synced = self._acked(state.node_id) and (read_pid(state.paths) is not None if alive is None else alive)
+            # a process started since (not alive then) is checked again once it has ACKed
+            synced = self._acked(state.node_id) and (self._alive.get(state.node_id)
+                                                     or read_pid(state.paths) is not None)
             if synced != bool(state.ready_written):
                 self._write_ready(state, synced)
                 if synced:
@@ -654,7 +714,7 @@ class ControlPlane:
         await self.server.start(self.ads_socket)  # its folder: socket_dir, private (refused if planted in /tmp)
         write_private(self.run_dir / "controlplane.pid", f"{os.getpid()}\n")
         self.monitor = self._start_metrics_server()
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         wake = self._wake = asyncio.Event()
         stopping = asyncio.ensure_future(stop.wait())
         stopping.add_done_callback(lambda _: wake.set())
@@ -683,7 +743,10 @@ class ControlPlane:
                 loop.remove_reader(listener.fileno())
                 listener.close()
             worker.shutdown(wait=False)
-            self._wake = None
+            self._wake = self._loop = None
+            for fd in list(self._exit_fds):
+                self._close_exit_reader(fd)
+            self._watching.clear()
             await self.server.stop()
             if self.monitor is not None:
                 self.monitor.stop()
@@ -751,8 +814,11 @@ class ControlPlane:
             self._next_build_retry = now + BUILD_RETRY
             self._step("retry", self._retry_failed_builds)
         self._step("node proxies", self._maybe_sync_nodes)
-        if now >= self._next_housekeeping:
+        if now >= min(self._next_supervise, self._restart_due) or self._exits != self._exits_seen:
+            self._exits_seen = self._exits
             self._step("supervise", self._supervise)
+            self._next_supervise = now + (SUPERVISE_POLL if self._pidfds and self._loop is not None else self.poll)
+        if now >= self._next_housekeeping:
             self._step("readiness", self._readiness)
             if self.cluster is not None:
                 self._step("pods", self._pod_readiness)
@@ -763,7 +829,8 @@ class ControlPlane:
         if not self._failed_builds:
             self._next_build_retry = NEVER
         return min(self.debouncer.due(), self._next_store_read, self._next_drain_sync, self._next_resync,
-                   self._next_housekeeping, self._nodes_due, self._next_build_retry)
+                   self._next_housekeeping, self._nodes_due, self._next_build_retry, self._next_supervise,
+                   self._restart_due)
 
     def _step(self, what: str, action) -> None:
         """One step of a round; a failure is logged (once while it repeats) and the round goes on."""
