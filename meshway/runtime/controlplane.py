@@ -16,9 +16,10 @@ publishes the renewed secrets (it rebuilds no proxy's config).
 Event-driven, off the event loop: the asyncio loop serves ADS and keeps the timers; everything else
 (reading the store, translation, `envoy --mode validate`, iptables, probes, starting and stopping
 processes, status writes) runs in one worker thread, one round at a time (`_round`). A round starts
-when a store commit is signalled (`meshway.store.notify`, with a slow safety poll), when a timer is
-due (debounced push, housekeeping every `poll`, resync, drain deadline), or when a proxy ACKs while
-node proxies wait for the waypoints. Store changes are debounced as istiod does (`Debouncer`:
+when a store commit is signalled (`meshway.store.notify`, with a slow safety poll), when an Envoy
+exits (a pidfd per process, read by the loop; the processes are also checked every second), when a
+timer is due (debounced push, readiness and proxy-status.json every `poll`, a restart's backoff,
+resync, drain deadline), or when a proxy ACKs while node proxies wait for the waypoints. Store changes are debounced as istiod does (`Debouncer`:
 `debounce` of quiet, at most `debounce_max` under a burst).
 
 Failure isolation: one proxy's failed build (any exception of its builder, an `InconsistentSnapshot`)
