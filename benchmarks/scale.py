@@ -429,7 +429,8 @@ def bench_ack(name: str, namespaces: int, services: int, routes: str, changes: i
            "store_apply_s": apply_s, "cold_start": cold, "samples": rows,
            "poll_s": getattr(cp, "poll", None), "debounce_s": getattr(cp, "debounce", None),
            "delta_xds": getattr(cp, "delta", None)}
-    for key in ("total", "apply", "to_snapshot", "sync_to_snapshot", "sync", "sync_cpu", "snapshot_to_ack"):
+    for key in ("total", "apply", "to_snapshot", "applied_to_sync", "sync_to_snapshot", "sync", "sync_cpu",
+                "snapshot_to_ack"):
         out[key] = stats([r[key] for r in rows])
     out["other_snapshots_set"] = sum(r["other_snapshots_set"] for r in rows)
     print(f"    store change -> RDS ACK: p50 {fmt_time(out['total']['p50'])}, p99 {fmt_time(out['total']['p99'])}; "
@@ -470,7 +471,8 @@ def measure_changes(lcp: LocalControlPlane, applier: Applier, node: str, others:
             time.sleep(rng.uniform(0.1, 0.2))  # idle between changes; random so the poll phase varies
             other = sum(1 for n in others if cache.generation(n) != before[n])
             rows.append({"apply": t_applied - t0, "to_snapshot": t_set - t0, "snapshot_to_ack": t_ack - t_set,
-                         "total": t_ack - t0, "sync_to_snapshot": t_set - sync[0] if sync else None,
+                         "total": t_ack - t0, "applied_to_sync": sync[0] - t_applied if sync else None,
+                         "sync_to_snapshot": t_set - sync[0] if sync else None,
                          "sync": sync[1] - sync[0] if sync else None, "sync_cpu": sync[2] if sync else None,
                          "other_snapshots_set": other})
     finally:
@@ -831,6 +833,8 @@ def write_markdown(path: Path, report: Body) -> None:
                   "| part | p50 | p99 | min | max |", "|---|---|---|---|---|"]
         for key, what in (("total", "**store change -> RDS ACK**"), ("apply", "of which `Store.apply`"),
                           ("to_snapshot", "store change -> new snapshot in the cache"),
+                          ("applied_to_sync", "of which apply returned -> `ControlPlane.sync` started (commit "
+                                              "signal, debounce, store read, view update)"),
                           ("sync_to_snapshot", "of which `ControlPlane.sync` started -> this snapshot set"),
                           ("sync", "the whole `ControlPlane.sync` call that set it (wall; it may go on with other "
                                    "waypoints after)"),
