@@ -103,6 +103,10 @@ def _deployments(w: Writer) -> None:
 
 
 def _statuses(w: Writer) -> None:
+    """istiod's status for every object whose status reads only STATUS_KINDS; skipped when the
+    transaction changed none of those kinds (a route, rule or pod change cannot change them)."""
+    if not w.full and not {c.kind for c in w.txn.changed} & set(STATUS_KINDS):
+        return
     snapshot = {kind: w.txn.list(kind) for kind in STATUS_KINDS}
     view = MeshView.build(snapshot)
     for kind in ("Service", "ServiceEntry"):
