@@ -187,7 +187,8 @@ def test_a_slow_translation_does_not_hold_up_another_proxys_ads_stream(mesh) -> 
     assert entered.wait(10), "the slow build did not start"
     answered, ack_recorded = asyncio.run(ask_clusters(cp, beta))
     assert not finished.is_set(), "the ADS exchange should have happened during the slow build"
-    print(f"during a 1 s translation: CDS answered in {answered * 1e3:.1f} ms, ACK recorded in {ack_recorded * 1e3:.1f} ms")
+    print(f"during a 1 s translation: CDS answered in {answered * 1e3:.1f} ms, "
+          f"ACK recorded in {ack_recorded * 1e3:.1f} ms")
     assert answered < 0.3 and ack_recorded < 0.3, (answered, ack_recorded)
     del faults["alpha"]
     wait_for(lambda: any("ratings.alpha" in c for c in clusters(cp, alpha)), what="alpha's slow build to land")
