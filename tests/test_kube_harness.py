@@ -82,7 +82,7 @@ def test_apiserver_certificate_names_the_kubernetes_service():
         "etcd-servers": "http://127.0.0.1:32379", "bind-address": "127.0.0.1", "advertise-address": "127.0.0.1",
         "secure-port": "36443", "service-cluster-ip-range": "10.96.0.0/16", "authorization-mode": "Node,RBAC",
         "client-ca-file": "/s/pki/ca.crt", "tls-cert-file": "/s/pki/apiserver.crt",
-        "service-account-key-file": "/s/pki/sa.key", "service-account-signing-key-file": "/s/pki/sa.key",
+        "service-account-key-file": "/s/pki/sa.pub", "service-account-signing-key-file": "/s/pki/sa.key",
         "service-account-issuer": "https://kubernetes.default.svc.cluster.local"}),
     (plan_controller_manager_args, "kube-controller-manager", {
         "kubeconfig": "/s/controller-manager.kubeconfig", "bind-address": "127.0.0.1", "secure-port": "40257",
@@ -97,6 +97,17 @@ def test_command_lines(planner, binary, expected):
     assert argv[0] == f"/b/{binary}"
     got = flags(argv)
     assert {k: got.get(k) for k in expected} == expected
+
+
+@pytest.mark.parametrize("advertise,reconciler", [
+    ("127.0.0.1", "none"),      # kube-apiserver refuses a loopback endpoint for the kubernetes Service
+    ("10.244.0.1", None),       # a routable address: the default lease reconciler
+])
+def test_apiserver_endpoint_reconciler(advertise, reconciler):
+    config = HarnessConfig(state=Path("/s"), bin_dir=Path("/b"), ports=PORTS, advertise_address=advertise)
+    got = flags(plan_apiserver_args(config, LAYOUT))
+    assert (got["advertise-address"], got.get("endpoint-reconciler-type")) == (advertise, reconciler)
+    assert got["bind-address"] == "127.0.0.1"
 
 
 @pytest.mark.parametrize("planner", [plan_etcd_args, plan_apiserver_args, plan_controller_manager_args,

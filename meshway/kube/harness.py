@@ -64,6 +64,10 @@ class HarnessConfig:
     bin_dir: Path                    # etcd, kube-apiserver, kube-controller-manager, kube-scheduler
     ports: Ports = field(default_factory=Ports)
     service_cidr: str = SERVICE_CIDR
+    # The `kubernetes` Service's endpoint. kube-apiserver refuses a loopback address for its endpoint
+    # reconciler, so on loopback the Service gets no endpoints (pods would need a routable address
+    # such as the host bridge IP anyway: that is for the node agent to set).
+    advertise_address: str = HOST
 
 
 @dataclass(frozen=True)
@@ -134,13 +138,16 @@ def plan_etcd_args(config: HarnessConfig, layout: Layout) -> list[str]:
 
 def plan_apiserver_args(config: HarnessConfig, layout: Layout) -> list[str]:
     p = config.ports
+    loopback = ipaddress.ip_address(config.advertise_address).is_loopback
     return [str(config.bin_dir / "kube-apiserver"),
             f"--etcd-servers=http://{HOST}:{p.etcd_client}",
-            f"--bind-address={HOST}", f"--advertise-address={HOST}", f"--secure-port={p.apiserver}",
+            f"--bind-address={HOST}", f"--advertise-address={config.advertise_address}",
+            *(["--endpoint-reconciler-type=none"] if loopback else []),
+            f"--secure-port={p.apiserver}",
             f"--tls-cert-file={layout.cert('apiserver')}", f"--tls-private-key-file={layout.key('apiserver')}",
             f"--client-ca-file={layout.cert('ca')}",
             f"--service-account-issuer={SA_ISSUER}",
-            f"--service-account-key-file={layout.key('sa')}",
+            f"--service-account-key-file={layout.pki / 'sa.pub'}",
             f"--service-account-signing-key-file={layout.key('sa')}",
             f"--service-cluster-ip-range={config.service_cidr}",
             "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
@@ -361,7 +368,7 @@ class Harness:
         deadline, last = time.monotonic() + timeout, ""
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise HarnessError(f"{name} exited with {proc.returncode}; see {self.layout.logs / name}.log")
+                raise HarnessError(f"{name} exited with {proc.returncode}: {self._log_tail(name)}")
             try:
                 with urllib.request.urlopen(url, timeout=2, context=ctx) as r:
                     if r.status == 200:
@@ -369,4 +376,12 @@ class Harness:
             except OSError as exc:
                 last = str(exc)
             time.sleep(0.2)
-        raise HarnessError(f"{name} not healthy at {url} after {timeout:.0f}s ({last}); see {self.layout.logs / name}.log")
+        raise HarnessError(f"{name} not healthy at {url} after {timeout:.0f}s ({last}): {self._log_tail(name)}")
+
+    def _log_tail(self, name: str, lines: int = 15) -> str:
+        """The end of a process's log, for the error (an owned state folder, logs included, is removed on stop)."""
+        try:
+            text = (self.layout.logs / f"{name}.log").read_text(errors="replace")
+        except OSError as exc:
+            return f"(no log: {exc})"
+        return "\n" + "\n".join(text.splitlines()[-lines:])
