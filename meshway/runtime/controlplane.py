@@ -59,6 +59,7 @@ from ..xds.cache import Snapshot, SnapshotCache
 from ..xds.debounce import NEVER, Debouncer
 from ..xds.envoyfilter import build_envoy_filter_condition
 from ..xds.proxy import Proxy, build_node_id
+from ..xds.push_scope import detect_scope_touched, find_changed_namespaces, find_provider_namespaces
 from ..xds.scope import WaypointScope, find_scope
 from ..xds.memo import Memo
 from ..xds.protos import MessageCache
@@ -173,6 +174,7 @@ class ControlPlane:
         self.clock = clock
         self.debouncer = Debouncer(debounce, debounce_max)
         self._pending_kinds: set[str] = set()  # kinds changed in the store since the last push
+        self._pending_changes: list[tuple[str, str, dict]] = []  # (kind, namespace, body) of those changes
         self._statuses: list[tuple[str, str, str, dict]] = []  # status writes of this round, one transaction
         self._status_inputs: object = None  # what the last status reports were computed from
         self._wake: asyncio.Event | None = None  # set on the loop: run a round now
@@ -270,8 +272,10 @@ class ControlPlane:
         keep = tuple(svc for svc, _ in state.draining.values())
         return WaypointScope(scope.waypoint, scope.services + keep, scope.workloads)
 
-    def sync(self) -> None:
-        """Bring replicas (processes) and their snapshots in line with the current view."""
+    def sync(self, namespaces: frozenset[str] | None = None, before: MeshView | None = None) -> None:
+        """Bring replicas (processes) and their snapshots in line with the current view. With
+        `namespaces` (what a change touched, `push_scope`), only the waypoints that read something
+        of those namespaces, before (`before`: the previous view) or after the change, are rebuilt."""
         wanted = {build_node_id("waypoint", r.pod_ip, r.pod, r.namespace): r for r in find_replicas(self.view)}
         for node_id in list(self.replicas):
             if node_id not in wanted:
@@ -285,6 +289,8 @@ class ControlPlane:
                                    replica_sock_dir(self.state_dir, replica))
                 state = self.replicas[node_id] = ReplicaState(replica, node_id, paths)
                 self._stop_without_credential(paths, node_id)
+            elif not self._touched(state, namespaces, before):
+                continue
             self._guarded(state, "waypoint", lambda: self._push(state))
         self._stop_strays(set(wanted))
         inputs = (tuple((s.node_id, s.problems, s.envoy_filters) for s in self.replicas.values()),
@@ -299,6 +305,17 @@ class ControlPlane:
             # Node proxies learn about a change only once the waypoints have it: a node proxy that
             # starts sending a service to a waypoint must find the waypoint ready to serve it.
             self._nodes_due = min(self._nodes_due, time.monotonic() + NODE_PUSH_WAIT)
+
+    def _touched(self, state: ReplicaState, namespaces: frozenset[str] | None, before: MeshView | None) -> bool:
+        """Whether a change to `namespaces` can change this replica's config (see `push_scope`)."""
+        if namespaces is None or before is None or state.draining or state.node_id in self._failed_builds \
+                or self.cache.get(state.node_id) is None:
+            return True
+        key = (state.replica.namespace, state.replica.waypoint)
+        if key not in self.view.waypoints or key not in before.waypoints:
+            return True
+        return any(detect_scope_touched(find_scope(view, *key), namespaces, find_provider_namespaces(view))
+                   for view in (before, self.view))
 
     def _guarded(self, state: ReplicaState | NodeState, proxy_type: str, build) -> None:
         """One proxy's build and publish, isolated: any exception (its builder's, an
@@ -853,6 +870,7 @@ class ControlPlane:
             self.rv, snapshot = self.store.snapshot(XDS_KINDS)
             self.view = MeshView.build(snapshot)
             self._pending_kinds.clear()
+            self._pending_changes.clear()
             self.debouncer.take(NEVER)
             if self.cluster is not None:
                 self._sync_pods()
@@ -863,19 +881,25 @@ class ControlPlane:
             count += len(changes)
             self.rv = changes[-1].rv
             self._pending_kinds |= {c.kind for c in changes} & set(XDS_KINDS)
+            self._pending_changes += [(c.kind, c.namespace, c.body) for c in changes if c.kind in XDS_KINDS]
             changes = self.store.db.changes_since(self.rv) if len(changes) >= 10_000 else []
         if count and self._pending_kinds:
             self.debouncer.add(now, count)
 
     def _push_pending(self) -> None:
         kinds, self._pending_kinds = self._pending_kinds, set()
+        changes, self._pending_changes = self._pending_changes, []
         if not kinds:
             return
+        before = self.view
+        parents = {(r.namespace, r.name): frozenset(ref.namespace or r.namespace for ref in r.spec.parentRefs)
+                   for r in before.index.of("HTTPRoute")} if "HTTPRoute" in kinds else {}
+        namespaces = find_changed_namespaces(changes, parents)
         _, snapshot = self.store.snapshot(expand_kinds(kinds))
         self.view = self.view.with_changes(snapshot)
         if self.cluster is not None and kinds & {"Pod", "Service", "ServiceEntry"}:
             self._sync_pods()
-        self.sync()
+        self.sync(namespaces, before)
 
     def _retry_failed_builds(self) -> None:
         """Proxies whose build raised are built again (a failure may be transient: a validation that
