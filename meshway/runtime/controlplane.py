@@ -51,6 +51,7 @@ from ..private import make_private, make_private_dir, write_private
 from ..xds.build_ztunnel import NodeProxy, build_ztunnel_config, find_local_pods, find_service_backends
 from ..mesh.view import XDS_KINDS, MeshView, expand_kinds
 from ..store import Expired, Store
+from ..store.informer import ObjectCache
 from ..store.notify import CommitListener
 from ..xds import protos as P
 from ..xds.bootstrap import build_bootstrap
@@ -157,6 +158,7 @@ class ControlPlane:
         self.delta, self.debounce, self.poll, self.envoy = delta, debounce, poll, envoy
         self.replicas: dict[str, ReplicaState] = {}
         self.view = MeshView()
+        self.objects: ObjectCache | None = None  # the store's objects, kept current from its change feed
         self.rv = 0
         self.run_dir = self.state_dir / "run"
         self.ads_socket = socket_dir(self.state_dir) / "xds.sock"
@@ -804,6 +806,7 @@ class ControlPlane:
     def _start(self) -> None:
         """In the worker: the first full translation."""
         self.rv, snapshot = self.store.snapshot(XDS_KINDS)
+        self.objects = ObjectCache(snapshot)
         self.view = MeshView.build(snapshot)
         if self.cluster is not None:
             self.cluster.up()
@@ -868,6 +871,7 @@ class ControlPlane:
             changes = self.store.db.changes_since(self.rv)
         except Expired:  # fell behind compaction: re-list everything
             self.rv, snapshot = self.store.snapshot(XDS_KINDS)
+            self.objects = ObjectCache(snapshot)
             self.view = MeshView.build(snapshot)
             self._pending_kinds.clear()
             self._pending_changes.clear()
@@ -882,6 +886,9 @@ class ControlPlane:
             self.rv = changes[-1].rv
             self._pending_kinds |= {c.kind for c in changes} & set(XDS_KINDS)
             self._pending_changes += [(c.kind, c.namespace, c.body) for c in changes if c.kind in XDS_KINDS]
+            if self.objects is None:  # started without `_start` (tests): a snapshot now, then the changes
+                self.objects = ObjectCache(self.store.snapshot(XDS_KINDS)[1])  # replayed: last one wins
+            self.objects.apply(changes)
             changes = self.store.db.changes_since(self.rv) if len(changes) >= 10_000 else []
         if count and self._pending_kinds:
             self.debouncer.add(now, count)
@@ -895,8 +902,7 @@ class ControlPlane:
         parents = {(r.namespace, r.name): frozenset(ref.namespace or r.namespace for ref in r.spec.parentRefs)
                    for r in before.index.of("HTTPRoute")} if "HTTPRoute" in kinds else {}
         namespaces = find_changed_namespaces(changes, parents)
-        _, snapshot = self.store.snapshot(expand_kinds(kinds))
-        self.view = self.view.with_changes(snapshot)
+        self.view = self.view.with_changes(self.objects.lists(expand_kinds(kinds)))
         if self.cluster is not None and kinds & {"Pod", "Service", "ServiceEntry"}:
             self._sync_pods()
         self.sync(namespaces, before)
