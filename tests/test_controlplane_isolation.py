@@ -175,21 +175,25 @@ def test_a_slow_translation_does_not_hold_up_another_proxys_ads_stream(mesh) -> 
     store, cp, faults = mesh
     alpha, beta = node_of(cp, "alpha"), node_of(cp, "beta")
     wait_for(lambda: acked(cp, alpha) and acked(cp, beta), what="both waypoints to ACK")
-    entered, finished = threading.Event(), threading.Event()
+    entered, release, finished = threading.Event(), threading.Event(), threading.Event()
 
-    def slow() -> None:
+    def slow() -> None:  # a translation that lasts until the test lets it go (at most 30 s)
         entered.set()
-        time.sleep(1.0)
+        release.wait(30)
         finished.set()
 
     faults["alpha"] = slow
     store.apply(service("alpha", "ratings"))
     assert entered.wait(10), "the slow build did not start"
+    started = time.monotonic()
     answered, ack_recorded = asyncio.run(ask_clusters(cp, beta))
+    # Structural, not timed: the whole exchange (response and recorded ACK) happened while the
+    # other proxy's translation was still blocked in the worker.
     assert not finished.is_set(), "the ADS exchange should have happened during the slow build"
-    print(f"during a 1 s translation: CDS answered in {answered * 1e3:.1f} ms, "
+    print(f"during a blocked translation: CDS answered in {answered * 1e3:.1f} ms, "
           f"ACK recorded in {ack_recorded * 1e3:.1f} ms")
-    assert answered < 0.3 and ack_recorded < 0.3, (answered, ack_recorded)
+    time.sleep(max(0.0, 0.6 - (time.monotonic() - started)))  # the build runs over its 0.5 s budget
+    release.set()
     del faults["alpha"]
     wait_for(lambda: any("ratings.alpha" in c for c in clusters(cp, alpha)), what="alpha's slow build to land")
     # over the 0.5 s budget: reported on proxy-status, and nothing was stopped for it

@@ -235,13 +235,17 @@ class MeshView:
             config.update({k: tuple(b for b in snapshot[k] if detect_config(k, b)) for k in CONFIG_KINDS
                            if k in snapshot})
             view = replace(view, config=config, index=view.index.with_config(config, snapshot))
-        return view if view is self else replace(view, memo={})
+        if view is self:
+            return view
+        changed = set(snapshot)  # derived results that read none of the changed kinds carry over
+        return replace(view, memo={k: v for k, v in self.memo.items() if not v[0] & changed})
 
-    def remember(self, key: Any, compute: Callable[[], Any]) -> Any:
-        """`compute()` once per view: views are immutable, so a derived result stays valid."""
+    def remember(self, key: Any, compute: Callable[[], Any], reads: Iterable[str] | None = None) -> Any:
+        """`compute()` once per view (views are immutable, so a derived result stays valid), and
+        carried over to the next view when none of the kinds it `reads` changed (default: any kind)."""
         if key not in self.memo:
-            self.memo[key] = compute()
-        return self.memo[key]
+            self.memo[key] = (frozenset(XDS_KINDS if reads is None else reads), compute())
+        return self.memo[key][1]
 
     def _with_gateways(self, snapshot: Mapping[str, Iterable[Body]]) -> "MeshView":
         classes = {b["metadata"]["name"]: b for b in snapshot.get("GatewayClass", ())}

@@ -378,6 +378,8 @@ def build_rbac_filters(policies: list[Policy], proxy: str, network: bool = False
     """The RBAC filters for a chain, in Istio's order: AUDIT, DENY, ALLOW (each with its dry-run
     policies as shadow rules). A DENY or AUDIT filter is left out when it has no rule to match;
     an ALLOW filter is there as soon as one ALLOW policy applies (then it denies what no rule allows)."""
+    if not policies:
+        return []
     if proxy != WAYPOINT:
         policies = [p for p in policies if not p.dry_run and p.action != "AUDIT"]
     filters = []

@@ -66,4 +66,4 @@ def find_provider_namespaces(view: MeshView) -> frozenset[str]:
                     if found is not None:
                         out.add(found.service.namespace)
         return frozenset(out)
-    return view.remember("provider-namespaces", build)
+    return view.remember("provider-namespaces", build, ("ConfigMap", "Service", "ServiceEntry"))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from .. import labels as L
 from ..mesh.selection import ACCEPTED, NOT_READY, decide_service, decide_workload
-from ..mesh.view import MeshView, PodInfo, PortInfo, ServiceInfo, WaypointInfo
+from ..mesh.view import SNAPSHOT_KINDS, MeshView, PodInfo, PortInfo, ServiceInfo, WaypointInfo
 
 HTTP_PROTOCOLS = {"http", "http2", "grpc", "grpc-web", "h2c", "kubernetes.io/h2c", "http1"}
 TCP_PROTOCOLS = {"tcp", "tls", "https", "mongo", "mysql", "redis", "hbone", "kubernetes.io/ws", "kubernetes.io/wss"}
@@ -77,7 +77,7 @@ def find_bindings(view: MeshView) -> dict[str, tuple[tuple[ServiceInfo, ...], tu
         return {key: (tuple(sorted(services.get(key, ()), key=lambda s: (s.created, s.namespace, s.name))),
                       tuple(sorted(workloads.get(key, ()), key=lambda p: (p.created, p.namespace, p.name))))
                 for key in keys}
-    return view.remember("waypoint-bindings", build)
+    return view.remember("waypoint-bindings", build, SNAPSHOT_KINDS)
 
 
 def find_service_pods(view: MeshView, svc: ServiceInfo) -> list[PodInfo]:
@@ -95,7 +95,7 @@ def find_service_pods(view: MeshView, svc: ServiceInfo) -> list[PodInfo]:
         pods = [view.pods[key] for key in keys or ()]
         return sorted((p for p in pods if p.ip and p.ready and p.labels.get(L.MANAGED) != L.MANAGED_VALUE),
                       key=lambda p: p.name)
-    return list(view.remember(("service-pods", svc.kind, svc.namespace, svc.name), build))
+    return list(view.remember(("service-pods", svc.kind, svc.namespace, svc.name), build, ("Pod", "Service")))
 
 
 def resolve_target_port(port: PortInfo, pod: PodInfo) -> int | None:
