@@ -74,6 +74,10 @@ class Snapshot(Mapping[str, Mapping[str, Message]]):
                         self._packed[key] = previous._packed[key]
                     if key in previous._refs:
                         self._refs[key] = previous._refs[key]
+            for type_url, by_name in self._resources.items():  # a type whose messages are all the same
+                old = previous._resources.get(type_url)       # objects keeps its versions
+                if old is not None and old.keys() == by_name.keys() and all(old[n] is m for n, m in by_name.items()):
+                    self._versions.update({k: v for k, v in previous._versions.items() if k[0] == type_url})
 
     def _items(self) -> Iterator[tuple[tuple[str, str], Message]]:
         for type_url, by_name in self._resources.items():
@@ -84,8 +88,10 @@ class Snapshot(Mapping[str, Mapping[str, Message]]):
         """(type URL, name) of every resource this one names (memoized per message)."""
         key = (type_url, name)
         if key not in self._refs:
-            self._refs[key] = tuple(dict.fromkeys(ref for msg in _walk(self._resources[type_url][name])
-                                                  for ref in _named_refs(msg)))
+            resource = self._resources[type_url][name]
+            endpoints = find_endpoints_name(resource) if type_url == CLUSTER else None
+            eds = ((ENDPOINT, endpoints),) if endpoints is not None else ()
+            self._refs[key] = tuple(dict.fromkeys((*eds, *(ref for msg in _walk(resource) for ref in _named_refs(msg)))))
         return self._refs[key]
 
     @classmethod
@@ -160,12 +166,11 @@ def check_consistency(snapshot: Snapshot) -> None:
     """Every EDS cluster has its ClusterLoadAssignment, every RDS name its RouteConfiguration,
     every SDS secret name its Secret (when served over ADS), and every cluster named by a route or
     tcp_proxy exists. Raises `InconsistentSnapshot` listing everything that is missing."""
-    missing: list[str] = []
-    for type_url, name, referrer in sorted(set(_references(snapshot))):
-        if name not in snapshot.resources(type_url):
-            missing.append(f"{SHORT_NAMES[type_url]} {name!r} (referenced by {referrer})")
-    if missing:
-        raise InconsistentSnapshot(missing)
+    absent = {(ref_type, ref_name, type_url, name) for type_url, name, ref_type, ref_name in _references(snapshot)
+              if ref_name not in snapshot.resources(ref_type)}
+    if absent:
+        raise InconsistentSnapshot([f"{SHORT_NAMES[ref_type]} {ref_name!r} (referenced by {SHORT_NAMES[type_url]} "
+                                    f"{name!r})" for ref_type, ref_name, type_url, name in sorted(absent)])
 
 
 def find_endpoints_name(cluster: Message) -> str | None:
@@ -177,16 +182,12 @@ def find_endpoints_name(cluster: Message) -> str | None:
     return None
 
 
-def _references(snapshot: Snapshot) -> Iterator[tuple[str, str, str]]:
-    for cluster in snapshot.resources(CLUSTER).values():
-        endpoints = find_endpoints_name(cluster)
-        if endpoints is not None:
-            yield ENDPOINT, endpoints, f"Cluster {cluster.name!r}"
+def _references(snapshot: Snapshot) -> Iterator[tuple[str, str, str, str]]:
+    """(referrer type, referrer name, referenced type, referenced name) of every reference."""
     for type_url in (CLUSTER, LISTENER, ROUTE):
         for name in snapshot.resources(type_url):
-            referrer = f"{SHORT_NAMES[type_url]} {name!r}"
             for ref_type, ref_name in snapshot.references(type_url, name):
-                yield ref_type, ref_name, referrer
+                yield type_url, name, ref_type, ref_name
 
 
 def _served_by_ads(source: Message) -> bool:
