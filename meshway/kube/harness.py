@@ -266,6 +266,13 @@ def find_missing_binaries(bin_dir: Path) -> list[str]:
     return [b for b in BINARIES if not os.access(bin_dir / b, os.X_OK)]
 
 
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:  # exited in the meantime
+        pass
+
+
 class Harness:
     """Start with `with Harness.create(bin_dir) as h:`; `h.kubeconfig` is the admin kubeconfig."""
 
@@ -299,7 +306,7 @@ class Harness:
         if missing:
             raise HarnessError(f"missing in {self.config.bin_dir}: {', '.join(missing)} (run scripts/build-kubernetes)")
         try:
-            self._write_files()
+            self.prepare()
             c, lay, p = self.config, self.layout, self.config.ports
             self._launch("etcd", plan_etcd_args(c, lay))
             self._wait("etcd", f"http://{HOST}:{p.etcd_client}/health", timeout)
@@ -317,25 +324,30 @@ class Harness:
         """SIGTERM each process (newest first), SIGKILL after `grace` seconds; remove an owned state folder."""
         for name, proc in reversed(self.procs):
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
+                _signal_group(proc, signal.SIGTERM)
                 try:
                     proc.wait(grace)
                 except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    _signal_group(proc, signal.SIGKILL)
                     proc.wait()
         self.procs.clear()
         if self.owns_state:
             shutil.rmtree(self.config.state, ignore_errors=True)
 
-    def _write_files(self) -> None:
+    def prepare(self) -> None:
+        """Write the PKI (kept when the state folder already has one, so a restarted control plane keeps
+        its CA and service-account key, and the tokens it issued stay valid) and the kubeconfigs."""
         lay = self.layout
         for d in (lay.pki, lay.logs):
             d.mkdir(parents=True, exist_ok=True)
-        pki = build_pki(self.config, datetime.now(timezone.utc))
-        for name, text in pki.items():
-            path = lay.pki / name
-            path.write_text(text)
-            path.chmod(0o600 if name.endswith(".key") else 0o644)
+        if (lay.pki / "ca.crt").exists():
+            pki = {f.name: f.read_text() for f in lay.pki.iterdir() if f.is_file()}
+        else:
+            pki = build_pki(self.config, datetime.now(timezone.utc))
+            for name, text in pki.items():
+                path = lay.pki / name
+                path.write_text(text)
+                path.chmod(0o600 if name.endswith(".key") else 0o644)
         server = find_server_url(self.config)
         for path, who, user in ((lay.admin_kubeconfig, "admin", ADMIN_USER),
                                 (lay.controller_manager_kubeconfig, "controller-manager", "system:kube-controller-manager"),
