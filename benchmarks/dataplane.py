@@ -556,9 +556,9 @@ def bench_ack(mesh: LiveMesh, changes: int, timeout: float = 10.0) -> Body:
     unwatch = cache.watch(node, lambda generation: set_at.append((time.perf_counter(), generation)))
     original_sync = cp.sync
 
-    def timed_sync() -> None:  # instance attribute: wraps this ControlPlane's sync, for timing only
+    def timed_sync(*args, **kwargs) -> None:  # instance attribute: wraps this ControlPlane's sync, for timing only
         start = time.perf_counter()
-        original_sync()
+        original_sync(*args, **kwargs)
         syncs.append((start, time.perf_counter()))
 
     cp.sync = timed_sync
