@@ -36,7 +36,8 @@ def vs(rng: random.Random, name: str) -> dict:
                 {"match": [{"uri": {"prefix": "/p"}}], "route": [{"destination": {"host": rng.choice(SERVICES)}}],
                  "timeout": f"{rng.randint(1, 9)}s"},
                 {"route": [{"destination": {"host": name, "subset": "v1"}, "weight": weight},
-                           {"destination": {"host": name, "subset": rng.choice(["v2", "v9"])}, "weight": 100 - weight}]}]}}
+                           {"destination": {"host": name, "subset": rng.choice(["v2", "v9"])},
+                            "weight": 100 - weight}]}]}}
 
 
 def dr(rng: random.Random, name: str) -> dict:
@@ -99,7 +100,8 @@ def test_incremental_equals_from_scratch_on_random_changes(store, make_waypoint_
                                                      "istio.io/dataplane-mode": "ambient"})
     make_waypoint_ready(store, "default", "waypoint")
     for pod in store.list(find_kind("pod"), "default"):
-        store.write_status("Pod", "default", pod["metadata"]["name"], {"conditions": [{"type": "Ready", "status": "True"}]})
+        store.write_status("Pod", "default", pod["metadata"]["name"],
+                           {"conditions": [{"type": "Ready", "status": "True"}]})
     proxy = Proxy("waypoint~test", "10.244.1.100", "default", "waypoint", "waypoint")
     memo, reused, changed, previous, most_bound = Memo(), 0, 0, None, 0
     node_memo, node_reused = Memo(), 0

@@ -30,7 +30,8 @@ def world(rng: random.Random) -> str:
                          "spec": {"containers": [{"name": "c", "image": "x"}]}})
     hosts = lambda ns: rng.choice([  # noqa: E731
         rng.choice(SERVICES), f"{rng.choice(SERVICES)}.{rng.choice(NAMESPACES)}",
-        f"{rng.choice(SERVICES)}.{ns}.svc.cluster.local", "*.shop.svc.cluster.local", "*", "r*.default.svc.cluster.local"])
+        f"{rng.choice(SERVICES)}.{ns}.svc.cluster.local", "*.shop.svc.cluster.local", "*",
+        "r*.default.svc.cluster.local"])
     for i in range(12):
         ns = rng.choice(NAMESPACES)
         spec = {"hosts": [hosts(ns) for _ in range(rng.randint(1, 2))],
@@ -99,7 +100,8 @@ def test_index_lookups_equal_a_scan_of_everything(store):
             if not find_virtual_services(view, svc, Waypoint):
                 attached = [b for b in view.config.get("HTTPRoute", ())
                             for ref in b["spec"]["parentRefs"]
-                            if ref["name"] == svc.name and ref.get("namespace", b["metadata"]["namespace"]) == svc.namespace]
+                            if ref["name"] == svc.name
+                            and ref.get("namespace", b["metadata"]["namespace"]) == svc.namespace]
                 assert len(find_routes_for(view, svc, Waypoint, 9080)) == len({b["metadata"]["name"] for b in attached})
         for kind in ("VirtualService", "DestinationRule", "HTTPRoute"):
             store.delete([(find_kind(kind), b["metadata"]["namespace"], b["metadata"]["name"])

@@ -100,7 +100,8 @@ def test_a_change_rebuilds_only_the_waypoints_it_touches_and_never_too_few(state
     for ns in NAMESPACES:
         make_waypoint_ready(store, ns, "waypoint")
         for pod in store.list(find_kind("pod"), ns):
-            store.write_status("Pod", ns, pod["metadata"]["name"], {"conditions": [{"type": "Ready", "status": "True"}]})
+            store.write_status("Pod", ns, pod["metadata"]["name"],
+                               {"conditions": [{"type": "Ready", "status": "True"}]})
     cp = ControlPlane(state_dir)
     cp.rv, snapshot = cp.store.snapshot(XDS_KINDS)
     cp.view = MeshView.build(snapshot)

@@ -46,7 +46,8 @@ def _hosts(svc: ServiceInfo) -> tuple[str, ...]:
 
 def find_virtual_services(view: MeshView, svc: ServiceInfo, wp: WaypointInfo) -> list[VirtualService]:
     """Mesh VirtualServices for the service's hosts, from its own or the waypoint's namespace."""
-    found = [vs for vs in view.index.virtual_services.find(_hosts(svc)) if vs.namespace in (svc.namespace, wp.namespace)]
+    found = [vs for vs in view.index.virtual_services.find(_hosts(svc))
+             if vs.namespace in (svc.namespace, wp.namespace)]
     found.sort(key=lambda v: (v.metadata.creationTimestamp or "", v.namespace, v.name))
     return found
 
@@ -166,7 +167,8 @@ class _WaypointBuild:
 
     def __init__(self, view: MeshView, proxy: Proxy, scope: WaypointScope, dial: Callable[[str], str],
                  memo: Memo) -> None:
-        self.view, self.proxy, self.scope, self.wp, self.dial, self.memo = view, proxy, scope, scope.waypoint, dial, memo
+        self.view, self.proxy, self.scope, self.wp = view, proxy, scope, scope.waypoint
+        self.dial, self.memo = dial, memo
         self.problems = Problems()
         self.clusters: dict[str, Body] = {c["name"]: c for c in build_static_clusters(proxy)}
         self.endpoints: dict[str, Body] = {}

@@ -222,7 +222,8 @@ class _Outbound:
             "name": cluster, "type": "STATIC", "connect_timeout": "10s", "lb_policy": "LEAST_REQUEST",
             "circuit_breakers": _default_breakers(), "transport_socket": _internal_upstream(True),
             "alt_stat_name": build_stat_name(cluster),
-            "load_assignment": {"cluster_name": cluster, "endpoints": [{"lb_endpoints": endpoints}] if endpoints else []}}
+            "load_assignment": {"cluster_name": cluster,
+                                "endpoints": [{"lb_endpoints": endpoints}] if endpoints else []}}
         return cluster
 
     def pod_chain(self, pod: PodInfo) -> str:

@@ -91,7 +91,8 @@ class Snapshot(Mapping[str, Mapping[str, Message]]):
             resource = self._resources[type_url][name]
             endpoints = find_endpoints_name(resource) if type_url == CLUSTER else None
             eds = ((ENDPOINT, endpoints),) if endpoints is not None else ()
-            self._refs[key] = tuple(dict.fromkeys((*eds, *(ref for msg in _walk(resource) for ref in _named_refs(msg)))))
+            named = (ref for msg in _walk(resource) for ref in _named_refs(msg))
+            self._refs[key] = tuple(dict.fromkeys((*eds, *named)))
         return self._refs[key]
 
     @classmethod
