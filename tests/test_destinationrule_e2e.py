@@ -7,10 +7,7 @@ step the waypoint's `/config_dump` must show the cluster active (none warming) w
 within 1 s, and every xDS type SYNCED. Both ADS modes (Delta, the default, and SotW)."""
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -18,7 +15,7 @@ from typing import Any, Callable
 import pytest
 
 from fault_table import record_fault
-from xds_support import ENVOY, wait_programmed
+from xds_support import live_controlplane, wait_programmed
 
 from meshway.model import find_kind, load_yaml
 from meshway.runtime.controlplane import ControlPlane
@@ -163,21 +160,6 @@ STEPS: list[tuple[str, str | None, Callable[[Clusters], bool]]] = [
 ]
 
 
-@contextlib.contextmanager
-def running(state: Path, delta: bool):
-    cp = ControlPlane(state, envoy=ENVOY, delta=delta)
-    stop = asyncio.Event()
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(cp.run(stop),), daemon=True)
-    thread.start()
-    try:
-        yield cp
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(10)
-        cp.stop_proxies()
-
-
 def fetch_clusters(admin: Path) -> tuple[Clusters, list[str]]:
     """(active dynamic clusters by name plus the RDS route configs under ROUTES, names of warming
     clusters) from the admin config dump."""
@@ -203,7 +185,7 @@ def test_every_destination_rule_change_is_active_within_a_second(tmp_path: Path,
     for pod in ("reviews-v1", "reviews-v2"):
         store.write_status("Pod", "default", pod, {"phase": "Running", "conditions": [
             {"type": "Ready", "status": "True"}]})
-    with running(state, delta) as cp:
+    with live_controlplane(state, delta=delta) as cp:
         assert wait_programmed(store, "default"), "waypoint never became Programmed"
         [replica] = cp.replicas.values()
         admin = replica.paths.admin

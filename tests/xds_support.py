@@ -71,10 +71,11 @@ def dump(data: Any) -> str:
 
 
 @contextlib.contextmanager
-def live_controlplane(state: Path, secret_ttl: timedelta = WORKLOAD_LIFETIME, stop_proxies: bool = True):
+def live_controlplane(state: Path, secret_ttl: timedelta = WORKLOAD_LIFETIME, stop_proxies: bool = True,
+                      delta: bool = True):
     """A ControlPlane running in a thread (its own event loop) with real waypoint Envoys; on exit it
     stops and so do the Envoys it started (unless `stop_proxies` is false: a next one adopts them)."""
-    cp = ControlPlane(state, envoy=ENVOY, secret_ttl=secret_ttl)
+    cp = ControlPlane(state, envoy=ENVOY, secret_ttl=secret_ttl, delta=delta)
     stop = asyncio.Event()
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(cp.run(stop),), daemon=True)
