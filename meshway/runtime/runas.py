@@ -183,34 +183,31 @@ def find_interpreter(uid: int, gids: tuple[int, ...], image_root: Path = IMAGE_R
     return Interpreter(python, path, tuple(mounts), os.path.join(home, "lib") if home != base else "")
 
 
-def make_open_dirs(path: Path) -> None:
-    """`path` and its missing parents as root's folders others may enter (0755, whatever the umask)."""
-    missing, probe = [], path
+def make_dirs(path: Path, mode: int) -> None:
+    """`path` and its missing parents, each with exactly `mode` (a umask only narrows, so the mode is
+    set again after creation)."""
+    missing, probe = [], Path(path)
     while not os.path.lexists(probe):
         missing.append(probe)
         probe = probe.parent
     for folder in reversed(missing):
         try:
-            os.mkdir(folder, 0o755)
+            os.mkdir(folder, mode)
         except FileExistsError:
             pass
-        os.chmod(folder, 0o755)
+        os.chmod(folder, mode)
+
+
+def make_open_dirs(path: Path) -> None:
+    """`path` and its missing parents as root's folders others may enter (0755, whatever the umask)."""
+    make_dirs(path, 0o755)
 
 
 def make_home(path: Path, uid: int, gid: int) -> Path:
     """`path` as the user's own folder (0700), under parents only root may write (0711): no other
     user can plant or swap it."""
     path = Path(path)
-    missing, probe = [], path.parent
-    while not os.path.lexists(probe):
-        missing.append(probe)
-        probe = probe.parent
-    for folder in reversed(missing):
-        try:
-            os.mkdir(folder, 0o711)
-        except FileExistsError:
-            pass
-        os.chmod(folder, 0o711)  # a umask only narrows: others need to pass through, not to list
+    make_dirs(path.parent, 0o711)  # others need to pass through, not to list
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
