@@ -7,22 +7,16 @@ shared with user writes (server metadata, defaults, address allocation).
 """
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-from ..mesh import status as S
-from ..mesh.policy_status import build_policy_conditions
-from ..mesh.selection import decide_service
-from ..model.istio import AuthorizationPolicy
-from ..mesh.view import MeshView, detect_waypoint_class
+from ..mesh.status_plan import STATUS_KINDS, plan_statuses
+from ..mesh.view import detect_waypoint_class
 from ..mesh.waypoint_objects import build_waypoint_objects
 from ..mesh.workloads import build_deployment_status, plan_pods
 from . import ipam
 from .writer import Writer
 
 Body = dict[str, Any]
-STATUS_KINDS = ("Namespace", "Service", "ServiceEntry", "Gateway", "GatewayClass", "Deployment",
-                "AuthorizationPolicy", "ConfigMap")  # ConfigMap: the MeshConfig's providers (CUSTOM policies)
 
 
 def reconcile(w: Writer) -> None:
@@ -107,50 +101,5 @@ def _statuses(w: Writer) -> None:
     transaction changed none of those kinds (a route, rule or pod change cannot change them)."""
     if not w.full and not {c.kind for c in w.txn.changed} & set(STATUS_KINDS):
         return
-    snapshot = {kind: w.txn.list(kind) for kind in STATUS_KINDS}
-    view = MeshView.build(snapshot)
-    for kind in ("Service", "ServiceEntry"):
-        for body in snapshot[kind]:
-            meta = body["metadata"]
-            svc = view.services[(kind, meta["namespace"], meta["name"])]
-            decision = decide_service(view, svc)
-            cond = S.build_bound_condition(decision, svc, view.namespace_labels(svc.namespace))
-            old = (body.get("status") or {}).get("conditions") or []
-            conds = S.merge_conditions(old, [cond] if cond else [], w.now, None, drop=(S.WAYPOINT_BOUND,))
-            status = {**(body.get("status") or {}), "conditions": conds}
-            if not conds:
-                status.pop("conditions")
-            w.set_status(kind, body, status, replace=True)
-    for gw in snapshot["Gateway"]:
-        wp = view.waypoints.get((gw["metadata"]["namespace"], gw["metadata"]["name"]))
-        if wp is None:
-            continue
-        service = w.txn.get("Service", wp.namespace, wp.service_name)
-        conds, rest = S.build_gateway_status(wp, gw, service)
-        old = (gw.get("status") or {}).get("conditions") or []
-        listeners = [{**li, "conditions": S.merge_conditions(_old_listener(gw, li["name"]), li["conditions"], w.now,
-                                                             gw["metadata"].get("generation"))}
-                     for li in rest["listeners"]]
-        status = {**rest, "listeners": listeners,
-                  "conditions": S.merge_conditions(old, conds, w.now, gw["metadata"].get("generation"))}
-        w.set_status("Gateway", gw, status, replace=True)
-    for body in snapshot["AuthorizationPolicy"]:
-        policy = AuthorizationPolicy.model_validate(body, strict=False)
-        old = (body.get("status") or {}).get("conditions") or []
-        conds = S.merge_conditions(old, build_policy_conditions(policy, view), w.now,
-                                   body["metadata"].get("generation"),
-                                   drop=("ZtunnelAccepted", "WaypointAccepted"))
-        w.set_status("AuthorizationPolicy", body, {**(body.get("status") or {}), "conditions": conds}, replace=True)
-    for gc in snapshot["GatewayClass"]:
-        if detect_waypoint_class(gc["metadata"]["name"], {gc["metadata"]["name"]: gc}):
-            old = (gc.get("status") or {}).get("conditions") or []
-            conds = S.merge_conditions(old, S.build_gateway_class_conditions(), w.now,
-                                       gc["metadata"].get("generation"))
-            w.set_status("GatewayClass", gc, {**(gc.get("status") or {}), "conditions": conds}, replace=True)
-
-
-def _old_listener(gw: Body, name: str) -> list[Body]:
-    for li in (gw.get("status") or {}).get("listeners") or []:
-        if li.get("name") == name:
-            return copy.deepcopy(li.get("conditions") or [])
-    return []
+    for update in plan_statuses({kind: w.txn.list(kind) for kind in STATUS_KINDS}, w.now):
+        w.set_status(update.kind, update.body, update.status, replace=True)
