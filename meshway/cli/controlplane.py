@@ -23,21 +23,39 @@ from .main import Ctx, cli, pass_ctx
 @click.option("--nodes", type=click.IntRange(1, 50), default=None, help="Cluster nodes (default: the store's, 1).")
 @click.option("--stop-proxies-on-exit", is_flag=True,
               help="Stop the waypoint Envoys on exit (by default they keep serving their last config).")
+@click.option("--xds-addr", default=None, metavar="HOST:PORT",
+              help="Also serve xDS over TCP + mTLS here, as istiod does on port 15012 (e.g. 0.0.0.0:15012; "
+                   "port 0: any free port, written to run/xds-address): proxies prove their node id with their "
+                   "SPIFFE workload certificate. Off by default (the Unix socket serves the local proxies).")
+@click.option("--xds-ip", "xds_ips", multiple=True, metavar="IP",
+              help="An IP address proxies dial the xDS port at, named in its certificate besides istiod's DNS "
+                   "names (the --xds-addr host is, unless 0.0.0.0 or ::). Repeatable.")
 @click.option("--metrics-addr", default=None, metavar="HOST:PORT",
               help="Serve Prometheus metrics on http://HOST:PORT/metrics: the control plane's own and the "
                    "Istio metrics of every proxy (port 0: any free port, written to run/metrics-address).")
 @click.option("--secret-ttl", envvar="SECRET_TTL", default="24h", show_default=True, metavar="DURATION",
               help="Lifetime of workload certificates (istiod's SECRET_TTL; Go duration: 24h, 2m, 90s); "
                    "renewed at half life. Env: SECRET_TTL.")
+@click.option("--kubeconfig", default=None, metavar="FILE",
+              help="Run against this Kubernetes API server instead of the embedded store (as istiod: watch, "
+                   "deploy waypoints, write status).")
+@click.option("--context", "kube_context", default=None, help="The kubeconfig context (default: its current one).")
+@click.option("--in-cluster", is_flag=True, help="Use the pod's service account (as istiod in a cluster).")
 @pass_ctx
-def controlplane(c: Ctx, sotw: bool, verbose: bool, cluster_mode: bool, nodes: int | None,
-                 stop_proxies_on_exit: bool, metrics_addr: str | None, secret_ttl: str) -> None:
+def controlplane(c: Ctx, sotw: bool, verbose: bool, cluster_mode: bool, nodes: int | None, xds_addr: str | None,
+                 xds_ips: tuple[str, ...],
+                 stop_proxies_on_exit: bool, metrics_addr: str | None, secret_ttl: str, kubeconfig: str | None,
+                 kube_context: str | None, in_cluster: bool) -> None:
     """Run the control plane in the foreground: store watch, translation, ADS/SDS, waypoint replicas."""
+    ttl = parse_secret_ttl(secret_ttl)
+    if kubeconfig or in_cluster:
+        run_kube_controlplane(kubeconfig, kube_context, verbose)
+        return
     from ..runtime.controlplane import ControlPlane
 
-    ttl = parse_secret_ttl(secret_ttl)
     from ..runtime.daemon import controlplane_pid
 
+    check_xds_addr(xds_addr, xds_ips)
     running = controlplane_pid(c.store.state_dir)
     if running and running != os.getpid():  # two would both supervise the same pods and proxies
         raise click.ClickException(f"a control plane already runs for {c.store.state_dir} (pid {running}); "
@@ -57,7 +75,7 @@ def controlplane(c: Ctx, sotw: bool, verbose: bool, cluster_mode: bool, nodes: i
             c.store.set_nodes(nodes)
         cluster = ClusterRuntime(c.store.state_dir, c.store.node_count())
     cp = ControlPlane(c.store.state_dir, delta=not sotw, cluster=cluster, metrics_addr=metrics_addr,
-                      secret_ttl=ttl)
+                      secret_ttl=ttl, xds_addr=xds_addr, xds_ips=xds_ips)
     # The control plane keeps a large, long-lived heap (views, memos, messages): collect the young
     # generation less often and the old one rarely (CPython's 700/10/10 makes full collections
     # walk that heap many times per translation; measured 0.6 s -> 0.15 s for a node proxy's build
@@ -72,11 +90,50 @@ def controlplane(c: Ctx, sotw: bool, verbose: bool, cluster_mode: bool, nodes: i
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         click.echo(f"meshway control plane: ADS on unix:{cp.ads_socket}, store {c.store.state_dir / 'store.db'}")
+        if xds_addr:
+            click.echo(f"xDS over TCP + mTLS on {xds_addr} (run/xds-address: the bound port)")
         await cp.run(stop)
 
     asyncio.run(main())
     if stop_proxies_on_exit:
         cp.stop_proxies()
+
+
+def run_kube_controlplane(kubeconfig: str | None, context: str | None, verbose: bool) -> None:
+    """The control plane as a Kubernetes controller (meshway.kube.controlplane), until SIGTERM/SIGINT."""
+    from ..kube.client import KubeClient
+    from ..kube.controlplane import KubeControlPlane
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        client = KubeClient.connect(kubeconfig, context)
+    except Exception as exc:  # noqa: BLE001: a bad kubeconfig: one line
+        raise click.ClickException(f"cannot load the Kubernetes credentials: {exc}") from None
+    cp = KubeControlPlane(client)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: cp.stop())
+    click.echo(f"meshway control plane: Kubernetes API {client.host} (lease istio-system/{cp.leader.name}, "
+               f"identity {cp.identity})")
+    cp.run()
+
+
+def check_xds_addr(xds_addr: str | None, xds_ips: tuple[str, ...]) -> None:
+    """A bad --xds-addr or --xds-ip stops the command before anything starts."""
+    import ipaddress
+
+    from ..xds.mtls import parse_address
+
+    if xds_addr is not None:
+        try:
+            parse_address(xds_addr)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--xds-addr'") from None
+    for ip in xds_ips:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise click.BadParameter(f"{ip!r} is not an IP address", param_hint="'--xds-ip'") from None
 
 
 MIN_SECRET_TTL = timedelta(seconds=2)  # certificates carry whole seconds; renewal at half life

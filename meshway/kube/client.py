@@ -166,11 +166,11 @@ class KubeClient:
                 return
 
     def watch(self, path: str, resource_version: str, timeout_seconds: int = 300,
-              bookmarks: bool = True) -> Iterator[Body]:
+              bookmarks: bool = True, query: dict | None = None) -> Iterator[Body]:
         """The events of one WATCH from `resource_version` ({type, object}), until the server ends it.
         An ERROR event (e.g. 410 Expired) is raised as `ApiError`."""
-        query = {"watch": "true", "resourceVersion": resource_version, "timeoutSeconds": timeout_seconds,
-                 "allowWatchBookmarks": "true" if bookmarks else None}
+        query = {**(query or {}), "watch": "true", "resourceVersion": resource_version,
+                 "timeoutSeconds": timeout_seconds, "allowWatchBookmarks": "true" if bookmarks else None}
         resp = self._send("GET", path, query, None, None, (10.0, timeout_seconds + 30.0), stream=True)
         try:
             buffer = b""
