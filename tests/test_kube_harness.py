@@ -2,10 +2,8 @@
 
 The planning functions (certificates, command lines, kubeconfig) are tested as tables without any
 binary. `test_real_control_plane` starts the real etcd, kube-apiserver, kube-controller-manager and
-kube-scheduler that scripts/build-kubernetes builds; it is skipped, with the reason, when they are
-absent, and MESHWAY_REQUIRE_E2E=1 does NOT turn that skip into a failure yet: CI does not build the
-binaries until a cold build there has been measured and proven reliable (README "Kubernetes mode
-(in progress)").
+kube-scheduler that scripts/build-kubernetes builds (scripts/test builds them first); without them
+it fails under MESHWAY_REQUIRE_E2E=1 and is skipped, with the reason, otherwise (tests/kube_support.py).
 """
 from __future__ import annotations
 
@@ -14,7 +12,6 @@ import ipaddress
 import json
 import os
 import socket
-import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,7 +26,6 @@ from meshway.kube.harness import (Harness, HarnessConfig, Ports, build_kubeconfi
                                   find_service_ip, plan_apiserver_args, plan_certificates,
                                   plan_controller_manager_args, plan_etcd_args, plan_layout, plan_scheduler_args)
 
-ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc)
 PORTS = Ports(etcd_client=32379, etcd_peer=32380, apiserver=36443, controller_manager=40257, scheduler=40259)
 CONFIG = HarnessConfig(state=Path("/s"), bin_dir=Path("/b"), ports=PORTS)
@@ -176,32 +172,10 @@ def test_prepare_keeps_an_existing_pki_and_rewrites_kubeconfigs(tmp_path):
     assert oct((tmp_path / "pki" / "sa.key").stat().st_mode & 0o777) == "0o600"
 
 
+from kube_support import kubectl, require_binaries  # noqa: E402
+
+
 # -- the real binaries ----------------------------------------------------------------------------
-def find_bin_dir() -> Path:
-    env = os.environ.get("MESHWAY_K8S_BIN")
-    if env:
-        return Path(env)
-    out = subprocess.run([str(ROOT / "scripts" / "build-kubernetes"), "--print-bin-dir"],
-                         capture_output=True, text=True, check=True)
-    return Path(out.stdout.strip())
-
-
-def require_binaries() -> Path:
-    """The bin folder, or a skip naming what is missing. MESHWAY_REQUIRE_E2E=1 does not turn this
-    skip into a failure yet: CI does not build the binaries (see the module docstring)."""
-    bin_dir = find_bin_dir()
-    missing = find_missing_binaries(bin_dir) + ([] if (bin_dir / "kubectl").exists() else ["kubectl"])
-    if missing:
-        pytest.skip(f"Kubernetes binaries not built ({', '.join(missing)} missing in {bin_dir}); "
-                    "run scripts/build-kubernetes")
-    return bin_dir
-
-
-def kubectl(bin_dir: Path, kubeconfig: Path, *args: str) -> str:
-    return subprocess.run([str(bin_dir / "kubectl"), f"--kubeconfig={kubeconfig}", *args],
-                          capture_output=True, text=True, check=True, timeout=60).stdout
-
-
 def wait_for(what: str, check, timeout: float = 90.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
