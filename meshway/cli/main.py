@@ -35,6 +35,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str | None]] = {
     "down": ("up", "Stop the control plane and every proxy it runs."),
     "exec": ("clustercmds", "Run a command inside a pod's network namespace: exec POD|deploy/NAME -- CMD [ARGS...]."),
     "explain": ("explain", "Why traffic to TARGET does (not) go through a waypoint."),
+    "install": ("install", "Install the Gateway API and Istio CRDs, the istio-waypoint GatewayClass and meshway's "
+                           "RBAC."),
     "logs": ("clustercmds", "Print a pod's logs: logs POD|deploy/NAME [-c CONTAINER] [-f]; node proxies: logs -n "
                             "istio-system ds/ztunnel|ztunnel-node-N."),
     "metrics": ("metrics", "Istio metrics from the proxies' own counters: requests, errors and latency per "
@@ -46,6 +48,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str | None]] = {
     "proxy-status": ("controlplane", "Each proxy's xDS state: SYNCED, STALE (sent, not yet ACKed), NACKED (with "
                                      "Envoy's message)."),
     "status": ("clustercmds", "Nodes, pods, waypoints and proxy sync of the local mesh."),
+    "uninstall": ("install", "Delete what `meshway install` created (the CRDs with every object of their kinds)."),
     "up": ("up", "Start the mesh: control plane, network-namespace cluster, node proxies, waypoints, and the bundled "
                  "demo (bookinfo, a namespace waypoint, the reviews 90/10 split) or -f manifests."),
     "waypoint": ("waypoint", "Manage waypoint configuration."),

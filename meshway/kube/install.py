@@ -1,0 +1,378 @@
+"""`meshway install` / `meshway uninstall`: what a cluster needs before meshway's control plane can
+run on it, as istiod's Helm charts would leave it, minus istiod.
+
+Two rings. The plan is pure: `plan_install(documents)` turns the CRD manifests shipped in
+`meshway/kube/crds/` (copied from the Go modules by scripts/update-crds, listed in VERSIONS) plus
+the objects built here (the istio-system Namespace, the `istio-waypoint` GatewayClass, the
+control plane's ServiceAccount and its least-privilege RBAC) into an ordered list of `Step`s, each
+with its URL path and body; `plan_uninstall` is that list reversed. `install` and `uninstall` are the
+thin shell: server-side apply (field manager `meshway-install`, force) of each step through
+`KubeClient`, a bounded wait for every CRD to be Established before anything that needs one, and
+DELETE in reverse order with a bounded wait until each object is gone (as `kubectl delete` waits).
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .. import labels as L
+from ..model.registry import BY_KIND
+
+Body = dict[str, Any]
+FIELD_MANAGER = "meshway-install"
+NAME = "meshway"                     # the ServiceAccount, ClusterRole, Role and both bindings
+NAMESPACE = L.ROOT_NAMESPACE         # istio-system
+CRD_DIR = Path(__file__).resolve().parent / "crds"
+CRD = "CustomResourceDefinition"
+PART_OF = {"app.kubernetes.io/part-of": "meshway"}
+ESTABLISH_TIMEOUT = 60.0
+DELETE_TIMEOUT = 120.0
+
+
+# -- RBAC: the table the README shows ------------------------------------------------------------
+@dataclass(frozen=True)
+class Rule:
+    api_groups: tuple[str, ...]
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+    why: str
+
+    def to_body(self) -> Body:
+        return {"apiGroups": list(self.api_groups), "resources": list(self.resources), "verbs": list(self.verbs)}
+
+
+READ = ("list", "watch")
+WRITE = ("create", "patch", "delete")
+STATUS = ("update", "patch")
+GW, NET, SEC, TEL = "gateway.networking.k8s.io", "networking.istio.io", "security.istio.io", "telemetry.istio.io"
+
+# ClusterRole `meshway`: the control plane watches every namespace, as istiod does.
+CLUSTER_RULES: tuple[Rule, ...] = (
+    Rule(("",), ("namespaces", "services", "pods", "serviceaccounts"), READ,
+         "selection's inputs: namespace and service labels (`istio.io/use-waypoint`, `istio.io/dataplane-mode`), "
+         "pod addresses and identities, the waypoints' ServiceAccounts"),
+    Rule(("",), ("configmaps",), READ, "the mesh config (`istio` in istio-system) and Gateway `parametersRef` "
+                                       "overlays"),
+    Rule(("",), ("nodes",), READ, "where pods run: node addresses and locality"),
+    Rule(("discovery.k8s.io",), ("endpointslices",), READ, "service endpoints (ready addresses per port)"),
+    Rule(("apps",), ("deployments",), READ, "the waypoint Deployments it owns: readiness feeds the Gateway's "
+                                            "`Programmed`"),
+    Rule((GW,), ("gateways", "gatewayclasses", "httproutes"), READ, "waypoints, their class and their routes"),
+    Rule((NET,), ("serviceentries", "virtualservices", "destinationrules", "envoyfilters"), READ,
+         "Istio traffic configuration"),
+    Rule((SEC,), ("authorizationpolicies",), READ, "waypoint and ztunnel policies"),
+    Rule((TEL,), ("telemetries",), READ, "access logs, tracing and metrics settings"),
+    Rule(("",), ("serviceaccounts", "services"), WRITE,
+         "a waypoint's ServiceAccount and Service (server-side apply; deleted with the Gateway)"),
+    Rule(("apps",), ("deployments",), WRITE, "a waypoint's Deployment (server-side apply; deleted with the Gateway)"),
+    Rule((GW,), ("gateways/status", "gatewayclasses/status", "httproutes/status"), STATUS,
+         "`Accepted`/`Programmed` and addresses on waypoints, `Accepted` on the class, route parents"),
+    Rule(("",), ("services/status",), STATUS, "`istio.io/WaypointBound` on services"),
+    Rule((NET,), ("serviceentries/status", "envoyfilters/status"), STATUS,
+         "`istio.io/WaypointBound` on ServiceEntries; unsupported EnvoyFilter patches"),
+    Rule((SEC,), ("authorizationpolicies/status",), STATUS, "`WaypointAccepted` / `ZtunnelAccepted` on policies"),
+)
+# Role `meshway` in istio-system only (as istiod's own Role): leases live in the system namespace.
+NAMESPACE_RULES: tuple[Rule, ...] = (
+    Rule(("coordination.k8s.io",), ("leases",), ("get", "create", "update"),
+         "leader election (one replica writes status and waypoint objects)"),
+)
+
+
+def write_rbac_table(cluster_rules: Iterable[Rule] = CLUSTER_RULES,
+                     namespace_rules: Iterable[Rule] = NAMESPACE_RULES) -> str:
+    """The README's Markdown table of every rule, with its reason."""
+    lines = ["| role | apiGroups | resources | verbs | why |", "|---|---|---|---|---|"]
+    for role, rules in ((f"ClusterRole `{NAME}`", cluster_rules), (f"Role `{NAMESPACE}/{NAME}`", namespace_rules)):
+        for r in rules:
+            groups = ", ".join(f'`{g}`' if g else '`""`' for g in r.api_groups)
+            lines.append(f"| {role} | {groups} | {', '.join(r.resources)} | {', '.join(r.verbs)} | {r.why} |")
+    return "\n".join(lines) + "\n"
+
+
+# -- the objects meshway adds to the upstream CRDs ------------------------------------------------
+def build_namespace() -> Body:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+
+
+def build_gateway_class() -> Body:
+    """`istio-waypoint` as istiod creates it when missing (`gatewaycommon/gatewayclass.go`)."""
+    return {"apiVersion": f"{GW}/v1", "kind": "GatewayClass", "metadata": {"name": L.WAYPOINT_CLASS},
+            "spec": {"controllerName": L.MESH_CONTROLLER, "description": "The default Istio waypoint GatewayClass"}}
+
+
+def build_service_account() -> Body:
+    return {"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": NAME, "namespace": NAMESPACE, "labels": dict(PART_OF)}}
+
+
+def build_role(kind: str, rules: Iterable[Rule]) -> Body:
+    meta: Body = {"name": NAME, "labels": dict(PART_OF)}
+    if kind == "Role":
+        meta["namespace"] = NAMESPACE
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": meta,
+            "rules": [r.to_body() for r in rules]}
+
+
+def build_binding(kind: str) -> Body:
+    """ClusterRoleBinding or RoleBinding of the role of the same scope to the ServiceAccount."""
+    role = "ClusterRole" if kind == "ClusterRoleBinding" else "Role"
+    meta: Body = {"name": NAME, "labels": dict(PART_OF)}
+    if kind == "RoleBinding":
+        meta["namespace"] = NAMESPACE
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": meta,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role, "name": NAME},
+            "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}]}
+
+
+def build_meshway_objects() -> list[Body]:
+    return [build_namespace(), build_gateway_class(), build_service_account(),
+            build_role("ClusterRole", CLUSTER_RULES), build_binding("ClusterRoleBinding"),
+            build_role("Role", NAMESPACE_RULES), build_binding("RoleBinding")]
+
+
+# -- the plan -------------------------------------------------------------------------------------
+# Kinds outside meshway's registry: (group, version) -> {kind: (plural, namespaced)}.
+OTHER_KINDS: dict[tuple[str, str], dict[str, tuple[str, bool]]] = {
+    ("apiextensions.k8s.io", "v1"): {CRD: ("customresourcedefinitions", False)},
+    ("admissionregistration.k8s.io", "v1"): {"ValidatingAdmissionPolicy": ("validatingadmissionpolicies", False),
+                                             "ValidatingAdmissionPolicyBinding":
+                                                 ("validatingadmissionpolicybindings", False)},
+    ("rbac.authorization.k8s.io", "v1"): {"ClusterRole": ("clusterroles", False),
+                                          "ClusterRoleBinding": ("clusterrolebindings", False),
+                                          "Role": ("roles", True), "RoleBinding": ("rolebindings", True)},
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One object: kubectl's name for its kind (`customresourcedefinition.apiextensions.k8s.io`), its
+    name and namespace, its URL path, and the body to apply."""
+
+    qualified: str
+    name: str
+    namespace: str | None
+    path: str
+    body: Body
+
+    @property
+    def kind(self) -> str:
+        return self.body["kind"]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.qualified}/{self.name}"
+
+
+def plan_step(body: Body) -> Step:
+    """The path and kubectl name of one manifest; ValueError for a kind this plan cannot address."""
+    from .client import kind_path
+
+    api_version, kind = body.get("apiVersion") or "", body.get("kind") or ""
+    meta = body.get("metadata") or {}
+    name, namespace = meta.get("name") or "", meta.get("namespace")
+    group, _, version = api_version.rpartition("/")
+    info = BY_KIND.get(kind)
+    if info is not None and api_version in info.api_versions():
+        return Step(info.qualified, name, namespace if info.namespaced else None,
+                    kind_path(kind, namespace, name), body)
+    plural, namespaced = OTHER_KINDS.get((group, version), {}).get(kind, (None, False))
+    if plural is None or not name:
+        raise ValueError(f"cannot install {kind or '?'} {name or '?'} ({api_version or 'no apiVersion'})")
+    base = f"/apis/{group}/{version}" + (f"/namespaces/{namespace}" if namespaced else "")
+    return Step(f"{kind.lower()}.{group}", name, namespace if namespaced else None, f"{base}/{plural}/{name}",
+                body)
+
+
+def plan_install(documents: Iterable[Body]) -> list[Step]:
+    """Everything `meshway install` applies, in order: the CRDs (upstream's order), the other
+    upstream manifests (Gateway API's admission policy), then meshway's own objects."""
+    docs = list(documents)
+    ordered = [d for d in docs if d.get("kind") == CRD] + [d for d in docs if d.get("kind") != CRD]
+    return [plan_step(d) for d in ordered + build_meshway_objects()]
+
+
+def plan_uninstall(documents: Iterable[Body]) -> list[Step]:
+    """What `meshway uninstall` deletes: what install applies, newest first."""
+    return list(reversed(plan_install(documents)))
+
+
+# -- the package data -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CrdFile:
+    module: str        # sigs.k8s.io/gateway-api@v1.6.3
+    source: str        # the path inside the module
+    file: str          # the file in meshway/kube/crds
+    sha256: str
+
+
+def read_versions(text: str) -> list[CrdFile]:
+    """VERSIONS: `module@version path-in-module file sha256` per line, # comments."""
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = line.split()
+        if len(fields) != 4 or not re.fullmatch(r"[0-9a-f]{64}", fields[3]):
+            raise ValueError(f"VERSIONS line {n}: expected 'module@version path file sha256', got {line!r}")
+        out.append(CrdFile(*fields))
+    return out
+
+
+def load_crd_documents(crd_dir: Path = CRD_DIR) -> list[Body]:
+    """Every document of the shipped manifests, in VERSIONS order."""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    docs: list[Body] = []
+    for entry in read_versions((crd_dir / "VERSIONS").read_text()):
+        with open(crd_dir / entry.file, "rb") as f:
+            docs += [d for d in yaml.load_all(f, Loader=loader) if d]
+    return docs
+
+
+# -- decisions on what the API answered -----------------------------------------------------------
+def detect_established(crd: Body) -> bool:
+    return any(c.get("type") == "Established" and c.get("status") == "True"
+               for c in (crd.get("status") or {}).get("conditions") or ())
+
+
+def describe_conditions(crd: Body) -> str:
+    """`NamesAccepted=False (ListKindConflict: ...)`: why a CRD is not Established yet."""
+    conds = (crd.get("status") or {}).get("conditions") or []
+    parts = [f"{c.get('type')}={c.get('status')}" + (f" ({c.get('reason')}: {c.get('message')})"
+                                                      if c.get("status") != "True" and c.get("reason") else "")
+             for c in conds]
+    return ", ".join(parts) or "no conditions yet"
+
+
+def describe_transport_error(exc: BaseException) -> str:
+    """The cause of a failed connection, without urllib3's wrapping: `[Errno 111] Connection refused`."""
+    while getattr(exc, "reason", None) is not None and isinstance(exc.reason, BaseException):
+        exc = exc.reason
+    text = re.sub(r"^(<[^>]*>|\w+Connection\([^)]*\)): ", "", str(exc))  # urllib3's "HTTPSConnection(host=...): "
+    return text.removeprefix("Failed to establish a new connection: ")
+
+
+# -- the shell ------------------------------------------------------------------------------------
+class InstallError(Exception):
+    """One line for the user (the CLI prints `error: ` and exits 1)."""
+
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class Installer:
+    client: Any                       # meshway.kube.client.KubeClient
+    echo: Echo
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    establish_timeout: float = ESTABLISH_TIMEOUT
+    delete_timeout: float = DELETE_TIMEOUT
+
+    def install(self, plan: list[Step]) -> None:
+        pending: list[Step] = []
+        for step in plan:
+            if step.kind != CRD and pending:
+                self.wait_established(pending)
+                pending = []
+            self.call(step, "apply", lambda: self.client.apply(step.path, step.body, FIELD_MANAGER))
+            self.echo(f"{step.ref} serverside-applied")
+            if step.kind == CRD:
+                pending.append(step)
+        if pending:
+            self.wait_established(pending)
+
+    def wait_established(self, crds: list[Step]) -> None:
+        deadline = self.clock() + self.establish_timeout
+        waiting = list(crds)
+        while waiting:
+            last = {s.name: self.call(s, "read", lambda s=s: self.client.get(s.path)) for s in waiting}
+            waiting = [s for s in waiting if not detect_established(last[s.name])]
+            if not waiting:
+                return
+            if self.clock() >= deadline:
+                s = waiting[0]
+                more = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
+                raise InstallError(f"timed out after {self.establish_timeout:g}s waiting for {s.ref} to be "
+                                   f"Established: {describe_conditions(last[s.name])}{more}")
+            self.sleep(0.2)
+
+    def uninstall(self, plan: list[Step]) -> list[Step]:
+        deleted = []
+        for step in plan:
+            if self.call(step, "delete", lambda: self.client.delete(step.path, propagation="Background"),
+                         missing_ok=True) is None:
+                continue
+            deleted.append(step)
+            self.echo(f'{step.qualified} "{step.name}" deleted')
+        for step in deleted:
+            self.wait_deleted(step)
+        return deleted
+
+    def wait_deleted(self, step: Step) -> None:
+        deadline = self.clock() + self.delete_timeout
+        while self.call(step, "read", lambda: self.client.get(step.path), missing_ok=True) is not None:
+            if self.clock() >= deadline:
+                raise InstallError(f"timed out after {self.delete_timeout:g}s waiting for {step.ref} to be "
+                                   "deleted (finalizers still running?)")
+            self.sleep(0.2)
+
+    def call(self, step: Step, verb: str, fn: Callable[[], Body], missing_ok: bool = False) -> Body | None:
+        """`fn()`; a 404 is None when `missing_ok`; every other failure an InstallError naming the object."""
+        from .client import ApiError
+
+        try:
+            return fn()
+        except ApiError as exc:
+            if missing_ok and exc.not_found:
+                return None
+            if exc.status == 0:  # the client got no HTTP answer (e.g. a TLS failure)
+                raise InstallError(f"cannot reach the Kubernetes API at {self.client.host}: {exc.reason or 'no answer'}"
+                                   f"{': ' + exc.message if exc.message else ''}") from None
+            raise InstallError(f"{verb} {step.ref}: {exc.status} {exc.reason}: {exc.message}".rstrip(": ")) from None
+        except Exception as exc:
+            if not detect_transport_error(exc):
+                raise
+            raise InstallError(f"cannot reach the Kubernetes API at {self.client.host}: "
+                               f"{describe_transport_error(exc)}") from None
+
+
+def detect_transport_error(exc: BaseException) -> bool:
+    import urllib3
+
+    return isinstance(exc, (urllib3.exceptions.HTTPError, OSError))
+
+
+def connect(kubeconfig: str | None, context: str | None):
+    """A KubeClient, or InstallError with the reason (no kubeconfig, unknown context, ...)."""
+    from .client import KubeClient
+
+    try:
+        return KubeClient.connect(kubeconfig, context)
+    except FileNotFoundError as exc:
+        raise InstallError(str(exc)) from None
+    except Exception as exc:  # the kubernetes library's ConfigException: an unusable kubeconfig or context
+        if type(exc).__name__ != "ConfigException":
+            raise
+        raise InstallError(f"kubeconfig: {exc}") from None
+
+
+def install(kubeconfig: str | None, context: str | None, echo: Echo) -> None:
+    client = connect(kubeconfig, context)
+    try:
+        Installer(client, echo).install(plan_install(load_crd_documents()))
+    finally:
+        client.close()
+
+
+def uninstall(kubeconfig: str | None, context: str | None, echo: Echo) -> list[Step]:
+    client = connect(kubeconfig, context)
+    try:
+        return Installer(client, echo).uninstall(plan_uninstall(load_crd_documents()))
+    finally:
+        client.close()
