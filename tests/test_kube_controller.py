@@ -253,3 +253,17 @@ def test_paths():
         "/apis/gateway.networking.k8s.io/v1/gatewayclasses/istio-waypoint"
     assert FIELD_MANAGER == "istio.io/gateway-controller"
     assert Apply("Service", build_waypoint_objects(gateway())[2][1]).key == ("Service", "default", "waypoint")
+
+
+def test_service_entry_vips_are_applied_by_the_allocator_once():
+    from meshway.kube.controller import ADDRESS_ALLOCATOR, plan_address_writes
+
+    se = {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+          "metadata": {"name": "httpbin", "namespace": "egress"},
+          "spec": {"hosts": ["httpbin.org", "*.example.com"], "resolution": "DNS"}}
+    (w,) = plan_address_writes([se])
+    assert (w.method, w.manager) == ("apply", ADDRESS_ALLOCATOR)
+    assert w.body["status"] == {"addresses": [{"host": "httpbin.org", "value": "240.240.0.1"}]}
+    assert plan_address_writes([{**se, "status": w.body["status"]}]) == []
+    static = {**se, "spec": {**se["spec"], "addresses": ["10.9.9.9"]}}
+    assert plan_address_writes([static]) == []

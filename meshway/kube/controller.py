@@ -22,6 +22,7 @@ from ..mesh import status as S
 from ..mesh.status_plan import STATUS_KINDS, StatusUpdate, plan_statuses
 from ..mesh.view import detect_waypoint_class
 from ..mesh.waypoint_objects import build_waypoint_objects
+from ..store.reconcile import plan_service_entry_addresses
 from ..store.writer import now_rfc3339
 from .client import ApiError, KubeClient, kind_path
 
@@ -30,6 +31,7 @@ Body = dict[str, Any]
 FIELD_MANAGER = "istio.io/gateway-controller"
 SERVICE_REPORTER = "istio-ambient-service"
 POLICY_REPORTER = "istio-ambient-waypoint-policy"
+ADDRESS_ALLOCATOR = "istio.io/ip-autoallocate"  # ServiceEntry status.addresses
 CONTROLLER_KINDS = tuple(dict.fromkeys(STATUS_KINDS + ("ServiceAccount",)))
 WAYPOINT_CLASS = {
     "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
@@ -122,6 +124,19 @@ def plan_status_writes(updates: list[StatusUpdate]) -> list[StatusWrite]:
     return out
 
 
+def plan_address_writes(entries: list[Body]) -> list[StatusWrite]:
+    """ServiceEntry VIPs (status.addresses), applied by the allocator where they differ."""
+    out = []
+    for (ns, name), addresses in plan_service_entry_addresses(entries).items():
+        se = next(b for b in entries if (b["metadata"]["namespace"], b["metadata"]["name"]) == (ns, name))
+        if ((se.get("status") or {}).get("addresses") or []) != addresses:
+            out.append(StatusWrite("ServiceEntry", ns, name, "apply",
+                                   {"apiVersion": se["apiVersion"], "kind": "ServiceEntry",
+                                    "metadata": {"name": name, "namespace": ns}, "status": {"addresses": addresses}},
+                                   ADDRESS_ALLOCATOR))
+    return out
+
+
 @dataclass
 class KubeController:
     client: KubeClient
@@ -150,7 +165,8 @@ class KubeController:
                 self.applied[a.key] = json.dumps(a.body, sort_keys=True)
 
     def _statuses(self, snapshot: Mapping[str, list[Body]], now: str) -> None:
-        for w in plan_status_writes(plan_statuses(snapshot, now)):
+        writes = plan_address_writes(list(snapshot.get("ServiceEntry", ())))
+        for w in writes + plan_status_writes(plan_statuses(snapshot, now)):
             path = kind_path(w.kind, w.namespace or None, w.name, "status")
             if w.method == "put":
                 action = lambda w=w, path=path: self.client.replace(path, w.body)  # noqa: E731

@@ -334,6 +334,24 @@ class Harness:
         if self.owns_state:
             shutil.rmtree(self.config.state, ignore_errors=True)
 
+    def restart_apiserver(self, timeout: float = 120.0, down: float = 0.0) -> None:
+        """Stop kube-apiserver (SIGTERM), keep it down `down` seconds, start it again on the same
+        etcd: what clients see in a control-plane upgrade or crash."""
+        c, lay = self.config, self.layout
+        for i, (name, proc) in enumerate(self.procs):
+            if name == "kube-apiserver":
+                _signal_group(proc, signal.SIGTERM)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    _signal_group(proc, signal.SIGKILL)
+                    proc.wait()
+                del self.procs[i]
+                break
+        time.sleep(down)
+        self._launch("kube-apiserver", plan_apiserver_args(c, lay))
+        self._wait("kube-apiserver", f"{find_server_url(c)}/readyz", timeout, client="admin")
+
     def prepare(self) -> None:
         """Write the PKI (kept when the state folder already has one, so a restarted control plane keeps
         its CA and service-account key, and the tokens it issued stay valid) and the kubeconfigs."""

@@ -34,9 +34,11 @@ def detect_needs_auto_address(se: Body) -> bool:
     return not spec.get("addresses") and spec.get("resolution", "NONE") != "NONE"
 
 
-def _service_entry_addresses(w: Writer) -> None:
-    entries = w.txn.list("ServiceEntry")
+def plan_service_entry_addresses(entries: list[Body]) -> dict[tuple[str, str], list[Body]]:
+    """{(namespace, name): status.addresses} for every ServiceEntry (pure): a VIP per host for those
+    that need one (`detect_needs_auto_address`), keeping each host's VIP once given."""
     in_use = {a.get("value") for se in entries for a in (se.get("status") or {}).get("addresses") or []}
+    out = {}
     for se in entries:
         old = {a["host"]: a["value"] for a in (se.get("status") or {}).get("addresses") or [] if "host" in a}
         hosts = [h for h in se["spec"].get("hosts", []) if "*" not in h] if detect_needs_auto_address(se) else []
@@ -45,6 +47,15 @@ def _service_entry_addresses(w: Writer) -> None:
             ip = old.get(host) or ipam.allocate_service_entry_ip(in_use)
             in_use.add(ip)
             addresses.append({"host": host, "value": ip})
+        out[(se["metadata"]["namespace"], se["metadata"]["name"])] = addresses
+    return out
+
+
+def _service_entry_addresses(w: Writer) -> None:
+    entries = w.txn.list("ServiceEntry")
+    planned = plan_service_entry_addresses(entries)
+    for se in entries:
+        addresses = planned[(se["metadata"]["namespace"], se["metadata"]["name"])]
         status = {k: v for k, v in (se.get("status") or {}).items() if k != "addresses"}
         if addresses:
             status["addresses"] = addresses
