@@ -14,7 +14,7 @@ import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from datetime import timedelta
 
@@ -50,7 +50,7 @@ class CertificateAuthority:
         self.workload_lifetime = workload_lifetime  # istiod's SECRET_TTL
         self._clock = clock
         self._lock = threading.Lock()
-        self._issued: dict[str, tuple[WorkloadCert, x509.Certificate]] = {}
+        self._issued: dict[tuple[str, tuple[str, ...], tuple[str, ...]], tuple[WorkloadCert, x509.Certificate]] = {}
         self._root_cert, self._root_key = self._load_or_create_root()
         self._root_pem = cert_to_pem(self._root_cert)
 
@@ -59,14 +59,22 @@ class CertificateAuthority:
 
     def issue(self, namespace: str, service_account: str) -> WorkloadCert:
         """The identity's current certificate; a fresh one once half of the cached one's life is gone."""
+        return self.issue_serving(namespace, service_account)
+
+    def issue_serving(self, namespace: str, service_account: str, dns_names: Sequence[str] = (),
+                      ip_addresses: Sequence[str] = ()) -> WorkloadCert:
+        """`issue` for a server that is also reached by name or address (the control plane's xDS port):
+        the same SPIFFE identity plus DNS and IP SANs; cached and renewed at half life like `issue`."""
         identity = spiffe_id(namespace, service_account, self.trust_domain)
+        key = (identity, tuple(dns_names), tuple(ip_addresses))
         now = self._clock()
         with self._lock:
-            cached = self._issued.get(identity)
+            cached = self._issued.get(key)
             if cached and not detect_needs_renewal(cached[1], now):
                 return cached[0]
-            issued = build_workload(self._root_cert, self._root_key, identity, now, self.workload_lifetime)
-            self._issued[identity] = issued
+            issued = build_workload(self._root_cert, self._root_key, identity, now, self.workload_lifetime,
+                                    dns_names=dns_names, ip_addresses=ip_addresses)
+            self._issued[key] = issued
             return issued[0]
 
     # -- disk ------------------------------------------------------------------------------------

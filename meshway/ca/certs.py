@@ -6,6 +6,8 @@ be passed in. A workload certificate has an empty subject, so its critical URI S
 """
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -69,10 +71,14 @@ def build_root(now: datetime, trust_domain: str = DEFAULT_TRUST_DOMAIN,
 
 
 def build_workload_cert(root_cert: x509.Certificate, root_key: PrivateKey, spiffe_id: str, now: datetime,
-                        lifetime: timedelta = WORKLOAD_LIFETIME,
-                        key: PrivateKey | None = None) -> tuple[x509.Certificate, PrivateKey]:
-    """An EC P-256 leaf for `spiffe_id`, signed by the root, usable as TLS server and client."""
+                        lifetime: timedelta = WORKLOAD_LIFETIME, key: PrivateKey | None = None,
+                        dns_names: Sequence[str] = (),
+                        ip_addresses: Sequence[str] = ()) -> tuple[x509.Certificate, PrivateKey]:
+    """An EC P-256 leaf for `spiffe_id`, signed by the root, usable as TLS server and client; a serving
+    certificate (the control plane's) also names its DNS names and IP addresses."""
     key = key or build_key()
+    sans = [x509.UniformResourceIdentifier(spiffe_id), *(x509.DNSName(name) for name in dns_names),
+            *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses)]
     root_ski = root_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     cert = (
         x509.CertificateBuilder()
@@ -82,7 +88,7 @@ def build_workload_cert(root_cert: x509.Certificate, root_key: PrivateKey, spiff
         .serial_number(x509.random_serial_number())
         .not_valid_before(now)
         .not_valid_after(now + lifetime)
-        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=True)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                        critical=False)
         .add_extension(_key_usage(digital_signature=True, key_agreement=True), critical=True)
@@ -135,9 +141,11 @@ def key_from_pem(pem: str | bytes) -> PrivateKey:
 
 
 def build_workload(root_cert: x509.Certificate, root_key: PrivateKey, spiffe_id: str, now: datetime,
-                   lifetime: timedelta = WORKLOAD_LIFETIME) -> tuple[WorkloadCert, x509.Certificate]:
+                   lifetime: timedelta = WORKLOAD_LIFETIME, dns_names: Sequence[str] = (),
+                   ip_addresses: Sequence[str] = ()) -> tuple[WorkloadCert, x509.Certificate]:
     """`build_workload_cert` rendered as a `WorkloadCert`; the parsed certificate comes along."""
-    cert, key = build_workload_cert(root_cert, root_key, spiffe_id, now, lifetime)
+    cert, key = build_workload_cert(root_cert, root_key, spiffe_id, now, lifetime, dns_names=dns_names,
+                                    ip_addresses=ip_addresses)
     return WorkloadCert(spiffe_id, cert_to_pem(cert), key_to_pem(key), cert.not_valid_after_utc), cert
 
 

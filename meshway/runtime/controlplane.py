@@ -64,6 +64,7 @@ from ..xds.push_scope import detect_scope_touched, find_changed_namespaces, find
 from ..xds.scope import WaypointScope, find_scope
 from ..xds.memo import Memo
 from ..xds.protos import MessageCache
+from ..xds.mtls import build_mtls_listener
 from ..xds.server import XdsServer
 from ..xds.stream import Acked, Event
 from ..xds.validate import ValidationCache
@@ -133,12 +134,14 @@ class ControlPlane:
                  poll: float = 0.05, envoy: str | None = None, resync: float = 60.0, cluster=None,
                  metrics_addr: str | None = None, secret_ttl: timedelta = WORKLOAD_LIFETIME,
                  debounce_max: float = 0.1, safety_poll: float = 1.0, build_budget: float = 2.0,
-                 clock=time.monotonic):
+                 clock=time.monotonic, xds_addr: str | None = None, xds_ips: tuple[str, ...] = ()):
         """`debounce`/`debounce_max`: quiet period after a store change and the longest a burst waits
         (istiod's PILOT_DEBOUNCE_AFTER/MAX); `poll`: housekeeping period (process supervision,
         readiness, proxy-status.json); `safety_poll`: how often the store is read without a commit
         signal; `build_budget`: seconds one proxy's translation may take before it is reported;
-        `clock`: the debouncer's and the round timers' clock."""
+        `clock`: the debouncer's and the round timers' clock; `xds_addr`: HOST:PORT of ADS over TCP +
+        mTLS besides the Unix socket (istiod's 15012, `meshway.xds.mtls`), its certificate also naming
+        `xds_ips`."""
         self.state_dir = Path(state_dir)
         make_private_dir(self.state_dir.resolve())  # the folder itself: a state path may be a link to it
         self.store = Store(self.state_dir)
@@ -150,6 +153,7 @@ class ControlPlane:
         self.metrics = ControlPlaneMetrics()
         self.server = XdsServer(self.cache, on_event=self._on_xds_event, authenticate=self.tokens.authenticate)
         self.metrics_addr = metrics_addr  # host:port of the Prometheus endpoint (monitoring), if any
+        self.xds_addr, self.xds_ips = xds_addr, xds_ips
         self.monitor: MetricsServer | None = None
         self.cluster = cluster  # ClusterRuntime: pods in network namespaces, node proxies (ztunnel)
         self.placement = placement or (NetnsPlacement(cluster.net) if cluster else
@@ -204,6 +208,11 @@ class ControlPlane:
     def _proxy(self, r: Replica) -> Proxy:
         return Proxy(build_node_id("waypoint", r.pod_ip, r.pod, r.namespace), self.placement.listen_address(r),
                      r.namespace, r.service_account, r.waypoint)
+
+    def _service_account_of(self, node_id: str) -> str | None:
+        """The service account of the waypoint pod with this node id: what its mTLS peer must be."""
+        state = self.replicas.get(node_id)
+        return state.replica.service_account if state is not None else None
 
     def _publish(self, node_id: str, messages: dict) -> None:
         """Set the proxy's snapshot only if some type's version changed: nothing else is pushed."""
@@ -731,7 +740,11 @@ class ControlPlane:
         """Serve ADS on this loop; every other piece of work runs in one worker thread, a round at a
         time (`_round`), woken by store commits, ACKs awaited by node proxies and the round's timers."""
         make_private_dir(self.run_dir)
-        await self.server.start(self.ads_socket)  # its folder: socket_dir, private (refused if planted in /tmp)
+        tcp = build_mtls_listener(self.xds_addr, self.ca, self._service_account_of, self.xds_ips) \
+            if self.xds_addr else None
+        await self.server.start(self.ads_socket, tcp)  # its folder: socket_dir, private (refused if planted in /tmp)
+        if self.server.tcp_address:
+            write_private(self.run_dir / "xds-address", f"{self.server.tcp_address}\n")
         write_private(self.run_dir / "controlplane.pid", f"{os.getpid()}\n")
         self.monitor = self._start_metrics_server()
         loop = self._loop = asyncio.get_running_loop()

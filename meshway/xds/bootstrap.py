@@ -1,19 +1,27 @@
-"""The Envoy bootstrap of a meshway proxy: who it is, where its admin listens, and ADS over a Unix
-socket for everything else. Pure: returns a dict to be written as JSON or YAML.
+"""The Envoy bootstrap of a meshway proxy: who it is, where its admin listens, and ADS for
+everything else: over a Unix socket (the proxies the control plane starts), or over TCP + mTLS to
+istiod's port 15012 (`build_mtls_bootstrap`: a proxy running as a pod anywhere). Pure: returns a
+dict to be written as JSON or YAML.
 
 The node metadata may carry the proxy's xDS credential (`meshway.ca.tokens`), so the file is
-written owner-only; the admin socket, which can dump the bootstrap, is created 0600 by Envoy."""
+written owner-only; the admin socket, which can dump the bootstrap, is created 0600 by Envoy. Over
+TCP the credential is the workload certificate in files the pod has, not a token."""
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from .. import labels as L
+from .istiod import XDS_SNI, istiod_spiffe_id
 from .stat_tags import FAMILIES, build_stats_tags
 
 XDS_CLUSTER = "xds-grpc"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 INTERNAL_LISTENER = "envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
+UPSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 ADMIN_SOCKET_MODE = 0o600
 # The stats meshway reads, and no others: Envoy creates only these, so it never names, tags or stores
 # the hundreds of other stats each cluster and listener would have.
@@ -37,9 +45,39 @@ STATS_INCLUSIONS = (
 )
 
 
+@dataclass(frozen=True)
+class XdsCertFiles:
+    """Where a pod's Envoy finds its workload certificate, key and the mesh root (PEM files); the
+    default is Istio's file-mounted layout (`/etc/certs`, `pkg/security` DefaultCertChainFilePath)."""
+
+    cert_chain: str = "/etc/certs/cert-chain.pem"
+    private_key: str = "/etc/certs/key.pem"
+    root_cert: str = "/etc/certs/root-cert.pem"
+
+    @classmethod
+    def under(cls, folder: str | os.PathLike[str]) -> XdsCertFiles:
+        return cls(*(os.path.join(folder, name) for name in ("cert-chain.pem", "key.pem", "root-cert.pem")))
+
+
 def build_bootstrap(node_id: str, cluster: str, ads_socket: str | os.PathLike[str],
                     admin_socket: str | os.PathLike[str], delta: bool = True,
                     metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    return _build_bootstrap(node_id, cluster, build_xds_cluster(ads_socket), admin_socket, delta, metadata)
+
+
+def build_mtls_bootstrap(node_id: str, cluster: str, xds_address: str, certs: XdsCertFiles,
+                         admin_socket: str | os.PathLike[str], delta: bool = True,
+                         metadata: Mapping[str, Any] | None = None,
+                         trust_domain: str = L.CLUSTER_DOMAIN) -> dict[str, Any]:
+    """`build_bootstrap` for a proxy that reaches the control plane at `xds_address` (HOST:PORT, e.g.
+    `istiod.istio-system.svc:15012`) over TCP + mTLS, proving its node id with the certificate in
+    `certs` (`meshway.xds.peer` says which identity each node id needs)."""
+    return _build_bootstrap(node_id, cluster, build_xds_tls_cluster(xds_address, certs, trust_domain),
+                            admin_socket, delta, metadata)
+
+
+def _build_bootstrap(node_id: str, cluster: str, xds_cluster: dict[str, Any], admin_socket: str | os.PathLike[str],
+                     delta: bool, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
     ads = {"ads": {}, "resource_api_version": "V3"}
     return {
         "node": {"id": node_id, "cluster": cluster, "metadata": dict(metadata or {})},
@@ -48,7 +86,7 @@ def build_bootstrap(node_id: str, cluster: str, ads_socket: str | os.PathLike[st
         # merged every second, so the admin's Prometheus output is at most a second behind.
         "stats_config": build_stats_config(str(dict(metadata or {}).get("NODE_TYPE", "")) or None),
         "stats_flush_interval": "1s",
-        "static_resources": {"clusters": [build_xds_cluster(ads_socket)]},
+        "static_resources": {"clusters": [xds_cluster]},
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "DELTA_GRPC" if delta else "GRPC",
@@ -89,4 +127,50 @@ def build_xds_cluster(ads_socket: str | os.PathLike[str]) -> dict[str, Any]:
                 "explicit_http_config": {"http2_protocol_options": {}},
             },
         },
+    }
+
+
+def build_xds_tls_cluster(xds_address: str, certs: XdsCertFiles,
+                          trust_domain: str = L.CLUSTER_DOMAIN) -> dict[str, Any]:
+    """The control plane over TCP + mTLS: the pod's certificate as client certificate; the server must
+    chain to the mesh root and be istiod (its SPIFFE ID, or its DNS name `istiod.istio-system.svc`,
+    which is also the SNI). An IP address is dialled as is (STATIC), a name resolved (STRICT_DNS)."""
+    host, _, port = xds_address.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"{xds_address!r} is not HOST:PORT (e.g. {XDS_SNI}:15012)")
+    try:
+        ipaddress.ip_address(host)
+        kind = "STATIC"
+    except ValueError:
+        kind = "STRICT_DNS"
+    endpoint = {"address": {"socket_address": {"address": host, "port_value": int(port)}}}
+    return {
+        "name": XDS_CLUSTER,
+        "type": kind,
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": XDS_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": endpoint}]}]},
+        "upstream_connection_options": {"tcp_keepalive": {"keepalive_time": 300}},  # as Istio's xds-grpc
+        "typed_extension_protocol_options": {
+            HTTP_PROTOCOL_OPTIONS: {
+                "@type": f"type.googleapis.com/{HTTP_PROTOCOL_OPTIONS}",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            },
+        },
+        "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": f"type.googleapis.com/{UPSTREAM_TLS}",
+            "sni": XDS_SNI,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [{"certificate_chain": {"filename": certs.cert_chain},
+                                      "private_key": {"filename": certs.private_key}}],
+                "validation_context": {
+                    "trusted_ca": {"filename": certs.root_cert},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "URI", "matcher": {"exact": istiod_spiffe_id(trust_domain)}},
+                        {"san_type": "DNS", "matcher": {"exact": XDS_SNI}},
+                    ],
+                },
+            },
+        }},
     }

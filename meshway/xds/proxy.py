@@ -22,3 +22,23 @@ class Proxy:
 
 def build_node_id(kind: str, ip: str, pod: str, namespace: str) -> str:
     return f"{kind}~{ip}~{pod}.{namespace}~{namespace}.svc.{L.CLUSTER_DOMAIN}"
+
+
+@dataclass(frozen=True)
+class NodeIdParts:
+    kind: str  # waypoint, ztunnel
+    ip: str
+    pod: str
+    namespace: str
+
+
+def parse_node_id(node_id: str) -> NodeIdParts | None:
+    """`build_node_id` read back; None for anything it could not have built (the caller's word)."""
+    parts = node_id.split("~")
+    if len(parts) != 4 or not all(parts):
+        return None
+    kind, ip, pod_dot_ns, domain = parts
+    pod, dot, namespace = pod_dot_ns.rpartition(".")
+    if not dot or not pod or domain != f"{namespace}.svc.{L.CLUSTER_DOMAIN}":
+        return None
+    return NodeIdParts(kind, ip, pod, namespace)

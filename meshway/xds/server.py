@@ -1,4 +1,5 @@
-"""The ADS gRPC server (grpc.aio, Unix socket): moves messages between Envoy and a stream object.
+"""The ADS gRPC server (grpc.aio; a Unix socket, and optionally TCP + mTLS): moves messages
+between Envoy and a stream object.
 
 All protocol decisions live in `meshway.xds.stream`; all state worth keeping lives in the
 `SnapshotCache`. A handler reads the node id from the first request, then waits for whichever comes
@@ -9,6 +10,12 @@ Authentication: given `authenticate` (a predicate on the first request's `Node`,
 with PERMISSION_DENIED before anything is sent, logged and counted in `denied`. A proven stream
 receives only what that node's snapshot holds: a secret name not in it is never served. The socket
 is 0600 in a 0700 folder whatever the umask.
+
+Over TCP (`start(..., tcp=MtlsListener)`, istiod's port 15012; `meshway.xds.mtls`) the proof is the
+client's certificate instead of a token: the TLS handshake requires one from the mesh CA, and its
+SPIFFE ID must be the one the claimed node id requires (`meshway.xds.peer`); a stream failing that
+is refused and counted the same way. The two listeners are separate grpc servers, so the port a
+stream arrived on decides which proof it owes.
 """
 from __future__ import annotations
 
@@ -27,12 +34,16 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from ..private import make_private, make_private_dir
 from .cache import SnapshotCache
+from .mtls import MtlsListener, build_server_credentials, decide_stream_peer, parse_address
 from .stream import Acked, DeltaStream, Event, Nacked, Sent, SotwStream
 
 log = logging.getLogger(__name__)
 
 StreamFactory = Callable[..., SotwStream | DeltaStream]
 MAX_DENIED_IDS = 256  # distinct claimed node ids counted by name in `denied`
+NO_TOKEN = "no valid credential for the node id claimed"
+# (first request's node, the stream's context) -> why the stream is refused, "" to serve it
+Authenticator = Callable[[Node, grpc.aio.ServicerContext], str]
 
 
 class XdsServer:
@@ -44,22 +55,50 @@ class XdsServer:
         self.denied: Counter[str] = Counter()  # refused streams by the node id they claimed
         self.connected: set[str] = set()  # node ids with at least one open ADS stream
         self.socket_path: Path | None = None
+        self.tcp_address: str | None = None  # HOST:PORT the mTLS listener is bound to, if any
         self._streams: Counter[str] = Counter()
         self._server: grpc.aio.Server | None = None
+        self._tcp_server: grpc.aio.Server | None = None
         self._closing = asyncio.Event()  # set by stop(): open streams end with OK instead of being cancelled
 
-    async def start(self, socket_path: str | os.PathLike[str]) -> None:
+    async def start(self, socket_path: str | os.PathLike[str], tcp: MtlsListener | None = None) -> None:
         path = Path(socket_path)
         make_private_dir(path.parent)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # left over from a previous run; binding would fail
         server = grpc.aio.server()
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self, self._check_token), server)
         if server.add_insecure_port(f"unix:{path}") == 0:
             raise OSError(f"cannot listen on unix:{path}")
         make_private(path)  # bound by now; nobody else could reach it inside the 0700 folder anyway
+        try:
+            tcp_server = self._bind_tcp(tcp) if tcp is not None else None
+        except (OSError, ValueError):
+            await server.stop(None)
+            path.unlink(missing_ok=True)
+            raise
         await server.start()
-        self._server, self.socket_path, self._closing = server, path, asyncio.Event()
+        if tcp_server is not None:
+            await tcp_server.start()
+        self._server, self._tcp_server, self.socket_path, self._closing = server, tcp_server, path, asyncio.Event()
+
+    def _bind_tcp(self, listener: MtlsListener) -> grpc.aio.Server:
+        host, port = parse_address(listener.address)
+        server = grpc.aio.server()
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
+            _Servicer(self, lambda node, context: decide_stream_peer(node.id, context, listener).reason), server)
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            bound = server.add_secure_port(target, build_server_credentials(listener))
+        except RuntimeError as exc:  # grpc's "Failed to bind to address"
+            raise OSError(f"cannot listen on {target} (xDS over TCP + mTLS): {exc}") from exc
+        if bound == 0:
+            raise OSError(f"cannot listen on {target} (xDS over TCP + mTLS)")
+        self.tcp_address = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
+        return server
+
+    def _check_token(self, node: Node, context: grpc.aio.ServicerContext) -> str:
+        return "" if self.authenticate is None or self.authenticate(node) else NO_TOKEN
 
     async def stop(self, grace: float | None = 0.5) -> None:
         if self._server is not None:
@@ -71,20 +110,25 @@ class XdsServer:
                 await asyncio.sleep(0.01)
             await self._server.stop(grace)
             self._server = None
+        if self._tcp_server is not None:
+            await self._tcp_server.stop(grace)
+            self._tcp_server, self.tcp_address = None, None
         if self.socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
 
-    async def handle_stream(self, context: grpc.aio.ServicerContext, make_stream: StreamFactory) -> None:
+    async def handle_stream(self, context: grpc.aio.ServicerContext, make_stream: StreamFactory,
+                            authenticate: Authenticator | None = None) -> None:
         first = await context.read()
         if first is grpc.aio.EOF:
             return
         node_id = first.node.id
         if not node_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id")
-        if self.authenticate is not None and not self.authenticate(first.node):
-            self._deny(node_id)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "no valid credential for the node id claimed")
+        refusal = (authenticate or self._check_token)(first.node, context)
+        if refusal:
+            self._deny(node_id, refusal)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
         generation = self.cache.generation(node_id)
         stream = make_stream(node_id, self.cache.get(node_id), lambda event: self._record(node_id, event))
         self._connect(node_id)
@@ -120,12 +164,12 @@ class XdsServer:
                     task.cancel()
             self._disconnect(node_id)
 
-    def _deny(self, node_id: str) -> None:
+    def _deny(self, node_id: str, reason: str = NO_TOKEN) -> None:
         """Count and log a refused stream; the node id is the caller's word, so it is quoted, cut,
         and counted under its own name only for the first MAX_DENIED_IDS names."""
         claimed = node_id[:200]
         self.denied[claimed if claimed in self.denied or len(self.denied) < MAX_DENIED_IDS else "(other)"] += 1
-        log.warning("refused an xDS stream claiming node %r: no valid credential for it", claimed)
+        log.warning("refused an xDS stream claiming node %r: %s", claimed, reason[:600])
 
     def _record(self, node_id: str, event: Event) -> None:
         match event:
@@ -151,11 +195,11 @@ class XdsServer:
 
 
 class _Servicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    def __init__(self, server: XdsServer) -> None:
-        self._server = server
+    def __init__(self, server: XdsServer, authenticate: Authenticator) -> None:
+        self._server, self._authenticate = server, authenticate
 
     async def StreamAggregatedResources(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
-        await self._server.handle_stream(context, SotwStream)
+        await self._server.handle_stream(context, SotwStream, self._authenticate)
 
     async def DeltaAggregatedResources(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
-        await self._server.handle_stream(context, DeltaStream)
+        await self._server.handle_stream(context, DeltaStream, self._authenticate)
