@@ -51,10 +51,13 @@ class KubeControlPlane:
 
     def run(self) -> None:
         """Until `stop()`: watch, elect, reconcile."""
+        started = time.monotonic()
         self.source.start()
         missing = self.source.wait_synced(SYNC_TIMEOUT)
         if missing:
             log.warning("not yet listed after %gs: %s (they are retried)", SYNC_TIMEOUT, ", ".join(missing))
+        log.info("listed %d objects of %d kinds in %.2fs", self.source.count(), len(self.source.reflectors),
+                 time.monotonic() - started)
         self.leader.start()
         dirty, first_change, last_change, next_resync = True, time.monotonic(), 0.0, 0.0
         fd = self.source.fileno()
@@ -80,12 +83,16 @@ class KubeControlPlane:
                 dirty, next_resync = False, now + RESYNC
 
     def reconcile(self) -> None:
+        started = time.monotonic()
         _, snapshot = self.source.snapshot(CONTROLLER_KINDS)
+        writes = self.controller.writes
         try:
             self.controller.reconcile(snapshot)
         except Exception:  # noqa: BLE001: a failed pass is logged; the next change or the resync retries
             log.exception("reconcile failed")
         self.reconciles += 1
+        log.info("reconcile %d: %d writes in %.3fs", self.reconciles, self.controller.writes - writes,
+                 time.monotonic() - started)
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -128,6 +128,10 @@ class KubeSource:
         with self._lock:
             return self._rv, {k: [v for _, v in sorted(self._objects.get(k, {}).items())] for k in kinds}
 
+    def count(self) -> int:
+        with self._lock:
+            return sum(len(objects) for objects in self._objects.values())
+
     def get(self, kind: str, namespace: str, name: str) -> Body | None:
         with self._lock:
             return self._objects.get(kind, {}).get((namespace or "", name))
