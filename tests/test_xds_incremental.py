@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import copy
 
+import pytest
+
 from meshway.xds import protos as P
-from meshway.xds.cache import Snapshot, check_consistency
+from meshway.xds.cache import InconsistentSnapshot, Snapshot, check_consistency
 from meshway.xds.protos import MessageCache
 
 
@@ -53,11 +55,13 @@ def test_snapshot_reuses_serialization_and_references_of_shared_messages():
     check_consistency(old)
     for t in (P.CLUSTER, P.ENDPOINT):
         old.version(t)
+    old.resource_version(P.CLUSTER, "c0")
     new_messages = cache.messages(resources(4, changed=1))
     new = Snapshot(new_messages, previous=old)
     assert new.packed(P.CLUSTER, "c0") is old.packed(P.CLUSTER, "c0")
     assert new.packed(P.CLUSTER, "c1") is not old.packed(P.CLUSTER, "c1")
-    assert new._refs[(P.CLUSTER, "c0")] is old._refs[(P.CLUSTER, "c0")]
+    assert new.references(P.CLUSTER, "c0") is old.references(P.CLUSTER, "c0")
+    assert new.resource_version(P.CLUSTER, "c0") is old.resource_version(P.CLUSTER, "c0")
     scratch = Snapshot({t: {n: P.to_message(t, P.to_dict(m)) for n, m in items.items()}
                         for t, items in new_messages.items()})
     for t in (P.CLUSTER, P.ENDPOINT):
@@ -66,3 +70,29 @@ def test_snapshot_reuses_serialization_and_references_of_shared_messages():
             [scratch.resource_version(t, n) for n in sorted(scratch.resources(t))]
     assert new.version(P.CLUSTER) != old.version(P.CLUSTER)
     assert new.version(P.ENDPOINT) == old.version(P.ENDPOINT)
+
+
+def test_consistency_of_a_snapshot_made_from_a_consistent_one_checks_what_changed_and_what_was_removed():
+    cache = MessageCache()
+    old = Snapshot(cache.messages(resources(3)))
+    check_consistency(old)
+    assert old.consistent
+    ok = Snapshot(cache.messages(resources(3, changed=1)), previous=old)
+    check_consistency(ok)
+    assert ok.consistent
+    # a changed cluster whose endpoints are missing
+    broken = cache.messages(resources(3, changed=2))
+    del broken[P.ENDPOINT]["c2"]
+    with pytest.raises(InconsistentSnapshot, match="'c2'"):
+        check_consistency(Snapshot(broken, previous=ok))
+    # an unchanged cluster whose endpoints were removed
+    removed = cache.messages(resources(3))
+    del removed[P.ENDPOINT]["c0"]
+    snapshot = Snapshot(removed, previous=ok)
+    assert snapshot.references(P.CLUSTER, "c0") is ok.references(P.CLUSTER, "c0")
+    with pytest.raises(InconsistentSnapshot, match="'c0'"):
+        check_consistency(snapshot)
+    # from a snapshot that was never checked: everything is checked
+    unchecked = Snapshot(removed)
+    with pytest.raises(InconsistentSnapshot, match="'c0'"):
+        check_consistency(Snapshot(removed, previous=unchecked))

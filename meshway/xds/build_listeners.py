@@ -226,17 +226,13 @@ def build_main_internal(scope: WaypointScope,
     waypoint-wide config applies to (their one fixed route stays inline, as Istio's `encap`).
     `memo`: a service's chains are rebuilt only when the service or its filters changed."""
     memo = memo if memo is not None else Memo()
-    chains: list[Body] = []
-    ranges: list[Body] = []
+    units = []
     for svc in scope.services:
         inputs = (svc, authz_for(svc, False), authz_for(svc, True), logs_for(svc), tracing_for(svc))
-        svc_chains, entry = memo.get(("chains", svc.kind, svc.namespace, svc.name), inputs,
-                                     lambda: build_service_chains(*inputs))
-        chains += svc_chains
-        if entry is not None:
-            ranges.append(entry)
+        units.append(memo.get(("chains", svc.kind, svc.namespace, svc.name), inputs,
+                              lambda: build_service_chains(*inputs)))
     # Traffic addressed to a bound pod: the waypoint-wide policies and telemetry (`None`: no service).
-    chains += [
+    direct = [
         {"name": "direct-tcp", "filters": [_keep_destination(), *authz_for(None, True), _tcp_proxy("encap")]},
         {"name": "direct-http", "filters": [_keep_destination(), build_hcm("inbound_0.0.0.0_0;", {
             "name": "encap", "validate_clusters": False, "virtual_hosts": [{
@@ -245,7 +241,16 @@ def build_main_internal(scope: WaypointScope,
                             "route": {"cluster": "encap", "timeout": "0s"}}]}]},
             False, authz_for(None, False), logs_for(None), tracing_for(None))]},
     ]
-    pod_ips = [p.ip for p in scope.workloads if p.ip]
+    pod_ips = tuple(p.ip for p in scope.workloads if p.ip)
+    # The same listener object when every part is the same (the protobuf conversion then skips it).
+    inputs = (tuple(units), direct, pod_ips)
+    return memo.get(("main_internal",), inputs, lambda: _assemble_main_internal(*inputs))
+
+
+def _assemble_main_internal(units: tuple[tuple[list[Body], Body | None], ...], direct: list[Body],
+                            pod_ips: tuple[str, ...]) -> Body:
+    chains = [chain for svc_chains, _ in units for chain in svc_chains] + direct
+    ranges = [entry for _, entry in units if entry is not None]
     if pod_ips:
         ranges.append({"ranges": [{"address_prefix": ip, "prefix_len": 32} for ip in pod_ips],
                        "on_match": {"matcher": _app_protocol_matcher("direct-http", "direct-tcp")}})

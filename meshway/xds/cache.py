@@ -59,25 +59,48 @@ class Snapshot(Mapping[str, Mapping[str, Message]]):
 
     def __init__(self, resources: Mapping[str, Mapping[str, Message]] | None = None,
                  previous: "Snapshot | None" = None) -> None:
-        """`previous`: the proxy's snapshot before this one; the serialization and references of
-        every message object it shares with this one are reused (a change re-serializes and
-        re-checks only what changed). Nothing of `previous` is kept."""
+        """`previous`: the proxy's snapshot before this one; the serialization, resource versions and
+        references of every message object it shares with this one are reused (a change
+        re-serializes and re-checks only what changed). Nothing of `previous` is kept but those
+        per-message results."""
         self._resources = MappingProxyType({
             type_url: MappingProxyType(dict(by_name)) for type_url, by_name in (resources or {}).items() if by_name})
-        self._packed: dict[tuple[str, str], AnyProto] = {}
-        self._refs: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
+        # Per type URL, per name: the message packed as `Any`, its content hash, the resources it names.
+        self._packed: dict[str, dict[str, AnyProto]] = {t: {} for t in self._resources}
+        self._hashes: dict[str, dict[str, str]] = {t: {} for t in self._resources}
+        self._refs: dict[str, dict[str, tuple[tuple[str, str], ...]]] = {t: {} for t in self._resources}
         self._versions: dict[tuple[str, tuple[str, ...] | None], str] = {}
+        self.consistent = False  # set by `check_consistency`
+        # What differs from `previous` when it was found consistent: `check_consistency` then checks
+        # only these (None: everything).
+        self._changes: tuple[set[tuple[str, str]], set[tuple[str, str]]] | None = None
         if previous is not None:
-            for key, msg in self._items():
-                if previous._resources.get(key[0], {}).get(key[1]) is msg:
-                    if key in previous._packed:
-                        self._packed[key] = previous._packed[key]
-                    if key in previous._refs:
-                        self._refs[key] = previous._refs[key]
-            for type_url, by_name in self._resources.items():  # a type whose messages are all the same
-                old = previous._resources.get(type_url)       # objects keeps its versions
-                if old is not None and old.keys() == by_name.keys() and all(old[n] is m for n, m in by_name.items()):
-                    self._versions.update({k: v for k, v in previous._versions.items() if k[0] == type_url})
+            self._reuse(previous)
+
+    def _reuse(self, previous: "Snapshot") -> None:
+        changed: set[tuple[str, str]] = set()
+        removed = {(t, n) for t, old in previous._resources.items() if t not in self._resources for n in old}
+        for type_url, by_name in self._resources.items():
+            old = previous._resources.get(type_url, {})
+            same = [name for name, msg in by_name.items() if old.get(name) is msg]
+            if len(same) != len(by_name):
+                kept = set(same)
+                changed.update((type_url, n) for n in by_name if n not in kept)
+            if len(same) != len(old):
+                removed.update((type_url, n) for n in old if n not in by_name)
+            if not same:
+                continue
+            for mine, theirs in ((self._packed, previous._packed), (self._hashes, previous._hashes),
+                                 (self._refs, previous._refs)):
+                found = theirs.get(type_url, {})
+                if len(same) == len(by_name) == len(old):
+                    mine[type_url] = dict(found)  # every message is the same object
+                else:
+                    mine[type_url] = {n: found[n] for n in same if n in found}
+            if len(same) == len(by_name) == len(old):  # a type whose messages are all the same objects
+                self._versions.update({k: v for k, v in previous._versions.items() if k[0] == type_url})
+        if previous.consistent:
+            self._changes = (changed, removed)
 
     def _items(self) -> Iterator[tuple[tuple[str, str], Message]]:
         for type_url, by_name in self._resources.items():
@@ -86,14 +109,14 @@ class Snapshot(Mapping[str, Mapping[str, Message]]):
 
     def references(self, type_url: str, name: str) -> tuple[tuple[str, str], ...]:
         """(type URL, name) of every resource this one names (memoized per message)."""
-        key = (type_url, name)
-        if key not in self._refs:
+        refs = self._refs[type_url]
+        if name not in refs:
             resource = self._resources[type_url][name]
             endpoints = find_endpoints_name(resource) if type_url == CLUSTER else None
             eds = ((ENDPOINT, endpoints),) if endpoints is not None else ()
             named = (ref for msg in _walk(resource) for ref in _named_refs(msg))
-            self._refs[key] = tuple(dict.fromkeys((*eds, *named)))
-        return self._refs[key]
+            refs[name] = tuple(dict.fromkeys((*eds, *named)))
+        return refs[name]
 
     @classmethod
     def of(cls, messages: Iterable[Message]) -> Snapshot:
@@ -126,17 +149,20 @@ class Snapshot(Mapping[str, Mapping[str, Message]]):
         return self._resources.get(type_url, MappingProxyType({}))
 
     def packed(self, type_url: str, name: str) -> AnyProto:
-        """The resource as `Any`, serialized deterministically once per snapshot."""
-        key = (type_url, name)
-        if key not in self._packed:
-            packed = AnyProto()
-            packed.Pack(self._resources[type_url][name], deterministic=True)
-            self._packed[key] = packed
-        return self._packed[key]
+        """The resource as `Any`, serialized deterministically once per message."""
+        packed = self._packed[type_url]
+        if name not in packed:
+            out = AnyProto()
+            out.Pack(self._resources[type_url][name], deterministic=True)
+            packed[name] = out
+        return packed[name]
 
     def resource_version(self, type_url: str, name: str) -> str:
-        """Content hash of one resource (Delta xDS `Resource.version`)."""
-        return _hash([self.packed(type_url, name).value])
+        """Content hash of one resource (Delta xDS `Resource.version`), once per message."""
+        hashes = self._hashes[type_url]
+        if name not in hashes:
+            hashes[name] = _hash([self.packed(type_url, name).value])
+        return hashes[name]
 
     def version(self, type_url: str, names: Iterable[str] | None = None) -> str:
         """Content hash of a type's resources, or of only `names` (absent names count too, so a
@@ -166,12 +192,26 @@ class InconsistentSnapshot(ValueError):
 def check_consistency(snapshot: Snapshot) -> None:
     """Every EDS cluster has its ClusterLoadAssignment, every RDS name its RouteConfiguration,
     every SDS secret name its Secret (when served over ADS), and every cluster named by a route or
-    tcp_proxy exists. Raises `InconsistentSnapshot` listing everything that is missing."""
-    absent = {(ref_type, ref_name, type_url, name) for type_url, name, ref_type, ref_name in _references(snapshot)
+    tcp_proxy exists. Raises `InconsistentSnapshot` listing everything that is missing.
+
+    A snapshot made from a consistent `previous` in which nothing was removed is checked for the
+    references of its new and changed resources only (the others named only what is still there)."""
+    absent = {(ref_type, ref_name, type_url, name)
+              for type_url, name, ref_type, ref_name in _references(snapshot, find_changed_referrers(snapshot))
               if ref_name not in snapshot.resources(ref_type)}
     if absent:
         raise InconsistentSnapshot([f"{SHORT_NAMES[ref_type]} {ref_name!r} (referenced by {SHORT_NAMES[type_url]} "
                                     f"{name!r})" for ref_type, ref_name, type_url, name in sorted(absent)])
+    snapshot.consistent = True
+
+
+def find_changed_referrers(snapshot: Snapshot) -> set[tuple[str, str]] | None:
+    """The resources whose references need checking: the new and changed ones when the snapshot
+    was made from a consistent one and removed nothing; None: all."""
+    if snapshot._changes is None:
+        return None
+    changed, removed = snapshot._changes
+    return None if removed else changed
 
 
 def find_endpoints_name(cluster: Message) -> str | None:
@@ -183,10 +223,12 @@ def find_endpoints_name(cluster: Message) -> str | None:
     return None
 
 
-def _references(snapshot: Snapshot) -> Iterator[tuple[str, str, str, str]]:
-    """(referrer type, referrer name, referenced type, referenced name) of every reference."""
+def _references(snapshot: Snapshot, only: set[tuple[str, str]] | None = None) -> Iterator[tuple[str, str, str, str]]:
+    """(referrer type, referrer name, referenced type, referenced name) of every reference (of the
+    resources `only` names, if given)."""
     for type_url in (CLUSTER, LISTENER, ROUTE):
-        for name in snapshot.resources(type_url):
+        names = snapshot.resources(type_url) if only is None else [n for t, n in only if t == type_url]
+        for name in names:
             for ref_type, ref_name in snapshot.references(type_url, name):
                 yield type_url, name, ref_type, ref_name
 
