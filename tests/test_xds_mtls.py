@@ -305,7 +305,6 @@ def test_the_running_control_plane_serves_tcp_only_when_asked(tmp_path):
         return address, asyncio.run(ask_over_tls(address, cp.ca.root_pem(), ztunnel, ztunnel_id(1), ["ROOTCA"]))
 
     address, (status, message, _) = run(cp, ask)
-    assert address == cp.server.tcp_address or cp.server.tcp_address is None  # cleared on stop
     assert address.startswith("127.0.0.1:") and int(address.rsplit(":", 1)[1]) > 0
     assert (status, message) == (None, "")  # accepted; nothing to send yet (no nodes in this store)
     cert = cert_from_pem(issue_control_plane_cert(cp.ca, ["127.0.0.1", "127.0.0.2"]).cert_pem)
