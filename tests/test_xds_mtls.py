@@ -8,7 +8,8 @@
   CA's or none fails the handshake;
 - the bootstrap of a proxy that dials the port (`envoy --mode validate`), and real Envoys: one with
   the waypoint's certificate ACKs its listeners and clusters, one with another service account's is
-  refused, one from a foreign CA cannot connect.
+  refused, one from a foreign CA cannot connect, one whose certificate is renewed in its folder
+  presents the new one on its next connection.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ from meshway.runtime.controlplane import ControlPlane
 from meshway.runtime.envoy import EnvoyPaths, find_envoy, start_envoy, stop_envoy
 from meshway.runtime.envoy_admin import AdminError, fetch_admin
 from meshway.xds import protos as P
-from meshway.xds.bootstrap import XdsCertFiles, build_mtls_bootstrap
+from meshway.xds.bootstrap import XdsCertFiles, build_mtls_bootstrap, build_xds_client_sds
 from meshway.xds.istiod import ISTIOD_DNS_NAMES, XDS_SNI, istiod_spiffe_id
 from meshway.xds.mtls import build_mtls_listener, parse_address
 from meshway.xds.peer import decide_peer
@@ -355,8 +356,9 @@ def test_a_renewed_serving_certificate_is_served_without_a_restart(tmp_path):
 
 # -- the bootstrap of a proxy that dials the port -------------------------------------------------
 def test_the_mtls_bootstrap_dials_istiod_with_the_pods_certificate():
-    bootstrap = build_mtls_bootstrap(WAYPOINT, "waypoint.default", "istiod.istio-system.svc:15012",
-                                     XdsCertFiles(), "/var/run/admin.sock", metadata={"NODE_TYPE": "waypoint"})
+    bootstrap = build_mtls_bootstrap(WAYPOINT, "waypoint.default", "istiod.istio-system.svc:15012", XdsCertFiles(),
+                                     "/etc/istio/proxy/xds-sds.json", "/var/run/admin.sock",
+                                     metadata={"NODE_TYPE": "waypoint"})
     [cluster] = bootstrap["static_resources"]["clusters"]
     assert cluster["name"] == "xds-grpc" and cluster["type"] == "STRICT_DNS"
     assert cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == {
@@ -365,8 +367,14 @@ def test_the_mtls_bootstrap_dials_istiod_with_the_pods_certificate():
     assert tls["@type"].endswith("UpstreamTlsContext") and tls["sni"] == "istiod.istio-system.svc"
     common = tls["common_tls_context"]
     assert common["alpn_protocols"] == ["h2"]
-    assert common["tls_certificates"] == [{"certificate_chain": {"filename": "/etc/certs/cert-chain.pem"},
-                                           "private_key": {"filename": "/etc/certs/key.pem"}}]
+    assert common["tls_certificate_sds_secret_configs"] == [{"name": "xds-client-cert", "sds_config": {
+        "path_config_source": {"path": "/etc/istio/proxy/xds-sds.json"}, "resource_api_version": "V3"}}]
+    assert build_xds_client_sds(XdsCertFiles()) == {"resources": [{
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        "name": "xds-client-cert",
+        "tls_certificate": {"certificate_chain": {"filename": "/etc/certs/cert-chain.pem"},
+                            "private_key": {"filename": "/etc/certs/key.pem"},
+                            "watched_directory": {"path": "/etc/certs"}}}]}
     assert common["validation_context"] == {
         "trusted_ca": {"filename": "/etc/certs/root-cert.pem"},
         "match_typed_subject_alt_names": [
@@ -375,15 +383,15 @@ def test_the_mtls_bootstrap_dials_istiod_with_the_pods_certificate():
     assert bootstrap["node"]["id"] == WAYPOINT and "MESHWAY_XDS_TOKEN" not in bootstrap["node"]["metadata"]
     assert bootstrap["dynamic_resources"]["ads_config"]["grpc_services"] == [
         {"envoy_grpc": {"cluster_name": "xds-grpc"}}]
-    ip = build_mtls_bootstrap(WAYPOINT, "c", "[::1]:15012", XdsCertFiles.under("/certs"), "/a.sock")
+    ip = build_mtls_bootstrap(WAYPOINT, "c", "[::1]:15012", XdsCertFiles.under("/certs"), "/sds.json", "/a.sock")
     [cluster] = ip["static_resources"]["clusters"]
     assert cluster["type"] == "STATIC"
     assert cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == {
         "socket_address": {"address": "::1", "port_value": 15012}}
-    assert cluster["transport_socket"]["typed_config"]["common_tls_context"]["tls_certificates"][0][
-        "certificate_chain"] == {"filename": "/certs/cert-chain.pem"}
+    assert cluster["transport_socket"]["typed_config"]["common_tls_context"]["validation_context"][
+        "trusted_ca"] == {"filename": "/certs/root-cert.pem"}
     with pytest.raises(ValueError, match="HOST:PORT"):
-        build_mtls_bootstrap(WAYPOINT, "c", "istiod", XdsCertFiles(), "/a.sock")
+        build_mtls_bootstrap(WAYPOINT, "c", "istiod", XdsCertFiles(), "/sds.json", "/a.sock")
 
 
 # -- real Envoy ------------------------------------------------------------------------------------
@@ -397,14 +405,28 @@ def require_envoy() -> str:
 
 
 def write_certs(folder: Path, cert: WorkloadCert, root_pem: str) -> XdsCertFiles:
-    """What a pod has: its certificate, key and the mesh root, in files."""
+    """What a pod has: its certificate, key and the mesh root, laid out as Kubernetes lays out a Secret
+    volume (`NAME -> ..data/NAME`, `..data -> ..<generation>`), so a renewal swaps `..data` atomically;
+    and the file-based SDS resource beside the folder."""
     folder.mkdir(parents=True, exist_ok=True)
+    generation = folder / f"..gen-{sum(1 for _ in folder.glob('..gen-*')) + 1}"
+    generation.mkdir()
     files = XdsCertFiles.under(folder)
     for path, text in ((files.cert_chain, cert.cert_pem), (files.private_key, cert.key_pem),
                        (files.root_cert, root_pem)):
-        Path(path).write_text(text)
-        os.chmod(path, 0o600)
+        written = generation / Path(path).name
+        written.write_text(text)
+        os.chmod(written, 0o600)
+        if not Path(path).is_symlink():
+            Path(path).symlink_to(f"..data/{Path(path).name}")
+    (folder / "..data_tmp").symlink_to(generation.name)
+    os.replace(folder / "..data_tmp", folder / "..data")
+    sds_file(files).write_text(json.dumps(build_xds_client_sds(files)))
     return files
+
+
+def sds_file(files: XdsCertFiles) -> Path:
+    return Path(files.folder).parent / f"{Path(files.folder).name}-sds.json"
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1:15012", "istiod.istio-system.svc:15012"])
@@ -413,7 +435,7 @@ def test_envoy_accepts_the_mtls_bootstrap(tmp_path, address):
     ca = CertificateAuthority(tmp_path)
     files = write_certs(tmp_path / "certs", ca.issue("default", "waypoint"), ca.root_pem())
     path = tmp_path / "bootstrap.json"
-    path.write_text(json.dumps(build_mtls_bootstrap(WAYPOINT, "waypoint.default", address, files,
+    path.write_text(json.dumps(build_mtls_bootstrap(WAYPOINT, "waypoint.default", address, files, sds_file(files),
                                                     tmp_path / "admin.sock", metadata={"NODE_TYPE": "waypoint"})))
     proc = subprocess.run([envoy, "--mode", "validate", "-c", str(path), "--disable-hot-restart", "-l", "error"],
                           capture_output=True, text=True, timeout=120)
@@ -427,9 +449,10 @@ class Proxy:
                  envoy: str):
         self.sock_dir = Path(tempfile.mkdtemp(prefix="mw-mtls-"))  # Unix socket paths stay short
         self.paths = EnvoyPaths(tmp_path / name, self.sock_dir)
-        files = write_certs(tmp_path / name / "certs", cert, root_pem)
-        bootstrap = build_mtls_bootstrap(node_id, f"{name}.default", address, files, self.paths.admin,
-                                         metadata={"NODE_TYPE": "waypoint"})
+        self.certs = tmp_path / name / "certs"
+        files = write_certs(self.certs, cert, root_pem)
+        bootstrap = build_mtls_bootstrap(node_id, f"{name}.default", address, files, sds_file(files),
+                                         self.paths.admin, metadata={"NODE_TYPE": "waypoint"})
         start_envoy(self.paths, bootstrap, envoy=envoy, log_level="info")
 
     def stats(self) -> dict[str, int]:
@@ -449,6 +472,15 @@ class Proxy:
                 if body.get("name"):
                     names.append(body["name"])
         return sorted(set(names))
+
+    def serials(self) -> set[int]:
+        """Serial numbers of the certificates the Envoy holds (its admin /certs)."""
+        try:
+            certs = json.loads(fetch_admin(self.paths.admin, "/certs"))
+        except AdminError:
+            return set()
+        return {int(c["serial_number"], 16) for entry in certs.get("certificates", [])
+                for c in entry.get("cert_chain", []) if c.get("serial_number")}
 
     def log(self) -> str:
         return self.paths.log.read_text(errors="replace")[-3000:] if self.paths.log.exists() else ""
@@ -524,3 +556,54 @@ def test_envoys_over_tcp_mtls_an_own_certificate_acks_another_is_refused_a_forei
     assert listeners == sorted(snapshot.resources(P.LISTENER)) and listeners
     assert clusters == sorted(snapshot.resources(P.CLUSTER)) and clusters
     assert set(cp.server.denied) == {waypoint}
+
+
+def test_a_renewed_client_certificate_is_presented_on_the_next_connection(cp, tmp_path, monkeypatch):
+    """The pod's certificate renewed in its folder (a Secret volume's `..data` swapped): Envoy reloads
+    it through the file-based SDS secret (its admin /certs shows the new one), and presents it when the
+    stream is opened again (here: the control plane restarts on the same port), without a restart."""
+    import meshway.xds.server as server_module
+
+    envoy = require_envoy()
+    waypoint, sa = waypoint_of(cp)
+    presented: list[int] = []
+    check = server_module.decide_stream_peer
+
+    def spy(node_id, context, listener):
+        pem = (context.auth_context().get("x509_pem_cert") or [b""])[0]
+        presented.append(cert_from_pem(pem).serial_number)
+        return check(node_id, context, listener)
+
+    monkeypatch.setattr(server_module, "decide_stream_peer", spy)
+    now = datetime.now(timezone.utc)
+    old = CertificateAuthority(cp.state_dir, clock=lambda: now - timedelta(hours=13)).issue("default", sa)
+    new = cp.ca.issue("default", sa)
+    old_serial, new_serial = (cert_from_pem(c.cert_pem).serial_number for c in (old, new))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    seen: dict[str, object] = {}
+
+    async def main() -> None:
+        listener = build_mtls_listener(address, cp.ca, cp._service_account_of)
+        await cp.server.start(tmp_path / "xds.sock", listener)
+        proxy = Proxy(tmp_path, "renewing", waypoint, old, cp.ca.root_pem(), address, envoy)
+        try:
+            await until(lambda: waypoint in cp.server.connected, "the Envoy connected", proxy)
+            seen["first"] = list(presented)
+            write_certs(proxy.certs, new, cp.ca.root_pem())  # the renewal, as the kubelet writes it
+            await until(lambda: new_serial in proxy.serials(), "the Envoy reloaded its certificate", proxy)
+            seen["reloaded"] = proxy.serials()
+            await cp.server.stop(0)
+            await cp.server.start(tmp_path / "xds.sock", listener)
+            await until(lambda: waypoint in cp.server.connected, "the Envoy connected again", proxy)
+            seen["again"] = list(presented)
+        finally:
+            proxy.stop()
+            await cp.server.stop(0)
+
+    asyncio.run(main())
+    assert seen["first"] == [old_serial]
+    assert old_serial not in seen["reloaded"]
+    assert seen["again"][0] == old_serial and seen["again"][-1] == new_serial
+    assert not cp.server.denied

@@ -5,7 +5,11 @@ dict to be written as JSON or YAML.
 
 The node metadata may carry the proxy's xDS credential (`meshway.ca.tokens`), so the file is
 written owner-only; the admin socket, which can dump the bootstrap, is created 0600 by Envoy. Over
-TCP the credential is the workload certificate in files the pod has, not a token."""
+TCP the credential is the workload certificate in files the pod has, not a token: Envoy reads them
+through a file-based SDS secret (`build_xds_client_sds`, a second file beside the bootstrap) that
+watches their folder, so a certificate renewed there (Kubernetes swaps a Secret volume's `..data`
+link atomically) is the one the next connection presents, without a restart. Files named directly
+in the cluster would be read once, at start."""
 from __future__ import annotations
 
 import ipaddress
@@ -22,6 +26,8 @@ XDS_CLUSTER = "xds-grpc"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 INTERNAL_LISTENER = "envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
 UPSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+SECRET = "envoy.extensions.transport_sockets.tls.v3.Secret"
+XDS_CLIENT_SECRET = "xds-client-cert"  # the file-based SDS secret of the proxy's own certificate
 ADMIN_SOCKET_MODE = 0o600
 # The stats meshway reads, and no others: Envoy creates only these, so it never names, tags or stores
 # the hundreds of other stats each cluster and listener would have.
@@ -58,6 +64,11 @@ class XdsCertFiles:
     def under(cls, folder: str | os.PathLike[str]) -> XdsCertFiles:
         return cls(*(os.path.join(folder, name) for name in ("cert-chain.pem", "key.pem", "root-cert.pem")))
 
+    @property
+    def folder(self) -> str:
+        """Watched for a renewed certificate and key (moved in together, e.g. a Secret volume's `..data`)."""
+        return os.path.dirname(self.cert_chain) or "."
+
 
 def build_bootstrap(node_id: str, cluster: str, ads_socket: str | os.PathLike[str],
                     admin_socket: str | os.PathLike[str], delta: bool = True,
@@ -66,13 +77,14 @@ def build_bootstrap(node_id: str, cluster: str, ads_socket: str | os.PathLike[st
 
 
 def build_mtls_bootstrap(node_id: str, cluster: str, xds_address: str, certs: XdsCertFiles,
-                         admin_socket: str | os.PathLike[str], delta: bool = True,
+                         sds_file: str | os.PathLike[str], admin_socket: str | os.PathLike[str], delta: bool = True,
                          metadata: Mapping[str, Any] | None = None,
                          trust_domain: str = L.CLUSTER_DOMAIN) -> dict[str, Any]:
     """`build_bootstrap` for a proxy that reaches the control plane at `xds_address` (HOST:PORT, e.g.
     `istiod.istio-system.svc:15012`) over TCP + mTLS, proving its node id with the certificate in
-    `certs` (`meshway.xds.peer` says which identity each node id needs)."""
-    return _build_bootstrap(node_id, cluster, build_xds_tls_cluster(xds_address, certs, trust_domain),
+    `certs` (`meshway.xds.peer` says which identity each node id needs), read through `sds_file`,
+    which must hold `build_xds_client_sds(certs)`."""
+    return _build_bootstrap(node_id, cluster, build_xds_tls_cluster(xds_address, certs, sds_file, trust_domain),
                             admin_socket, delta, metadata)
 
 
@@ -130,11 +142,24 @@ def build_xds_cluster(ads_socket: str | os.PathLike[str]) -> dict[str, Any]:
     }
 
 
-def build_xds_tls_cluster(xds_address: str, certs: XdsCertFiles,
+def build_xds_client_sds(certs: XdsCertFiles) -> dict[str, Any]:
+    """The file-based SDS resource (JSON) the bootstrap's `sds_file` holds: the proxy's certificate and
+    key by file name, reloaded together when something is moved into their folder."""
+    return {"resources": [{
+        "@type": f"type.googleapis.com/{SECRET}",
+        "name": XDS_CLIENT_SECRET,
+        "tls_certificate": {"certificate_chain": {"filename": certs.cert_chain},
+                            "private_key": {"filename": certs.private_key},
+                            "watched_directory": {"path": certs.folder}},
+    }]}
+
+
+def build_xds_tls_cluster(xds_address: str, certs: XdsCertFiles, sds_file: str | os.PathLike[str],
                           trust_domain: str = L.CLUSTER_DOMAIN) -> dict[str, Any]:
-    """The control plane over TCP + mTLS: the pod's certificate as client certificate; the server must
-    chain to the mesh root and be istiod (its SPIFFE ID, or its DNS name `istiod.istio-system.svc`,
-    which is also the SNI). An IP address is dialled as is (STATIC), a name resolved (STRICT_DNS)."""
+    """The control plane over TCP + mTLS: the pod's certificate as client certificate (file-based SDS:
+    `build_xds_client_sds`); the server must chain to the mesh root and be istiod (its SPIFFE ID, or
+    its DNS name `istiod.istio-system.svc`, which is also the SNI). An IP address is dialled as is
+    (STATIC), a name resolved (STRICT_DNS)."""
     host, _, port = xds_address.rpartition(":")
     host = host.strip("[]")
     if not host or not port.isdigit() or not 0 < int(port) <= 65535:
@@ -162,8 +187,10 @@ def build_xds_tls_cluster(xds_address: str, certs: XdsCertFiles,
             "sni": XDS_SNI,
             "common_tls_context": {
                 "alpn_protocols": ["h2"],
-                "tls_certificates": [{"certificate_chain": {"filename": certs.cert_chain},
-                                      "private_key": {"filename": certs.private_key}}],
+                "tls_certificate_sds_secret_configs": [{
+                    "name": XDS_CLIENT_SECRET,
+                    "sds_config": {"path_config_source": {"path": str(sds_file)}, "resource_api_version": "V3"},
+                }],
                 "validation_context": {
                     "trusted_ca": {"filename": certs.root_cert},
                     "match_typed_subject_alt_names": [
