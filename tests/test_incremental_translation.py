@@ -2,7 +2,8 @@
 store (routes, weights, DestinationRules, pods coming and going and changing labels, enrollment,
 HTTPRoutes, policies), a waypoint's config and a node proxy's config built with their memos
 (rebuilding only the units a change touched) are identical, resource for resource and problem for
-problem, to builds without one."""
+problem, to builds without one. A third build is told which keys each change touched
+(`meshway.xds.dirty`) and skips the units that read none of them: it must be identical too."""
 from __future__ import annotations
 
 import random
@@ -13,7 +14,9 @@ import yaml
 from conftest import apply, set_labels
 from meshway.mesh.view import XDS_KINDS, MeshView, expand_kinds
 from meshway.model import find_kind
+from meshway.store.informer import ObjectCache
 from meshway.xds.build_snapshot import build_waypoint_config
+from meshway.xds.dirty import find_change_keys
 from meshway.xds.build_ztunnel import NodeProxy, build_ztunnel_config
 from meshway.xds.memo import Memo
 from meshway.xds.proxy import Proxy
@@ -29,11 +32,15 @@ SERVICES = ("reviews", "ratings", "details", "productpage")
 
 
 def vs(rng: random.Random, name: str) -> dict:
+    """Routes to another service (some to one of its subsets: which exist depends on that service's
+    DestinationRule) and a weighted split over two of its own subsets."""
     weight = rng.randrange(0, 101, 10)
     return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
             "metadata": {"name": f"vs-{name}", "namespace": "default"},
             "spec": {"hosts": [name], "http": [
-                {"match": [{"uri": {"prefix": "/p"}}], "route": [{"destination": {"host": rng.choice(SERVICES)}}],
+                {"match": [{"uri": {"prefix": "/p"}}], "route": [{"destination": {
+                    "host": rng.choice(SERVICES),
+                    **({"subset": rng.choice(["v1", "v3"])} if rng.random() < 0.5 else {})}}],
                  "timeout": f"{rng.randint(1, 9)}s"},
                 {"route": [{"destination": {"host": name, "subset": "v1"}, "weight": weight},
                            {"destination": {"host": name, "subset": rng.choice(["v2", "v9"])},
@@ -45,7 +52,8 @@ def dr(rng: random.Random, name: str) -> dict:
     return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
             "metadata": {"name": f"dr-{name}", "namespace": "default"},
             "spec": {"host": name, "subsets": subsets, "trafficPolicy": {
-                "loadBalancer": {"simple": rng.choice(["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"])},
+                "loadBalancer": {"consistentHash": {"httpHeaderName": "x-user"}} if rng.random() < 0.3 else
+                {"simple": rng.choice(["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"])},
                 "connectionPool": {"tcp": {"maxConnections": rng.randint(1, 100)}}}}}
 
 
@@ -108,6 +116,7 @@ def test_incremental_equals_from_scratch_on_random_changes(store, make_waypoint_
     node = NodeProxy("ztunnel~test", store.list(find_kind("pod"), "default")[0]["spec"]["nodeName"])
     rv, snapshot = store.snapshot(XDS_KINDS)
     view = MeshView.build(snapshot)
+    objects, keyed_memo, keyed_builds, skipped = ObjectCache(snapshot), Memo(), 0, 0
     for step in range(120):
         rng = random.Random(step)
         for _ in range(rng.randint(1, 3)):
@@ -115,12 +124,20 @@ def test_incremental_equals_from_scratch_on_random_changes(store, make_waypoint_
         changes = store.db.changes_since(rv)
         rv = changes[-1].rv if changes else rv
         kinds = {c.kind for c in changes} & set(XDS_KINDS)
+        keys = find_change_keys((c.kind, objects.find(c.kind, c.namespace, c.name), c.body)
+                                for c in changes if c.kind in XDS_KINDS)
+        objects.apply(changes)
         view = view.with_changes(store.snapshot(expand_kinds(kinds))[1]) if kinds else view
         incremental = build_waypoint_config(view, proxy, memo=memo)
         reused += memo.reused
         scratch = build_waypoint_config(MeshView.build(store.snapshot(XDS_KINDS)[1]), proxy)
         assert incremental.resources == scratch.resources, f"step {step}"
         assert incremental.problems == scratch.problems, f"step {step}"
+        keyed = build_waypoint_config(view, proxy, memo=keyed_memo, changed=keys)
+        assert keyed.resources == scratch.resources, f"step {step}, told {keys}"
+        assert keyed.problems == scratch.problems, f"step {step}, told {keys}"
+        keyed_builds += keys is not None
+        skipped += keyed_memo.skipped
         node_incremental = build_ztunnel_config(view, node, node_memo)
         node_reused += node_memo.reused
         assert node_incremental == build_ztunnel_config(MeshView.build(store.snapshot(XDS_KINDS)[1]), node), \
@@ -129,5 +146,6 @@ def test_incremental_equals_from_scratch_on_random_changes(store, make_waypoint_
         previous = incremental.resources
         most_bound = max(most_bound, len(previous["type.googleapis.com/envoy.config.route.v3.RouteConfiguration"]))
     assert reused > 0 and node_reused > 0  # the memos did serve units: not a from-scratch build every time
-    assert changed > 60  # and the changes did change the config (most steps)
+    assert keyed_builds > 30 and skipped > 100  # many builds were told what changed and skipped units
+    assert changed > 50  # and the changes did change the config (most steps)
     assert most_bound >= 3  # several services were bound to the waypoint along the way

@@ -31,6 +31,7 @@ the same way (measured, never killed). A failing round step is logged and retrie
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -58,6 +59,7 @@ from ..xds.bootstrap import build_bootstrap
 from ..xds.build_snapshot import WaypointConfig, build_waypoint_config
 from ..xds.cache import Snapshot, SnapshotCache
 from ..xds.debounce import NEVER, Debouncer
+from ..xds.dirty import find_change_keys, merge_keys
 from ..xds.envoyfilter import build_envoy_filter_condition
 from ..xds.proxy import Proxy, build_node_id
 from ..xds.push_scope import detect_scope_touched, find_changed_namespaces, find_provider_namespaces
@@ -116,6 +118,7 @@ class ReplicaState:
     converter: MessageCache = field(default_factory=MessageCache)
     translation: Memo = field(default_factory=Memo)  # what each unit of its config was built from
     errors: tuple = field(default=())  # (where, message): a failed or slow build, kept apart from `problems`
+    changed: frozenset | None = None  # keys (`xds.dirty`) changed since its last good build; None: unknown
 
 
 def find_replicas(view: MeshView) -> list[Replica]:
@@ -181,6 +184,7 @@ class ControlPlane:
         self.debouncer = Debouncer(debounce, debounce_max)
         self._pending_kinds: set[str] = set()  # kinds changed in the store since the last push
         self._pending_changes: list[tuple[str, str, dict]] = []  # (kind, namespace, body) of those changes
+        self._pending_keys: frozenset | None = frozenset()  # what those changes touched (`xds.dirty`)
         self._statuses: list[tuple[str, str, str, dict]] = []  # status writes of this round, one transaction
         self._status_inputs: object = None  # what the last status reports were computed from
         self._wake: asyncio.Event | None = None  # set on the loop: run a round now
@@ -228,11 +232,12 @@ class ControlPlane:
         scope = self._scope_with_draining(state)
         config = self._accepted_config(lambda skip: build_waypoint_config(
             self.view, self._proxy(r), dial=self.placement.dial, scope=scope, skip_envoy_filters=skip,
-            memo=state.translation), secrets)
+            memo=state.translation, changed=state.changed), secrets)
         state.envoy_filters = config.envoy_filters
         messages = state.converter.messages(config.resources)
         messages[P.SECRET] = dict(secrets)
         self._publish(state.node_id, messages)
+        state.changed = frozenset()  # its memo is current
         if config.problems != state.problems:
             for where, message in config.problems:
                 log.warning("%s: %s: %s", r.pod, where, message)
@@ -825,6 +830,10 @@ class ControlPlane:
             self.cluster.up()
             self._sync_pods()
         self.sync()
+        # The view, the memos and the snapshots of a large mesh are millions of objects that live
+        # long: a full garbage collection walks them all (100-300 ms at 1,000 services, a change's
+        # p99). Frozen, collections walk only what was allocated since.
+        gc.freeze()
         now = self.clock()
         self._next_resync = now + self.resync
         self._next_store_read = now  # what was committed meanwhile
@@ -888,6 +897,9 @@ class ControlPlane:
             self.view = MeshView.build(snapshot)
             self._pending_kinds.clear()
             self._pending_changes.clear()
+            self._pending_keys = frozenset()
+            for state in self.replicas.values():
+                state.changed = None  # a new view: every unit is checked
             self.debouncer.take(NEVER)
             if self.cluster is not None:
                 self._sync_pods()
@@ -901,6 +913,10 @@ class ControlPlane:
             self._pending_changes += [(c.kind, c.namespace, c.body) for c in changes if c.kind in XDS_KINDS]
             if self.objects is None:  # started without `_start` (tests): a snapshot now, then the changes
                 self.objects = ObjectCache(self.store.snapshot(XDS_KINDS)[1])  # replayed: last one wins
+                self._pending_keys = None
+            self._pending_keys = merge_keys(self._pending_keys, find_change_keys(
+                (c.kind, self.objects.find(c.kind, c.namespace, c.name), c.body)
+                for c in changes if c.kind in XDS_KINDS))
             self.objects.apply(changes)
             changes = self.store.db.changes_since(self.rv) if len(changes) >= 10_000 else []
         if count and self._pending_kinds:
@@ -909,8 +925,11 @@ class ControlPlane:
     def _push_pending(self) -> None:
         kinds, self._pending_kinds = self._pending_kinds, set()
         changes, self._pending_changes = self._pending_changes, []
+        keys, self._pending_keys = self._pending_keys, frozenset()
         if not kinds:
             return
+        for state in self.replicas.values():  # also those this change does not touch: kept until their next build
+            state.changed = merge_keys(state.changed, keys)
         before = self.view
         parents = {(r.namespace, r.name): frozenset(ref.namespace or r.namespace for ref in r.spec.parentRefs)
                    for r in before.index.of("HTTPRoute")} if "HTTPRoute" in kinds else {}

@@ -31,6 +31,10 @@ class ObjectCache:
                 objects[key] = change.body
             self._sorted.pop(change.kind, None)
 
+    def find(self, kind: str, namespace: str, name: str) -> Body | None:
+        """The object as last read; None if absent (or its kind is not held)."""
+        return self._objects.get(kind, {}).get((namespace or "", name))
+
     def lists(self, kinds: Iterable[str]) -> dict[str, list[Body]]:
         """{kind: every object of that kind}, as `Store.snapshot(kinds)` returns them."""
         out = {}

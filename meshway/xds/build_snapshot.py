@@ -20,7 +20,8 @@ from .build_telemetry import build_access_logs, find_access_logging
 from .envoyfilter import apply_envoy_filters, find_envoy_filters
 from .build_tracing import build_tracing, find_tracing
 from .httproute import convert_http_route, detect_parent
-from .memo import Memo
+from .dirty import host_keys, pods_key, route_parent_key
+from .memo import MISSING, Lookups, Memo
 from .proxy import Proxy
 from .scope import WaypointScope, cluster_name, detect_protocol, find_scope, find_service_pods, port_kinds, \
     resolve_target_port
@@ -139,14 +140,17 @@ def build_service_clusters(svc: ServiceInfo, dr: DestinationRule | None, pods: t
 
 def build_waypoint_config(view: MeshView, proxy: Proxy, secrets: dict[str, Body] | None = None,
                           scope: WaypointScope | None = None, dial: Callable[[str], str] = _same,
-                          skip_envoy_filters: frozenset[str] = frozenset(), memo: Memo | None = None) -> WaypointConfig:
+                          skip_envoy_filters: frozenset[str] = frozenset(), memo: Memo | None = None,
+                          changed: frozenset | None = None) -> WaypointConfig:
     """`dial(pod_ip)` is the address the waypoint connects to for a pod (the placement's business:
     the pod IP itself in the cluster, a loopback alias when everything runs on the host).
     `skip_envoy_filters`: EnvoyFilters ("<ns>/<name>") to leave out (ones Envoy rejected).
     `memo`: this proxy's memo (`meshway.xds.memo`): only the units a change touched are rebuilt;
-    without one, everything is built from scratch (the same result)."""
+    without one, everything is built from scratch (the same result). `changed`: the keys
+    (`meshway.xds.dirty`) changed since the memo's last complete build, if known: units that read
+    none of them are reused without being checked."""
     memo = memo if memo is not None else Memo()
-    memo.begin()
+    memo.begin(changed)
     build = _WaypointBuild(view, proxy, scope or find_scope(view, proxy.namespace, proxy.waypoint), dial, memo)
     build.add_service_clusters()
     build.add_policies()
@@ -177,11 +181,14 @@ class _WaypointBuild:
 
     def add_service_clusters(self) -> None:
         for svc in self.scope.services:
-            dr = find_destination_rule(self.view, svc, self.wp)
-            pods = tuple(find_service_pods(self.view, svc))
-            inputs = (svc, dr, pods, self.dial)
-            unit = self.memo.get(("clusters", svc.kind, svc.namespace, svc.name), inputs,
-                                 lambda: build_service_clusters(*inputs))
+            key = ("clusters", svc.kind, svc.namespace, svc.name)
+            unit = self.memo.reuse(key)
+            if unit is MISSING:
+                dr = find_destination_rule(self.view, svc, self.wp)
+                pods = tuple(find_service_pods(self.view, svc))
+                inputs = (svc, dr, pods, self.dial)
+                unit = self.memo.get(key, inputs, lambda: build_service_clusters(*inputs), reads=lambda: [
+                    *host_keys("DestinationRule", _hosts(svc)), pods_key(svc.namespace)])
             self.clusters.update(unit.clusters)
             self.endpoints.update(unit.endpoints)
             self.hashing.update(unit.hashing)
@@ -203,6 +210,16 @@ class _WaypointBuild:
     def route_for(self, svc: ServiceInfo, port: int) -> Body:
         """The RouteConfiguration of `svc:port`, rebuilt only when the service, its routes, or an
         answer the build got about other clusters (the lookups it recorded) changed."""
+        key = ("route", svc.kind, svc.namespace, svc.name, port)
+        found = self.memo.reuse(key)
+        if found is MISSING:
+            found = self._build_route(key, svc, port)
+        config, problems = found
+        for where, message in problems:
+            self.problems.add(where, message)
+        return config
+
+    def _build_route(self, key: tuple, svc: ServiceInfo, port: int) -> tuple[Body, tuple]:
         routes = tuple(find_routes_for(self.view, svc, self.wp, port, self.memo))
         name = cluster_name(port, "http", svc.hostname)
 
@@ -212,12 +229,17 @@ class _WaypointBuild:
                                         list(routes), problems)
             return config, tuple(problems.items)
 
+        def reads(resolve: Lookups, hash_policy: Lookups) -> list:
+            """Its own routes and the DestinationRules of the services its routes resolved to (their
+            subsets decide which clusters exist, their consistent hashing the hash policies)."""
+            hosts = {resolve_host(args[0], svc.namespace) for args in resolve.seen}
+            hosts |= {cluster.rsplit("|", 1)[-1] for (cluster,) in hash_policy.seen}
+            targets = [self.by_host[h] for h in hosts if h in self.by_host]
+            return [*host_keys("VirtualService", _hosts(svc)), route_parent_key(svc.namespace, svc.name),
+                    *host_keys("DestinationRule", [h for t in (svc, *targets) for h in _hosts(t)])]
+
         lookups = (lambda *a: self.resolve(svc, port, *a), self.hashing.get)
-        config, problems = self.memo.get(("route", svc.kind, svc.namespace, svc.name, port), (svc, routes), build,
-                                         lookups)
-        for where, message in problems:
-            self.problems.add(where, message)
-        return config
+        return self.memo.get(key, (svc, routes), build, lookups, reads)
 
     def add_policies(self) -> None:
         """AuthorizationPolicies (and the ext_authz providers CUSTOM ones call), Telemetry, MeshConfig."""
