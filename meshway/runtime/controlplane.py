@@ -20,7 +20,8 @@ when a store commit is signalled (`meshway.store.notify`, with a slow safety pol
 exits (a pidfd per process, read by the loop; the processes are also checked every second), when a
 timer is due (debounced push, readiness and proxy-status.json every `poll`, a restart's backoff,
 resync, drain deadline), or when a proxy ACKs while node proxies wait for the waypoints. Store changes are debounced as istiod does (`Debouncer`:
-`debounce` of quiet, at most `debounce_max` under a burst).
+`debounce` of quiet, at most `debounce_max` under a burst), except that a change after a quiet
+period is pushed at once.
 
 Failure isolation: one proxy's failed build (any exception of its builder, an `InconsistentSnapshot`)
 is logged and shown in its `problems` (proxy-status.json, `meshway proxy-status`); it keeps its last
