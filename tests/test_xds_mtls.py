@@ -81,7 +81,7 @@ def known(node_id: str) -> str | None:
     (ZTUNNEL, [spiffe("default", "ztunnel")], False, spiffe("istio-system", "ztunnel"), "may not claim"),
     (ZTUNNEL, [], False, spiffe("istio-system", "ztunnel"), "carries no SPIFFE ID"),
     (build_node_id("ztunnel", "10.244.1.1", "ztunnel-node-1", "default"), [spiffe("default", "ztunnel")],
-     False, None, "node proxies run in istio-system"),
+     False, None, "node proxies run in istio-system, not 'default'"),
     (build_node_id("sidecar", "10.244.1.9", "reviews-v1", "default"), [spiffe("default", "reviews")],
      False, None, "kind 'sidecar' are not served"),
     ("reviews-v1", [spiffe("default", "reviews")], False, None, "is not a meshway proxy's"),
@@ -98,6 +98,17 @@ def test_decide_peer(node_id, presented, allowed, expected, says):
     assert (says in decision.reason) if says else decision.reason == ""
 
 
+@pytest.mark.parametrize("node_id", ["x" * 100_000 + "\nforged log line",
+                                     "waypoint~1~p.ns\nforged~ns\nforged.svc.cluster.local",
+                                     "ztunnel~1~p.a\nb~a\nb.svc.cluster.local",
+                                     "k\n" * 5000 + "~1~p.ns~ns.svc.cluster.local"])
+def test_a_refusal_quotes_and_cuts_the_claimed_node_id(node_id):
+    """The reason goes into a log line and a gRPC status: one line, bounded, whatever the caller sent."""
+    for presented in ([], [spiffe("default", "waypoint")]):
+        decision = decide_peer(node_id, presented, lambda _: "waypoint")
+        assert not decision.allowed and "\n" not in decision.reason and len(decision.reason) < 600
+
+
 @pytest.mark.parametrize("kind,ip,pod,ns", [("waypoint", "10.244.1.5", "waypoint-7d9f-x2", "default"),
                                             ("ztunnel", "10.244.2.1", "ztunnel-node-2", "istio-system"),
                                             ("waypoint", "10.244.1.5", "a.b.c", "team-a")])
@@ -107,7 +118,10 @@ def test_node_ids_read_back(kind, ip, pod, ns):
 
 
 @pytest.mark.parametrize("node_id", ["a~b~c", "waypoint~1~pod.ns~other.svc.cluster.local",
-                                     "waypoint~1~pod~ns.svc.cluster.local",
+                                     "waypoint~1~pod~ns.svc.cluster.local", "waypoint~1~pod.Ns~Ns.svc.cluster.local",
+                                     "waypoint~1~pod.n\ns~n\ns.svc.cluster.local",
+                                     "wayp0int~1~pod.ns~ns.svc.cluster.local",
+                                     "waypoint~10.0.0.1\n~pod.ns~ns.svc.cluster.local",
                                      "waypoint~1~pod.ns~ns.svc.cluster.local~x", "~~~"])
 def test_node_ids_not_built_by_meshway_are_not_read(node_id):
     assert parse_node_id(node_id) is None

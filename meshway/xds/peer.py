@@ -54,14 +54,14 @@ def decide_peer(node_id: str, presented: Sequence[str], service_account_of: Serv
         return PeerDecision(False, None, presented, problem)
     if not presented:
         return PeerDecision(False, expected, presented,
-                            f"the client certificate carries no SPIFFE ID; node id {node_id!r} needs {expected}")
+                            f"the client certificate carries no SPIFFE ID; node id {_quote(node_id)} needs {expected}")
     if len(presented) > 1:  # an X.509-SVID has exactly one URI SAN; meshway's CA issues no other kind
         return PeerDecision(False, expected, presented,
                             f"the client certificate carries {len(presented)} SPIFFE IDs; an SVID has exactly one")
     if expected not in presented:
         return PeerDecision(False, expected, presented,
                             f"the client certificate's identity {', '.join(presented)} may not claim node id "
-                            f"{node_id!r}: it needs {expected}")
+                            f"{_quote(node_id)}: it needs {expected}")
     return PeerDecision(True, expected, presented, "")
 
 
@@ -70,17 +70,23 @@ def find_expected_identity(node_id: str, service_account_of: ServiceAccountOf,
     """(the SPIFFE ID a peer claiming `node_id` must present, or None and why nobody may)."""
     parts = parse_node_id(node_id)
     if parts is None:
-        return None, f"node id {node_id!r} is not a meshway proxy's (KIND~IP~POD.NS~NS.svc.{L.CLUSTER_DOMAIN})"
+        return None, f"node id {_quote(node_id)} is not a meshway proxy's (KIND~IP~POD.NS~NS.svc.{L.CLUSTER_DOMAIN})"
     if parts.kind == NODE_PROXY_KIND:
         if parts.namespace != NODE_PROXY_NAMESPACE:
-            return None, f"node id {node_id!r}: node proxies run in {NODE_PROXY_NAMESPACE}, not {parts.namespace}"
+            return None, (f"node id {_quote(node_id)}: node proxies run in {NODE_PROXY_NAMESPACE}, "
+                          f"not {parts.namespace[:63]!r}")
         return _spiffe(trust_domain, NODE_PROXY_NAMESPACE, NODE_PROXY_SERVICE_ACCOUNT), ""
     if parts.kind == WAYPOINT_KIND:
         service_account = service_account_of(node_id)
         if not service_account:
-            return None, f"node id {node_id!r}: the control plane knows no waypoint pod with this id"
+            return None, f"node id {_quote(node_id)}: the control plane knows no waypoint pod with this id"
         return _spiffe(trust_domain, parts.namespace, service_account), ""
-    return None, f"node id {node_id!r}: proxies of kind {parts.kind!r} are not served over TCP"
+    return None, f"node id {_quote(node_id)}: proxies of kind {parts.kind[:40]!r} are not served over TCP"
+
+
+def _quote(node_id: str) -> str:
+    """The claimed node id as the caller sent it, quoted and cut (it goes into a log line and a status)."""
+    return repr(node_id[:200])
 
 
 def _spiffe(trust_domain: str, namespace: str, service_account: str) -> str:

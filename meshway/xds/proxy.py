@@ -1,6 +1,7 @@
 """The proxy a snapshot is built for: its node id, address and identity."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .. import labels as L
@@ -32,13 +33,16 @@ class NodeIdParts:
     namespace: str
 
 
+_NODE_ID = re.compile(
+    r"(?P<kind>[a-z]{1,40})~(?P<ip>[0-9a-fA-F.:]{1,45})~"
+    r"(?P<pod>[a-z0-9](?:[-a-z0-9.]{0,251}[a-z0-9])?)\.(?P<namespace>[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?)"
+    rf"~(?P=namespace)\.svc\.{re.escape(L.CLUSTER_DOMAIN)}")
+
+
 def parse_node_id(node_id: str) -> NodeIdParts | None:
-    """`build_node_id` read back; None for anything it could not have built (the caller's word)."""
-    parts = node_id.split("~")
-    if len(parts) != 4 or not all(parts):
+    """`build_node_id` read back; None for anything it could not have built from Kubernetes names
+    (a pod name is a DNS subdomain, a namespace a DNS label): the node id is the caller's word."""
+    match = _NODE_ID.fullmatch(node_id)
+    if match is None:
         return None
-    kind, ip, pod_dot_ns, domain = parts
-    pod, dot, namespace = pod_dot_ns.rpartition(".")
-    if not dot or not pod or domain != f"{namespace}.svc.{L.CLUSTER_DOMAIN}":
-        return None
-    return NodeIdParts(kind, ip, pod, namespace)
+    return NodeIdParts(match["kind"], match["ip"], match["pod"], match["namespace"])
