@@ -29,6 +29,25 @@ metadata: {name: waypoint, namespace: default}
 spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
 """
 SERVICES = ("reviews", "ratings", "details", "productpage")
+# Spans of `reviews` go to a collector whose endpoints are the `ratings` pods: a pod change must
+# reach the collector's cluster even in a build told it changed only pods.
+TRACING = """
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |-
+    extensionProviders:
+    - name: zipkin
+      zipkin: {service: ratings.default.svc.cluster.local, port: 9080}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: reviews-tracing, namespace: default}
+spec:
+  targetRefs: [{kind: Service, group: "", name: reviews}]
+  tracing: [{providers: [{name: zipkin}]}]
+"""
 
 
 def vs(rng: random.Random, name: str) -> dict:
@@ -104,6 +123,7 @@ def test_incremental_equals_from_scratch_on_random_changes(store, make_waypoint_
     for f in ("bookinfo.yaml", "bookinfo-client.yaml"):
         apply(store, (DEMO / f).read_text())
     apply(store, WAYPOINT)
+    apply(store, TRACING)
     set_labels(store, "namespace", None, "default", {"istio.io/use-waypoint": "waypoint",
                                                      "istio.io/dataplane-mode": "ambient"})
     make_waypoint_ready(store, "default", "waypoint")

@@ -8,7 +8,7 @@ from typing import Any, Callable
 from .. import labels as L
 from ..mesh.view import ServiceInfo
 from .protos import typed
-from .memo import Memo
+from .memo import MISSING, Memo
 from .scope import WaypointScope, cluster_name, detect_protocol, port_kinds
 from .proxy import Proxy
 
@@ -219,18 +219,27 @@ def build_main_internal(scope: WaypointScope,
                         authz_for: Callable[[ServiceInfo | None, bool], list[Body]] = _no_authz,
                         logs_for: Callable[[ServiceInfo | None], list[Body]] = _no_logs,
                         tracing_for: Callable[[ServiceInfo | None], Body | None] = _no_tracing,
-                        memo: Memo | None = None) -> Body:
+                        memo: Memo | None = None, effects: Callable[[], int] = lambda: 0) -> Body:
     """Each HTTP chain takes its routes over RDS, from the RouteConfiguration named as the chain
     (`find_route_names`); `authz_for(service, network)` gives a chain's RBAC filters (HTTP or
     network); the callbacks get `None` for the chains of traffic addressed to a bound pod, which only
     waypoint-wide config applies to (their one fixed route stays inline, as Istio's `encap`).
-    `memo`: a service's chains are rebuilt only when the service or its filters changed."""
+    `memo`: a service's chains are rebuilt only when the service or its filters changed.
+    `effects()`: how many notes and clusters the callbacks have added to the build so far. A chain
+    whose callbacks added none reads none of the keys of `meshway.xds.dirty` (policies, telemetry,
+    services: every change to them is an unknown change), so a build told what changed reuses it
+    unchecked; one whose callbacks did (a tracing collector: its endpoints are pods) is always checked."""
     memo = memo if memo is not None else Memo()
     units = []
     for svc in scope.services:
-        inputs = (svc, authz_for(svc, False), authz_for(svc, True), logs_for(svc), tracing_for(svc))
-        units.append(memo.get(("chains", svc.kind, svc.namespace, svc.name), inputs,
-                              lambda: build_service_chains(*inputs)))
+        key = ("chains", svc.kind, svc.namespace, svc.name)
+        unit = memo.reuse(key)
+        if unit is MISSING:
+            before = effects()
+            inputs = (svc, authz_for(svc, False), authz_for(svc, True), logs_for(svc), tracing_for(svc))
+            unit = memo.get(key, inputs, lambda: build_service_chains(*inputs),
+                            reads=(lambda: ()) if effects() == before else None)
+        units.append(unit)
     # Traffic addressed to a bound pod: the waypoint-wide policies and telemetry (`None`: no service).
     direct = [
         {"name": "direct-tcp", "filters": [_keep_destination(), *authz_for(None, True), _tcp_proxy("encap")]},

@@ -156,9 +156,11 @@ def build_waypoint_config(view: MeshView, proxy: Proxy, secrets: dict[str, Body]
     build.add_policies()
     listeners = {li["name"]: li for li in (
         build_connect_terminate(proxy),
-        build_main_internal(build.scope, build.authz_for, build.logs_for, build.tracing_for, memo),
+        build_main_internal(build.scope, build.authz_for, build.logs_for, build.tracing_for, memo,
+                            lambda: build.effects),
         build_connect_originate())}
-    routes = {name: build.route_for(svc, port) for svc, port, name in find_route_names(build.scope)}
+    names = memo.get(("route-names",), (build.scope.services,), lambda: find_route_names(build.scope))
+    routes = {name: build.route_for(svc, port) for svc, port, name in names}
     memo.sweep()
     resources = {P.CLUSTER: build.clusters, P.ENDPOINT: build.endpoints, P.LISTENER: listeners, P.ROUTE: routes,
                  P.SECRET: dict(secrets or {})}
@@ -178,6 +180,7 @@ class _WaypointBuild:
         self.endpoints: dict[str, Body] = {}
         self.hashing: dict[str, list[Body]] = {}  # cluster -> the route hash_policy its DR's consistentHash needs
         self.by_host = {h: s for s in scope.services for h in _hosts(s)}
+        self.effects = 0  # notes and clusters the listener's callbacks (logs_for, tracing_for) added
 
     def add_service_clusters(self) -> None:
         for svc in self.scope.services:
@@ -268,6 +271,7 @@ class _WaypointBuild:
                                  notes)
         for note in notes:
             self.problems.add(f"Telemetry for {ns or self.wp.namespace}/{name or self.wp.name}", note)
+        self.effects += len(notes)
         return logs
 
     def tracing_for(self, svc: ServiceInfo | None) -> Body | None:
@@ -283,6 +287,7 @@ class _WaypointBuild:
                 self.endpoints[collector.cluster["name"]] = collector.endpoints
         for note in notes:
             self.problems.add(f"Telemetry for {ns or wp.namespace}/{name or wp.name}", note)
+        self.effects += len(notes) + bool(collector)
         return tracing
 
     def with_envoy_filters(self, resources: dict[str, dict[str, Body]], skip: frozenset[str]) -> WaypointConfig:
