@@ -107,3 +107,72 @@ def test_index_lookups_equal_a_scan_of_everything(store):
             store.delete([(find_kind(kind), b["metadata"]["namespace"], b["metadata"]["name"])
                           for b in store.list(find_kind(kind), None)])
     assert ready_pods  # the pod lookups were exercised
+
+
+def test_an_index_changed_in_place_equals_one_built_from_scratch(monkeypatch):
+    """Objects modified in place swap their models in the index (no rebuild); any other change
+    rebuilds it: either way the index, entry for entry and in order, is the one a build gives."""
+    from meshway.mesh import index as module
+    from meshway.mesh.index import ConfigIndex
+
+    swaps = []
+    real_swap, real_routes = module.HostIndex.with_swapped, module.swap_route_parents
+    monkeypatch.setattr(module.HostIndex, "with_swapped", lambda self, *a: swaps.append(1) or real_swap(self, *a))
+    monkeypatch.setattr(module, "swap_route_parents", lambda *a: swaps.append(2) or real_routes(*a))
+
+    kinds = ("VirtualService", "DestinationRule", "HTTPRoute")
+    rng = random.Random(7)
+    rv = iter(range(1, 10**6))
+
+    def meta(ns: str, name: str, uid: str) -> dict:
+        return {"name": name, "namespace": ns, "uid": uid, "resourceVersion": str(next(rv)),
+                "creationTimestamp": f"2026-01-01T00:00:{rng.randrange(60):02d}Z"}
+
+    def vs(ns: str, name: str) -> dict:
+        hosts = [rng.choice([name, f"{name}.shop", "*.shop.svc.cluster.local", rng.choice(SERVICES)])]
+        spec = {"hosts": hosts, "http": [{"route": [{"destination": {"host": name}}],
+                                          "timeout": f"{rng.randint(1, 9)}s"}]}
+        if rng.random() < 0.2:
+            spec["gateways"] = ["some-gateway"]
+        return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                "metadata": meta(ns, name, f"vs-{ns}-{name}"), "spec": spec}
+
+    def dr(ns: str, name: str) -> dict:
+        return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                "metadata": meta(ns, name, f"dr-{ns}-{name}"),
+                "spec": {"host": rng.choice([name, rng.choice(SERVICES), "*"]),
+                         "trafficPolicy": {"connectionPool": {"tcp": {"maxConnections": rng.randint(1, 9)}}}}}
+
+    def route(ns: str, name: str) -> dict:
+        return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                "metadata": meta(ns, name, f"rt-{ns}-{name}"),
+                "spec": {"parentRefs": [{"kind": "Service", "group": "", "name": rng.choice(SERVICES)}],
+                         "rules": [{"backendRefs": [{"name": name, "port": 9080, "weight": rng.randint(1, 9)}]}]}}
+
+    makers = {"VirtualService": vs, "DestinationRule": dr, "HTTPRoute": route}
+    names = [(ns, f"o{i}") for ns in NAMESPACES for i in range(6)]
+    config = {k: {key: makers[k](*key) for key in names} for k in kinds}
+    index = ConfigIndex().with_config({k: tuple(v[key] for key in sorted(v)) for k, v in config.items()}, kinds)
+    for step in range(200):
+        kind = rng.choice(kinds)
+        objects = config[kind]
+        for _ in range(rng.choice([1, 1, 2, 40])):
+            key = rng.choice(names)
+            if rng.random() < 0.1 and key in objects:
+                del objects[key]
+            else:
+                body = makers[kind](*key)
+                old = objects.get(key)
+                if old is not None and rng.random() < 0.7:  # most changes keep what the object names
+                    body["spec"] = {**body["spec"], **{f: old["spec"][f] for f in ("hosts", "host", "parentRefs",
+                                                                                    "gateways") if f in old["spec"]}}
+                    if "gateways" not in old["spec"]:
+                        body["spec"].pop("gateways", None)
+                objects[key] = body
+        lists = {k: tuple(v[key] for key in sorted(v)) for k, v in config.items()}
+        index = index.with_config(lists, [kind])
+        scratch = ConfigIndex().with_config(lists, kinds)
+        assert index.virtual_services == scratch.virtual_services, f"step {step}"
+        assert index.destination_rules == scratch.destination_rules, f"step {step}"
+        assert index.http_routes == scratch.http_routes, f"step {step}"
+    assert swaps.count(1) > 40 and swaps.count(2) > 20  # most changes were swapped in, not rebuilt

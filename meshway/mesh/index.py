@@ -64,6 +64,16 @@ class HostIndex:
                     found.setdefault(id(obj), obj)
         return list(found.values())
 
+    def with_swapped(self, swaps: Iterable[tuple[Any, Any]], hosts: Iterable[str]) -> "HostIndex":
+        """The index with each `new` where its `old` was, for (old, new) in `swaps` that name the
+        same `hosts` (the order of every entry is kept: the same index a build would give)."""
+        by_old = {id(old): new for old, new in swaps}
+        exact = dict(self.exact)
+        for host in hosts:
+            if host in exact:
+                exact[host] = tuple(by_old.get(id(o), o) for o in exact[host])
+        return HostIndex(exact, tuple((h, by_old.get(id(o), o)) for h, o in self.patterns))
+
 
 @dataclass(frozen=True)
 class ConfigIndex:
@@ -87,13 +97,69 @@ class ConfigIndex:
             models[kind] = tuple(_parse(kind, body, self._parsed, parsed) for body in config.get(kind, ()))
         out = ConfigIndex(models, self.virtual_services, self.destination_rules, self.http_routes, parsed)
         if "VirtualService" in kinds:
-            out = _replace(out, virtual_services=build_virtual_service_hosts(models["VirtualService"]))
+            swaps = find_swaps(self.of("VirtualService"), models["VirtualService"], find_virtual_service_hosts)
+            out = _replace(out, virtual_services=build_virtual_service_hosts(models["VirtualService"]) if swaps is None
+                           else self.virtual_services.with_swapped(swaps, _hosts_of(swaps, find_virtual_service_hosts)))
         if "DestinationRule" in kinds:
+            swaps = find_swaps(self.of("DestinationRule"), models["DestinationRule"], find_destination_rule_hosts)
             out = _replace(out, destination_rules=HostIndex.build(
-                (resolve_host(dr.spec.host, dr.namespace), dr) for dr in models["DestinationRule"]))
+                (h, dr) for dr in models["DestinationRule"] for h in find_destination_rule_hosts(dr))
+                if swaps is None else
+                self.destination_rules.with_swapped(swaps, _hosts_of(swaps, find_destination_rule_hosts)))
         if "HTTPRoute" in kinds:
-            out = _replace(out, http_routes=build_route_parents(models["HTTPRoute"]))
+            swaps = find_swaps(self.of("HTTPRoute"), models["HTTPRoute"], find_route_parents)
+            out = _replace(out, http_routes=build_route_parents(models["HTTPRoute"]) if swaps is None
+                           else swap_route_parents(self.http_routes, swaps))
         return out
+
+
+MAX_SWAPS = 32  # more changed objects than this in one kind: the index is rebuilt
+
+
+def find_swaps(old: tuple[Any, ...], new: tuple[Any, ...], entries) -> list[tuple[Any, Any]] | None:
+    """(old model, new model) of the objects changed in place: same position, same namespace and
+    name, same index `entries` (hosts, parents); None when the index must be rebuilt (objects
+    added or removed, an object that moved in the index, or too many changed)."""
+    if len(old) != len(new):
+        return None
+    swaps = [(o, n) for o, n in zip(old, new) if o is not n]
+    if len(swaps) > MAX_SWAPS:
+        return None
+    for o, n in swaps:
+        if (o.namespace, o.name) != (n.namespace, n.name) or entries(o) != entries(n):
+            return None
+    return swaps
+
+
+def _hosts_of(swaps: list[tuple[Any, Any]], entries) -> list[str]:
+    return [h for old, _ in swaps for h in entries(old)]
+
+
+def find_virtual_service_hosts(vs: VirtualService) -> list[str]:
+    """The hosts a VirtualService is indexed by: none unless it applies to mesh traffic."""
+    if "mesh" not in (vs.spec.gateways or ["mesh"]):
+        return []
+    return list(dict.fromkeys(resolve_host(h, vs.namespace) for h in vs.spec.hosts or []))
+
+
+def find_destination_rule_hosts(dr: DestinationRule) -> list[str]:
+    return [resolve_host(dr.spec.host, dr.namespace)]
+
+
+def find_route_parents(route: HTTPRoute) -> list[tuple[str, str]]:
+    """The Services an HTTPRoute attaches to ((namespace, name) of its Service parentRefs)."""
+    return list(dict.fromkeys((ref.namespace or route.namespace, ref.name) for ref in route.spec.parentRefs
+                              if ref.kind == "Service" and (ref.group or "") in ("", "core")))
+
+
+def swap_route_parents(index: Mapping[tuple[str, str], tuple[HTTPRoute, ...]], swaps: list[tuple[Any, Any]]
+                       ) -> Mapping[tuple[str, str], tuple[HTTPRoute, ...]]:
+    by_old = {id(old): new for old, new in swaps}
+    out = dict(index)
+    for old, _ in swaps:
+        for parent in find_route_parents(old):
+            out[parent] = tuple(by_old.get(id(r), r) for r in out[parent])
+    return out
 
 
 def _replace(index: ConfigIndex, **changes: Any) -> ConfigIndex:
@@ -115,22 +181,13 @@ def _parse(kind: str, body: Body, old: Mapping[tuple[str, str, str], Any], new: 
 
 def build_virtual_service_hosts(services: Iterable[VirtualService]) -> HostIndex:
     """VirtualServices that apply to mesh traffic (gateways absent or naming `mesh`), by host."""
-    entries = []
-    for vs in services:
-        if "mesh" not in (vs.spec.gateways or ["mesh"]):
-            continue
-        for host in dict.fromkeys(resolve_host(h, vs.namespace) for h in vs.spec.hosts or []):
-            entries.append((host, vs))
-    return HostIndex.build(entries)
+    return HostIndex.build((host, vs) for vs in services for host in find_virtual_service_hosts(vs))
 
 
 def build_route_parents(routes: Iterable[HTTPRoute]) -> Mapping[tuple[str, str], tuple[HTTPRoute, ...]]:
     """HTTPRoutes by the Services they attach to ((namespace, name) of a Service parentRef)."""
     out: dict[tuple[str, str], list[HTTPRoute]] = {}
     for route in routes:
-        for ref in route.spec.parentRefs:
-            if ref.kind == "Service" and (ref.group or "") in ("", "core"):
-                attached = out.setdefault((ref.namespace or route.namespace, ref.name), [])
-                if not any(r is route for r in attached):
-                    attached.append(route)
+        for parent in find_route_parents(route):
+            out.setdefault(parent, []).append(route)
     return {k: tuple(v) for k, v in out.items()}
