@@ -165,3 +165,31 @@ def test_envoy_accepts_every_form() -> None:
                                "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment": {},
                                "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret": {}}, ENVOY)
     assert ok, output + json.dumps(filters)[:2000]
+
+
+def test_a_service_no_policy_targets_gets_exactly_the_waypoint_wide_policies() -> None:
+    import random
+
+    from meshway.xds.build_authz import find_policy_targets, find_waypoint_policies
+
+    rng = random.Random(3)
+    refs = [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"},
+            {"kind": "GatewayClass", "group": "gateway.networking.k8s.io", "name": "istio-waypoint"},
+            {"kind": "Service", "group": "", "name": "a"}, {"kind": "Service", "group": "", "name": "b"},
+            {"kind": "ServiceEntry", "group": "networking.istio.io", "name": "a"}]
+    policies = []
+    for i in range(40):
+        ns = rng.choice(["default", "other", "istio-system"])
+        spec = {"targetRefs": rng.sample(refs, rng.randint(1, 2)), "action": "DENY",
+                "rules": [{"to": [{"operation": {"methods": ["PUT"]}}]}]}
+        policies.append(AuthorizationPolicy.model_validate(
+            {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+             "metadata": {"name": f"p{i}", "namespace": ns}, "spec": spec}, strict=False))
+    for count in range(0, 41, 4):
+        chosen = policies[:count]
+        targets, wide = find_policy_targets(chosen), find_waypoint_policies(chosen, "default", "waypoint")
+        for kind in ("Service", "ServiceEntry"):
+            for ns in ("default", "other"):
+                for name in ("a", "b", "c"):
+                    if (kind, ns, name) not in targets:
+                        assert find_waypoint_policies(chosen, "default", "waypoint", ns, name, kind) == wide

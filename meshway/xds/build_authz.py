@@ -75,6 +75,12 @@ def find_waypoint_policies(policies: Iterable[AuthorizationPolicy], waypoint_ns:
     return out
 
 
+def find_policy_targets(policies: Iterable[AuthorizationPolicy]) -> frozenset[tuple[str, str, str]]:
+    """(kind, namespace, name) of every targetRef: a service no policy names gets exactly the
+    waypoint-wide policies (`find_waypoint_policies` without a service)."""
+    return frozenset((ref.kind, ref.namespace or p.namespace, ref.name) for p in policies for ref in _target_refs(p))
+
+
 def find_workload_policies(policies: Iterable[AuthorizationPolicy], namespace: str,
                            labels: dict[str, str]) -> list[Policy]:
     """Selector / namespace-wide / root-namespace policies a node proxy enforces for a pod."""

@@ -11,7 +11,7 @@ from ..mesh.index import resolve_host
 from ..mesh.view import MeshView, PodInfo, ServiceInfo, WaypointInfo
 from ..model.istio import DestinationRule, VirtualService
 from . import protos as P
-from .build_authz import WAYPOINT, build_rbac_filters, find_waypoint_policies
+from .build_authz import WAYPOINT, build_rbac_filters, find_policy_targets, find_waypoint_policies
 from .build_clusters import build_hash_policy, build_service_cluster, build_static_clusters, merge_policy
 from .build_extauthz import build_custom_filters, build_ext_authz_setup
 from .build_listeners import build_connect_originate, build_connect_terminate, build_main_internal, find_route_names
@@ -248,9 +248,12 @@ class _WaypointBuild:
         """AuthorizationPolicies (and the ext_authz providers CUSTOM ones call), Telemetry, MeshConfig."""
         wp = self.wp
         policies = list(self.view.index.of("AuthorizationPolicy"))
+        wide = find_waypoint_policies(policies, wp.namespace, wp.name)  # direct chains, and untargeted services
+        targets = find_policy_targets(policies)
         self.applied = {(s.kind, s.namespace, s.name): find_waypoint_policies(
-            policies, wp.namespace, wp.name, s.namespace, s.name, s.kind) for s in self.scope.services}
-        self.applied[None] = find_waypoint_policies(policies, wp.namespace, wp.name)  # direct chains: waypoint-wide
+            policies, wp.namespace, wp.name, s.namespace, s.name, s.kind) if (s.kind, s.namespace, s.name) in targets
+            else wide for s in self.scope.services}
+        self.applied[None] = wide
         self.ext_authz = build_ext_authz_setup(self.view, self.applied.values(), self.dial)
         self.clusters.update(self.ext_authz.clusters)
         self.endpoints.update(self.ext_authz.endpoints)

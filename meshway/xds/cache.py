@@ -82,22 +82,20 @@ class Snapshot(Mapping[str, Mapping[str, Message]]):
         removed = {(t, n) for t, old in previous._resources.items() if t not in self._resources for n in old}
         for type_url, by_name in self._resources.items():
             old = previous._resources.get(type_url, {})
-            same = [name for name, msg in by_name.items() if old.get(name) is msg]
-            if len(same) != len(by_name):
-                kept = set(same)
-                changed.update((type_url, n) for n in by_name if n not in kept)
-            if len(same) != len(old):
-                removed.update((type_url, n) for n in old if n not in by_name)
-            if not same:
-                continue
+            new_or_changed = [name for name, msg in by_name.items() if old.get(name) is not msg]
+            gone = [name for name in old if name not in by_name] \
+                if len(by_name) - len(new_or_changed) != len(old) else []
+            changed.update((type_url, n) for n in new_or_changed)
+            removed.update((type_url, n) for n in gone)
+            if len(new_or_changed) == len(by_name):
+                continue  # nothing to reuse
             for mine, theirs in ((self._packed, previous._packed), (self._hashes, previous._hashes),
                                  (self._refs, previous._refs)):
-                found = theirs.get(type_url, {})
-                if len(same) == len(by_name) == len(old):
-                    mine[type_url] = dict(found)  # every message is the same object
-                else:
-                    mine[type_url] = {n: found[n] for n in same if n in found}
-            if len(same) == len(by_name) == len(old):  # a type whose messages are all the same objects
+                kept = dict(theirs.get(type_url, {}))
+                for name in (*new_or_changed, *gone):
+                    kept.pop(name, None)
+                mine[type_url] = kept
+            if not new_or_changed and not gone:  # a type whose messages are all the same objects
                 self._versions.update({k: v for k, v in previous._versions.items() if k[0] == type_url})
         if previous.consistent:
             self._changes = (changed, removed)

@@ -33,6 +33,9 @@ class AttachedFilter:
 def find_envoy_filters(filters: Iterable[EnvoyFilter], waypoint_ns: str, waypoint: str,
                        services: Iterable[ServiceInfo]) -> list[AttachedFilter]:
     """The EnvoyFilters a waypoint applies, in Istio's order, each with the services it is limited to."""
+    filters = list(filters)
+    if not filters:
+        return []
     bound = {(s.kind, s.namespace, s.name): s.hostname for s in services}
     ranked = []
     for f in filters:

@@ -74,23 +74,29 @@ class MessageCache:
     produce new dicts on every build, so a dict is never changed after it was converted."""
 
     def __init__(self) -> None:
-        self._last: dict[tuple[str, str], tuple[dict[str, Any], message.Message]] = {}
+        self._last: dict[str, dict[str, tuple[dict[str, Any], message.Message]]] = {}  # type -> name -> last
         self.converted = 0  # resources parsed by the last `messages` call (the rest were reused)
 
     def messages(self, resources: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, message.Message]]:
         out: dict[str, dict[str, message.Message]] = {}
-        kept: dict[tuple[str, str], tuple[dict[str, Any], message.Message]] = {}
+        kept: dict[str, dict[str, tuple[dict[str, Any], message.Message]]] = {}
         converted = 0
         for type_url, items in resources.items():
             by_name = out[type_url] = {}
+            last = self._last.get(type_url, {})
+            now = kept[type_url] = {}
             for name, data in items.items():
-                prev = self._last.get((type_url, name))
-                if prev is not None and (prev[0] is data or prev[0] == data):
-                    msg = prev[1]
+                prev = last.get(name)
+                if prev is not None and prev[0] is data:
+                    now[name] = prev
+                    by_name[name] = prev[1]
+                elif prev is not None and prev[0] == data:  # an equal dict: kept, as the next build returns it
+                    now[name] = (data, prev[1])
+                    by_name[name] = prev[1]
                 else:
-                    msg, converted = to_message(type_url, data), converted + 1
-                by_name[name] = msg
-                kept[(type_url, name)] = (data, msg)
+                    msg = by_name[name] = to_message(type_url, data)
+                    now[name] = (data, msg)
+                    converted += 1
         self._last, self.converted = kept, converted
         return out
 
