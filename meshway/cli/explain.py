@@ -7,12 +7,13 @@ from ..mesh.explain import find_decision
 from ..mesh.selection import Decision
 from ..mesh.view import SNAPSHOT_KINDS, MeshView
 from . import printers as P
-from .liveness import NOT_RUNNING, find_controlplane
+from .liveness import NOT_RUNNING, START_HINT, detect_running, start_hint
 from .main import Ctx, cli, namespace_option, pass_ctx
 
 
-def write_decision(decision: Decision, live: bool = True) -> str:
-    """`live`: the control plane runs; else a recorded "ready" is shown as unknown (see `liveness`)."""
+def write_decision(decision: Decision, live: bool = True, hint: str = START_HINT) -> str:
+    """`live`: the control plane runs; else a recorded "ready" is shown as unknown (see `liveness`);
+    `hint`: how to start it."""
     d = decision.destination
     what = f"{d.kind.lower()}/{d.name}"
     waypoint = decision.waypoint or "<none>"
@@ -32,7 +33,7 @@ def write_decision(decision: Decision, live: bool = True) -> str:
     lines += [f"  {i}. {rule}" for i, rule in enumerate(rules, 1)]
     lines.append(f"As last recorded: {decision.explanation}" if stale else decision.explanation)
     if stale:
-        lines.append(f"Note: {NOT_RUNNING} (`meshway up` starts it): the waypoint's readiness is the last recorded "
+        lines.append(f"Note: {NOT_RUNNING} ({hint}): the waypoint's readiness is the last recorded "
                      "state, not live.")
     return "\n".join(lines) + "\n"
 
@@ -60,6 +61,6 @@ def explain(c: Ctx, target: str, namespace: str | None, output: str) -> None:
     """
     _, snapshot = c.store.snapshot(SNAPSHOT_KINDS)
     decision = find_decision(MeshView.build(snapshot), target, namespace or "default")
-    live = find_controlplane(c.store.state_dir) is not None
-    click.echo(P.to_json(decision_json(decision, live)) if output == "json" else write_decision(decision, live),
-               nl=False)
+    live = detect_running(c.store)
+    click.echo(P.to_json(decision_json(decision, live)) if output == "json"
+               else write_decision(decision, live, start_hint(c.store)), nl=False)

@@ -4,7 +4,9 @@ dead (a stale pid file), nothing keeps that true, so the readers turn every posi
 Unknown (kubectl does the same for pods on a node it lost) and say that the control plane is not
 running. Negative claims stay: nothing can have made them true without a control plane.
 
-Pure functions over store bodies; `find_controlplane` is the one read of the pid file."""
+On a Kubernetes API (`meshway --kubeconfig`), the control plane is live while one holds its Lease
+(`KubeStore.controlplane_running`). Pure functions over store bodies; `find_controlplane` is the one
+read of the pid file, `detect_running` picks the store's way."""
 from __future__ import annotations
 
 import copy
@@ -17,6 +19,7 @@ NOT_RUNNING = "the control plane is not running"
 NOT_RUNNING_NOTE = (f"Note: {NOT_RUNNING} (`meshway up` starts it); readiness below is the last recorded state, "
                     "shown as Unknown where it claimed ready.")
 REASON = "ControlPlaneNotRunning"
+START_HINT = "`meshway up` starts it"
 
 
 def find_controlplane(state_dir: Path) -> int | None:
@@ -24,6 +27,19 @@ def find_controlplane(state_dir: Path) -> int | None:
     from ..runtime.daemon import controlplane_pid
 
     return controlplane_pid(state_dir)
+
+
+def detect_running(store: Any) -> bool:
+    """A control plane serves this store: the embedded store's pid file, or a Kubernetes API's Lease."""
+    if hasattr(store, "controlplane_running"):
+        return store.controlplane_running()
+    return find_controlplane(store.state_dir) is not None
+
+
+def start_hint(store: Any) -> str:
+    """How to start the control plane for this store: `meshway up starts it`, or on Kubernetes
+    `meshway controlplane --kubeconfig FILE`."""
+    return getattr(store, "start_hint", START_HINT)
 
 
 def _unknown_condition(cond: Body) -> Body:

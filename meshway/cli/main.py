@@ -20,6 +20,7 @@ from ..model import InputError, KindInfo, UnknownKind, find_kind
 from ..store import Store, StoreError
 from ..store.db import Expired
 from . import printers as P
+from .backend import EMBEDDED, KUBE_OPTION_NAMES, Backend, choose_backend
 
 if TYPE_CHECKING:
     from ..model.meta import LabelSelector
@@ -115,14 +116,23 @@ class MeshwayGroup(LazyGroup):
 
 
 class Ctx:
-    def __init__(self, state_dir: str | None):
+    def __init__(self, state_dir: str | None, backend: Backend = EMBEDDED):
         self.state_dir = state_dir
+        self.backend = backend
         self._store: Store | None = None
 
     @property
     def store(self) -> Store:
+        """The embedded store, or with --kubeconfig/$KUBECONFIG (see `backend`) the Kubernetes API's
+        `KubeStore`, which has the part of Store's interface the resource and mesh commands use."""
         if self._store is None:
-            self._store = Store(self.state_dir)
+            if self.backend.kubernetes:
+                from ..kube.store import KubeStore
+
+                store = KubeStore.connect(self.backend.kubeconfig, self.backend.context)
+                self._store = store  # type: ignore[assignment]
+            else:
+                self._store = Store(self.state_dir)
         return self._store
 
 
@@ -133,12 +143,23 @@ namespace_option = click.option("-n", "--namespace", default=None, help="Namespa
 @click.group(cls=MeshwayGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--state-dir", envvar="MESHWAY_STATE_DIR", default=None, metavar="DIR",
               help="Folder of the embedded store (env MESHWAY_STATE_DIR; default $XDG_STATE_HOME/meshway).")
+@click.option("--kubeconfig", default=None, metavar="FILE",
+              help="Work on this Kubernetes API server instead of the embedded store (also $KUBECONFIG when "
+                   "neither --state-dir nor MESHWAY_STATE_DIR is given).")
+@click.option("--context", "kube_context", default=None, metavar="NAME", help="The kubeconfig context to use.")
 @click.version_option(package_name="meshway")
 @click.pass_context
-def cli(ctx: click.Context, state_dir: str | None) -> None:
+def cli(ctx: click.Context, state_dir: str | None, kubeconfig: str | None, kube_context: str | None) -> None:
     """meshway: Istio ambient waypoints in Python. kubectl-style resource commands (apply, get, label,
     delete) and istioctl-style mesh commands (waypoint, explain, analyze)."""
-    ctx.obj = Ctx(state_dir)
+    source = ctx.get_parameter_source("state_dir")
+    backend = choose_backend(kubeconfig, kube_context, source == click.core.ParameterSource.COMMANDLINE,
+                             source == click.core.ParameterSource.ENVIRONMENT, os.environ.get("KUBECONFIG"),
+                             ctx.invoked_subcommand)
+    if backend.kubernetes and ctx.invoked_subcommand in KUBE_OPTION_NAMES:  # their own options' defaults
+        names = KUBE_OPTION_NAMES[ctx.invoked_subcommand]
+        ctx.default_map = {ctx.invoked_subcommand: {names[0]: kubeconfig, names[1]: kube_context}}
+    ctx.obj = Ctx(state_dir, backend)
 
 
 def find_manifest_files(name: str) -> list[Path]:

@@ -10,9 +10,9 @@ import yaml
 
 from .. import labels as L
 from ..model import find_kind, parse_object
-from ..store import Store
+from ..store import Store  # or, with --kubeconfig, a KubeStore (the same interface)
 from . import printers as P
-from .liveness import NOT_RUNNING, REASON, as_unknown, find_controlplane
+from .liveness import NOT_RUNNING, REASON, as_unknown, detect_running, start_hint
 from .main import Ctx, cli, namespace_option, pass_ctx
 
 GATEWAY = find_kind("gateway")
@@ -118,8 +118,8 @@ def apply_(c: Ctx, name: str, traffic: str | None, revision: str | None, namespa
     c.store.apply([manifest])
     click.echo(f"✅ waypoint {ns}/{name} applied")
     if wait:
-        if find_controlplane(c.store.state_dir) is None:  # nothing can program it: say so now, not in 90 s
-            click.echo(f"Error: {NOT_RUNNING}, so waypoint {ns}/{name} cannot become ready (`meshway up` starts it)",
+        if not detect_running(c.store):  # nothing can program it: say so now, not in 90 s
+            click.echo(f"Error: {NOT_RUNNING}, so waypoint {ns}/{name} cannot become ready ({start_hint(c.store)})",
                        err=True)
             raise click.exceptions.Exit(1)
         wait_programmed(c.store, ns, name, timeout, "timed out while waiting for waypoint")
@@ -228,11 +228,11 @@ def status(c: Ctx, name: str, namespace: str | None, all_namespaces: bool, wait:
                               f'"{name}" not found')
     header = (["NAMESPACE"] if all_namespaces else []) + ["NAME", "STATUS", "TYPE", "REASON", "MESSAGE"]
     rows, timeout = [header], parse_timeout(waypoint_timeout)
-    if find_controlplane(c.store.state_dir) is None:  # nothing can program a waypoint: no waiting, no "True"
+    if not detect_running(c.store):  # nothing can program a waypoint: no waiting, no "True"
         rows += [status_row(as_unknown(gw, "Programmed"), all_namespaces) for gw in gateways]
         click.echo(P.tabwrite(rows, padding=5), nl=False)
         if wait:
-            click.echo(f"Error: {NOT_RUNNING}, so no waypoint can become ready (`meshway up` starts it; "
+            click.echo(f"Error: {NOT_RUNNING}, so no waypoint can become ready ({start_hint(c.store)}; "
                        "--no-wait shows the last recorded status)", err=True)
             raise click.exceptions.Exit(1)
         click.echo(f"Note: {NOT_RUNNING}; the status above is the last recorded.", err=True)
