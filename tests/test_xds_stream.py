@@ -290,6 +290,13 @@ DELTA_TABLES: dict[str, tuple[Snapshot | None, list]] = {
         (CHANGED_ALL, [], []),  # only a's endpoints changed
         (delta("EDS", ("a",)), [("EDS", ("a",), (), "2")], []),
     ]),
+    "equal contents settle a type without a walk; a resubscription after that is still answered": (BASE, [
+        (delta("EDS", ("a", "b")), [("EDS", ("a", "b"), (), "1")], []),
+        (delta("EDS", nonce="1"), [], [("ack", "EDS", "1")]),
+        (snap(cluster("a"), cluster("b"), endpoints("a"), endpoints("b"), listener("l"), route("r")), [], []),
+        (delta("EDS", unsub=("a",)), [], []),
+        (delta("EDS", ("a",)), [("EDS", ("a",), (), "2")], []),
+    ]),
     "subscription changes apply even with a stale nonce": (BASE, [
         (delta("EDS", ("a",)), [("EDS", ("a",), (), "1")], []),
         (CHANGED_ALL, [("EDS", ("a",), (), "2")], []),

@@ -193,6 +193,9 @@ class _DeltaType:
     pending: dict[str, str] = field(default_factory=dict)  # unanswered nonce -> system version, oldest first
     accepted_version: str = ""
     answered: bool = False
+    # The type's snapshot version after which nothing was left to send: a snapshot with the same
+    # version (same names, same contents) sends nothing either, unless the subscription changed.
+    settled: str | None = None
 
 
 _NEVER_TOLD = object()
@@ -224,6 +227,8 @@ class DeltaStream:
             wildcard = "*" in subscribe or (type_url in WILDCARD_TYPES and not subscribe)
             state = self._types[type_url] = _DeltaType(wildcard, sent=dict(request.initial_resource_versions))
         self._answer(type_url, state, request)
+        if request.resource_names_subscribe or request.resource_names_unsubscribe:
+            state.settled = None
         for name in request.resource_names_subscribe:
             if name == "*":
                 state.wildcard = True
@@ -273,6 +278,8 @@ class DeltaStream:
     def _respond(self, type_url: str, state: _DeltaType) -> DeltaDiscoveryResponse | None:
         snapshot = self.snapshot
         assert snapshot is not None
+        if state.answered and type_url not in self._resend and state.settled == snapshot.version(type_url):
+            return None  # without walking every name: this content was settled already
         for name in self._resend.pop(type_url, ()):  # a warming parent waits for these: send them again
             if state.sent.get(name) is not None:
                 del state.sent[name]
@@ -283,6 +290,7 @@ class DeltaStream:
         updates = [(n, snapshot.resource_version(type_url, n)) for n in sorted(interest) if n in have]
         updates = [(n, v) for n, v in updates if state.sent.get(n) != v]
         removed = [n for n in sorted(interest) if n not in have and state.sent.get(n, _NEVER_TOLD) is not None]
+        state.settled = snapshot.version(type_url)
         if not updates and not removed and state.answered:
             return None
         self._nonce += 1
