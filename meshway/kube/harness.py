@@ -68,6 +68,10 @@ class HarnessConfig:
     # reconciler, so on loopback the Service gets no endpoints (pods would need a routable address
     # such as the host bridge IP anyway: that is for the node agent to set).
     advertise_address: str = HOST
+    # Resources (plural names) the API server serves without its watch cache, straight from etcd:
+    # a watch from a resourceVersion etcd compacted away then gets 410 Gone at once, as it does
+    # for any resource once the cache's window has moved on (tests force that case this way).
+    uncached: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,8 @@ def plan_apiserver_args(config: HarnessConfig, layout: Layout) -> list[str]:
             f"--service-account-signing-key-file={layout.key('sa')}",
             f"--service-cluster-ip-range={config.service_cidr}",
             "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
-            "--allow-privileged=true", "--profiling=false"]
+            "--allow-privileged=true", "--profiling=false",
+            *([f"--watch-cache-sizes={','.join(f'{r}#0' for r in config.uncached)}"] if config.uncached else [])]
 
 
 def _component_args(kubeconfig: Path, port: int) -> list[str]:
@@ -283,12 +288,12 @@ class Harness:
         self.procs: list[tuple[str, subprocess.Popen]] = []
 
     @classmethod
-    def create(cls, bin_dir: Path, state: Path | None = None) -> "Harness":
+    def create(cls, bin_dir: Path, state: Path | None = None, uncached: tuple[str, ...] = ()) -> "Harness":
         """A harness on free loopback ports; with no `state`, a temporary folder removed by `stop()`."""
         owns = state is None
         state = Path(tempfile.mkdtemp(prefix="meshway-kube-")) if owns else state
         ports = Ports(*find_free_ports(5))
-        return cls(HarnessConfig(state=state, bin_dir=bin_dir, ports=ports), owns_state=owns)
+        return cls(HarnessConfig(state=state, bin_dir=bin_dir, ports=ports, uncached=uncached), owns_state=owns)
 
     @property
     def kubeconfig(self) -> Path:
