@@ -60,7 +60,7 @@ def world() -> str:
 
 def random_change(store, rng: random.Random) -> None:
     ns, app = rng.choice(NAMESPACES), rng.choice(("web", "api"))
-    choice = rng.randrange(5)
+    choice = rng.randrange(6)
     if choice == 0:
         apply(store, yaml.safe_dump({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
                                      "metadata": {"name": app, "namespace": ns},
@@ -79,6 +79,15 @@ def random_change(store, rng: random.Random) -> None:
     elif choice == 3:
         set_labels(store, "svc", ns, app, {"istio.io/use-waypoint": rng.choice(["none", "waypoint"])},
                    overwrite=True)
+    elif choice == 5:  # a route that may move to a Service of another namespace (and back)
+        parent = rng.choice(NAMESPACES)
+        apply(store, yaml.safe_dump({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                                     "metadata": {"name": f"route-{app}", "namespace": ns},
+                                     "spec": {"parentRefs": [{"kind": "Service", "group": "", "name": app,
+                                                              "namespace": parent}],
+                                              "rules": [{"backendRefs": [{"name": app, "namespace": parent,
+                                                                          "port": 80}],
+                                                         "timeouts": {"request": f"{rng.randint(1, 9)}s"}}]}}))
     else:
         apply(store, yaml.safe_dump({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
                                      "metadata": {"name": app, "namespace": ns},
@@ -108,7 +117,7 @@ def test_a_change_rebuilds_only_the_waypoints_it_touches_and_never_too_few(state
     cp.sync()
     assert len(cp.replicas) == 3
     skipped_total = units_skipped = 0
-    for step in range(40):
+    for step in range(60):
         rng = random.Random(step)
         random_change(store, rng)
         builds = cp.builds
@@ -153,3 +162,27 @@ def test_a_route_change_in_one_namespace_rebuilds_one_waypoint(state_dir, store)
     assert cp.builds - builds == 2
     final = {s.replica.namespace: cp.cache.generation(s.node_id) for s in cp.replicas.values()}
     assert {ns for ns in NAMESPACES if final[ns] != after[ns]} == {"ns-a"}  # ns-c's own serves nothing
+
+
+def test_a_route_that_moves_to_another_parent_rebuilds_the_waypoint_it_left(state_dir, store):
+    apply(store, world())
+    for ns in NAMESPACES:
+        make_waypoint_ready(store, ns, "waypoint")
+    cp = ControlPlane(state_dir)
+    cp._start()  # as the control plane starts: the object cache knows what each route named before
+
+    def route(parent: str) -> str:
+        return yaml.safe_dump({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                               "metadata": {"name": "moving", "namespace": "ns-b"},
+                               "spec": {"parentRefs": [{"kind": "Service", "group": "", "name": "web",
+                                                        "namespace": parent}],
+                                        "rules": [{"timeouts": {"request": "7s"}}]}})
+
+    for parent in ("ns-a", "ns-b", "ns-a"):
+        apply(store, route(parent))
+        cp._read_store(0.0)
+        cp._push_pending()
+        scratch = ControlPlane(state_dir)
+        scratch.view = MeshView.build(scratch.store.snapshot(XDS_KINDS)[1])
+        scratch.sync()
+        assert versions(cp) == versions(scratch), f"moved to {parent}"

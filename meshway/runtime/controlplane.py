@@ -63,7 +63,8 @@ from ..xds.debounce import NEVER, Debouncer
 from ..xds.dirty import find_change_keys, merge_keys
 from ..xds.envoyfilter import build_envoy_filter_condition
 from ..xds.proxy import Proxy, build_node_id
-from ..xds.push_scope import detect_scope_touched, find_changed_namespaces, find_provider_namespaces
+from ..xds.push_scope import (detect_scope_touched, find_changed_namespaces, find_parent_namespaces,
+                              find_provider_namespaces)
 from ..xds.scope import WaypointScope, find_scope
 from ..xds.memo import Memo
 from ..xds.protos import MessageCache
@@ -186,6 +187,9 @@ class ControlPlane:
         self._pending_kinds: set[str] = set()  # kinds changed in the store since the last push
         self._pending_changes: list[tuple[str, str, dict]] = []  # (kind, namespace, body) of those changes
         self._pending_keys: frozenset | None = frozenset()  # what those changes touched (`xds.dirty`)
+        # (namespace, name) of each changed HTTPRoute -> the namespaces its parentRefs named before
+        # (None: not known, read from the view)
+        self._pending_route_parents: dict[tuple[str, str], frozenset[str]] | None = {}
         self._statuses: list[tuple[str, str, str, dict]] = []  # status writes of this round, one transaction
         self._status_inputs: object = None  # what the last status reports were computed from
         self._wake: asyncio.Event | None = None  # set on the loop: run a round now
@@ -898,7 +902,7 @@ class ControlPlane:
             self.view = MeshView.build(snapshot)
             self._pending_kinds.clear()
             self._pending_changes.clear()
-            self._pending_keys = frozenset()
+            self._pending_keys, self._pending_route_parents = frozenset(), {}
             for state in self.replicas.values():
                 state.changed = None  # a new view: every unit is checked
             self.debouncer.take(NEVER)
@@ -914,10 +918,15 @@ class ControlPlane:
             self._pending_changes += [(c.kind, c.namespace, c.body) for c in changes if c.kind in XDS_KINDS]
             if self.objects is None:  # started without `_start` (tests): a snapshot now, then the changes
                 self.objects = ObjectCache(self.store.snapshot(XDS_KINDS)[1])  # replayed: last one wins
-                self._pending_keys = None
+                self._pending_keys = self._pending_route_parents = None
             self._pending_keys = merge_keys(self._pending_keys, find_change_keys(
                 (c.kind, self.objects.find(c.kind, c.namespace, c.name), c.body)
                 for c in changes if c.kind in XDS_KINDS))
+            if self._pending_route_parents is not None:
+                for c in changes:
+                    if c.kind == "HTTPRoute":  # the first one seen since the last push is what the view holds
+                        self._pending_route_parents.setdefault((c.namespace, c.name), find_parent_namespaces(
+                            self.objects.find(c.kind, c.namespace, c.name)))
             self.objects.apply(changes)
             changes = self.store.db.changes_since(self.rv) if len(changes) >= 10_000 else []
         if count and self._pending_kinds:
@@ -927,13 +936,15 @@ class ControlPlane:
         kinds, self._pending_kinds = self._pending_kinds, set()
         changes, self._pending_changes = self._pending_changes, []
         keys, self._pending_keys = self._pending_keys, frozenset()
+        parents, self._pending_route_parents = self._pending_route_parents, {}
         if not kinds:
             return
         for state in self.replicas.values():  # also those this change does not touch: kept until their next build
             state.changed = merge_keys(state.changed, keys)
         before = self.view
-        parents = {(r.namespace, r.name): frozenset(ref.namespace or r.namespace for ref in r.spec.parentRefs)
-                   for r in before.index.of("HTTPRoute")} if "HTTPRoute" in kinds else {}
+        if parents is None:
+            parents = {(r.namespace, r.name): frozenset(ref.namespace or r.namespace for ref in r.spec.parentRefs)
+                       for r in before.index.of("HTTPRoute")} if "HTTPRoute" in kinds else {}
         namespaces = find_changed_namespaces(changes, parents)
         self.view = self.view.with_changes(self.objects.lists(expand_kinds(kinds)))
         if self.cluster is not None and kinds & {"Pod", "Service", "ServiceEntry"}:

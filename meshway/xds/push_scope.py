@@ -44,6 +44,14 @@ def find_changed_namespaces(changes: Iterable[tuple[str, str, Body | None]],
     return frozenset(out)
 
 
+def find_parent_namespaces(route: Body | None) -> frozenset[str]:
+    """The namespaces an HTTPRoute's parentRefs name (none for a route that did not exist)."""
+    if route is None:
+        return frozenset()
+    namespace = route["metadata"].get("namespace") or ""
+    return frozenset(ref.get("namespace") or namespace for ref in (route.get("spec") or {}).get("parentRefs") or [])
+
+
 def detect_scope_touched(scope: WaypointScope, namespaces: frozenset[str] | None,
                          providers: frozenset[str] = frozenset()) -> bool:
     """Whether a waypoint with this scope reads anything of `namespaces` (None: everything);
