@@ -131,7 +131,8 @@ def test_uninstall_is_install_reversed():
     ("clusterrole.rbac.authorization.k8s.io/meshway", "/apis/rbac.authorization.k8s.io/v1/clusterroles/meshway"),
     ("clusterrolebinding.rbac.authorization.k8s.io/meshway",
      "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/meshway"),
-    ("role.rbac.authorization.k8s.io/meshway", "/apis/rbac.authorization.k8s.io/v1/namespaces/istio-system/roles/meshway"),
+    ("role.rbac.authorization.k8s.io/meshway",
+     "/apis/rbac.authorization.k8s.io/v1/namespaces/istio-system/roles/meshway"),
     ("rolebinding.rbac.authorization.k8s.io/meshway",
      "/apis/rbac.authorization.k8s.io/v1/namespaces/istio-system/rolebindings/meshway"),
 ])
@@ -152,7 +153,8 @@ def test_a_kind_the_plan_cannot_address_is_refused(body):
 def test_the_waypoint_class_is_istiods():
     assert BY_REF["gatewayclass.gateway.networking.k8s.io/istio-waypoint"].body == {
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": "istio-waypoint"},
-        "spec": {"controllerName": "istio.io/mesh-controller", "description": "The default Istio waypoint GatewayClass"}}
+        "spec": {"controllerName": "istio.io/mesh-controller",
+                 "description": "The default Istio waypoint GatewayClass"}}
 
 
 def test_the_bindings_grant_the_roles_to_the_service_account():
@@ -189,7 +191,8 @@ def test_writes_are_the_waypoint_objects_and_status_only():
     objects = {(g, r, v) for g, r, v in writes if "/" not in r}
     status = {(g, r, v) for g, r, v in writes if "/" in r}
     assert objects == {(g, r, v) for g, r in (("", "serviceaccounts"), ("", "services"), ("apps", "deployments"))
-                       for v in ("create", "patch", "delete")}
+                       for v in ("create", "patch", "delete")} | {("gateway.networking.k8s.io", "gatewayclasses",
+                                                                   "create")}
     assert status == {(g, f"{r}/status", v) for g, r in (
         ("gateway.networking.k8s.io", "gateways"), ("gateway.networking.k8s.io", "gatewayclasses"),
         ("gateway.networking.k8s.io", "httproutes"), ("", "services"), ("networking.istio.io", "serviceentries"),
@@ -274,6 +277,10 @@ class Clock:
         self.now += seconds
 
 
+def deleted_line(step: I.Step) -> str:
+    return f'{step.qualified} "{step.name}" deleted' + (f" from {step.namespace} namespace" if step.namespace else "")
+
+
 def installer(api: FakeApi, out: list[str]) -> I.Installer:
     clock = Clock()
     return I.Installer(api, out.append, clock=clock, sleep=clock.sleep)
@@ -318,7 +325,8 @@ def test_uninstall_deletes_what_exists_newest_first_and_waits_until_gone():
     api, out = FakeApi(existing=tuple(s.path for s in present), linger=2), []
     deleted = installer(api, out).uninstall(plan)
     assert deleted == present
-    assert out == [f'{s.qualified} "{s.name}" deleted' for s in present]
+    assert out == [deleted_line(s) for s in present]
+    assert 'serviceaccount "meshway" deleted from istio-system namespace' in out  # as kubectl 1.37 says it
     assert api.objects == {}
     assert [p for v, p in api.calls if v == "delete"] == [s.path for s in plan]
 
@@ -372,7 +380,8 @@ def test_an_unreachable_api_server_is_one_line_and_exit_1(tmp_path, command):
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{port}", "insecure-skip-tls-verify": True}}],
+        "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{port}",
+                                               "insecure-skip-tls-verify": True}}],
         "users": [{"name": "u", "user": {"token": "t"}}],
         "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
     proc = run_meshway(command, "--kubeconfig", str(kubeconfig))
@@ -478,6 +487,7 @@ def test_install_on_a_real_api_server():
             (("get", "secrets", "-n", "istio-system"), "no"),
             (("list", "secrets", "-A"), "no"),
             (("patch", "gateways.gateway.networking.k8s.io", "-n", "x"), "no"),
+            (("delete", "gatewayclasses.gateway.networking.k8s.io"), "no"),
             (("delete", "pods", "-n", "x"), "no"),
             (("create", "customresourcedefinitions.apiextensions.k8s.io"), "no"),
         ]:
@@ -495,7 +505,7 @@ def test_install_on_a_real_api_server():
 
         gone = run_meshway("uninstall", "--kubeconfig", str(kc))
         assert gone.returncode == 0, gone.stderr
-        assert gone.stdout.splitlines() == [f'{s.qualified} "{s.name}" deleted' for s in reversed(PLAN)]
+        assert gone.stdout.splitlines() == [deleted_line(s) for s in reversed(PLAN)]
         assert tool(bin_dir, "kubectl", kc, "get", "crd", "-o", "name").stdout == ""
         for kind, name in (("namespace", "istio-system"), ("clusterrole", "meshway"),
                            ("validatingadmissionpolicy", "safe-upgrades.gateway.networking.k8s.io")):

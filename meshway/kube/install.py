@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 
 from .. import labels as L
 from ..model.registry import BY_KIND
+from .client import ApiError, KubeClient, kind_path
 
 Body = dict[str, Any]
 FIELD_MANAGER = "meshway-install"
@@ -68,6 +69,7 @@ CLUSTER_RULES: tuple[Rule, ...] = (
     Rule(("",), ("serviceaccounts", "services"), WRITE,
          "a waypoint's ServiceAccount and Service (server-side apply; deleted with the Gateway)"),
     Rule(("apps",), ("deployments",), WRITE, "a waypoint's Deployment (server-side apply; deleted with the Gateway)"),
+    Rule((GW,), ("gatewayclasses",), ("create",), "`istio-waypoint` again if someone deletes it (as istiod does)"),
     Rule((GW,), ("gateways/status", "gatewayclasses/status", "httproutes/status"), STATUS,
          "`Accepted`/`Programmed` and addresses on waypoints, `Accepted` on the class, route parents"),
     Rule(("",), ("services/status",), STATUS, "`istio.io/WaypointBound` on services"),
@@ -169,8 +171,6 @@ class Step:
 
 def plan_step(body: Body) -> Step:
     """The path and kubectl name of one manifest; ValueError for a kind this plan cannot address."""
-    from .client import kind_path
-
     api_version, kind = body.get("apiVersion") or "", body.get("kind") or ""
     meta = body.get("metadata") or {}
     name, namespace = meta.get("name") or "", meta.get("namespace")
@@ -267,7 +267,7 @@ Echo = Callable[[str], None]
 
 @dataclass
 class Installer:
-    client: Any                       # meshway.kube.client.KubeClient
+    client: KubeClient
     echo: Echo
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
@@ -309,7 +309,8 @@ class Installer:
                          missing_ok=True) is None:
                 continue
             deleted.append(step)
-            self.echo(f'{step.qualified} "{step.name}" deleted')
+            self.echo(f'{step.qualified} "{step.name}" deleted' + (f" from {step.namespace} namespace"
+                                                                    if step.namespace else ""))
         for step in deleted:
             self.wait_deleted(step)
         return deleted
@@ -324,8 +325,6 @@ class Installer:
 
     def call(self, step: Step, verb: str, fn: Callable[[], Body], missing_ok: bool = False) -> Body | None:
         """`fn()`; a 404 is None when `missing_ok`; every other failure an InstallError naming the object."""
-        from .client import ApiError
-
         try:
             return fn()
         except ApiError as exc:
@@ -348,10 +347,8 @@ def detect_transport_error(exc: BaseException) -> bool:
     return isinstance(exc, (urllib3.exceptions.HTTPError, OSError))
 
 
-def connect(kubeconfig: str | None, context: str | None):
+def connect(kubeconfig: str | None, context: str | None) -> KubeClient:
     """A KubeClient, or InstallError with the reason (no kubeconfig, unknown context, ...)."""
-    from .client import KubeClient
-
     try:
         return KubeClient.connect(kubeconfig, context)
     except FileNotFoundError as exc:
