@@ -246,6 +246,8 @@ def main() -> int:
                 cp.wait(20)
             except subprocess.TimeoutExpired:
                 cp.kill()
+            if os.environ.get("MESHWAY_BENCH_KEEP_LOG"):
+                Path(os.environ["MESHWAY_BENCH_KEEP_LOG"]).write_bytes(log.read_bytes())
         h.stop()
     write(result, args.out, args.quick)
     print(json.dumps({k: result[k] for k in ("topology", "list", "rss_mb", "label_to_status_ms", "checks")}, indent=1))

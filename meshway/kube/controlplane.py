@@ -9,7 +9,6 @@ import logging
 import os
 import select
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -17,8 +16,10 @@ from .client import KubeClient
 from .controller import CONTROLLER_KINDS, KubeController
 from .leader import LeaderElector
 from .source import KubeSource
+from ..store.db import Expired
 
 log = logging.getLogger("meshway.kube.controlplane")
+CONTROLLER_KIND_SET = frozenset(CONTROLLER_KINDS)
 SYNC_TIMEOUT = 60.0
 RESYNC = 60.0  # a full reconcile at least this often (a write that failed is retried by then)
 
@@ -37,6 +38,8 @@ class KubeControlPlane:
     renew_deadline: float = 10.0
     retry: float = 2.0
     reconciles: int = 0
+    _seen_rv: int = 0
+    _force: bool = False
 
     def __post_init__(self) -> None:
         self.source = KubeSource(self.client)
@@ -47,6 +50,7 @@ class KubeControlPlane:
                                     retry=self.retry)
 
     def _on_leader(self, leading: bool) -> None:
+        self._force = leading  # a new leader reconciles at once
         self.source.wake()
 
     def run(self) -> None:
@@ -71,16 +75,29 @@ class KubeControlPlane:
                 wait = next_resync - now
             ready, _, _ = select.select([fd], [], [], min(wait, 1.0))
             now = time.monotonic()
-            if ready and self.source.drain():
+            if ready and self.source.drain() and self._relevant_changes():
                 if not dirty:
                     first_change = now
                 dirty, last_change = True, now
             if self.stop_event.is_set():
                 break
             due = dirty and (now >= last_change + self.debounce or now >= first_change + self.debounce_max)
-            if (due or now >= next_resync) and self.leader.leading:
+            if (due or self._force or now >= next_resync) and self.leader.leading:
+                self._force = False
                 self.reconcile()
                 dirty, next_resync = False, now + RESYNC
+
+    def _relevant_changes(self) -> bool:
+        """Whether the changes since the last look touch what the controller reads (pod churn,
+        e.g. the scheduler's retries, does not: it would only delay reconciles to `debounce_max`)."""
+        try:
+            changes = self.source.changes_since(self._seen_rv, limit=1_000_000)
+        except Expired:
+            self._seen_rv = self.source.current_rv()
+            return True
+        if changes:
+            self._seen_rv = changes[-1].rv
+        return any(c.kind in CONTROLLER_KIND_SET for c in changes)
 
     def reconcile(self) -> None:
         started = time.monotonic()
