@@ -86,6 +86,7 @@ class KubeControlPlane:
                 self._force = False
                 self.reconcile()
                 dirty, next_resync = False, now + RESYNC
+        self.leader.join()  # a clean stop hands the Lease over at once
 
     def _relevant_changes(self) -> bool:
         """Whether the changes since the last look touch what the controller reads (pod churn,

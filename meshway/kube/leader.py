@@ -97,6 +97,11 @@ class LeaderElector:
         self._thread = threading.Thread(target=self.run, name="leader-election", daemon=True)
         self._thread.start()
 
+    def join(self, timeout: float = 5.0) -> None:
+        """After `stop` is set: wait for the loop to end (and release the Lease if it held it)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
     def try_once(self) -> bool:
         """One read-decide-write; True when we hold the Lease after it."""
         try:

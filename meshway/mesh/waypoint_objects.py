@@ -50,7 +50,9 @@ def build_waypoint_objects(gateway: Body) -> list[tuple[str, Body]]:
                 {"name": "ISTIO_META_WORKLOAD_NAME", "value": name},
                 {"name": "ISTIO_META_OWNER", "value": f"kubernetes://apis/apps/v1/namespaces/{ns}/deployments/{name}"},
                 {"name": "ISTIO_META_CLUSTER_ID", "value": "Kubernetes"},
-                {"name": "TRUST_DOMAIN", "value": L.CLUSTER_DOMAIN}],
+                {"name": "TRUST_DOMAIN", "value": L.CLUSTER_DOMAIN},
+                # where the proxy gets its certificate and config: istiod's xDS port over mTLS
+                {"name": "CA_ADDR", "value": f"istiod.{L.ROOT_NAMESPACE}.svc:15012"}],
         "ports": [{"containerPort": 15020, "name": "metrics", "protocol": "TCP"},
                   {"containerPort": 15021, "name": "status-port", "protocol": "TCP"},
                   {"containerPort": 15090, "name": "http-envoy-prom", "protocol": "TCP"}],
