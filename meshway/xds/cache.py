@@ -258,10 +258,43 @@ def _named_refs(msg: Message) -> Iterator[tuple[str, str]]:
             yield SECRET, msg.name
 
 
+_REFERRING = frozenset({*_CLUSTER_FIELDS, "envoy.extensions.filters.network.http_connection_manager.v3.Rds",
+                        "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig"})
+_ANY = "google.protobuf.Any"
+_MAY_REFER: dict[str, bool] = {}  # message full name -> whether one can contain a reference (fixed per type)
+
+
+def detect_may_refer(descriptor: Any) -> bool:
+    """Whether a message of this type can hold a reference (`_named_refs`) in itself, in a nested
+    message or in an `Any` (whose content may be anything): the walk skips every other subtree
+    (endpoints, metadata, most filters)."""
+    name = descriptor.full_name
+    if name not in _MAY_REFER:
+        reachable, stack = {}, [descriptor]
+        while stack:  # every message type reachable from this one that is not known yet
+            d = stack.pop()
+            if d.full_name in reachable or d.full_name in _MAY_REFER:
+                continue
+            reachable[d.full_name] = d
+            stack.extend(f.message_type for f in d.fields if f.message_type is not None)
+        refer = {n: n in _REFERRING or n == _ANY for n in reachable}
+        changed = True
+        while changed:  # a fixpoint: recursive types (matchers) are settled together
+            changed = False
+            for n, d in reachable.items():
+                if not refer[n] and any(f.message_type is not None and (
+                        refer.get(f.message_type.full_name) or _MAY_REFER.get(f.message_type.full_name))
+                        for f in d.fields):
+                    refer[n] = changed = True
+        _MAY_REFER.update(refer)
+    return _MAY_REFER[name]
+
+
 def _walk(msg: Message) -> Iterator[Message]:
-    """Every message inside `msg`, including the contents of `Any` fields whose type is known."""
+    """Every message inside `msg` that can hold a reference, including the contents of `Any`
+    fields whose type is known."""
     yield msg
-    if msg.DESCRIPTOR.full_name == "google.protobuf.Any":
+    if msg.DESCRIPTOR.full_name == _ANY:
         inner = _unpack(msg)
         if inner is not None:
             yield from _walk(inner)
@@ -271,9 +304,11 @@ def _walk(msg: Message) -> Iterator[Message]:
             continue
         if field.message_type.GetOptions().map_entry:
             value_field = field.message_type.fields_by_name["value"]
-            if value_field.type == FieldDescriptor.TYPE_MESSAGE:
+            if value_field.type == FieldDescriptor.TYPE_MESSAGE and detect_may_refer(value_field.message_type):
                 for item in value.values():
                     yield from _walk(item)
+        elif not detect_may_refer(field.message_type):
+            continue
         elif field.is_repeated:
             for item in value:
                 yield from _walk(item)
@@ -281,12 +316,21 @@ def _walk(msg: Message) -> Iterator[Message]:
             yield from _walk(value)
 
 
+_ANY_TYPES: dict[str, Any] = {}  # type URL -> the message class, None if unknown
+
+
 def _unpack(packed: AnyProto) -> Message | None:
-    try:
-        descriptor = descriptor_pool.Default().FindMessageTypeByName(packed.TypeName())
-    except KeyError:
+    """The content of an `Any`, if its type is known and can hold a reference."""
+    if packed.type_url not in _ANY_TYPES:
+        try:
+            found = descriptor_pool.Default().FindMessageTypeByName(packed.TypeName())
+        except KeyError:
+            found = None
+        _ANY_TYPES[packed.type_url] = message_factory.GetMessageClass(found) if found is not None else None
+    cls = _ANY_TYPES[packed.type_url]
+    if cls is None or not detect_may_refer(cls.DESCRIPTOR):
         return None
-    inner = message_factory.GetMessageClass(descriptor)()
+    inner = cls()
     return inner if packed.Unpack(inner) else None
 
 
