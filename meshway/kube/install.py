@@ -97,7 +97,9 @@ def write_rbac_table(cluster_rules: Iterable[Rule] = CLUSTER_RULES,
 
 # -- the objects meshway adds to the upstream CRDs ------------------------------------------------
 def build_namespace() -> Body:
-    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+    # The label gives the apply a field to own: an apply that owns nothing leaves no managedFields,
+    # and the next one would then add the API server's `before-first-apply` entry (a change).
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE, "labels": dict(PART_OF)}}
 
 
 def build_gateway_class() -> Body:
