@@ -18,8 +18,9 @@ Event-driven, off the event loop: the asyncio loop serves ADS and keeps the time
 processes, status writes) runs in one worker thread, one round at a time (`_round`). A round starts
 when a store commit is signalled (`meshway.store.notify`, with a slow safety poll), when an Envoy
 exits (a pidfd per process, read by the loop; the processes are also checked every second), when a
-timer is due (debounced push, readiness and proxy-status.json every `poll`, a restart's backoff,
-resync, drain deadline), or when a proxy ACKs while node proxies wait for the waypoints. Store changes are debounced as istiod does (`Debouncer`:
+timer is due (debounced push, readiness and proxy-status.json every `poll` with pods to probe and
+every second without, a restart's backoff, resync, drain deadline), or when a proxy ACKs or NACKs
+(readiness, proxy-status.json, node proxies waiting for the waypoints). Store changes are debounced as istiod does (`Debouncer`:
 `debounce` of quiet, at most `debounce_max` under a burst), except that a change after a quiet
 period is pushed at once.
 
@@ -70,7 +71,7 @@ from ..xds.memo import Memo
 from ..xds.protos import MessageCache
 from ..xds.mtls import build_mtls_listener
 from ..xds.server import XdsServer
-from ..xds.stream import Acked, Event
+from ..xds.stream import Acked, Event, Nacked
 from ..xds.validate import ValidationCache
 from .envoy import EnvoyPaths, detect_restart_count, find_envoy, read_pid, read_starts, start_envoy, stop_envoy
 from .capture import apply_capture_rules, apply_service_nat
@@ -84,6 +85,7 @@ NODE_PUSH_WAIT = 1.0  # at most this long, node proxies wait for the waypoints t
 MAX_PROBLEM = 600  # characters of an exception's text kept on status
 BUILD_RETRY = 5.0  # seconds before a proxy whose build failed is built again without a change
 SUPERVISE_POLL = 1.0  # with exit notifications (pidfd), the Envoys are also checked this often
+HOUSEKEEPING_IDLE = 1.0  # readiness and proxy-status.json at least this often when no ADS event wakes them
 
 
 @dataclass
@@ -141,8 +143,8 @@ class ControlPlane:
                  debounce_max: float = 0.1, safety_poll: float = 1.0, build_budget: float = 2.0,
                  clock=time.monotonic, xds_addr: str | None = None, xds_ips: tuple[str, ...] = ()):
         """`debounce`/`debounce_max`: quiet period after a store change and the longest a burst waits
-        (istiod's PILOT_DEBOUNCE_AFTER/MAX); `poll`: housekeeping period (process supervision,
-        readiness, proxy-status.json); `safety_poll`: how often the store is read without a commit
+        (istiod's PILOT_DEBOUNCE_AFTER/MAX); `poll`: housekeeping period (pod probes, readiness,
+        proxy-status.json; at least HOUSEKEEPING_IDLE without pods: ADS events wake it then); `safety_poll`: how often the store is read without a commit
         signal; `build_budget`: seconds one proxy's translation may take before it is reported;
         `clock`: the debouncer's and the round timers' clock; `xds_addr`: HOST:PORT of ADS over TCP +
         mTLS besides the Unix socket (istiod's 15012, `meshway.xds.mtls`), its certificate also naming
@@ -201,6 +203,7 @@ class ControlPlane:
         self._failed_builds: set[str] = set()  # node ids whose last build raised: retried every BUILD_RETRY
         self._alive: dict[str, bool] = {}  # node id -> its Envoy ran at this round's supervision
         self._xds_events = 0  # ADS events seen (on the loop): proxy-status.json is rewritten only after some
+        self._housekept_events = -1  # `_xds_events` when housekeeping last ran
         self._status_key: object = None
         # Exit notifications: a pidfd per running Envoy, read by the loop (`_on_exit`), so a crash
         # starts a round at once and the processes need no 50 ms polling.
@@ -819,11 +822,12 @@ class ControlPlane:
             self._wake.set()
 
     def _on_xds_event(self, node_id: str, event: Event) -> None:
-        """On the loop: metrics, and a round as soon as a proxy ACKs while node proxies wait for the
-        waypoints to have a change (`_maybe_sync_nodes`)."""
+        """On the loop: metrics, and a round as soon as a proxy ACKs or NACKs: its readiness and
+        proxy-status.json follow (housekeeping), and node proxies that wait for the waypoints to
+        have a change go ahead (`_maybe_sync_nodes`)."""
         self.metrics.on_event(node_id, event)
         self._xds_events += 1
-        if isinstance(event, Acked) and self._nodes_due != NEVER and self._wake is not None:
+        if isinstance(event, (Acked, Nacked)) and self._wake is not None:
             self._wake.set()
 
     def _start(self) -> None:
@@ -866,13 +870,17 @@ class ControlPlane:
             self._exits_seen = self._exits
             self._step("supervise", self._supervise)
             self._next_supervise = now + (SUPERVISE_POLL if self._pidfds and self._loop is not None else self.poll)
-        if now >= self._next_housekeeping:
+        if now >= self._next_housekeeping or self._xds_events != self._housekept_events:
+            self._housekept_events = self._xds_events
             self._step("readiness", self._readiness)
             if self.cluster is not None:
                 self._step("pods", self._pod_readiness)
                 self._step("capture", self._retry_capture)
             self._step("proxy status", self._write_status_file)
-            self._next_housekeeping = now + self.poll
+            # Pods' readiness probes are polled; the waypoints' readiness follows their ACKs, which
+            # wake a round (`_on_xds_event`), so without pods an idle control plane sleeps.
+            idle = self.poll if self.cluster is not None else max(self.poll, HOUSEKEEPING_IDLE)
+            self._next_housekeeping = now + idle
         self._step("status", self._flush_statuses)
         if not self._failed_builds:
             self._next_build_retry = NEVER
