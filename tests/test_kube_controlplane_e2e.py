@@ -59,6 +59,7 @@ def cluster():
         out = subprocess.run([sys.executable, "-m", "meshway", "install", "--kubeconfig", str(h.kubeconfig)],
                              capture_output=True, text=True, timeout=180)
         assert out.returncode == 0, out.stderr
+        kubectl(bin_dir, h.kubeconfig, "apply", "-n", "default", "-f", str(BOOKINFO))
         yield h, bin_dir
     finally:
         h.stop()
@@ -279,6 +280,9 @@ def test_restart_adopts_apiserver_restart_resumes_and_leader_handover(cluster, t
         kubectl(bin_dir, h.kubeconfig, "delete", "deploy", "wp2", "-n", "default")
         wait_for("the new leader to re-apply deploy/wp2", lambda: try_get(h, bin_dir, "deploy", "wp2", "-n", "default"),
                  30)
+        second.kill(signal.SIGTERM)  # a clean stop releases the Lease (no 15 s wait for a successor)
+        assert get_json(h, bin_dir, "lease", "meshway-controlplane", "-n", "istio-system")["spec"].get(
+            "holderIdentity", "") == ""
     finally:
         first.kill(signal.SIGTERM)
         if second is not None:
