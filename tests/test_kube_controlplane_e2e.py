@@ -371,3 +371,62 @@ def test_bad_input_gets_the_embedded_stores_conditions(cluster, tmp_path):
     finally:
         cp.kill(signal.SIGTERM)
         kubectl(bin_dir, h.kubeconfig, "delete", "-f", str(tmp_path / "bad.yaml"), "--ignore-not-found")
+
+
+def test_a_waypoint_pod_gets_its_config_over_tcp_mtls(cluster, tmp_path):
+    """`--xds-addr`: the translation runs on the same watches, and a waypoint pod's Envoy that
+    dials the control plane over TCP + mTLS with its workload certificate gets its config and ACKs.
+    This cluster has no kubelet yet (issue "Kubernetes nodes"), so the test does the kubelet's one
+    step the control plane reads: it writes the pod's IP and phase on its status."""
+    from meshway.ca import CertificateAuthority
+    from meshway.runtime.envoy_admin import AdminError
+    from meshway.xds.proxy import build_node_id
+    from test_xds_mtls import Proxy, require_envoy
+
+    h, bin_dir = cluster
+    envoy = require_envoy()
+    state = tmp_path / "state"
+    log = tmp_path / "cp.log"
+    proc = subprocess.Popen([sys.executable, "-m", "meshway", "controlplane", "--kubeconfig", str(h.kubeconfig),
+                             "--xds-addr", "127.0.0.1:0", "-v"], stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True, env={**os.environ, "MESHWAY_STATE_DIR": str(state)})
+    proxy = None
+    try:
+        kubectl(bin_dir, h.kubeconfig, "create", "namespace", "xds")
+        (tmp_path / "wp.yaml").write_text(WAYPOINT.replace("namespace: default", "namespace: xds"))
+        kubectl(bin_dir, h.kubeconfig, "apply", "-f", str(tmp_path / "wp.yaml"))
+        pod = wait_for("the waypoint pod", lambda: (json.loads(kubectl(
+            bin_dir, h.kubeconfig, "get", "pods", "-n", "xds", "-l", "gateway.networking.k8s.io/gateway-name=waypoint",
+            "-o", "json"))["items"] or [None])[0], 60)
+        name, ip = pod["metadata"]["name"], "10.244.1.10"
+        kubectl(bin_dir, h.kubeconfig, "patch", "pod", name, "-n", "xds", "--subresource=status", "--type=merge",
+                "-p", json.dumps({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}))
+        address = wait_for("run/xds-address", lambda: (state / "run" / "xds-address").exists()
+                           and (state / "run" / "xds-address").read_text().strip(), 60)
+        ca = CertificateAuthority(state)
+        node_id = build_node_id("waypoint", ip, name, "xds")
+        proxy = Proxy(tmp_path, "wp", node_id, ca.issue("xds", "waypoint"), ca.root_pem(), address, envoy)
+        def configured() -> bool:
+            try:
+                return bool(proxy.dynamic("listeners") and proxy.dynamic("clusters"))
+            except AdminError:  # the admin socket is not there yet
+                return False
+        try:
+            wait_for("the waypoint's listeners and clusters over TCP + mTLS", configured, 90)
+        except BaseException:
+            print(proxy.log(), log.read_text()[-4000:])
+            raise
+        stats = proxy.stats()
+        assert stats.get("cluster_manager.cds.update_rejected", 0) == 0
+        assert stats.get("listener_manager.lds.update_rejected", 0) == 0
+        status = json.loads((state / "run" / "proxy-status.json").read_text())[node_id]
+        assert status["connected"] and {t: status["xds"][t]["state"] for t in ("Cluster", "Listener", "Secret")} == \
+            {"Cluster": "SYNCED", "Listener": "SYNCED", "Secret": "SYNCED"}, status
+        assert proc.poll() is None, log.read_text()[-3000:]
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+        kubectl(bin_dir, h.kubeconfig, "delete", "namespace", "xds", "--wait=false")

@@ -49,7 +49,9 @@ def controlplane(c: Ctx, sotw: bool, verbose: bool, cluster_mode: bool, nodes: i
     """Run the control plane in the foreground: store watch, translation, ADS/SDS, waypoint replicas."""
     ttl = parse_secret_ttl(secret_ttl)
     if kubeconfig or in_cluster:
-        run_kube_controlplane(kubeconfig, kube_context, verbose)
+        if xds_addr:
+            check_xds_addr(xds_addr, xds_ips)
+        run_kube_controlplane(kubeconfig, kube_context, verbose, xds_addr, xds_ips, ttl, not sotw)
         return
     from ..runtime.controlplane import ControlPlane
 
@@ -99,8 +101,13 @@ def controlplane(c: Ctx, sotw: bool, verbose: bool, cluster_mode: bool, nodes: i
         cp.stop_proxies()
 
 
-def run_kube_controlplane(kubeconfig: str | None, context: str | None, verbose: bool) -> None:
-    """The control plane as a Kubernetes controller (meshway.kube.controlplane), until SIGTERM/SIGINT."""
+def run_kube_controlplane(kubeconfig: str | None, context: str | None, verbose: bool, xds_addr: str | None = None,
+                          xds_ips: tuple[str, ...] = (), ttl: timedelta | None = None, delta: bool = True) -> None:
+    """The control plane on a Kubernetes API, until SIGTERM/SIGINT: the controller
+    (meshway.kube.controlplane: waypoint objects, statuses, under the Lease) and, with `xds_addr`,
+    the translation and ADS over TCP + mTLS for proxies that run as pods (meshway.runtime.controlplane
+    on the same watches, serving them, never starting them). The CA and xDS tokens live in the state
+    folder ($MESHWAY_STATE_DIR, else the default one's `kubernetes/<API server>` subfolder)."""
     from ..kube.client import KubeClient
     from ..kube.controlplane import KubeControlPlane
 
@@ -110,12 +117,58 @@ def run_kube_controlplane(kubeconfig: str | None, context: str | None, verbose: 
         client = KubeClient.connect(kubeconfig, context)
     except Exception as exc:  # noqa: BLE001: a bad kubeconfig: one line
         raise click.ClickException(f"cannot load the Kubernetes credentials: {exc}") from None
-    cp = KubeControlPlane(client)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: cp.stop())
-    click.echo(f"meshway control plane: Kubernetes API {client.host} (lease istio-system/{cp.leader.name}, "
-               f"identity {cp.identity})")
-    cp.run()
+    kcp = KubeControlPlane(client)
+    click.echo(f"meshway control plane: Kubernetes API {client.host} (lease istio-system/{kcp.leader.name}, "
+               f"identity {kcp.identity})")
+    if not xds_addr:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: kcp.stop())
+        kcp.run()
+        return
+    _serve_xds_on_kubernetes(kcp, client, xds_addr, xds_ips, ttl, delta)
+
+
+def kube_state_dir(server: str) -> "Path":
+    import hashlib
+    from pathlib import Path
+
+    from ..store import default_state_dir
+
+    env = os.environ.get("MESHWAY_STATE_DIR")
+    if env:
+        return Path(env)
+    return default_state_dir() / "kubernetes" / hashlib.sha256(server.encode()).hexdigest()[:12]
+
+
+def _serve_xds_on_kubernetes(kcp, client, xds_addr: str, xds_ips: tuple[str, ...], ttl, delta: bool) -> None:
+    import threading
+
+    from ..kube.backend import KubeBackend
+    from ..kube.controlplane import SYNC_TIMEOUT
+    from ..runtime.controlplane import ControlPlane
+    from ..runtime.placement import PodPlacement
+
+    kcp.source.start()
+    kcp.source.wait_synced(SYNC_TIMEOUT)
+    backend = KubeBackend(client, kcp.source, writes_allowed=lambda: kcp.leader.leading)
+    cp = ControlPlane(kube_state_dir(client.host), placement=PodPlacement(), delta=delta, store=backend,
+                      run_proxies=False, secret_ttl=ttl or timedelta(hours=24), xds_addr=xds_addr, xds_ips=xds_ips)
+    controller = threading.Thread(target=kcp.run, name="kube-controller", daemon=True)
+    controller.start()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        click.echo(f"meshway control plane: ADS over TCP + mTLS on {xds_addr}, state {cp.state_dir}")
+        await cp.run(stop)
+
+    try:
+        asyncio.run(main())
+    finally:
+        kcp.stop()
+        controller.join(10)
 
 
 def check_xds_addr(xds_addr: str | None, xds_ips: tuple[str, ...]) -> None:

@@ -38,11 +38,12 @@ class KubeControlPlane:
     renew_deadline: float = 10.0
     retry: float = 2.0
     reconciles: int = 0
+    source: KubeSource | None = None  # shared with the translating control plane (`--xds-addr`)
     _seen_rv: int = 0
     _force: bool = False
 
     def __post_init__(self) -> None:
-        self.source = KubeSource(self.client)
+        self.source = self.source or KubeSource(self.client)
         self.stop_event = self.source.stop_event
         self.controller = KubeController(self.client)
         self.leader = LeaderElector(self.client, self.identity, self.stop_event, on_change=self._on_leader,

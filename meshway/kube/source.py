@@ -37,60 +37,15 @@ def plan_watches(kinds: Iterable[str] = XDS_KINDS + ("ServiceAccount",)) -> list
     return out
 
 
-class KubeSource:
-    def __init__(self, client: KubeClient, kinds: Iterable[str] = XDS_KINDS + ("ServiceAccount",)) -> None:
-        self.client = client
-        self.stop_event = threading.Event()
-        self._lock = threading.Lock()
-        self._objects: dict[str, dict[tuple[str, str], Body]] = {}
-        self._log: list[Change] = []
-        self._rv = 0
+class Wakeup:
+    """A non-blocking pipe: `wake()` makes `fileno()` readable until `drain()`."""
+
+    def __init__(self) -> None:
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._read_fd, False)
         os.set_blocking(self._write_fd, False)
-        self.reflectors = [Reflector(client, w, self._emit, self.stop_event) for w in plan_watches(kinds)]
-        for r in self.reflectors:
-            self._objects[r.watched.kind] = {}
-        self._threads: list[threading.Thread] = []
-
-    # -- lifecycle --------------------------------------------------------------------------------
-    def start(self) -> None:
-        for r in self.reflectors:
-            t = threading.Thread(target=r.run, name=f"watch-{r.watched.kind}", daemon=True)
-            t.start()
-            self._threads.append(t)
-
-    def wait_synced(self, timeout: float) -> list[str]:
-        """Waits until every kind was listed once; the kinds still not listed (empty when all were)."""
-        for r in self.reflectors:
-            r.synced.wait(timeout)
-        return [r.watched.kind for r in self.reflectors if not r.synced.is_set()]
-
-    def close(self) -> None:
-        self.stop_event.set()
-        for fd in (self._read_fd, self._write_fd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-    # -- the change log ---------------------------------------------------------------------------
-    def _emit(self, kind: str, change_type: str, body: Body) -> None:
-        meta = body["metadata"]
-        key = (meta.get("namespace") or "", meta["name"])
-        with self._lock:
-            if change_type == "DELETED":
-                self._objects[kind].pop(key, None)
-            else:
-                self._objects[kind][key] = body
-            self._rv += 1
-            self._log.append(Change(self._rv, change_type, kind, key[0], key[1], body))
-            if len(self._log) > KEEP_CHANGES:
-                del self._log[: len(self._log) - KEEP_CHANGES]
-        self.wake()
 
     def wake(self) -> None:
-        """Make `fileno()` readable (a change, or the owner's own reason to look again)."""
         try:
             os.write(self._write_fd, b"x")
         except (BlockingIOError, OSError):  # the pipe is full (the reader will read everything) or closed
@@ -109,6 +64,82 @@ class KubeSource:
             if not data:
                 return count
             count += len(data)
+
+    def close(self) -> None:
+        for fd in (self._read_fd, self._write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class KubeSource:
+    def __init__(self, client: KubeClient, kinds: Iterable[str] = XDS_KINDS + ("ServiceAccount",)) -> None:
+        self.client = client
+        self.stop_event = threading.Event()
+        self._lock = threading.Lock()
+        self._objects: dict[str, dict[tuple[str, str], Body]] = {}
+        self._log: list[Change] = []
+        self._rv = 0
+        self._wakeups: list[Wakeup] = []
+        self._default = self.subscribe()
+        self.reflectors = [Reflector(client, w, self._emit, self.stop_event) for w in plan_watches(kinds)]
+        for r in self.reflectors:
+            self._objects[r.watched.kind] = {}
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the watches (once; a second call does nothing)."""
+        if self._threads:
+            return
+        for r in self.reflectors:
+            t = threading.Thread(target=r.run, name=f"watch-{r.watched.kind}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def wait_synced(self, timeout: float) -> list[str]:
+        """Waits until every kind was listed once; the kinds still not listed (empty when all were)."""
+        for r in self.reflectors:
+            r.synced.wait(timeout)
+        return [r.watched.kind for r in self.reflectors if not r.synced.is_set()]
+
+    def close(self) -> None:
+        self.stop_event.set()
+        for wakeup in self._wakeups:
+            wakeup.close()
+
+    def subscribe(self) -> "Wakeup":
+        """A wake-up of one's own (each reader drains only its own pipe)."""
+        wakeup = Wakeup()
+        self._wakeups.append(wakeup)
+        return wakeup
+
+    # -- the change log ---------------------------------------------------------------------------
+    def _emit(self, kind: str, change_type: str, body: Body) -> None:
+        meta = body["metadata"]
+        key = (meta.get("namespace") or "", meta["name"])
+        with self._lock:
+            if change_type == "DELETED":
+                self._objects[kind].pop(key, None)
+            else:
+                self._objects[kind][key] = body
+            self._rv += 1
+            self._log.append(Change(self._rv, change_type, kind, key[0], key[1], body))
+            if len(self._log) > KEEP_CHANGES:
+                del self._log[: len(self._log) - KEEP_CHANGES]
+        self.wake()
+
+    def wake(self) -> None:
+        """Make every subscriber's `fileno()` readable (a change, or an owner's reason to look again)."""
+        for wakeup in self._wakeups:
+            wakeup.wake()
+
+    def fileno(self) -> int:
+        return self._default.fileno()
+
+    def drain(self) -> int:
+        return self._default.drain()
 
     def current_rv(self) -> int:
         with self._lock:

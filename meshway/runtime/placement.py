@@ -86,3 +86,19 @@ class NetnsPlacement:
     @staticmethod
     def dial(pod_ip: str) -> str:
         return pod_ip
+
+
+class PodPlacement:
+    """Replicas are pods that a node agent runs (Kubernetes): they listen on their pod IP."""
+
+    name = "pod"
+
+    def listen_address(self, replica: Replica) -> str:
+        return "0.0.0.0"
+
+    def command_prefix(self, replica: Replica) -> list[str]:
+        return []
+
+    @staticmethod
+    def dial(pod_ip: str) -> str:
+        return pod_ip
