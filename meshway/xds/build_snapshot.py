@@ -179,7 +179,8 @@ class _WaypointBuild:
         self.clusters: dict[str, Body] = {c["name"]: c for c in build_static_clusters(proxy)}
         self.endpoints: dict[str, Body] = {}
         self.hashing: dict[str, list[Body]] = {}  # cluster -> the route hash_policy its DR's consistentHash needs
-        self.by_host = {h: s for s in scope.services for h in _hosts(s)}
+        self.by_host = memo.get(("by-host",), (scope.services,),
+                                lambda: {h: s for s in scope.services for h in _hosts(s)})
         self.effects = 0  # notes and clusters the listener's callbacks (logs_for, tracing_for) added
 
     def add_service_clusters(self) -> None:

@@ -31,7 +31,7 @@ TYPE_PREFIX = "type.googleapis.com/"
 SHORT_NAMES = {CLUSTER: "Cluster", ENDPOINT: "ClusterLoadAssignment", LISTENER: "Listener",
                ROUTE: "RouteConfiguration", SECRET: "Secret"}
 
-_ABSENT = b"\x00absent"  # what a requested-but-missing name contributes to a version hash
+_ABSENT = "-"  # what a requested-but-missing name contributes to a version hash (a hash is hex)
 
 
 def type_url_of(msg: Message) -> str:
@@ -168,13 +168,13 @@ class Snapshot(Mapping[str, Mapping[str, Message]]):
         selected = None if names is None else tuple(sorted(set(names)))
         key = (type_url, selected)
         if key not in self._versions:
+            # a hash of each name and its resource's content hash (memoized per message): a change
+            # to one resource of a thousand re-hashes a line per resource, not every resource
             have = self.resources(type_url)
             wanted = sorted(have) if selected is None else selected
-            parts: list[bytes] = []
-            for name in wanted:
-                parts.append(name.encode())
-                parts.append(self.packed(type_url, name).value if name in have else _ABSENT)
-            self._versions[key] = _hash(parts)
+            lines = "\n".join(f"{name}\t{self.resource_version(type_url, name) if name in have else _ABSENT}"
+                              for name in wanted)
+            self._versions[key] = _hash([lines.encode()])
         return self._versions[key]
 
 
