@@ -294,8 +294,28 @@ def test_install_applies_in_order_and_waits_for_the_crds_before_the_class():
     assert applies == [s.path for s in PLAN]
     first_after_crds = api.calls.index(("apply", PLAN[len(CRDS)].path))
     reads_before = {p for v, p in api.calls[:first_after_crds] if v == "get"}
-    assert reads_before == {s.path for s in PLAN if s.kind == I.CRD}
+    namespace = next(s.path for s in PLAN if s.kind == "Namespace")  # read: did it exist before?
+    assert reads_before == {s.path for s in PLAN if s.kind == I.CRD} | {namespace}
     assert all(api.reads[s.path] >= 3 for s in PLAN if s.kind == I.CRD)
+
+
+def test_uninstall_deletes_istio_system_only_if_install_created_it():
+    namespace = next(s for s in PLAN if s.kind == "Namespace")
+    api, out = FakeApi(), []
+    installer(api, out).install(PLAN)  # a new cluster: install creates istio-system and says so
+    assert api.objects[namespace.path]["metadata"]["annotations"] == {I.CREATED_BY_INSTALL: "true"}
+    installer(api, out).install(PLAN)  # a re-install keeps the mark
+    assert api.objects[namespace.path]["metadata"]["annotations"] == {I.CREATED_BY_INSTALL: "true"}
+    deleted = installer(api, out).uninstall(I.plan_uninstall(I.load_crd_documents()))
+    assert namespace.path in {s.path for s in deleted}
+
+    api, out = FakeApi(existing=(namespace.path,)), []  # istio-system was there before (e.g. Istio)
+    installer(api, out).install(PLAN)
+    assert "annotations" not in api.objects[namespace.path]["metadata"]
+    deleted = installer(api, out).uninstall(I.plan_uninstall(I.load_crd_documents()))
+    assert namespace.path not in {s.path for s in deleted}
+    assert 'namespace "istio-system" kept: it existed before `meshway install`' in out
+    assert namespace.path in api.objects
 
 
 def test_a_crd_that_never_establishes_is_named():

@@ -12,6 +12,8 @@ DELETE in reverse order with a bounded wait until each object is gone (as `kubec
 """
 from __future__ import annotations
 
+import dataclasses
+
 import re
 import time
 from dataclasses import dataclass
@@ -96,6 +98,16 @@ def write_rbac_table(cluster_rules: Iterable[Rule] = CLUSTER_RULES,
 
 
 # -- the objects meshway adds to the upstream CRDs ------------------------------------------------
+CREATED_BY_INSTALL = "meshway.io/created-by-install"
+
+
+def mark_created(step: "Step") -> "Step":
+    """The Namespace step with the annotation saying install created it (kept by later installs)."""
+    body = {**step.body, "metadata": {**step.body["metadata"],
+                                      "annotations": {CREATED_BY_INSTALL: "true"}}}
+    return dataclasses.replace(step, body=body)
+
+
 def build_namespace() -> Body:
     # The label gives the apply a field to own: an apply that owns nothing leaves no managedFields,
     # and the next one would then add the API server's `before-first-apply` entry (a change).
@@ -276,8 +288,15 @@ class Installer:
     establish_timeout: float = ESTABLISH_TIMEOUT
     delete_timeout: float = DELETE_TIMEOUT
 
+    def _namespace_created_here(self, step: Step) -> bool:
+        """Whether install made (or makes now) this Namespace: it did not exist before, or an earlier
+        install marked it so. Only such a namespace is deleted by uninstall."""
+        live = self.call(step, "read", lambda: self.client.get(step.path), missing_ok=True)
+        return live is None or CREATED_BY_INSTALL in ((live.get("metadata") or {}).get("annotations") or {})
+
     def install(self, plan: list[Step]) -> None:
         pending: list[Step] = []
+        plan = [mark_created(s) if s.kind == "Namespace" and self._namespace_created_here(s) else s for s in plan]
         for step in plan:
             if step.kind != CRD and pending:
                 self.wait_established(pending)
@@ -307,6 +326,11 @@ class Installer:
     def uninstall(self, plan: list[Step]) -> list[Step]:
         deleted = []
         for step in plan:
+            if step.kind == "Namespace":
+                live = self.call(step, "read", lambda: self.client.get(step.path), missing_ok=True)
+                if live is not None and CREATED_BY_INSTALL not in ((live.get("metadata") or {}).get("annotations") or {}):
+                    self.echo(f'namespace "{step.name}" kept: it existed before `meshway install`')
+                    continue
             if self.call(step, "delete", lambda: self.client.delete(step.path, propagation="Background"),
                          missing_ok=True) is None:
                 continue
