@@ -18,8 +18,13 @@ from .main import Ctx, cli, pass_ctx
               help="Require the network-namespace cluster (root, Linux, ip, iptables), or run the loopback mode "
                    "(waypoints only, no application pods). Default: the cluster where this machine allows it, "
                    "else loopback, saying why.")
+@click.option("--kubernetes", is_flag=True,
+              help="Run a Kubernetes cluster on this machine instead (kube-apiserver, etcd, controller-manager and "
+                   "scheduler built by scripts/build-kubernetes, meshway's control plane and node agents) and apply "
+                   "the demo through its API; prints the KUBECONFIG to export.")
 @pass_ctx
-def up(c: Ctx, files: tuple[str, ...], nodes: int | None, metrics_addr: str, mode: bool | None) -> None:
+def up(c: Ctx, files: tuple[str, ...], nodes: int | None, metrics_addr: str, mode: bool | None,
+       kubernetes: bool) -> None:
     """Start the mesh: control plane, network-namespace cluster, node proxies, waypoints, and the
     bundled demo (bookinfo, a namespace waypoint, the reviews 90/10 split) or -f manifests."""
     from .main import read_manifests
@@ -27,7 +32,21 @@ def up(c: Ctx, files: tuple[str, ...], nodes: int | None, metrics_addr: str, mod
 
     if files:
         read_manifests(files, None)  # a missing or bad file fails here, before anything starts
+    if kubernetes:
+        up_kubernetes(c, files, nodes or 1)
+        return
     run_walkthrough(c, files, nodes, metrics_addr or None, mode)
+
+
+def up_kubernetes(c: Ctx, files: tuple[str, ...], nodes: int) -> None:
+    from ..kube.localcluster import LocalCluster, LocalClusterError
+    from .walkthrough import run_kube_demo
+
+    cluster = LocalCluster(c.store.state_dir / "kubernetes")
+    try:
+        cluster.up(nodes, click.echo, apply_demo=lambda kubeconfig: run_kube_demo(kubeconfig, files))
+    except LocalClusterError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @cli.command()
@@ -39,7 +58,10 @@ def down(c: Ctx, purge: bool) -> None:
 
     from ..runtime.daemon import stop_all
 
+    from ..kube.localcluster import LocalCluster
+
     state_dir = c.store.state_dir
+    LocalCluster(state_dir / "kubernetes").down(click.echo)  # `up --kubernetes`: nothing when it never ran
     for what in stop_all(state_dir):
         click.echo(f"stopped {what}")
     if purge:

@@ -27,6 +27,26 @@ def _run(c: Ctx, args: list[str]) -> None:
     click.echo()
 
 
+def run_kube_demo(kubeconfig: Path, files: tuple[str, ...]) -> None:
+    """The walk-through's steps (or `files`) through a Kubernetes API (`meshway up --kubernetes`)."""
+    def step(args: list[str]) -> None:
+        click.secho(f"$ meshway {' '.join(args)}", bold=True)
+        try:
+            code = cli.main(["--kubeconfig", str(kubeconfig), *args], prog_name="meshway", standalone_mode=False)
+        except SystemExit as exc:
+            code = exc.code
+        if code:
+            raise click.exceptions.Exit(code)
+        click.echo()
+    if files:
+        step(["apply", *[arg for f in files for arg in ("-f", f)]])
+        return
+    step(["apply", "-f", str(DEMO / "bookinfo.yaml"), "-f", str(DEMO / "bookinfo-client.yaml")])
+    step(["label", "namespace", "default", "istio.io/dataplane-mode=ambient", "--overwrite"])
+    step(["waypoint", "apply", "-n", "default", "--enroll-namespace", "--overwrite"])
+    step(["apply", "-f", str(DEMO / "reviews-traffic.yaml")])
+
+
 def _run_process(c: Ctx, args: list[str]) -> None:
     """A step that replaces its process (`exec`): run it as a child."""
     click.secho(f"$ meshway {' '.join(args)}", bold=True)
