@@ -196,7 +196,8 @@ def test_writes_are_the_waypoint_objects_and_status_only():
     assert status == {(g, f"{r}/status", v) for g, r in (
         ("gateway.networking.k8s.io", "gateways"), ("gateway.networking.k8s.io", "gatewayclasses"),
         ("gateway.networking.k8s.io", "httproutes"), ("", "services"), ("networking.istio.io", "serviceentries"),
-        ("networking.istio.io", "envoyfilters"), ("security.istio.io", "authorizationpolicies"))
+        ("networking.istio.io", "envoyfilters"), ("security.istio.io", "authorizationpolicies"),
+        ("security.istio.io", "requestauthentications"))
         for v in ("update", "patch")}
 
 

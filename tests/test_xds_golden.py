@@ -23,6 +23,7 @@ CASES = {
     "empty": ([GOLDEN / "empty.yaml"], "default"),
     "envoyfilter": ([BOOKINFO, TRAFFIC, GOLDEN / "reviews.yaml", GOLDEN / "envoyfilter.yaml"], "default"),
     "extauthz": ([GOLDEN / "extauthz.yaml"], "foo"),
+    "jwt": ([GOLDEN / "jwt.yaml"], "foo"),
     "tracing": ([GOLDEN / "tracing.yaml"], "trace"),
 }
 

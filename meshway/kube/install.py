@@ -66,7 +66,8 @@ CLUSTER_RULES: tuple[Rule, ...] = (
     Rule((GW,), ("gateways", "gatewayclasses", "httproutes"), READ, "waypoints, their class and their routes"),
     Rule((NET,), ("serviceentries", "virtualservices", "destinationrules", "envoyfilters"), READ,
          "Istio traffic configuration"),
-    Rule((SEC,), ("authorizationpolicies",), READ, "waypoint and ztunnel policies"),
+    Rule((SEC,), ("authorizationpolicies", "requestauthentications"), READ,
+         "waypoint and ztunnel policies, JWT rules for waypoints"),
     Rule((TEL,), ("telemetries",), READ, "access logs, tracing and metrics settings"),
     Rule(("",), ("serviceaccounts", "services"), WRITE,
          "a waypoint's ServiceAccount and Service (server-side apply; deleted with the Gateway)"),
@@ -77,7 +78,8 @@ CLUSTER_RULES: tuple[Rule, ...] = (
     Rule(("",), ("services/status",), STATUS, "`istio.io/WaypointBound` on services"),
     Rule((NET,), ("serviceentries/status", "envoyfilters/status"), STATUS,
          "`istio.io/WaypointBound` on ServiceEntries; unsupported EnvoyFilter patches"),
-    Rule((SEC,), ("authorizationpolicies/status",), STATUS, "`WaypointAccepted` / `ZtunnelAccepted` on policies"),
+    Rule((SEC,), ("authorizationpolicies/status", "requestauthentications/status"), STATUS,
+         "`WaypointAccepted` / `ZtunnelAccepted` on policies"),
 )
 # Role `meshway` in istio-system only (as istiod's own Role): leases live in the system namespace.
 NAMESPACE_RULES: tuple[Rule, ...] = (

@@ -15,11 +15,13 @@ from typing import Any, Iterable, Mapping
 
 from .. import labels as L
 from ..model.gateway import HTTPRoute
-from ..model.istio import AuthorizationPolicy, DestinationRule, EnvoyFilter, Telemetry, VirtualService
+from ..model.istio import AuthorizationPolicy, DestinationRule, EnvoyFilter, RequestAuthentication, Telemetry, \
+    VirtualService
 
 Body = dict[str, Any]
 MODELS = {"VirtualService": VirtualService, "DestinationRule": DestinationRule, "HTTPRoute": HTTPRoute,
-          "AuthorizationPolicy": AuthorizationPolicy, "Telemetry": Telemetry, "EnvoyFilter": EnvoyFilter}
+          "AuthorizationPolicy": AuthorizationPolicy, "Telemetry": Telemetry, "EnvoyFilter": EnvoyFilter,
+          "RequestAuthentication": RequestAuthentication}
 WILDCARD = frozenset("*?[")
 
 

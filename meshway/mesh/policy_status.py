@@ -1,11 +1,17 @@
 """AuthorizationPolicy status as istiod writes it (pure): `ZtunnelAccepted` for selector and
-namespace policies (node proxies), `WaypointAccepted` for targetRefs policies (waypoints)."""
+namespace policies (node proxies), `WaypointAccepted` for targetRefs policies (waypoints).
+
+RequestAuthentication: istiod writes no status on it. meshway writes `WaypointAccepted` with the
+same reasons as for an AuthorizationPolicy when it has targetRefs, and `WaypointAccepted=False`
+(reason `Ignored`) when it has a selector or none: in ambient mode such a policy applies only to
+sidecars and gateways (waypoints ignore selector policies, ztunnel does not read
+RequestAuthentication), and meshway runs neither, so nothing enforces it."""
 from __future__ import annotations
 
 from typing import Any
 
 from .. import labels as L
-from ..model.istio import AuthorizationPolicy, Rule
+from ..model.istio import AuthorizationPolicy, RequestAuthentication, Rule
 from .providers import find_ext_authz_provider
 from .selection import ACCEPTED, NOT_READY, decide_service
 from .view import MeshView
@@ -55,7 +61,7 @@ def build_ztunnel_condition(policy: AuthorizationPolicy) -> Body:
     return _cond("ZtunnelAccepted", True, "Accepted", "attached to ztunnel")
 
 
-def build_waypoint_condition(policy: AuthorizationPolicy, view: MeshView) -> Body:
+def build_waypoint_condition(policy: AuthorizationPolicy | RequestAuthentication, view: MeshView) -> Body:
     refs = list(policy.spec.targetRefs or []) + ([policy.spec.targetRef] if policy.spec.targetRef else [])
     bound, problems = [], []
     for ref in refs:
@@ -87,7 +93,7 @@ def build_waypoint_condition(policy: AuthorizationPolicy, view: MeshView) -> Bod
         reason, message = problems[0]
         return _cond("WaypointAccepted", False, reason, "; ".join(m for _, m in problems) if len(problems) > 1
                      else message)
-    custom = find_custom_problem(policy, view)
+    custom = find_custom_problem(policy, view) if isinstance(policy, AuthorizationPolicy) else None
     if custom:
         return _cond("WaypointAccepted", False, "Invalid", custom)
     if problems:
@@ -116,3 +122,16 @@ def build_policy_conditions(policy: AuthorizationPolicy, view: MeshView) -> list
         extra = [build_ztunnel_condition(policy)] if detect_dry_run(policy) else []
         return [build_waypoint_condition(policy, view), *extra]
     return [build_ztunnel_condition(policy)]
+
+
+REQUEST_AUTHN_IGNORED = ("RequestAuthentication without targetRefs applies to sidecars and gateways selected by "
+                         "its namespace and labels: waypoints ignore selector policies and ztunnel does not process "
+                         "RequestAuthentication, so no proxy enforces it. Attach it to a waypoint with targetRefs "
+                         "(the waypoint Gateway, or a Service or ServiceEntry bound to it)")
+
+
+def build_request_authn_conditions(policy: RequestAuthentication, view: MeshView) -> list[Body]:
+    """meshway's `WaypointAccepted` on a RequestAuthentication (istiod writes none)."""
+    if policy.spec.targetRefs or policy.spec.targetRef:
+        return [build_waypoint_condition(policy, view)]
+    return [_cond("WaypointAccepted", False, "Ignored", REQUEST_AUTHN_IGNORED)]

@@ -8,15 +8,16 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ..model.istio import AuthorizationPolicy
+from ..model.istio import AuthorizationPolicy, RequestAuthentication
 from . import status as S
-from .policy_status import build_policy_conditions
+from .policy_status import build_policy_conditions, build_request_authn_conditions
 from .selection import decide_service
 from .view import MeshView, detect_waypoint_class
 
 Body = dict[str, Any]
 STATUS_KINDS = ("Namespace", "Service", "ServiceEntry", "Gateway", "GatewayClass", "Deployment",
-                "AuthorizationPolicy", "ConfigMap")  # ConfigMap: the MeshConfig's providers (CUSTOM policies)
+                "AuthorizationPolicy", "RequestAuthentication",
+                "ConfigMap")  # ConfigMap: the MeshConfig's providers (CUSTOM policies)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,12 @@ def _policy_statuses(view: MeshView, snapshot: Mapping[str, list[Body]], now: st
         conds = S.merge_conditions(old, build_policy_conditions(policy, view), now,
                                    body["metadata"].get("generation"), drop=("ZtunnelAccepted", "WaypointAccepted"))
         out.append(StatusUpdate("AuthorizationPolicy", body, {**(body.get("status") or {}), "conditions": conds}))
+    for body in snapshot.get("RequestAuthentication", ()):
+        authn = RequestAuthentication.model_validate(body, strict=False)
+        old = (body.get("status") or {}).get("conditions") or []
+        conds = S.merge_conditions(old, build_request_authn_conditions(authn, view), now,
+                                   body["metadata"].get("generation"), drop=("WaypointAccepted",))
+        out.append(StatusUpdate("RequestAuthentication", body, {**(body.get("status") or {}), "conditions": conds}))
     return out
 
 

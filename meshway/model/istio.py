@@ -1,8 +1,12 @@
-"""Istio kinds: ServiceEntry, VirtualService, DestinationRule, EnvoyFilter (networking.istio.io) and
-AuthorizationPolicy (security.istio.io), with the field names and enums of istio/api."""
+"""Istio kinds: ServiceEntry, VirtualService, DestinationRule, EnvoyFilter (networking.istio.io),
+AuthorizationPolicy and RequestAuthentication (security.istio.io), with the field names and enums of
+istio/api."""
 from __future__ import annotations
 
+import json
+import re
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 from typing_extensions import Annotated
@@ -477,6 +481,125 @@ class AuthorizationPolicySpec(Strict):
 class AuthorizationPolicy(Resource):
     kind: Literal["AuthorizationPolicy"]
     spec: AuthorizationPolicySpec = Field(default_factory=AuthorizationPolicySpec)
+
+
+# -- RequestAuthentication (security.istio.io/v1) ------------------------------------------------
+HEADER_NAME = re.compile(r"^[-_A-Za-z0-9]+$")  # the CRD's pattern for outputClaimToHeaders[].header
+
+
+def parse_jwks_uri(uri: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a `jwksUri`, as Istio's security.ParseJwksURI reads it (80/443 by default)."""
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"invalid jwksUri {uri!r}: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f'URI scheme "{parts.scheme}" is not supported')
+    if not parts.hostname:
+        raise ValueError(f"invalid jwksUri {uri!r}: no host")
+    return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
+def check_jwks(text: str) -> None:
+    """A JSON Web Key Set, or one key (what istiod's jwk.Parse accepts)."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"jwks parse error: {exc}") from None
+    keys = data.get("keys") if isinstance(data, dict) else None
+    if isinstance(data, dict) and "kty" in data:
+        keys = [data]
+    if not isinstance(keys, list) or not all(isinstance(k, dict) and k.get("kty") for k in keys):
+        raise ValueError("jwks parse error: expected a JSON Web Key Set ({\"keys\": [...]}) or a key with \"kty\"")
+
+
+class JWTHeader(Strict):
+    name: str
+    prefix: str | None = None
+
+    @model_validator(mode="after")
+    def _name(self) -> "JWTHeader":
+        if not self.name:
+            raise ValueError("location header name must be non-empty string")
+        return self
+
+
+class ClaimToHeader(Strict):
+    header: str
+    claim: str
+
+    @model_validator(mode="after")
+    def _values(self) -> "ClaimToHeader":
+        if not self.header or not self.claim:
+            raise ValueError("outputClaimToHeaders header and claim value must be non-empty string")
+        if not HEADER_NAME.match(self.header):
+            raise ValueError(f"header: invalid header name {self.header!r}: expected letters, digits, '-' or '_'")
+        return self
+
+
+class JWTRule(Strict):
+    issuer: str | None = None
+    audiences: list[str] | None = None
+    jwksUri: str | None = None
+    jwks_uri: str | None = None  # the CRD's older spelling
+    jwks: str | None = None
+    fromHeaders: list[JWTHeader] | None = None
+    fromParams: list[str] | None = None
+    fromCookies: list[str] | None = None
+    outputPayloadToHeader: str | None = None
+    forwardOriginalToken: bool | None = None
+    outputClaimToHeaders: list[ClaimToHeader] | None = None
+    spaceDelimitedClaims: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=64)] | None = None
+    timeout: Duration | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> "JWTRule":
+        """istiod's validateJwtRule, and the CRD's rules, with their words."""
+        if any(not a for a in self.audiences or []):
+            raise ValueError("audiences: audience must be non-empty string")
+        uri = self.jwksUri or self.jwks_uri
+        if not self.issuer and not uri:
+            raise ValueError("issuer or jwksUri must be non-empty string")
+        if sum(x is not None for x in (self.jwksUri, self.jwks_uri, self.jwks)) > 1:
+            raise ValueError("only one of jwks or jwksUri can be set")
+        if uri is not None:
+            try:
+                parse_jwks_uri(uri)
+            except ValueError as exc:
+                raise ValueError(f"jwksUri: {exc}") from None
+        if self.jwks is not None:
+            try:
+                check_jwks(self.jwks)
+            except ValueError as exc:
+                raise ValueError(f"jwks: {exc}") from None
+        if any(not p for p in self.fromParams or []):
+            raise ValueError("fromParams: location query must be non-empty string")
+        if any(not c for c in self.fromCookies or []):
+            raise ValueError("fromCookies: cookie name must be non-empty string")
+        return self
+
+    @property
+    def uri(self) -> str | None:
+        return self.jwksUri or self.jwks_uri
+
+
+class RequestAuthenticationSpec(Strict):
+    selector: WorkloadSelector | None = None
+    targetRef: PolicyTargetReference | None = None
+    targetRefs: Annotated[list[PolicyTargetReference], Field(max_length=16)] | None = None
+    jwtRules: Annotated[list[JWTRule], Field(max_length=4096)] | None = None
+
+    @model_validator(mode="after")
+    def _exclusive(self) -> "RequestAuthenticationSpec":
+        if sum(x is not None for x in (self.selector, self.targetRef, self.targetRefs)) > 1:
+            raise ValueError("only one of targetRefs or selector can be set")
+        return self
+
+
+class RequestAuthentication(Resource):
+    kind: Literal["RequestAuthentication"]
+    spec: RequestAuthenticationSpec = Field(default_factory=RequestAuthenticationSpec)
 
 
 class TelemetryProvider(Strict):

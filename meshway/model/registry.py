@@ -58,6 +58,7 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("DestinationRule", NET, ("v1", "v1beta1", "v1alpha3"), "destinationrules", ("dr",), True, "istio"),
     KindInfo("EnvoyFilter", NET, ("v1alpha3",), "envoyfilters", (), True, "istio"),
     KindInfo("AuthorizationPolicy", SEC, ("v1", "v1beta1"), "authorizationpolicies", ("ap",), True, "istio"),
+    KindInfo("RequestAuthentication", SEC, ("v1", "v1beta1"), "requestauthentications", ("ra",), True, "istio"),
     KindInfo("Telemetry", "telemetry.istio.io", ("v1", "v1alpha1"), "telemetries", ("telemetry",), True, "istio"),
 )
 

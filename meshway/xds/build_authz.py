@@ -23,7 +23,7 @@ from typing import Any, Iterable
 from .. import labels as L
 from ..mesh.policy_status import HTTP_OPERATION_FIELDS, HTTP_SOURCE_FIELDS, HTTP_WHEN_PREFIXES, \
     detect_dry_run, find_http_attributes
-from ..model.istio import AuthorizationPolicy, Rule
+from ..model.istio import AuthorizationPolicy, RequestAuthentication, Rule
 from .protos import typed
 
 Body = dict[str, Any]
@@ -50,32 +50,37 @@ class Policy:
                       (p.spec.provider or {}).get("name"))
 
 
-def _target_refs(p: AuthorizationPolicy) -> list:
+def _target_refs(p: AuthorizationPolicy | RequestAuthentication) -> list:
     return list(p.spec.targetRefs or []) + ([p.spec.targetRef] if p.spec.targetRef else [])
+
+
+def detect_waypoint_target(p: AuthorizationPolicy | RequestAuthentication, waypoint_ns: str, waypoint: str,
+                           service_ns: str | None = None, service: str | None = None,
+                           service_kind: str = "Service") -> bool:
+    """Whether a policy's targetRefs attach it to a waypoint's chain for a service (every chain when
+    service is None): Istio's ShouldAttachPolicy for waypoints, the same for every policy kind."""
+    for ref in _target_refs(p):
+        ns = ref.namespace or p.namespace
+        if ref.kind == "Gateway" and ns == waypoint_ns and ref.name == waypoint and p.namespace == waypoint_ns:
+            return True
+        if ref.kind == "GatewayClass" and ref.name == L.WAYPOINT_CLASS and p.namespace == L.ROOT_NAMESPACE:
+            return True
+        if ref.kind == service_kind and service and ns == service_ns and ref.name == service \
+                and p.namespace == service_ns:
+            return True
+    return False
 
 
 def find_waypoint_policies(policies: Iterable[AuthorizationPolicy], waypoint_ns: str, waypoint: str,
                            service_ns: str | None = None, service: str | None = None,
                            service_kind: str = "Service") -> list[Policy]:
     """Policies a waypoint enforces on one service's chain (or on every chain when service is None)."""
-    out = []
-    for p in policies:
-        for ref in _target_refs(p):
-            ns = ref.namespace or p.namespace
-            if ref.kind == "Gateway" and ns == waypoint_ns and ref.name == waypoint and p.namespace == waypoint_ns:
-                out.append(Policy.of(p))
-            elif ref.kind == "GatewayClass" and ref.name == L.WAYPOINT_CLASS and p.namespace == L.ROOT_NAMESPACE:
-                out.append(Policy.of(p))
-            elif ref.kind == service_kind and service and ns == service_ns and ref.name == service \
-                    and p.namespace == service_ns:
-                out.append(Policy.of(p))
-            else:
-                continue
-            break
-    return out
+    return [Policy.of(p) for p in policies
+            if detect_waypoint_target(p, waypoint_ns, waypoint, service_ns, service, service_kind)]
 
 
-def find_policy_targets(policies: Iterable[AuthorizationPolicy]) -> frozenset[tuple[str, str, str]]:
+def find_policy_targets(policies: Iterable[AuthorizationPolicy | RequestAuthentication]
+                        ) -> frozenset[tuple[str, str, str]]:
     """(kind, namespace, name) of every targetRef: a service no policy names gets exactly the
     waypoint-wide policies (`find_waypoint_policies` without a service)."""
     return frozenset((ref.kind, ref.namespace or p.namespace, ref.name) for p in policies for ref in _target_refs(p))
@@ -111,7 +116,7 @@ def _wild(value: str, exact_key: str = "exact") -> Body:
     return {exact_key: value}
 
 
-JWT_FILTER = "envoy.filters.http.jwt_authn"  # where RequestAuthentication puts the token's claims
+JWT_FILTER = "envoy.filters.http.jwt_authn"  # where RequestAuthentication puts the token's claims (build_jwt)
 
 
 def _header(name: str, value: str, ignore_case: bool = False) -> Body:

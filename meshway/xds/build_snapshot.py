@@ -14,6 +14,8 @@ from . import protos as P
 from .build_authz import WAYPOINT, build_rbac_filters, find_policy_targets, find_waypoint_policies
 from .build_clusters import build_hash_policy, build_service_cluster, build_static_clusters, merge_policy
 from .build_extauthz import build_custom_filters, build_ext_authz_setup
+from .build_jwt import build_jwks_setup, build_jwt_filter, find_jwt_rules, find_request_authn_targets, \
+    find_waypoint_request_authns
 from .build_listeners import build_connect_originate, build_connect_terminate, build_main_internal, find_route_names
 from .build_routes import Problems, RouteTarget, build_route_config
 from .build_telemetry import build_access_logs, find_access_logging
@@ -262,11 +264,33 @@ class _WaypointBuild:
             self.problems.add(where, message)
         self.telemetries = list(self.view.index.of("Telemetry"))
         self.mesh = find_mesh_config(self.view)
+        self.add_request_authns()
+
+    def add_request_authns(self) -> None:
+        """RequestAuthentications per chain (as AuthorizationPolicies: a service no policy targets
+        gets the waypoint-wide ones) and the clusters their jwksUris are fetched through."""
+        wp = self.wp
+        authns = list(self.view.index.of("RequestAuthentication"))
+        wide = find_waypoint_request_authns(authns, wp.namespace, wp.name)
+        targets = find_request_authn_targets(authns)
+        self.authns = {(s.kind, s.namespace, s.name): find_waypoint_request_authns(
+            authns, wp.namespace, wp.name, s.namespace, s.name, s.kind) if (s.kind, s.namespace, s.name) in targets
+            else wide for s in self.scope.services}
+        self.authns[None] = wide
+        self.jwks = build_jwks_setup(self.view, [wide, *(self.authns[t] for t in targets if t in self.authns)],
+                                     self.dial)
+        self.clusters.update(self.jwks.clusters)
+        self.endpoints.update(self.jwks.endpoints)
+        for where, message in self.jwks.problems:
+            self.problems.add(where, message)
 
     def authz_for(self, svc: ServiceInfo | None, network: bool) -> list[Body]:
         """`svc` None: the chains of traffic addressed to a bound pod (waypoint-wide config only)."""
-        chain = self.applied[(svc.kind, svc.namespace, svc.name) if svc else None]
-        return build_custom_filters(chain, self.ext_authz, network) + build_rbac_filters(chain, WAYPOINT, network)
+        key = (svc.kind, svc.namespace, svc.name) if svc else None
+        chain = self.applied[key]
+        jwt = None if network else build_jwt_filter(find_jwt_rules(self.authns[key]), self.jwks)
+        return [*build_custom_filters(chain, self.ext_authz, network), *([jwt] if jwt else []),
+                *build_rbac_filters(chain, WAYPOINT, network)]
 
     def logs_for(self, svc: ServiceInfo | None) -> list[Body]:
         notes: list[str] = []

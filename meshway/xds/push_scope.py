@@ -1,10 +1,10 @@
 """Which waypoints a batch of changes can touch (istiod's push scoping, `ConfigsUpdated`): pure.
 
 Every namespaced kind a waypoint's config reads is looked up by namespace: VirtualServices,
-DestinationRules, AuthorizationPolicies, Telemetry and EnvoyFilters apply when they live in the
-namespace of the service or of the waypoint (the root namespace: everywhere), pods feed the
-endpoints of the services of their namespace, and an HTTPRoute attaches to the Services its
-parentRefs name. So a change in namespace N can touch only the waypoints in N and those serving a
+DestinationRules, AuthorizationPolicies, RequestAuthentications, Telemetry and EnvoyFilters apply
+when they live in the namespace of the service or of the waypoint (the root namespace:
+everywhere), pods feed the endpoints of the services of their namespace, and an HTTPRoute attaches
+to the Services its parentRefs name. So a change in namespace N can touch only the waypoints in N and those serving a
 service or workload of N, before or after the change, and, through the endpoints of MeshConfig's
 extension providers (collectors, external authorizers), every waypoint when N holds one of those.
 Changes to the kinds that decide bindings (Namespace, Service, ServiceEntry, Gateway, GatewayClass,
@@ -22,7 +22,7 @@ from ..model.meshconfig import Service
 from .scope import WaypointScope
 
 NAMESPACED = frozenset({"VirtualService", "DestinationRule", "AuthorizationPolicy", "Telemetry", "EnvoyFilter",
-                        "Pod", "HTTPRoute"})
+                        "Pod", "HTTPRoute", "RequestAuthentication"})
 Body = dict[str, Any]
 
 
