@@ -802,3 +802,23 @@ def test_concurrent_label_calls_lose_nothing(store, state_dir, tmp_path):
     # Every label call is its own committed change of the Namespace.
     ns_changes = [c for c in store.db.changes_since(0) if c.kind == "Namespace" and c.name == "default"]
     assert len([c for c in ns_changes if c.type == "MODIFIED"]) >= 40
+
+
+def test_a_route_write_runs_no_controller_that_cannot_be_affected(store, monkeypatch):
+    """The waypoint-object, garbage and ServiceEntry-address controllers run only for transactions
+    that wrote a kind they read (or deleted something, or named an owner): a VirtualService apply
+    lists no Gateway, no ServiceEntry and no object's uid."""
+    from meshway.store.db import Txn
+
+    apply(store, WAYPOINT)
+    listed = []
+    real_list, real_uids = Txn.list, Txn.uids
+    monkeypatch.setattr(Txn, "list", lambda self, kind, *a, **k: listed.append(kind) or real_list(self, kind, *a, **k))
+    monkeypatch.setattr(Txn, "uids", lambda self, *a, **k: listed.append("uids") or real_uids(self, *a, **k))
+    apply(store, """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}
+""")
+    assert not {"Gateway", "GatewayClass", "ServiceEntry", "uids"} & set(listed), listed

@@ -51,7 +51,15 @@ def plan_service_entry_addresses(entries: list[Body]) -> dict[tuple[str, str], l
     return out
 
 
+def _changed_kinds(w: Writer) -> set[str] | None:
+    """The kinds this transaction wrote so far; None for a full reconcile (everything)."""
+    return None if w.full else {c.kind for c in w.txn.changed}
+
+
 def _service_entry_addresses(w: Writer) -> None:
+    kinds = _changed_kinds(w)
+    if kinds is not None and "ServiceEntry" not in kinds:
+        return  # the addresses read only ServiceEntries
     entries = w.txn.list("ServiceEntry")
     planned = plan_service_entry_addresses(entries)
     for se in entries:
@@ -62,7 +70,15 @@ def _service_entry_addresses(w: Writer) -> None:
         w.set_status("ServiceEntry", se, status, replace=True)
 
 
+WAYPOINT_OBJECT_KINDS = frozenset({"Gateway", "GatewayClass", "ServiceAccount", "Deployment", "Service"})
+
+
 def _waypoint_objects(w: Writer) -> None:
+    """A waypoint Gateway's ServiceAccount, Deployment and Service, kept as built (recreated or
+    restored when they are deleted or changed); only when the transaction wrote one of those kinds."""
+    kinds = _changed_kinds(w)
+    if kinds is not None and not kinds & WAYPOINT_OBJECT_KINDS:
+        return
     classes = {b["metadata"]["name"]: b for b in w.txn.list("GatewayClass")}
     for gw in w.txn.list("Gateway"):
         if not detect_waypoint_class(gw["spec"]["gatewayClassName"], classes):
@@ -72,6 +88,11 @@ def _waypoint_objects(w: Writer) -> None:
 
 
 def _collect_garbage(w: Writer) -> None:
+    """Objects whose owner is gone; only when the transaction deleted something or wrote an object
+    that names an owner (which may not exist)."""
+    if not w.full and not any(c.type == "DELETED" or (c.body.get("metadata") or {}).get("ownerReferences")
+                              for c in w.txn.changed):
+        return
     while True:
         orphans = w.txn.owners() - w.txn.uids()
         if not orphans:
