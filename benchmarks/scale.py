@@ -453,11 +453,15 @@ def measure_changes(lcp: LocalControlPlane, applier: Applier, node: str, others:
         for i in range(changes):
             body = changed_route(routes, ns, svc, (i + 1) % 2)
             generation = cache.generation(node)
+            old_version = cache.get(node).version(P.ROUTE)
             before = {n: cache.generation(n) for n in others}
             t0, t_applied = applier.apply(body)
-            wait_for(f"change {i}: new snapshot", lambda: cache.generation(node) != generation, timeout, 0.002,
-                     lcp.alive)
+            # the snapshot that carries the change (a snapshot set for another reason meanwhile, with
+            # the same routes, is not it)
+            wait_for(f"change {i}: new snapshot", lambda: cache.generation(node) != generation
+                     and cache.get(node).version(P.ROUTE) != old_version, timeout, 0.002, lcp.alive)
             version = cache.get(node).version(P.ROUTE)
+            generation = cache.generation(node) - 1
 
             def acked() -> bool:
                 status = dict(cache.status.get(node, {}).get(P.ROUTE, {}))
@@ -466,6 +470,8 @@ def measure_changes(lcp: LocalControlPlane, applier: Applier, node: str, others:
                 return status.get("state") == SYNCED and status.get("version") == version
 
             t_ack = wait_for(f"change {i}: RDS {version} ACK", acked, timeout, 0.002, lcp.alive)
+            wait_for(f"change {i}: snapshot-set callback", lambda: any(g > generation for _, g in set_at), timeout,
+                     0.001, lcp.alive)  # the cache calls its watchers right after setting the snapshot
             t_set = next(t for t, g in set_at if g > generation)
             sync = sync_around(lcp, t_set, timeout)
             time.sleep(rng.uniform(0.1, 0.2))  # idle between changes; random so the poll phase varies
