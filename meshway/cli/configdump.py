@@ -619,6 +619,29 @@ def write_secrets(secrets: list[tuple[str, Body]], now: datetime, with_names: bo
 
 
 # -- bootstrap and `all` -------------------------------------------------------------------------
+# Node metadata keys whose values are credentials: the xDS token (`meshway.ca.tokens.TOKEN_METADATA`,
+# not imported: it loads the Envoy protobufs). Envoy itself already redacts private keys in SDS.
+SECRET_METADATA = ("MESHWAY_XDS_TOKEN",)
+REDACTED = "[redacted]"
+
+
+def redact(data: Any) -> Any:
+    """A copy of any admin JSON (a config dump, its bootstrap, a node) with the value of every
+    SECRET_METADATA key replaced by `[redacted]`, wherever it appears."""
+    if isinstance(data, dict):
+        return {k: (REDACTED if k in SECRET_METADATA and v else redact(v)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [redact(v) for v in data]
+    return data
+
+
+def bootstrap_section(dump: Body) -> Body:
+    """The config dump's BootstrapConfigDump (bootstrap + last_updated), redacted."""
+    if not isinstance(dump, dict) or "configs" not in dump:
+        raise ValueError("not an Envoy config dump (expected the JSON of GET /config_dump)")
+    return redact(_section(dump, "BootstrapConfigDump"))
+
+
 def write_bootstrap(bootstrap: Body) -> str:
     node = bootstrap.get("node") or {}
     metadata = node.get("metadata") or {}

@@ -52,7 +52,11 @@ LAZY_COMMANDS: dict[str, tuple[str, str | None]] = {
     "uninstall": ("install", "Delete what `meshway install` created (the CRDs with every object of their kinds)."),
     "up": ("up", "Start the mesh: control plane, network-namespace cluster, node proxies, waypoints, and the bundled "
                  "demo (bookinfo, a namespace waypoint, the reviews 90/10 split) or -f manifests."),
+    "version": ("version", "Client, control plane and data plane (proxy) versions."),
     "waypoint": ("waypoint", "Manage waypoint configuration."),
+    "zc": ("ztunnelconfig", None),
+    "ztunnel-config": ("ztunnelconfig", "What a node proxy (ztunnel) holds: workloads, services, policies, "
+                                        "certificates (alias: zc)."),
 }
 
 

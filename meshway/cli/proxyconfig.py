@@ -248,4 +248,63 @@ def all_(c: Ctx, target: str | None, namespace: str | None, file: str | None, ou
     if output == "short":
         echo(D.write_all(dump, datetime.now(timezone.utc), with_headers))
     else:
+        data = D.redact(data)  # the xDS token in the bootstrap's node metadata
         echo(P.to_yaml(data) if output == "yaml" else P.to_json(data))
+
+
+@proxy_config.command_with_aliases("bootstrap", "b")
+@click.argument("target", required=False)
+@click.option("-n", "--namespace", default=None, help="Namespace of TARGET (default: default).")
+@click.option("-f", "--file", "file", default=None, metavar="DUMP",
+              help="Read this stored Envoy dump (JSON of GET /config_dump) instead of the live proxy.")
+@click.option("-o", "--output", type=click.Choice(["json", "yaml", "short"]), default="json", show_default=True,
+              help="The bootstrap section of the config dump, or a version summary.")
+@pass_ctx
+def bootstrap(c: Ctx, target: str | None, namespace: str | None, file: str | None, output: str) -> None:
+    """Bootstrap configuration of a proxy's Envoy (credentials in its node metadata redacted)."""
+    data = fetch_json(c, target, namespace, file, "/config_dump?mask=bootstrap", "bootstrap")
+    section = D.bootstrap_section(data)
+    if output == "short":
+        echo(D.write_bootstrap(section.get("bootstrap") or {}))
+        return
+    converted = D.to_proto_json(section, "envoy.admin.v3.BootstrapConfigDump")
+    echo(P.to_yaml(converted) if output == "yaml" else P.to_json(converted))
+
+
+@proxy_config.command_with_aliases("log", "o")
+@click.argument("target")
+@click.option("-n", "--namespace", default=None, help="Namespace of TARGET (default: default).")
+@click.option("--level", default="", metavar="[LOGGER:]LEVEL,...",
+              help="Set every logger (LEVEL) or named ones (LOGGER:LEVEL, comma-separated); levels: trace, debug, "
+                   "info, warning, error, critical, off.")
+@click.option("-r", "--reset", is_flag=True, help="Reset every logger to the level the proxy was started with.")
+@pass_ctx
+def log(c: Ctx, target: str, namespace: str | None, level: str, reset: bool) -> None:
+    """Logging levels of a proxy's Envoy (POST /logging), and set them."""
+    if reset and level:
+        raise click.UsageError("--level cannot be combined with --reset")
+    replica = find_replica(load_proxy_status(c), target, namespace)
+    where = f"{replica['pod']}.{replica['namespace']}"
+    try:
+        response = apply_log_levels(replica["admin"], level, reset)
+    except AdminError as exc:
+        raise ValueError(f"{where}: {exc}") from exc
+    echo(f"{where}:\n{response}")
+
+
+def apply_log_levels(admin: str, level: str, reset: bool) -> str:
+    """POST /logging: the levels `--level` asks for (loggers checked against the proxy's), every
+    logger back to the proxy's start-up level (`--reset`, from /server_info), or nothing; Envoy's
+    answer (the active loggers) after the last change."""
+    from .envoylog import build_log_queries, find_loggers, parse_level_spec
+
+    levels: list[tuple[str, str]] = []
+    if reset:
+        info = json.loads(fetch_admin(admin, "/server_info"))
+        levels = [("level", (info.get("command_line_options") or {}).get("log_level") or "warning")]
+    elif level:
+        levels = parse_level_spec(level, find_loggers(fetch_admin(admin, "/logging", method="POST").decode()))
+    response = b""
+    for query in build_log_queries(levels):
+        response = fetch_admin(admin, query, method="POST")
+    return response.decode()

@@ -45,6 +45,7 @@ from pathlib import Path
 
 from .. import __version__
 from .. import labels as L
+from ..buildinfo import build_version_info
 from ..ca import WORKLOAD_LIFETIME, CertificateAuthority, build_secrets
 from ..ca.tokens import TOKEN_METADATA, ProxyTokens
 from ..ca.sds import SDS_DEFAULT, SDS_ROOT, build_certificate_secret, build_root_secret
@@ -766,6 +767,7 @@ class ControlPlane:
         if self.server.tcp_address:
             write_private(self.run_dir / "xds-address", f"{self.server.tcp_address}\n")
         write_private(self.run_dir / "controlplane.pid", f"{os.getpid()}\n")
+        write_private(self.run_dir / "version.json", json.dumps(build_version_info()))  # `meshway version`
         self.monitor = self._start_metrics_server()
         loop = self._loop = asyncio.get_running_loop()
         wake = self._wake = asyncio.Event()
@@ -805,6 +807,7 @@ class ControlPlane:
                 self.monitor.stop()
                 (self.run_dir / "metrics-address").unlink(missing_ok=True)
             (self.run_dir / "controlplane.pid").unlink(missing_ok=True)
+            (self.run_dir / "version.json").unlink(missing_ok=True)
 
     def _listen_for_commits(self, loop: asyncio.AbstractEventLoop) -> CommitListener | None:
         """Wake a round whenever a store commit is signalled (`meshway.store.notify`)."""

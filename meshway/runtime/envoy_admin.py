@@ -28,23 +28,24 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def fetch_admin(socket_path: str | Path, path: str, timeout: float = TIMEOUT) -> bytes:
-    """GET `path` (e.g. `/config_dump?include_eds`) from the Envoy admin listening on `socket_path`."""
+def fetch_admin(socket_path: str | Path, path: str, timeout: float = TIMEOUT, method: str = "GET") -> bytes:
+    """GET `path` (e.g. `/config_dump?include_eds`) from the Envoy admin listening on `socket_path`
+    (`method="POST"` for the endpoints that change something, e.g. `/logging?level=debug`)."""
     socket_path = str(socket_path)
     if not Path(socket_path).exists():
         raise AdminError(f"Envoy admin socket {socket_path} does not exist (is the waypoint replica running?)")
     conn = _UnixConnection(socket_path, timeout)
     try:
-        conn.request("GET", path)
+        conn.request(method, path)
         response = conn.getresponse()
         body = response.read()
     except TimeoutError as exc:
-        raise AdminError(f"Envoy admin {socket_path}: GET {path} timed out after {timeout:g}s") from exc
+        raise AdminError(f"Envoy admin {socket_path}: {method} {path} timed out after {timeout:g}s") from exc
     except (OSError, http.client.HTTPException) as exc:
-        raise AdminError(f"Envoy admin {socket_path}: GET {path} failed: {exc}") from exc
+        raise AdminError(f"Envoy admin {socket_path}: {method} {path} failed: {exc}") from exc
     finally:
         conn.close()
     if response.status != 200:
         text = body.decode(errors="replace").strip()
-        raise AdminError(f"Envoy admin {socket_path}: GET {path} returned {response.status}: {text}")
+        raise AdminError(f"Envoy admin {socket_path}: {method} {path} returned {response.status}: {text}")
     return body
