@@ -84,6 +84,10 @@ class ConfigIndex:
     destination_rules: HostIndex = field(default_factory=HostIndex)
     http_routes: Mapping[tuple[str, str], tuple[HTTPRoute, ...]] = field(default_factory=dict)  # parent Service
     _parsed: Mapping[tuple[str, str, str], Any] = field(default_factory=dict, repr=False, compare=False)
+    # kind -> (body, key in _parsed) of each model, aligned with `models`: a body that is the same
+    # object as last time (the control plane's object cache keeps them) is its model, unparsed
+    _sources: Mapping[str, tuple[tuple[Body, tuple[str, str, str]], ...]] = field(
+        default_factory=dict, repr=False, compare=False)
 
     def of(self, kind: str) -> tuple[Any, ...]:
         return self.models.get(kind, ())
@@ -93,11 +97,16 @@ class ConfigIndex:
         kinds = [k for k in kinds if k in MODELS]
         if not kinds:
             return self
-        models = dict(self.models)
+        models, sources = dict(self.models), dict(self._sources)
         parsed = {k: m for k, m in self._parsed.items() if k[0] not in kinds}
         for kind in kinds:
-            models[kind] = tuple(_parse(kind, body, self._parsed, parsed) for body in config.get(kind, ()))
-        out = ConfigIndex(models, self.virtual_services, self.destination_rules, self.http_routes, parsed)
+            same = {id(body): (key, model) for (body, key), model in zip(self._sources.get(kind, ()), self.of(kind))}
+            entries = [(body, *(same.get(id(body)) or _parse(kind, body, self._parsed)))
+                       for body in config.get(kind, ())]
+            parsed.update((key, model) for _, key, model in entries)
+            models[kind] = tuple(model for _, _, model in entries)
+            sources[kind] = tuple((body, key) for body, key, _ in entries)
+        out = ConfigIndex(models, self.virtual_services, self.destination_rules, self.http_routes, parsed, sources)
         if "VirtualService" in kinds:
             swaps = find_swaps(self.of("VirtualService"), models["VirtualService"], find_virtual_service_hosts)
             out = _replace(out, virtual_services=build_virtual_service_hosts(models["VirtualService"]) if swaps is None
@@ -167,18 +176,18 @@ def swap_route_parents(index: Mapping[tuple[str, str], tuple[HTTPRoute, ...]], s
 def _replace(index: ConfigIndex, **changes: Any) -> ConfigIndex:
     fields = {"models": index.models, "virtual_services": index.virtual_services,
               "destination_rules": index.destination_rules, "http_routes": index.http_routes,
-              "_parsed": index._parsed}
+              "_parsed": index._parsed, "_sources": index._sources}
     return ConfigIndex(**{**fields, **changes})
 
 
-def _parse(kind: str, body: Body, old: Mapping[tuple[str, str, str], Any], new: dict) -> Any:
+def _parse(kind: str, body: Body, old: Mapping[tuple[str, str, str], Any]) -> tuple[tuple[str, str, str], Any]:
+    """(key, model) of a body: the model of the same uid and resourceVersion if there is one."""
     meta = body["metadata"]
     key = (kind, meta.get("uid") or f"{meta.get('namespace')}/{meta['name']}", str(meta.get("resourceVersion")))
     model = old.get(key)
     if model is None or not meta.get("uid"):
         model = MODELS[kind].model_validate(body, strict=False)
-    new[key] = model
-    return model
+    return key, model
 
 
 def build_virtual_service_hosts(services: Iterable[VirtualService]) -> HostIndex:
