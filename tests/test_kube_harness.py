@@ -24,7 +24,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from meshway.ca.certs import cert_from_pem, key_from_pem
 from meshway.kube.harness import (Harness, HarnessConfig, Ports, build_kubeconfig, build_pki, find_missing_binaries,
                                   find_service_ip, plan_apiserver_args, plan_certificates,
-                                  plan_controller_manager_args, plan_etcd_args, plan_layout, plan_scheduler_args)
+                                  plan_controller_manager_args, plan_etcd_args, plan_layout, plan_node_certificates,
+                                  plan_scheduler_args)
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc)
 PORTS = Ports(etcd_client=32379, etcd_peer=32380, apiserver=36443, controller_manager=40257, scheduler=40259)
@@ -114,6 +115,54 @@ def test_everything_listens_on_loopback_only(planner):
     for key, value in flags(planner(CONFIG, LAYOUT)).items():
         if key.endswith("address") or key.endswith("urls"):
             assert "127.0.0.1" in value, (key, value)
+
+
+def test_apiserver_reaches_kubelets_with_its_own_certificate():
+    """`kubectl logs` goes through the API server to the node's kubelet API: it presents its kubelet
+    client certificate, checks the kubelet's serving certificate against the cluster CA, and dials
+    the node's InternalIP (a node name resolves nowhere)."""
+    got = flags(plan_apiserver_args(CONFIG, LAYOUT))
+    assert got["kubelet-client-certificate"] == "/s/pki/apiserver-kubelet-client.crt"
+    assert got["kubelet-client-key"] == "/s/pki/apiserver-kubelet-client.key"
+    assert got["kubelet-certificate-authority"] == "/s/pki/ca.crt"
+    assert got["kubelet-preferred-address-types"].split(",")[0] == "InternalIP"
+    req = {r.name: r for r in plan_certificates(CONFIG)}["apiserver-kubelet-client"]
+    assert (req.common_name, req.organizations, req.server) == \
+        ("kube-apiserver-kubelet-client", ("system:masters",), False)
+
+
+def test_node_certificates():
+    client, serving = plan_node_certificates("node-1", "127.0.0.1")
+    assert (client.common_name, client.organizations, client.server) == ("system:node:node-1", ("system:nodes",), False)
+    assert (serving.common_name, serving.dns_names, serving.ip_addresses, serving.server) == \
+        ("system:node:node-1", ("node-1",), ("127.0.0.1",), True)
+
+
+def test_prepare_adds_certificates_planned_since_the_pki_was_made(tmp_path):
+    first = Harness(HarnessConfig(state=tmp_path, bin_dir=Path("/b"), ports=PORTS))
+    first.prepare()
+    for suffix in ("crt", "key"):
+        (tmp_path / "pki" / f"apiserver-kubelet-client.{suffix}").unlink()
+    Harness(HarnessConfig(state=tmp_path, bin_dir=Path("/b"), ports=PORTS)).prepare()
+    cert = cert_from_pem((tmp_path / "pki" / "apiserver-kubelet-client.crt").read_text())
+    cert.verify_directly_issued_by(cert_from_pem((tmp_path / "pki" / "ca.crt").read_text()))
+
+
+def test_node_credentials_chain_to_the_cluster_ca(tmp_path):
+    import yaml
+    h = Harness(HarnessConfig(state=tmp_path, bin_dir=Path("/b"), ports=PORTS))
+    h.prepare()
+    creds = h.issue_node_credentials("node-1", "127.0.0.1")
+    ca = cert_from_pem(creds.client_ca.read_text())
+    serving = cert_from_pem(creds.serving_cert.read_text())
+    serving.verify_directly_issued_by(ca)
+    san = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+    doc = yaml.safe_load(creds.kubeconfig.read_text())
+    client = cert_from_pem(base64.b64decode(doc["users"][0]["user"]["client-certificate-data"]))
+    client.verify_directly_issued_by(ca)
+    assert client.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "system:node:node-1"
+    assert oct(creds.kubeconfig.stat().st_mode & 0o777) == "0o600"
 
 
 def test_kubeconfig_embeds_credentials_and_selects_its_context():

@@ -13,7 +13,7 @@ The rule (README, "The CLI against a cluster"):
 
 Commands of the local mesh (LOCAL_COMMANDS) always use the embedded store: with `--kubeconfig` or
 `--context` they refuse, and `$KUBECONFIG` does not move them. `install`, `uninstall` and
-`controlplane` have their own `--kubeconfig`/`--context`; the global ones are passed to them."""
+`controlplane` (and `node`) have their own `--kubeconfig`/`--context`; the global ones are passed to them."""
 from __future__ import annotations
 
 import os
@@ -24,7 +24,7 @@ LOCAL_COMMANDS = frozenset({"up", "down", "status", "exec", "logs", "port-forwar
                             "pc", "metrics"})
 # Commands with their own Kubernetes options: (the --kubeconfig parameter, the --context parameter).
 KUBE_OPTION_NAMES = {"install": ("kubeconfig", "context"), "uninstall": ("kubeconfig", "context"),
-                     "controlplane": ("kubeconfig", "kube_context")}
+                     "controlplane": ("kubeconfig", "kube_context"), "node": ("kubeconfig", "kube_context")}
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str | None]] = {
                             "istio-system ds/ztunnel|ztunnel-node-N."),
     "metrics": ("metrics", "Istio metrics from the proxies' own counters: requests, errors and latency per "
                            "destination service and version, TCP connections and bytes."),
+    "node": ("node", "Run a node agent: register the Node, run the pods bound to it in network namespaces, serve "
+                     "their logs."),
     "pc": ("proxyconfig", None),
     "port-forward": ("clustercmds", "Forward 127.0.0.1:LOCAL on the host to a pod of svc/NAME (or a pod) on PORT: "
                                     "port-forward svc/NAME LOCAL:PORT."),

@@ -203,8 +203,11 @@ class KubeClient:
     def replace(self, path: str, body: Body, field_manager: str | None = None) -> Body:
         return self.request("PUT", path, {"fieldManager": field_manager}, body)
 
-    def delete(self, path: str, uid: str | None = None, propagation: str | None = None) -> Body:
+    def delete(self, path: str, uid: str | None = None, propagation: str | None = None,
+               grace_period: int | None = None) -> Body:
         options: Body = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        if grace_period is not None:  # 0: gone at once (a kubelet removing a pod it has stopped)
+            options["gracePeriodSeconds"] = grace_period
         if uid:
             options["preconditions"] = {"uid": uid}
         if propagation:

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from meshway.ca.certs import build_key, cert_to_pem, key_to_pem
+from meshway.ca.certs import build_key, cert_from_pem, cert_to_pem, key_from_pem, key_to_pem
 
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 SERVICE_CIDR = "10.96.0.0/16"
@@ -126,7 +126,18 @@ def plan_certificates(config: HarnessConfig) -> tuple[CertRequest, ...]:
         CertRequest("admin", ADMIN_USER, organizations=("system:masters",)),
         CertRequest("controller-manager", "system:kube-controller-manager"),
         CertRequest("scheduler", "system:kube-scheduler"),
+        # what kube-apiserver presents to a kubelet (logs): kubeadm's `apiserver-kubelet-client`
+        CertRequest("apiserver-kubelet-client", "kube-apiserver-kubelet-client", organizations=("system:masters",)),
     )
+
+
+def plan_node_certificates(node: str, ip: str) -> tuple[CertRequest, ...]:
+    """A node's client certificate (as the kubelet's, `system:node:<node>` in `system:nodes`) and its
+    kubelet API's serving certificate (the same subject, as the kubelet-serving signer wants it)."""
+    user = f"system:node:{node}"
+    return (CertRequest(f"node-{node}", user, organizations=("system:nodes",)),
+            CertRequest(f"kubelet-{node}", user, organizations=("system:nodes",), dns_names=(node,),
+                        ip_addresses=(ip,), server=True))
 
 
 def plan_etcd_args(config: HarnessConfig, layout: Layout) -> list[str]:
@@ -150,6 +161,13 @@ def plan_apiserver_args(config: HarnessConfig, layout: Layout) -> list[str]:
             f"--secure-port={p.apiserver}",
             f"--tls-cert-file={layout.cert('apiserver')}", f"--tls-private-key-file={layout.key('apiserver')}",
             f"--client-ca-file={layout.cert('ca')}",
+            # the kubelet API (containerLogs): the apiserver's client certificate, the kubelets' serving
+            # certificates checked against the cluster CA, and their InternalIP dialled (a node name
+            # such as node-1 resolves nowhere)
+            f"--kubelet-client-certificate={layout.cert('apiserver-kubelet-client')}",
+            f"--kubelet-client-key={layout.key('apiserver-kubelet-client')}",
+            f"--kubelet-certificate-authority={layout.cert('ca')}",
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
             f"--service-account-issuer={SA_ISSUER}",
             f"--service-account-key-file={layout.pki / 'sa.pub'}",
             f"--service-account-signing-key-file={layout.key('sa')}",
@@ -197,6 +215,14 @@ def build_kubeconfig(server: str, ca_pem: str, cert_pem: str, key_pem: str, user
 
 def find_server_url(config: HarnessConfig) -> str:
     return f"https://{HOST}:{config.ports.apiserver}"
+
+
+@dataclass(frozen=True)
+class NodeCredentials:
+    kubeconfig: Path  # system:node:<node>
+    serving_cert: Path  # the kubelet API's (`meshway node --tls-cert-file`)
+    serving_key: Path
+    client_ca: Path  # the cluster CA: who may call the kubelet API (`--client-ca-file`)
 
 
 # -- PKI: the plan plus key generation --------------------------------------------------------------
@@ -365,12 +391,11 @@ class Harness:
             d.mkdir(parents=True, exist_ok=True)
         if (lay.pki / "ca.crt").exists():
             pki = {f.name: f.read_text() for f in lay.pki.iterdir() if f.is_file()}
+            new = self._issue_missing(pki)  # planned since the PKI was made (apiserver-kubelet-client)
         else:
-            pki = build_pki(self.config, datetime.now(timezone.utc))
-            for name, text in pki.items():
-                path = lay.pki / name
-                path.write_text(text)
-                path.chmod(0o600 if name.endswith(".key") else 0o644)
+            pki = new = build_pki(self.config, datetime.now(timezone.utc))
+        for name, text in new.items():
+            self._write_pki(name, text)
         server = find_server_url(self.config)
         for path, who, user in ((lay.admin_kubeconfig, "admin", ADMIN_USER),
                                 (lay.controller_manager_kubeconfig, "controller-manager", "system:kube-controller-manager"),
@@ -378,6 +403,45 @@ class Harness:
             doc = build_kubeconfig(server, pki["ca.crt"], pki[f"{who}.crt"], pki[f"{who}.key"], user)
             path.write_text(yaml.safe_dump(doc, sort_keys=False))
             path.chmod(0o600)
+
+    def _write_pki(self, name: str, text: str) -> None:
+        path = self.layout.pki / name
+        path.write_text(text)
+        path.chmod(0o600 if name.endswith(".key") else 0o644)
+
+    def _issue_missing(self, pki: dict[str, str]) -> dict[str, str]:
+        """Certificates of the plan an existing PKI lacks, signed by its CA (added to `pki`)."""
+        ca_cert, ca_key = cert_from_pem(pki["ca.crt"]), key_from_pem(pki["ca.key"])
+        now = datetime.now(timezone.utc)
+        new = {}
+        for req in plan_certificates(self.config):
+            if f"{req.name}.crt" not in pki:
+                cert, key = build_signed_cert(req, ca_cert, ca_key, now)
+                new[f"{req.name}.crt"], new[f"{req.name}.key"] = cert_to_pem(cert), key_to_pem(key)
+        pki.update(new)
+        return new
+
+    def issue_node_credentials(self, node: str, ip: str) -> NodeCredentials:
+        """What `kubeadm join` gives a kubelet, from the cluster CA: a kubeconfig for `system:node:<node>`
+        (group system:nodes: the Node authorizer and NodeRestriction scope it to its own Node, Lease
+        and pods) and a serving certificate for its kubelet API (SANs: the node name and `ip`)."""
+        lay = self.layout
+        ca_pem = lay.cert("ca").read_text()
+        ca_cert, ca_key = cert_from_pem(ca_pem), key_from_pem(lay.key("ca").read_text())
+        user = f"system:node:{node}"
+        now = datetime.now(timezone.utc)
+        files = {}
+        for req in plan_node_certificates(node, ip):
+            cert, key = build_signed_cert(req, ca_cert, ca_key, now)
+            files[req.name] = cert_to_pem(cert), key_to_pem(key)
+            self._write_pki(f"{req.name}.crt", files[req.name][0])
+            self._write_pki(f"{req.name}.key", files[req.name][1])
+        client_cert, client_key = files[f"node-{node}"]
+        kubeconfig = self.config.state / f"node-{node}.kubeconfig"
+        doc = build_kubeconfig(find_server_url(self.config), ca_pem, client_cert, client_key, user)
+        kubeconfig.write_text(yaml.safe_dump(doc, sort_keys=False))
+        kubeconfig.chmod(0o600)
+        return NodeCredentials(kubeconfig, lay.cert(f"kubelet-{node}"), lay.key(f"kubelet-{node}"), lay.cert("ca"))
 
     def _launch(self, name: str, argv: list[str]) -> None:
         log = open(self.layout.logs / f"{name}.log", "ab")

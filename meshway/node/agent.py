@@ -1,0 +1,359 @@
+"""`meshway node`: a kubelet for meshway's network-namespace runtime (one process per node).
+
+It registers its Node and keeps it Ready (a Lease in `kube-node-lease` renewed every 10 s, the
+Node's status every minute), watches the pods the scheduler binds to it
+(`fieldSelector=spec.nodeName=<node>`), gives each a network namespace and an address from the
+node's CIDR (`meshway.runtime.netns.ClusterNet`), runs its containers with the workload runtime
+(`meshway.runtime.workload.PodProcesses`: images mapped to the built-in apps, restarts with
+backoff, readiness probes), writes the pod's status, and stops and deletes pods as the kubelet does.
+The kubelet API (container logs, for `kubectl logs`) is `meshway.node.server`.
+
+The decisions are `meshway.node.plan`'s pure functions; this module reads, runs and writes.
+Threads: the pod watch (a `Reflector`), the heartbeat (Lease and Node status), the kubelet API
+server, one per pod being stopped; the pod loop runs on the caller's thread (`run`)."""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import platform
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..kube.client import ApiError, KubeClient, kind_path
+from ..kube.reflector import Reflector, Watched, key_of
+from ..runtime.netns import ClusterNet, NetnsError
+from ..runtime.workload import PodProcesses
+from . import plan as P
+
+log = logging.getLogger("meshway.node")
+Body = dict[str, Any]
+NODE_STATUS_PERIOD = 60.0  # seconds between Node status writes (the Ready heartbeat); the Lease is every 10 s
+NODES = "/api/v1/nodes"  # (meshway's kind registry holds what the mesh reads: no Node)
+LOOP_PERIOD = 0.5  # seconds between looks at the runtime (restarts, probes, status)
+
+
+def read_node_facts(name: str, ip: str, port: int) -> P.NodeFacts:
+    """The machine's facts for the Node object (cpu, memory, kernel, OS, ids)."""
+    memory = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = int(line.split()[1])
+    except OSError:
+        pass
+    os_image = ""
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                os_image = line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+
+    def read(path: str) -> str:
+        try:
+            return Path(path).read_text().strip()
+        except OSError:
+            return ""
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    return P.NodeFacts(name, ip, port, os.cpu_count() or 1, memory, kernel=platform.release(), os_image=os_image,
+                       architecture=arch, machine_id=read("/etc/machine-id"),
+                       boot_id=read("/proc/sys/kernel/random/boot_id"))
+
+
+class PodReflector(Reflector):
+    """The pods bound to this node, kept whole (the control plane's projection drops the containers)."""
+
+    def _keep(self, body: Body) -> Body:
+        body.setdefault("apiVersion", "v1")
+        body.setdefault("kind", "Pod")
+        (body.get("metadata") or {}).pop("managedFields", None)
+        return body
+
+
+@dataclass
+class RunningPod:
+    """A pod the runtime holds."""
+
+    uid: str
+    ip: str
+    started_at: float  # wall clock
+    processes: PodProcesses | None = None
+    config_error: str | None = None
+    stopping: bool = False
+    written: Body | None = None  # the status last written
+
+
+@dataclass
+class Heartbeat:
+    node_uid: str = ""
+    lease: Body | None = None
+    last_status: float = 0.0
+    status: Body = field(default_factory=dict)
+
+
+class NodeAgent:
+    def __init__(self, client: KubeClient, name: str, ip: str, root_dir: Path, port: int = P.KUBELET_PORT) -> None:
+        self.client, self.name, self.ip, self.port = client, name, ip, port
+        self.index = P.parse_node_index(name)
+        self.root_dir = Path(root_dir)
+        self.net = ClusterNet(self.root_dir, self.index)
+        self.log_dir = self.root_dir / "run" / "pods"
+        self.stop_event = threading.Event()
+        self.wake = threading.Event()
+        self.lock = threading.Lock()  # bound and pods
+        self.net_lock = threading.Lock()  # ClusterNet's state file is read-modify-write
+        self.bound: dict[P.Key, Body] = {}
+        self.pods: dict[P.Key, RunningPod] = {}
+        self.heartbeat = Heartbeat()
+        self.reflector = PodReflector(client, Watched("Pod", kind_path("Pod"), "v1",
+                                                      {"fieldSelector": f"spec.nodeName={name}"}),
+                                      self._emit, self.stop_event)
+        self.threads: list[threading.Thread] = []
+        self.reconciled = False  # pods recorded by an earlier run and no longer bound are removed once
+
+    # -- the Node and its Lease ---------------------------------------------------------------------
+    def node_path(self, sub: str | None = None) -> str:
+        return f"{NODES}/{self.name}" + (f"/{sub}" if sub else "")
+
+    def register(self) -> None:
+        """Create the Node (or take the one there), post its status, take its Lease."""
+        facts = read_node_facts(self.name, self.ip, self.port)
+        self.facts = facts
+        try:
+            node = self.client.create(NODES, P.build_node(facts))
+            log.info("registered node %s (pod CIDR %s)", self.name, facts.pod_cidr)
+        except ApiError as exc:
+            if not exc.conflict:
+                raise
+            node = self.client.get(self.node_path())
+            log.info("node %s exists (uid %s): taking it over", self.name, node["metadata"]["uid"])
+        self.heartbeat.node_uid = node["metadata"]["uid"]
+        self.post_status(node.get("status"))
+        self.renew_lease()
+
+    def post_status(self, previous: Body | None = None) -> None:
+        now = datetime.now(timezone.utc)
+        status = P.build_node_status(self.facts, previous if previous is not None else self.heartbeat.status, now)
+        node = self.client.merge_patch(self.node_path("status"), {"status": status})
+        self.heartbeat.status = node.get("status") or status
+        self.heartbeat.last_status = time.monotonic()
+
+    def renew_lease(self) -> None:
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{P.LEASE_NAMESPACE}/leases"
+        now = datetime.now(timezone.utc)
+        lease = self.heartbeat.lease
+        if lease is None:
+            try:
+                lease = self.client.get(f"{path}/{self.name}")
+            except ApiError as exc:
+                if not exc.not_found:
+                    raise
+        body = P.build_lease(self.name, self.heartbeat.node_uid, now, lease)
+        try:
+            if lease is None:
+                self.heartbeat.lease = self.client.create(path, body)
+            else:
+                self.heartbeat.lease = self.client.replace(f"{path}/{self.name}", body)
+        except ApiError as exc:
+            self.heartbeat.lease = None  # read it again next time (409: someone else wrote it)
+            raise exc
+
+    def run_heartbeat(self) -> None:
+        while not self.stop_event.wait(P.LEASE_RENEW):
+            try:
+                self.renew_lease()
+                if time.monotonic() - self.heartbeat.last_status >= NODE_STATUS_PERIOD:
+                    self.post_status()
+            except Exception as exc:  # noqa: BLE001: the API may be away for a while; keep trying
+                log.warning("heartbeat of node %s: %s", self.name, exc)
+
+    # -- pods --------------------------------------------------------------------------------------
+    def _emit(self, kind: str, change: str, body: Body) -> None:
+        with self.lock:
+            if change == "DELETED":
+                self.bound.pop(key_of(body), None)
+            else:
+                self.bound[key_of(body)] = body
+        self.wake.set()
+
+    def sync(self) -> None:
+        """Start, stop and delete what `plan_pods` says."""
+        with self.lock:
+            bound = dict(self.bound)
+            held = {k: P.Held(p.uid, p.ip, p.stopping) for k, p in self.pods.items()}
+        if not self.reconciled and self.reflector.synced.is_set():
+            self.reconciled = True
+            self.remove_unbound_recorded(bound)
+        todo = P.plan_pods(bound, held)
+        for key in todo.stop:
+            self.stop_pod(key, bound.get(key))
+        for key, uid in todo.delete:
+            self.delete_pod(key, uid)
+        for key in todo.start:
+            self.start_pod(key, bound[key])
+
+    def remove_unbound_recorded(self, bound: dict[P.Key, Body]) -> None:
+        """Pods an earlier run left (it was killed) that are no longer bound here."""
+        with self.net_lock:
+            for ns, name in self.net.recorded_pods():
+                if (ns, name) not in bound:
+                    log.info("removing pod %s/%s: left by an earlier run, no longer bound here", ns, name)
+                    try:
+                        self.net.remove_pod(ns, name)
+                    except NetnsError as exc:
+                        log.warning("cannot remove pod %s/%s: %s", ns, name, exc)
+
+    def start_pod(self, key: P.Key, pod: Body) -> None:
+        ns, name = key
+        with self.lock:
+            in_use = {p.ip for p in self.pods.values()}
+        try:
+            ip = P.allocate_ip(self.name, pod, in_use)
+            with self.net_lock:
+                self.net.add_pod(ns, name, ip, self.index)
+        except (ValueError, NetnsError) as exc:
+            log.warning("cannot give pod %s/%s a network namespace: %s", ns, name, exc)
+            return
+        body = copy.deepcopy(pod)
+        body.setdefault("status", {}).update(podIP=ip, podIPs=[{"ip": ip}], hostIP=self.ip)
+        running = RunningPod(pod["metadata"].get("uid", ""), ip, time.time())
+        try:
+            running.processes = PodProcesses(body, self.net.exec_prefix(ns, name), self.log_dir / f"{ns}.{name}",
+                                             home_root=self.net.pod_home(ns, name))
+            running.processes.start()
+        except Exception as exc:  # noqa: BLE001: a container we cannot run: the pod reports why
+            log.warning("cannot start pod %s/%s: %s", ns, name, exc)
+            running.processes, running.config_error = None, str(exc)
+        log.info("started pod %s/%s at %s", ns, name, ip)
+        with self.lock:
+            self.pods[key] = running
+
+    def stop_pod(self, key: P.Key, pod: Body | None) -> None:
+        """Stop in the background (the grace period may be long); the pod is released when done."""
+        with self.lock:
+            running = self.pods[key]
+            running.stopping = True
+        grace = None
+        if pod is not None and pod["metadata"].get("uid") == running.uid:
+            grace = pod["metadata"].get("deletionGracePeriodSeconds")
+        thread = threading.Thread(target=self._stop, args=(key, running, grace), name=f"stop {key[0]}/{key[1]}",
+                                  daemon=True)
+        thread.start()
+
+    def _stop(self, key: P.Key, running: RunningPod, grace: float | None) -> None:
+        ns, name = key
+        try:
+            if running.processes is not None:
+                running.processes.stop(None if grace is None else float(grace))
+            with self.net_lock:
+                self.net.remove_pod(ns, name)
+            log.info("stopped pod %s/%s", ns, name)
+        except Exception:  # noqa: BLE001
+            log.exception("stopping pod %s/%s", ns, name)
+        with self.lock:
+            if self.pods.get(key) is running:
+                del self.pods[key]
+        self.wake.set()
+
+    def delete_pod(self, key: P.Key, uid: str) -> None:
+        """The pod is stopped: remove it from the API (the kubelet's status manager does the same)."""
+        try:
+            self.client.delete(kind_path("Pod", key[0], key[1]), uid=uid, grace_period=0)
+            log.info("deleted pod %s/%s", *key)
+        except ApiError as exc:
+            if not (exc.not_found or exc.conflict):  # gone already, or another pod of that name now
+                log.warning("deleting pod %s/%s: %s", key[0], key[1], exc)
+
+    def report(self) -> None:
+        """Restart exited containers, run due probes, and write each changed pod status."""
+        with self.lock:
+            items = [(k, p, self.bound.get(k)) for k, p in self.pods.items() if not p.stopping]
+        for key, running, pod in items:
+            if pod is None or pod["metadata"].get("uid") != running.uid or pod["metadata"].get("deletionTimestamp"):
+                continue
+            run = self.observe(running)
+            current = pod if running.written is None else {**pod, "status": running.written}
+            status = P.build_pod_status(current, run, self.ip, datetime.now(timezone.utc))
+            if running.written is not None and not P.detect_status_change(running.written, status):
+                continue
+            try:
+                self.client.merge_patch(kind_path("Pod", key[0], key[1], "status"),
+                                        {"metadata": {"uid": running.uid}, "status": status})
+                running.written = status
+            except ApiError as exc:
+                log.warning("status of pod %s/%s: %s", key[0], key[1], exc)
+
+    @staticmethod
+    def observe(running: RunningPod) -> P.PodRun:
+        """The runtime's view of a pod: poll (restarts), probe, read the containers."""
+        if running.processes is None:
+            return P.PodRun(running.ip, running.started_at, (), running.config_error)
+        running.processes.poll()
+        running.processes.check_ready()
+        containers = []
+        for c in running.processes.containers:
+            s = c.status()
+            containers.append(P.ContainerRun(s.name, s.state, s.ready, s.restart_count,
+                                             c.started_wall or None, s.pid, s.last_exit_code, s.last_error))
+        return P.PodRun(running.ip, running.started_at, tuple(containers))
+
+    def find_log(self, namespace: str, pod: str, container: str) -> tuple[Path, bool] | None:
+        """(log file, pod still running) of a container of a pod this node runs or ran."""
+        with self.lock:
+            running = self.pods.get((namespace, pod))
+            spec = self.bound.get((namespace, pod))
+        names = {c.get("name") for c in ((spec or {}).get("spec") or {}).get("containers") or []}
+        if running is None or container not in names:
+            return None
+        return self.log_dir / f"{namespace}.{pod}" / f"{container}.log", not running.stopping
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        with self.net_lock:
+            self.net.up()
+        self.register()
+        for target, what in ((self.reflector.run, "pod watch"), (self.run_heartbeat, "heartbeat")):
+            t = threading.Thread(target=target, name=what, daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def run(self) -> None:
+        """The pod loop, until `stop()`."""
+        while not self.stop_event.is_set():
+            self.wake.wait(LOOP_PERIOD)
+            self.wake.clear()
+            if self.stop_event.is_set():
+                break
+            try:
+                self.sync()
+                self.report()
+            except Exception:  # noqa: BLE001: one bad round is logged; the next one tries again
+                log.exception("pod loop")
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.wake.set()
+
+    def shutdown(self) -> None:
+        """Stop every pod (each within its grace period, all at once) and remove the node's
+        namespaces: nothing of this node stays on the machine. The Node and its pods stay in the
+        API; without a Lease renewed the node-lifecycle controller marks the node NotReady."""
+        with self.lock:
+            running = [(k, p) for k, p in self.pods.items()]
+        threads = []
+        for key, pod in running:
+            if pod.processes is not None and not pod.stopping:
+                t = threading.Thread(target=pod.processes.stop, daemon=True)
+                t.start()
+                threads.append(t)
+        for t in threads:
+            t.join()
+        with self.net_lock:
+            self.net.down()
+        log.info("node %s stopped: %d pods stopped, namespaces removed", self.name, len(running))
+

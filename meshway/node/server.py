@@ -1,0 +1,195 @@
+"""The kubelet API of `meshway node`, as far as this increment goes: `GET /containerLogs/<ns>/<pod>/<container>`
+(`kubectl logs` reaches it through the API server: `https://<node InternalIP>:<kubeletEndpoint port>`),
+with `follow`, `tailLines` and `limitBytes`; and `/healthz`.
+
+HTTPS only. A client must present a certificate of the cluster CA (`--client-ca-file`; the API
+server presents its `--kubelet-client-certificate`), and is then authorized as the kubelet's
+webhook mode does it: a SubjectAccessReview for `get nodes/proxy` on this node, with the
+certificate's CN as the user and its O as the groups. `exec`, `attach` and `portForward` are not
+served (501): they need the streaming protocols (SPDY / WebSocket), a later step."""
+from __future__ import annotations
+
+import http.server
+import logging
+import socketserver
+import ssl
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+from urllib.parse import parse_qs, urlsplit
+
+from ..kube.client import ApiError, KubeClient
+from .plan import LogRequestError, plan_log_request, select_log
+
+log = logging.getLogger("meshway.node.server")
+FindLog = Callable[[str, str, str], "tuple[Path, bool] | None"]
+STREAMING = ("/exec/", "/attach/", "/portForward/", "/run/")
+
+
+def build_tls_context(cert_file: Path, key_file: Path, client_ca: Path) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cert_file), str(key_file))
+    ctx.load_verify_locations(cafile=str(client_ca))
+    ctx.verify_mode = ssl.CERT_REQUIRED  # no anonymous requests
+    return ctx
+
+
+def find_subject(cert: dict) -> tuple[str, list[str]]:
+    """(CN, [O...]) of a peer certificate as `ssl.getpeercert()` returns it."""
+    cn, orgs = "", []
+    for rdn in cert.get("subject") or ():
+        for key, value in rdn:
+            if key == "commonName":
+                cn = value
+            elif key == "organizationName":
+                orgs.append(value)
+    return cn, orgs
+
+
+class Authorizer:
+    """`get nodes/proxy` for this node, by SubjectAccessReview (answers cached 30 s, as the kubelet's)."""
+
+    def __init__(self, client: KubeClient, node: str, ttl: float = 30.0) -> None:
+        self.client, self.node, self.ttl = client, node, ttl
+        self.cache: dict[tuple[str, tuple[str, ...]], tuple[float, bool, str]] = {}
+
+    def allowed(self, user: str, groups: list[str]) -> tuple[bool, str]:
+        key = (user, tuple(sorted(groups)))
+        hit = self.cache.get(key)
+        if hit and time.monotonic() - hit[0] < self.ttl:
+            return hit[1], hit[2]
+        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                  "spec": {"user": user, "groups": groups,
+                           "resourceAttributes": {"verb": "get", "resource": "nodes", "subresource": "proxy",
+                                                  "name": self.node}}}
+        try:
+            out = self.client.create("/apis/authorization.k8s.io/v1/subjectaccessreviews", review)
+        except ApiError as exc:
+            return False, f"authorization check failed: {exc}"
+        status = out.get("status") or {}
+        allowed, reason = bool(status.get("allowed")), status.get("reason") or ""
+        self.cache[key] = (time.monotonic(), allowed, reason)
+        return allowed, reason
+
+
+class KubeletServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], tls: ssl.SSLContext, find_log: FindLog, authorizer: Authorizer,
+                 stopping: threading.Event) -> None:
+        super().__init__(address, Handler)
+        self.tls, self.find_log, self.authorizer, self.stopping = tls, find_log, authorizer, stopping
+
+    def get_request(self):
+        sock, addr = super().get_request()
+        sock.settimeout(10)
+        try:
+            return self.tls.wrap_socket(sock, server_side=True), addr
+        except (ssl.SSLError, OSError):
+            sock.close()
+            raise
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    server: KubeletServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt: str, *args) -> None:
+        log.info("%s %s", self.address_string(), fmt % args)
+
+    def log_error(self, fmt: str, *args) -> None:  # an idle keep-alive connection timing out, mostly
+        log.debug("%s %s", self.address_string(), fmt % args)
+
+    def reply(self, status: int, text: str) -> None:
+        data = (text.rstrip("\n") + "\n").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        url = urlsplit(self.path)
+        if url.path == "/healthz":
+            return self.reply(200, "ok")
+        user, groups = find_subject(self.connection.getpeercert() or {})
+        allowed, reason = self.server.authorizer.allowed(user, groups)
+        if not allowed:
+            return self.reply(403, f"Forbidden (user={user}, verb=get, resource=nodes, subresource=proxy)"
+                                   + (f": {reason}" if reason else ""))
+        if url.path.startswith(STREAMING):
+            return self.reply(501, f"{url.path.split('/')[1]} is not served by meshway's node agent yet "
+                                   "(use `meshway exec` / `meshway port-forward` on the local mesh)")
+        try:
+            req = plan_log_request(url.path, parse_qs(url.query))
+        except LogRequestError as exc:
+            return self.reply(exc.status, str(exc))
+        if req.previous:
+            return self.reply(400, f'previous terminated container "{req.container}" in pod "{req.pod}" not found '
+                                   "(meshway keeps one log per container; restarts append to it)")
+        found = self.server.find_log(req.namespace, req.pod, req.container)
+        if found is None:
+            return self.reply(404, f'container "{req.container}" in pod "{req.pod}" (namespace {req.namespace}) '
+                                   "is not running on this node")
+        path, live = found
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        offset = len(data)
+        body = select_log(data, req.tail_lines, req.limit_bytes)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        if not req.follow:
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.follow(path, body, offset, req.limit_bytes)
+
+    def chunk(self, data: bytes) -> None:
+        if data:
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
+
+    def follow(self, path: Path, first: bytes, offset: int, limit: int | None) -> None:
+        """Send what is there, then what is appended, until the client goes, the limit is reached,
+        the pod stops or the agent does."""
+        sent = 0
+        try:
+            data = first
+            while True:
+                if limit is not None:
+                    data = data[:max(0, limit - sent)]
+                self.chunk(data)
+                sent += len(data)
+                if (limit is not None and sent >= limit) or self.server.stopping.is_set():
+                    break
+                parts = path.parent.name.split(".", 1)
+                found = self.server.find_log(parts[0], parts[1], path.stem) if len(parts) == 2 else None
+                if found is None or not found[1]:
+                    break
+                time.sleep(0.2)
+                try:
+                    with open(path, "rb") as f:
+                        f.seek(offset)
+                        data = f.read(1 << 20)
+                except FileNotFoundError:
+                    data = b""
+                offset += len(data)
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
+            pass  # the client went away
+
+
+def serve(address: tuple[str, int], tls: ssl.SSLContext, find_log: FindLog, authorizer: Authorizer,
+          stopping: threading.Event) -> KubeletServer:
+    """Bind and serve on a daemon thread; `.server_address[1]` is the bound port (0: any free one)."""
+    server = KubeletServer(address, tls, find_log, authorizer, stopping)
+    threading.Thread(target=server.serve_forever, name="kubelet API", daemon=True).start()
+    return server
