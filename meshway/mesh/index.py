@@ -100,12 +100,10 @@ class ConfigIndex:
         models, sources = dict(self.models), dict(self._sources)
         parsed = {k: m for k, m in self._parsed.items() if k[0] not in kinds}
         for kind in kinds:
-            same = {id(body): (key, model) for (body, key), model in zip(self._sources.get(kind, ()), self.of(kind))}
-            entries = [(body, *(same.get(id(body)) or _parse(kind, body, self._parsed)))
-                       for body in config.get(kind, ())]
-            parsed.update((key, model) for _, key, model in entries)
-            models[kind] = tuple(model for _, _, model in entries)
-            sources[kind] = tuple((body, key) for body, key, _ in entries)
+            bodies = tuple(config.get(kind, ()))
+            keys, models[kind] = _find_models(kind, bodies, self._sources.get(kind, ()), self.of(kind), self._parsed)
+            parsed.update(zip(keys, models[kind]))
+            sources[kind] = tuple(zip(bodies, keys))
         out = ConfigIndex(models, self.virtual_services, self.destination_rules, self.http_routes, parsed, sources)
         if "VirtualService" in kinds:
             swaps = find_swaps(self.of("VirtualService"), models["VirtualService"], find_virtual_service_hosts)
@@ -122,6 +120,25 @@ class ConfigIndex:
             out = _replace(out, http_routes=build_route_parents(models["HTTPRoute"]) if swaps is None
                            else swap_route_parents(self.http_routes, swaps))
         return out
+
+
+def _find_models(kind: str, bodies: tuple[Body, ...], old_sources: tuple[tuple[Body, tuple[str, str, str]], ...],
+                 old_models: tuple[Any, ...], parsed: Mapping[tuple[str, str, str], Any]
+                 ) -> tuple[list[tuple[str, str, str]], tuple[Any, ...]]:
+    """(keys, models) of `bodies`: a body at the same position as last time, or else found among
+    last time's, is the same object and keeps its model; the others are parsed (`_parse`)."""
+    keys, models, same = [], [], None
+    positional = len(old_sources) == len(bodies)
+    for i, body in enumerate(bodies):
+        if positional and old_sources[i][0] is body:
+            key, model = old_sources[i][1], old_models[i]
+        else:
+            if same is None:
+                same = {id(b): (k, m) for (b, k), m in zip(old_sources, old_models)}
+            key, model = same.get(id(body)) or _parse(kind, body, parsed)
+        keys.append(key)
+        models.append(model)
+    return keys, tuple(models)
 
 
 MAX_SWAPS = 32  # more changed objects than this in one kind: the index is rebuilt

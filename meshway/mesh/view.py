@@ -232,8 +232,8 @@ class MeshView:
             view = view._with_gateways(snapshot)
         if set(CONFIG_KINDS) & set(snapshot):
             config = dict(view.config)
-            config.update({k: tuple(b for b in snapshot[k] if detect_config(k, b)) for k in CONFIG_KINDS
-                           if k in snapshot})
+            config.update({k: tuple(b for b in snapshot[k] if detect_config(k, b)) if k == "ConfigMap"
+                           else tuple(snapshot[k]) for k in CONFIG_KINDS if k in snapshot})
             view = replace(view, config=config, index=view.index.with_config(config, snapshot))
         if view is self:
             return view

@@ -4,6 +4,7 @@ re-reading and re-decoding every object of its kind. Lists come in the store's o
 (namespace, then name), so whoever builds from them sees exactly what a fresh read would give."""
 from __future__ import annotations
 
+import bisect
 from typing import Any, Iterable, Mapping
 
 from .db import Change
@@ -16,10 +17,11 @@ class ObjectCache:
         self._objects: dict[str, dict[tuple[str, str], Body]] = {
             kind: {(b["metadata"].get("namespace") or "", b["metadata"]["name"]): b for b in bodies}
             for kind, bodies in snapshot.items()}
-        self._sorted: dict[str, list[Body]] = {}
+        self._sorted: dict[str, tuple[list[tuple[str, str]], list[Body]]] = {}  # kind -> sorted keys, bodies
 
     def apply(self, changes: Iterable[Change]) -> None:
-        """Changes in resourceVersion order; kinds the cache does not hold are ignored."""
+        """Changes in resourceVersion order; kinds the cache does not hold are ignored. An object
+        modified in place keeps its position in the sorted list; an added or deleted one re-sorts."""
         for change in changes:
             objects = self._objects.get(change.kind)
             if objects is None:
@@ -27,9 +29,15 @@ class ObjectCache:
             key = (change.namespace or "", change.name)
             if change.type == "DELETED":
                 objects.pop(key, None)
+                self._sorted.pop(change.kind, None)
+                continue
+            sorted_ = self._sorted.get(change.kind)
+            if key in objects and sorted_ is not None:
+                keys, bodies = sorted_
+                bodies[bisect.bisect_left(keys, key)] = change.body
             else:
-                objects[key] = change.body
-            self._sorted.pop(change.kind, None)
+                self._sorted.pop(change.kind, None)
+            objects[key] = change.body
 
     def find(self, kind: str, namespace: str, name: str) -> Body | None:
         """The object as last read; None if absent (or its kind is not held)."""
@@ -41,6 +49,7 @@ class ObjectCache:
         for kind in kinds:
             if kind not in self._sorted:
                 objects = self._objects.get(kind, {})
-                self._sorted[kind] = [objects[k] for k in sorted(objects)]
-            out[kind] = list(self._sorted[kind])
+                keys = sorted(objects)
+                self._sorted[kind] = (keys, [objects[k] for k in keys])
+            out[kind] = list(self._sorted[kind][1])
         return out
