@@ -83,12 +83,17 @@ def write_version(version: Body, output: str = "short", short: bool = True) -> s
 
 
 # -- gathering -----------------------------------------------------------------------------------
+UNKNOWN_BUILD = {"version": "unknown", "revision": "unknown", "python_version": "", "status": "", "tag": ""}
+
+
 def fetch_control_plane_version(c: Ctx) -> Body | None:
     """The running control plane's BuildInfo (run/version.json; a control plane started before that
     file existed: the version it writes per proxy in proxy-status.json), None when none runs."""
     from .controlplane import load_proxy_status
-    from .liveness import find_controlplane
+    from .liveness import detect_running, find_controlplane
 
+    if c.backend.kubernetes:  # a control plane holds the Lease; its build is not published on the API
+        return UNKNOWN_BUILD if detect_running(c.store) else None
     if not find_controlplane(c.store.state_dir):
         return None
     path = c.store.state_dir / "run" / "version.json"
@@ -106,6 +111,8 @@ def fetch_proxy_versions(c: Ctx) -> list[Body]:
     from ..runtime.envoy_admin import AdminError, fetch_admin
     from .controlplane import load_proxy_status
 
+    if c.backend.kubernetes:  # proxies run as pods elsewhere: their admin APIs are not reachable from here
+        return []
     out = []
     for proxy in sorted(load_proxy_status(c).values(), key=lambda p: (p["namespace"], p["pod"])):
         try:
