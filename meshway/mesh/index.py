@@ -125,16 +125,15 @@ class ConfigIndex:
 def _find_models(kind: str, bodies: tuple[Body, ...], old_sources: tuple[tuple[Body, tuple[str, str, str]], ...],
                  old_models: tuple[Any, ...], parsed: Mapping[tuple[str, str, str], Any]
                  ) -> tuple[list[tuple[str, str, str]], tuple[Any, ...]]:
-    """(keys, models) of `bodies`: a body at the same position as last time, or else found among
-    last time's, is the same object and keeps its model; the others are parsed (`_parse`)."""
-    keys, models, same = [], [], None
+    """(keys, models) of `bodies`: a body that is the same object as last time (at the same
+    position when none was added or removed) keeps its model; the others are parsed (`_parse`)."""
+    keys, models = [], []
     positional = len(old_sources) == len(bodies)
+    same = {} if positional else {id(b): (k, m) for (b, k), m in zip(old_sources, old_models)}
     for i, body in enumerate(bodies):
         if positional and old_sources[i][0] is body:
             key, model = old_sources[i][1], old_models[i]
         else:
-            if same is None:
-                same = {id(b): (k, m) for (b, k), m in zip(old_sources, old_models)}
             key, model = same.get(id(body)) or _parse(kind, body, parsed)
         keys.append(key)
         models.append(model)
