@@ -47,6 +47,27 @@ spec:
         ports:
         - containerPort: 9080
 """
+ECHO = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: echo
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: echo}
+  template:
+    metadata:
+      labels: {app: echo}
+    spec:
+      terminationGracePeriodSeconds: 5
+      nodeSelector: {kubernetes.io/hostname: node-2}
+      containers:
+      - name: echo
+        image: hashicorp/http-echo
+        ports:
+        - containerPort: 5678
+"""
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +185,40 @@ def test_node_runs_deployment_pods(cluster, tmp_path):
     assert prefix not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not list(Path("/etc/netns").glob(f"{prefix}*")) if Path("/etc/netns").exists() else True
     assert not [p for p in pids if Path(f"/proc/{p}").exists()], "pod processes left"
+
+
+def test_node_gets_its_serving_certificate_from_the_cluster(cluster, tmp_path):
+    """As `meshway up --kubernetes` runs it: an admin kubeconfig and no --tls-cert-file. The agent
+    requests its serving certificate from the kubernetes.io/kubelet-serving signer, approves it
+    (the admin may), and kube-controller-manager signs it with the cluster CA, which the API server
+    checks when `kubectl logs` reaches the node."""
+    h, bin_dir = cluster
+    kc = h.kubeconfig
+    root = tmp_path / "node-2"
+    log = tmp_path / "node-2.log"
+    agent = subprocess.Popen([sys.executable, "-m", "meshway", "node", "--kubeconfig", str(kc), "--name", "node-2",
+                              "--port", "0", "-v"], stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                             start_new_session=True, env={**os.environ, "MESHWAY_STATE_DIR": str(root)})
+    try:
+        wait_for("node-2 Ready", lambda: "True" == kubectl(
+            bin_dir, kc, "get", "node", "node-2", "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}")
+            if "node-2" in kubectl(bin_dir, kc, "get", "nodes", "-o", "name") else "", timeout=60)
+        csrs = kubectl(bin_dir, kc, "get", "csr", "--no-headers")
+        assert "kubernetes.io/kubelet-serving" in csrs and "Approved,Issued" in csrs
+        (tmp_path / "echo.yaml").write_text(ECHO)
+        kubectl(bin_dir, kc, "apply", "-f", str(tmp_path / "echo.yaml"))
+
+        def echo_ready():
+            items = json.loads(kubectl(bin_dir, kc, "get", "pods", "-l", "app=echo", "-o", "json"))["items"]
+            return items if len(items) == 1 and detect_ready(items[0]) else None
+        (pod,) = wait_for("the echo pod Ready on node-2", echo_ready, timeout=90)
+        assert pod["spec"]["nodeName"] == "node-2"
+        assert ipaddress.ip_address(pod["status"]["podIP"]) in ipaddress.ip_network("10.244.2.0/24")
+        out = wait_for("kubectl logs on node-2", lambda: kubectl(bin_dir, kc, "logs", "deploy/echo"))
+        assert "listening" in out
+    finally:
+        os.killpg(agent.pid, signal.SIGTERM)
+        agent.wait(60)
+    assert agent.returncode == 0, log.read_text()[-3000:]
+    assert f"mw{cluster_id(root)}-" not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                                          text=True).stdout

@@ -272,3 +272,41 @@ def test_log_request_refused(path, query, status):
 ])
 def test_select_log(tail, limit, expected):
     assert P.select_log(b"a\nb\nc\n", tail, limit) == expected
+
+
+# -- the kubelet API's serving certificate request -----------------------------------------------------
+def test_serving_certificate_request():
+    import base64
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from meshway.ca.certs import build_key
+    from meshway.node.tls import build_csr
+
+    body = build_csr("node-1", "127.0.0.1", build_key())
+    assert body["spec"]["signerName"] == "kubernetes.io/kubelet-serving"
+    assert body["spec"]["usages"] == ["digital signature", "server auth"]
+    csr = x509.load_pem_x509_csr(base64.b64decode(body["spec"]["request"]))
+    assert csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "system:node:node-1"
+    assert csr.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "system:nodes"
+    san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["node-1"]
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+
+
+@pytest.mark.parametrize("ip,days_later,usable", [
+    ("127.0.0.1", 0, True),
+    ("127.0.0.2", 0, False),  # the node moved: a new certificate
+    ("127.0.0.1", 365, False),  # expiring within a day: a new one
+])
+def test_kept_serving_certificate(ip, days_later, usable):
+    from meshway.ca.certs import cert_to_pem
+    from meshway.kube.harness import CertRequest, build_ca, build_signed_cert
+    from meshway.node.tls import detect_usable
+
+    ca, key = build_ca(NOW)
+    cert, _ = build_signed_cert(CertRequest("k", "system:node:node-1", dns_names=("node-1",),
+                                            ip_addresses=("127.0.0.1",), server=True), ca, key, NOW)
+    assert detect_usable(cert_to_pem(cert), ip, NOW + timedelta(days=days_later)) is usable

@@ -33,8 +33,9 @@ def default_root_dir(name: str) -> Path:
               help="The node's state: network namespaces record, pod logs (env MESHWAY_STATE_DIR; "
                    "default: $XDG_STATE_HOME/meshway-node/NAME).")
 @click.option("--tls-cert-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
-              help="The kubelet API's serving certificate (default: a self-signed one, which an API server "
-                   "run with --kubelet-certificate-authority refuses).")
+              help="The kubelet API's serving certificate (default: one requested from the cluster's "
+                   "kubernetes.io/kubelet-serving signer, as the kubelet's serverTLSBootstrap; self-signed "
+                   "when that fails).")
 @click.option("--tls-private-key-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Its key.")
 @click.option("--client-ca-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
@@ -49,7 +50,7 @@ def node(kubeconfig: str | None, kube_context: str | None, name: str, node_ip: s
     from ..node import plan as P
     from ..node.agent import NodeAgent
     from ..node.server import Authorizer, build_tls_context, serve
-    from ..node.tls import build_self_signed
+    from ..node.tls import fetch_serving_cert
     from ..runtime.netns import detect_capability
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
@@ -69,7 +70,7 @@ def node(kubeconfig: str | None, kube_context: str | None, name: str, node_ip: s
             raise click.ClickException("the kubeconfig names no cluster CA: pass --client-ca-file")
         client_ca_file = Path(ca)
     if tls_cert_file is None:
-        tls_cert_file, tls_private_key_file = build_self_signed(root / "pki", name, node_ip)
+        tls_cert_file, tls_private_key_file, _ = fetch_serving_cert(client, root / "pki", name, node_ip)
     agent = NodeAgent(client, name, node_ip, root)
     tls = build_tls_context(tls_cert_file, tls_private_key_file, client_ca_file)  # type: ignore[arg-type]
     server = serve((node_ip, port), tls, agent.find_log, Authorizer(client, name), agent.stop_event)

@@ -49,20 +49,20 @@ def find_subject(cert: dict) -> tuple[str, list[str]]:
 
 
 class Authorizer:
-    """`get nodes/proxy` for this node, by SubjectAccessReview (answers cached 30 s, as the kubelet's)."""
+    """`get` (or `create`, for POST) `nodes/proxy` on this node, by SubjectAccessReview (answers cached 30 s, as the kubelet's)."""
 
     def __init__(self, client: KubeClient, node: str, ttl: float = 30.0) -> None:
         self.client, self.node, self.ttl = client, node, ttl
-        self.cache: dict[tuple[str, tuple[str, ...]], tuple[float, bool, str]] = {}
+        self.cache: dict[tuple[str, tuple[str, ...], str], tuple[float, bool, str]] = {}
 
-    def allowed(self, user: str, groups: list[str]) -> tuple[bool, str]:
-        key = (user, tuple(sorted(groups)))
+    def allowed(self, user: str, groups: list[str], verb: str = "get") -> tuple[bool, str]:
+        key = (user, tuple(sorted(groups)), verb)
         hit = self.cache.get(key)
         if hit and time.monotonic() - hit[0] < self.ttl:
             return hit[1], hit[2]
         review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
                   "spec": {"user": user, "groups": groups,
-                           "resourceAttributes": {"verb": "get", "resource": "nodes", "subresource": "proxy",
+                           "resourceAttributes": {"verb": verb, "resource": "nodes", "subresource": "proxy",
                                                   "name": self.node}}}
         try:
             out = self.client.create("/apis/authorization.k8s.io/v1/subjectaccessreviews", review)
@@ -111,18 +111,30 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def do_POST(self) -> None:  # noqa: N802: exec, attach, portForward (the API server upgrades these)
+        if self.check("create"):
+            self.reply(501 if urlsplit(self.path).path.startswith(STREAMING) else 405,
+                       f"{urlsplit(self.path).path.split('/')[1]} is not served by meshway's node agent yet "
+                       "(the kubelet streaming API: exec, attach and port-forward are a later step)")
+
+    def check(self, verb: str) -> bool:
+        """Whether the client (its certificate's CN and O) may use this node's kubelet API."""
+        user, groups = find_subject(self.connection.getpeercert() or {})
+        allowed, reason = self.server.authorizer.allowed(user, groups, verb)
+        if not allowed:
+            self.reply(403, f"Forbidden (user={user}, verb={verb}, resource=nodes, subresource=proxy)"
+                            + (f": {reason}" if reason else ""))
+        return allowed
+
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         url = urlsplit(self.path)
         if url.path == "/healthz":
             return self.reply(200, "ok")
-        user, groups = find_subject(self.connection.getpeercert() or {})
-        allowed, reason = self.server.authorizer.allowed(user, groups)
-        if not allowed:
-            return self.reply(403, f"Forbidden (user={user}, verb=get, resource=nodes, subresource=proxy)"
-                                   + (f": {reason}" if reason else ""))
+        if not self.check("get"):
+            return None
         if url.path.startswith(STREAMING):
             return self.reply(501, f"{url.path.split('/')[1]} is not served by meshway's node agent yet "
-                                   "(use `meshway exec` / `meshway port-forward` on the local mesh)")
+                                   "(the kubelet streaming API: exec, attach and port-forward are a later step)")
         try:
             req = plan_log_request(url.path, parse_qs(url.query))
         except LogRequestError as exc:
