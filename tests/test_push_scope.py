@@ -88,6 +88,12 @@ def random_change(store, rng: random.Random) -> None:
                                               "rules": [{"backendRefs": [{"name": app, "namespace": parent,
                                                                           "port": 80}],
                                                          "timeouts": {"request": f"{rng.randint(1, 9)}s"}}]}}))
+    elif choice == 4 and rng.random() < 0.5:  # key sets fetched from a Service of any namespace
+        apply(store, yaml.safe_dump({"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+                                     "metadata": {"name": app, "namespace": ns},
+                                     "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": app}],
+                                              "jwtRules": [{"issuer": "i", "jwksUri": "http://api.{}.svc.cluster"
+                                                            ".local/jwks".format(rng.choice(NAMESPACES))}]}}))
     else:
         apply(store, yaml.safe_dump({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
                                      "metadata": {"name": app, "namespace": ns},
@@ -186,3 +192,37 @@ def test_a_route_that_moves_to_another_parent_rebuilds_the_waypoint_it_left(stat
         scratch.view = MeshView.build(scratch.store.snapshot(XDS_KINDS)[1])
         scratch.sync()
         assert versions(cp) == versions(scratch), f"moved to {parent}"
+
+
+def test_the_pods_of_a_jwks_service_in_another_namespace_reach_the_waypoint(state_dir, store):
+    """A RequestAuthentication in ns-a fetches its key set from keys.ns-b: a pod of ns-b that
+    becomes ready is an endpoint of ns-a's waypoint (the jwksUri cluster), so ns-a's is rebuilt too."""
+    apply(store, world())
+    for ns in NAMESPACES:
+        make_waypoint_ready(store, ns, "waypoint")
+    apply(store, yaml.safe_dump_all([
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "keys", "namespace": "ns-b"},
+         "spec": {"selector": {"app": "keys"}, "ports": [{"name": "http", "port": 80}]}},
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "keys-1", "namespace": "ns-b",
+                                                          "labels": {"app": "keys"}},
+         "spec": {"containers": [{"name": "c", "image": "x"}]}},  # no Deployment: only ns-b changes
+        {"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+         "metadata": {"name": "jwt", "namespace": "ns-a"},
+         "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "web"}],
+                  "jwtRules": [{"issuer": "i", "jwksUri": "http://keys.ns-b.svc.cluster.local/jwks"}]}}]))
+    cp = ControlPlane(state_dir)
+    cp._start()
+    node = next(s.node_id for s in cp.replicas.values() if s.replica.namespace == "ns-a")
+
+    def endpoints() -> int:
+        cla = cp.cache.get(node)[P.ENDPOINT]["outbound|80||keys.ns-b.svc.cluster.local"]
+        return sum(len(group.lb_endpoints) for group in cla.endpoints)
+
+    for ready, expected in (("True", 1), ("False", 0)):
+        store.write_status("Pod", "ns-b", "keys-1", {"phase": "Running", "conditions": [
+            {"type": "Ready", "status": ready}]})
+        builds = cp.builds
+        cp._read_store(0.0)
+        cp._push_pending()
+        assert cp.builds - builds == 3  # every waypoint: ns-b holds a jwksUri service (as for providers)
+        assert endpoints() == expected

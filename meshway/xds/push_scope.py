@@ -2,11 +2,12 @@
 
 Every namespaced kind a waypoint's config reads is looked up by namespace: VirtualServices,
 DestinationRules, AuthorizationPolicies, RequestAuthentications, Telemetry and EnvoyFilters apply
-when they live in the namespace of the service or of the waypoint (the root namespace:
-everywhere), pods feed the endpoints of the services of their namespace, and an HTTPRoute attaches
-to the Services its parentRefs name. So a change in namespace N can touch only the waypoints in N and those serving a
-service or workload of N, before or after the change, and, through the endpoints of MeshConfig's
-extension providers (collectors, external authorizers), every waypoint when N holds one of those.
+when they live in the namespace of the service or of the waypoint (the root namespace: everywhere),
+pods feed the endpoints of the services of their namespace, and an HTTPRoute attaches to the
+Services its parentRefs name. So a change in namespace N can touch only the waypoints in N and those
+serving a service or workload of N, before or after the change, and, through the endpoints of
+MeshConfig's extension providers (collectors, external authorizers) and of the services
+RequestAuthentications fetch key sets from (`jwksUri`), every waypoint when N holds one of those.
 Changes to the kinds that decide bindings (Namespace, Service, ServiceEntry, Gateway, GatewayClass,
 Deployment) and MeshConfig touch every waypoint.
 """
@@ -18,6 +19,7 @@ from .. import labels as L
 from ..mesh.meshconfig import find_mesh_config
 from ..mesh.providers import find_provider_service
 from ..mesh.view import MeshView
+from ..model.istio import parse_jwks_uri
 from ..model.meshconfig import Service
 from .scope import WaypointScope
 
@@ -63,15 +65,19 @@ def detect_scope_touched(scope: WaypointScope, namespaces: frozenset[str] | None
 
 
 def find_provider_namespaces(view: MeshView) -> frozenset[str]:
-    """Namespaces of the services MeshConfig's extension providers name (their pods are endpoints
-    of every waypoint that uses the provider); computed once per view."""
+    """Namespaces of the services MeshConfig's extension providers and RequestAuthentications'
+    `jwksUri`s name (their pods are endpoints of every waypoint that uses them); computed once per
+    view."""
     def build() -> frozenset[str]:
+        targets = [(value.service, int(value.port)) for provider in find_mesh_config(view).extensionProviders or []
+                   for value in provider.__dict__.values() if isinstance(value, Service)]
+        targets += [parse_jwks_uri(rule.uri)[1:] for ra in view.index.of("RequestAuthentication")
+                    for rule in ra.spec.jwtRules or [] if rule.uri]
         out = set()
-        for provider in find_mesh_config(view).extensionProviders or []:
-            for value in provider.__dict__.values():
-                if isinstance(value, Service):
-                    found, _ = find_provider_service(view, value.service, int(value.port))
-                    if found is not None:
-                        out.add(found.service.namespace)
+        for service, port in targets:
+            found, _ = find_provider_service(view, service, port)
+            if found is not None:
+                out.add(found.service.namespace)
         return frozenset(out)
-    return view.remember("provider-namespaces", build, ("ConfigMap", "Service", "ServiceEntry"))
+    return view.remember("provider-namespaces", build, ("ConfigMap", "Service", "ServiceEntry",
+                                                        "RequestAuthentication"))
