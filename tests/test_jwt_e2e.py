@@ -102,9 +102,12 @@ spec:
   - issuer: https://accounts.example.com
     audiences: [reviews]
     jwksUri: http://jwks.default.svc.cluster.local:8000/jwks.json
+    outputPayloadToHeader: x-jwt-payload
+    outputClaimToHeaders: [{header: x-jwt-sub, claim: sub}]
   - issuer: testing@secure.istio.io
     jwks: 'EC_JWKS'
     fromHeaders: [{name: x-jwt-assertion}]
+    forwardOriginalToken: true
 """
 
 POLICY = """
@@ -128,10 +131,25 @@ def keys() -> Keys:
     return Keys()
 
 
+def echo_headers(backend: ThreadingHTTPServer) -> None:
+    """The reviews backends answer `/headers` with the request headers they got."""
+    cls = backend.RequestHandlerClass
+    original = cls.do_GET
+
+    def do_get(self) -> None:
+        if self.path == "/headers":
+            return self._reply(200, {k.lower(): v for k, v in self.headers.items()})
+        return original(self)
+
+    cls.do_GET = do_get
+
+
 @pytest.fixture
 def mesh(tmp_path: Path, keys: Keys):
     m = Mesh(tmp_path)
     try:
+        for backend in m.backends:
+            echo_headers(backend)
         m.store.apply(load_yaml(JWKS_SERVICE, "jwks.yaml"))
         pod = m.store.get(find_kind("pod"), "default", "jwks-1")
         m.store.write_status("Pod", "default", "jwks-1", {"phase": "Running", "conditions": [
@@ -186,6 +204,21 @@ def test_tokens_are_verified_and_a_request_without_one_passes(mesh: Mesh, keys: 
     wrong_audience = keys.token("RS256", {"iss": RS_ISSUER, "sub": "alice", "aud": "ratings"})
     r = call(mesh, bearer(wrong_audience))
     assert (r.status, r.body) == (403, b"Audiences in Jwt are not allowed")  # Envoy's one 403 of jwt_authn
+
+
+def test_claims_to_headers_and_the_original_token(mesh: Mesh, keys: Keys) -> None:
+    rs = keys.token("RS256", {"iss": RS_ISSUER, "sub": "alice", "aud": "reviews"})
+    wait_for(mesh, bearer(rs), 200)
+    got = json.loads(call(mesh, bearer(rs), "/headers").body)
+    assert got["x-jwt-sub"] == "alice"  # outputClaimToHeaders
+    payload = json.loads(base64.urlsafe_b64decode(got["x-jwt-payload"] + "=="))  # outputPayloadToHeader
+    assert (payload["iss"], payload["sub"]) == (RS_ISSUER, "alice")
+    assert "authorization" not in got  # forwardOriginalToken unset: the token is removed
+    es = keys.token("ES256", {"iss": ES_ISSUER, "sub": "bob"})
+    got = json.loads(call(mesh, {"x-jwt-assertion": es}, "/headers").body)
+    assert got["x-jwt-assertion"] == es and "x-jwt-sub" not in got  # forwardOriginalToken: true
+    spoofed = json.loads(call(mesh, {"x-jwt-sub": "admin", "x-jwt-payload": "e30"}, "/headers").body)
+    assert "x-jwt-sub" not in spoofed and "x-jwt-payload" not in spoofed  # a client cannot forge them
 
 
 def test_authorization_policy_matches_request_principals_and_claims(mesh: Mesh, keys: Keys) -> None:
