@@ -240,3 +240,27 @@ def test_authorization_policy_matches_request_principals_and_claims(mesh: Mesh, 
     assert es("admins") == 200  # a string claim equal to it
     assert es(["users"]) == 403
     assert es(["admins"], team="ratings") == 403  # the nested claim [org][team] differs
+
+
+def test_a_rule_without_key_set_refuses_its_tokens_and_says_so(mesh: Mesh, keys: Keys) -> None:
+    mesh.store.apply(load_yaml("""
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: discovery-only, namespace: default}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  jwtRules: [{issuer: https://discovery.example}]
+""", "ra.yaml"))
+    token = keys.token("RS256", {"iss": "https://discovery.example", "sub": "alice"})
+    wait_for(mesh, bearer(token), 401)
+    assert call(mesh, bearer(token)).body == b"Jwks doesn't have key to match kid or alg from Jwt"
+    deadline = time.monotonic() + 5
+    while True:
+        conditions = {c["type"]: c for c in (mesh.store.get(find_kind("ra"), "default", "discovery-only")
+                                             .get("status") or {}).get("conditions") or []}
+        if "Reconciled" in conditions or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert conditions["WaypointAccepted"]["status"] == "True"
+    assert conditions["Reconciled"]["status"] == "False"
+    assert "neither jwks nor jwksUri is set" in conditions["Reconciled"]["message"]
