@@ -114,6 +114,8 @@ class NodeAgent:
                                                       {"fieldSelector": f"spec.nodeName={name}"}),
                                       self._emit, self.stop_event)
         self.threads: list[threading.Thread] = []
+        self.stopping: list[threading.Thread] = []  # pods being stopped (joined on shutdown)
+        self.failed: dict[P.Key, str] = {}  # pods that could not get a namespace: the last error
         self.reconciled = False  # pods recorded by an earlier run and no longer bound are removed once
 
     # -- the Node and its Lease ---------------------------------------------------------------------
@@ -216,9 +218,12 @@ class NodeAgent:
             ip = P.allocate_ip(self.name, pod, in_use)
             with self.net_lock:
                 self.net.add_pod(ns, name, ip, self.index)
-        except (ValueError, NetnsError) as exc:
-            log.warning("cannot give pod %s/%s a network namespace: %s", ns, name, exc)
+        except (ValueError, NetnsError) as exc:  # tried again next round; said once
+            if self.failed.get(key) != str(exc):
+                log.warning("cannot give pod %s/%s a network namespace: %s", ns, name, exc)
+            self.failed[key] = str(exc)
             return
+        self.failed.pop(key, None)
         body = copy.deepcopy(pod)
         body.setdefault("status", {}).update(podIP=ip, podIPs=[{"ip": ip}], hostIP=self.ip)
         running = RunningPod(pod["metadata"].get("uid", ""), ip, time.time())
@@ -243,6 +248,8 @@ class NodeAgent:
             grace = pod["metadata"].get("deletionGracePeriodSeconds")
         thread = threading.Thread(target=self._stop, args=(key, running, grace), name=f"stop {key[0]}/{key[1]}",
                                   daemon=True)
+        with self.lock:
+            self.stopping.append(thread)
         thread.start()
 
     def _stop(self, key: P.Key, running: RunningPod, grace: float | None) -> None:
@@ -258,6 +265,7 @@ class NodeAgent:
         with self.lock:
             if self.pods.get(key) is running:
                 del self.pods[key]
+            self.stopping = [t for t in self.stopping if t is not threading.current_thread()]
         self.wake.set()
 
     def delete_pod(self, key: P.Key, uid: str) -> None:
@@ -345,13 +353,14 @@ class NodeAgent:
         API; without a Lease renewed the node-lifecycle controller marks the node NotReady."""
         with self.lock:
             running = [(k, p) for k, p in self.pods.items()]
+            pending = list(self.stopping)
         threads = []
         for key, pod in running:
             if pod.processes is not None and not pod.stopping:
                 t = threading.Thread(target=pod.processes.stop, daemon=True)
                 t.start()
                 threads.append(t)
-        for t in threads:
+        for t in threads + pending:
             t.join()
         with self.net_lock:
             self.net.down()
