@@ -65,7 +65,8 @@ def plan_processes(state: Path, kubeconfig: Path, nodes: int, node_agent: bool, 
                                     f"127.0.0.1:{xds_port}", "-v"),
                    (("MESHWAY_STATE_DIR", str(state / "controlplane")),))]
     if node_agent:
-        out += [Process(f"node-{i}", (*python, "node", "--kubeconfig", str(kubeconfig), "--name", f"node-{i}"),
+        out += [Process(f"node-{i}", (*python, "node", "--kubeconfig", str(kubeconfig), "--name", f"node-{i}",
+                                      "--port", "0"),
                         (("MESHWAY_STATE_DIR", str(state / f"node-{i}")),)) for i in range(1, nodes + 1)]
     return out
 
