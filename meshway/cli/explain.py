@@ -48,19 +48,45 @@ def decision_json(decision: Decision, live: bool = True) -> dict:
 
 
 @cli.command()
-@click.argument("target")
+@click.argument("target", required=False)
 @namespace_option
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="The decision as text, or as JSON (keys destination, addressed_as, waypoint, ready, reason, "
-                   "rules, explanation, control_plane).")
+                   "rules, explanation, control_plane); with --request the simulation's steps (keys request, "
+                   "caller, resolution, node_proxy, waypoint, outcome).")
+@click.option("--request", "request_text", metavar="'[METHOD] http://HOST[:PORT]/PATH [-H NAME: VALUE]...'",
+              help="Simulate this request (nothing is sent): what the node proxies and the waypoint do with it.")
+@click.option("--from", "source", metavar="deploy/NAME|pod/NAME", help="The pod the simulated request comes from.")
 @pass_ctx
-def explain(c: Ctx, target: str, namespace: str | None, output: str) -> None:
-    """Why traffic to TARGET does (not) go through a waypoint.
+def explain(c: Ctx, target: str | None, namespace: str | None, output: str, request_text: str | None,
+            source: str | None) -> None:
+    """Why traffic to TARGET does (not) go through a waypoint; or, with --request and --from, what
+    happens to one request, step by step, without sending it.
 
     TARGET: service/NAME, pod/NAME, serviceentry/NAME, or IP[:PORT] (a service VIP or pod IP).
     """
+    if request_text is not None or source is not None:
+        _explain_request(c, target, namespace or "default", output, request_text, source)
+        return
+    if target is None:
+        raise click.UsageError("TARGET is required (or --request with --from)")
     _, snapshot = c.store.snapshot(SNAPSHOT_KINDS)
     decision = find_decision(MeshView.build(snapshot), target, namespace or "default")
     live = detect_running(c.store)
     click.echo(P.to_json(decision_json(decision, live)) if output == "json"
                else write_decision(decision, live, start_hint(c.store)), nl=False)
+
+
+def _explain_request(c: Ctx, target: str | None, namespace: str, output: str, request_text: str | None,
+                     source: str | None) -> None:
+    from .explain_request import RequestError, SourceNotFound, run, write_simulation
+    if target is not None:
+        raise click.UsageError("give either TARGET or --request, not both")
+    if not request_text or not source:
+        raise click.UsageError("--request and --from go together")
+    try:
+        doc = run(c, request_text, source, namespace)
+    except (RequestError, SourceNotFound) as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
+    click.echo(P.to_json(doc) if output == "json" else write_simulation(doc), nl=False)
