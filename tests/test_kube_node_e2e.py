@@ -7,8 +7,8 @@ authorizer and NodeRestriction apply) and serves its kubelet API with a serving 
 same CA, which the API server checks. Its Node gets Ready, the real scheduler binds a Deployment's
 pods to it, they run in network namespaces with addresses of 10.244.1.0/24 and get Ready,
 `kubectl logs` reaches the app's log through the API server, `kubectl delete pod` is finished by
-the agent (the ReplicaSet's replacement comes up), `kubectl scale` gives two pods, and a stopped
-agent leaves no namespace and no process behind."""
+the agent (the ReplicaSet's replacement comes up), `kubectl scale` gives two pods, a restarted agent runs them again
+at the same addresses, and a stopped agent leaves no namespace and no process behind."""
 from __future__ import annotations
 
 import ipaddress
@@ -108,11 +108,15 @@ def test_node_runs_deployment_pods(cluster, tmp_path):
     creds = h.issue_node_credentials("node-1", "127.0.0.1")
     root = tmp_path / "node-1"
     log = tmp_path / "node-1.log"
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "meshway", "node", "--kubeconfig", str(creds.kubeconfig), "--name", "node-1",
-         "--node-ip", "127.0.0.1", "--port", "0", "--root-dir", str(root), "--tls-cert-file", str(creds.serving_cert),
-         "--tls-private-key-file", str(creds.serving_key), "--client-ca-file", str(creds.client_ca), "-v"],
-        stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start_agent() -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "meshway", "node", "--kubeconfig", str(creds.kubeconfig), "--name", "node-1",
+             "--node-ip", "127.0.0.1", "--port", "0", "--root-dir", str(root), "--tls-cert-file",
+             str(creds.serving_cert), "--tls-private-key-file", str(creds.serving_key), "--client-ca-file",
+             str(creds.client_ca), "-v"],
+            stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    agent = start_agent()
     prefix = f"mw{cluster_id(root)}-"
     try:
         # the Node: Ready, its CIDR, its kubelet endpoint; its Lease, owned by it
@@ -169,6 +173,18 @@ def test_node_runs_deployment_pods(cluster, tmp_path):
         assert len(ips) == 2 and all(ipaddress.ip_address(ip) in ipaddress.ip_network("10.244.1.0/24") for ip in ips)
         renewed = json.loads(kubectl(bin_dir, kc, "get", "lease", "-n", "kube-node-lease", "node-1", "-o", "json"))
         assert renewed["spec"]["renewTime"] >= lease["spec"]["renewTime"]
+
+        # a restarted agent (same root dir) takes the Node and the pods back, at the same addresses
+        os.killpg(agent.pid, signal.SIGTERM)
+        assert agent.wait(60) == 0
+        agent = start_agent()
+
+        def restarted_once() -> list[dict] | None:
+            got = ready_pods(bin_dir, kc, 2)
+            return got if got and all(p["status"]["containerStatuses"][0]["restartCount"] == 1 for p in got) else None
+        again = wait_for("the pods running again", restarted_once, timeout=90)
+        assert {p["metadata"]["name"]: p["status"]["podIP"] for p in again} == \
+            {p["metadata"]["name"]: p["status"]["podIP"] for p in both}
         pids = set().union(*(netns_pids(f"{prefix}default-{p['metadata']['name']}") for p in both))
         assert len(pids) >= 2
     finally:

@@ -212,8 +212,9 @@ class NodeAgent:
 
     def start_pod(self, key: P.Key, pod: Body) -> None:
         ns, name = key
-        with self.lock:
-            in_use = {p.ip for p in self.pods.values()}
+        with self.lock:  # held addresses, and those other bound pods have (kept across an agent restart)
+            in_use = {p.ip for p in self.pods.values()} | {
+                addr for k, b in self.bound.items() if k != key and (addr := (b.get("status") or {}).get("podIP"))}
         try:
             ip = P.allocate_ip(self.name, pod, in_use)
             with self.net_lock:
