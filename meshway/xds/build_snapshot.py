@@ -257,7 +257,8 @@ class _WaypointBuild:
             policies, wp.namespace, wp.name, s.namespace, s.name, s.kind) if (s.kind, s.namespace, s.name) in targets
             else wide for s in self.scope.services}
         self.applied[None] = wide
-        self.ext_authz = build_ext_authz_setup(self.view, self.applied.values(), self.dial)
+        distinct = {id(chain): chain for chain in self.applied.values()}  # most services share the wide list
+        self.ext_authz = build_ext_authz_setup(self.view, distinct.values(), self.dial)
         self.clusters.update(self.ext_authz.clusters)
         self.endpoints.update(self.ext_authz.endpoints)
         for where, message in self.ext_authz.problems:
