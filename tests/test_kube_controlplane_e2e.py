@@ -430,3 +430,83 @@ def test_a_waypoint_pod_gets_its_config_over_tcp_mtls(cluster, tmp_path):
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(30)
         kubectl(bin_dir, h.kubeconfig, "delete", "namespace", "xds", "--wait=false")
+
+
+CROSS_NAMESPACE = """\
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: common-infrastructure
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: cross-namespace-waypoint-consumer
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: egress-gateway
+  namespace: common-infrastructure
+spec:
+  gatewayClassName: istio-waypoint
+  listeners:
+  - name: mesh
+    port: 15008
+    protocol: HBONE
+    allowedRoutes:
+      namespaces:
+        from: Selector
+        selector:
+          matchLabels:
+            kubernetes.io/metadata.name: cross-namespace-waypoint-consumer
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: consumer
+  namespace: {ns}
+  labels:
+    istio.io/use-waypoint: egress-gateway
+    istio.io/use-waypoint-namespace: common-infrastructure
+spec:
+  selector: {{app: consumer}}
+  ports:
+  - name: http
+    port: 80
+"""
+
+
+def test_cross_namespace_allowed_routes_selector_matches_the_embedded_store(cluster, tmp_path):
+    """The docs' cross-namespace waypoint: a Service in the admitted namespace is bound (the
+    embedded store's condition), one in another namespace gets the embedded store's
+    AttachmentDenied-style condition, both read back through the real API server."""
+    h, bin_dir = cluster
+    cp = ControlPlaneProcess(h.kubeconfig, tmp_path / "cp.log")
+    try:
+        for ns in ("cross-namespace-waypoint-consumer", "elsewhere"):
+            text = CROSS_NAMESPACE.format(ns=ns)
+            if ns == "elsewhere":
+                text = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: elsewhere\n---\n" + text
+            (tmp_path / f"{ns}.yaml").write_text(text)
+            kubectl(bin_dir, h.kubeconfig, "apply", "-f", str(tmp_path / f"{ns}.yaml"))
+        store = Store(tmp_path / "embedded")
+        for ns in ("cross-namespace-waypoint-consumer", "elsewhere"):
+            store.apply(load_yaml((tmp_path / f"{ns}.yaml").read_text(), f"{ns}.yaml"))
+        expected = {}
+        for ns in ("cross-namespace-waypoint-consumer", "elsewhere"):
+            body = store.get(store_kind("svc"), ns, "consumer")
+            (cond,) = [c for c in body["status"]["conditions"] if c["type"] == "istio.io/WaypointBound"]
+            expected[ns] = {k: cond[k] for k in ("status", "reason", "message")}
+        store.close()
+        assert expected["cross-namespace-waypoint-consumer"] != expected["elsewhere"]
+
+        def bound_in(ns: str) -> dict | None:
+            body = get_json(h, bin_dir, "svc", "consumer", "-n", ns)
+            found = [c for c in (body.get("status") or {}).get("conditions") or ()
+                     if c["type"] == "istio.io/WaypointBound"]
+            return {k: found[0][k] for k in ("status", "reason", "message")} if found else None
+        for ns, want in expected.items():
+            wait_for(f"WaypointBound of {ns}/consumer", lambda ns=ns, want=want: bound_in(ns) == want, 30)
+    finally:
+        cp.kill(signal.SIGTERM)
