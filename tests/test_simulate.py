@@ -396,7 +396,30 @@ def test_cli_one_line_errors_and_json(demo, tmp_path: Path) -> None:
                             "--from", "deploy/curl", "-o", "json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
-    assert list(doc) == ["request", "caller", "resolution", "node_proxy", "waypoint", "outcome"]
+    assert list(doc) == ["request", "caller", "resolution", "node_proxy", "waypoint", "outcome", "control_plane"]
     r = runner.invoke(cli, ["--state-dir", state, "explain", "--request", "GET http://reviews:9080/reviews/1",
                             "--from", "deploy/curl"])
     assert r.exit_code == 0 and "6. Outcome" in r.output and "90%" in r.output
+
+
+def test_httproute_rule_and_precedence(tmp_path: Path) -> None:
+    """An HTTPRoute's rules are ordered by Gateway API precedence; the simulation names the rule as written."""
+    store = build_store(tmp_path / "state", [BOOKINFO, CLIENT])
+    apply(store, AMBIENT + """---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
+  rules:
+  - backendRefs: [{name: reviews, port: 9080}]
+  - matches: [{path: {type: PathPrefix, value: /reviews/1}}]
+    filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-from, value: rule1}]}}]
+    backendRefs: [{name: reviews, port: 9080}]
+""")
+    make_waypoint_ready(store, "default", "waypoint")
+    doc = run(store, "GET http://reviews:9080/reviews/1")
+    route = doc["waypoint"]["route"]
+    assert (route["source"]["kind"], route["source"]["name"], route["source"]["rule"]) == ("HTTPRoute", "reviews", 1)
+    assert route["headers"] == {"request_set": {"x-from": "rule1"}}
+    assert run(store, "GET http://reviews:9080/other")["waypoint"]["route"]["source"]["rule"] == 0

@@ -37,14 +37,18 @@ def find_source(c, view: MeshView, source: str, namespace: str):
 
 
 def run(c, request_text: str, source: str, namespace: str) -> Body:
+    """The simulation's document, plus `control_plane`: whether readiness in it is live or last recorded."""
     from ..xds.simulate import simulate
+    from .liveness import detect_running
     request = parse_request(request_text)
     _, snapshot = c.store.snapshot(XDS_KINDS)
     view = MeshView.build(snapshot)
     pod = find_source(c, view, source, namespace)
     if not pod.ip:
         raise SourceNotFound(f"pod {pod.namespace}/{pod.name} has no IP yet (not scheduled)")
-    return simulate(view, request, pod, time.time())
+    doc = simulate(view, request, pod, time.time())
+    doc["control_plane"] = "running" if detect_running(c.store) else "not running"
+    return doc
 
 
 # -- text --------------------------------------------------------------------------------------------
@@ -57,6 +61,8 @@ def _request_line(r: Body) -> str:
 def _policy(p: Body) -> str:
     if "policy" in p:
         return f"{p['policy']} rule[{p['rule']}]"
+    if p.get("allow_policies"):
+        return f"{p['rbac_policy']} (ALLOW policies: {', '.join(p['allow_policies'])})"
     return p["rbac_policy"]
 
 
@@ -129,7 +135,7 @@ def write_route(w: Body) -> list[str]:
         if "rule" in src:
             where += f" rule {src['rule']}" if src["kind"] == "HTTPRoute" else f" spec.http[{src['rule']}]"
             if src["kind"] == "VirtualService":
-                where += f".match[{src['match_index']}]" if src.get("istio_match") else " (no match: any request)"
+                where += f".match[{src['match_index']}]" if src.get("istio_match") else " (no match list: every request)"
         lines = [f"   route: {where}"]
         if src.get("istio_match"):
             lines.append(f"     matched: {_match(src['istio_match'])}")
@@ -163,6 +169,20 @@ def write_route(w: Body) -> list[str]:
     return lines
 
 
+def _verdict(f: Body) -> str:
+    """An RBAC filter's verdict in words."""
+    matched = bool(f["matched"])
+    if f["kind"] in ("dry-run", "CUSTOM"):
+        return ("a rule matched" if matched else "no rule matched") + (
+            ": the external authorizer is asked" if f["kind"] == "CUSTOM" and matched else ": nothing enforced")
+    if f["verdict"] == "unknown":
+        return "depends on what the simulation cannot know (see the rules marked unknown)"
+    return {("AUDIT", True): "a rule matched: logged, never enforced", ("AUDIT", False): "no rule matched",
+            ("DENY", True): "a rule matched: deny", ("DENY", False): "no rule matched: continue",
+            ("ALLOW", True): "a rule matched: allowed", ("ALLOW", False): "no rule matched: deny"}[
+        (f["action"], matched)]
+
+
 def write_waypoint(doc: Body) -> list[str]:
     w = doc.get("waypoint")
     if not w:
@@ -178,24 +198,28 @@ def write_waypoint(doc: Body) -> list[str]:
             parts.append(f"delay {fault['delay']['fixed_delay']} for {fault['delay']['percent']:g}%")
         if "abort" in fault:
             parts.append(f"abort {fault['abort']['status']} for {fault['abort']['percent']:g}%")
-        lines.append(f"     fault: {', '.join(parts)}")
+        lines.append(f"     fault: {', '.join(parts)}" + (" <- decides" if fault.get("decided") else
+                                                           " (not reached: already answered)"
+                                                           if fault.get("reached") is False else ""))
     lines.append("5. Authorization at the waypoint (filters in the chain's order)")
     authz = [f for f in w["filters"] if f["filter"] != "envoy.filters.http.fault"]
     if not authz:
         lines.append("   no AuthorizationPolicy or RequestAuthentication applies: allowed")
     for f in authz:
+        suffix = " <- decides" if f.get("decided") else " (not reached: already answered)" \
+            if f.get("reached") is False else ""
         if f["filter"] == "envoy.filters.http.rbac":
             label = f"{f['action']}" + (" (dry-run, not enforced)" if f["kind"] == "dry-run" else
                                         " (rules that send the request to the authorizer)" if f["kind"] == "CUSTOM"
                                         else "")
-            lines.append(f"   {label}: {f['verdict']}")
+            lines.append(f"   {label}: {_verdict(f)}{suffix}")
             for p in f["policies"]:
                 lines.append(f"     {_policy(p)}: {p['match']}")
         elif f["filter"] == "envoy.filters.http.jwt_authn":
             text = f"   RequestAuthentication (jwt_authn): {f['verdict']}"
             if f.get("status"):
                 text += f" {f['status']} {f['body']}"
-            lines.append(text)
+            lines.append(text + suffix)
             if f.get("claims"):
                 lines.append(f"     claims: {json.dumps(f['claims'], sort_keys=True)}")
             if f.get("note"):
@@ -203,7 +227,7 @@ def write_waypoint(doc: Body) -> list[str]:
         elif f["filter"] == "envoy.filters.http.ext_authz":
             lines.append(f"   CUSTOM (ext_authz): {f.get('note') or 'asks provider ' + str(f.get('provider'))}")
         else:
-            lines.append(f"   {f['filter']}: {f['verdict']}")
+            lines.append(f"   {f['filter']}: {f['verdict']}{suffix}")
     return lines
 
 
@@ -213,7 +237,7 @@ def write_outcome(doc: Body) -> list[str]:
     if o.get("status") is not None:
         by = o.get("by", "")
         if o.get("decided_by"):
-            by += f" {_policy(o['decided_by'])}"
+            by += (" " if "policy" in o["decided_by"] else ": ") + _policy(o["decided_by"])
         body = f" {o['body']!r}" if o.get("body") else ""
         lines.append(f"   {o['status']}{body}: answered by the mesh ({by.strip()})")
     elif o["result"] == "allowed":
@@ -221,7 +245,7 @@ def write_outcome(doc: Body) -> list[str]:
     else:
         lines.append(f"   {o['result']}: {o.get('reason') or o.get('by')}")
         if o.get("decided_by"):
-            lines.append(f"   decided by {_policy(o['decided_by'])}")
+            lines.append(f"   decided by: {_policy(o['decided_by'])}")
     for d in o.get("destinations") or []:
         subset = f" (subset {d['subset']})" if d.get("subset") else ""
         l4 = "" if d["l4"] == "allow" else f" [L4: {d['l4']}]"
@@ -239,6 +263,9 @@ def write_simulation(doc: Body) -> str:
         if part is write_waypoint and doc["resolution"].get("error"):
             continue
         lines += part(doc)
+    if doc.get("control_plane") == "not running":
+        from .liveness import NOT_RUNNING
+        lines.append(f"Note: {NOT_RUNNING}: readiness above is the last recorded state, not live.")
     return "\n".join(lines) + "\n"
 
 

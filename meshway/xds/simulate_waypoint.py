@@ -125,6 +125,15 @@ def decide_rbac(config: Body, results: list[Body]) -> Body:
             "unknown": unknown}
 
 
+def find_decider(verdict: Body, results: list[Body]) -> Body:
+    """The policy that denied (a DENY rule that matched), or, when an ALLOW filter denied, the note
+    that none of its rules matched and which policies it had."""
+    if verdict["matched"]:
+        return verdict["matched"][0]
+    names = sorted({r.get("policy", r["rbac_policy"]) for r in results if r["enforced"]})
+    return {"rbac_policy": "no ALLOW rule matched", "allow_policies": names}
+
+
 def _b64json(part: str) -> Any:
     return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
 
@@ -312,6 +321,8 @@ def simulate_at_waypoint(resources: dict, vip: str, port: int, request: HttpRequ
     custom_matched: list[Body] = []
     for f in hcm.get("http_filters") or []:
         name, config = f["name"], f.get("typed_config") or {}
+        reached = answer is None  # after a filter answered, Envoy runs no other: shown, marked not reached
+        known, count = len(uncertain), len(filters)
         if name == "envoy.filters.http.rbac":
             results = evaluate_rbac(config, request, conn)
             verdict = decide_rbac(config, results)
@@ -321,8 +332,8 @@ def simulate_at_waypoint(resources: dict, vip: str, port: int, request: HttpRequ
                 if verdict["unknown"]:
                     uncertain.append("whether a CUSTOM policy's rules match (the external authorizer may be asked)")
             elif verdict["verdict"] == "deny" and answer is None:
-                answer = {"status": 403, "body": "RBAC: access denied", "by": verdict["action"], "decided_by":
-                          (verdict["matched"][:1] or [{"rbac_policy": "no ALLOW rule matched"}])[0]}
+                answer = {"status": 403, "body": "RBAC: access denied", "by": verdict["action"],
+                          "decided_by": find_decider(verdict, results)}
             elif verdict["verdict"] == "unknown":
                 uncertain.append(f"{verdict['action']} policies: " + ", ".join(
                     r.get("policy", r["rbac_policy"]) for r in verdict["unknown"]))
@@ -360,6 +371,12 @@ def simulate_at_waypoint(resources: dict, vip: str, port: int, request: HttpRequ
         else:
             filters.append({"filter": name, "verdict": "not simulated"})
             uncertain.append(f"filter {name} (not simulated)")
+        if not reached:
+            del uncertain[known:]
+            for later in filters[count:]:
+                later["reached"] = False
+        elif answer is not None and len(filters) > count:
+            filters[-1]["decided"] = True
     described = describe_route(route, resources) if route else None
     if described is not None:
         described["index"] = index
