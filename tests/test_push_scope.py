@@ -4,6 +4,7 @@ sequence, each waypoint's config (all types but secrets) is what a full rebuild 
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 import yaml
@@ -226,3 +227,30 @@ def test_the_pods_of_a_jwks_service_in_another_namespace_reach_the_waypoint(stat
         cp._push_pending()
         assert cp.builds - builds == 3  # every waypoint: ns-b holds a jwksUri service (as for providers)
         assert endpoints() == expected
+
+
+def test_an_unbound_service_drains_from_its_waypoint(state_dir, store, monkeypatch):
+    monkeypatch.setattr("meshway.runtime.controlplane.UNBIND_GRACE", 0.3)
+    apply(store, world())
+    for ns in NAMESPACES:
+        make_waypoint_ready(store, ns, "waypoint")
+    cp = ControlPlane(state_dir)
+    cp._start()
+    node = next(s.node_id for s in cp.replicas.values() if s.replica.namespace == "ns-b")
+    route = "inbound-vip|80|http|web.ns-b.svc.cluster.local"
+    assert route in cp.cache.get(node).resources(P.ROUTE)
+    for step in range(2):  # a change that leaves the services as they are, then one that unbinds web
+        apply(store, yaml.safe_dump({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                                     "metadata": {"name": "api", "namespace": "ns-b"},
+                                     "spec": {"host": "api", "trafficPolicy": {"loadBalancer": {
+                                         "simple": ["RANDOM", "LEAST_REQUEST"][step]}}}}))
+        cp._read_store(0.0)
+        cp._push_pending()
+        assert route in cp.cache.get(node).resources(P.ROUTE)
+    set_labels(store, "svc", "ns-b", "web", {"istio.io/use-waypoint": "none"}, overwrite=True)
+    cp._read_store(0.0)
+    cp._push_pending()
+    assert route in cp.cache.get(node).resources(P.ROUTE)  # draining: connections in flight still land
+    time.sleep(0.35)
+    cp.sync()  # the drain deadline's sync
+    assert route not in cp.cache.get(node).resources(P.ROUTE)

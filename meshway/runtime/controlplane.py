@@ -124,6 +124,7 @@ class ReplicaState:
     translation: Memo = field(default_factory=Memo)  # what each unit of its config was built from
     errors: tuple = field(default=())  # (where, message): a failed or slow build, kept apart from `problems`
     changed: frozenset | None = None  # keys (`xds.dirty`) changed since its last good build; None: unknown
+    bound_services: tuple | None = None  # the scope's services `bound` was computed from
 
 
 def find_replicas(view: MeshView) -> list[Replica]:
@@ -291,6 +292,9 @@ class ControlPlane:
         """The waypoint's scope plus services unbound from it less than UNBIND_GRACE ago."""
         r = state.replica
         scope = find_scope(self.view, r.namespace, r.waypoint)
+        if not state.draining and scope.services is state.bound_services:
+            return scope  # the same services as last time: none left
+        state.bound_services = scope.services
         now = time.monotonic()
         bound = {(s.kind, s.namespace, s.name): s for s in scope.services}
         for key, svc in state.bound.items():

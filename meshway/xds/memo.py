@@ -98,5 +98,7 @@ class Memo:
         self.built = self.reused = self.skipped = 0
 
     def sweep(self) -> None:
+        if len(self._used) == len(self._units):  # every unit was used (`_used` holds only units' keys)
+            return
         for key in [k for k in self._units if k not in self._used]:
             del self._units[key]
