@@ -90,40 +90,60 @@ _WRAPPERS = frozenset(f"google.protobuf.{n}Value" for n in
 _ANY_CLASSES: dict[str, type[message.Message]] = {}
 
 
+_MAP, _MESSAGES, _MESSAGE, _SCALARS, _SCALAR = range(5)
+_PLANS: dict[str, dict[str, tuple[Any, int, str | None]]] = {}  # message type -> field name -> how to set it
+
+
+def _plan(descriptor_: Any) -> dict[str, tuple[Any, int, str | None]]:
+    """Per field of a message type: (field, how it is set, its oneof's name), once per type."""
+    plan = _PLANS.get(descriptor_.full_name)
+    if plan is None:
+        plan = {}
+        for field in descriptor_.fields:
+            if field.cpp_type == _FD.CPPTYPE_MESSAGE:
+                how = _MAP if field.message_type.GetOptions().map_entry else _MESSAGES if field.is_repeated \
+                    else _MESSAGE
+            else:
+                how = _SCALARS if field.is_repeated else _SCALAR
+            plan[field.name] = (field, how, field.containing_oneof.name if field.containing_oneof else None)
+        _PLANS[descriptor_.full_name] = plan
+    return plan
+
+
 def _fill(msg: message.Message, data: Any) -> None:
     """`data` (proto3 JSON, proto field names) into `msg`, as ParseDict would; _Unsupported when it
     is a shape this does not handle."""
     if not isinstance(data, dict):
         raise _Unsupported
-    fields = msg.DESCRIPTOR.fields_by_name
+    plan = _plan(msg.DESCRIPTOR)
     oneofs: set[str] = set()
     for name, value in data.items():
-        field = fields.get(name)
-        if field is None or value is None:
+        entry = plan.get(name)
+        if entry is None or value is None:
             raise _Unsupported  # a json_name, an extension, an unknown field, a null: ParseDict decides
-        if field.containing_oneof is not None:
-            if field.containing_oneof.name in oneofs:
+        field, how, oneof = entry
+        if oneof is not None:
+            if oneof in oneofs:
                 raise _Unsupported
-            oneofs.add(field.containing_oneof.name)
-        if field.cpp_type == _FD.CPPTYPE_MESSAGE:
-            if field.message_type.GetOptions().map_entry:
-                _fill_map(getattr(msg, name), field, value)
-            elif field.is_repeated:
-                if not isinstance(value, list):
-                    raise _Unsupported
-                items = getattr(msg, name)
-                for item in value:
-                    _fill_message(items.add(), item)
-            else:
-                sub = getattr(msg, name)
-                sub.SetInParent()
-                _fill_message(sub, value)
-        elif field.is_repeated:
+            oneofs.add(oneof)
+        if how == _SCALAR:
+            setattr(msg, name, _scalar(field, value))
+        elif how == _MESSAGE:
+            sub = getattr(msg, name)
+            sub.SetInParent()
+            _fill_message(sub, value)
+        elif how == _MESSAGES:
+            if not isinstance(value, list):
+                raise _Unsupported
+            items = getattr(msg, name)
+            for item in value:
+                _fill_message(items.add(), item)
+        elif how == _MAP:
+            _fill_map(getattr(msg, name), field, value)
+        else:
             if not isinstance(value, list):
                 raise _Unsupported
             getattr(msg, name).extend(_scalar(field, item) for item in value)
-        else:
-            setattr(msg, name, _scalar(field, value))
 
 
 def _fill_message(msg: message.Message, value: Any) -> None:
