@@ -423,3 +423,39 @@ spec:
     assert (route["source"]["kind"], route["source"]["name"], route["source"]["rule"]) == ("HTTPRoute", "reviews", 1)
     assert route["headers"] == {"request_set": {"x-from": "rule1"}}
     assert run(store, "GET http://reviews:9080/other")["waypoint"]["route"]["source"]["rule"] == 0
+
+
+def test_token_without_request_authentication_is_not_validated(demo) -> None:
+    apply(demo, """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: need-principal, namespace: default}
+spec:
+  targetRefs: [{kind: Service, group: "", name: reviews}]
+  action: ALLOW
+  rules: [{from: [{source: {requestPrincipals: ["*"]}}]}]
+""")
+    token = f"{b64({'alg': 'RS256'})}.{b64({'iss': 'x', 'sub': 'y'})}.sig"
+    doc = run(demo, f"GET http://reviews:9080/reviews/1 -H authorization: Bearer {token}")
+    assert doc["outcome"]["status"] == 403
+    assert "no RequestAuthentication applies" in doc["waypoint"]["notes"][0]
+
+
+def test_service_entry_host_resolves(demo) -> None:
+    apply(demo, """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: default}
+spec:
+  hosts: [api.example.com]
+  addresses: [240.240.1.1]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 192.0.2.10}]
+""")
+    doc = run(demo, "GET http://api.example.com/")
+    assert doc["resolution"]["address"] == "240.240.1.1"
+    assert doc["resolution"]["destination"]["kind"] == "ServiceEntry"
+    # its waypoint cluster has no endpoints (a ServiceEntry has no pods): Envoy answers 503 itself
+    assert doc["node_proxy"]["path"] == "waypoint"
+    assert (doc["outcome"]["status"], doc["outcome"]["by"]) == (503, "no endpoints")

@@ -205,6 +205,7 @@ def write_waypoint(doc: Body) -> list[str]:
     authz = [f for f in w["filters"] if f["filter"] != "envoy.filters.http.fault"]
     if not authz:
         lines.append("   no AuthorizationPolicy or RequestAuthentication applies: allowed")
+    lines += [f"   note: {note}" for note in w.get("notes") or []]
     for f in authz:
         suffix = " <- decides" if f.get("decided") else " (not reached: already answered)" \
             if f.get("reached") is False else ""

@@ -35,7 +35,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str | None]] = {
                                      "waypoint replicas."),
     "down": ("up", "Stop the control plane and every proxy it runs."),
     "exec": ("clustercmds", "Run a command inside a pod's network namespace: exec POD|deploy/NAME -- CMD [ARGS...]."),
-    "explain": ("explain", "Why traffic to TARGET does (not) go through a waypoint."),
+    "explain": ("explain", "Why traffic to TARGET does (not) go through a waypoint; or, with --request and --from, "
+                           "what happens to one request, step by step, without sending it."),
     "install": ("install", "Install the Gateway API and Istio CRDs, the istio-waypoint GatewayClass and meshway's "
                            "RBAC."),
     "logs": ("clustercmds", "Print a pod's logs: logs POD|deploy/NAME [-c CONTAINER] [-f]; node proxies: logs -n "

@@ -201,7 +201,7 @@ def find_endpoints(resources: dict, cluster: str) -> list[Body]:
     """A cluster's endpoints as pods (`istio.workload` metadata: "pod;namespace")."""
     if cluster == "encap":  # traffic addressed to a pod: on to the pod itself
         return [{"pod": "", "namespace": "", "address": "the original destination"}]
-    cla = resources[P.ENDPOINT].get(cluster) or {}
+    cla = resources[P.ENDPOINT].get(cluster) or (resources[P.CLUSTER].get(cluster) or {}).get("load_assignment") or {}
     out = []
     for group in cla.get("endpoints") or []:
         for lb in group.get("lb_endpoints") or []:
@@ -377,6 +377,12 @@ def simulate_at_waypoint(resources: dict, vip: str, port: int, request: HttpRequ
                 later["reached"] = False
         elif answer is not None and len(filters) > count:
             filters[-1]["decided"] = True
+    notes = []
+    token = (request.header("authorization") or "").startswith("Bearer ")
+    if token and not any(f["filter"] == JWT_FILTER for f in filters):
+        notes.append("the request carries a bearer token, but no RequestAuthentication applies to this chain: "
+                     "the waypoint does not validate it, so request.auth.* and requestPrincipals are empty "
+                     "(rules that use them do not match)")
     described = describe_route(route, resources) if route else None
     if described is not None:
         described["index"] = index
@@ -397,4 +403,4 @@ def simulate_at_waypoint(resources: dict, vip: str, port: int, request: HttpRequ
                 if any(not d["endpoints"] for d in reachable):
                     uncertain.append("a weighted destination has no endpoints: its share is answered 503")
     return {"chain": chain["name"], "filters": filters, "route": described, "answer": answer,
-            "uncertain": uncertain}
+            "uncertain": uncertain, "notes": notes}
