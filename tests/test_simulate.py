@@ -16,7 +16,7 @@ from xds_support import BOOKINFO, ROOT, TRAFFIC, build_store
 
 from meshway.mesh.request import RequestError, parse_request
 from meshway.mesh.view import XDS_KINDS, MeshView
-from meshway.model import load_yaml
+from meshway.model import find_kind, load_yaml
 from meshway.model.istio import AuthorizationPolicy
 from meshway.xds.build_authz import WAYPOINT, build_rbac_filters, find_waypoint_policies
 from meshway.xds.envoy_match import Connection, HttpRequest, match_header, match_route, normalize_path
@@ -459,3 +459,21 @@ spec:
     # its waypoint cluster has no endpoints (a ServiceEntry has no pods): Envoy answers 503 itself
     assert doc["node_proxy"]["path"] == "waypoint"
     assert (doc["outcome"]["status"], doc["outcome"]["by"]) == (503, "no endpoints")
+
+
+def test_pod_addressed_through_a_workload_waypoint(demo) -> None:
+    apply(demo, """
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: pod-waypoint, namespace: default, labels: {istio.io/waypoint-for: workload}}
+spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+""")
+    make_waypoint_ready(demo, "default", "pod-waypoint")
+    view = MeshView.build(demo.snapshot(XDS_KINDS)[1])
+    target = next(p for p in view.pods.values() if p.name.startswith("reviews-v2"))
+    demo.label(find_kind("pod"), "default", [target.name], None, {"istio.io/use-waypoint": "pod-waypoint"}, [], False)
+    doc = run(demo, f"GET http://{target.ip}:9080/reviews/1")
+    assert doc["resolution"]["destination"]["kind"] == "Pod"
+    assert doc["node_proxy"]["path"] == "waypoint" and doc["node_proxy"]["waypoint"] == "default/pod-waypoint"
+    assert doc["waypoint"]["chain"] == "direct-http"
+    assert [(d["pod"], d["weight"]) for d in doc["outcome"]["destinations"]] == [(target.name, 100.0)]
