@@ -20,6 +20,7 @@ from meshway.model import find_kind, load_yaml
 from meshway.model.istio import AuthorizationPolicy
 from meshway.xds.build_authz import WAYPOINT, build_rbac_filters, find_waypoint_policies
 from meshway.xds.envoy_match import Connection, HttpRequest, match_header, match_route, normalize_path
+from meshway.cli.explain_request import write_simulation
 from meshway.xds.simulate import simulate
 from meshway.xds.simulate_waypoint import decide_rbac, evaluate_rbac
 
@@ -231,7 +232,10 @@ def demo(tmp_path: Path):
 def run(store, text: str, source_prefix: str = "curl") -> dict:
     view = MeshView.build(store.snapshot(XDS_KINDS)[1])
     source = next(p for p in view.pods.values() if p.name.startswith(source_prefix))
-    return simulate(view, parse_request(text), source, time.time())
+    doc = simulate(view, parse_request(text), source, time.time())
+    assert "6. Outcome" in write_simulation(doc)  # the text writer renders every scenario
+    json.dumps(doc)  # and the document is JSON as it is
+    return doc
 
 
 def test_demo_weighted_destinations(demo) -> None:
@@ -477,3 +481,50 @@ spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, p
     assert doc["node_proxy"]["path"] == "waypoint" and doc["node_proxy"]["waypoint"] == "default/pod-waypoint"
     assert doc["waypoint"]["chain"] == "direct-http"
     assert [(d["pod"], d["weight"]) for d in doc["outcome"]["destinations"]] == [(target.name, 100.0)]
+
+
+def test_custom_and_dry_run_policies(demo) -> None:
+    """CUSTOM: the simulation says whether the authorizer is asked, and that its answer decides;
+    a dry-run DENY is evaluated and reported, never enforced."""
+    apply(demo, """
+apiVersion: v1
+kind: Service
+metadata: {name: ext-authz, namespace: default, labels: {istio.io/use-waypoint: none}}
+spec: {selector: {app: ext-authz}, ports: [{name: http, port: 8000}]}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |-
+    extensionProviders:
+    - name: sample-ext-authz-http
+      envoyExtAuthzHttp: {service: ext-authz.default.svc.cluster.local, port: "8000"}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext-authz, namespace: default}
+spec:
+  targetRefs: [{kind: Service, group: "", name: reviews}]
+  action: CUSTOM
+  provider: {name: sample-ext-authz-http}
+  rules: [{to: [{operation: {paths: [/headers]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-ip, namespace: default, annotations: {istio.io/dry-run: "true"}}
+spec:
+  targetRefs: [{kind: Service, group: "", name: reviews}]
+  action: DENY
+  rules: [{to: [{operation: {paths: [/ip]}}]}]
+""")
+    doc = run(demo, "GET http://reviews:9080/headers")
+    custom = next(f for f in doc["waypoint"]["filters"] if f["filter"] == "envoy.filters.http.rbac")
+    assert custom["kind"] == "CUSTOM" and custom["matched"][0]["policy"] == "default/ext-authz"
+    ext = next(f for f in doc["waypoint"]["filters"] if f["filter"] == "envoy.filters.http.ext_authz")
+    assert ext["verdict"] == "external" and ext["provider"] == "sample-ext-authz-http"
+    assert any("external authorizer" in u for u in doc["outcome"]["uncertain"])
+    doc = run(demo, "GET http://reviews:9080/ip")
+    assert not doc["outcome"]["uncertain"] and doc["outcome"]["result"] == "allowed"
+    dry = next(f for f in doc["waypoint"]["filters"] if f.get("kind") == "dry-run")
+    assert dry["action"] == "DENY" and dry["matched"][0]["policy"] == "default/deny-ip"
