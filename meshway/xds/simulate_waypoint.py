@@ -173,7 +173,8 @@ def evaluate_jwt(config: Body, request: HttpRequest, now: float) -> Body:
     except (ValueError, json.JSONDecodeError, UnicodeDecodeError):
         return {"verdict": "deny", "status": 401, "body": "Jwt is not in the form of Header.Payload.Signature with two "
                                                              "dots and 3 sections", "token": None}
-    issuers = {p.get("issuer"): n for n, p in providers.items()}
+    # Envoy checks a token against the issuers of the providers that look where it was found
+    issuers = {p.get("issuer"): n for n, p, t in tokens if t == token}
     if claims.get("iss") not in issuers:
         return {"verdict": "deny", "status": 401, "body": "Jwt issuer is not configured", "claims": claims}
     provider = providers[issuers[claims["iss"]]]
