@@ -23,7 +23,9 @@ metadata: {name: deny-jason, namespace: default}
 spec:
   targetRefs: [{kind: Service, group: "", name: reviews}]
   action: DENY
-  rules: [{to: [{operation: {methods: [GET], paths: ["/reviews/*"]}}], when: [{key: "request.headers[x-user]", values: [jason]}]}]
+  rules:
+  - to: [{operation: {methods: [GET], paths: ["/reviews/*"]}}]
+    when: [{key: "request.headers[x-user]", values: [jason]}]
 """
 ALLOW = """
 apiVersion: security.istio.io/v1

@@ -135,7 +135,8 @@ def write_route(w: Body) -> list[str]:
         if "rule" in src:
             where += f" rule {src['rule']}" if src["kind"] == "HTTPRoute" else f" spec.http[{src['rule']}]"
             if src["kind"] == "VirtualService":
-                where += f".match[{src['match_index']}]" if src.get("istio_match") else " (no match list: every request)"
+                where += f".match[{src['match_index']}]" if src.get("istio_match") else \
+                    " (no match list: every request)"
         lines = [f"   route: {where}"]
         if src.get("istio_match"):
             lines.append(f"     matched: {_match(src['istio_match'])}")

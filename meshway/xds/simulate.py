@@ -192,8 +192,7 @@ def explain_route(view: MeshView, svc: ServiceInfo, wp: WaypointInfo, port: int,
         vs = next((v for v in find_routes_for(view, svc, wp, port) if (v.namespace, v.name) == (ns, name)), None)
         if vs is not None:
             routes = _routes_of(resources, svc, port)
-            k = sum(1 for r in routes[:route["index"]]
-                    if ((r.get("metadata") or {}).get("filter_metadata") or {}).get("istio", {}).get("config") == config)
+            k = sum(1 for r in routes[:route["index"]] if _config_of(r) == config)
             pairs = [(i, j, m) for i, http in enumerate(vs.spec.http or [])
                      for j, m in enumerate(http.match or [None]) if m is None or m.port in (None, port)]
             if k < len(pairs) and build_match(pairs[k][2]) == route["match"]:
@@ -212,6 +211,11 @@ def explain_route(view: MeshView, svc: ServiceInfo, wp: WaypointInfo, port: int,
             d["subset_labels"] = subsets.get(d["subset"])
             d["destination_rule"] = f"{dr.namespace}/{dr.name}" if dr else None
     return out
+
+
+def _config_of(route: Body) -> str | None:
+    """The VirtualService a route was built from (its `istio` filter metadata)."""
+    return (((route.get("metadata") or {}).get("filter_metadata") or {}).get("istio") or {}).get("config")
 
 
 def _routes_of(resources: dict, svc: ServiceInfo, port: int) -> list[Body]:

@@ -9,14 +9,16 @@ RouteConfiguration (first match wins), and the route's clusters and their endpoi
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import re
+from dataclasses import replace
 from typing import Any
 
 from . import protos as P
 from .build_authz import JWT_FILTER
 from .build_extauthz import BAD_SUFFIX, SHADOW_STAT_PREFIX
-from .envoy_match import Connection, HttpRequest, find_route, match_policy, percent_of
+from .envoy_match import Connection, HttpRequest, find_route, match_policy, parse_query, percent_of
 
 Body = dict[str, Any]
 RBAC_NAME = re.compile(r"(?:istio-ext-authz-(?P<provider>.+)-)?ns\[(?P<ns>[^\]]*)\]-policy\[(?P<name>[^\]]*)\]"
@@ -57,7 +59,6 @@ def _on_match(on_match: Body, inputs: dict[str, Any]) -> str | None:
 
 
 def _in_prefix(ip: str, r: Body) -> bool:
-    import ipaddress
     try:
         return ipaddress.ip_address(ip) in ipaddress.ip_network(f"{r['address_prefix']}/{r.get('prefix_len', 32)}",
                                                                 strict=False)
@@ -140,7 +141,6 @@ def _b64json(part: str) -> Any:
 
 def find_token(provider: Body, request: HttpRequest) -> str | None:
     """Where jwt_authn looks for a provider's token (default: `Authorization: Bearer`, `?access_token=`)."""
-    from .envoy_match import parse_query
     locations = provider.get("from_headers")
     params = provider.get("from_params")
     if not locations and not params and not provider.get("from_cookies"):
@@ -293,115 +293,140 @@ def describe_fault(route: Body) -> Body | None:
         out["delay"] = {"fixed_delay": fault["delay"]["fixed_delay"], "percent": percent_of(fault["delay"].get(
             "percentage"))}
     if "abort" in fault:
-        out["abort"] = {"status": fault["abort"]["http_status"], "percent": percent_of(fault["abort"].get("percentage"))}
+        abort = fault["abort"]
+        out["abort"] = {"status": abort["http_status"], "percent": percent_of(abort.get("percentage"))}
     return out
 
 
 # -- the whole waypoint ------------------------------------------------------------------------------
+class _FilterRun:
+    """The HTTP filters of one chain run over one request, in order: each filter's record, the first
+    local answer (after which Envoy runs no other filter: the rest are shown as not reached), and
+    what the answer depends on that the simulation cannot know."""
+
+    def __init__(self, request: HttpRequest, conn: Connection, route: Body | None, now: float):
+        self.request, self.conn, self.route, self.now = request, conn, route, now
+        self.filters: list[Body] = []
+        self.answer: Body | None = None
+        self.uncertain: list[str] = []
+        self.custom_matched: list[Body] = []
+
+    def run(self, http_filters: list[Body]) -> None:
+        for f in http_filters:
+            reached = self.answer is None
+            known, count = len(self.uncertain), len(self.filters)
+            step = {"envoy.filters.http.rbac": self.rbac, "envoy.filters.http.ext_authz": self.ext_authz,
+                    JWT_FILTER: self.jwt, "envoy.filters.http.fault": self.fault}.get(f["name"])
+            if step is not None:
+                step(f.get("typed_config") or {})
+            elif f["name"] not in ("envoy.filters.http.cors", "envoy.filters.http.router"):
+                self.filters.append({"filter": f["name"], "verdict": "not simulated"})
+                self.uncertain.append(f"filter {f['name']} (not simulated)")
+            if not reached:
+                del self.uncertain[known:]
+                for later in self.filters[count:]:
+                    later["reached"] = False
+            elif self.answer is not None and len(self.filters) > count:
+                self.filters[-1]["decided"] = True
+
+    def decide(self, answer: Body) -> None:
+        if self.answer is None:
+            self.answer = answer
+
+    def rbac(self, config: Body) -> None:
+        results = evaluate_rbac(config, self.request, self.conn)
+        verdict = decide_rbac(config, results)
+        self.filters.append({"filter": "envoy.filters.http.rbac", **verdict, "policies": results})
+        if verdict["kind"] == "CUSTOM":
+            self.custom_matched = verdict["matched"]
+            if verdict["unknown"]:
+                self.uncertain.append("whether a CUSTOM policy's rules match (the external authorizer may be asked)")
+        elif verdict["verdict"] == "deny":
+            self.decide({"status": 403, "body": "RBAC: access denied", "by": verdict["action"],
+                         "decided_by": find_decider(verdict, results)})
+        elif verdict["verdict"] == "unknown":
+            self.uncertain.append(f"{verdict['action']} policies: " + ", ".join(
+                r.get("policy", r["rbac_policy"]) for r in verdict["unknown"]))
+
+    def ext_authz(self, config: Body) -> None:
+        if not self.custom_matched:
+            self.filters.append({"filter": "envoy.filters.http.ext_authz", "verdict": "skipped",
+                                 "note": "no CUSTOM rule matched: the authorizer is not asked"})
+            return
+        provider = RBAC_NAME.fullmatch(self.custom_matched[0]["rbac_policy"])
+        self.filters.append({"filter": "envoy.filters.http.ext_authz", "verdict": "external",
+                             "provider": provider["provider"] if provider else None, "policies": self.custom_matched})
+        self.uncertain.append("the external authorizer's answer (CUSTOM policy "
+                              f"{self.custom_matched[0].get('policy')}): allowed or denied by it")
+
+    def jwt(self, config: Body) -> None:
+        jwt = evaluate_jwt(config, self.request, self.now)
+        self.filters.append({"filter": JWT_FILTER, **{k: v for k, v in jwt.items() if k != "payload"}})
+        if jwt["verdict"] == "deny":
+            self.decide({"status": jwt["status"], "body": jwt["body"], "by": "RequestAuthentication"})
+        if jwt.get("payload") is not None:  # jwt_authn's metadata, which RBAC's request.auth.* matchers read
+            self.conn = replace(self.conn, metadata={**self.conn.metadata, JWT_FILTER: {"payload": jwt["payload"]}})
+
+    def fault(self, config: Body) -> None:
+        fault = describe_fault(self.route) if self.route else None
+        if not fault:
+            return
+        self.filters.append({"filter": "envoy.filters.http.fault", **fault})
+        abort = fault.get("abort")
+        if abort and abort["percent"] >= 100:
+            self.decide({"status": abort["status"], "body": "fault filter abort", "by": "fault"})
+        elif abort and abort["percent"] > 0:
+            self.uncertain.append(f"fault abort {abort['status']} for {abort['percent']:g}% of requests")
+
+
+def answer_from_route(described: Body | None, uncertain: list[str]) -> Body:
+    """The router's part: 404 without a route, a direct response or redirect, 503 without endpoints,
+    else forwarded."""
+    if described is None:
+        return {"status": 404, "body": "", "by": "no route matched"}
+    if "direct_response" in described:
+        return {"status": described["direct_response"]["status"], "body": described["direct_response"]["body"],
+                "by": "direct response"}
+    if "redirect" in described:
+        return {"status": described["redirect"]["status"], "by": "redirect"}
+    reachable = [d for d in described["destinations"] if d["weight"] > 0]
+    if not any(d["endpoints"] for d in reachable):
+        return {"status": 503, "body": "no healthy upstream", "by": "no endpoints"}
+    if any(not d["endpoints"] for d in reachable):
+        uncertain.append("a weighted destination has no endpoints: its share is answered 503")
+    return {"forwarded": True, "by": "route"}
+
+
 def simulate_at_waypoint(resources: dict, vip: str, port: int, request: HttpRequest, conn: Connection,
                          now: float) -> Body:
     """The waypoint's steps for one request to `vip:port`: `chain`, `filters` (each with its
-    verdict), `route`, and `answer` ({"status": N, "by": ...} when the waypoint answers itself, or
-    {"forwarded": [...destinations]}; `uncertain` lists what could not be decided)."""
+    verdict), `route`, and `answer` ({"status": N, "by": ...} when the waypoint answers itself, else
+    {"forwarded": true}); `uncertain` lists what the answer depends on that cannot be known here."""
     listener = resources[P.LISTENER]["main_internal"]
     chain = find_chain(listener, {"DestinationIPInput": vip, "DestinationPortInput": port,
                                   "ApplicationProtocolInput": "'http/1.1'"})
     if chain is None:
-        return {"chain": None, "filters": [], "route": None,
-                "answer": {"status": None, "by": f"no chain for {vip}:{port} in main_internal: the connection is closed"}}
+        return {"chain": None, "filters": [], "route": None, "uncertain": [], "notes": [],
+                "answer": {"status": None,
+                           "by": f"no chain for {vip}:{port} in main_internal: the connection is closed"}}
     hcm = _hcm(chain)
     if hcm is None:
-        return {"chain": chain["name"], "filters": [], "route": None,
+        return {"chain": chain["name"], "filters": [], "route": None, "uncertain": [], "notes": [],
                 "answer": {"tcp": True, "by": f"chain {chain['name']} is TCP: no HTTP routing or L7 policy"}}
     route_config = resources[P.ROUTE].get(hcm["rds"]["route_config_name"]) if "rds" in hcm else hcm.get("route_config")
     found = find_route(route_config or {}, request)
     route, index = found if found else (None, None)
-    filters: list[Body] = []
-    answer: Body | None = None
-    uncertain: list[str] = []
-    custom_matched: list[Body] = []
-    for f in hcm.get("http_filters") or []:
-        name, config = f["name"], f.get("typed_config") or {}
-        reached = answer is None  # after a filter answered, Envoy runs no other: shown, marked not reached
-        known, count = len(uncertain), len(filters)
-        if name == "envoy.filters.http.rbac":
-            results = evaluate_rbac(config, request, conn)
-            verdict = decide_rbac(config, results)
-            filters.append({"filter": name, **verdict, "policies": results})
-            if verdict["kind"] == "CUSTOM":
-                custom_matched = verdict["matched"]
-                if verdict["unknown"]:
-                    uncertain.append("whether a CUSTOM policy's rules match (the external authorizer may be asked)")
-            elif verdict["verdict"] == "deny" and answer is None:
-                answer = {"status": 403, "body": "RBAC: access denied", "by": verdict["action"],
-                          "decided_by": find_decider(verdict, results)}
-            elif verdict["verdict"] == "unknown":
-                uncertain.append(f"{verdict['action']} policies: " + ", ".join(
-                    r.get("policy", r["rbac_policy"]) for r in verdict["unknown"]))
-        elif name == "envoy.filters.http.ext_authz":
-            if custom_matched:
-                provider = RBAC_NAME.fullmatch(custom_matched[0]["rbac_policy"])
-                filters.append({"filter": name, "verdict": "external", "provider": provider["provider"] if provider
-                                else None, "policies": custom_matched})
-                if answer is None:
-                    uncertain.append("the external authorizer's answer (CUSTOM policy "
-                                     f"{custom_matched[0].get('policy')}): allowed or denied by it")
-            else:
-                filters.append({"filter": name, "verdict": "skipped",
-                                "note": "no CUSTOM rule matched: the authorizer is not asked"})
-        elif name == JWT_FILTER:
-            jwt = evaluate_jwt(config, request, now)
-            filters.append({"filter": name, **{k: v for k, v in jwt.items() if k != "payload"}})
-            if jwt["verdict"] == "deny" and answer is None:
-                answer = {"status": jwt["status"], "body": jwt["body"], "by": "RequestAuthentication"}
-            if jwt.get("payload") is not None:
-                conn = Connection(**{**conn.__dict__, "metadata": {**conn.metadata,
-                                                                   JWT_FILTER: {"payload": jwt["payload"]}}})
-        elif name == "envoy.filters.http.fault":
-            fault = describe_fault(route) if route else None
-            if fault:
-                filters.append({"filter": name, **fault})
-                abort = fault.get("abort")
-                if abort and answer is None:
-                    if abort["percent"] >= 100:
-                        answer = {"status": abort["status"], "body": "fault filter abort", "by": "fault"}
-                    elif abort["percent"] > 0:
-                        uncertain.append(f"fault abort {abort['status']} for {abort['percent']:g}% of requests")
-        elif name in ("envoy.filters.http.cors", "envoy.filters.http.router"):
-            continue
-        else:
-            filters.append({"filter": name, "verdict": "not simulated"})
-            uncertain.append(f"filter {name} (not simulated)")
-        if not reached:
-            del uncertain[known:]
-            for later in filters[count:]:
-                later["reached"] = False
-        elif answer is not None and len(filters) > count:
-            filters[-1]["decided"] = True
+    run = _FilterRun(request, conn, route, now)
+    run.run(hcm.get("http_filters") or [])
     notes = []
-    token = (request.header("authorization") or "").startswith("Bearer ")
-    if token and not any(f["filter"] == JWT_FILTER for f in filters):
+    if (request.header("authorization") or "").startswith("Bearer ") and \
+            not any(f["filter"] == JWT_FILTER for f in run.filters):
         notes.append("the request carries a bearer token, but no RequestAuthentication applies to this chain: "
                      "the waypoint does not validate it, so request.auth.* and requestPrincipals are empty "
                      "(rules that use them do not match)")
     described = describe_route(route, resources) if route else None
     if described is not None:
         described["index"] = index
-    if answer is None:
-        if route is None:
-            answer = {"status": 404, "body": "", "by": "no route matched"}
-        elif "direct_response" in described:
-            answer = {"status": described["direct_response"]["status"], "body": described["direct_response"]["body"],
-                      "by": "direct response"}
-        elif "redirect" in described:
-            answer = {"status": described["redirect"]["status"], "by": "redirect"}
-        else:
-            reachable = [d for d in described["destinations"] if d["weight"] > 0]
-            if not any(d["endpoints"] for d in reachable):
-                answer = {"status": 503, "body": "no healthy upstream", "by": "no endpoints"}
-            else:
-                answer = {"forwarded": True, "by": "route"}
-                if any(not d["endpoints"] for d in reachable):
-                    uncertain.append("a weighted destination has no endpoints: its share is answered 503")
-    return {"chain": chain["name"], "filters": filters, "route": described, "answer": answer,
-            "uncertain": uncertain, "notes": notes}
+    answer = run.answer or answer_from_route(described, run.uncertain)
+    return {"chain": chain["name"], "filters": run.filters, "route": described, "answer": answer,
+            "uncertain": run.uncertain, "notes": notes}
