@@ -106,13 +106,16 @@ def write_node_proxy(doc: Body) -> list[str]:
     path = n.get("path")
     lines.append(f"   path: {'waypoint ' + n['waypoint'] if path == 'waypoint' else path}")
     decision = n.get("decision")
-    if decision:
+    if not doc["caller"]["captured"]:
+        lines.append(f"   why: {n['reason']}")
+        if decision and decision.get("waypoint"):
+            lines.append(f"   (the destination's waypoint binding, {decision['reason']} to {decision['waypoint']}, "
+                         "applies to captured callers only)")
+    elif decision:
         lines.append(f"   why: {decision['reason']}: {decision['explanation']}")
         lines += [f"     {i}. {rule}" for i, rule in enumerate(decision["rules"], 1)]
     elif n.get("reason"):
         lines.append(f"   why: {n['reason']}")
-    if not doc["caller"]["captured"] and n.get("reason"):
-        lines.append(f"   {n['reason']}")
     inbound = n.get("inbound") or []
     if inbound:
         lines.append(f"   L4 policy at the destination's node proxy (peer {inbound[0]['peer']}):"
