@@ -5,7 +5,8 @@
   served renewed without a restart);
 - a raw gRPC client over TCP + mTLS against the control plane's real ADS server: the right workload
   certificate gets that proxy's secrets, another service account's gets PERMISSION_DENIED, a foreign
-  CA's or none fails the handshake;
+  CA's fails the handshake, none gets PERMISSION_DENIED (the certificate is optional on this port:
+  the CA API on it needs none);
 - the bootstrap of a proxy that dials the port (`envoy --mode validate`), and real Envoys: one with
   the waypoint's certificate ACKs its listeners and clusters, one with another service account's is
   refused, one from a foreign CA cannot connect, one whose certificate is renewed in its folder
@@ -268,13 +269,19 @@ def test_the_waypoints_certificate_gets_its_own_secrets_and_another_service_acco
     assert cp.server.denied == {waypoint: 2, ztunnel_id(1): 1}
 
 
-def test_a_foreign_ca_or_no_client_certificate_fails_the_handshake(cp, tmp_path):
+def test_a_foreign_ca_fails_the_handshake_and_no_client_certificate_gets_no_ads(cp, tmp_path):
+    """The client certificate is optional on this port (istiod's VerifyClientCertIfGiven: the CA API
+    is how a pod gets its first one), verified when given: a foreign CA's fails the handshake; with
+    none, the handshake succeeds and the ADS stream is refused."""
     waypoint, sa = waypoint_of(cp)
     foreign = CertificateAuthority(tmp_path / "foreign").issue("default", sa)  # the right name, another root
-    results = run_over_tls(cp, tmp_path, [(foreign, waypoint, ["default"]), (None, waypoint, ["default"])])
-    for status, message, got in results:
-        assert (status, got) == (grpc.StatusCode.UNAVAILABLE, set()), message
+    (status, message, got), = run_over_tls(cp, tmp_path, [(foreign, waypoint, ["default"])])
+    assert (status, got) == (grpc.StatusCode.UNAVAILABLE, set()), message
     assert not cp.server.denied  # no stream reached the handler: the TLS handshake failed first
+    (status, message, got), = run_over_tls(cp, tmp_path, [(None, waypoint, ["default"])])
+    assert (status, got) == (grpc.StatusCode.PERMISSION_DENIED, set()), message
+    assert message.startswith("no client certificate") and f"needs spiffe://cluster.local/ns/default/sa/{sa}" in message
+    assert cp.server.denied == {waypoint: 1}
 
 
 def test_the_unix_socket_still_takes_tokens_only(cp, tmp_path):
@@ -583,10 +590,9 @@ def test_a_renewed_client_certificate_is_presented_on_the_next_connection(cp, tm
     presented: list[int] = []
     check = server_module.decide_stream_peer
 
-    def spy(node_id, context, listener):
-        pem = (context.auth_context().get("x509_pem_cert") or [b""])[0]
+    def spy(node_id, pem, listener):
         presented.append(cert_from_pem(pem).serial_number)
-        return check(node_id, context, listener)
+        return check(node_id, pem, listener)
 
     monkeypatch.setattr(server_module, "decide_stream_peer", spy)
     now = datetime.now(timezone.utc)

@@ -21,8 +21,8 @@ from datetime import timedelta
 from cryptography import x509
 
 from ..private import make_private_dir
-from .certs import (DEFAULT_TRUST_DOMAIN, WORKLOAD_LIFETIME, PrivateKey, WorkloadCert, build_root,
-                    build_workload, cert_from_pem, cert_to_pem, detect_key_matches, detect_needs_renewal,
+from .certs import (DEFAULT_TRUST_DOMAIN, WORKLOAD_LIFETIME, PrivateKey, PublicKey, WorkloadCert, build_root,
+                    build_workload, sign_workload_key, cert_from_pem, cert_to_pem, detect_key_matches, detect_needs_renewal,
                     key_from_pem, key_to_pem, spiffe_id)
 
 ROOT_CERT_FILE = "root-cert.pem"
@@ -76,6 +76,13 @@ class CertificateAuthority:
                                     dns_names=dns_names, ip_addresses=ip_addresses)
             self._issued[key] = issued
             return issued[0]
+
+    def sign(self, public_key: PublicKey, spiffe_id: str, lifetime: timedelta) -> list[str]:
+        """A leaf for someone else's key (Istio's CA API: the caller keeps its private key), as the
+        chain istiod answers: [leaf, root] in PEM. Who may have which identity is decided before
+        (`meshway.ca.csr.decide_certificate_request`)."""
+        leaf = sign_workload_key(self._root_cert, self._root_key, public_key, spiffe_id, self._clock(), lifetime)
+        return [cert_to_pem(leaf), self._root_pem]
 
     # -- disk ------------------------------------------------------------------------------------
     def _load_or_create_root(self) -> tuple[x509.Certificate, PrivateKey]:

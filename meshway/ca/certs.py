@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
@@ -22,6 +22,7 @@ ROOT_LIFETIME = timedelta(days=3650)
 WORKLOAD_LIFETIME = timedelta(hours=24)
 
 PrivateKey = ec.EllipticCurvePrivateKey
+PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey  # what a CSR may carry
 
 
 @dataclass(frozen=True)
@@ -77,14 +78,22 @@ def build_workload_cert(root_cert: x509.Certificate, root_key: PrivateKey, spiff
     """An EC P-256 leaf for `spiffe_id`, signed by the root, usable as TLS server and client; a serving
     certificate (the control plane's) also names its DNS names and IP addresses."""
     key = key or build_key()
+    return sign_workload_key(root_cert, root_key, key.public_key(), spiffe_id, now, lifetime, dns_names,
+                             ip_addresses), key
+
+
+def sign_workload_key(root_cert: x509.Certificate, root_key: PrivateKey, public_key: PublicKey, spiffe_id: str,
+                      now: datetime, lifetime: timedelta = WORKLOAD_LIFETIME, dns_names: Sequence[str] = (),
+                      ip_addresses: Sequence[str] = ()) -> x509.Certificate:
+    """The leaf for a public key the CA never sees the private half of (a CSR's: Istio's CA API)."""
     sans = [x509.UniformResourceIdentifier(spiffe_id), *(x509.DNSName(name) for name in dns_names),
             *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses)]
     root_ski = root_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    cert = (
+    return (
         x509.CertificateBuilder()
         .subject_name(x509.Name([]))
         .issuer_name(root_cert.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now)
         .not_valid_after(now + lifetime)
@@ -93,11 +102,10 @@ def build_workload_cert(root_cert: x509.Certificate, root_key: PrivateKey, spiff
                        critical=False)
         .add_extension(_key_usage(digital_signature=True, key_agreement=True), critical=True)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(root_ski), critical=False)
         .sign(root_key, hashes.SHA256())
     )
-    return cert, key
 
 
 def detect_needs_renewal(cert: x509.Certificate, now: datetime) -> bool:

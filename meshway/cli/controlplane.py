@@ -145,6 +145,7 @@ def _serve_xds_on_kubernetes(kcp, client, xds_addr: str, xds_ips: tuple[str, ...
 
     from ..kube.backend import KubeBackend
     from ..kube.controlplane import SYNC_TIMEOUT
+    from ..kube.tokenreview import fetch_token_review
     from ..runtime.controlplane import ControlPlane
     from ..runtime.placement import PodPlacement
 
@@ -152,7 +153,8 @@ def _serve_xds_on_kubernetes(kcp, client, xds_addr: str, xds_ips: tuple[str, ...
     kcp.source.wait_synced(SYNC_TIMEOUT)
     backend = KubeBackend(client, kcp.source, writes_allowed=lambda: kcp.leader.leading)
     cp = ControlPlane(kube_state_dir(client.host), placement=PodPlacement(), delta=delta, store=backend,
-                      run_proxies=False, secret_ttl=ttl or timedelta(hours=24), xds_addr=xds_addr, xds_ips=xds_ips)
+                      run_proxies=False, secret_ttl=ttl or timedelta(hours=24), xds_addr=xds_addr, xds_ips=xds_ips,
+                      review_token=lambda token: fetch_token_review(client, token))
     controller = threading.Thread(target=kcp.run, name="kube-controller", daemon=True)
     controller.start()
 

@@ -40,11 +40,18 @@ def default_root_dir(name: str) -> Path:
               help="Its key.")
 @click.option("--client-ca-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Who may call the kubelet API: certificates of this CA (default: the kubeconfig's cluster CA).")
+@click.option("--xds-address", default=None, metavar="HOST:PORT",
+              help="Where waypoint pods reach the control plane (xDS and its CA), in place of their CA_ADDR "
+                   "(istiod.istio-system.svc:15012, the istiod Service in a real cluster, which this host cannot "
+                   "resolve).")
+@click.option("--xds-root-cert", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The mesh root (PEM) the control plane's certificate must chain to when waypoint pods get their "
+                   "certificates (istiod publishes it as the istio-ca-root-cert ConfigMap).")
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 def node(kubeconfig: str | None, kube_context: str | None, name: str, node_ip: str, port: int | None,
          root_dir: Path | None,
          tls_cert_file: Path | None, tls_private_key_file: Path | None, client_ca_file: Path | None,
-         verbose: bool) -> None:
+         xds_address: str | None, xds_root_cert: Path | None, verbose: bool) -> None:
     """Run a node agent: register the Node, run the pods bound to it in network namespaces, serve their logs."""
     from ..kube.client import KubeClient
     from ..node import plan as P
@@ -71,7 +78,14 @@ def node(kubeconfig: str | None, kube_context: str | None, name: str, node_ip: s
         client_ca_file = Path(ca)
     if tls_cert_file is None:
         tls_cert_file, tls_private_key_file, _ = fetch_serving_cert(client, root / "pki", name, node_ip)
-    agent = NodeAgent(client, name, node_ip, root)
+    if xds_address:
+        from ..xds.mtls import parse_address
+
+        try:
+            parse_address(xds_address)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--xds-address'") from None
+    agent = NodeAgent(client, name, node_ip, root, xds_address=xds_address, xds_root_cert=xds_root_cert)
     tls = build_tls_context(tls_cert_file, tls_private_key_file, client_ca_file)  # type: ignore[arg-type]
     server = serve((node_ip, port), tls, agent.find_log, Authorizer(client, name), agent.stop_event)
     agent.port = server.server_address[1]

@@ -80,6 +80,9 @@ CLUSTER_RULES: tuple[Rule, ...] = (
          "`istio.io/WaypointBound` on ServiceEntries; unsupported EnvoyFilter patches"),
     Rule((SEC,), ("authorizationpolicies/status", "requestauthentications/status"), STATUS,
          "`WaypointAccepted` / `ZtunnelAccepted` on policies"),
+    Rule(("authentication.k8s.io",), ("tokenreviews",), ("create",),
+         "the CA API on the xDS port: a caller's service-account token (audience `istio-ca`) is checked by the "
+         "API server before its CSR is signed, as istiod's `system:auth-delegator` binding allows"),
 )
 # Role `meshway` in istio-system only (as istiod's own Role): leases live in the system namespace.
 NAMESPACE_RULES: tuple[Rule, ...] = (

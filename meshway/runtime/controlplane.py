@@ -70,6 +70,7 @@ from ..xds.push_scope import (detect_scope_touched, find_changed_namespaces, fin
 from ..xds.scope import WaypointScope, find_scope
 from ..xds.memo import Memo
 from ..xds.protos import MessageCache
+from ..xds.ca_service import CertificateService
 from ..xds.mtls import build_mtls_listener
 from ..xds.server import XdsServer
 from ..xds.stream import Acked, Event, Nacked
@@ -147,7 +148,7 @@ class ControlPlane:
                  metrics_addr: str | None = None, secret_ttl: timedelta = WORKLOAD_LIFETIME,
                  debounce_max: float = 0.1, safety_poll: float = 1.0, build_budget: float = 2.0,
                  clock=time.monotonic, xds_addr: str | None = None, xds_ips: tuple[str, ...] = (),
-                 store=None, run_proxies: bool = True):
+                 store=None, run_proxies: bool = True, review_token=None):
         """`debounce`/`debounce_max`: quiet period after a store change and the longest a burst waits
         (istiod's PILOT_DEBOUNCE_AFTER/MAX); `poll`: housekeeping period (pod probes, readiness,
         proxy-status.json; at least HOUSEKEEPING_IDLE without pods: ADS events wake it then); `safety_poll`: how often the store is read without a commit
@@ -157,7 +158,9 @@ class ControlPlane:
         `xds_ips`. `store`: the source of truth (default: the embedded store in `state_dir`; on
         Kubernetes `meshway.kube.backend.KubeBackend`); `run_proxies=False`: the waypoint replicas
         are pods that something else runs (a node agent), which this serves over xDS but never
-        starts, probes or reports on."""
+        starts, probes or reports on. `review_token`: with `xds_addr`, also serve Istio's CA API on
+        that port, checking callers' tokens with it (`meshway.xds.ca_service`; on Kubernetes a
+        TokenReview)."""
         self.state_dir = Path(state_dir)
         make_private_dir(self.state_dir.resolve())  # the folder itself: a state path may be a link to it
         self.store = store if store is not None else Store(self.state_dir)
@@ -171,6 +174,7 @@ class ControlPlane:
         self.server = XdsServer(self.cache, on_event=self._on_xds_event, authenticate=self.tokens.authenticate)
         self.metrics_addr = metrics_addr  # host:port of the Prometheus endpoint (monitoring), if any
         self.xds_addr, self.xds_ips = xds_addr, xds_ips
+        self.certificates = CertificateService(self.ca, review_token, secret_ttl) if review_token else None
         self.monitor: MetricsServer | None = None
         self.cluster = cluster  # ClusterRuntime: pods in network namespaces, node proxies (ztunnel)
         self.placement = placement or (NetnsPlacement(cluster.net) if cluster else
@@ -768,7 +772,8 @@ class ControlPlane:
         """Serve ADS on this loop; every other piece of work runs in one worker thread, a round at a
         time (`_round`), woken by store commits, ACKs awaited by node proxies and the round's timers."""
         make_private_dir(self.run_dir)
-        tcp = build_mtls_listener(self.xds_addr, self.ca, self._service_account_of, self.xds_ips) \
+        handlers = (self.certificates.handler(),) if self.certificates else ()
+        tcp = build_mtls_listener(self.xds_addr, self.ca, self._service_account_of, self.xds_ips, handlers) \
             if self.xds_addr else None
         await self.server.start(self.ads_socket, tcp)  # its folder: socket_dir, private (refused if planted in /tmp)
         if self.server.tcp_address:

@@ -203,6 +203,7 @@ class Probe:
     success_threshold: int = 1
     failure_threshold: int = 3
     sticky: bool = False  # once passed, ready until the process exits (the implicit probe)
+    startup_period: float | None = None  # while not ready: the startupProbe's period (istiod's waypoint: 1 s)
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,9 @@ def find_container_port(port: int | str, container: Body, where: str) -> int:
 
 def build_probe(container: Body, pod: Body) -> Probe:
     """The container's readiness probe; without one, ready 0.5 s after start once the first
-    declared port (if any) accepts TCP connections."""
+    declared port (if any) accepts TCP connections. A `startupProbe` lends its period while the
+    container is not ready (so a proxy whose readiness is probed every 15 s is Ready within a
+    second of passing: the startup probe's job on Kubernetes)."""
     spec = container.get("readinessProbe")
     ports = container.get("ports") or []
     if not spec:
@@ -232,7 +235,9 @@ def build_probe(container: Body, pod: Body) -> Probe:
         return Probe("tcp" if first else "none", port=first, initial_delay=0.5, period=0.5, timeout=1.0,
                      failure_threshold=1, sticky=True)
     where = describe(pod, container)
+    startup = container.get("startupProbe") or {}
     timing = {"initial_delay": float(spec.get("initialDelaySeconds") or 0),
+              "startup_period": float(startup.get("periodSeconds") or 10) if startup else None,
               "period": float(spec.get("periodSeconds") or 10), "timeout": float(spec.get("timeoutSeconds") or 1),
               "success_threshold": int(spec.get("successThreshold") or 1),
               "failure_threshold": int(spec.get("failureThreshold") or 3)}
@@ -254,7 +259,8 @@ def detect_probe_due(probe: Probe, state: Readiness, started_at: float, now: flo
         return False
     if now < started_at + probe.initial_delay:
         return False
-    return state.last_probe is None or now - state.last_probe >= probe.period
+    period = probe.startup_period if probe.startup_period and not state.ready else probe.period
+    return state.last_probe is None or now - state.last_probe >= period
 
 
 def next_readiness(probe: Probe, state: Readiness, passed: bool, now: float) -> Readiness:

@@ -159,7 +159,14 @@ def build_xds_tls_cluster(xds_address: str, certs: XdsCertFiles, sds_file: str |
     """The control plane over TCP + mTLS: the pod's certificate as client certificate (file-based SDS:
     `build_xds_client_sds`); the server must chain to the mesh root and be istiod (its SPIFFE ID, or
     its DNS name `istiod.istio-system.svc`, which is also the SNI). An IP address is dialled as is
-    (STATIC), a name resolved (STRICT_DNS)."""
+    (STATIC), a name resolved (STRICT_DNS), `unix:PATH` is a Unix socket that leads there (a node
+    agent's relay: `meshway.node.relay`)."""
+    if xds_address.startswith("unix:"):
+        cluster = build_xds_tls_cluster("127.0.0.1:15012", certs, sds_file, trust_domain)
+        cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"] = {
+            "address": {"pipe": {"path": xds_address[len("unix:"):]}}}
+        del cluster["upstream_connection_options"]
+        return cluster
     host, _, port = xds_address.rpartition(":")
     host = host.strip("[]")
     if not host or not port.isdigit() or not 0 < int(port) <= 65535:

@@ -1,13 +1,16 @@
-"""The xDS port over TCP + mutual TLS (istiod's 15012), for proxies that are not the control
-plane's children: pods anywhere, which prove who they are with their SPIFFE workload certificate.
+"""The xDS port over TCP + TLS (istiod's 15012), for proxies that are not the control plane's
+children: pods anywhere, which prove who they are with their SPIFFE workload certificate; and, on
+the same port, Istio's CA API for callers that have no certificate yet (`meshway.xds.ca_service`).
 
 - The server presents istiod's certificate (`meshway.ca.serving`), issued by the mesh CA and renewed
-  at half life: grpc asks for the current one at every new handshake
-  (`grpc.dynamic_ssl_server_credentials`), so a renewed certificate is served without a restart.
-- The client must present a certificate that chains to the mesh root (`require_client_auth`): one
-  from another CA, or none, fails the TLS handshake before any request is read.
-- Its SPIFFE ID must then be the one the node id it claims requires (`meshway.xds.peer`), else the
-  stream ends with PERMISSION_DENIED before anything is sent.
+  at half life: the TLS front (`meshway.xds.tls_front`) asks for the current one at every handshake,
+  so a renewed certificate is served without a restart.
+- A client certificate is optional, as on istiod's port (`VerifyClientCertIfGiven`): one that does
+  not chain to the mesh root fails the TLS handshake before any request is read; none at all is
+  allowed through the handshake, because the CA API is how a pod gets its first certificate.
+- An ADS stream needs one: its SPIFFE ID must be the one the node id it claims requires
+  (`meshway.xds.peer`), else the stream ends with PERMISSION_DENIED before anything is sent; a
+  stream with no client certificate is refused the same way.
 """
 from __future__ import annotations
 
@@ -15,14 +18,10 @@ import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import grpc
-
 from ..ca import CertificateAuthority, WorkloadCert
 from ..ca.serving import find_peer_spiffe_ids, issue_control_plane_cert
 from .istiod import XDS_TLS_PORT
-from .peer import PeerDecision, ServiceAccountOf, decide_peer
-
-PEER_CERT_PROPERTY = "x509_pem_cert"  # grpc's auth context: the verified client certificate, PEM
+from .peer import PeerDecision, ServiceAccountOf, decide_peer, find_expected_identity
 
 
 @dataclass(frozen=True)
@@ -32,10 +31,11 @@ class MtlsListener:
     certificate: Callable[[], WorkloadCert]  # the current serving certificate
     service_account_of: ServiceAccountOf  # waypoint node id -> its pod's service account
     trust_domain: str
+    handlers: tuple = ()  # more gRPC services on this port (grpc.GenericRpcHandler): the CA API
 
 
 def build_mtls_listener(address: str, ca: CertificateAuthority, service_account_of: ServiceAccountOf,
-                        ip_addresses: Iterable[str] = ()) -> MtlsListener:
+                        ip_addresses: Iterable[str] = (), handlers: tuple = ()) -> MtlsListener:
     """The listener on `address` with istiod's certificate from `ca`, naming `ip_addresses` and the
     listen address itself when it is a specific IP (not 0.0.0.0 or ::)."""
     host, _ = parse_address(address)
@@ -43,7 +43,7 @@ def build_mtls_listener(address: str, ca: CertificateAuthority, service_account_
     for ip in ips:
         ipaddress.ip_address(ip)  # a bad one fails here, at start, not at the first handshake
     return MtlsListener(address, ca.root_pem(), lambda: issue_control_plane_cert(ca, ips), service_account_of,
-                        ca.trust_domain)
+                        ca.trust_domain, tuple(handlers))
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -62,24 +62,12 @@ def detect_specific_ip(host: str) -> bool:
         return False  # a name
 
 
-def build_server_credentials(listener: MtlsListener) -> grpc.ServerCredentials:
-    served: list[str] = []
-
-    def configuration(cert: WorkloadCert) -> grpc.ServerCertificateConfiguration:
-        served[:] = [cert.cert_pem]
-        return grpc.ssl_server_certificate_configuration(
-            [(cert.key_pem.encode("ascii"), cert.cert_pem.encode("ascii"))], listener.root_pem.encode("ascii"))
-
-    def fetch() -> grpc.ServerCertificateConfiguration | None:
-        """Called by grpc before each handshake: a new configuration only once the CA renewed it."""
-        cert = listener.certificate()
-        return configuration(cert) if cert.cert_pem != served[0] else None
-
-    return grpc.dynamic_ssl_server_credentials(configuration(listener.certificate()), fetch,
-                                               require_client_authentication=True)
-
-
-def decide_stream_peer(node_id: str, context: grpc.aio.ServicerContext, listener: MtlsListener) -> PeerDecision:
-    """The decision for a stream on the TCP port, from the certificate grpc verified."""
-    pem = next(iter(context.auth_context().get(PEER_CERT_PROPERTY) or []), None)
-    return decide_peer(node_id, find_peer_spiffe_ids(pem), listener.service_account_of, listener.trust_domain)
+def decide_stream_peer(node_id: str, cert_pem: str | bytes | None, listener: MtlsListener) -> PeerDecision:
+    """The decision for an ADS stream on the TCP port, from the client certificate the TLS front
+    verified (None: the client presented none)."""
+    if not cert_pem:
+        expected = find_expected_identity(node_id, listener.service_account_of, listener.trust_domain)[0]
+        needs = f": node id {node_id[:200]!r} needs {expected}" if expected else ""
+        return PeerDecision(False, expected, (), f"no client certificate{needs} (ADS on this port takes mTLS only; "
+                                                 "the CA API does not need one)")
+    return decide_peer(node_id, find_peer_spiffe_ids(cert_pem), listener.service_account_of, listener.trust_domain)

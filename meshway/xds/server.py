@@ -12,10 +12,11 @@ receives only what that node's snapshot holds: a secret name not in it is never 
 is 0600 in a 0700 folder whatever the umask.
 
 Over TCP (`start(..., tcp=MtlsListener)`, istiod's port 15012; `meshway.xds.mtls`) the proof is the
-client's certificate instead of a token: the TLS handshake requires one from the mesh CA, and its
-SPIFFE ID must be the one the claimed node id requires (`meshway.xds.peer`); a stream failing that
-is refused and counted the same way. The two listeners are separate grpc servers, so the port a
-stream arrived on decides which proof it owes.
+client's certificate instead of a token: one from the mesh CA (verified by the TLS front,
+`meshway.xds.tls_front`), whose SPIFFE ID must be the one the claimed node id requires
+(`meshway.xds.peer`); a stream without one, or failing that, is refused and counted the same way.
+The same port also serves the listener's other services (the CA API). The two listeners are
+separate grpc servers, so the port a stream arrived on decides which proof it owes.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +37,8 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from ..private import make_private, make_private_dir
 from .cache import SnapshotCache
-from .mtls import MtlsListener, build_server_credentials, decide_stream_peer, parse_address
+from .mtls import MtlsListener, decide_stream_peer, parse_address
+from .tls_front import TlsFront
 from .stream import Acked, DeltaStream, Event, Nacked, Sent, SotwStream
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,7 @@ class XdsServer:
         self._streams: Counter[str] = Counter()
         self._server: grpc.aio.Server | None = None
         self._tcp_server: grpc.aio.Server | None = None
+        self._front: TlsFront | None = None
         self._closing = asyncio.Event()  # set by stop(): open streams end with OK instead of being cancelled
 
     async def start(self, socket_path: str | os.PathLike[str], tcp: MtlsListener | None = None) -> None:
@@ -71,31 +76,41 @@ class XdsServer:
         if server.add_insecure_port(f"unix:{path}") == 0:
             raise OSError(f"cannot listen on unix:{path}")
         make_private(path)  # bound by now; nobody else could reach it inside the 0700 folder anyway
+        tcp_server, front = None, None
         try:
-            tcp_server = self._bind_tcp(tcp) if tcp is not None else None
+            if tcp is not None:
+                tcp_server, front = self._bind_tcp(tcp, Path(tempfile.mkdtemp(prefix="meshway-xds-")))  # short: socket names
+                await tcp_server.start()
+                host = parse_address(tcp.address)[0]
+                try:
+                    bound = await front.start()
+                except OSError as exc:
+                    raise OSError(f"cannot listen on {tcp.address} (xDS over TCP + mTLS): {exc}") from exc
+                self.tcp_address = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
         except (OSError, ValueError):
             await server.stop(None)
+            if tcp_server is not None:
+                await tcp_server.stop(None)
             path.unlink(missing_ok=True)
             raise
         await server.start()
-        if tcp_server is not None:
-            await tcp_server.start()
-        self._server, self._tcp_server, self.socket_path, self._closing = server, tcp_server, path, asyncio.Event()
+        self._server, self._tcp_server, self._front = server, tcp_server, front
+        self.socket_path, self._closing = path, asyncio.Event()
 
-    def _bind_tcp(self, listener: MtlsListener) -> grpc.aio.Server:
+    def _bind_tcp(self, listener: MtlsListener, inner_dir: Path) -> tuple[grpc.aio.Server, TlsFront]:
+        """The gRPC server behind the TLS front (`meshway.xds.tls_front`): ADS, whose streams must
+        present the certificate their node id needs, and the listener's other services (the CA API)."""
         host, port = parse_address(listener.address)
+        front = TlsFront(host, port, listener.certificate, listener.root_pem, inner_dir)
         server = grpc.aio.server()
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-            _Servicer(self, lambda node, context: decide_stream_peer(node.id, context, listener).reason), server)
-        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        try:
-            bound = server.add_secure_port(target, build_server_credentials(listener))
-        except RuntimeError as exc:  # grpc's "Failed to bind to address"
-            raise OSError(f"cannot listen on {target} (xDS over TCP + mTLS): {exc}") from exc
-        if bound == 0:
-            raise OSError(f"cannot listen on {target} (xDS over TCP + mTLS)")
-        self.tcp_address = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
-        return server
+            _Servicer(self, lambda node, context: decide_stream_peer(
+                node.id, front.peer_certificate(context.peer()), listener).reason), server)
+        if listener.handlers:
+            server.add_generic_rpc_handlers(listener.handlers)
+        if server.add_insecure_port(front.prepare()) == 0:
+            raise OSError(f"cannot listen on {front.inner_socket}")
+        return server, front
 
     def _check_token(self, node: Node, context: grpc.aio.ServicerContext) -> str:
         return "" if self.authenticate is None or self.authenticate(node) else NO_TOKEN
@@ -110,6 +125,10 @@ class XdsServer:
                 await asyncio.sleep(0.01)
             await self._server.stop(grace)
             self._server = None
+        if self._front is not None:
+            await self._front.stop()
+            shutil.rmtree(self._front.inner_dir, ignore_errors=True)
+            self._front = None
         if self._tcp_server is not None:
             await self._tcp_server.stop(grace)
             self._tcp_server, self.tcp_address = None, None

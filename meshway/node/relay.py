@@ -1,0 +1,79 @@
+"""The path from a node's pods to the control plane's TCP port (what a Service VIP is in a cluster).
+
+Pods here live in network namespaces that have no route to the host's (the runtime gives the host
+namespace no link: `meshway.runtime.netns`), and the control plane listens on the host. So the node
+agent relays: a Unix socket (filesystem paths cross network namespaces) that any pod may connect to,
+each connection copied byte for byte to the control plane's HOST:PORT. TLS runs end to end between
+the pod's Envoy and the control plane: the relay sees only ciphertext and proves nothing."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import socketserver
+import threading
+from pathlib import Path
+
+from ..xds.mtls import parse_address
+
+log = logging.getLogger("meshway.node.relay")
+CHUNK = 256 * 1024
+
+
+def _copy(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(CHUNK):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: "_Server"
+
+    def handle(self) -> None:
+        host, port = self.server.upstream
+        try:
+            upstream = socket.create_connection((host, port), timeout=5)
+        except OSError as exc:
+            log.warning("relay to the control plane at %s:%s: %s", host, port, exc)
+            return
+        upstream.settimeout(None)
+        with upstream:
+            back = threading.Thread(target=_copy, args=(upstream, self.request), daemon=True)
+            back.start()
+            _copy(self.request, upstream)
+            back.join()
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    upstream: tuple[str, int]
+
+
+class XdsRelay:
+    def __init__(self, path: Path, upstream: str) -> None:
+        self.path = Path(path)
+        self.upstream = parse_address(upstream)
+        self.server: _Server | None = None
+
+    def start(self) -> None:
+        self.path.unlink(missing_ok=True)
+        server = _Server(str(self.path), _Handler)
+        server.upstream = self.upstream
+        os.chmod(self.path, 0o666)  # every pod's user may connect (the control plane authenticates them)
+        self.server = server
+        threading.Thread(target=server.serve_forever, name="xds relay", daemon=True).start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+        self.path.unlink(missing_ok=True)
