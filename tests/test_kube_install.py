@@ -177,7 +177,10 @@ def test_no_wildcards_and_no_dangerous_verbs_or_resources():
         assert "*" not in (group, resource, verb)
         assert verb not in ("escalate", "bind", "impersonate", "deletecollection", "get") or resource == "leases"
         assert resource not in ("secrets", "customresourcedefinitions", "clusterroles", "roles",
-                                "clusterrolebindings", "rolebindings", "pods/exec", "tokenreviews")
+                                "clusterrolebindings", "rolebindings", "pods/exec", "serviceaccounts/token")
+        # a TokenReview only asks the API server whether a token is valid (the CA API checks callers so);
+        # it grants nothing and reads no object
+        assert resource != "tokenreviews" or (group, verb) == ("authentication.k8s.io", "create")
 
 
 def test_every_kind_meshway_reads_is_listed_and_watched():
@@ -192,7 +195,8 @@ def test_writes_are_the_waypoint_objects_and_status_only():
     status = {(g, r, v) for g, r, v in writes if "/" in r}
     assert objects == {(g, r, v) for g, r in (("", "serviceaccounts"), ("", "services"), ("apps", "deployments"))
                        for v in ("create", "patch", "delete")} | {("gateway.networking.k8s.io", "gatewayclasses",
-                                                                   "create")}
+                                                                   "create"),
+                                                                  ("authentication.k8s.io", "tokenreviews", "create")}
     assert status == {(g, f"{r}/status", v) for g, r in (
         ("gateway.networking.k8s.io", "gateways"), ("gateway.networking.k8s.io", "gatewayclasses"),
         ("gateway.networking.k8s.io", "httproutes"), ("", "services"), ("networking.istio.io", "serviceentries"),
