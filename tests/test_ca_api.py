@@ -6,6 +6,7 @@ Envoy bootstrap, and the service over the control plane's real TLS port with a r
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import datetime, timedelta, timezone
 
 import grpc
@@ -273,3 +274,57 @@ def test_create_certificate_over_the_tls_port_without_a_client_certificate(tmp_p
     assert none[0] == grpc.StatusCode.UNAUTHENTICATED and "no bearer token" in none[1]
     assert asked == ["good", "other", "forged"]
     assert service.decisions == {"OK": 1, "PERMISSION_DENIED": 1, "UNAUTHENTICATED": 2}
+
+
+def test_the_certificate_folder_is_a_secret_volume_swapped_atomically(tmp_path):
+    """As the kubelet writes a Secret volume: `NAME -> ..data/NAME`, `..data` moved to each new
+    generation at once, older generations removed; root's, readable by the container's group only."""
+    import os
+
+    from meshway.node.identity import write_secret_volume
+
+    if os.geteuid() != 0:
+        pytest.skip("writes root-owned files for another group (the node agent runs as root)")
+    folder = tmp_path / "certs"
+    write_secret_volume(folder, {"cert-chain.pem": "one", "key.pem": "k1"}, 1337)
+    first = os.readlink(folder / "..data")
+    assert os.readlink(folder / "cert-chain.pem") == "..data/cert-chain.pem"
+    for generation in range(2, 5):
+        write_secret_volume(folder, {"cert-chain.pem": f"gen {generation}", "key.pem": "k"}, 1337)
+    assert (folder / "cert-chain.pem").read_text() == "gen 4" and os.readlink(folder / "..data") != first
+    assert len([p for p in folder.iterdir() if p.name.startswith("..20")]) <= 2
+    key = folder / "..data" / "key.pem"
+    info = os.stat(key)
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (0, 1337, 0o640)
+    assert os.stat(folder).st_mode & 0o777 == 0o750
+
+
+def test_the_relay_copies_bytes_to_the_control_plane(tmp_path):
+    """A pod's way to the control plane (its namespace has no route to the host): a Unix socket whose
+    connections are copied to HOST:PORT, both ways."""
+    import socket
+    import threading
+
+    from meshway.node.relay import XdsRelay
+
+    upstream = socket.create_server(("127.0.0.1", 0))
+
+    def echo() -> None:
+        conn, _ = upstream.accept()
+        with conn:
+            while data := conn.recv(1024):
+                conn.sendall(data.upper())
+
+    threading.Thread(target=echo, daemon=True).start()
+    relay = XdsRelay(tmp_path / "xds.sock", f"127.0.0.1:{upstream.getsockname()[1]}")
+    relay.start()
+    try:
+        assert os.stat(tmp_path / "xds.sock").st_mode & 0o777 == 0o666
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(tmp_path / "xds.sock"))
+            client.sendall(b"hello")
+            assert client.recv(1024) == b"HELLO"
+    finally:
+        relay.stop()
+        upstream.close()
+    assert not (tmp_path / "xds.sock").exists()
