@@ -104,16 +104,18 @@ def populate(client: KubeClient, namespaces: int, services: int, pods: int) -> d
             jobs += [(kind_path("Pod", ns), pod_body(ns, s, r)) for r in range(pods // services)]
 
     def create(job):
-        for attempt in range(5):
+        for attempt in range(40):
             try:
                 client.create(*job)
                 return
             except ApiError as exc:
                 if exc.conflict:
                     return
-                if attempt == 4 or exc.status not in (429, 500, 503, 504):
+                # a new namespace's "default" ServiceAccount comes from the controller-manager shortly after
+                no_sa_yet = exc.status == 403 and "serviceaccount" in exc.message
+                if attempt == 39 or not (no_sa_yet or exc.status in (429, 500, 503, 504)):
                     raise
-                time.sleep(0.5 * (attempt + 1))
+                time.sleep(0.25 if no_sa_yet else 0.5 * (attempt + 1))
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(create, jobs))
     client.create(kind_path("Gateway", "bench-0"), WAYPOINT)
