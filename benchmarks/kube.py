@@ -46,19 +46,11 @@ sys.path.insert(0, str(ROOT))
 
 from meshway.kube.client import ApiError, KubeClient, kind_path  # noqa: E402
 from meshway.kube.harness import Harness, find_missing_binaries  # noqa: E402
+from meshway.kube.localcluster import find_bin_dir  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOAL_RSS_MB = 150.0
 BOUND = "istio.io/WaypointBound"
-
-
-def build_bin_dir() -> Path:
-    env = os.environ.get("MESHWAY_K8S_BIN")
-    if env:
-        return Path(env)
-    out = subprocess.run([str(ROOT / "scripts" / "build-kubernetes"), "--print-bin-dir"], capture_output=True,
-                         text=True, check=True)
-    return Path(out.stdout.strip())
 
 
 def pod_body(ns: str, svc: int, replica: int) -> dict:
@@ -179,7 +171,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     namespaces, services, pods, changes = (10, 10, 100, 6) if args.quick else (100, 10, 100, 40)
-    bin_dir = build_bin_dir()
+    bin_dir = find_bin_dir(build=False, echo=lambda line: None)
     missing = find_missing_binaries(bin_dir)
     if missing:
         print(f"kube benchmark: binaries missing in {bin_dir}: {', '.join(missing)} (run scripts/build-kubernetes)",

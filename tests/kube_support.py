@@ -11,17 +11,13 @@ from pathlib import Path
 import pytest
 
 from meshway.kube.harness import find_missing_binaries
+from meshway.kube.localcluster import find_bin_dir as find_k8s_bin_dir
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def find_bin_dir() -> Path:
-    env = os.environ.get("MESHWAY_K8S_BIN")
-    if env:
-        return Path(env)
-    out = subprocess.run([str(ROOT / "scripts" / "build-kubernetes"), "--print-bin-dir"],
-                         capture_output=True, text=True, check=True)
-    return Path(out.stdout.strip())
+    """$MESHWAY_K8S_BIN, else where scripts/build-kubernetes puts them (nothing is built here)."""
+    return find_k8s_bin_dir(build=False, echo=lambda line: None)
 
 
 def require_binaries(*extra: str) -> Path:

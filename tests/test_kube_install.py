@@ -436,13 +436,7 @@ def test_help_does_not_import_the_kubernetes_library():
 E2E_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "istioctl")
 
 
-def find_bin_dir() -> Path:
-    env = os.environ.get("MESHWAY_K8S_BIN")
-    if env:
-        return Path(env)
-    out = subprocess.run([str(ROOT / "scripts" / "build-kubernetes"), "--print-bin-dir"],
-                         capture_output=True, text=True, check=True)
-    return Path(out.stdout.strip())
+from kube_support import find_bin_dir  # noqa: E402
 
 
 def require_binaries() -> Path:

@@ -127,8 +127,10 @@ def plan_status_writes(updates: list[StatusUpdate]) -> list[StatusWrite]:
 def plan_address_writes(entries: list[Body]) -> list[StatusWrite]:
     """ServiceEntry VIPs (status.addresses), applied by the allocator where they differ."""
     out = []
-    for (ns, name), addresses in plan_service_entry_addresses(entries).items():
-        se = next(b for b in entries if (b["metadata"]["namespace"], b["metadata"]["name"]) == (ns, name))
+    planned = plan_service_entry_addresses(entries)
+    for se in entries:
+        ns, name = se["metadata"]["namespace"], se["metadata"]["name"]
+        addresses = planned[(ns, name)]
         if ((se.get("status") or {}).get("addresses") or []) != addresses:
             out.append(StatusWrite("ServiceEntry", ns, name, "apply",
                                    {"apiVersion": se["apiVersion"], "kind": "ServiceEntry",

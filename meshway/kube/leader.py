@@ -43,6 +43,16 @@ def parse_micro_time(text: str | None) -> datetime | None:
         return None
 
 
+def find_live_holder(lease: Body | None, now: datetime, duration: float = LEASE_DURATION) -> str:
+    """Who holds the Lease now: its holder if it renewed within its duration, else "" (free)."""
+    spec = (lease or {}).get("spec") or {}
+    renewed = parse_micro_time(spec.get("renewTime")) or parse_micro_time(spec.get("acquireTime"))
+    if not spec.get("holderIdentity") or renewed is None:
+        return ""
+    held_for = float(spec.get("leaseDurationSeconds") or duration)
+    return spec["holderIdentity"] if (now - renewed).total_seconds() <= held_for else ""
+
+
 @dataclass(frozen=True)
 class LeaseDecision:
     action: str  # "create" | "update" | "wait"
@@ -62,11 +72,9 @@ def decide_lease(lease: Body | None, me: str, now: datetime, duration: float = L
                      "renewTime": spec_now, "leaseTransitions": 0}}, me)
     spec = lease.get("spec") or {}
     holder = spec.get("holderIdentity") or ""
-    renewed = parse_micro_time(spec.get("renewTime")) or parse_micro_time(spec.get("acquireTime"))
-    held_for = float(spec.get("leaseDurationSeconds") or duration)
-    expired = renewed is None or (now - renewed).total_seconds() > held_for
-    if holder and holder != me and not expired:
-        return LeaseDecision("wait", None, holder)
+    live = find_live_holder(lease, now, duration)
+    if live and live != me:
+        return LeaseDecision("wait", None, live)
     new_spec = {**spec, "holderIdentity": me, "leaseDurationSeconds": int(duration), "renewTime": spec_now}
     if holder != me:
         new_spec["acquireTime"] = spec_now

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 from .. import labels as L
 from ..mesh.view import XDS_KINDS
 from ..model.registry import BY_KIND
-from ..store.db import Change
+from ..store.db import Change, Expired
 from .client import KubeClient, resource_path
 from .reflector import Reflector, Watched
 
@@ -146,8 +146,6 @@ class KubeSource:
             return self._rv
 
     def changes_since(self, rv: int, limit: int = 10_000) -> list[Change]:
-        from ..store.db import Expired
-
         with self._lock:
             if self._log and rv < self._log[0].rv - 1:
                 raise Expired(f"resourceVersion {rv} is older than the kept changes")

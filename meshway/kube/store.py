@@ -37,7 +37,7 @@ from ..store.cluster import Result, _not_found as not_found
 from ..store.errors import Invalid, LabelConflict, NotFound, StoreError
 from ..store.objects import user_view
 from .client import APPLY_PATCH, MERGE_PATCH, ApiError, KubeClient, resource_path
-from .leader import LEASE_NAME, lease_path, parse_micro_time
+from .leader import LEASE_NAME, find_live_holder, lease_path
 from .project import project
 
 if TYPE_CHECKING:
@@ -146,11 +146,7 @@ def plan_labels(labels: dict[str, str], set_labels: dict[str, str], remove: list
 
 def detect_lease_held(lease: Body | None, now: datetime) -> bool:
     """A control plane leads: the Lease has a holder that renewed it within its duration."""
-    spec = (lease or {}).get("spec") or {}
-    renewed = parse_micro_time(spec.get("renewTime")) or parse_micro_time(spec.get("acquireTime"))
-    if not spec.get("holderIdentity") or renewed is None:
-        return False
-    return (now - renewed).total_seconds() <= float(spec.get("leaseDurationSeconds") or 15)
+    return bool(find_live_holder(lease, now))
 
 
 def object_path(body: Body, info: KindInfo) -> str:
