@@ -47,11 +47,17 @@ def default_root_dir(name: str) -> Path:
 @click.option("--xds-root-cert", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The mesh root (PEM) the control plane's certificate must chain to when waypoint pods get their "
                    "certificates (istiod publishes it as the istio-ca-root-cert ConfigMap).")
+@click.option("--network-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The state folder of a network the node agents of one host share (`meshway up --kubernetes` "
+                   "makes it): pods reach pods on every node. Default: a network of this node's own.")
+@click.option("--nodes", type=click.IntRange(1, 254), default=None,
+              help="With --network-dir: how many nodes that network has.")
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 def node(kubeconfig: str | None, kube_context: str | None, name: str, node_ip: str, port: int | None,
          root_dir: Path | None,
          tls_cert_file: Path | None, tls_private_key_file: Path | None, client_ca_file: Path | None,
-         xds_address: str | None, xds_root_cert: Path | None, verbose: bool) -> None:
+         xds_address: str | None, xds_root_cert: Path | None, network_dir: Path | None, nodes: int | None,
+         verbose: bool) -> None:
     """Run a node agent: register the Node, run the pods bound to it in network namespaces, serve their logs."""
     from ..kube.client import KubeClient
     from ..node import plan as P
@@ -85,7 +91,12 @@ def node(kubeconfig: str | None, kube_context: str | None, name: str, node_ip: s
             parse_address(xds_address)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="'--xds-address'") from None
-    agent = NodeAgent(client, name, node_ip, root, xds_address=xds_address, xds_root_cert=xds_root_cert)
+    if (network_dir is None) != (nodes is None):
+        raise click.UsageError("--network-dir and --nodes go together")
+    if nodes is not None and index > nodes:
+        raise click.BadParameter(f"{name} is not one of the network's {nodes} nodes", param_hint="'--name'")
+    agent = NodeAgent(client, name, node_ip, root, xds_address=xds_address, xds_root_cert=xds_root_cert,
+                      network_dir=network_dir, nodes=nodes)
     tls = build_tls_context(tls_cert_file, tls_private_key_file, client_ca_file)  # type: ignore[arg-type]
     server = serve((node_ip, port), tls, agent.find_log, Authorizer(client, name), agent.stop_event)
     agent.port = server.server_address[1]

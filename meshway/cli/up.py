@@ -33,7 +33,7 @@ def up(c: Ctx, files: tuple[str, ...], nodes: int | None, metrics_addr: str, mod
     if files:
         read_manifests(files, None)  # a missing or bad file fails here, before anything starts
     if kubernetes:
-        up_kubernetes(c, files, nodes or 1)
+        up_kubernetes(c, files, nodes or 2)
         return
     run_walkthrough(c, files, nodes, metrics_addr or None, mode)
 

@@ -149,10 +149,49 @@ def build_binding(kind: str) -> Body:
             "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}]}
 
 
+ZTUNNEL = "ztunnel"
+ZTUNNEL_IMAGE = "meshway/ztunnel"
+
+
+def build_ztunnel_objects() -> list[Body]:
+    """The node proxies as Istio's ambient profile installs them: ServiceAccount and DaemonSet
+    `ztunnel` in istio-system (one pod per node; `meshway node` runs it as Envoy in the node's
+    network namespace, `meshway.node.nodeproxy`). Its token volume's audience is the CA's, as in
+    Istio's chart, so a node may request the pod's token for it."""
+    labels = {"app": ZTUNNEL, **PART_OF}
+    template_labels = {"app": ZTUNNEL, "sidecar.istio.io/inject": "false", L.DATAPLANE_MODE: L.NONE}
+    container = {"name": "istio-proxy", "image": ZTUNNEL_IMAGE,
+                 "env": [{"name": "CA_ADDRESS", "value": "istiod.istio-system.svc:15012"},
+                         {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+                 "ports": [{"name": "ztunnel-stats", "containerPort": 15020, "protocol": "TCP"}],
+                 "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15021}, "periodSeconds": 2},
+                 # as Istio's chart: root (its capture needs NET_ADMIN in the node's namespace), group 1337
+                 "securityContext": {"runAsUser": 0, "runAsGroup": 1337, "privileged": False,
+                                     "readOnlyRootFilesystem": True,
+                                     "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "SYS_ADMIN", "NET_RAW"]}},
+                 "volumeMounts": [{"name": "istio-token", "mountPath": "/var/run/secrets/tokens"}]}
+    token = {"serviceAccountToken": {"audience": "istio-ca", "expirationSeconds": 43200, "path": "istio-token"}}
+    daemonset = {"apiVersion": "apps/v1", "kind": "DaemonSet",
+                 "metadata": {"name": ZTUNNEL, "namespace": NAMESPACE, "labels": labels},
+                 "spec": {"selector": {"matchLabels": {"app": ZTUNNEL}},
+                          "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1,
+                                                                                        "maxUnavailable": 0}},
+                          "template": {"metadata": {"labels": template_labels},
+                                       "spec": {"serviceAccountName": ZTUNNEL, "hostNetwork": True,
+                                                "priorityClassName": "system-node-critical",
+                                                "terminationGracePeriodSeconds": 30,
+                                                "tolerations": [{"operator": "Exists"}],
+                                                "containers": [container],
+                                                "volumes": [{"name": "istio-token", "projected": {"sources": [token]}}]}}}}
+    account = {"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": ZTUNNEL, "namespace": NAMESPACE, "labels": labels}}
+    return [account, daemonset]
+
+
 def build_meshway_objects() -> list[Body]:
     return [build_namespace(), build_gateway_class(), build_service_account(),
             build_role("ClusterRole", CLUSTER_RULES), build_binding("ClusterRoleBinding"),
-            build_role("Role", NAMESPACE_RULES), build_binding("RoleBinding")]
+            build_role("Role", NAMESPACE_RULES), build_binding("RoleBinding"), *build_ztunnel_objects()]
 
 
 # -- the plan -------------------------------------------------------------------------------------
@@ -162,6 +201,7 @@ OTHER_KINDS: dict[tuple[str, str], dict[str, tuple[str, bool]]] = {
     ("admissionregistration.k8s.io", "v1"): {"ValidatingAdmissionPolicy": ("validatingadmissionpolicies", False),
                                              "ValidatingAdmissionPolicyBinding":
                                                  ("validatingadmissionpolicybindings", False)},
+    ("apps", "v1"): {"DaemonSet": ("daemonsets", True)},
     ("rbac.authorization.k8s.io", "v1"): {"ClusterRole": ("clusterroles", False),
                                           "ClusterRoleBinding": ("clusterrolebindings", False),
                                           "Role": ("roles", True), "RoleBinding": ("rolebindings", True)},

@@ -24,6 +24,7 @@ from .harness import Harness, HarnessConfig, Ports, find_free_ports, find_missin
 
 Echo = Callable[[str], None]
 ROOT = Path(__file__).resolve().parents[2]
+NODES_READY_TIMEOUT = 60.0
 STOP_GRACE = 15.0
 
 
@@ -69,9 +70,16 @@ def plan_processes(state: Path, kubeconfig: Path, nodes: int, node_agent: bool, 
     if node_agent:
         out += [Process(f"node-{i}", (*python, "node", "--kubeconfig", str(kubeconfig), "--name", f"node-{i}",
                                       "--port", "0", "--xds-address", f"127.0.0.1:{xds_port}",
+                                      "--network-dir", str(network_dir(state)), "--nodes", str(nodes),
                                       "--xds-root-cert", str(state / "controlplane" / "ca" / "root-cert.pem")),
                         (("MESHWAY_STATE_DIR", str(state / f"node-{i}")),)) for i in range(1, nodes + 1)]
     return out
+
+
+def network_dir(state: Path) -> Path:
+    """The state of the machines' network (`meshway.runtime.netns`: a fabric and one namespace per
+    node), made by `up` before the node agents start and shared by them; `down` removes it."""
+    return Path(state) / "network"
 
 
 def detect_node_agent() -> bool:
@@ -126,6 +134,10 @@ class LocalCluster:
                 client.close()
             echo("installed the Gateway API and Istio CRDs, the istio-waypoint GatewayClass and meshway's RBAC")
         has_agent = detect_node_agent()
+        if has_agent:
+            from ..runtime.netns import ClusterNet
+
+            ClusterNet(network_dir(self.state), nodes).up()
         for proc in plan_processes(self.state, self.kubeconfig, nodes, has_agent, self._xds_port()):
             if proc.name in self.live():
                 continue
@@ -133,9 +145,36 @@ class LocalCluster:
             echo(f"started {proc.name} (log {self.state / 'logs' / (proc.name + '.log')})")
         if not has_agent:
             echo("no node agent in this build (`meshway node`): pods are scheduled nowhere and stay Pending")
+        else:
+            self._wait_nodes_ready(nodes, echo)
         if apply_demo is not None:
             apply_demo(self.kubeconfig)
         echo(f"export KUBECONFIG={self.kubeconfig}")
+
+    def _wait_nodes_ready(self, nodes: int, echo: Echo, timeout: float = NODES_READY_TIMEOUT) -> None:
+        """Until every node is Ready, so that the scheduler spreads the demo's pods over all of them."""
+        from .client import ApiError, KubeClient
+
+        client = KubeClient.connect(str(self.kubeconfig))
+        deadline, ready = time.monotonic() + timeout, []
+        try:
+            while True:
+                try:
+                    items = next(iter(client.list("/api/v1/nodes")), {}).get("items") or []
+                except ApiError:
+                    items = []
+                ready = sorted(n["metadata"]["name"] for n in items if any(
+                    c.get("type") == "Ready" and c.get("status") == "True" for c in (n.get("status") or {}).get(
+                        "conditions") or []))
+                if len(ready) >= nodes:
+                    break
+                if time.monotonic() > deadline:
+                    raise LocalClusterError(f"{len(ready)} of {nodes} nodes Ready after {timeout:g}s "
+                                            f"(see {self.state / 'logs'}/node-*.log)")
+                time.sleep(0.2)
+        finally:
+            client.close()
+        echo(f"nodes Ready: {', '.join(ready)}")
 
     def _xds_port(self) -> int:
         path = self.state / "xds-port"
@@ -182,6 +221,9 @@ class LocalCluster:
             _stop(live[name])
             self._pid_file(name).unlink(missing_ok=True)
             echo(f"stopped {name}")
+        from ..runtime.netns import down as network_down
+
+        network_down(network_dir(self.state))  # what a node agent killed -9 left, and the network itself
         return names
 
 

@@ -5,14 +5,20 @@ the pod is not labelled `none`; waypoint pods (`dataplane-mode: none`) and host-
 """
 from __future__ import annotations
 
+from typing import Mapping
+
 from .. import labels as L
 from .view import MeshView, PodInfo
 
 
-def detect_ambient(view: MeshView, pod: PodInfo) -> bool:
-    mode = pod.labels.get(L.DATAPLANE_MODE)
+def decide_ambient(pod_labels: Mapping[str, str], namespace_labels: Mapping[str, str]) -> bool:
+    mode = pod_labels.get(L.DATAPLANE_MODE)
     if mode == "ambient":
         return True
     if mode == L.NONE:
         return False
-    return view.namespace_labels(pod.namespace).get(L.DATAPLANE_MODE) == "ambient"
+    return namespace_labels.get(L.DATAPLANE_MODE) == "ambient"
+
+
+def detect_ambient(view: MeshView, pod: PodInfo) -> bool:
+    return decide_ambient(pod.labels, view.namespace_labels(pod.namespace))

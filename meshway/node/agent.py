@@ -6,7 +6,14 @@ Node's status every minute), watches the pods the scheduler binds to it
 node's CIDR (`meshway.runtime.netns.ClusterNet`), runs its containers with the workload runtime
 (`meshway.runtime.workload.PodProcesses`: images mapped to the built-in apps, restarts with
 backoff, readiness probes), writes the pod's status, and stops and deletes pods as the kubelet does.
-The kubelet API (container logs, for `kubectl logs`) is `meshway.node.server`.
+The kubelet API (container logs, for `kubectl logs`) is `meshway.node.server`. It also runs the
+node's proxy (the `ztunnel` DaemonSet's pod, as Envoy in the node's namespace), the node's capture
+rules, the pods' /etc/hosts and kube-proxy's rules (`meshway.node.nodeproxy`), from watches of the
+Namespaces, Services and EndpointSlices.
+
+With `network_dir`, the node's namespaces belong to a network several node agents share (one per
+node, as machines on one network: `meshway up --kubernetes`), so pods reach pods on other nodes;
+without it, the agent makes a network of its own.
 
 The decisions are `meshway.node.plan`'s pure functions; this module reads, runs and writes.
 Threads: the pod watch (a `Reflector`), the heartbeat (Lease and Node status), the kubelet API
@@ -19,6 +26,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,9 +41,11 @@ from ..kube.client import ApiError, KubeClient, kind_path
 from ..kube.tokenreview import fetch_pod_token
 from ..kube.reflector import Reflector, Watched, key_of
 from ..runtime.envoy import find_envoy
+from ..runtime.capture import apply_capture_rules, apply_service_nat
 from ..runtime.netns import ClusterNet, NetnsError
 from ..runtime.runas import RunAsError, find_run_as, make_dirs
 from ..runtime.workload import PodProcesses
+from . import nodeproxy as Z
 from . import plan as P
 from .relay import XdsRelay
 from .identity import PodCertificate, issue_pod_certificate, write_readable
@@ -46,6 +56,8 @@ log = logging.getLogger("meshway.node")
 Body = dict[str, Any]
 NODE_STATUS_PERIOD = 60.0  # seconds between Node status writes (the Ready heartbeat); the Lease is every 10 s
 NODES = "/api/v1/nodes"  # (meshway's kind registry holds what the mesh reads: no Node)
+CLUSTER_KINDS = {"Namespace": (kind_path("Namespace"), "v1"), "Service": (kind_path("Service"), "v1"),
+                 "EndpointSlice": ("/apis/discovery.k8s.io/v1/endpointslices", "discovery.k8s.io/v1")}
 LOOP_PERIOD = 0.5  # seconds between looks at the runtime (restarts, probes, status)
 START_RETRY = 3.0  # seconds before a pod whose start failed (no address, no certificate) is tried again
 
@@ -154,7 +166,8 @@ class Heartbeat:
 
 class NodeAgent:
     def __init__(self, client: KubeClient, name: str, ip: str, root_dir: Path, port: int = P.KUBELET_PORT,
-                 xds_address: str | None = None, xds_root_cert: Path | None = None) -> None:
+                 xds_address: str | None = None, xds_root_cert: Path | None = None,
+                 network_dir: Path | None = None, nodes: int | None = None) -> None:
         self.client, self.name, self.ip, self.port = client, name, ip, port
         self.xds_address = xds_address  # HOST:PORT of the control plane, in place of the pods' CA_ADDR
         self.xds_root_cert = xds_root_cert  # the mesh root its certificate must chain to
@@ -163,7 +176,8 @@ class NodeAgent:
         self.relays: dict[str, XdsRelay] = {}  # control plane address -> the pods' way there
         self.index = P.parse_node_index(name)
         self.root_dir = Path(root_dir)
-        self.net = ClusterNet(self.root_dir, self.index)
+        self.shared_net = network_dir is not None
+        self.net = ClusterNet(Path(network_dir) if network_dir else self.root_dir, max(nodes or 0, self.index))
         self.log_dir = self.root_dir / "run" / "pods"
         self.stop_event = threading.Event()
         self.wake = threading.Event()
@@ -175,6 +189,11 @@ class NodeAgent:
         self.reflector = PodReflector(client, Watched("Pod", kind_path("Pod"), "v1",
                                                       {"fieldSelector": f"spec.nodeName={name}"}),
                                       self._emit, self.stop_event)
+        # what capture, names and kube-proxy's rules read: kind -> (namespace, name) -> body
+        self.cluster_objects: dict[str, dict[P.Key, Body]] = {k: {} for k in CLUSTER_KINDS}
+        self.cluster_reflectors = [Reflector(client, Watched(kind, path, version, {}), self._emit_cluster,
+                                             self.stop_event) for kind, (path, version) in CLUSTER_KINDS.items()]
+        self.network_applied: dict[str, object] = {}  # what the last capture / hosts / NAT writes were
         self.threads: list[threading.Thread] = []
         self.stopping: list[threading.Thread] = []  # pods being stopped (joined on shutdown)
         self.failed: dict[P.Key, str] = {}  # pods that could not get a namespace: the last error
@@ -245,6 +264,14 @@ class NodeAgent:
                 self.bound[key_of(body)] = body
         self.wake.set()
 
+    def _emit_cluster(self, kind: str, change: str, body: Body) -> None:
+        with self.lock:
+            if change == "DELETED":
+                self.cluster_objects[kind].pop(key_of(body), None)
+            else:
+                self.cluster_objects[kind][key_of(body)] = body
+        self.wake.set()
+
     def sync(self) -> None:
         """Start, stop and delete what `plan_pods` says."""
         with self.lock:
@@ -264,7 +291,7 @@ class NodeAgent:
     def remove_unbound_recorded(self, bound: dict[P.Key, Body]) -> None:
         """Pods an earlier run left (it was killed) that are no longer bound here."""
         with self.net_lock:
-            for ns, name in self.net.recorded_pods():
+            for ns, name in self.net.recorded_pods(self.index):
                 if (ns, name) not in bound:
                     log.info("removing pod %s/%s: left by an earlier run, no longer bound here", ns, name)
                     try:
@@ -279,13 +306,16 @@ class NodeAgent:
                 addr for k, b in self.bound.items() if k != key and (addr := (b.get("status") or {}).get("podIP"))}
         if time.monotonic() < self.retry_at.get(key, 0.0):
             return
+        host_network = Z.detect_host_network(pod)
         try:
-            ip = P.allocate_ip(self.name, pod, in_use)
+            ip = self.ip if host_network else P.allocate_ip(self.name, pod, in_use)
             body = copy.deepcopy(pod)
             body.setdefault("status", {}).update(podIP=ip, podIPs=[{"ip": ip}], hostIP=self.ip)
             body = self.prepare_waypoint(key, body, ip)
-            with self.net_lock:
-                self.net.add_pod(ns, name, ip, self.index)
+            body = self.prepare_ztunnel(key, body)
+            if not host_network:
+                with self.net_lock:
+                    self.net.add_pod(ns, name, ip, self.index)
         except (ValueError, NetnsError, WaypointError) as exc:  # tried again in a while; said once
             if self.failed.get(key) != str(exc):
                 log.warning("cannot start pod %s/%s: %s", ns, name, exc)
@@ -296,7 +326,10 @@ class NodeAgent:
         self.retry_at.pop(key, None)
         running = RunningPod(pod["metadata"].get("uid", ""), ip, time.time())
         try:
-            running.processes = PodProcesses(body, self.net.exec_prefix(ns, name), self.log_dir / f"{ns}.{name}",
+            prefix = (["ip", "netns", "exec", self.net.node_netns(self.index)] if host_network
+                      else self.net.exec_prefix(ns, name))
+            running.processes = PodProcesses(body, prefix, self.log_dir / f"{ns}.{name}",
+                                             probe_host="127.0.0.1" if host_network else None,
                                              home_root=self.net.pod_home(ns, name))
             running.processes.start()
         except Exception as exc:  # noqa: BLE001: a container we cannot run: the pod reports why
@@ -305,6 +338,8 @@ class NodeAgent:
         log.info("started pod %s/%s at %s", ns, name, ip)
         with self.lock:
             self.pods[key] = running
+        for what in ("hosts", "nat"):  # a new pod (maybe of an old one's name) gets its names and rules
+            self.network_applied.pop(f"{what} {ns}/{name}", None)
 
     # -- waypoint pods: Envoy with the Deployment's bootstrap and a certificate of its own -----------
     def prepare_waypoint(self, key: P.Key, pod: Body, ip: str) -> Body:
@@ -332,6 +367,65 @@ class NodeAgent:
         spec["containers"] = [build_envoy_container(c, find_envoy_binary(), bootstrap) if c is container else c
                               for c in spec["containers"]]
         return pod
+
+    def prepare_ztunnel(self, key: P.Key, pod: Body) -> Body:
+        """For the node proxy's pod (`meshway.node.nodeproxy`): its certificate, and its container
+        running Envoy with node-N's node-proxy bootstrap in the node's namespace; any other pod as it is."""
+        containers = Z.find_ztunnel_containers(pod)
+        if not containers or not Z.detect_host_network(pod):
+            return pod
+        container = containers[0]
+        ns, name = key
+        try:
+            run_as = find_run_as(container, pod)
+        except RunAsError:
+            return pod  # the runtime reports it (CreateContainerConfigError)
+        folder = self.net.pod_home(ns, name) / "istio-proxy"
+        address = find_ca_address(container, self.xds_address)
+        files = WaypointFiles(folder, run_as.gid, address, find_trust_domain(container))
+        self.issue_certificate(key, pod, files)
+        bootstrap = folder / "envoy-rev.json"
+        relay = self.start_relay(address)
+        write_readable(bootstrap, json.dumps(Z.build_ztunnel_bootstrap(
+            self.name, self.index, f"unix:{relay.path}", files.certificate.files, files.certificate.sds_file)),
+            run_as.gid)
+        spec = pod["spec"]
+        spec["containers"] = [build_envoy_container(c, find_envoy_binary(), bootstrap) if c is container else c
+                              for c in spec["containers"]]
+        return pod
+
+    # -- the node's network: capture, names, kube-proxy ------------------------------------------------
+    def sync_network(self) -> None:
+        """The capture rules of the node's namespace, each pod's /etc/hosts and, in pods outside the
+        mesh, kube-proxy's rules; each rewritten only when what it is built from changed."""
+        with self.lock:
+            objects = {kind: list(held.values()) for kind, held in self.cluster_objects.items()}
+            namespaces = {b["metadata"]["name"]: b for b in objects["Namespace"]}
+            running = {k: (p.ip, self.bound.get(k)) for k, p in self.pods.items() if not p.stopping}
+        pods = [{**b, "status": {**(b.get("status") or {}), "podIP": ip}} for ip, b in running.values() if b]
+        captured = Z.find_captured_ips(pods, namespaces)
+        self._apply("capture", captured, lambda: apply_capture_rules(self.net.node_netns(self.index), list(captured)))
+        hosts = Z.build_service_hosts(objects["Service"])
+        backends = Z.find_service_backends(objects["Service"], objects["EndpointSlice"])
+        for (ns, name), (ip, body) in running.items():
+            if body is None or Z.detect_host_network(body):
+                continue
+            self._apply(f"hosts {ns}/{name}", (ip, hosts), lambda: self.net.write_hosts(ns, name, ip, hosts))
+            wanted = () if ip in captured else backends
+            self._apply(f"nat {ns}/{name}", wanted, lambda: apply_service_nat(self.net.pod_netns(ns, name), wanted))
+        present = {f"{w} {ns}/{name}" for w in ("hosts", "nat") for ns, name in running}
+        for stale in [k for k in self.network_applied if k != "capture" and k not in present]:
+            del self.network_applied[stale]
+
+    def _apply(self, what: str, wanted: object, write) -> None:
+        if self.network_applied.get(what) == wanted:
+            return
+        try:
+            with self.net_lock:
+                write()
+            self.network_applied[what] = wanted
+        except Exception as exc:  # noqa: BLE001: iptables or a file: logged, tried again next round
+            log.warning("node %s: %s: %s", self.name, what, getattr(exc, "stderr", "") or exc)
 
     def start_relay(self, address: str) -> XdsRelay:
         """The Unix socket through which the node's pods reach the control plane at `address`
@@ -401,6 +495,7 @@ class NodeAgent:
                 running.processes.stop(None if grace is None else float(grace))
             with self.net_lock:
                 self.net.remove_pod(ns, name)
+            shutil.rmtree(self.net.pod_home(ns, name), ignore_errors=True)  # a host-network pod's (no netns)
             log.info("stopped pod %s/%s", ns, name)
         except Exception:  # noqa: BLE001
             log.exception("stopping pod %s/%s", ns, name)
@@ -468,7 +563,8 @@ class NodeAgent:
         with self.net_lock:
             self.net.up()
         self.register()
-        for target, what in ((self.reflector.run, "pod watch"), (self.run_heartbeat, "heartbeat")):
+        watches = [(r.run, f"{r.watched.kind} watch") for r in self.cluster_reflectors]
+        for target, what in ((self.reflector.run, "pod watch"), (self.run_heartbeat, "heartbeat"), *watches):
             t = threading.Thread(target=target, name=what, daemon=True)
             t.start()
             self.threads.append(t)
@@ -484,6 +580,7 @@ class NodeAgent:
                 self.sync()
                 self.report()
                 self.renew_certificates()
+                self.sync_network()
             except Exception:  # noqa: BLE001: one bad round is logged; the next one tries again
                 log.exception("pod loop")
 
@@ -509,6 +606,10 @@ class NodeAgent:
         for relay in list(self.relays.values()):
             relay.stop()
         with self.net_lock:
-            self.net.down()
+            if self.shared_net:  # the network is the cluster's: only this node's pods go
+                for ns, name in self.net.recorded_pods(self.index):
+                    self.net.remove_pod(ns, name)
+            else:
+                self.net.down()
         log.info("node %s stopped: %d pods stopped, namespaces removed", self.name, len(running))
 

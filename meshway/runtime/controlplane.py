@@ -64,7 +64,8 @@ from ..xds.cache import Snapshot, SnapshotCache
 from ..xds.debounce import NEVER, Debouncer
 from ..xds.dirty import find_change_keys, merge_keys
 from ..xds.envoyfilter import build_envoy_filter_condition
-from ..xds.proxy import Proxy, build_node_id
+from ..node.plan import parse_node_index
+from ..xds.proxy import Proxy, build_node_id, build_node_proxy_id
 from ..xds.push_scope import (detect_scope_touched, find_changed_namespaces, find_parent_namespaces,
                               find_provider_namespaces)
 from ..xds.scope import WaypointScope, find_scope
@@ -158,7 +159,8 @@ class ControlPlane:
         `xds_ips`. `store`: the source of truth (default: the embedded store in `state_dir`; on
         Kubernetes `meshway.kube.backend.KubeBackend`); `run_proxies=False`: the waypoint replicas
         are pods that something else runs (a node agent), which this serves over xDS but never
-        starts, probes or reports on. `review_token`: with `xds_addr`, also serve Istio's CA API on
+        starts, probes or reports on; so are the node proxies (ztunnel): one per node that has pods,
+        served over xDS, run with its capture rules by that node's agent (`meshway.node`). `review_token`: with `xds_addr`, also serve Istio's CA API on
         that port, checking callers' tokens with it (`meshway.xds.ca_service`; on Kubernetes a
         TokenReview)."""
         self.state_dir = Path(state_dir)
@@ -344,7 +346,7 @@ class ControlPlane:
             self._report_envoy_filters()
             self._status_inputs = inputs
         self._flush_statuses()
-        if self.cluster is not None:
+        if self.cluster is not None or not self.run_proxies:
             # Node proxies learn about a change only once the waypoints have it: a node proxy that
             # starts sending a service to a waypoint must find the waypoint ready to serve it.
             self._nodes_due = min(self._nodes_due, time.monotonic() + NODE_PUSH_WAIT)
@@ -401,25 +403,40 @@ class ControlPlane:
         return True
 
     def _maybe_sync_nodes(self) -> None:
-        if self.cluster is None or self._nodes_due == float("inf"):
+        if (self.cluster is None and self.run_proxies) or self._nodes_due == float("inf"):
             return
         if self._waypoints_acked() or time.monotonic() >= self._nodes_due:
             self._nodes_due = float("inf")
             self._sync_nodes()
 
+    def _node_indexes(self) -> list[int]:
+        """The nodes whose proxies this serves: the cluster's, or (node agents running them) every
+        `node-N` some pod is bound to."""
+        if self.cluster is not None:
+            return list(range(1, self.cluster.nodes + 1))
+        found = set()
+        for node in {p.node for p in self.view.pods.values() if p.node}:
+            try:
+                found.add(parse_node_index(node))
+            except ValueError:
+                log.debug("node %s: not a meshway node name (node-N), no node proxy served", node)
+        return sorted(found)
+
     def _sync_nodes(self) -> None:
-        for n in range(1, self.cluster.nodes + 1):
+        for n in self._node_indexes():
             node = f"node-{n}"
-            node_id = build_node_id("ztunnel", f"10.244.{n}.1", f"ztunnel-{node}", L.ROOT_NAMESPACE)
+            node_id = build_node_proxy_id(n)
             state = self.nodes.get(node_id)
             if state is None:
                 paths = EnvoyPaths(self.run_dir / "nodes" / node, socket_dir(self.state_dir) / f"z{n}")
-                prefix = ["ip", "netns", "exec", self.cluster.net.node_netns(n)]
+                prefix = ["ip", "netns", "exec", self.cluster.net.node_netns(n)] if self.cluster else []
                 state = self.nodes[node_id] = NodeState(n, node_id, paths, prefix)
-                self._stop_without_credential(paths, node_id)
+                if self.cluster is not None:
+                    self._stop_without_credential(paths, node_id)
             self._guarded(state, "ztunnel", lambda: self._publish(
                 state.node_id, self._node_messages(state.node_id, node, state.converter, state.translation)))
-            self._sync_capture(state, node)
+            if self.cluster is not None:
+                self._sync_capture(state, node)
 
     def _node_messages(self, node_id: str, node: str, converter: MessageCache, memo: Memo | None = None) -> dict:
         """A node proxy's snapshot: its config and, as secrets, only the identities of the mesh pods

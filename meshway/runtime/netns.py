@@ -17,6 +17,7 @@ thin shell that records each piece in `<state_dir>/run/cluster.json` *before* ru
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import ipaddress
 import json
@@ -28,10 +29,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 from meshway.private import FILE_MODE, make_private_dir
 from meshway.store.ipam import node_cidr
@@ -454,7 +456,11 @@ class PodNet:
 
 
 class ClusterNet:
-    """The cluster's namespaces, recorded in `<state_dir>/run/cluster.json` before they are made."""
+    """The cluster's namespaces, recorded in `<state_dir>/run/cluster.json` before they are made.
+
+    Several processes may share one state folder (the node agents of `meshway up --kubernetes`, one
+    per node, on the network the cluster made): every read-modify-write of the state file holds an
+    exclusive `flock` on `<state_dir>/run/cluster.lock` (re-entrant within a process)."""
 
     def __init__(self, state_dir: Path, nodes: int, *, host: Host | None = None, etc_netns: Path = ETC_NETNS,
                  pod_homes: Path = POD_HOMES):
@@ -466,6 +472,25 @@ class ClusterNet:
         self.etc_netns = Path(etc_netns)
         self.pod_homes = Path(pod_homes) / f"mw{self.id}"
         self.path = state_path(self.state_dir)
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._lock_fd: int | None = None
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._lock:
+            if self._depth == 0:
+                make_private_dir(self.path.parent)
+                self._lock_fd = os.open(self.path.with_name("cluster.lock"), os.O_RDWR | os.O_CREAT, FILE_MODE)
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._lock_fd is not None:
+                    os.close(self._lock_fd)  # releases the flock
+                    self._lock_fd = None
 
     # names
     def node_netns(self, n: int) -> str:
@@ -516,6 +541,10 @@ class ClusterNet:
 
     # lifecycle
     def up(self) -> None:
+        with self._locked():
+            return self._up()
+
+    def _up(self) -> None:
         """Make the fabric and the nodes; pieces already made and intact are kept, broken or
         half-made ones (a crash) are rebuilt."""
         state = self._state()
@@ -544,6 +573,10 @@ class ClusterNet:
                 and self.host.link_exists(rec["node_netns"], rec["host_veth"]))
 
     def add_pod(self, namespace: str, pod: str, ip: str, node: int) -> PodNet:
+        with self._locked():
+            return self._add_pod(namespace, pod, ip, node)
+
+    def _add_pod(self, namespace: str, pod: str, ip: str, node: int) -> PodNet:
         """Give a pod its netns, veth and address on `node` (kept if already there), and its
         /etc/netns files (hosts, resolv.conf), so that processes started with `exec_prefix` see
         them from the start (`ip netns exec` mounts them only when a process starts)."""
@@ -578,12 +611,17 @@ class ClusterNet:
             rewrite_in_place(self.etc_netns / name / "resolv.conf", RESOLV_CONF)
         return PodNet(rec["netns"], rec["node_netns"], rec["host_veth"])
 
-    def recorded_pods(self) -> list[tuple[str, str]]:
-        """(namespace, pod) of every pod recorded in the state file."""
+    def recorded_pods(self, node: int | None = None) -> list[tuple[str, str]]:
+        """(namespace, pod) of every pod recorded in the state file (on `node`, if given)."""
         state = _load(self.path)
-        return sorted((r["namespace"], r["pod"]) for r in (state or {}).get("pods", {}).values())
+        return sorted((r["namespace"], r["pod"]) for r in (state or {}).get("pods", {}).values()
+                      if node is None or r["node"] == node)
 
     def remove_pod(self, namespace: str, pod: str) -> None:
+        with self._locked():
+            return self._remove_pod(namespace, pod)
+
+    def _remove_pod(self, namespace: str, pod: str) -> None:
         """Kill what runs in the pod's netns, remove its veth, netns and /etc/netns folder."""
         state = self._state()
         rec = state["pods"].get(f"{namespace}/{pod}")
@@ -599,6 +637,10 @@ class ClusterNet:
         _save(self.path, state)
 
     def write_hosts(self, namespace: str, pod: str, ip: str, entries: list[tuple[str, list[str]]]) -> Path:
+        with self._locked():
+            return self._write_hosts(namespace, pod, ip, entries)
+
+    def _write_hosts(self, namespace: str, pod: str, ip: str, entries: list[tuple[str, list[str]]]) -> Path:
         """(Re)write the pod's /etc/hosts: localhost, itself, and `entries` (address, names), e.g.
         `(vip, service_hostnames("reviews", "default"))`. Running processes see the change."""
         state = self._state()

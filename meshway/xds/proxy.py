@@ -25,6 +25,12 @@ def build_node_id(kind: str, ip: str, pod: str, namespace: str) -> str:
     return f"{kind}~{ip}~{pod}.{namespace}~{namespace}.svc.{L.CLUSTER_DOMAIN}"
 
 
+def build_node_proxy_id(index: int) -> str:
+    """The node id of node-N's node proxy (ztunnel), in both run modes: its address is the node's
+    gateway in its pod CIDR (10.244.N.1), its pod name `ztunnel-node-N`, in the root namespace."""
+    return build_node_id("ztunnel", f"10.244.{index}.1", f"ztunnel-node-{index}", L.ROOT_NAMESPACE)
+
+
 @dataclass(frozen=True)
 class NodeIdParts:
     kind: str  # waypoint, ztunnel

@@ -1,0 +1,186 @@
+"""The mesh on Kubernetes, end to end: `meshway up --kubernetes` (the real etcd, kube-apiserver,
+kube-controller-manager and kube-scheduler built here, meshway's control plane, two node agents on
+one shared network), bookinfo and the curl client applied, then the seed docs' commands verbatim
+with the real kubectl and istioctl (KUBECONFIG exported, no flags added):
+
+    kubectl label namespace default istio.io/dataplane-mode=ambient
+    istioctl waypoint apply -n default --enroll-namespace --wait
+    kubectl get gtw waypoint -n default
+    kubectl apply -f reviews-traffic.yaml          (the blog's 90/10 VirtualService)
+    kubectl label service reviews istio.io/use-waypoint=none
+
+Requests come from the curl pod's own network namespace (its node proxy captures them); the
+waypoint's own stats (its Envoy admin, inside its pod's namespace) count where they went. The
+ztunnel DaemonSet's pods are the node proxies, run by each node's agent."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kube_support import require_binaries, wait_for
+from meshway.runtime.netns import cluster_id, pod_netns_name
+
+DEMO = Path(__file__).resolve().parent.parent / "meshway" / "demo"
+REVIEWS_STAT = re.compile(r"^cluster\.inbound-vip\|9080\|http/(v\d)\|reviews_default_svc_cluster_local\..*"
+                          r"\.upstream_rq_total: (\d+)$", re.M)
+# One request per line from inside the curl pod: "<monotonic> <status> <version or ->".
+CLIENT = r"""
+import http.client, sys, time, re
+count, pause = int(sys.argv[1]), float(sys.argv[2])
+for _ in range(count):
+    try:
+        c = http.client.HTTPConnection("reviews", 9080, timeout=5)
+        c.request("GET", "/reviews/1")
+        r = c.getresponse()
+        body = r.read().decode(errors="replace")
+        m = re.search(r'"version": "(v\d)"', body)
+        print(time.monotonic(), r.status, m.group(1) if m else "-", flush=True)
+        c.close()
+    except Exception as exc:
+        print(time.monotonic(), 0, type(exc).__name__, flush=True)
+    time.sleep(pause)
+"""
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        reason = "the node agents need root (network namespaces, iptables)"
+        if os.environ.get("MESHWAY_REQUIRE_E2E") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def meshway(state: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "meshway", "--state-dir", str(state), *args], capture_output=True,
+                          text=True, timeout=timeout, env={k: v for k, v in os.environ.items() if k != "KUBECONFIG"})
+
+
+class Shell:
+    """The seed docs' commands as typed: KUBECONFIG exported, kubectl and istioctl on PATH."""
+
+    def __init__(self, bin_dir: Path, kubeconfig: Path) -> None:
+        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+    def __call__(self, command: str, timeout: float = 120) -> str:
+        done = subprocess.run(shlex.split(command), capture_output=True, text=True, env=self.env, timeout=timeout)
+        assert done.returncode == 0, f"$ {command}\n{done.stdout}{done.stderr}"
+        return done.stdout
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    require_root()
+    bin_dir = require_binaries("istioctl")
+    state = tmp_path_factory.mktemp("kmesh") / "state"
+    up = meshway(state, "up", "--kubernetes", "-f", str(DEMO / "bookinfo.yaml"), "-f", str(DEMO / "bookinfo-client.yaml"))
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        sh = Shell(bin_dir, state / "kubernetes" / "admin.kubeconfig")
+        net = cluster_id(state / "kubernetes" / "network")
+        yield sh, net
+    finally:
+        down = meshway(state, "down")
+        assert down.returncode == 0, down.stdout + down.stderr
+
+
+def pods(sh: Shell, selector: str = "") -> list[dict]:
+    return json.loads(sh(f"kubectl get pods -n default -o json {selector}".strip()))["items"]
+
+
+def ready(pod: dict) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", []))
+
+
+def netns_of(net: str, sh: Shell, selector: str) -> str:
+    pod = next(p for p in pods(sh, f"-l {selector}") if ready(p) and not p["metadata"].get("deletionTimestamp"))
+    return pod_netns_name(net, "default", pod["metadata"]["name"])
+
+
+def requests(netns: str, count: int, pause: float = 0.0) -> subprocess.Popen:
+    return subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-P", "-c", CLIENT, str(count), str(pause)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def results(proc: subprocess.Popen, timeout: float = 300) -> list[tuple[float, int, str]]:
+    out, err = proc.communicate(timeout=timeout)
+    lines = [line.split() for line in out.splitlines() if line.strip()]
+    assert lines, err
+    return [(float(t), int(code), version) for t, code, version in lines]
+
+
+def waypoint_counts(net: str, sh: Shell) -> dict[str, int]:
+    """reviews requests the waypoint sent upstream, by version (its Envoy's own stats)."""
+    out = subprocess.run(["ip", "netns", "exec", netns_of(net, sh, "gateway.networking.k8s.io/gateway-name=waypoint"),
+                          "curl", "-s",
+                          "127.0.0.1:15000/stats?filter=upstream_rq_total"], capture_output=True, text=True,
+                         timeout=10).stdout
+    return {v: int(n) for v, n in REVIEWS_STAT.findall(out)}
+
+
+def test_seed_commands_verbatim_route_the_curl_pods_requests_90_10_through_the_waypoint(mesh):
+    sh, net = mesh
+    wait_for("every pod Running and Ready", lambda: (p := pods(sh)) and len(p) == 7 and all(map(ready, p)), 120)
+    wide = sh("kubectl get pods -o wide")
+    nodes = {line.split()[6] for line in wide.splitlines()[1:]}
+    assert nodes == {"node-1", "node-2"}, wide  # the scheduler spread them: traffic crosses nodes
+    assert all(re.search(r"\s10\.244\.[12]\.\d+\s", line) for line in wide.splitlines()[1:]), wide
+    assert len(json.loads(sh("kubectl get pods -n istio-system -l app=ztunnel -o json"))["items"]) == 2
+
+    sh("kubectl label namespace default istio.io/dataplane-mode=ambient")
+    out = sh("istioctl waypoint apply -n default --enroll-namespace --wait")
+    assert "waypoint default/waypoint applied" in out and "is ready!" in out, out
+    gtw = sh("kubectl get gtw waypoint -n default")
+    assert re.search(r"waypoint\s+istio-waypoint\s+\S+\s+True", gtw), gtw
+    sh(f"kubectl apply -f {DEMO / 'reviews-traffic.yaml'}")
+
+    curl = netns_of(net, sh, "app=curl")
+    wait_for("the waypoint applying the 90/10 split (v2 answers)",
+             lambda: any(v == "v2" for _, _, v in results(requests(curl, 20))), 30, 1)
+    before = waypoint_counts(net, sh)
+    got = results(requests(curl, 1000))
+    after = waypoint_counts(net, sh)
+    failed = [r for r in got if r[1] != 200]
+    assert not failed, failed[:5]
+    served = {v: after.get(v, 0) - before.get(v, 0) for v in ("v1", "v2")}
+    assert sum(served.values()) == 1000, (served, before, after)  # every request went through the waypoint
+    assert 850 <= served["v1"] <= 950 and served["v1"] + served["v2"] == 1000, served
+    assert [r[2] for r in got].count("v2") == served["v2"]  # the answers agree with the waypoint's count
+
+
+def test_a_service_opting_out_of_the_waypoint_goes_direct_within_2s_with_no_failed_request(mesh):
+    sh, net = mesh
+    curl = netns_of(net, sh, "app=curl")
+    wait_for("traffic through the waypoint", lambda: waypoint_counts(net, sh), 60, 1)
+    load = requests(curl, 400, 0.02)  # about 12 s of requests across both changes
+    time.sleep(2)
+    sh("kubectl label service reviews istio.io/use-waypoint=none")
+    opted_out = time.monotonic()
+    time.sleep(4)
+    direct_count = waypoint_counts(net, sh)
+    time.sleep(1.5)
+    # nothing reaches the waypoint any more: its counters stand still, or it dropped reviews' clusters
+    assert waypoint_counts(net, sh) in (direct_count, {})
+    sh("kubectl label service reviews istio.io/use-waypoint-")
+    back = time.monotonic()
+    got = results(load)
+    assert [r for r in got if r[1] != 200] == []
+    v3 = [t for t, _, v in got if v == "v3" and opted_out <= t < back]  # only without the waypoint's split
+    assert v3 and v3[0] - opted_out <= 2.0, (v3[:3], opted_out)
+    assert not [t for t, _, v in got if v == "v3" and t >= back + 2.0]  # and back through it within 2 s
+
+
+def test_kubectl_logs_and_a_deleted_pod_replaced_through_its_replicaset(mesh):
+    sh, _ = mesh
+    assert sh("kubectl logs deploy/reviews-v2").strip()  # the app's own output, through the kubelet API
+    old = next(p for p in pods(sh, "-l app=reviews,version=v1"))["metadata"]["name"]
+    sh(f"kubectl delete pod {old}")
+    wait_for("a new reviews-v1 pod Running and Ready", lambda: [
+        p for p in pods(sh, "-l app=reviews,version=v1") if p["metadata"]["name"] != old and ready(p)], 60)
