@@ -4,6 +4,7 @@ memory and idle CPU per connected proxy, in one run, each figure beside its goal
 
     python benchmarks/scale.py            # full: 1,000 services per topology, N=30 changes
     python benchmarks/scale.py --quick    # smoke run (100 services, 5 changes), well under a minute
+    python benchmarks/scale.py --only memory   # one part; the others are kept from the results file
 
 Writes benchmarks/results/scale.{json,md} (`--quick`: scale-quick.{json,md}). Measures whatever
 meshway is checked out; meshway's own code is only wrapped (ControlPlane.sync timed as
@@ -58,6 +59,7 @@ GOALS = {  # issue 10, "Done means"
 }
 READY = {"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"},
                                             {"type": "Ready", "status": "True"}]}
+XDS_NAMES = {P.CLUSTER: "CDS", P.ENDPOINT: "EDS", P.LISTENER: "LDS", P.ROUTE: "RDS", P.SECRET: "SDS"}
 SLEEP_S = 1800  # a stand-in proxy (below) sleeps at most this long
 
 
@@ -184,6 +186,25 @@ def rss_of(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def malloc_in_use() -> int | None:
+    """Bytes glibc's malloc has handed out and not got back (`mallinfo2`: uordblks + hblkhd); None
+    off glibc. Protobuf (upb) messages and gRPC's buffers live here, Python's small objects in
+    pymalloc's arenas do not."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(f, ctypes.c_size_t) for f in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+                     "fordblks", "keepcost")]
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallinfo2.restype = MallInfo2
+        info = libc.mallinfo2()
+    except (OSError, AttributeError):
+        return None
+    return info.uordblks + info.hblkhd
 
 
 def stop_leftovers(state: Path) -> int:
@@ -574,12 +595,25 @@ def bench_translation(namespaces: int, services: int, changes: int, tmp: Path, t
 # == 3. memory and idle CPU per connected proxy (raw ADS clients) ==================================
 
 def serve(state: Path, envoy: str) -> int:
-    """`--serve STATE`: the control plane alone in this process, until SIGTERM (then its proxies stop)."""
+    """`--serve STATE`: the control plane alone in this process, until SIGTERM (then its proxies stop).
+    On SIGUSR1 (from its event loop) it runs a full `gc.collect()` and appends one JSON line to
+    STATE/../memory.jsonl: its RSS then and what glibc's allocator holds in use (`mallinfo2`)."""
     cp = ControlPlane(state, envoy=envoy)
     stop = asyncio.Event()
+    report = state.parent / "memory.jsonl"
+
+    def memory_report() -> None:
+        import gc
+
+        gc.collect()
+        line = {"rss": rss_of(os.getpid()), "malloc_in_use": malloc_in_use(),
+                "python_blocks": sys.getallocatedblocks()}
+        with report.open("a") as out:
+            out.write(json.dumps(line) + "\n")
 
     async def main() -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, memory_report)
         await cp.run(stop)
 
     try:
@@ -622,6 +656,9 @@ async def ads_client(socket: Path, node_id: str, token: str, done: asyncio.Event
                     raise RuntimeError(f"{node_id}: the server ended the stream")
                 counts["responses"] += 1
                 counts["bytes"] += response.ByteSize()
+                if "resources" in counts:  # per type, what the clients were sent
+                    kind = XDS_NAMES.get(response.type_url, response.type_url)
+                    counts["resources"][kind] = counts["resources"].get(kind, 0) + len(response.resources)
                 await call.write(DeltaDiscoveryRequest(type_url=response.type_url, response_nonce=response.nonce))
                 answered.add(response.type_url)
                 if answered >= {P.CLUSTER, P.LISTENER, P.ROUTE} and not done.is_set():
@@ -729,6 +766,165 @@ def bench_proxies(namespaces: int, services: int, window: float, tmp: Path, time
     return out
 
 
+def start_serving(folder: Path, base: Path) -> tuple[subprocess.Popen, Path, Any]:
+    """A copy of the loaded store `base` in `folder`, and the control plane on it in its own process
+    (`--serve`), every waypoint a stand-in."""
+    import shutil
+
+    folder.mkdir()
+    state = folder / "state"
+    shutil.copytree(base, state)
+    wrapper = envoy_wrapper(folder, "/nonexistent", lambda ns: False, [])
+    log = (folder / "controlplane.log").open("w")
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve", str(state),
+                             "--envoy", str(wrapper)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return proc, state, log
+
+
+def read_memory(proc: subprocess.Popen, state: Path, timeout: float = 30.0) -> Body:
+    """The `--serve` process's memory after a full collection (its SIGUSR1 report, one JSON line)."""
+    report = state.parent / "memory.jsonl"
+    before = len(report.read_text().splitlines()) if report.exists() else 0
+    proc.send_signal(signal.SIGUSR1)
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        lines = report.read_text().splitlines() if report.exists() else []
+        if len(lines) > before:
+            return json.loads(lines[before])
+        if proc.poll() is not None:
+            raise RuntimeError(f"the control plane exited {proc.returncode}")
+        time.sleep(0.05)
+    raise RuntimeError(f"no memory report from the control plane within {timeout:g} s")
+
+
+def slope(points: list[tuple[int, int | None]]) -> float | None:
+    """Least-squares slope of value over proxies connected (bytes per proxy)."""
+    points = [(x, y) for x, y in points if y is not None]
+    if len(points) < 2:
+        return None
+    mx, my = statistics.fmean(x for x, _ in points), statistics.fmean(y for _, y in points)
+    return sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+
+
+def bench_memory(namespaces: int, services: int, steps: list[int], repetitions: int, tmp: Path,
+                 timeout: float) -> Body:
+    """Control-plane memory per connected proxy as a slope: the control plane alone in its own
+    process (`--serve`), `namespaces` waypoints (stand-ins), snapshots built; raw Delta ADS clients
+    connected in steps (`steps`: total connected after each; the first is a warm-up that takes the
+    one-time cost of the first streams), one client per waypoint. After each step (every new client
+    has CDS/LDS/RDS and ACKed, CPU settled) its RSS and glibc heap in use after a full collection.
+    Per proxy = (value at the last step - value at the step before) / the proxies between them.
+    `repetitions` fresh control-plane processes on copies of one loaded store."""
+    folder = tmp / "memory"
+    folder.mkdir()
+    base = folder / "base"
+    label = describe(namespaces, services, "vs")
+    print(f"  [memory] {label}; steps {steps}, {repetitions} repetitions", flush=True)
+    store, _ = load_store(base, topology(namespaces, services, "vs"), lambda ns: True)
+    store.close()
+    reps: list[Body] = []
+    config: Body = {}
+    for rep in range(repetitions):
+        proc, state, log = start_serving(folder / f"rep-{rep}", base)
+        try:
+            status_file = state / "run" / "proxy-status.json"
+
+            def listed() -> bool:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the control plane exited {proc.returncode}; see {state.parent}")
+                try:
+                    return len(json.loads(status_file.read_text())) >= namespaces
+                except (OSError, ValueError):
+                    return False
+
+            wait_for("control plane lists every waypoint", listed, timeout, 0.1)
+            settle(proc.pid)
+            readings = [{"connected": 0, **read_memory(proc, state)}]
+            nodes = sorted(n for n, s in json.loads(status_file.read_text()).items() if s.get("type") == "waypoint")
+            if len(nodes) < steps[-1]:
+                raise RuntimeError(f"{len(nodes)} waypoints listed, {steps[-1]} needed")
+            from meshway.ca.tokens import ProxyTokens
+            from meshway.runtime.placement import socket_dir
+
+            tokens = ProxyTokens(state)
+            socket = socket_dir(state) / "xds.sock"
+            counts = {"responses": 0, "bytes": 0, "resources": {}}
+
+            async def clients() -> None:
+                stop = asyncio.Event()
+                tasks: list[asyncio.Future] = []
+                try:
+                    for step in steps:
+                        dones = []
+                        for node in nodes[len(tasks):step]:
+                            dones.append(asyncio.Event())
+                            tasks.append(asyncio.ensure_future(
+                                ads_client(socket, node, tokens.token(node), dones[-1], counts, stop)))
+                        deadline = time.perf_counter() + timeout
+                        while not all(d.is_set() for d in dones):
+                            for t in tasks:
+                                if t.done():
+                                    t.result()  # a client that ended raises here
+                            if time.perf_counter() > deadline:
+                                raise RuntimeError(f"{sum(not d.is_set() for d in dones)} clients without "
+                                                   f"CDS/LDS/RDS within {timeout:g} s")
+                            await asyncio.sleep(0.05)
+                        await asyncio.to_thread(settle, proc.pid)
+                        reading = await asyncio.to_thread(read_memory, proc, state)
+                        connected = await asyncio.to_thread(count_connected, status_file, nodes[:step])
+                        if connected < step:
+                            raise RuntimeError(f"only {connected} of {step} clients connected")
+                        readings.append({"connected": step, **reading, "responses": counts["responses"],
+                                         "bytes": counts["bytes"]})
+                finally:
+                    stop.set()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+
+            asyncio.run(clients())
+            if not config:
+                kinds = [s.get("type") for s in json.loads(status_file.read_text()).values()]
+                config = {"waypoints": kinds.count("waypoint"), "node_proxies": kinds.count("ztunnel"),
+                          "resources_per_client": {k: v / steps[-1] for k, v in counts["resources"].items()},
+                          "bytes_per_client": counts["bytes"] / steps[-1],
+                          "responses_per_client": counts["responses"] / steps[-1]}
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+            log.close()
+            stop_leftovers(state)
+        last, before = readings[-1], readings[-2]
+        span = last["connected"] - before["connected"]
+        row = {"readings": readings,
+               "rss_per_proxy_bytes": (last["rss"] - before["rss"]) / span,
+               "malloc_per_proxy_bytes": (last["malloc_in_use"] - before["malloc_in_use"]) / span
+               if last["malloc_in_use"] is not None else None,
+               "rss_fit_per_proxy_bytes": slope([(r["connected"], r["rss"]) for r in readings[1:]]),
+               "rss_first_to_last_per_proxy_bytes": (last["rss"] - readings[0]["rss"]) / last["connected"]}
+        reps.append(row)
+        print(f"    repetition {rep + 1}: RSS " + " -> ".join(f"{r['rss'] / 2**20:.1f}" for r in readings)
+              + f" MiB at {[r['connected'] for r in readings]} connected: {row['rss_per_proxy_bytes'] / 1e6:.3f} MB "
+              f"per proxy ({steps[-2]} -> {steps[-1]}); malloc in use {(row['malloc_per_proxy_bytes'] or 0) / 1e6:.3f} "
+              "MB per proxy", flush=True)
+
+    def spread(key: str) -> Body:
+        values = [r[key] for r in reps if r[key] is not None]
+        return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)} \
+            if values else {}
+
+    return {"topology": label + "; stand-in proxies (no Envoy), each waypoint served to at most one raw Delta ADS "
+                                "client (xds-protos stubs, its xDS token, `*` for CDS/EDS/LDS/RDS/SDS, every "
+                                "response ACKed)",
+            "namespaces": namespaces, "services": services, "steps": steps, "repetitions": reps,
+            "per_client": config, "rss_per_proxy_bytes": spread("rss_per_proxy_bytes"),
+            "malloc_per_proxy_bytes": spread("malloc_per_proxy_bytes"),
+            "rss_fit_per_proxy_bytes": spread("rss_fit_per_proxy_bytes"),
+            "rss_first_to_last_per_proxy_bytes": spread("rss_first_to_last_per_proxy_bytes")}
+
+
 def settle(pid: int, limit: float = 30.0, quiet: float = 0.05) -> None:
     """Until the process's CPU rate over half a second is under `quiet` CPU seconds per second, or
     steady (within 20 ms/s of the half second before: its idle loop), at most `limit` seconds."""
@@ -786,11 +982,32 @@ def _ms(s: float | None) -> str:
 
 def write_markdown(path: Path, report: Body) -> None:
     m, acks, tr, px, gp = report["machine"], report["ack"], report["translation"], report["proxies"], report["get_pods"]
+    mem = report["memory"]
+    runs = report.get("runs") or {}
+
+    def machine_line(mm: Body, started: str, duration: str) -> str:
+        return (f"Python {mm['python']}, {mm['cpu_count']} CPUs (shared), Envoy {mm.get('envoy')} (`--concurrency 1`), "
+                f"protobuf {mm.get('protobuf')} ({mm.get('protobuf_backend')}); meshway {mm.get('meshway_commit')}; "
+                f"run {started}{duration}; load average at start {mm['loadavg_at_start'][0]:.2f}")
+
+    carried = {part: r for part, r in runs.items() if r.get("machine")}
+
+    def run_of(*parts: str) -> str:
+        """' (run X)' for figures carried over from an earlier run, '' for this run's."""
+        found = [carried[p] for p in parts if p in carried]
+        return f" (run {found[0]['started']}, meshway {found[0]['machine'].get('meshway_commit')})" if found else ""
+
     lines = [f"# Control plane at scale ({report['mode']})", "",
-             f"Python {m['python']}, {m['cpu_count']} CPUs (shared), Envoy {m.get('envoy')} (`--concurrency 1`), "
-             f"protobuf {m.get('protobuf')} ({m.get('protobuf_backend')}); meshway {m.get('meshway_commit')}; "
-             f"run {report['started']} ({report['duration_s']:.0f} s); load average at start "
-             f"{m['loadavg_at_start'][0]:.2f}. Goals: issue 10.", ""]
+             machine_line(m, report["started"], f" ({report['duration_s']:.0f} s)") + ". Goals: issue 10.", ""]
+    if carried:
+        this = sorted(set(runs) - set(carried))
+        lines += [f"This run measured: {', '.join(this) or 'nothing'}. Carried over unchanged from earlier runs "
+                  "(`scale.py --only` re-runs some parts and keeps the others, each marked with its run):", ""]
+        for started in sorted({r["started"] for r in carried.values()}):
+            names = sorted(p for p, r in carried.items() if r["started"] == started)
+            mm = next(r["machine"] for r in carried.values() if r["started"] == started)
+            lines.append(f"- {', '.join(names)}: " + machine_line(mm, started, "") + ".")
+        lines.append("")
     lines += ["## Summary", "", "| figure | topology | measured | goal | verdict | anchor |",
               "|---|---|---|---|---|---|"]
     for a in acks:
@@ -816,10 +1033,12 @@ def write_markdown(path: Path, report: Body) -> None:
                      f"**{_ms(c['to_programmed_s'])} / {_ms(c['to_all_services_acked_s'])}** | 3 s | "
                      f"{verdict(c['to_programmed_s'], GOALS['cold_start_s'])} / "
                      f"{verdict(c['to_all_services_acked_s'], GOALS['cold_start_s'])} | |")
-    per = px["rss_per_proxy_bytes"]
-    lines.append(f"| control-plane RSS per connected proxy | {px['topology']} | **{per / 1e6:.3f} MB** | 0.3 MB | "
-                 f"{verdict(per, GOALS['rss_per_proxy_bytes'])} | |")
-    lines.append(f"| control-plane idle CPU, {px['proxies']} connected proxies | same | "
+    per = mem["rss_per_proxy_bytes"]
+    lines.append(f"| control-plane RSS per connected proxy: slope from {mem['steps'][-2]} to {mem['steps'][-1]} "
+                 f"connected, median [min-max] of {per['n']} control-plane processes{run_of('memory')} | "
+                 f"{mem['topology']} | **{per['median'] / 1e6:.3f} MB** [{per['min'] / 1e6:.3f}-{per['max'] / 1e6:.3f}] | "
+                 f"0.3 MB | {verdict(per['median'], GOALS['rss_per_proxy_bytes'])} | |")
+    lines.append(f"| control-plane idle CPU, {px['proxies']} connected proxies{run_of('proxies')} | {px['topology']} | "
                  f"**{px['idle_cpu_ms_per_s_connected']:.1f} ms/s** (none connected: "
                  f"{px['idle_cpu_ms_per_s_no_proxy']:.1f} ms/s) | 10 ms/s | "
                  f"{verdict(px['idle_cpu_ms_per_s_connected'], GOALS['idle_cpu_ms_per_s'])} | |")
@@ -828,7 +1047,7 @@ def write_markdown(path: Path, report: Body) -> None:
         lines.append(f"| `meshway get pods` CPU (from `{gp['source']}`, run {gp['started']}, not re-measured) | "
                      f"{gpe['what']} | **{gpe['cpu_ms_median']:.0f} ms** | 120 ms | "
                      f"{verdict(gpe['cpu_ms_median'], GOALS['get_pods_cpu_ms'])} | kubectl get pods 40 ms |")
-    lines += ["", "## 1. Store change -> waypoint Envoy ACK, per stage", ""]
+    lines += ["", f"## 1. Store change -> waypoint Envoy ACK, per stage{run_of('ack')}", ""]
     for a in acks:
         lines += [f"### {a['name']}: {a['topology']}", "",
                   f"{a['changes']} changes, one at a time: {a['change']}. Latency until `cache.status[node][RDS]` is "
@@ -855,7 +1074,7 @@ def write_markdown(path: Path, report: Body) -> None:
                       f"Programmed {_ms(c['to_programmed_s'])}, every service's routes ACKed "
                       f"{_ms(c['to_all_services_acked_s'])}; the waypoint's resources: "
                       + ", ".join(f"{k} {v:,}" for k, v in c["resources"].items()) + ".", ""]
-    lines += ["## 2. Translation, no Envoy", "", f"{tr['topology']}.", "",
+    lines += [f"## 2. Translation, no Envoy{run_of('translation')}", "", f"{tr['topology']}.", "",
               "| measurement | value |", "|---|---|",
               f"| first `ControlPlane.sync` (all {tr['namespaces']} waypoints), wall / CPU | "
               f"{_ms(tr['cold']['first_sync_s'])} / {_ms(tr['cold']['first_sync_cpu_s'])} |",
@@ -870,21 +1089,71 @@ def write_markdown(path: Path, report: Body) -> None:
               f"{_ms(tr['sync_cpu'].get('p99'))} |",
               f"| apply -> snapshot set (wall), p50 / p99 | {_ms(tr['to_snapshot']['p50'])} / "
               f"{_ms(tr['to_snapshot']['p99'])} |", ""]
-    lines += ["## 3. Memory and idle CPU per connected proxy", "", f"{px['topology']}.", "",
+    lines += [f"## 3. Idle CPU with connected proxies{run_of('proxies')}", "", f"{px['topology']}.", "",
               "| measurement | value |", "|---|---|",
-              f"| control-plane RSS, no proxy connected (snapshots built) | "
-              f"{px['rss_no_proxy_bytes'] / 2**20:.1f} MiB |",
-              f"| control-plane RSS, {px['connected']} connected and ACKed | "
-              f"{px['rss_connected_bytes'] / 2**20:.1f} MiB |",
-              f"| per connected proxy | {px['rss_per_proxy_bytes'] / 1e6:.3f} MB |",
+              f"| control-plane RSS, no proxy connected / {px['connected']} connected (one reading each; the "
+              "per-proxy figure is section 4's) | "
+              f"{px['rss_no_proxy_bytes'] / 2**20:.1f} / {px['rss_connected_bytes'] / 2**20:.1f} MiB |",
               f"| idle CPU ({px['window_s']:g} s window), none / {px['proxies']} connected | "
               f"{px['idle_cpu_ms_per_s_no_proxy']:.1f} / {px['idle_cpu_ms_per_s_connected']:.1f} ms/s |",
               f"| clients connected -> all ACKed CDS/LDS/RDS | {_ms(px['clients_all_acked_s'])} |",
               f"| responses / bytes the clients received (of which responses in the idle window) | "
               f"{px['responses']:,} / {px['bytes']:,} ({px.get('responses_in_window')}) |", ""]
+    steps, reps = mem["steps"], mem["repetitions"]
+    pc = mem["per_client"]
+    lines += [f"## 4. Memory per connected proxy{run_of('memory')}", "",
+              f"{mem['topology']}. The control plane serves {pc.get('waypoints')} waypoints and "
+              f"{pc.get('node_proxies')} node proxies (ztunnel, one per node of the store's "
+              f"{pc.get('node_proxies')}; stand-ins, none connected). Each client is sent "
+              + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(pc.get("resources_per_client", {}).items()))
+              + f" resources ({pc['bytes_per_client'] / 1e3:,.1f} kB of responses, "
+              f"{pc['responses_per_client']:.0f} responses). Delta ADS.", "",
+              f"{len(reps)} repetitions, each a fresh control-plane process (`--serve`) on a copy of one loaded "
+              f"store: its snapshots built and its CPU settled, then clients connected in steps to "
+              f"{', '.join(map(str, steps))} in all (each step: every new client has CDS, LDS and RDS and ACKed; "
+              f"the control plane settled; all clients `connected` in proxy-status.json). At 0 and after each step the "
+              "control plane runs a full `gc.collect()` and reports its RSS (`VmRSS`) and glibc's heap in use "
+              f"(`mallinfo2`). Per proxy = (value at {steps[-1]} - value at {steps[-2]}) / {steps[-1] - steps[-2]}: "
+              f"the first {steps[0]} clients take the one-time cost of the first streams (gRPC's threads and buffers, "
+              "allocator arenas), which a difference from 0 would spread over the proxies.", "",
+              "| measurement | median | min | max |", "|---|---|---|---|"]
+    for key, what in (("rss_per_proxy_bytes", f"**RSS per proxy, {steps[-2]} -> {steps[-1]} connected**"),
+                      ("malloc_per_proxy_bytes", f"glibc heap in use per proxy, {steps[-2]} -> {steps[-1]} connected"),
+                      ("rss_fit_per_proxy_bytes", f"RSS per proxy, least-squares over {', '.join(map(str, steps))} "
+                                                  "connected"),
+                      ("rss_first_to_last_per_proxy_bytes", f"RSS per proxy, (at {steps[-1]} - at 0) / {steps[-1]} "
+                                                            "(with the one-time cost)")):
+        v = mem.get(key) or {}
+        if v:
+            lines.append(f"| {what} | {v['median'] / 1e6:.3f} MB | {v['min'] / 1e6:.3f} MB | {v['max'] / 1e6:.3f} MB |")
+    lines += ["", "RSS (MiB) per repetition at " + ", ".join(f"{r['connected']}" for r in reps[0]["readings"])
+              + " connected:", ""]
+    for i, r in enumerate(reps):
+        lines.append(f"- {i + 1}: " + " / ".join(f"{x['rss'] / 2**20:.1f}" for x in r["readings"])
+                     + f" -> {r['rss_per_proxy_bytes'] / 1e6:.3f} MB per proxy")
+    lines.append("")
     lines += ["Times are wall clock on a shared 2-vCPU machine (other work running: expect +-30 %); CPU is "
               "utime + stime. See benchmarks/README.md (`scale.py`).", ""]
     path.write_text("\n".join(lines))
+
+
+def carry_over(path: Path, parts: set[str]) -> Body:
+    """The `parts` not re-run, from the results file this run replaces, each with the run it is from
+    (`runs[part]`: that run's start and its machine line)."""
+    if not parts:
+        return {}
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    out: Body = {"runs": {}}
+    for part in parts:
+        if old.get(part):
+            out[part] = old[part]
+            source = (old.get("runs") or {}).get(part) or {}
+            out["runs"][part] = {"started": source.get("started") or old.get("started"),
+                                 "machine": source.get("machine") or old.get("machine")}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -892,7 +1161,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="100 services per topology, 5 changes: a smoke run")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results directory (default: %(default)s)")
     ap.add_argument("--envoy", default=None, help="envoy binary (default: the one next to this Python)")
-    ap.add_argument("--only", default=None, help=argparse.SUPPRESS)  # comma-separated parts, for development
+    ap.add_argument("--only", default=None,
+                    help="comma-separated parts to run (ack, translation, proxies, memory); the others are "
+                         "carried over from the results file being replaced, each marked with its own run")
     ap.add_argument("--serve", type=Path, default=None, help=argparse.SUPPRESS)  # internal: the control plane alone
     ap.add_argument("--apply-server", type=Path, default=None, help=argparse.SUPPRESS)  # internal: the writer
     args = ap.parse_args(argv)
@@ -911,13 +1182,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         services, changes, tr_ns, tr_services, tr_changes, proxies, px_services, window, timeout = \
             100, 5, 20, 100, 3, 10, 100, 2.0, 60.0
+        mem_ns, mem_services, mem_steps, mem_reps = 20, 100, [5, 10, 20], 2
     else:
         services, changes, tr_ns, tr_services, tr_changes, proxies, px_services, window, timeout = \
             1000, 30, 100, 1000, 10, 50, 1000, 10.0, 600.0
-    only = set(args.only.split(",")) if args.only else {"ack", "translation", "proxies"}
+        mem_ns, mem_services, mem_steps, mem_reps = 100, 2000, [10, 50, 100], 5
+    parts = ("ack", "translation", "proxies", "memory")
+    only = set(args.only.split(",")) if args.only else set(parts)
+    if only - set(parts):
+        ap.error(f"unknown parts {sorted(only - set(parts))}; the parts are {', '.join(parts)}")
+    stem = "scale-quick" if args.quick else "scale"
     report: Body = {"benchmark": "scale", "mode": "quick" if args.quick else "full",
                     "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                    "goals": GOALS, "anchors": ANCHORS, "ack": [], "translation": None, "proxies": None}
+                    "goals": GOALS, "anchors": ANCHORS, "ack": [], "translation": None, "proxies": None,
+                    "memory": None, "runs": {}}
+    carried = carry_over(args.out / f"{stem}.json", set(parts) - only)
+    report.update({k: v for k, v in carried.items() if k != "runs"})
+    report["runs"].update(carried.get("runs", {}))
     with tempfile.TemporaryDirectory(prefix="mw-scale-") as tmp_name:
         tmp = Path(tmp_name)
         if "ack" in only:
@@ -931,13 +1212,17 @@ def main(argv: list[str] | None = None) -> int:
         if "proxies" in only:
             print("3. memory and idle CPU per connected proxy", flush=True)
             report["proxies"] = bench_proxies(proxies, px_services, window, tmp, timeout)
+        if "memory" in only:
+            print("4. memory per connected proxy (slope)", flush=True)
+            report["memory"] = bench_memory(mem_ns, mem_services, mem_steps, mem_reps, tmp, timeout)
+    for part in only:
+        report["runs"][part] = {"started": report["started"], "machine": None}  # this run: see "machine"
     report["get_pods"] = get_pods_reference()
     report["duration_s"] = time.perf_counter() - t0
     report["machine"] = {**machine_info(), **tool_versions(envoy), "loadavg_at_start": loadavg}
-    stem = "scale-quick" if args.quick else "scale"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    if report["ack"] and report["translation"] and report["proxies"]:
+    if report["ack"] and report["translation"] and report["proxies"] and report["memory"]:
         write_markdown(args.out / f"{stem}.md", report)
     else:
         (args.out / f"{stem}.md").write_text(f"# Control plane at scale (partial: {sorted(only)})\n\n```json\n"

@@ -30,7 +30,7 @@ EXTRA_KEYS = {  # what each known benchmark reports besides; a new one needs onl
     "cluster": ("startup", "setup", "load", "teardown"),
     "cli_startup": ("scenarios", "checks"),
     "envoy_stats": ("sizes",),
-    "scale": ("ack", "translation", "proxies", "get_pods", "goals"),
+    "scale": ("ack", "translation", "proxies", "memory", "get_pods", "goals"),
 }
 
 
