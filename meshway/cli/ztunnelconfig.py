@@ -74,7 +74,8 @@ def fetch_ztunnel_dump(c: Ctx, target: str | None, node: str | None, namespace: 
 
     pods = c.store.list(find_kind("pod"), None)
     policies = c.store.list(find_kind("authorizationpolicy"), None)
-    return Z.build_ztunnel_dump(config_dump, certs, pods, policies)
+    peer_authns = c.store.list(find_kind("peerauthentication"), None)
+    return Z.build_ztunnel_dump(config_dump, certs, pods, policies, peer_authns=peer_authns)
 
 
 def common_options(fn: Callable) -> Callable:

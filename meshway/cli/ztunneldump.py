@@ -12,7 +12,9 @@ A node proxy is an Envoy (`meshway.xds.build_ztunnel`), so its "dump" is read fr
 - certificates: the admin API's `/certs` (what Envoy loaded), one entry per identity; an identity
   the proxy has an SDS secret name for but no certificate yet is `Initializing`;
 - policies: the AuthorizationPolicies the control plane applies to the node's local pods (the rule
-  of `build_authz.find_workload_policies`), with their rules in ztunnel's nested form.
+  of `build_authz.find_workload_policies`), with their rules in ztunnel's nested form, and the
+  policies istiod converts their PeerAuthentications into (`istio-system/istio_converted_static_strict`,
+  `NS/converted_peer_authentication_NAME`; `meshway.mesh.peer_authentication`).
 
 Pure: every function takes parsed JSON and returns plain data or text.
 """
@@ -22,6 +24,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable
 
+from ..mesh.peer_authentication import PERMISSIVE, STRICT, MtlsDecision, decide_peer_authentication
+from ..model.istio import PeerAuthentication
 from . import printers as P
 
 Body = dict[str, Any]
@@ -311,6 +315,38 @@ def build_policy(p: Body) -> Body:
             "action": action, "rules": build_policy_rules(spec)}
 
 
+_UNAUTHENTICATED = {"notPrincipals": [{"Presence": {}}]}
+
+
+def build_peer_authn_policy(decision: MtlsDecision) -> Body | None:
+    """The DENY istiod sends ztunnel for a workload's effective PeerAuthentication
+    (`convertPeerAuthentication`, the static strict policy): unauthenticated connections on every
+    port, on all but the PERMISSIVE ones, or on the STRICT ones only."""
+    if decision.policy is None:
+        return None
+    namespace, name = decision.policy.split("/", 1)
+    if decision.mode == STRICT:
+        rules = [[[_UNAUTHENTICATED], *[[{"notDestinationPorts": [port]}] for port, mode in decision.ports
+                                         if mode == PERMISSIVE]]]
+    else:
+        rules = [[[{**_UNAUTHENTICATED, "destinationPorts": [port]}]] for port, mode in decision.ports
+                 if mode == STRICT]
+    return {"name": name, "namespace": namespace, "scope": "WorkloadSelector", "action": "Deny", "rules": rules}
+
+
+def find_peer_authn_policies(peer_authns: list[Body], pods: list[Body]) -> dict[tuple[str, str], Body]:
+    """{(ns, pod): the converted PeerAuthentication policy} of the pods that have one."""
+    models = [PeerAuthentication.model_validate(b, strict=False) for b in peer_authns]
+    out = {}
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        policy = build_peer_authn_policy(decide_peer_authentication(models, meta.get("namespace", ""),
+                                                                    meta.get("labels") or {}))
+        if policy:
+            out[(meta.get("namespace", ""), meta.get("name", ""))] = policy
+    return out
+
+
 # -- certificates (GET /certs) -------------------------------------------------------------------
 def _cert(c: Body) -> Body:
     serial = c.get("serial_number", "")
@@ -358,7 +394,7 @@ def find_secret_identities(dump: Body) -> list[str]:
 
 # -- the dump ------------------------------------------------------------------------------------
 def build_ztunnel_dump(config_dump: Body, certs: Body, pods: list[Body], policies: list[Body],
-                       trust_domain: str = "cluster.local") -> Body:
+                       trust_domain: str = "cluster.local", peer_authns: list[Body] = ()) -> Body:
     """{workloads, services, policies, certificates} of one node proxy, in ztunnel's JSON field
     names (lists, which istioctl reads as it reads ztunnel's maps)."""
     if not isinstance(config_dump, dict) or "configs" not in config_dump:
@@ -367,6 +403,7 @@ def build_ztunnel_dump(config_dump: Body, certs: Body, pods: list[Body], policie
     by_ip = {(p.get("status") or {}).get("podIP"): p for p in pods if (p.get("status") or {}).get("podIP")}
     local_pods = [by_ip[ip] for ip in seen.local if ip in by_ip]
     applied = find_local_policies(policies, local_pods)
+    converted = find_peer_authn_policies(list(peer_authns), local_pods)
     ips = set(seen.mesh_ips) | set(seen.local) | seen.tcp_ips
     for svc in seen.services.values():
         ips |= set(svc["endpoints"])
@@ -375,7 +412,10 @@ def build_ztunnel_dump(config_dump: Body, certs: Body, pods: list[Body], policie
         pod = by_ip.get(ip)
         hbone = ip in seen.mesh_ips or ip in seen.local
         key = ((pod or {}).get("metadata") or {}).get("namespace", ""), ((pod or {}).get("metadata") or {}).get("name", "")
-        names = [f"{(p['metadata'] or {}).get('namespace')}/{p['metadata'].get('name')}" for p in applied.get(key, [])]
+        names = [f"{(p['metadata'] or {}).get('namespace')}/{p['metadata'].get('name')}"
+                 for p in applied.get(key, [])]
+        if key in converted:
+            names.append(f"{converted[key]['namespace']}/{converted[key]['name']}")
         workloads.append(build_workload(ip, pod, "HBONE" if hbone else "TCP", seen.mesh_ips.get(ip, ""),
                                         trust_domain, names))
     uid_of = {w["workloadIps"][0]: w["uid"] for w in workloads}
@@ -387,9 +427,11 @@ def build_ztunnel_dump(config_dump: Body, certs: Body, pods: list[Body], policie
             endpoints[f"{uid}:/{ip}"] = {"workloadUid": uid, "service": f"{ns}/{svc['hostname']}",
                                          "address": ep["address"], "port": ep["port"]}
         services.append({**svc, "endpoints": endpoints})
-    pols = {(p["metadata"].get("namespace"), p["metadata"].get("name")): p for ps in applied.values() for p in ps}
+    pols = {(p["metadata"].get("namespace"), p["metadata"].get("name")): build_policy(p)
+            for ps in applied.values() for p in ps}
+    pols.update({(p["namespace"], p["name"]): p for p in converted.values()})
     return {"workloads": workloads, "services": services,
-            "policies": [build_policy(pols[k]) for k in sorted(pols)],
+            "policies": [pols[k] for k in sorted(pols)],
             "certificates": build_certificates(certs, find_secret_identities(config_dump))}
 
 

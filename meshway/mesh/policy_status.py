@@ -5,13 +5,19 @@ RequestAuthentication: istiod writes no status on it. meshway writes `WaypointAc
 same reasons as for an AuthorizationPolicy when it has targetRefs, and `WaypointAccepted=False`
 (reason `Ignored`) when it has a selector or none: in ambient mode such a policy applies only to
 sidecars and gateways (waypoints ignore selector policies, ztunnel does not read
-RequestAuthentication), and meshway runs neither, so nothing enforces it."""
+RequestAuthentication), and meshway runs neither, so nothing enforces it.
+
+PeerAuthentication: istiod writes no status on it either. meshway writes `ZtunnelAccepted` (ztunnel
+enforces it): `Accepted`, `UnsupportedValue` (still True) where it uses DISABLE, which ztunnel
+treats as PERMISSIVE, and False with reason `Ignored` for what ambient never applies: a selector
+policy in the root namespace, and a policy an older one at the same level overrides."""
 from __future__ import annotations
 
 from typing import Any
 
 from .. import labels as L
-from ..model.istio import AuthorizationPolicy, RequestAuthentication, Rule
+from ..model.istio import AuthorizationPolicy, PeerAuthentication, RequestAuthentication, Rule
+from .peer_authentication import DISABLE, find_overriding_policy
 from .providers import find_ext_authz_provider
 from .selection import ACCEPTED, NOT_READY, decide_service
 from .view import MeshView
@@ -135,3 +141,26 @@ def build_request_authn_conditions(policy: RequestAuthentication, view: MeshView
     if policy.spec.targetRefs or policy.spec.targetRef:
         return [build_waypoint_condition(policy, view)]
     return [_cond("WaypointAccepted", False, "Ignored", REQUEST_AUTHN_IGNORED)]
+
+
+PEER_AUTHN_ROOT_SELECTOR = ("PeerAuthentication policies with workload selectors are ignored when deployed in the root "
+                            f"namespace {L.ROOT_NAMESPACE}")
+PEER_AUTHN_DISABLE = ("ztunnel does not support DISABLE mode: it is treated as PERMISSIVE (plaintext is accepted; "
+                      "HBONE between mesh workloads is always mutual TLS)")
+
+
+def build_peer_authn_conditions(policy: PeerAuthentication, policies: list[PeerAuthentication]) -> list[Body]:
+    """meshway's `ZtunnelAccepted` on a PeerAuthentication (istiod writes none)."""
+    selector = policy.spec.selector.matchLabels if policy.spec.selector else {}
+    if selector and policy.namespace == L.ROOT_NAMESPACE:
+        return [_cond("ZtunnelAccepted", False, "Ignored", PEER_AUTHN_ROOT_SELECTOR)]
+    older = find_overriding_policy(policy, policies)
+    if older is not None:
+        scope = "workload selector" if selector else "mesh" if policy.namespace == L.ROOT_NAMESPACE else "namespace"
+        return [_cond("ZtunnelAccepted", False, "Ignored",
+                      f"the older PeerAuthentication {older.namespace}/{older.name} with the same {scope} scope "
+                      "applies instead (the oldest wins)")]
+    modes = [policy.spec.mode, *(m.mode for m in (policy.spec.portLevelMtls or {}).values())]
+    if DISABLE in modes:
+        return [_cond("ZtunnelAccepted", True, "UnsupportedValue", PEER_AUTHN_DISABLE)]
+    return [_cond("ZtunnelAccepted", True, "Accepted", "attached to ztunnel")]

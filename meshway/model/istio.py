@@ -1,6 +1,6 @@
 """Istio kinds: ServiceEntry, VirtualService, DestinationRule, EnvoyFilter (networking.istio.io),
-AuthorizationPolicy and RequestAuthentication (security.istio.io), with the field names and enums of
-istio/api."""
+AuthorizationPolicy, RequestAuthentication and PeerAuthentication (security.istio.io), with the
+field names and enums of istio/api."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from typing_extensions import Annotated
 
 from .durations import Duration
@@ -600,6 +600,61 @@ class RequestAuthenticationSpec(Strict):
 class RequestAuthentication(Resource):
     kind: Literal["RequestAuthentication"]
     spec: RequestAuthenticationSpec = Field(default_factory=RequestAuthenticationSpec)
+
+
+# -- PeerAuthentication (security.istio.io/v1) ---------------------------------------------------
+MtlsMode = Literal["UNSET", "DISABLE", "PERMISSIVE", "STRICT"]
+
+
+class MutualTLS(Strict):
+    mode: MtlsMode = "UNSET"
+
+
+class PeerAuthenticationSpec(Strict):
+    selector: WorkloadSelector | None = None
+    mtls: MutualTLS | None = None
+    portLevelMtls: dict[int, MutualTLS] | None = None
+
+    @field_validator("portLevelMtls", mode="before")
+    @classmethod
+    def _port_keys(cls, value: Any) -> Any:
+        """Kubernetes JSON has string keys ("9090"), YAML has numbers; both name a port."""
+        if not isinstance(value, dict):
+            return value
+        out = {}
+        for key, mtls in value.items():
+            if isinstance(key, str) and key.strip().isdigit():
+                key = int(key)
+            if not isinstance(key, int) or isinstance(key, bool):
+                raise ValueError(f"port {key!r}: expected a port number")
+            out[key] = mtls
+        return out
+
+    @model_validator(mode="after")
+    def _valid(self) -> "PeerAuthenticationSpec":
+        """The CRD's rules and istiod's ValidatePeerAuthentication, with their words."""
+        if self.portLevelMtls is not None:
+            if not self.portLevelMtls:
+                raise ValueError("portLevelMtls: port level mTLS, if defined, must have at least one element")
+            if not all(0 < port <= 65535 for port in self.portLevelMtls):
+                raise ValueError("portLevelMtls: port must be between 1-65535")
+            if not (self.selector and self.selector.matchLabels):
+                raise ValueError("portLevelMtls requires selector")
+        for key, value in (self.selector.matchLabels if self.selector else {}).items():
+            if not key:
+                raise ValueError("selector.matchLabels: key must not be empty")
+            if "*" in key or "*" in value:
+                raise ValueError("selector.matchLabels: wildcard not allowed in label key or value match")
+        return self
+
+    @property
+    def mode(self) -> str:
+        return self.mtls.mode if self.mtls else "UNSET"
+
+
+class PeerAuthentication(Resource):
+    kind: Literal["PeerAuthentication"]
+    spec: PeerAuthenticationSpec = Field(default_factory=PeerAuthenticationSpec)
 
 
 class TelemetryProvider(Strict):

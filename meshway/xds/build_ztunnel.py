@@ -10,8 +10,9 @@ to :15001, HBONE for local mesh pods to :15008, and plaintext for them to :15006
   to the pod; anything else -> passthrough.
 - `ztunnel_inbound` (:15008): TLS with the destination pod's own identity, L4 authorization (RBAC on
   the mTLS peer), then the tunnel's bytes to the `:authority` address.
-- `ztunnel_inbound_plaintext` (:15006): plaintext from clients outside the mesh, same L4 policy
-  (a policy naming principals or namespaces cannot match them), delivered as is.
+- `ztunnel_inbound_plaintext` (:15006): plaintext from clients outside the mesh, refused where the
+  pod's PeerAuthentication is STRICT (`build_peer_authn`), then the same L4 policy (a policy naming
+  principals or namespaces cannot match them), delivered as is.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Any, Callable
 
 from .. import labels as L
 from ..mesh.enrollment import detect_ambient
+from ..mesh.peer_authentication import MtlsDecision, decide_peer_authentication
 from ..mesh.selection import ACCEPTED, decide_service, decide_workload
 from ..mesh.view import MeshView, PodInfo, ServiceInfo
 from . import protos as P
@@ -29,6 +31,7 @@ from .build_connection_logs import build_inbound_log, build_outbound_log, build_
 from .build_clusters import HTTP_OPTIONS, _default_breakers, _internal_upstream
 from .build_listeners import BUFFER_LIMIT, HBONE_WINDOWS, HCM, _chain_action, _original_dst, build_tls_context
 from .build_node_inbound import INBOUND_CLUSTER
+from .build_peer_authn import build_peer_authn_filter
 from .protos import typed
 from .memo import Memo
 from .scope import find_service_pods, resolve_target_port
@@ -294,14 +297,16 @@ def build_inbound_chain(pod: PodInfo, identity: str, trust_domain: str, authz: l
             "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
 
 
-def build_pod_inbound(pod: PodInfo, trust_domain: str, applied: tuple) -> tuple[Body, Body, dict[str, Body]]:
-    """A local pod's inbound chains (HBONE, plaintext) and their two clusters, with its L4 policies."""
+def build_pod_inbound(pod: PodInfo, trust_domain: str, applied: tuple, mtls: MtlsDecision = MtlsDecision()
+                      ) -> tuple[Body, Body, dict[str, Body]]:
+    """A local pod's inbound chains (HBONE, plaintext) and their two clusters, with its L4 policies
+    and (plaintext only) its PeerAuthentication."""
     identity = identity_of(pod, trust_domain)
     clusters = {c["name"]: c for c in (_inbound_cluster(pod, identity, plaintext) for plaintext in (False, True))}
     inbound = build_inbound_chain(pod, identity, trust_domain, build_rbac_filters(list(applied), ZTUNNEL))
     plain = {"name": f"plaintext|{pod.namespace}/{pod.name}",
              "filter_chain_match": {"prefix_ranges": [{"address_prefix": pod.ip, "prefix_len": 32}]},
-             "filters": [*build_rbac_filters(list(applied), ZTUNNEL_TCP, network=True),
+             "filters": [*build_peer_authn_filter(mtls), *build_rbac_filters(list(applied), ZTUNNEL_TCP, network=True),
                          _tcp(f"plaintext|{pod.namespace}/{pod.name}", f"plaintext_{pod.ip}",
                               log=build_plaintext_log(pod))]}
     return inbound, plain, clusters
@@ -317,6 +322,7 @@ def build_ztunnel_config(view: MeshView, proxy: NodeProxy, memo: Memo | None = N
     td = proxy.trust_domain
     local = find_local_pods(view, proxy.node)
     policies = list(view.index.of("AuthorizationPolicy"))
+    peer_authns = list(view.index.of("PeerAuthentication"))
     identities = {identity_of(p, td) for p in local}
     outbound = {i: _Outbound(view, i, td, memo) for i in sorted(identities)}
     listeners: dict[str, Body] = {}
@@ -351,8 +357,9 @@ def build_ztunnel_config(view: MeshView, proxy: NodeProxy, memo: Memo | None = N
     inbound_chains, plain_chains = [], []
     for pod in local:
         applied = tuple(find_workload_policies(policies, pod.namespace, dict(pod.labels)))
-        inbound, plain, pod_clusters = memo.get(("inbound", pod.namespace, pod.name), (pod, applied, td),
-                                                lambda: build_pod_inbound(pod, td, applied))
+        mtls = decide_peer_authentication(peer_authns, pod.namespace, pod.labels)
+        inbound, plain, pod_clusters = memo.get(("inbound", pod.namespace, pod.name), (pod, applied, mtls, td),
+                                                lambda: build_pod_inbound(pod, td, applied, mtls))
         clusters.update(pod_clusters)
         inbound_chains.append(inbound)
         plain_chains.append(plain)
