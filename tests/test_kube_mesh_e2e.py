@@ -75,12 +75,19 @@ class Shell:
         return done.stdout
 
 
+APPS = ("-f", str(DEMO / "bookinfo.yaml"), "-f", str(DEMO / "bookinfo-client.yaml"))
+
+
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory):
+def state(tmp_path_factory):
+    return tmp_path_factory.mktemp("kmesh") / "state"
+
+
+@pytest.fixture(scope="module")
+def mesh(state):
     require_root()
     bin_dir = require_binaries("istioctl")
-    state = tmp_path_factory.mktemp("kmesh") / "state"
-    up = meshway(state, "up", "--kubernetes", "-f", str(DEMO / "bookinfo.yaml"), "-f", str(DEMO / "bookinfo-client.yaml"))
+    up = meshway(state, "up", "--kubernetes", *APPS)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         sh = Shell(bin_dir, state / "kubernetes" / "admin.kubeconfig")
@@ -116,13 +123,21 @@ def results(proc: subprocess.Popen, timeout: float = 300) -> list[tuple[float, i
     return [(float(t), int(code), version) for t, code, version in lines]
 
 
-def waypoint_counts(net: str, sh: Shell) -> dict[str, int]:
-    """reviews requests the waypoint sent upstream, by version (its Envoy's own stats)."""
-    out = subprocess.run(["ip", "netns", "exec", netns_of(net, sh, "gateway.networking.k8s.io/gateway-name=waypoint"),
-                          "curl", "-s",
+WAYPOINT = "gateway.networking.k8s.io/gateway-name=waypoint"
+
+
+def waypoint_counts(net: str, sh: Shell, netns: str | None = None) -> dict[str, int]:
+    """reviews requests a waypoint replica (the first Ready one, or the one in `netns`) sent upstream,
+    by version (its Envoy's own stats)."""
+    out = subprocess.run(["ip", "netns", "exec", netns or netns_of(net, sh, WAYPOINT), "curl", "-s",
                           "127.0.0.1:15000/stats?filter=upstream_rq_total"], capture_output=True, text=True,
                          timeout=10).stdout
     return {v: int(n) for v, n in REVIEWS_STAT.findall(out)}
+
+
+def failed_window(got: list[tuple[float, int, str]]) -> float:
+    bad = [t for t, code, _ in got if code != 200]
+    return bad[-1] - bad[0] if bad else 0.0
 
 
 def test_seed_commands_verbatim_route_the_curl_pods_requests_90_10_through_the_waypoint(mesh):
@@ -144,6 +159,7 @@ def test_seed_commands_verbatim_route_the_curl_pods_requests_90_10_through_the_w
     curl = netns_of(net, sh, "app=curl")
     wait_for("the waypoint applying the 90/10 split (v2 answers)",
              lambda: any(v == "v2" for _, _, v in results(requests(curl, 20))), 30, 1)
+    # (the Gateway is Programmed once one replica is: both node proxies have the binding by now)
     before = waypoint_counts(net, sh)
     got = results(requests(curl, 1000))
     after = waypoint_counts(net, sh)
@@ -184,3 +200,62 @@ def test_kubectl_logs_and_a_deleted_pod_replaced_through_its_replicaset(mesh):
     sh(f"kubectl delete pod {old}")
     wait_for("a new reviews-v1 pod Running and Ready", lambda: [
         p for p in pods(sh, "-l app=reviews,version=v1") if p["metadata"]["name"] != old and ready(p)], 60)
+
+
+def test_the_waypoint_scaled_to_two_serves_from_both_and_a_replica_killed_costs_under_1_percent(mesh):
+    sh, net = mesh
+    curl = netns_of(net, sh, "app=curl")
+    sh("kubectl scale deploy/waypoint --replicas 2")
+    replicas = wait_for("two waypoint replicas Ready", lambda: (r := [p for p in pods(sh, f"-l {WAYPOINT}")
+                                                                     if ready(p)]) and len(r) == 2 and r, 90)
+    spaces = [pod_netns_name(net, "default", p["metadata"]["name"]) for p in replicas]
+    wait_for("both replicas with reviews' config", lambda: all(waypoint_counts(net, sh, ns) for ns in spaces), 30, 1)
+    before = [sum(waypoint_counts(net, sh, ns).values()) for ns in spaces]
+    got = results(requests(curl, 300))
+    served = [sum(waypoint_counts(net, sh, ns).values()) - b for ns, b in zip(spaces, before)]
+    assert [r for r in got if r[1] != 200] == [] and sum(served) == 300 and min(served) > 0, served
+
+    load = requests(curl, 600, 0.01)
+    time.sleep(2)
+    victim = replicas[0]["metadata"]["name"]
+    subprocess.run(["pkill", "-9", "-f", f"{pod_netns_name(net, 'default', victim)}/istio-proxy/envoy-rev.json"],
+                   check=True)
+    got = results(load)
+    failed = [r for r in got if r[1] != 200]
+    assert len(failed) <= len(got) // 100 and failed_window(got) <= 2.0, failed
+    wait_for("the killed replica restarted and Ready again", lambda: any(
+        p["metadata"]["name"] == victim and ready(p) and p["status"]["containerStatuses"][0]["restartCount"] >= 1
+        for p in pods(sh, f"-l {WAYPOINT}")), 60)
+    sh("kubectl scale deploy/waypoint --replicas 1")
+    wait_for("one waypoint replica left", lambda: len(pods(sh, f"-l {WAYPOINT}")) == 1, 60)
+
+
+def test_a_node_agent_killed_and_restarted_adopts_its_running_pods(mesh, state):
+    sh, net = mesh
+    curl = netns_of(net, sh, "app=curl")
+    record = json.loads((state / "kubernetes" / "run" / "node-1.pid").read_text())
+    on_node = {p["metadata"]["name"]: p for p in pods(sh) if p["spec"].get("nodeName") == "node-1"}
+    assert on_node
+    started = {name: [(c["restartCount"], c["state"]["running"]["startedAt"]) for c in p["status"]["containerStatuses"]]
+               for name, p in on_node.items()}
+    processes = {name: sorted(netns_pids(pod_netns_name(net, "default", name))) for name in on_node}
+    load = requests(curl, 400, 0.01)
+    time.sleep(1)
+    os.kill(record["pid"], 9)
+    time.sleep(2)
+    again = meshway(state, "up", "--kubernetes", *APPS)  # starts what is not running: the node agent
+    assert again.returncode == 0 and "started node-1" in again.stdout, again.stdout + again.stderr
+    got = results(load)
+    assert [r for r in got if r[1] != 200] == []  # the data plane never noticed
+    time.sleep(3)  # the restarted agent has looked at its pods a few times
+    now = {p["metadata"]["name"]: p for p in pods(sh) if p["spec"].get("nodeName") == "node-1"}
+    assert set(now) == set(on_node) and all(map(ready, now.values()))
+    assert {name: [(c["restartCount"], c["state"]["running"]["startedAt"]) for c in p["status"]["containerStatuses"]]
+            for name, p in now.items()} == started  # adopted, not started again
+    assert {name: sorted(netns_pids(pod_netns_name(net, "default", name))) for name in now} == processes
+    assert results(requests(curl, 50)) and all(code == 200 for _, code, _ in results(requests(curl, 50)))
+
+
+def netns_pids(name: str) -> set[int]:
+    out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
+    return {int(p) for p in out.stdout.split()}
