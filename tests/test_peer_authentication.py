@@ -15,9 +15,12 @@ from xds_support import ENVOY, build_store, view_of
 
 from meshway.ca import CertificateAuthority
 from meshway.cli import ztunneldump as Z
+from meshway.cli.explain import decision_json, write_decision, write_peer_mtls
+from meshway.cli.printers import COLUMNS
 from meshway.ca.sds import SDS_ROOT, build_certificate_secret, build_root_secret
 from meshway.model import InputError, find_kind, load_yaml
 from meshway.model.istio import PeerAuthentication
+from meshway.mesh.explain import find_decision, find_peer_mtls
 from meshway.mesh.policy_status import build_peer_authn_conditions
 from meshway.mesh.peer_authentication import MtlsDecision, decide_peer_authentication, describe
 from meshway.xds import protos as P
@@ -334,3 +337,27 @@ spec:
   selector: {matchLabels: {app: productpage}}
   portLevelMtls: {9080: {mode: PERMISSIVE}}
 """
+
+
+def test_explain_shows_the_effective_mode(tmp_path: Path) -> None:
+    (tmp_path / "mesh.yaml").write_text(MESH + "---" + POLICIES)
+    view = view_of(build_store(tmp_path / "s", [tmp_path / "mesh.yaml"]))
+    decision = find_decision(view, "pod/a-1", "foo")
+    peer = find_peer_mtls(view, decision)
+    assert "Peer mTLS:    STRICT (namespace foo/default; workload foo/wl UNSET: inherited; port 9090 PERMISSIVE)\n" \
+        in write_decision(decision, peer=peer)
+    assert decision_json(decision, peer=peer)["peer_mtls"] == [{
+        "pod": "a-1", "mode": "STRICT", "ports": {"9090": "PERMISSIVE"},
+        "ztunnel_policy": "foo/converted_peer_authentication_wl",
+        "policies": ["namespace foo/default", "workload foo/wl"]}]
+    assert write_peer_mtls([("a-1", peer[0][1]), ("b-1", MtlsDecision("STRICT", (), peer[0][1].applied[:1]))]) == [
+        "Peer mTLS:", "  a-1: STRICT (namespace foo/default; workload foo/wl UNSET: inherited; port 9090 PERMISSIVE)",
+        "  b-1: STRICT (namespace foo/default)"]
+    (tmp_path / "plain.yaml").write_text(MESH)
+    view = view_of(build_store(tmp_path / "s2", [tmp_path / "plain.yaml"]))
+    assert find_peer_mtls(view, find_decision(view, "pod/a-1", "foo")) == []  # no policy: no line
+
+
+def test_get_shows_the_mode_column() -> None:
+    body = yaml.safe_load(NS_STRICT_DOC)
+    assert [(name, get(body)) for name, get in COLUMNS["PeerAuthentication"]] == [("MODE", "STRICT")]

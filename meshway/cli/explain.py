@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from ..mesh.explain import find_decision
+from ..mesh.explain import find_decision, find_peer_mtls
+from ..mesh.peer_authentication import MtlsDecision, describe
 from ..mesh.selection import Decision
 from ..mesh.view import SNAPSHOT_KINDS, MeshView
 from . import printers as P
@@ -11,9 +12,25 @@ from .liveness import NOT_RUNNING, START_HINT, detect_running, start_hint
 from .main import Ctx, cli, namespace_option, pass_ctx
 
 
-def write_decision(decision: Decision, live: bool = True, hint: str = START_HINT) -> str:
+def write_peer_mtls(peer: list[tuple[str, MtlsDecision]]) -> list[str]:
+    """`Peer mTLS:` lines: one when every pod has the same mode, else one per pod."""
+    if not peer:
+        return []
+    modes = {describe(m) for _, m in peer}
+    if len(modes) == 1:
+        return [f"Peer mTLS:    {modes.pop()}"]
+    return ["Peer mTLS:"] + [f"  {pod}: {describe(m)}" for pod, m in peer]
+
+
+def peer_mtls_json(peer: list[tuple[str, MtlsDecision]]) -> list[dict]:
+    return [{"pod": pod, "mode": m.mode, "ports": {str(p): mode for p, mode in m.ports},
+             "ztunnel_policy": m.policy, "policies": [f"{a.level} {a.key}" for a in m.applied]} for pod, m in peer]
+
+
+def write_decision(decision: Decision, live: bool = True, hint: str = START_HINT,
+                   peer: list[tuple[str, MtlsDecision]] = ()) -> str:
     """`live`: the control plane runs; else a recorded "ready" is shown as unknown (see `liveness`);
-    `hint`: how to start it."""
+    `hint`: how to start it; `peer`: the PeerAuthentication of the mesh pods behind it."""
     d = decision.destination
     what = f"{d.kind.lower()}/{d.name}"
     waypoint = decision.waypoint or "<none>"
@@ -26,6 +43,7 @@ def write_decision(decision: Decision, live: bool = True, hint: str = START_HINT
              f"Addressed as: {decision.addressed_as}",
              f"Waypoint:     {waypoint}",
              f"Reason:       {decision.reason}",
+             *write_peer_mtls(list(peer)),
              "Rules:"]
     stale = bool(decision.waypoint and decision.ready and not live)
     rules = [rule.removesuffix(" is ready") + " was ready when last recorded" if stale and rule.endswith(" is ready")
@@ -38,9 +56,11 @@ def write_decision(decision: Decision, live: bool = True, hint: str = START_HINT
     return "\n".join(lines) + "\n"
 
 
-def decision_json(decision: Decision, live: bool = True) -> dict:
+def decision_json(decision: Decision, live: bool = True, peer: list[tuple[str, MtlsDecision]] = ()) -> dict:
     """`ready` is null (unknown) when only a stopped control plane recorded it as ready."""
     out = decision.to_json()
+    if peer:
+        out["peer_mtls"] = peer_mtls_json(list(peer))
     if decision.waypoint and decision.ready and not live:
         out["ready"] = None
     out["control_plane"] = "running" if live else "not running"
@@ -52,8 +72,9 @@ def decision_json(decision: Decision, live: bool = True) -> dict:
 @namespace_option
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="The decision as text, or as JSON (keys destination, addressed_as, waypoint, ready, reason, "
-                   "rules, explanation, control_plane); with --request the simulation's steps (keys request, "
-                   "caller, resolution, node_proxy, waypoint, outcome).")
+                   "rules, explanation, control_plane; peer_mtls when a PeerAuthentication applies); with "
+                   "--request the simulation's steps (keys request, caller, resolution, node_proxy, waypoint, "
+                   "outcome).")
 @click.option("--request", "request_text", metavar="'[METHOD] http://HOST[:PORT]/PATH [-H NAME: VALUE]...'",
               help="Simulate this request (nothing is sent): what the node proxies and the waypoint do with it.")
 @click.option("--from", "source", metavar="deploy/NAME|pod/NAME", help="The pod the simulated request comes from.")
@@ -70,11 +91,13 @@ def explain(c: Ctx, target: str | None, namespace: str | None, output: str, requ
         return
     if target is None:
         raise click.UsageError("TARGET is required (or --request with --from)")
-    _, snapshot = c.store.snapshot(SNAPSHOT_KINDS)
-    decision = find_decision(MeshView.build(snapshot), target, namespace or "default")
+    _, snapshot = c.store.snapshot(SNAPSHOT_KINDS + ("PeerAuthentication",))
+    view = MeshView.build(snapshot)
+    decision = find_decision(view, target, namespace or "default")
+    peer = find_peer_mtls(view, decision)
     live = detect_running(c.store)
-    click.echo(P.to_json(decision_json(decision, live)) if output == "json"
-               else write_decision(decision, live, start_hint(c.store)), nl=False)
+    click.echo(P.to_json(decision_json(decision, live, peer)) if output == "json"
+               else write_decision(decision, live, start_hint(c.store), peer), nl=False)
 
 
 def _explain_request(c: Ctx, target: str | None, namespace: str, output: str, request_text: str | None,

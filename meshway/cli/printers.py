@@ -116,6 +116,7 @@ COLUMNS: dict[str, list[Column]] = {
                        ("HOSTS", lambda b: _go_list(b["spec"].get("hosts")))],
     "DestinationRule": [("HOST", lambda b: b["spec"].get("host", ""))],
     "AuthorizationPolicy": [("ACTION", lambda b: (b.get("spec") or {}).get("action", "ALLOW"))],
+    "PeerAuthentication": [("MODE", lambda b: ((b.get("spec") or {}).get("mtls") or {}).get("mode", ""))],
     "Telemetry": [],
 }
 WIDE: dict[str, list[Column]] = {

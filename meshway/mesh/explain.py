@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from .enrollment import detect_ambient
+from .peer_authentication import MtlsDecision, decide_peer_authentication
 from .selection import Decision, decide_service, decide_workload
 from .view import MeshView
 
@@ -55,3 +57,21 @@ def find_decision(view: MeshView, target: str, namespace: str) -> Decision:
         plural = "services" if kind == "Service" else "serviceentries.networking.istio.io"
         raise TargetNotFound(f'{plural} "{name}" not found in namespace {namespace}')
     return decide_service(view, svc)
+
+
+def find_peer_mtls(view: MeshView, decision: Decision) -> list[tuple[str, MtlsDecision]]:
+    """(pod name, its PeerAuthentication decision) for the mesh pods behind a destination: the pod
+    itself, or a Service's selected pods (their node proxies enforce it); [] when no
+    PeerAuthentication applies to any of them (all PERMISSIVE by default)."""
+    d = decision.destination
+    if d.kind == "Pod":
+        pods = [view.pods[(d.namespace, d.name)]] if (d.namespace, d.name) in view.pods else []
+    else:
+        svc = view.services.get((d.kind, d.namespace, d.name))
+        selector = (svc.selector if svc else None) or {}
+        pods = [p for p in view.pods.values() if selector and p.namespace == d.namespace
+                and all(p.labels.get(k) == v for k, v in selector.items())]
+    policies = list(view.index.of("PeerAuthentication"))
+    out = [(p.name, decide_peer_authentication(policies, p.namespace, p.labels))
+           for p in sorted(pods, key=lambda p: p.name) if detect_ambient(view, p)]
+    return out if any(m.applied for _, m in out) else []
