@@ -60,6 +60,7 @@ from ..store.notify import CommitListener
 from ..xds import protos as P
 from ..xds.bootstrap import build_bootstrap
 from ..xds.build_snapshot import WaypointConfig, build_waypoint_config
+from .wasm_modules import WasmModules
 from ..xds.cache import Snapshot, SnapshotCache
 from ..xds.debounce import NEVER, Debouncer
 from ..xds.dirty import find_change_keys, merge_keys
@@ -196,6 +197,8 @@ class ControlPlane:
         self._reported: dict[tuple[str, str, str], str] = {}
         self._filter_status: dict[str, dict] = {}
         self.validation: ValidationCache | None = None
+        self.wasm: WasmModules | None = None  # WasmPlugin modules, fetched when a plugin exists
+        self.wasm_modules: dict = {}
         self._next_drain_sync = float("inf")
         self._nodes_due = float("inf")
         self._service_nat: dict[tuple[str, str], tuple] = {}  # (ns, pod) -> the service NAT installed in it
@@ -256,7 +259,7 @@ class ControlPlane:
         scope = self._scope_with_draining(state)
         config = self._accepted_config(lambda skip: build_waypoint_config(
             self.view, self._proxy(r), dial=self.placement.dial, scope=scope, skip_envoy_filters=skip,
-            memo=state.translation, changed=state.changed), secrets)
+            memo=state.translation, changed=state.changed, wasm_modules=self.wasm_modules), secrets)
         state.envoy_filters = config.envoy_filters
         messages = state.converter.messages(config.resources)
         messages[P.SECRET] = dict(secrets)
@@ -320,6 +323,8 @@ class ControlPlane:
         `namespaces` (what a change touched, `push_scope`), only the waypoints that read something
         of those namespaces, before (`before`: the previous view) or after the change, are rebuilt."""
         wanted = {build_node_id("waypoint", r.pod_ip, r.pod, r.namespace): r for r in find_replicas(self.view)}
+        if self._fetch_wasm_modules():
+            namespaces = None  # a module came or went: every waypoint that runs the plugin changes
         for node_id in list(self.replicas):
             if node_id not in wanted:
                 paths = self.replicas.pop(node_id).paths
@@ -350,6 +355,23 @@ class ControlPlane:
             # Node proxies learn about a change only once the waypoints have it: a node proxy that
             # starts sending a service to a waypoint must find the waypoint ready to serve it.
             self._nodes_due = min(self._nodes_due, time.monotonic() + NODE_PUSH_WAIT)
+
+    def _fetch_wasm_modules(self) -> bool:
+        """The WasmPlugins' modules (`wasm_modules`); whether any outcome changed since last time."""
+        plugins = list(self.view.index.of("WasmPlugin"))
+        if plugins and self.wasm is None:
+            try:
+                envoy = self.envoy or find_envoy()
+            except FileNotFoundError:
+                envoy = "envoy"  # every module check then says it cannot run
+            self.wasm = WasmModules(self.state_dir, envoy)
+        modules = self.wasm.fetch_modules(plugins) if plugins else {}
+        if modules == self.wasm_modules:
+            return False
+        self.wasm_modules = modules
+        for state in self.replicas.values():
+            state.changed = None
+        return True
 
     def _touched(self, state: ReplicaState, namespaces: frozenset[str] | None, before: MeshView | None) -> bool:
         """Whether a change to `namespaces` can change this replica's config (see `push_scope`)."""
@@ -495,8 +517,8 @@ class ControlPlane:
             if self._reported.get(key, "") == text:
                 continue
             kind, ns, name = key
-            conditions = [{"type": "Reconciled", "status": "False", "reason": "InvalidDestination",
-                           "message": text}] if text else []
+            reason = "ModuleUnavailable" if kind == "WasmPlugin" else "InvalidDestination"
+            conditions = [{"type": "Reconciled", "status": "False", "reason": reason, "message": text}] if text else []
             self._queue_status(kind, ns, name, {"conditions": conditions})  # skipped if the resource is gone
             if text:
                 self._reported[key] = text

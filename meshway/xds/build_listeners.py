@@ -107,11 +107,13 @@ def build_connect_originate() -> Body:
     }
 
 
-def build_http_filters() -> list[Body]:
-    """The waypoint HTTP chain (stock-Envoy subset of Istio's order): fault, cors, router."""
+def build_http_filters(late: list[Body] | None = None) -> list[Body]:
+    """The waypoint HTTP chain (stock-Envoy subset of Istio's order): fault, cors, `late` (Wasm
+    plugins of the STATS and UNSPECIFIED phases), router."""
     return [
         {"name": "envoy.filters.http.fault", "typed_config": typed("envoy.extensions.filters.http.fault.v3.HTTPFault")},
         {"name": "envoy.filters.http.cors", "typed_config": typed("envoy.extensions.filters.http.cors.v3.Cors")},
+        *(late or []),
         {"name": "envoy.filters.http.router", "typed_config": typed("envoy.extensions.filters.http.router.v3.Router")},
     ]
 
@@ -124,13 +126,15 @@ def build_rds(route_config_name: str) -> Body:
 
 
 def build_hcm(stat_prefix: str, routes: Body | str, http2: bool = False, authz: list[Body] | None = None,
-              access_log: list[Body] | None = None, tracing: Body | None = None) -> Body:
-    """`routes`: an inline route config, or the name of the RouteConfiguration served over RDS."""
+              access_log: list[Body] | None = None, tracing: Body | None = None, late: list[Body] | None = None
+              ) -> Body:
+    """`routes`: an inline route config, or the name of the RouteConfiguration served over RDS;
+    `authz`: the filters before fault, `late`: those between cors and the router."""
     config = typed(HCM, stat_prefix=stat_prefix, codec_type="AUTO", use_remote_address=False,
                    upgrade_configs=[{"upgrade_type": "websocket"}], stream_idle_timeout="0s", normalize_path=True,
                    server_name="istio-envoy",
                    request_id_extension={"typed_config": typed("envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig")},
-                   http_filters=[*(authz or []), *build_http_filters()])
+                   http_filters=[*(authz or []), *build_http_filters(late)])
     if isinstance(routes, str):
         config["rds"] = build_rds(routes)
     else:
@@ -188,7 +192,7 @@ def find_route_names(scope: WaypointScope) -> list[tuple[ServiceInfo, int, str]]
 
 
 def build_service_chains(svc: ServiceInfo, authz_http: list[Body], authz_tcp: list[Body], logs: list[Body],
-                         tracing: Body | None) -> tuple[list[Body], Body | None]:
+                         tracing: Body | None, late: list[Body] | None = None) -> tuple[list[Body], Body | None]:
     """One bound service's filter chains in `main_internal` and its entry in the destination
     matcher (VIP -> port -> chain), or None when no port gets a chain."""
     chains: list[Body] = []
@@ -199,7 +203,7 @@ def build_service_chains(svc: ServiceInfo, authz_http: list[Body], authz_tcp: li
         if "http" in names:
             chains.append({"name": names["http"], "filters": [build_hcm(
                 f"inbound_0.0.0.0_{port.port};", names["http"], detect_protocol(port) == "http2",
-                authz_http, logs, tracing)]})
+                authz_http, logs, tracing, late)]})
         if "tcp" in names:
             chains.append({"name": names["tcp"], "filters": [*authz_tcp, _tcp_proxy(names["tcp"])]})
         if len(names) == 2:
@@ -219,11 +223,13 @@ def build_main_internal(scope: WaypointScope,
                         authz_for: Callable[[ServiceInfo | None, bool], list[Body]] = _no_authz,
                         logs_for: Callable[[ServiceInfo | None], list[Body]] = _no_logs,
                         tracing_for: Callable[[ServiceInfo | None], Body | None] = _no_tracing,
-                        memo: Memo | None = None, effects: Callable[[], int] = lambda: 0) -> Body:
+                        memo: Memo | None = None, effects: Callable[[], int] = lambda: 0,
+                        late_for: Callable[[ServiceInfo | None], list[Body]] = _no_logs) -> Body:
     """Each HTTP chain takes its routes over RDS, from the RouteConfiguration named as the chain
     (`find_route_names`); `authz_for(service, network)` gives a chain's RBAC filters (HTTP or
-    network); the callbacks get `None` for the chains of traffic addressed to a bound pod, which only
-    waypoint-wide config applies to (their one fixed route stays inline, as Istio's `encap`).
+    network), `late_for(service)` its HTTP filters between cors and the router (Wasm plugins); the
+    callbacks get `None` for the chains of traffic addressed to a bound pod, which only waypoint-wide
+    config applies to (their one fixed route stays inline, as Istio's `encap`).
     `memo`: a service's chains are rebuilt only when the service or its filters changed.
     `effects()`: how many notes and clusters the callbacks have added to the build so far. A chain
     whose callbacks added none reads none of the keys of `meshway.xds.dirty` (policies, telemetry,
@@ -236,7 +242,7 @@ def build_main_internal(scope: WaypointScope,
         unit = memo.reuse(key)
         if unit is MISSING:
             before = effects()
-            inputs = (svc, authz_for(svc, False), authz_for(svc, True), logs_for(svc), tracing_for(svc))
+            inputs = (svc, authz_for(svc, False), authz_for(svc, True), logs_for(svc), tracing_for(svc), late_for(svc))
             unit = memo.get(key, inputs, lambda: build_service_chains(*inputs),
                             reads=(lambda: ()) if effects() == before else None)
         units.append(unit)
@@ -248,7 +254,7 @@ def build_main_internal(scope: WaypointScope,
                 "name": "inbound|http|0", "domains": ["*"],
                 "routes": [{"name": "default", "match": {"prefix": "/"},
                             "route": {"cluster": "encap", "timeout": "0s"}}]}]},
-            False, authz_for(None, False), logs_for(None), tracing_for(None))]},
+            False, authz_for(None, False), logs_for(None), tracing_for(None), late_for(None))]},
     ]
     pod_ips = tuple(p.ip for p in scope.workloads if p.ip)
     # The same listener object when every part is the same (the protobuf conversion then skips it).

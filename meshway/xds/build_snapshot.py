@@ -3,7 +3,7 @@ MeshView for exactly the services and workloads bound to that waypoint. Pure."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from .. import labels as L
 from ..mesh.meshconfig import find_mesh_config
@@ -19,6 +19,7 @@ from .build_jwt import build_jwks_setup, build_jwt_filter, find_jwt_rules, find_
 from .build_listeners import build_connect_originate, build_connect_terminate, build_main_internal, find_route_names
 from .build_routes import Problems, RouteTarget, build_route_config
 from .build_telemetry import build_access_logs, find_access_logging
+from .build_wasm import WasmModule, build_wasm_filters, find_waypoint_wasm_plugins
 from .envoyfilter import apply_envoy_filters, find_envoy_filters
 from .build_tracing import build_tracing, find_tracing
 from .httproute import convert_http_route, detect_parent
@@ -143,23 +144,27 @@ def build_service_clusters(svc: ServiceInfo, dr: DestinationRule | None, pods: t
 def build_waypoint_config(view: MeshView, proxy: Proxy, secrets: dict[str, Body] | None = None,
                           scope: WaypointScope | None = None, dial: Callable[[str], str] = _same,
                           skip_envoy_filters: frozenset[str] = frozenset(), memo: Memo | None = None,
-                          changed: frozenset | None = None) -> WaypointConfig:
+                          changed: frozenset | None = None,
+                          wasm_modules: Mapping[tuple[str, str], WasmModule] | None = None) -> WaypointConfig:
     """`dial(pod_ip)` is the address the waypoint connects to for a pod (the placement's business:
     the pod IP itself in the cluster, a loopback alias when everything runs on the host).
     `skip_envoy_filters`: EnvoyFilters ("<ns>/<name>") to leave out (ones Envoy rejected).
     `memo`: this proxy's memo (`meshway.xds.memo`): only the units a change touched are rebuilt;
     without one, everything is built from scratch (the same result). `changed`: the keys
     (`meshway.xds.dirty`) changed since the memo's last complete build, if known: units that read
-    none of them are reused without being checked."""
+    none of them are reused without being checked. `wasm_modules`: (namespace, name) of a WasmPlugin
+    -> its module as the control plane fetched it (`meshway.runtime.wasm_modules`); a plugin missing
+    from it is treated as a module that cannot be had."""
     memo = memo if memo is not None else Memo()
     memo.begin(changed)
-    build = _WaypointBuild(view, proxy, scope or find_scope(view, proxy.namespace, proxy.waypoint), dial, memo)
+    build = _WaypointBuild(view, proxy, scope or find_scope(view, proxy.namespace, proxy.waypoint), dial, memo,
+                           wasm_modules or {})
     build.add_service_clusters()
     build.add_policies()
     listeners = {li["name"]: li for li in (
         build_connect_terminate(proxy),
         build_main_internal(build.scope, build.authz_for, build.logs_for, build.tracing_for, memo,
-                            lambda: build.effects),
+                            lambda: build.effects, build.late_for),
         build_connect_originate())}
     names = memo.get(("route-names",), (build.scope.services,), lambda: find_route_names(build.scope))
     routes = {name: build.route_for(svc, port) for svc, port, name in names}
@@ -174,9 +179,10 @@ class _WaypointBuild:
     (driven by build_waypoint_config) listeners and routes, and last the EnvoyFilter patches."""
 
     def __init__(self, view: MeshView, proxy: Proxy, scope: WaypointScope, dial: Callable[[str], str],
-                 memo: Memo) -> None:
+                 memo: Memo, wasm_modules: Mapping[tuple[str, str], WasmModule]) -> None:
         self.view, self.proxy, self.scope, self.wp = view, proxy, scope, scope.waypoint
-        self.dial, self.memo = dial, memo
+        self.dial, self.memo, self.wasm_modules = dial, memo, wasm_modules
+        self.wasm: dict[tuple, dict[str, list[Body]]] = {}  # chain -> phase -> filters (`wasm_for`)
         self.problems = Problems()
         self.clusters: dict[str, Body] = {c["name"]: c for c in build_static_clusters(proxy)}
         self.endpoints: dict[str, Body] = {}
@@ -289,9 +295,30 @@ class _WaypointBuild:
         """`svc` None: the chains of traffic addressed to a bound pod (waypoint-wide config only)."""
         key = (svc.kind, svc.namespace, svc.name) if svc else None
         chain = self.applied[key]
-        jwt = None if network else build_jwt_filter(find_jwt_rules(self.authns[key]), self.jwks)
-        return [*build_custom_filters(chain, self.ext_authz, network), *([jwt] if jwt else []),
-                *build_rbac_filters(chain, WAYPOINT, network)]
+        if network:
+            return [*build_custom_filters(chain, self.ext_authz, True), *build_rbac_filters(chain, WAYPOINT, True)]
+        jwt = build_jwt_filter(find_jwt_rules(self.authns[key]), self.jwks)
+        wasm = self.wasm_for(svc)
+        return [*build_custom_filters(chain, self.ext_authz, False), *wasm["AUTHN"], *([jwt] if jwt else []),
+                *wasm["AUTHZ"], *build_rbac_filters(chain, WAYPOINT, False)]
+
+    def wasm_for(self, svc: ServiceInfo | None) -> dict[str, list[Body]]:
+        """A chain's WasmPlugin filters by phase (`build_wasm`, once per chain and build: both the
+        early and the late filters come from here); module problems are reported."""
+        ns, name, kind = (svc.namespace, svc.name, svc.kind) if svc else (None, None, "Service")
+        if (kind, ns, name) not in self.wasm:
+            plugins = find_waypoint_wasm_plugins(self.view.index.of("WasmPlugin"), self.wp.namespace, self.wp.name,
+                                                 ns, name, kind)
+            phases, problems = build_wasm_filters(plugins, self.wasm_modules)
+            for where, message in problems:
+                self.problems.add(where, message)
+            self.effects += len(problems)
+            self.wasm[(kind, ns, name)] = phases
+        return self.wasm[(kind, ns, name)]
+
+    def late_for(self, svc: ServiceInfo | None) -> list[Body]:
+        phases = self.wasm_for(svc)
+        return [*phases["STATS"], *phases["UNSPECIFIED_PHASE"]]
 
     def logs_for(self, svc: ServiceInfo | None) -> list[Body]:
         notes: list[str] = []

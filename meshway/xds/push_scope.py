@@ -24,7 +24,7 @@ from ..model.meshconfig import Service
 from .scope import WaypointScope
 
 NAMESPACED = frozenset({"VirtualService", "DestinationRule", "AuthorizationPolicy", "Telemetry", "EnvoyFilter",
-                        "Pod", "HTTPRoute", "RequestAuthentication"})
+                        "Pod", "HTTPRoute", "RequestAuthentication", "WasmPlugin"})
 Body = dict[str, Any]
 
 

@@ -1,0 +1,120 @@
+"""WasmPlugin modules for the waypoints, fetched by the control plane (the job istio-agent does
+next to each Envoy in Istio): `file://` read, `http://` and `https://` downloaded, `oci://` not
+supported. The bytes are checked against the plugin's `sha256`, kept in the state folder as
+`wasm/<sha256>.wasm` (Envoy loads that file), and each (module, plugin configuration) is tried
+once with `envoy --mode validate`, since Envoy refuses a whole listener whose plugin cannot load,
+start or take its configuration. The outcome per plugin is a `WasmModule` for `build_wasm`.
+
+A downloaded module is reused while its URL and `sha256` stay the same (Istio's default pull
+policy, IfNotPresent); a failed download is tried again after `retry_after` seconds."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ..model.extensions import WasmPlugin, parse_plugin_url
+from ..private import make_private_dir
+from ..xds import protos as P
+from ..xds.build_wasm import WasmModule, build_wasm_filter, plugin_key
+from ..xds.validate import run_validate, summarize_rejection
+
+log = logging.getLogger(__name__)
+MAX_BYTES = 64 << 20
+
+
+def read_module(url: str, timeout: float) -> bytes:
+    """The module's bytes (OSError and ValueError carry why not)."""
+    scheme, url = parse_plugin_url(url)
+    if scheme == "oci":
+        raise ValueError("OCI images are not supported by meshway (use file://, http:// or https://)")
+    if scheme == "file":
+        data = Path(url[len("file://"):]).read_bytes()
+    else:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310: http(s) only
+            data = response.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise ValueError(f"the module is larger than {MAX_BYTES >> 20} MiB")
+    return data
+
+
+def build_check_resources(filter_: dict) -> dict[str, dict[str, dict]]:
+    """One internal listener whose HTTP chain holds only the plugin: what `envoy --mode validate` loads."""
+    hcm = P.typed("envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                  stat_prefix="wasm_check", route_config={"name": "check"}, http_filters=[
+                      filter_, {"name": "envoy.filters.http.router",
+                                "typed_config": P.typed("envoy.extensions.filters.http.router.v3.Router")}])
+    listener = {"name": "wasm_check", "internal_listener": {}, "filter_chains": [{"filters": [
+        {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}
+    return {P.LISTENER: {"wasm_check": listener}, P.CLUSTER: {}, P.ENDPOINT: {}, P.ROUTE: {}, P.SECRET: {}}
+
+
+class WasmModules:
+    def __init__(self, state_dir: Path | str, envoy: str, timeout: float = 5.0, retry_after: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.dir = Path(state_dir) / "wasm"
+        self.envoy, self.timeout, self.retry_after, self.clock = envoy, timeout, retry_after, clock
+        self._downloads: dict[tuple[str, str], tuple[str | None, str | None, float]] = {}  # -> sha, error, when
+        self._checks: dict[str, str | None] = {}  # the filter as JSON -> Envoy's reason to refuse it
+
+    def fetch_modules(self, plugins: Iterable[WasmPlugin]) -> dict[tuple[str, str], WasmModule]:
+        return {plugin_key(p): self.fetch_module(p) for p in plugins
+                if (p.spec.targetRefs or p.spec.targetRef) and p.spec.type != "NETWORK"}
+
+    def fetch_module(self, plugin: WasmPlugin) -> WasmModule:
+        sha, error = self._bytes(plugin.spec.url, plugin.spec.sha256 or "")
+        if error:
+            return WasmModule(error=error)
+        path = str(self.dir / f"{sha}.wasm")
+        refused = self._check(plugin, path)
+        return WasmModule(path, sha, f"Envoy cannot run it: {refused}" if refused else None)
+
+    def _bytes(self, url: str, expected: str) -> tuple[str | None, str | None]:
+        """(sha256 of the module now in the cache, None) or (None, why not)."""
+        scheme = parse_plugin_url(url)[0]
+        if expected and (self.dir / f"{expected}.wasm").exists():
+            return expected, None
+        key = (url, expected)
+        done = self._downloads.get(key)
+        if scheme != "file" and done and (done[1] is None or self.clock() - done[2] < self.retry_after):
+            return done[0], done[1]
+        try:
+            data = read_module(url, self.timeout)
+            sha = hashlib.sha256(data).hexdigest()
+            if expected and sha != expected:
+                raise ValueError(f"sha256 mismatch: the module's is {sha}, the plugin expects {expected}")
+            self._store(sha, data)
+            result: tuple[str | None, str | None] = (sha, None)
+        except (OSError, ValueError) as exc:
+            result = (None, f"cannot fetch {parse_plugin_url(url)[1]}: {exc}")
+            log.warning("WasmPlugin module: %s", result[1])
+        self._downloads[key] = (*result, self.clock())
+        return result
+
+    def _store(self, sha: str, data: bytes) -> None:
+        path = self.dir / f"{sha}.wasm"
+        if path.exists():
+            return
+        make_private_dir(self.dir)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+
+    def _check(self, plugin: WasmPlugin, path: str) -> str | None:
+        """Envoy's reason to refuse the plugin with this module and configuration (None: accepted)."""
+        filter_ = build_wasm_filter(plugin, path)
+        config = filter_["typed_config"]["config"]
+        key = repr((config.get("root_id"), config.get("configuration"), config.get("vm_config"),
+                    config.get("failure_policy")))
+        if key not in self._checks:
+            ok, output = run_validate(build_check_resources(filter_), self.envoy)
+            why = "; ".join(dict.fromkeys(re.findall(r"Wasm VM failed (.*)", output)))
+            self._checks[key] = None if ok else summarize_rejection(output) + (f" ({why})" if why else "")
+        return self._checks[key]

@@ -1,0 +1,159 @@
+"""WasmPlugin end to end through a real waypoint Envoy, on loopback (no root needed; the harness of
+test_waypoint_e2e): proxy-wasm modules assembled here from tests/data/wasm/*.wat, one read from a
+file:// URL and one downloaded by the control plane over http:// (both sha256-checked), act on the
+reviews Service's traffic at its waypoint: a response header whose name and value come from
+pluginConfig, 403 for a path prefix; a module that cannot start follows failStrategy as Istio's
+agent does (FAIL_OPEN: served without it; FAIL_CLOSE: 403), and so does a wrong sha256; a module
+that traps while serving follows Envoy's failure policy (FAIL_CLOSE: 503 every time; FAIL_OPEN:
+served without it after the failure)."""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from test_waypoint_e2e import Mesh
+from wasm_support import assemble
+
+from meshway.model import find_kind, load_yaml
+
+SERVICE = "targetRefs: [{kind: Service, group: '', name: reviews}]"
+
+
+def plugin(name: str, url: str, spec: str = "", config: str = "") -> str:
+    return f"""apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{name: {name}, namespace: default}}
+spec:
+  {SERVICE}
+  url: {url}
+  {spec}
+  {f"pluginConfig: {config}" if config else ""}
+"""
+
+
+class Modules(BaseHTTPRequestHandler):
+    files: dict[str, bytes] = {}
+
+    def do_GET(self) -> None:  # noqa: N802
+        body = self.files.get(self.path)
+        self.send_response(200 if body is not None else 404)
+        self.send_header("content-length", str(len(body or b"")))
+        self.end_headers()
+        self.wfile.write(body or b"")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def mesh(tmp_path: Path):
+    folder = tmp_path / "modules"
+    folder.mkdir()
+    modules = {name: assemble(name, folder) for name in ("add_header", "deny_path", "fail_start", "crash")}
+    Modules.files = {f"/{name}.wasm": path.read_bytes() for name, path in modules.items()}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Modules)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    m = Mesh(tmp_path)
+    m.modules, m.module_url = modules, f"http://127.0.0.1:{server.server_port}"
+    try:
+        m.wait_programmed()
+        yield m
+    finally:
+        m.close()
+        server.shutdown()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def call(mesh: Mesh, path: str = "/"):
+    conn = mesh.client("sleep")
+    try:
+        return conn.open(f"{mesh.vip()}:9080").request("GET", path, None, host="reviews")
+    finally:
+        conn.close()
+
+
+def wait_for(mesh: Mesh, check, path: str = "/", timeout: float = 15):
+    deadline = time.monotonic() + timeout
+    while True:
+        r = call(mesh, path)
+        if check(r):
+            return r
+        assert time.monotonic() < deadline, f"still {r.status} {r.headers} {r.body[:200]!r}"
+        time.sleep(0.1)
+
+
+def conditions(mesh: Mesh, name: str, wanted: str = "Reconciled", timeout: float = 10) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = {c["type"]: c for c in (mesh.store.get(find_kind("wasmplugin"), "default", name).get("status")
+                                        or {}).get("conditions") or []}
+        if wanted in found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def test_a_header_added_and_a_path_denied(mesh: Mesh) -> None:
+    add, deny = mesh.modules["add_header"], mesh.modules["deny_path"]
+    mesh.store.apply(load_yaml(plugin("greeting", f"file://{add}", f"sha256: {sha256(add)}",
+                                      "{name: x-wasm-greeting, value: hello}") + "---\n"
+                               + plugin("deny-admin", f"{mesh.module_url}/deny_path.wasm",
+                                        f"sha256: {sha256(deny)}\n  phase: AUTHZ", "{prefix: /admin}"), "wp.yaml"))
+    r = wait_for(mesh, lambda r: r.status == 403, "/admin/users")
+    assert r.body == b"denied by wasm plugin\n"
+    r = wait_for(mesh, lambda r: r.headers.get("x-wasm-greeting") == "hello")
+    assert r.status == 200 and b"\"version\"" in r.body  # served by a reviews backend
+    assert call(mesh, "/adm").status == 200
+    # AUTHZ comes before the UNSPECIFIED phase: its local reply never passes the header plugin.
+    assert "x-wasm-greeting" not in call(mesh, "/admin").headers
+    for name in ("greeting", "deny-admin"):
+        accepted = conditions(mesh, name, "WaypointAccepted")["WaypointAccepted"]
+        assert (accepted["status"], accepted["reason"]) == ("True", "Accepted")
+        assert "Reconciled" not in conditions(mesh, name, timeout=0)
+    cached = mesh.state / "wasm" / f"{sha256(deny)}.wasm"
+    assert cached.read_bytes() == deny.read_bytes()  # downloaded once by the control plane, kept by sha256
+
+
+def test_a_module_that_cannot_start_follows_fail_strategy(mesh: Mesh) -> None:
+    failing = mesh.modules["fail_start"]
+    mesh.store.apply(load_yaml(plugin("broken", f"file://{failing}", "failStrategy: FAIL_OPEN"), "wp.yaml"))
+    found = conditions(mesh, "broken")
+    assert found["Reconciled"]["reason"] == "ModuleUnavailable"
+    assert "Failed to start base Wasm" in found["Reconciled"]["message"]
+    assert "FAIL_OPEN: the chains it applies to run without it" in found["Reconciled"]["message"]
+    assert call(mesh).status == 200
+    mesh.store.apply(load_yaml(plugin("broken", f"file://{failing}", "failStrategy: FAIL_CLOSE"), "wp.yaml"))
+    r = wait_for(mesh, lambda r: r.status == 403)
+    assert r.body == b"RBAC: access denied"  # istio-agent's wasm-default-deny stand-in
+    assert "FAIL_CLOSE: requests on the chains it applies to are denied (403)" in \
+        conditions(mesh, "broken")["Reconciled"]["message"]
+    mesh.store.delete([(find_kind("wasmplugin"), "default", "broken")])
+    wait_for(mesh, lambda r: r.status == 200)
+
+
+def test_a_wrong_sha256_is_refused(mesh: Mesh) -> None:
+    add = mesh.modules["add_header"]
+    mesh.store.apply(load_yaml(plugin("greeting", f"{mesh.module_url}/add_header.wasm", f"sha256: '{'0' * 64}'",
+                                      "{name: x-wasm-greeting, value: hello}"), "wp.yaml"))
+    r = wait_for(mesh, lambda r: r.status == 403)
+    assert "x-wasm-greeting" not in r.headers
+    message = conditions(mesh, "greeting")["Reconciled"]["message"]
+    assert f"sha256 mismatch: the module's is {sha256(add)}, the plugin expects {'0' * 64}" in message
+
+
+def test_a_module_that_fails_while_serving_follows_envoys_failure_policy(mesh: Mesh) -> None:
+    crash = mesh.modules["crash"]
+    mesh.store.apply(load_yaml(plugin("crash", f"file://{crash}", "failStrategy: FAIL_CLOSE"), "wp.yaml"))
+    wait_for(mesh, lambda r: r.status == 503)
+    assert [call(mesh).status for _ in range(6)] == [503] * 6
+    mesh.store.apply(load_yaml(plugin("crash", f"file://{crash}", "failStrategy: FAIL_OPEN"), "wp.yaml"))
+    wait_for(mesh, lambda r: r.status == 200)  # after the failure, without the plugin
+    assert [call(mesh).status for _ in range(6)] == [200] * 6
+    assert "Reconciled" not in conditions(mesh, "crash", timeout=0)  # Envoy accepted it: the failure is at run time
