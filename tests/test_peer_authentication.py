@@ -5,6 +5,7 @@ policy it becomes; the RBAC DENY on the plaintext chain; the node proxy's config
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,12 @@ from meshway.model import InputError, find_kind, load_yaml
 from meshway.model.istio import PeerAuthentication
 from meshway.mesh.explain import find_decision, find_peer_mtls
 from meshway.mesh.policy_status import build_peer_authn_conditions
+from meshway.mesh.request import parse_request
 from meshway.mesh.peer_authentication import MtlsDecision, decide_peer_authentication, describe
 from meshway.xds import protos as P
 from meshway.xds.build_peer_authn import build_peer_authn_filter, build_peer_authn_permissions
 from meshway.xds.build_ztunnel import NodeProxy, build_ztunnel_config
+from meshway.xds.simulate import simulate
 from meshway.xds.validate import run_validate
 
 
@@ -361,3 +364,36 @@ def test_explain_shows_the_effective_mode(tmp_path: Path) -> None:
 def test_get_shows_the_mode_column() -> None:
     body = yaml.safe_load(NS_STRICT_DOC)
     assert [(name, get(body)) for name, get in COLUMNS["PeerAuthentication"]] == [("MODE", "STRICT")]
+
+
+def test_request_simulation_refuses_the_plaintext_caller_under_strict(tmp_path: Path) -> None:
+    """`explain --request` reads the node proxy's plaintext chain, the PeerAuthentication DENY included."""
+    (tmp_path / "mesh.yaml").write_text(MESH + """---
+apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: foo}
+spec: {selector: {app: a}, ports: [{name: http, port: 80, targetPort: 8080}, {name: other, port: 90, targetPort: 9090}]}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: outside}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: outsider, namespace: outside}
+spec: {containers: [{name: c, image: curlimages/curl}]}
+""")
+    store = build_store(tmp_path / "s", [tmp_path / "mesh.yaml"])
+
+    def outcome(source: str) -> dict:
+        view = view_of(store)
+        pod = next(p for p in view.pods.values() if p.name == source)
+        return simulate(view, parse_request("GET http://a.foo:80/"), pod, time.time())["outcome"]
+
+    assert outcome("outsider")["result"] == "allowed"
+    apply(store, POLICIES)
+    refused = outcome("outsider")
+    assert refused["result"] == "denied", refused
+    assert "istio_converted_static_strict" not in json.dumps(refused)  # a-1's own converted policy decides
+    assert "converted_peer_authentication_wl" in json.dumps(refused)
+    assert outcome("b-1")["result"] == "allowed"  # a mesh caller: HBONE
