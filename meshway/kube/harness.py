@@ -72,6 +72,12 @@ class HarnessConfig:
     # a watch from a resourceVersion etcd compacted away then gets 410 Gone at once, as it does
     # for any resource once the cache's window has moved on (tests force that case this way).
     uncached: tuple[str, ...] = ()
+    # How long a node may go without renewing its Lease before it is NotReady (the controller-manager's
+    # --node-monitor-grace-period, default 50 s), and how long pods tolerate a NotReady or unreachable
+    # node before they are evicted (the API server's DefaultTolerationSeconds, default 300 s): tests
+    # shorten both.
+    node_monitor_grace_seconds: int | None = None
+    eviction_toleration_seconds: int | None = None
 
 
 @dataclass(frozen=True)
@@ -174,7 +180,10 @@ def plan_apiserver_args(config: HarnessConfig, layout: Layout) -> list[str]:
             f"--service-cluster-ip-range={config.service_cidr}",
             "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
             "--allow-privileged=true", "--profiling=false",
-            *([f"--watch-cache-sizes={','.join(f'{r}#0' for r in config.uncached)}"] if config.uncached else [])]
+            *([f"--watch-cache-sizes={','.join(f'{r}#0' for r in config.uncached)}"] if config.uncached else []),
+            *([f"--default-not-ready-toleration-seconds={config.eviction_toleration_seconds}",
+               f"--default-unreachable-toleration-seconds={config.eviction_toleration_seconds}"]
+              if config.eviction_toleration_seconds is not None else [])]
 
 
 def _component_args(kubeconfig: Path, port: int) -> list[str]:
@@ -191,7 +200,9 @@ def plan_controller_manager_args(config: HarnessConfig, layout: Layout) -> list[
             f"--cluster-signing-cert-file={layout.cert('ca')}", f"--cluster-signing-key-file={layout.key('ca')}",
             f"--service-cluster-ip-range={config.service_cidr}",
             "--use-service-account-credentials=true",
-            "--controllers=*,-nodeipam"]  # pod addresses are meshway's IPAM, not the controller-manager's
+            "--controllers=*,-nodeipam",  # pod addresses are meshway's IPAM, not the controller-manager's
+            *([f"--node-monitor-grace-period={config.node_monitor_grace_seconds}s", "--node-monitor-period=1s"]
+              if config.node_monitor_grace_seconds is not None else [])]
 
 
 def plan_scheduler_args(config: HarnessConfig, layout: Layout) -> list[str]:
@@ -314,12 +325,16 @@ class Harness:
         self.procs: list[tuple[str, subprocess.Popen]] = []
 
     @classmethod
-    def create(cls, bin_dir: Path, state: Path | None = None, uncached: tuple[str, ...] = ()) -> "Harness":
+    def create(cls, bin_dir: Path, state: Path | None = None, uncached: tuple[str, ...] = (),
+               node_monitor_grace_seconds: int | None = None,
+               eviction_toleration_seconds: int | None = None) -> "Harness":
         """A harness on free loopback ports; with no `state`, a temporary folder removed by `stop()`."""
         owns = state is None
         state = Path(tempfile.mkdtemp(prefix="meshway-kube-")) if owns else state
         ports = Ports(*find_free_ports(5))
-        return cls(HarnessConfig(state=state, bin_dir=bin_dir, ports=ports, uncached=uncached), owns_state=owns)
+        return cls(HarnessConfig(state=state, bin_dir=bin_dir, ports=ports, uncached=uncached,
+                                 node_monitor_grace_seconds=node_monitor_grace_seconds,
+                                 eviction_toleration_seconds=eviction_toleration_seconds), owns_state=owns)
 
     @property
     def kubeconfig(self) -> Path:
