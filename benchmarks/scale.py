@@ -1102,9 +1102,9 @@ def write_markdown(path: Path, report: Body) -> None:
     steps, reps = mem["steps"], mem["repetitions"]
     pc = mem["per_client"]
     lines += [f"## 4. Memory per connected proxy{run_of('memory')}", "",
-              f"{mem['topology']}. The control plane serves {pc.get('waypoints')} waypoints and "
-              f"{pc.get('node_proxies')} node proxies (ztunnel, one per node of the store's "
-              f"{pc.get('node_proxies')}; stand-ins, none connected). Each client is sent "
+              f"{mem['topology']}. Proxies in the control plane's proxy-status.json: {pc.get('waypoints')} "
+              f"waypoints, {pc.get('node_proxies')} node proxies (ztunnel; no namespace is in ambient mode). "
+              "Each client is sent "
               + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(pc.get("resources_per_client", {}).items()))
               + f" resources ({pc['bytes_per_client'] / 1e3:,.1f} kB of responses, "
               f"{pc['responses_per_client']:.0f} responses). Delta ADS.", "",
