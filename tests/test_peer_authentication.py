@@ -397,3 +397,20 @@ spec: {containers: [{name: c, image: curlimages/curl}]}
     assert "istio_converted_static_strict" not in json.dumps(refused)  # a-1's own converted policy decides
     assert "converted_peer_authentication_wl" in json.dumps(refused)
     assert outcome("b-1")["result"] == "allowed"  # a mesh caller: HBONE
+
+
+def test_kubernetes_status_write_and_watch() -> None:
+    """On Kubernetes the controller applies `ZtunnelAccepted` through the status subresource (as for
+    AuthorizationPolicy), and the control plane watches PeerAuthentications."""
+    from meshway.kube.controller import POLICY_REPORTER, plan_status_writes
+    from meshway.kube.source import plan_watches
+    from meshway.mesh.status_plan import StatusUpdate, plan_statuses
+
+    body = yaml.safe_load(NS_STRICT_DOC)
+    (update,) = [u for u in plan_statuses({"PeerAuthentication": [body]}, "2026-12-03T00:00:00Z")
+                 if u.kind == "PeerAuthentication"]
+    (write,) = plan_status_writes([StatusUpdate("PeerAuthentication", body, update.status)])
+    assert (write.kind, write.namespace, write.name, write.method, write.manager) == \
+        ("PeerAuthentication", "default", "default", "apply", POLICY_REPORTER)
+    assert [c["type"] for c in write.body["status"]["conditions"]] == ["ZtunnelAccepted"]
+    assert any("peerauthentications" in w.path for w in plan_watches())
