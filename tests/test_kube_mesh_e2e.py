@@ -34,11 +34,11 @@ REVIEWS_STAT = re.compile(r"^cluster\.inbound-vip\|9080\|http/(v\d)\|reviews_def
 # One request per line from inside the curl pod: "<monotonic> <status> <version or ->".
 CLIENT = r"""
 import http.client, sys, time, re
-count, pause, host = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+count, pause, host, method, path = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 for _ in range(count):
     try:
         c = http.client.HTTPConnection(host, 9080, timeout=5)
-        c.request("GET", "/reviews/1")
+        c.request(method, path)
         r = c.getresponse()
         body = r.read().decode(errors="replace")
         m = re.search(r'"version": "(v\d)"', body)
@@ -112,9 +112,10 @@ def netns_of(net: str, sh: Shell, selector: str, namespace: str = "default") -> 
     return pod_netns_name(net, namespace, pod["metadata"]["name"])
 
 
-def requests(netns: str, count: int, pause: float = 0.0, host: str = "reviews") -> subprocess.Popen:
+def requests(netns: str, count: int, pause: float = 0.0, host: str = "reviews", method: str = "GET",
+             path: str = "/reviews/1") -> subprocess.Popen:
     return subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-P", "-c", CLIENT, str(count), str(pause),
-                             host],
+                             host, method, path],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -258,6 +259,95 @@ def test_a_node_agent_killed_and_restarted_adopts_its_running_pods(mesh, state):
     assert results(requests(curl, 50)) and all(code == 200 for _, code, _ in results(requests(curl, 50)))
 
 
+def outside_client(sh: Shell, net: str) -> str:
+    """The network namespace of a curl pod in namespace `outside` (not in the mesh), made once."""
+    if "outside" not in sh("kubectl get namespaces -o name"):
+        sh("kubectl create namespace outside")
+        sh(f"kubectl apply -n outside -f {DEMO / 'bookinfo-client.yaml'}")
+    wait_for("the outside curl pod Ready", lambda: any(map(ready, pods(sh, "-l app=curl", "outside"))), 90)
+    return netns_of(net, sh, "app=curl", "outside")
+
+
+# istio.io/latest/docs/ambient/getting-started/enforce-auth-policies (L4 updated for the waypoint, as
+# the page says), applied unchanged with kubectl
+POLICIES = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: productpage-ztunnel
+  namespace: default
+spec:
+  selector:
+    matchLabels:
+      app: productpage
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals:
+        - cluster.local/ns/default/sa/bookinfo-gateway-istio
+        - cluster.local/ns/default/sa/waypoint
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: productpage-viewer
+  namespace: default
+spec:
+  targetRefs:
+  - kind: Service
+    group: ""
+    name: productpage
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals:
+        - cluster.local/ns/default/sa/curl
+    to:
+    - operation:
+        methods: ["GET"]
+"""
+
+
+def test_authorization_policies_l7_at_the_waypoint_and_l4_at_the_destinations_node_proxy(mesh, tmp_path):
+    sh, net = mesh
+    curl, outside = netns_of(net, sh, "app=curl"), outside_client(sh, net)
+    (tmp_path / "policies.yaml").write_text(POLICIES)
+    sh(f"kubectl apply -f {tmp_path / 'policies.yaml'}")
+
+    def codes(netns: str, method: str) -> list[int]:
+        return [code for _, code, _ in results(requests(netns, 5, host="productpage", method=method,
+                                                         path="/productpage"))]
+    wait_for("POST refused by the waypoint", lambda: codes(curl, "POST") == [403] * 5, 30, 0.5)
+    assert codes(curl, "GET") == [200] * 5  # the caller's identity from HBONE, GET allowed
+    # outside the mesh: plaintext, no identity, straight to the pod: its node proxy refuses it (L4)
+    assert set(codes(outside, "GET")) == {0}
+    statuses = json.loads(sh("kubectl get authorizationpolicies -n default -o json"))["items"]
+    conditions = {p["metadata"]["name"]: {c["type"]: c["status"] for c in p.get("status", {}).get("conditions", [])}
+                  for p in statuses}
+    assert conditions["productpage-viewer"].get("WaypointAccepted") == "True", conditions
+    assert conditions["productpage-ztunnel"].get("ZtunnelAccepted") == "True", conditions
+    sh(f"kubectl delete -f {tmp_path / 'policies.yaml'}")
+
+
+def test_peer_authentication_strict_refuses_plaintext_and_admits_hbone(mesh, tmp_path):
+    sh, net = mesh
+    curl, outside = netns_of(net, sh, "app=curl"), outside_client(sh, net)
+    host = "reviews.default.svc.cluster.local"
+    assert {code for _, code, _ in results(requests(outside, 5, host=host))} == {200}  # PERMISSIVE: both
+    (tmp_path / "strict.yaml").write_text("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"
+                                          "metadata: {name: default, namespace: default}\n"
+                                          "spec: {mtls: {mode: STRICT}}\n")
+    sh(f"kubectl apply -f {tmp_path / 'strict.yaml'}")
+    wait_for("plaintext from outside the mesh refused", lambda: {
+        code for _, code, _ in results(requests(outside, 5, host=host))} == {0}, 30, 0.5)
+    assert {code for _, code, _ in results(requests(curl, 20))} == {200}  # HBONE from the mesh
+    sh(f"kubectl delete -f {tmp_path / 'strict.yaml'}")
+    wait_for("plaintext admitted again", lambda: {
+        code for _, code, _ in results(requests(outside, 5, host=host))} == {200}, 30, 0.5)
+
+
 def netns_pids(name: str) -> set[int]:
     out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
     return {int(p) for p in out.stdout.split()}
@@ -267,9 +357,6 @@ def test_a_pod_outside_the_mesh_reaches_a_service_through_the_node_agents_kube_p
     """Not captured (its namespace is not ambient): the ClusterIP is DNATed in its own namespace to a
     ready endpoint from the EndpointSlices, so it bypasses the waypoint (no VirtualService: v3 too)."""
     sh, net = mesh
-    sh("kubectl create namespace outside")
-    sh(f"kubectl apply -n outside -f {DEMO / 'bookinfo-client.yaml'}")
-    wait_for("the outside curl pod Ready", lambda: any(map(ready, pods(sh, "-l app=curl", "outside"))), 90)
-    got = results(requests(netns_of(net, sh, "app=curl", "outside"), 60, host="reviews.default.svc.cluster.local"))
+    got = results(requests(outside_client(sh, net), 60, host="reviews.default.svc.cluster.local"))
     assert [r for r in got if r[1] != 200] == []
     assert {v for _, _, v in got} == {"v1", "v2", "v3"}  # every endpoint, no 90/10 split: no waypoint
