@@ -203,7 +203,8 @@ def test_writes_are_the_waypoint_objects_and_status_only():
         ("gateway.networking.k8s.io", "gateways"), ("gateway.networking.k8s.io", "gatewayclasses"),
         ("gateway.networking.k8s.io", "httproutes"), ("", "services"), ("networking.istio.io", "serviceentries"),
         ("networking.istio.io", "envoyfilters"), ("security.istio.io", "authorizationpolicies"),
-        ("security.istio.io", "requestauthentications"))
+        ("security.istio.io", "requestauthentications"), ("security.istio.io", "peerauthentications"),
+        ("extensions.istio.io", "wasmplugins"))
         for v in ("update", "patch")}
 
 

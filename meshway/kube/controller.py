@@ -117,7 +117,7 @@ def plan_status_writes(updates: list[StatusUpdate]) -> list[StatusWrite]:
             out.append(StatusWrite(u.kind, ns, name, "apply",
                                    {**head, "metadata": {"name": name, "namespace": ns},
                                     "status": {"conditions": new}}, SERVICE_REPORTER))
-        elif u.kind in ("AuthorizationPolicy", "RequestAuthentication"):
+        elif u.kind in ("AuthorizationPolicy", "RequestAuthentication", "PeerAuthentication", "WasmPlugin"):
             out.append(StatusWrite(u.kind, ns, name, "apply",
                                    {**head, "metadata": {"name": name, "namespace": ns},
                                     "status": {"conditions": u.status.get("conditions") or []}}, POLICY_REPORTER))

@@ -14,14 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from .. import labels as L
+from ..model.extensions import WasmPlugin
 from ..model.gateway import HTTPRoute
-from ..model.istio import AuthorizationPolicy, DestinationRule, EnvoyFilter, RequestAuthentication, Telemetry, \
-    VirtualService
+from ..model.istio import AuthorizationPolicy, DestinationRule, EnvoyFilter, PeerAuthentication, \
+    RequestAuthentication, Telemetry, VirtualService
 
 Body = dict[str, Any]
 MODELS = {"VirtualService": VirtualService, "DestinationRule": DestinationRule, "HTTPRoute": HTTPRoute,
           "AuthorizationPolicy": AuthorizationPolicy, "Telemetry": Telemetry, "EnvoyFilter": EnvoyFilter,
-          "RequestAuthentication": RequestAuthentication}
+          "RequestAuthentication": RequestAuthentication, "PeerAuthentication": PeerAuthentication,
+          "WasmPlugin": WasmPlugin}
 WILDCARD = frozenset("*?[")
 
 

@@ -8,15 +8,17 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ..model.istio import AuthorizationPolicy, RequestAuthentication
+from ..model.extensions import WasmPlugin
+from ..model.istio import AuthorizationPolicy, PeerAuthentication, RequestAuthentication
 from . import status as S
-from .policy_status import build_policy_conditions, build_request_authn_conditions
+from .policy_status import build_peer_authn_conditions, build_policy_conditions, build_request_authn_conditions
 from .selection import decide_service
+from .wasm_status import build_wasm_plugin_conditions
 from .view import MeshView, detect_waypoint_class
 
 Body = dict[str, Any]
 STATUS_KINDS = ("Namespace", "Service", "ServiceEntry", "Gateway", "GatewayClass", "Deployment",
-                "AuthorizationPolicy", "RequestAuthentication",
+                "AuthorizationPolicy", "RequestAuthentication", "WasmPlugin", "PeerAuthentication",
                 "ConfigMap")  # ConfigMap: the MeshConfig's providers (CUSTOM policies)
 
 
@@ -87,6 +89,19 @@ def _policy_statuses(view: MeshView, snapshot: Mapping[str, list[Body]], now: st
         conds = S.merge_conditions(old, build_request_authn_conditions(authn, view), now,
                                    body["metadata"].get("generation"), drop=("WaypointAccepted",))
         out.append(StatusUpdate("RequestAuthentication", body, {**(body.get("status") or {}), "conditions": conds}))
+    for body in snapshot.get("WasmPlugin", ()):
+        plugin = WasmPlugin.model_validate(body, strict=False)
+        old = (body.get("status") or {}).get("conditions") or []
+        conds = S.merge_conditions(old, build_wasm_plugin_conditions(plugin, view), now,
+                                   body["metadata"].get("generation"), drop=("WaypointAccepted",))
+        out.append(StatusUpdate("WasmPlugin", body, {**(body.get("status") or {}), "conditions": conds}))
+    bodies = list(snapshot.get("PeerAuthentication", ()))
+    peer_authns = [PeerAuthentication.model_validate(body, strict=False) for body in bodies]
+    for body, peer_authn in zip(bodies, peer_authns):
+        old = (body.get("status") or {}).get("conditions") or []
+        conds = S.merge_conditions(old, build_peer_authn_conditions(peer_authn, peer_authns), now,
+                                   body["metadata"].get("generation"), drop=("ZtunnelAccepted",))
+        out.append(StatusUpdate("PeerAuthentication", body, {**(body.get("status") or {}), "conditions": conds}))
     return out
 
 

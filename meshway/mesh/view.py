@@ -267,7 +267,7 @@ class MeshView:
 
 
 CONFIG_KINDS = ("VirtualService", "DestinationRule", "HTTPRoute", "AuthorizationPolicy", "Telemetry", "ConfigMap",
-                "EnvoyFilter", "RequestAuthentication")
+                "EnvoyFilter", "RequestAuthentication", "PeerAuthentication", "WasmPlugin")
 # The waypoint index is built from these three together.
 GATEWAY_KINDS = frozenset({"Gateway", "GatewayClass", "Deployment"})
 

@@ -59,6 +59,8 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("EnvoyFilter", NET, ("v1alpha3",), "envoyfilters", (), True, "istio"),
     KindInfo("AuthorizationPolicy", SEC, ("v1", "v1beta1"), "authorizationpolicies", ("ap",), True, "istio"),
     KindInfo("RequestAuthentication", SEC, ("v1", "v1beta1"), "requestauthentications", ("ra",), True, "istio"),
+    KindInfo("PeerAuthentication", SEC, ("v1", "v1beta1"), "peerauthentications", ("pa",), True, "istio"),
+    KindInfo("WasmPlugin", "extensions.istio.io", ("v1alpha1",), "wasmplugins", (), True, "extensions"),
     KindInfo("Telemetry", "telemetry.istio.io", ("v1", "v1alpha1"), "telemetries", ("telemetry",), True, "istio"),
 )
 
