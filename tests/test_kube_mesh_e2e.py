@@ -21,6 +21,7 @@ import shlex
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -194,6 +195,39 @@ def test_a_service_opting_out_of_the_waypoint_goes_direct_within_2s_with_no_fail
     v3 = [t for t, _, v in got if v == "v3" and opted_out <= t < back]  # only without the waypoint's split
     assert v3 and v3[0] - opted_out <= 2.0, (v3[:3], opted_out)
     assert not [t for t, _, v in got if v == "v3" and t >= back + 2.0]  # and back through it within 2 s
+
+
+def test_kubectl_exec_port_forward_and_istioctl_proxy_config_through_the_kubelet_streaming_api(mesh):
+    """The docs' way of sending traffic (`kubectl exec deploy/curl -- curl …`) and of looking at a
+    waypoint (`istioctl proxy-config … deploy/…`, which port-forwards to its admin port), verbatim."""
+    sh, _ = mesh
+    out = sh("kubectl exec deploy/curl -- curl -s http://reviews:9080/reviews/1")
+    assert json.loads(out)["id"] == "1"
+    failed = subprocess.run(shlex.split("kubectl exec deploy/curl -- sh -c 'exit 3'"), capture_output=True, text=True,
+                            env=sh.env, timeout=60)
+    assert failed.returncode == 3 and "command terminated with exit code 3" in failed.stderr
+    echoed = subprocess.run(shlex.split("kubectl exec -i deploy/curl -- cat"), input="from stdin\n", capture_output=True,
+                            text=True, env=sh.env, timeout=60)
+    assert echoed.stdout == "from stdin\n"
+    assert sh("kubectl exec deploy/curl -- id -u").strip() == "65532"  # the container's user
+
+    listeners = sh("istioctl proxy-config listener deploy/waypoint --waypoint")
+    assert re.search(r"envoy://main_internal\s+inbound-vip\|9080\|http\|reviews\.default\.svc\.cluster\.local", listeners)
+    routes = sh("istioctl proxy-config routes deploy/waypoint")
+    assert re.search(r"inbound-vip\|9080\|http\|reviews\.default\.svc\.cluster\.local\s+.*reviews\.default", routes)
+    assert "HEALTHY" in sh("istioctl proxy-config endpoints deploy/waypoint")
+
+    forward = subprocess.Popen(shlex.split("kubectl port-forward deploy/productpage-v1 0:9080"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=sh.env)
+    try:
+        line = forward.stdout.readline()  # Forwarding from 127.0.0.1:PORT -> 9080
+        port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
+        for _ in range(3):  # a connection each, one session
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/productpage", timeout=10) as answer:
+                assert answer.status == 200 and b"Simple Bookstore App" in answer.read()
+    finally:
+        forward.terminate()
+        forward.wait(10)
 
 
 def test_kubectl_logs_and_a_deleted_pod_replaced_through_its_replicaset(mesh):

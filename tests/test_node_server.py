@@ -111,8 +111,10 @@ def test_who_may_ask(kubelet):
     ("GET", "/containerLogs/default/ratings-1/ratings?tailLines=x", 400, b"tailLines"),
     ("GET", "/containerLogs/default/ratings-1/ratings?previous=true", 400, b"previous terminated container"),
     ("GET", "/stats/summary", 404, b"/containerLogs/"),
-    ("POST", "/exec/default/ratings-1/ratings?command=ls", 501, b"exec is not served"),
-    ("POST", "/portForward/default/ratings-1", 501, b"portForward is not served"),
+    ("POST", "/exec/default/ratings-1/ratings?command=ls", 400, b"Upgrade request required (SPDY/3.1)"),
+    ("POST", "/portForward/default/ratings-1", 400, b"Upgrade request required (SPDY/3.1)"),
+    ("POST", "/attach/default/ratings-1/ratings", 501, b"attach is not served"),
+    ("POST", "/exec/default/ratings-1/ratings", 400, b"at least one command"),
 ])
 def test_refusals(kubelet, method, path, status, text):
     request, *_ = kubelet

@@ -98,7 +98,8 @@ def node(kubeconfig: str | None, kube_context: str | None, name: str, node_ip: s
     agent = NodeAgent(client, name, node_ip, root, xds_address=xds_address, xds_root_cert=xds_root_cert,
                       network_dir=network_dir, nodes=nodes)
     tls = build_tls_context(tls_cert_file, tls_private_key_file, client_ca_file)  # type: ignore[arg-type]
-    server = serve((node_ip, port), tls, agent.find_log, Authorizer(client, name), agent.stop_event)
+    server = serve((node_ip, port), tls, agent.find_log, Authorizer(client, name), agent.stop_event,
+                   agent.find_target)
     agent.port = server.server_address[1]
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop())

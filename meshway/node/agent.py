@@ -43,11 +43,12 @@ from ..kube.reflector import Reflector, Watched, key_of
 from ..runtime.envoy import find_envoy
 from ..runtime.capture import apply_capture_rules, apply_service_nat
 from ..runtime.netns import ClusterNet, NetnsError
-from ..runtime.runas import RunAsError, find_run_as, make_dirs
+from ..runtime.runas import RunAsError, build_setpriv_prefix, find_run_as, make_dirs
 from ..runtime.workload import PodProcesses
 from . import nodeproxy as Z
 from . import plan as P
 from .relay import XdsRelay
+from .streaming import StreamTarget
 from .identity import PodCertificate, issue_pod_certificate, write_readable
 from .waypoint import (build_envoy_container, build_waypoint_bootstrap, find_ca_address, find_service_account,
                        find_waypoint_containers)
@@ -557,6 +558,31 @@ class NodeAgent:
         if running is None or container not in names:
             return None
         return self.log_dir / f"{namespace}.{pod}" / f"{container}.log", not running.stopping
+
+    def find_target(self, namespace: str, pod: str, container: str) -> StreamTarget | None:
+        """Where `kubectl exec` / `port-forward` run for a pod this node runs: its network namespace
+        (the node's for a host-network pod) and, for exec, the container's user (None: not here)."""
+        with self.lock:
+            running = self.pods.get((namespace, pod))
+            body = self.bound.get((namespace, pod))
+        if running is None or running.stopping or body is None:
+            return None
+        host = Z.detect_host_network(body)
+        prefix = ("ip", "netns", "exec", self.net.node_netns(self.index) if host else self.net.pod_netns(namespace, pod))
+        if not container:
+            return StreamTarget(prefix)
+        spec = next((c for c in (body.get("spec") or {}).get("containers") or [] if c.get("name") == container), None)
+        if spec is None:
+            return None
+        try:
+            run_as = find_run_as(spec, body)
+        except RunAsError:
+            return None
+        home = self.net.pod_home(namespace, pod) / str(run_as.uid)
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOSTNAME": pod,
+               "HOME": str(home) if home.is_dir() else "/",
+               **{e["name"]: str(e["value"]) for e in spec.get("env") or [] if "value" in e}}
+        return StreamTarget(prefix, tuple(build_setpriv_prefix(run_as)), env)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:

@@ -1,12 +1,12 @@
-"""The kubelet API of `meshway node`, as far as this increment goes: `GET /containerLogs/<ns>/<pod>/<container>`
-(`kubectl logs` reaches it through the API server: `https://<node InternalIP>:<kubeletEndpoint port>`),
-with `follow`, `tailLines` and `limitBytes`; and `/healthz`.
+"""The kubelet API of `meshway node`: `GET /containerLogs/<ns>/<pod>/<container>` (`kubectl logs`
+reaches it through the API server: `https://<node InternalIP>:<kubeletEndpoint port>`), with
+`follow`, `tailLines` and `limitBytes`; `/exec/…` and `/portForward/…` upgraded to SPDY/3.1
+(`kubectl exec`, `kubectl port-forward`: `meshway.node.streaming`); and `/healthz`.
 
 HTTPS only. A client must present a certificate of the cluster CA (`--client-ca-file`; the API
 server presents its `--kubelet-client-certificate`), and is then authorized as the kubelet's
 webhook mode does it: a SubjectAccessReview for `get nodes/proxy` on this node, with the
-certificate's CN as the user and its O as the groups. `exec`, `attach` and `portForward` are not
-served (501): they need the streaming protocols (SPDY / WebSocket), a later step."""
+certificate's CN as the user and its O as the groups. `attach` and `run` are not served (501)."""
 from __future__ import annotations
 
 import http.server
@@ -21,6 +21,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..kube.client import ApiError, KubeClient
 from .plan import LogRequestError, plan_log_request, select_log
+from .streaming import (EXEC_PROTOCOLS, PORT_FORWARD_PROTOCOL, FindTarget, StreamRequestError, StreamSession,
+                        choose_protocol, plan_stream_request)
 
 log = logging.getLogger("meshway.node.server")
 FindLog = Callable[[str, str, str], "tuple[Path, bool] | None"]
@@ -79,9 +81,10 @@ class KubeletServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], tls: ssl.SSLContext, find_log: FindLog, authorizer: Authorizer,
-                 stopping: threading.Event) -> None:
+                 stopping: threading.Event, find_target: FindTarget | None = None) -> None:
         super().__init__(address, Handler)
         self.tls, self.find_log, self.authorizer, self.stopping = tls, find_log, authorizer, stopping
+        self.find_target = find_target
 
     def get_request(self):
         sock, addr = super().get_request()
@@ -112,10 +115,38 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_POST(self) -> None:  # noqa: N802: exec, attach, portForward (the API server upgrades these)
-        if self.check("create"):
-            self.reply(501 if urlsplit(self.path).path.startswith(STREAMING) else 405,
-                       f"{urlsplit(self.path).path.split('/')[1]} is not served by meshway's node agent yet "
-                       "(the kubelet streaming API: exec, attach and port-forward are a later step)")
+        if not self.check("create"):
+            return
+        if urlsplit(self.path).path.startswith(STREAMING):
+            return self.stream()
+        self.reply(405, f"{self.command} is not allowed on {urlsplit(self.path).path}")
+
+    def stream(self) -> None:
+        """exec / portForward: check the request and the upgrade, answer 101, serve the SPDY session."""
+        url = urlsplit(self.path)
+        try:
+            req = plan_stream_request(url.path, parse_qs(url.query))
+        except StreamRequestError as exc:
+            return self.reply(exc.status, str(exc))
+        if (self.headers.get("Upgrade") or "").lower() != "spdy/3.1":
+            return self.reply(400, "Upgrade request required (SPDY/3.1)")
+        supported = EXEC_PROTOCOLS if req.kind == "exec" else (PORT_FORWARD_PROTOCOL,)
+        protocol = choose_protocol(self.headers.get_all("X-Stream-Protocol-Version") or [], supported)
+        if protocol is None:
+            return self.reply(403, f"subprotocol negotiation failed: the client offers none of {', '.join(supported)}")
+        target = self.server.find_target(req.namespace, req.pod, req.container) if self.server.find_target else None
+        if target is None:
+            what = f'container "{req.container}" in pod' if req.container else "pod"
+            return self.reply(404, f'{what} "{req.pod}" (namespace {req.namespace}) is not running on this node')
+        self.send_response(101, "Switching Protocols")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Upgrade", "SPDY/3.1")
+        self.send_header("X-Stream-Protocol-Version", protocol)
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        self.connection.settimeout(None)
+        StreamSession(self.connection, req, target).run()
 
     def check(self, verb: str) -> bool:
         """Whether the client (its certificate's CN and O) may use this node's kubelet API."""
@@ -133,8 +164,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if not self.check("get"):
             return None
         if url.path.startswith(STREAMING):
-            return self.reply(501, f"{url.path.split('/')[1]} is not served by meshway's node agent yet "
-                                   "(the kubelet streaming API: exec, attach and port-forward are a later step)")
+            return self.stream()
         try:
             req = plan_log_request(url.path, parse_qs(url.query))
         except LogRequestError as exc:
@@ -200,8 +230,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 def serve(address: tuple[str, int], tls: ssl.SSLContext, find_log: FindLog, authorizer: Authorizer,
-          stopping: threading.Event) -> KubeletServer:
+          stopping: threading.Event, find_target: FindTarget | None = None) -> KubeletServer:
     """Bind and serve on a daemon thread; `.server_address[1]` is the bound port (0: any free one)."""
-    server = KubeletServer(address, tls, find_log, authorizer, stopping)
+    server = KubeletServer(address, tls, find_log, authorizer, stopping, find_target)
     threading.Thread(target=server.serve_forever, name="kubelet API", daemon=True).start()
     return server
