@@ -328,3 +328,27 @@ def test_the_relay_copies_bytes_to_the_control_plane(tmp_path):
         relay.stop()
         upstream.close()
     assert not (tmp_path / "xds.sock").exists()
+
+
+def test_a_node_proxys_certificate_is_bound_to_the_node_of_its_pod_bound_token(tmp_path):
+    """The ztunnel service account's certificate names the node the token's pod runs on (Kubernetes
+    puts it in the TokenReview's user extra); the xDS port then lets it claim that node only
+    (tests/test_xds_mtls.py). A ztunnel token without a node gets nothing."""
+    from meshway.ca.certs import find_cert_node
+
+    ca = CertificateAuthority(tmp_path / "ca", trust_domain=TD)
+    key = build_key()
+    ztunnel = f"spiffe://{TD}/ns/istio-system/sa/ztunnel"
+    bound = review("system:serviceaccount:istio-system:ztunnel")
+    bound["user"]["extra"] = {"authentication.kubernetes.io/node-name": ["node-2"],
+                              "authentication.kubernetes.io/pod-name": ["ztunnel-x7k2p"]}
+    decision = decide_certificate_request(bound, build_csr(key, ztunnel), 0, DAY, TD)
+    assert (decision.allowed, decision.identity, decision.node) == (True, ztunnel, "node-2")
+    leaf = ca.sign(decision.public_key, decision.identity, decision.lifetime, decision.node)[0]
+    assert find_cert_node(leaf) == "node-2"
+    unbound = decide_certificate_request(review("system:serviceaccount:istio-system:ztunnel"),
+                                         build_csr(key, ztunnel), 0, DAY, TD)
+    assert (unbound.allowed, unbound.code) == (False, "PERMISSION_DENIED") and "bound to its node" in unbound.reason
+    waypoint = decide_certificate_request(review(), build_csr(key, WAYPOINT), 0, DAY, TD)
+    assert waypoint.allowed and waypoint.node is None  # only node proxies are bound to a node
+    assert find_cert_node(ca.sign(waypoint.public_key, waypoint.identity, waypoint.lifetime)[0]) is None

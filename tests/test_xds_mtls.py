@@ -257,7 +257,9 @@ def test_the_waypoints_certificate_gets_its_own_secrets_and_another_service_acco
         (cp.ca.issue("default", "bookinfo-reviews"), waypoint, everything),
         (cp.ca.issue("other", sa), waypoint, everything),
         (own, ztunnel_id(1), everything),  # the waypoint's identity for a node proxy's id
-        (cp.ca.issue("istio-system", "ztunnel"), ztunnel_id(1), everything),
+        (cp.ca.issue("istio-system", "ztunnel", node="node-1"), ztunnel_id(1), everything),
+        (cp.ca.issue("istio-system", "ztunnel", node="node-2"), ztunnel_id(1), everything),  # another node's
+        (cp.ca.issue("istio-system", "ztunnel"), ztunnel_id(1), everything),  # bound to no node
     ])
     assert results[0] == (None, "", {"default", "ROOTCA"})
     for status, message, got in results[1:4]:
@@ -266,7 +268,10 @@ def test_the_waypoints_certificate_gets_its_own_secrets_and_another_service_acco
     assert f"needs spiffe://cluster.local/ns/default/sa/{sa}" in results[1][1]
     assert "needs spiffe://cluster.local/ns/istio-system/sa/ztunnel" in results[3][1]
     assert results[4] == (None, "", NODE1_IDENTITIES | {"ROOTCA"})
-    assert cp.server.denied == {waypoint: 2, ztunnel_id(1): 1}
+    for (status, message, got), bound in zip(results[5:], ("node 'node-2'", "no node")):
+        assert (status, got) == (grpc.StatusCode.PERMISSION_DENIED, set())
+        assert f"is node 'node-1'\'s node proxy, but the certificate is bound to {bound}" in message
+    assert cp.server.denied == {waypoint: 2, ztunnel_id(1): 3}
 
 
 def test_a_foreign_ca_fails_the_handshake_and_no_client_certificate_gets_no_ads(cp, tmp_path):
@@ -323,7 +328,7 @@ def test_the_running_control_plane_serves_tcp_only_when_asked(tmp_path):
 
     def ask() -> tuple:
         address = (cp.run_dir / "xds-address").read_text().strip()
-        ztunnel = cp.ca.issue("istio-system", "ztunnel")
+        ztunnel = cp.ca.issue("istio-system", "ztunnel", node="node-1")
         return address, asyncio.run(ask_over_tls(address, cp.ca.root_pem(), ztunnel, ztunnel_id(1), ["ROOTCA"]))
 
     address, (status, message, _) = run(cp, ask)

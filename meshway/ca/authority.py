@@ -57,31 +57,33 @@ class CertificateAuthority:
     def root_pem(self) -> str:
         return self._root_pem
 
-    def issue(self, namespace: str, service_account: str) -> WorkloadCert:
-        """The identity's current certificate; a fresh one once half of the cached one's life is gone."""
-        return self.issue_serving(namespace, service_account)
+    def issue(self, namespace: str, service_account: str, node: str | None = None) -> WorkloadCert:
+        """The identity's current certificate; a fresh one once half of the cached one's life is gone.
+        `node`: a node proxy's, bound to its node (`sign_workload_key`)."""
+        return self.issue_serving(namespace, service_account, node=node)
 
     def issue_serving(self, namespace: str, service_account: str, dns_names: Sequence[str] = (),
-                      ip_addresses: Sequence[str] = ()) -> WorkloadCert:
+                      ip_addresses: Sequence[str] = (), node: str | None = None) -> WorkloadCert:
         """`issue` for a server that is also reached by name or address (the control plane's xDS port):
         the same SPIFFE identity plus DNS and IP SANs; cached and renewed at half life like `issue`."""
         identity = spiffe_id(namespace, service_account, self.trust_domain)
-        key = (identity, tuple(dns_names), tuple(ip_addresses))
+        key = (identity, tuple(dns_names), tuple(ip_addresses), node)
         now = self._clock()
         with self._lock:
             cached = self._issued.get(key)
             if cached and not detect_needs_renewal(cached[1], now):
                 return cached[0]
             issued = build_workload(self._root_cert, self._root_key, identity, now, self.workload_lifetime,
-                                    dns_names=dns_names, ip_addresses=ip_addresses)
+                                    dns_names=dns_names, ip_addresses=ip_addresses, node=node)
             self._issued[key] = issued
             return issued[0]
 
-    def sign(self, public_key: PublicKey, spiffe_id: str, lifetime: timedelta) -> list[str]:
+    def sign(self, public_key: PublicKey, spiffe_id: str, lifetime: timedelta, node: str | None = None) -> list[str]:
         """A leaf for someone else's key (Istio's CA API: the caller keeps its private key), as the
         chain istiod answers: [leaf, root] in PEM. Who may have which identity is decided before
         (`meshway.ca.csr.decide_certificate_request`)."""
-        leaf = sign_workload_key(self._root_cert, self._root_key, public_key, spiffe_id, self._clock(), lifetime)
+        leaf = sign_workload_key(self._root_cert, self._root_key, public_key, spiffe_id, self._clock(), lifetime,
+                                 node=node)
         return [cert_to_pem(leaf), self._root_pem]
 
     # -- disk ------------------------------------------------------------------------------------

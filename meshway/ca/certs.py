@@ -71,27 +71,33 @@ def build_root(now: datetime, trust_domain: str = DEFAULT_TRUST_DOMAIN,
     return cert, key
 
 
+NODE_PREFIX = "node:"  # the subject OU of a node proxy's certificate: the node it is bound to
+
+
 def build_workload_cert(root_cert: x509.Certificate, root_key: PrivateKey, spiffe_id: str, now: datetime,
                         lifetime: timedelta = WORKLOAD_LIFETIME, key: PrivateKey | None = None,
                         dns_names: Sequence[str] = (),
-                        ip_addresses: Sequence[str] = ()) -> tuple[x509.Certificate, PrivateKey]:
+                        ip_addresses: Sequence[str] = (), node: str | None = None) -> tuple[x509.Certificate, PrivateKey]:
     """An EC P-256 leaf for `spiffe_id`, signed by the root, usable as TLS server and client; a serving
     certificate (the control plane's) also names its DNS names and IP addresses."""
     key = key or build_key()
     return sign_workload_key(root_cert, root_key, key.public_key(), spiffe_id, now, lifetime, dns_names,
-                             ip_addresses), key
+                             ip_addresses, node), key
 
 
 def sign_workload_key(root_cert: x509.Certificate, root_key: PrivateKey, public_key: PublicKey, spiffe_id: str,
                       now: datetime, lifetime: timedelta = WORKLOAD_LIFETIME, dns_names: Sequence[str] = (),
-                      ip_addresses: Sequence[str] = ()) -> x509.Certificate:
-    """The leaf for a public key the CA never sees the private half of (a CSR's: Istio's CA API)."""
+                      ip_addresses: Sequence[str] = (), node: str | None = None) -> x509.Certificate:
+    """The leaf for a public key the CA never sees the private half of (a CSR's: Istio's CA API). A
+    node proxy's leaf names its node in the subject (`OU=node:<node>`), which the xDS port checks
+    against the node id it claims (`find_cert_node`); the SPIFFE ID stays the one URI SAN."""
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, NODE_PREFIX + node)] if node else [])
     sans = [x509.UniformResourceIdentifier(spiffe_id), *(x509.DNSName(name) for name in dns_names),
             *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses)]
     root_ski = root_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     return (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
+        .subject_name(subject)
         .issuer_name(root_cert.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
@@ -150,10 +156,10 @@ def key_from_pem(pem: str | bytes) -> PrivateKey:
 
 def build_workload(root_cert: x509.Certificate, root_key: PrivateKey, spiffe_id: str, now: datetime,
                    lifetime: timedelta = WORKLOAD_LIFETIME, dns_names: Sequence[str] = (),
-                   ip_addresses: Sequence[str] = ()) -> tuple[WorkloadCert, x509.Certificate]:
+                   ip_addresses: Sequence[str] = (), node: str | None = None) -> tuple[WorkloadCert, x509.Certificate]:
     """`build_workload_cert` rendered as a `WorkloadCert`; the parsed certificate comes along."""
     cert, key = build_workload_cert(root_cert, root_key, spiffe_id, now, lifetime, dns_names=dns_names,
-                                    ip_addresses=ip_addresses)
+                                    ip_addresses=ip_addresses, node=node)
     return WorkloadCert(spiffe_id, cert_to_pem(cert), key_to_pem(key), cert.not_valid_after_utc), cert
 
 
@@ -162,3 +168,16 @@ def _key_usage(*, digital_signature: bool = False, key_agreement: bool = False, 
     return x509.KeyUsage(digital_signature=digital_signature, content_commitment=False, key_encipherment=False,
                          data_encipherment=False, key_agreement=key_agreement, key_cert_sign=key_cert_sign,
                          crl_sign=crl_sign, encipher_only=False, decipher_only=False)
+
+
+def find_cert_node(cert_pem: str | bytes) -> str | None:
+    """The node a node proxy's certificate is bound to (its subject's `OU=node:<node>`), or None."""
+    try:
+        cert = cert_from_pem(cert_pem if isinstance(cert_pem, bytes) else cert_pem.encode("ascii"))
+    except ValueError:
+        return None
+    for attribute in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME):
+        value = str(attribute.value)
+        if value.startswith(NODE_PREFIX):
+            return value[len(NODE_PREFIX):]
+    return None

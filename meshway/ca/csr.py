@@ -46,6 +46,17 @@ class CertificateDecision:
     identity: str | None = None  # the SPIFFE ID to sign (the token's service account)
     lifetime: timedelta | None = None
     public_key: PublicKey | None = None
+    node: str | None = None  # a node proxy's: the node its token is bound to (its certificate names it)
+
+
+NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"  # a pod-bound token's node, in a TokenReview
+NODE_PROXY = ("istio-system", "ztunnel")  # the node proxies' service account
+
+
+def find_token_node(review: Body | None) -> str | None:
+    """The node a pod-bound token's pod runs on (Kubernetes adds it to the TokenReview's user extra)."""
+    values = (((review or {}).get("user") or {}).get("extra") or {}).get(NODE_NAME_EXTRA) or []
+    return str(values[0]) if values else None
 
 
 def find_token_identity(review: Body | None, trust_domain: str, audience: str = CA_AUDIENCE) -> tuple[str | None, str]:
@@ -141,7 +152,13 @@ def decide_certificate_request(review: Body | None, csr_pem: str, validity_secon
     lifetime, why = decide_lifetime(validity_seconds, default_ttl, maximum)
     if lifetime is None:
         return CertificateDecision(False, "INVALID_ARGUMENT", why, identity)
-    return CertificateDecision(True, "OK", "", identity, lifetime, csr.public_key())  # type: ignore[arg-type]
+    node = None
+    if identity == spiffe_id(*NODE_PROXY, trust_domain):  # bound to its node, as istiod binds a ztunnel
+        node = find_token_node(review)
+        if node is None:
+            return CertificateDecision(False, "PERMISSION_DENIED", "a node proxy's certificate is bound to its node: "
+                                       "present a token bound to the node proxy's pod (it names the node)", identity)
+    return CertificateDecision(True, "OK", "", identity, lifetime, csr.public_key(), node)  # type: ignore[arg-type]
 
 
 # -- the caller's side (the node agent, as istio-agent) -------------------------------------------

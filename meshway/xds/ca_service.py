@@ -53,6 +53,8 @@ class CertificateService:
         if not decision.allowed:
             log.warning("CreateCertificate from %s refused (%s): %s", context.peer(), decision.code, decision.reason)
             await context.abort(getattr(grpc.StatusCode, decision.code), decision.reason)
-        chain = self.ca.sign(decision.public_key, decision.identity, decision.lifetime)  # type: ignore[arg-type]
-        log.info("CreateCertificate: signed %s for %s", decision.identity, decision.lifetime)
+        chain = self.ca.sign(decision.public_key, decision.identity, decision.lifetime,  # type: ignore[arg-type]
+                             decision.node)
+        log.info("CreateCertificate: signed %s for %s%s", decision.identity, decision.lifetime,
+                 f" bound to {decision.node}" if decision.node else "")
         return IstioCertificateResponse(cert_chain=chain)

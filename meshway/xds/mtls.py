@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..ca import CertificateAuthority, WorkloadCert
+from ..ca.certs import find_cert_node
 from ..ca.serving import find_peer_spiffe_ids, issue_control_plane_cert
 from .istiod import XDS_TLS_PORT
-from .peer import PeerDecision, ServiceAccountOf, decide_peer, find_expected_identity
+from .peer import NODE_PROXY_KIND, PeerDecision, ServiceAccountOf, decide_peer, find_expected_identity
+from .proxy import parse_node_id
 
 
 @dataclass(frozen=True)
@@ -70,4 +72,20 @@ def decide_stream_peer(node_id: str, cert_pem: str | bytes | None, listener: Mtl
         needs = f": node id {node_id[:200]!r} needs {expected}" if expected else ""
         return PeerDecision(False, expected, (), f"no client certificate{needs} (ADS on this port takes mTLS only; "
                                                  "the CA API does not need one)")
-    return decide_peer(node_id, find_peer_spiffe_ids(cert_pem), listener.service_account_of, listener.trust_domain)
+    decision = decide_peer(node_id, find_peer_spiffe_ids(cert_pem), listener.service_account_of, listener.trust_domain)
+    return decide_node_binding(node_id, cert_pem, decision)
+
+
+def decide_node_binding(node_id: str, cert_pem: str | bytes, decision: PeerDecision) -> PeerDecision:
+    """A node proxy over TCP may claim only the node its certificate is bound to (the CA binds a
+    node proxy's certificate to the node of the pod whose token it was given: `meshway.ca.csr`), so
+    a node proxy cannot be served another node's pod identities."""
+    parts = parse_node_id(node_id)
+    if not decision.allowed or parts is None or parts.kind != NODE_PROXY_KIND:
+        return decision
+    wanted, bound = parts.pod.removeprefix(f"{NODE_PROXY_KIND}-"), find_cert_node(cert_pem)
+    if bound == wanted:
+        return decision
+    return replace(decision, allowed=False, reason=(
+        f"node id {node_id[:200]!r} is node {wanted[:63]!r}'s node proxy, but the certificate is bound to "
+        + (f"node {bound[:63]!r}" if bound else "no node") + ": a node proxy may claim only its own node"))
