@@ -25,3 +25,6 @@ DEFAULT_WAYPOINT_NAME = "waypoint"
 ROOT_NAMESPACE = "istio-system"
 CLUSTER_DOMAIN = "cluster.local"
 REPLICAS = "meshway.io/replicas"  # waypoint replica count on the Gateway (istiod leaves this to an HPA)
+# meshway's own (beyond Istio): `required` on a Service/ServiceEntry or Namespace makes node proxies
+# refuse every path around the destination's waypoint (meshway.mesh.traversal); `optional` is Istio's.
+WAYPOINT_TRAVERSAL = "meshway.io/waypoint-traversal"

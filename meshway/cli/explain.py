@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..mesh.explain import find_decision, find_peer_mtls
+from ..mesh.explain import TraversalReport, find_decision, find_peer_mtls, find_traversal
 from ..mesh.peer_authentication import MtlsDecision, describe
 from ..mesh.selection import Decision
 from ..mesh.view import SNAPSHOT_KINDS, MeshView
@@ -27,10 +27,48 @@ def peer_mtls_json(peer: list[tuple[str, MtlsDecision]]) -> list[dict]:
              "ztunnel_policy": m.policy, "policies": [f"{a.level} {a.key}" for a in m.applied]} for pod, m in peer]
 
 
+def _pods_by_guard(report: TraversalReport) -> list[tuple[tuple, list[str]]]:
+    groups: dict[tuple, list[str]] = {}
+    for pod, g in report.guards:
+        groups.setdefault((g.port, g.waypoints), []).append(pod)
+    return sorted(groups.items())
+
+
+def write_traversal(report: TraversalReport | None) -> list[str]:
+    """`Traversal:` and what node proxies refuse (or, optional, what bypasses the waypoint as in Istio)."""
+    if report is None:
+        return []
+    t = report.traversal
+    if t is None:  # a pod behind a required service
+        lines = ["Traversal:    required (by its services)"]
+    else:
+        lines = [f"Traversal:    {t.mode} ({t.source})"]
+        if t.note:
+            lines.append(f"  note:       {t.note}")
+        if not t.enforced:
+            if report.bound:
+                lines.append("  bypasses:   as in Istio, the waypoint is skipped by clients addressing a pod IP, "
+                             "clients outside the mesh, connections opened before the binding, and all traffic "
+                             "while the waypoint is missing or not ready")
+            return lines
+        if t.refused:
+            lines.append(f"  refused:    every connection to the service from the mesh: {t.why} ({t.refused})")
+    for (port, waypoints), pods in _pods_by_guard(report):
+        admitted = f"except from waypoint {', '.join(waypoints)}" if waypoints else "from every identity"
+        lines.append(f"  refused:    HBONE to {', '.join(pods)} port {port} {admitted} (clients addressing the pod IP)")
+        lines.append(f"  refused:    plaintext to {', '.join(pods)} port {port} (clients outside the mesh)")
+    if report.guards:
+        lines.append("  closed:     connections opened before the binding, at the end of the node proxies' drain time")
+    if report.unguarded:
+        lines.append(f"  unguarded:  {', '.join(report.unguarded)} (not in the mesh: no node proxy enforces it there)")
+    return lines
+
+
 def write_decision(decision: Decision, live: bool = True, hint: str = START_HINT,
-                   peer: list[tuple[str, MtlsDecision]] = ()) -> str:
+                   peer: list[tuple[str, MtlsDecision]] = (), traversal: TraversalReport | None = None) -> str:
     """`live`: the control plane runs; else a recorded "ready" is shown as unknown (see `liveness`);
-    `hint`: how to start it; `peer`: the PeerAuthentication of the mesh pods behind it."""
+    `hint`: how to start it; `peer`: the PeerAuthentication of the mesh pods behind it; `traversal`:
+    its guaranteed-traversal mode and what node proxies refuse for it."""
     d = decision.destination
     what = f"{d.kind.lower()}/{d.name}"
     waypoint = decision.waypoint or "<none>"
@@ -44,6 +82,7 @@ def write_decision(decision: Decision, live: bool = True, hint: str = START_HINT
              f"Waypoint:     {waypoint}",
              f"Reason:       {decision.reason}",
              *write_peer_mtls(list(peer)),
+             *write_traversal(traversal),
              "Rules:"]
     stale = bool(decision.waypoint and decision.ready and not live)
     rules = [rule.removesuffix(" is ready") + " was ready when last recorded" if stale and rule.endswith(" is ready")
@@ -56,11 +95,14 @@ def write_decision(decision: Decision, live: bool = True, hint: str = START_HINT
     return "\n".join(lines) + "\n"
 
 
-def decision_json(decision: Decision, live: bool = True, peer: list[tuple[str, MtlsDecision]] = ()) -> dict:
+def decision_json(decision: Decision, live: bool = True, peer: list[tuple[str, MtlsDecision]] = (),
+                  traversal: TraversalReport | None = None) -> dict:
     """`ready` is null (unknown) when only a stopped control plane recorded it as ready."""
     out = decision.to_json()
     if peer:
         out["peer_mtls"] = peer_mtls_json(list(peer))
+    if traversal:
+        out["traversal"] = traversal.to_json()
     if decision.waypoint and decision.ready and not live:
         out["ready"] = None
     out["control_plane"] = "running" if live else "not running"
@@ -72,7 +114,8 @@ def decision_json(decision: Decision, live: bool = True, peer: list[tuple[str, M
 @namespace_option
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="The decision as text, or as JSON (keys destination, addressed_as, waypoint, ready, reason, "
-                   "rules, explanation, control_plane; peer_mtls when a PeerAuthentication applies); with "
+                   "rules, explanation, control_plane; peer_mtls when a PeerAuthentication applies; traversal when "
+                   "the destination asks for a waypoint or meshway.io/waypoint-traversal applies); with "
                    "--request the simulation's steps (keys request, caller, resolution, node_proxy, waypoint, "
                    "outcome).")
 @click.option("--request", "request_text", metavar="'[METHOD] http://HOST[:PORT]/PATH [-H NAME: VALUE]...'",
@@ -95,9 +138,10 @@ def explain(c: Ctx, target: str | None, namespace: str | None, output: str, requ
     view = MeshView.build(snapshot)
     decision = find_decision(view, target, namespace or "default")
     peer = find_peer_mtls(view, decision)
+    traversal = find_traversal(view, decision)
     live = detect_running(c.store)
-    click.echo(P.to_json(decision_json(decision, live, peer)) if output == "json"
-               else write_decision(decision, live, start_hint(c.store), peer), nl=False)
+    click.echo(P.to_json(decision_json(decision, live, peer, traversal)) if output == "json"
+               else write_decision(decision, live, start_hint(c.store), peer, traversal), nl=False)
 
 
 def _explain_request(c: Ctx, target: str | None, namespace: str, output: str, request_text: str | None,

@@ -111,6 +111,10 @@ def write_node_proxy(doc: Body) -> list[str]:
         if decision and decision.get("waypoint"):
             lines.append(f"   (the destination's waypoint binding, {decision['reason']} to {decision['waypoint']}, "
                          "applies to captured callers only)")
+    elif path == "refused":
+        lines.append(f"   why: {n['reason']}")
+        if decision:
+            lines += [f"     {i}. {rule}" for i, rule in enumerate(decision["rules"], 1)]
     elif decision:
         lines.append(f"   why: {decision['reason']}: {decision['explanation']}")
         lines += [f"     {i}. {rule}" for i, rule in enumerate(decision["rules"], 1)]

@@ -83,6 +83,7 @@ class WaypointInfo:
     # not unbind anything, so traffic waits or fails at the waypoint instead of bypassing its policy.
     bound: bool = False
     valid: bool = True  # it has the one listener a waypoint needs (15008/HBONE)
+    service_account: str = ""  # its pods' service account (the SA override annotation, else service_name)
 
     @property
     def key(self) -> str:
@@ -180,7 +181,8 @@ def build_waypoint(gateway: Body, classes: Mapping[str, Body], ready: bool) -> W
     bound = valid and (ready or bool((gateway.get("status") or {}).get("addresses")))
     return WaypointInfo(meta["namespace"], meta["name"], _frozen(labels), spec["gatewayClassName"], traffic, source,
                         namespaces.get("from", "Same"), namespaces.get("selector"),
-                        annotations.get(L.NAME_OVERRIDE, meta["name"]), ready, meta.get("uid", ""), bound, valid)
+                        annotations.get(L.NAME_OVERRIDE, meta["name"]), ready, meta.get("uid", ""), bound, valid,
+                        annotations.get(L.SERVICE_ACCOUNT_OVERRIDE, annotations.get(L.NAME_OVERRIDE, meta["name"])))
 
 
 def detect_deployment_ready(deployment: Body | None) -> bool:

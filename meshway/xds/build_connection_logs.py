@@ -29,14 +29,18 @@ def _log(fields: Body) -> Body:
     return build_stdout_log({"json_format": {**_COMMON, **fields}, "omit_empty_values": True})
 
 
-def build_outbound_log(identity: str, service: str | None = None, waypoint: str | None = None) -> Body:
+def build_outbound_log(identity: str, service: str | None = None, waypoint: str | None = None,
+                       reason: str | None = None) -> Body:
     """A captured connection leaving a pod of `identity`, to a service (or a pod) directly or
-    through a waypoint; `dst.hbone_addr` is the original destination carried in the tunnel."""
+    through a waypoint; `dst.hbone_addr` is the original destination carried in the tunnel;
+    `reason`: why the chain refuses every connection (guaranteed traversal)."""
     fields = {"direction": "outbound", "src.identity": identity, "dst.hbone_addr": "%DOWNSTREAM_LOCAL_ADDRESS%"}
     if service:
         fields["dst.service"] = service
     if waypoint:
         fields["dst.waypoint"] = waypoint
+    if reason:
+        fields["reason"] = reason
     return _log(fields)
 
 

@@ -24,6 +24,7 @@ from .. import labels as L
 from ..mesh.enrollment import detect_ambient
 from ..mesh.peer_authentication import MtlsDecision, decide_peer_authentication
 from ..mesh.selection import ACCEPTED, decide_service, decide_workload
+from ..mesh.traversal import Guard, Traversal, decide_traversal, find_traversal_guards
 from ..mesh.view import MeshView, PodInfo, ServiceInfo
 from . import protos as P
 from .build_authz import ZTUNNEL, ZTUNNEL_TCP, build_rbac_filters, find_workload_policies
@@ -32,6 +33,8 @@ from .build_clusters import HTTP_OPTIONS, _default_breakers, _internal_upstream
 from .build_listeners import BUFFER_LIMIT, HBONE_WINDOWS, HCM, _chain_action, _original_dst, build_tls_context
 from .build_node_inbound import INBOUND_CLUSTER
 from .build_peer_authn import build_peer_authn_filter
+from .build_traversal import REFUSED_CLUSTER, build_inbound_guard, build_outbound_refusal, build_plaintext_guard, \
+    build_refused_cluster
 from .protos import typed
 from .memo import Memo
 from .scope import find_service_pods, resolve_target_port
@@ -178,14 +181,14 @@ class _Outbound:
         return name
 
     def tcp_chain(self, name: str, cluster: str, log: Body, tags: dict[str, str], tunnel: bool = True,
-                  attempts: int = 1) -> str:
+                  attempts: int = 1, before: tuple[Body, ...] = ()) -> str:
         """A tcp_proxy chain whose stats carry Istio's labels (reporter=source, `stat_tags`)."""
         stat = build_stat_name(name, {"reporter": "source", "request_protocol": "tcp",
                                       "source_principal": build_principal(self.identity),
                                       "source_workload_namespace": self.identity.split("/ns/")[1].split("/")[0],
                                       **tags})
-        return self.chain(name, [_connection_counter(stat), _tcp(cluster, stat, tunnel=tunnel, log=log,
-                                                                  attempts=attempts)])
+        return self.chain(name, [_connection_counter(stat), *before, _tcp(cluster, stat, tunnel=tunnel, log=log,
+                                                                           attempts=attempts)])
 
     def service_chain(self, svc: ServiceInfo, port: int) -> str:
         # The direct cluster exists whether or not a waypoint is in use: removing a cluster would cut
@@ -194,6 +197,9 @@ class _Outbound:
         decision = decide_service(self.view, svc)
         tags = {"destination_service": svc.hostname, "destination_service_name": svc.name,
                 "destination_service_namespace": svc.namespace}
+        traversal = decide_traversal(self.view, svc, decision)
+        if traversal.enforced and traversal.refused:
+            return self.refused_chain(svc, port, traversal, tags)
         if decision.reason == ACCEPTED and decision.waypoint:
             cluster = self.waypoint_cluster_name(decision.waypoint)
             if cluster:
@@ -203,6 +209,15 @@ class _Outbound:
                                       attempts=WAYPOINT_CONNECT_ATTEMPTS)
         log = build_outbound_log(self.identity, svc.hostname)
         return self.tcp_chain(f"{self.h}|svc|{svc.namespace}/{svc.name}|{port}", direct, log, tags, tunnel=False)
+
+    def refused_chain(self, svc: ServiceInfo, port: int, traversal: Traversal, tags: dict[str, str]) -> str:
+        """Guaranteed traversal: the waypoint does not serve this required service, so no connection
+        to it goes anywhere (instead of direct), and the connection log says why."""
+        self.clusters[REFUSED_CLUSTER] = build_refused_cluster()
+        reason = f"waypoint traversal required: {traversal.why} ({traversal.refused})"
+        log = build_outbound_log(self.identity, svc.hostname, traversal.waypoint, reason=reason)
+        return self.tcp_chain(f"{self.h}|svc|{svc.namespace}/{svc.name}|{port}|refused", REFUSED_CLUSTER, log,
+                              tags, tunnel=False, before=(build_outbound_refusal(svc.namespace),))
 
     def direct_cluster(self, svc: ServiceInfo, port: int) -> str:
         """The service's pods: HBONE to mesh pods (through `connect_originate`), plain TCP to others."""
@@ -259,7 +274,9 @@ class _Outbound:
             # What a service's chains and direct clusters read: the service, the waypoint decision,
             # its ready pods and which of them are in the mesh.
             pods = tuple(find_service_pods(self.view, svc))
-            inputs = (svc, decide_service(self.view, svc), pods, tuple(p.ip in self.mesh_pods for p in pods))
+            decision = decide_service(self.view, svc)
+            inputs = (svc, decision, decide_traversal(self.view, svc, decision), pods,
+                      tuple(p.ip in self.mesh_pods for p in pods))
             ranges.append(self.unit(("svc", svc.kind, svc.namespace, svc.name), inputs,
                                     lambda: self.service_range(svc)))
         for ip, pod in sorted(self.mesh_pods.items()):
@@ -297,16 +314,19 @@ def build_inbound_chain(pod: PodInfo, identity: str, trust_domain: str, authz: l
             "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
 
 
-def build_pod_inbound(pod: PodInfo, trust_domain: str, applied: tuple, mtls: MtlsDecision = MtlsDecision()
-                      ) -> tuple[Body, Body, dict[str, Body]]:
-    """A local pod's inbound chains (HBONE, plaintext) and their two clusters, with its L4 policies
-    and (plaintext only) its PeerAuthentication."""
+def build_pod_inbound(pod: PodInfo, trust_domain: str, applied: tuple, mtls: MtlsDecision = MtlsDecision(),
+                      guards: tuple[Guard, ...] = ()) -> tuple[Body, Body, dict[str, Body]]:
+    """A local pod's inbound chains (HBONE, plaintext) and their two clusters, with its guaranteed
+    traversal guards (first: they name the refusal), its L4 policies and (plaintext only) its
+    PeerAuthentication."""
     identity = identity_of(pod, trust_domain)
     clusters = {c["name"]: c for c in (_inbound_cluster(pod, identity, plaintext) for plaintext in (False, True))}
-    inbound = build_inbound_chain(pod, identity, trust_domain, build_rbac_filters(list(applied), ZTUNNEL))
+    inbound = build_inbound_chain(pod, identity, trust_domain, [
+        *build_inbound_guard(guards, pod.namespace, trust_domain), *build_rbac_filters(list(applied), ZTUNNEL)])
     plain = {"name": f"plaintext|{pod.namespace}/{pod.name}",
              "filter_chain_match": {"prefix_ranges": [{"address_prefix": pod.ip, "prefix_len": 32}]},
-             "filters": [*build_peer_authn_filter(mtls), *build_rbac_filters(list(applied), ZTUNNEL_TCP, network=True),
+             "filters": [*build_plaintext_guard(guards, pod.namespace), *build_peer_authn_filter(mtls),
+                         *build_rbac_filters(list(applied), ZTUNNEL_TCP, network=True),
                          _tcp(f"plaintext|{pod.namespace}/{pod.name}", f"plaintext_{pod.ip}",
                               log=build_plaintext_log(pod))]}
     return inbound, plain, clusters
@@ -355,11 +375,13 @@ def build_ztunnel_config(view: MeshView, proxy: NodeProxy, memo: Memo | None = N
             "on_no_match": _chain_action(PASSTHROUGH)}}
     listeners["ztunnel_outbound"] = outbound_listener
     inbound_chains, plain_chains = [], []
+    all_guards = find_traversal_guards(view)
     for pod in local:
         applied = tuple(find_workload_policies(policies, pod.namespace, dict(pod.labels)))
         mtls = decide_peer_authentication(peer_authns, pod.namespace, pod.labels)
-        inbound, plain, pod_clusters = memo.get(("inbound", pod.namespace, pod.name), (pod, applied, mtls, td),
-                                                lambda: build_pod_inbound(pod, td, applied, mtls))
+        guards = all_guards.get((pod.namespace, pod.name), ())
+        inbound, plain, pod_clusters = memo.get(("inbound", pod.namespace, pod.name), (pod, applied, mtls, td, guards),
+                                                lambda: build_pod_inbound(pod, td, applied, mtls, guards))
         clusters.update(pod_clusters)
         inbound_chains.append(inbound)
         plain_chains.append(plain)

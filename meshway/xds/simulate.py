@@ -20,10 +20,12 @@ from .. import labels as L
 from ..mesh.enrollment import detect_ambient
 from ..mesh.request import Request
 from ..mesh.selection import decide_service, decide_workload
+from ..mesh.traversal import POLICY as TRAVERSAL_POLICY
 from ..mesh.view import MeshView, PodInfo, ServiceInfo, WaypointInfo
 from . import protos as P
 from .build_routes import build_match
 from .build_snapshot import build_waypoint_config, find_destination_rule, find_routes_for
+from .build_traversal import REFUSED_CLUSTER
 from .build_ztunnel import NodeProxy, build_ztunnel_config, identity_of
 from .envoy_match import Connection, HttpRequest, normalize_path
 from .proxy import Proxy, build_node_id
@@ -131,7 +133,11 @@ def find_outbound(view: MeshView, configs: _NodeConfigs, source: PodInfo, addres
         return {"chain": None, "path": "passthrough"}
     cluster = _tcp_cluster(chain)
     out: Body = {"chain": chain["name"], "cluster": cluster}
-    if cluster and cluster.startswith("waypoint|"):
+    if cluster == REFUSED_CLUSTER:  # guaranteed traversal: the chain's RBAC denies every connection
+        out["path"] = "refused"
+        out["reason"] = next((f["typed_config"]["access_log"][0]["typed_config"]["log_format"]["json_format"]["reason"]
+                              for f in chain["filters"] if f["name"] == "envoy.filters.network.tcp_proxy"), "refused")
+    elif cluster and cluster.startswith("waypoint|"):
         out["path"], out["waypoint"] = "waypoint", cluster.split("|", 2)[2]
     elif cluster == "passthrough":
         out["path"] = "passthrough"
@@ -291,6 +297,10 @@ def _simulate(view: MeshView, request: Request, source: PodInfo, now: float) -> 
     outbound = find_outbound(view, configs, source, address, port)
     node.update(outbound)
     node.pop("pods", None)
+    if outbound["path"] == "refused":
+        doc["outcome"] = {"result": "refused", "status": None, "by": "the caller's node proxy",
+                          "reason": f"{outbound['reason']}: the connection is closed, with no HTTP answer"}
+        return doc
     if outbound["path"] == "passthrough":
         node["reason"] = "not a mesh destination: the node proxy passes the connection through"
         doc["outcome"] = {"result": "passthrough", "status": None, "reason": "the request leaves the mesh "
@@ -315,8 +325,10 @@ def _direct(doc: Body, view: MeshView, configs: _NodeConfigs, svc: ServiceInfo |
         doc["outcome"] = {"result": "error", "status": None, "reason": "no ready pod behind the destination: "
                                                                        "the connection is refused"}
     elif all(c["verdict"] == "deny" for c in checks):
-        doc["outcome"] = {"result": "denied", "status": None, "by": "L4 AuthorizationPolicy at the destination's "
-                          "node proxy", "decided_by": checks[0]["decided_by"],
+        traversal = f"-policy[{TRAVERSAL_POLICY}]-" in (checks[0]["decided_by"] or {}).get("rbac_policy", "")
+        doc["outcome"] = {"result": "denied", "status": None, "by": "guaranteed waypoint traversal at the "
+                          "destination's node proxy (only its waypoints may connect)" if traversal else
+                          "L4 AuthorizationPolicy at the destination's node proxy", "decided_by": checks[0]["decided_by"],
                           "reason": "the destination's node proxy refuses the tunnel: the client's connection "
                                     "fails, with no HTTP answer",
                           "destinations": reached}

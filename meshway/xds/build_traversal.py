@@ -1,0 +1,77 @@
+"""Guaranteed waypoint traversal on node proxies (pure; the decisions are `meshway.mesh.traversal`).
+
+Each refusal is an RBAC DENY named as an AuthorizationPolicy rule,
+`ns[NS]-policy[waypoint-traversal-required]-rule[I]`, so the connection log's `error` says which
+rule refused (`rbac_access_denied_matched_policy[...]`) and `explain --request` evaluates it as it
+evaluates any other node proxy policy:
+
+- outbound (source side), a required service its waypoint does not serve: a network RBAC denying
+  every connection on the service's chain (whose tcp_proxy points at a cluster without endpoints);
+- inbound HBONE (destination side), a guarded pod: an HTTP RBAC denying a CONNECT to a guarded port
+  (the `:authority`'s port) unless the mTLS peer is one of the admitted waypoints;
+- inbound plaintext: a network RBAC denying every connection to a guarded port.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..mesh.traversal import POLICY, Guard
+from .protos import typed
+
+Body = dict[str, Any]
+STAT_PREFIX = "waypoint_traversal."
+REFUSED_CLUSTER = "waypoint_traversal_refused"  # no endpoints: what a refused chain's tcp_proxy names
+
+
+def _name(namespace: str, rule: int = 0) -> str:
+    return f"ns[{namespace}]-policy[{POLICY}]-rule[{rule}]"
+
+
+def _rbac(network: bool, policies: Body) -> Body:
+    kind = "network" if network else "http"
+    config: Body = {"rules": {"action": "DENY", "policies": policies}}
+    if network:
+        config["stat_prefix"] = STAT_PREFIX
+    return {"name": f"envoy.filters.{kind}.rbac", "typed_config": typed(f"envoy.extensions.filters.{kind}.rbac.v3.RBAC",
+                                                                         **config)}
+
+
+def build_refused_cluster() -> Body:
+    return {"name": REFUSED_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": REFUSED_CLUSTER, "endpoints": []}}
+
+
+def build_outbound_refusal(namespace: str) -> Body:
+    """The network RBAC of a refused service chain: every connection is denied."""
+    return _rbac(True, {_name(namespace): {"permissions": [{"any": True}], "principals": [{"any": True}]}})
+
+
+def _groups(guards: tuple[Guard, ...]) -> list[tuple[tuple[tuple[str, str], ...], list[int]]]:
+    """Guarded ports grouped by the identities admitted to them, in a stable order."""
+    groups: dict[tuple[tuple[str, str], ...], list[int]] = {}
+    for g in guards:
+        groups.setdefault(g.identities, []).append(g.port)
+    return sorted(groups.items(), key=lambda kv: kv[1])
+
+
+def build_inbound_guard(guards: tuple[Guard, ...], namespace: str, trust_domain: str) -> list[Body]:
+    """[the HTTP RBAC of a pod's inbound HBONE chain], [] when no port is guarded."""
+    if not guards:
+        return []
+    policies = {}
+    for i, (identities, ports) in enumerate(_groups(guards)):
+        ids = [{"authenticated": {"principal_name": {"exact": f"spiffe://{trust_domain}/ns/{ns}/sa/{sa}"}}}
+               for ns, sa in identities]
+        principals = [{"not_id": {"or_ids": {"ids": ids}}}] if ids else [{"any": True}]
+        policies[_name(namespace, i)] = {"permissions": [
+            {"header": {"name": ":authority", "string_match": {"suffix": f":{port}"}}} for port in ports],
+            "principals": principals}
+    return [_rbac(False, policies)]
+
+
+def build_plaintext_guard(guards: tuple[Guard, ...], namespace: str) -> list[Body]:
+    """[the network RBAC of a pod's plaintext chain]: no plaintext to a guarded port."""
+    if not guards:
+        return []
+    ports = [{"destination_port": g.port} for g in guards]
+    return [_rbac(True, {_name(namespace): {"permissions": ports, "principals": [{"any": True}]}})]
