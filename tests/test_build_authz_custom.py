@@ -111,6 +111,10 @@ def test_custom_http_provider_shadow_rbac_then_ext_authz(tmp_path: Path) -> None
                                                  "cluster": "outbound|8000||ext-authz.foo.svc.cluster.local"}
     assert ext["allowed_headers"] == {"patterns": [{"exact": "x-ext-authz", "ignore_case": True}]}
     assert ext["transport_api_version"] == "V3" and "failure_mode_allow" not in ext
+    # The caller's identity in the check request only (Envoy's source.principal needs a TLS peer).
+    assert ext["http_service"]["authorization_request"]["headers_to_add"] == [{
+        "key": "x-forwarded-client-cert",
+        "value": "By=%FILTER_STATE(io.istio.local_principal:PLAIN)%;URI=%FILTER_STATE(io.istio.peer_principal:PLAIN)%"}]
     eps = config["ClusterLoadAssignment"]["outbound|8000||ext-authz.foo.svc.cluster.local"]
     assert eps["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"] == 8000
     assert not problems
@@ -122,7 +126,17 @@ def test_custom_http_provider_shadow_rbac_then_ext_authz(tmp_path: Path) -> None
 def test_custom_grpc_provider_on_http_and_tcp_chains(tmp_path: Path) -> None:
     config, _ = build(tmp_path, policy("ext-authz", "CUSTOM", provider="sample-ext-authz-grpc"),
                       policy("db-authz", "CUSTOM", target="db", provider="sample-ext-authz-grpc"))
-    ext = chain_filters(config, HTTPBIN)[1]["typed_config"]
+    filters = chain_filters(config, HTTPBIN)
+    # The caller's identity: set before the check (it carries every header), removed after it.
+    assert [f["name"] for f in filters[:4]] == ["envoy.filters.http.rbac", "istio.ext_authz_peer",
+                                                "envoy.filters.http.ext_authz", "istio.ext_authz_peer_remove"]
+    set_peer = filters[1]["typed_config"]["mutations"]["request_mutations"]
+    assert set_peer == [{"append": {"header": {"key": "x-forwarded-client-cert", "value": "By=%FILTER_STATE("
+                                               "io.istio.local_principal:PLAIN)%;URI=%FILTER_STATE("
+                                               "io.istio.peer_principal:PLAIN)%"},
+                                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}}]
+    assert filters[3]["typed_config"]["mutations"]["request_mutations"] == [{"remove": "x-forwarded-client-cert"}]
+    ext = filters[2]["typed_config"]
     assert ext["grpc_service"] == {"envoy_grpc": {"cluster_name": "outbound|9000||ext-authz.foo.svc.cluster.local",
                                                   "authority": "outbound_.9000_._.ext-authz.foo.svc.cluster.local"},
                                    "timeout": "600s"}

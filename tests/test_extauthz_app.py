@@ -34,3 +34,14 @@ def test_image_and_flags() -> None:
     assert app.argv == ("python3", "-P", "-u", "-m", "meshway.apps.extauthz")
     args = parse_args(["-http", "8001", "-grpc=9001", "--allow_service_account", "curl"])
     assert (args.http, args.grpc, args.allow_service_account) == ("8001", "9001", "curl")
+
+
+def test_principal_from_the_tls_peer_else_the_waypoints_xfcc_header() -> None:
+    from meshway.apps.extauthz import find_principal
+    curl = "spiffe://cluster.local/ns/default/sa/curl"
+    waypoint = "By=spiffe://cluster.local/ns/default/sa/waypoint;URI=" + curl
+    assert find_principal("spiffe://x/ns/a/sa/b", {"x-forwarded-client-cert": waypoint}) == "spiffe://x/ns/a/sa/b"
+    assert find_principal("", {"x-forwarded-client-cert": waypoint}) == curl
+    assert find_principal("", {"x-forwarded-client-cert": f'By=a;URI="spiffe://old",{waypoint}'}) == curl
+    assert find_principal("", {}) == ""
+    assert decide_grpc({}, find_principal("", {"x-forwarded-client-cert": waypoint}), "curl")

@@ -230,6 +230,36 @@ def test_custom_grpc_provider(mesh: Mesh) -> None:
     assert "ext_authz.denied" in stats and "ext_authz.ok" in stats, stats
 
 
+def authorizer_log(mesh: Mesh) -> str:
+    from click.testing import CliRunner
+    from meshway.cli.main import cli
+    result = CliRunner().invoke(cli, ["--state-dir", str(mesh.state), "logs", "deploy/ext-authz"])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_grpc_check_carries_the_callers_principal(mesh: Mesh) -> None:
+    # Without x-ext-authz the sample decides by the caller's principal (allowed: service account `a`).
+    assert get(mesh, "/headers") == [403, "denied", DENIED_BODY]
+    mesh.wait_until(lambda: "principal: spiffe://cluster.local/ns/default/sa/curl" in authorizer_log(mesh), 10,
+                    "the authorizer's log line with the caller's principal")
+    line = [x for x in authorizer_log(mesh).splitlines() if x.startswith("[gRPCv3]")][-1]
+    assert 'key: "x-forwarded-client-cert"' in line
+    assert 'value: "By=spiffe://cluster.local/ns/default/sa/waypoint;URI=spiffe://cluster.local/ns/default/sa/curl"' \
+        in line
+    # A client cannot claim another identity: the waypoint overwrites the header.
+    forged = {"x-forwarded-client-cert": "By=x;URI=spiffe://cluster.local/ns/default/sa/a"}
+    assert get_with(mesh, "/headers", forged)[0] == 403
+    assert "x-forwarded-client-cert" not in upstream_headers(get(mesh, "/headers", "allow"))  # removed after the check
+
+
+def get_with(mesh: Mesh, path: str, headers: dict) -> list:
+    cmd = ["ip", "netns", "exec", mesh.netns(mesh.pod("curl")), sys.executable, "-c", GET, "httpbin", "8000", path,
+           json.dumps(headers)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    return json.loads(out.stdout) if out.returncode == 0 else [0, None, out.stderr[-300:]]
+
+
 def test_missing_provider_fails_closed_and_says_so(mesh: Mesh) -> None:
     apply(mesh, POLICY.replace("{provider}", "not-defined"))
     status, reason, message = condition(mesh, "ext-authz")

@@ -279,6 +279,11 @@ def fake_mesh(tmp_path: Path):
                       "admin": str(tmp_path / "z.sock")},
     }
     (state / "run" / "proxy-status.json").write_text(json.dumps(status))
+    # A waypoint's HTTP series come from the control plane's tally of its request log: here the
+    # same numbers as its stats, as that tally writes them.
+    tally = [f for f in build_istio_metrics(WAYPOINT, {"pod": "waypoint-9cwm2cvgjl-kf47k", "namespace": "default"})
+             if not f.name.startswith("istio_tcp_")]
+    (state / "run" / "request-metrics.prom").write_text(write_text(tally))
     yield state
     for server in servers:
         server.shutdown()

@@ -10,6 +10,8 @@
   request has an `x-ext-authz` header, allowed iff it is `allow`; without it, allowed iff the
   caller's principal ends in `/sa/<-allow_service_account>` (default `a`). OK responses add
   `x-ext-authz-check-result: allowed` upstream; denials are 403 with the same body as HTTP.
+  The caller's principal is the check's `source.principal` (a sidecar's TLS peer), else the `URI`
+  of the nearest `x-forwarded-client-cert` element (what a meshway waypoint sends: its HBONE peer).
 """
 from __future__ import annotations
 
@@ -47,6 +49,14 @@ def decide_http(req: Request) -> Response:
     return Response(403, DENY_BODY.encode(), "text/plain; charset=utf-8", headers)
 
 
+def find_principal(source_principal: str, headers: dict[str, str]) -> str:
+    """The caller: Envoy's TLS peer, else the `URI=` of the last `x-forwarded-client-cert` element."""
+    if source_principal:
+        return source_principal
+    last = headers.get("x-forwarded-client-cert", "").split(",")[-1]
+    return next((part[4:].strip('"') for part in last.split(";") if part.strip().startswith("URI=")), "")
+
+
 def decide_grpc(headers: dict[str, str], principal: str, service_account: str) -> bool:
     if CHECK_HEADER in headers:
         return headers[CHECK_HEADER] == ALLOWED_VALUE
@@ -74,10 +84,11 @@ def make_grpc_server(address: str, service_account: str):
         async def Check(self, request: pb.CheckRequest, context) -> pb.CheckResponse:  # noqa: N802 (gRPC name)
             attrs = request.attributes
             http = attrs.request.http
-            allowed = decide_grpc(dict(http.headers), attrs.source.principal, service_account)
+            principal = find_principal(attrs.source.principal, dict(http.headers))
+            allowed = decide_grpc(dict(http.headers), principal, service_account)
             received = _header_value(str(attrs))
             print(f"[gRPCv3][{'allowed' if allowed else 'denied'}]: {http.host}{http.path}, "
-                  f"attributes: {received}", flush=True)
+                  f"principal: {principal or '-'}, attributes: {received}", flush=True)
             headers = [header(RESULT_HEADER, "allowed" if allowed else "denied"), header(RECEIVED_HEADER, received),
                        header(OVERRIDE_HEADER, OVERRIDE_GRPC_VALUE)]
             if allowed:

@@ -10,13 +10,15 @@ Commands gather (proxy-status.json, each proxy's admin socket); the writers belo
 from __future__ import annotations
 
 import math
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import click
 
 from ..mesh.view import build_pod
 from ..model import find_kind
 from ..observe.metrics import Family, build_istio_metrics, merge_families, write_text
+from ..observe.requests import FILE_NAME as REQUESTS_FILE, find_source_labels, parse_request_families
 from ..observe.summary import HttpRow, Predicate, TcpRow, build_http_rows, build_tcp_rows
 from ..runtime.monitoring import SCRAPE_PATH
 from ..xds.stat_tags import find_workload_name
@@ -62,14 +64,36 @@ def find_target(c: Ctx, status: dict[str, Body], target: str | None,
         == (workload, ns)
 
 
-def fetch_families(proxies: list[Body]) -> list[Family]:
+def find_sources(c: Ctx) -> Callable[[str], dict[str, str]]:
+    """A caller's source labels by SPIFFE identity, from the store's pods (read at the first call)."""
+    pods: list = []
+    known: dict[str, dict[str, str]] = {}
+
+    def sources(principal: str) -> dict[str, str]:
+        if not pods:
+            pods.extend(build_pod(b) for b in c.store.list(find_kind("pod")))
+        if principal not in known:
+            known[principal] = find_source_labels(pods, principal)
+        return known[principal]
+    return sources
+
+
+def fetch_families(proxies: list[Body], requests_file: Path | None = None,
+                   sources: Callable[[str], dict[str, str]] | None = None) -> list[Family]:
+    """The proxies' Istio metrics: from their admin sockets (`sources`: see `build_istio_metrics`),
+    and a waypoint's HTTP series from the control plane's tally of its request log (`requests_file`)."""
     groups = []
     for p in proxies:
         try:
             text = fetch_admin(p["admin"], SCRAPE_PATH).decode()
         except AdminError as exc:
             raise ValueError(f"{p['pod']}.{p['namespace']}: {exc}") from exc
-        groups.append(build_istio_metrics(text, {"pod": p["pod"], "namespace": p["namespace"]}))
+        groups.append(build_istio_metrics(text, {"pod": p["pod"], "namespace": p["namespace"]},
+                                          p.get("type") != "waypoint", sources))
+    waypoints = {(p["pod"], p["namespace"]) for p in proxies if p.get("type") == "waypoint"}
+    if waypoints and requests_file is not None and requests_file.exists():
+        groups.append(parse_request_families(requests_file.read_text(),
+                                             lambda labels: (labels.get("pod"), labels.get("namespace")) in waypoints))
     return merge_families(groups)
 
 
@@ -123,7 +147,7 @@ def metrics(c: Ctx, target: str | None, namespace: str | None, output: str) -> N
     if not status:
         raise LookupError("no proxies found (is `meshway controlplane` running?)")
     proxies, keep = find_target(c, status, target, namespace)
-    families = select(fetch_families(proxies), keep)
+    families = select(fetch_families(proxies, c.store.state_dir / "run" / REQUESTS_FILE, find_sources(c)), keep)
     if output == "prometheus":
         click.echo(write_text(families), nl=False)
     elif families:

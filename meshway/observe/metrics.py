@@ -17,12 +17,14 @@ TCP (request_protocol="tcp"), from a tagged cluster's connections or a tagged tc
 - istio_tcp_sent_bytes_total: `upstream_cx_rx_bytes_total` | `downstream_cx_tx_bytes_total`.
 
 Requests the waypoint answers itself (an RBAC 403, a fault abort, no route) never reach a cluster and
-are not counted; source workload labels are not in Envoy's stats and stay "unknown".
+are not counted here; source workload labels are not in Envoy's stats and stay "unknown". So the
+control plane and `meshway metrics` take a waypoint's HTTP series from its request log instead
+(`meshway.observe.requests`: every request, with the caller's labels) and only its TCP series from here.
 """
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 CLUSTER_ID = "Kubernetes"
@@ -112,9 +114,13 @@ def build_istio_labels(tags: Mapping[str, str], names: tuple[str, ...]) -> Label
     return tuple((k, out.get(k, UNKNOWN)) for k in names)
 
 
-def build_istio_metrics(text: str, extra: Mapping[str, str] | None = None) -> list[Family]:
+def build_istio_metrics(text: str, extra: Mapping[str, str] | None = None, requests: bool = True,
+                        sources: Callable[[str], Mapping[str, str]] | None = None) -> list[Family]:
     """Istio's metric families from one proxy's `/stats/prometheus` text; `extra` labels (e.g. the
-    proxy's pod and namespace) are added to every sample."""
+    proxy's pod and namespace) are added to every sample. `requests=False`: no HTTP series (a
+    waypoint's come from its request log, `meshway.observe.requests`, with the caller's labels).
+    `sources`: the source labels of a SPIFFE identity (`observe.requests.find_source_labels`), added
+    to the TCP series that name their source's identity (a node proxy's `reporter="source"`)."""
     extra_labels = tuple((extra or {}).items())
     sums: dict[tuple[str, Labels], float] = {}
 
@@ -125,12 +131,14 @@ def build_istio_metrics(text: str, extra: Mapping[str, str] | None = None) -> li
         protocol = tags.get("request_protocol")
         if "reporter" not in tags:
             continue
-        if protocol == "http" and name in HTTP_SERIES:
+        if protocol == "http" and name in HTTP_SERIES and requests:
             if name == "envoy_cluster_upstream_rq":
                 tags = {**tags, "response_code": tags.get("envoy_response_code", "0")}
             labels = build_istio_labels(tags, LABELS) + extra_labels
             add(HTTP_SERIES[name], labels + ((("le", tags["le"]),) if "le" in tags else ()), value)
         elif protocol == "tcp" and (name in TCP_SERIES or name == ACTIVE):
+            if sources is not None and tags.get("source_principal"):
+                tags = {**sources("spiffe://" + tags["source_principal"]), **tags}
             labels = build_istio_labels(tags, TCP_LABELS) + extra_labels
             if name == "envoy_tcp_downstream_cx_total":
                 add("istio_tcp_connections_closed_total", labels, value)

@@ -80,6 +80,8 @@ from ..xds.validate import ValidationCache
 from .envoy import EnvoyPaths, detect_restart_count, find_envoy, read_pid, read_starts, start_envoy, stop_envoy
 from .capture import apply_capture_rules, apply_service_nat
 from .monitoring import ControlPlaneMetrics, MetricsServer, fetch_proxy_metrics, find_scrape_targets
+from .request_metrics import FILE_NAME as REQUESTS_FILE, RequestMetrics
+from ..observe.metrics import merge_families
 from .placement import LoopbackPlacement, NetnsPlacement, Replica, replica_dir_name, replica_sock_dir, socket_dir
 
 log = logging.getLogger("meshway.controlplane")
@@ -174,7 +176,9 @@ class ControlPlane:
         self.tokens = ProxyTokens(self.state_dir)
         self.cache = SnapshotCache()
         self.metrics = ControlPlaneMetrics()
-        self.server = XdsServer(self.cache, on_event=self._on_xds_event, authenticate=self.tokens.authenticate)
+        self.requests = RequestMetrics(lambda: self.view, self.cache.get, self.state_dir / "run" / REQUESTS_FILE)
+        self.server = XdsServer(self.cache, on_event=self._on_xds_event, authenticate=self.tokens.authenticate,
+                                access_logs=self.requests.record)
         self.metrics_addr = metrics_addr  # host:port of the Prometheus endpoint (monitoring), if any
         self.xds_addr, self.xds_ips = xds_addr, xds_ips
         self.certificates = CertificateService(self.ca, review_token, secret_ttl) if review_token else None
@@ -786,12 +790,13 @@ class ControlPlane:
         """Runs on the metrics server's thread: the proxies come from the status file the loop writes."""
         path = self.run_dir / "proxy-status.json"
         status = json.loads(path.read_text()) if path.exists() else {}
-        proxies = fetch_proxy_metrics(find_scrape_targets(status))
+        proxies = fetch_proxy_metrics(find_scrape_targets(status), self.requests.source_labels)
         denied = Family("meshway_xds_denied", "counter",
                         "ADS streams refused: no valid credential for the node id they claimed.",
                         tuple(Sample("meshway_xds_denied", (("node", node),), n)
                               for node, n in sorted(dict(self.server.denied).items())))
-        return self.metrics.families(len(self.server.connected)) + [denied] + proxies
+        return self.metrics.families(len(self.server.connected)) + [denied] + merge_families(
+            [proxies, self.requests.families(status)])
 
     def _start_metrics_server(self) -> MetricsServer | None:
         if not self.metrics_addr:

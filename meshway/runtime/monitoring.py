@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -40,6 +40,7 @@ class ScrapeTarget:
     pod: str
     namespace: str
     admin: str  # the Envoy admin Unix socket
+    type: str = ""  # waypoint | ztunnel: a waypoint's HTTP series come from its request log instead
 
 
 class Histogram:
@@ -135,11 +136,13 @@ class ControlPlaneMetrics:
 
 def find_scrape_targets(status: dict) -> list[ScrapeTarget]:
     """The proxies of a proxy-status.json (`ControlPlane.proxy_status`)."""
-    return [ScrapeTarget(p["pod"], p["namespace"], p["admin"]) for _, p in sorted(status.items())]
+    return [ScrapeTarget(p["pod"], p["namespace"], p["admin"], p.get("type", "")) for _, p in sorted(status.items())]
 
 
-def fetch_proxy_metrics(targets: Iterable[ScrapeTarget]) -> list[Family]:
-    """The Istio metrics of every proxy, labelled with its pod and namespace; unreachable ones skipped."""
+def fetch_proxy_metrics(targets: Iterable[ScrapeTarget],
+                        sources: Callable[[str], Mapping[str, str]] | None = None) -> list[Family]:
+    """The Istio metrics of every proxy, labelled with its pod and namespace; unreachable ones skipped.
+    `sources`: a caller's source labels by SPIFFE identity (`build_istio_metrics`)."""
     groups = []
     for t in targets:
         try:
@@ -147,7 +150,8 @@ def fetch_proxy_metrics(targets: Iterable[ScrapeTarget]) -> list[Family]:
         except AdminError as exc:
             log.warning("metrics of %s.%s left out: %s", t.pod, t.namespace, exc)
             continue
-        groups.append(build_istio_metrics(text, {"pod": t.pod, "namespace": t.namespace}))
+        groups.append(build_istio_metrics(text, {"pod": t.pod, "namespace": t.namespace}, t.type != "waypoint",
+                                          sources))
     return merge_families(groups)
 
 

@@ -14,6 +14,15 @@ Fail closed: when a provider is undefined, of another type, or invalid (or a cha
 providers: Istio allows one per workload unless PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS is
 set), the policies' rules become an enforced DENY, each renamed `...-deny-due-to-bad-CUSTOM-action`.
 Dry-run CUSTOM policies are left out: the authorizer is not asked for them (as before Istio 1.30).
+
+The caller's identity (beyond Istio, whose waypoints send none: istio/istio#56379): Envoy fills the
+check's `source.principal` from the downstream TLS peer, and a waypoint's HTTP chain runs on an
+internal connection with no TLS, so the waypoint passes the HBONE peer (filter state
+`io.istio.peer_principal`) in the header Envoy uses for client certificates,
+`x-forwarded-client-cert: By=<waypoint>;URI=<caller>`, overwriting any the client sent: added to the
+HTTP check request only (`authorization_request.headers_to_add`), and for gRPC set on the request
+before the ext_authz filter (the check carries every request header) and removed after it, so the
+application does not get it.
 """
 from __future__ import annotations
 
@@ -33,6 +42,8 @@ MATCH_PREFIX = "istio-ext-authz"
 SHADOW_STAT_PREFIX = "istio_ext_authz_"
 BAD_SUFFIX = "-deny-due-to-bad-CUSTOM-action"
 DEFAULT_TIMEOUT = "600s"
+PEER_HEADER = "x-forwarded-client-cert"
+PEER_VALUE = "By=%FILTER_STATE(io.istio.local_principal:PLAIN)%;URI=%FILTER_STATE(io.istio.peer_principal:PLAIN)%"
 
 
 @dataclass
@@ -130,9 +141,9 @@ def build_ext_authz_filter(name: str, provider: ExtAuthzProvider, cluster: str, 
         service: Body = {"server_uri": {"uri": f"http://{host}", "cluster": cluster, "timeout": _timeout(c.timeout)}}
         if c.pathPrefix:
             service["path_prefix"] = c.pathPrefix
-        if c.includeAdditionalHeadersInCheck:
-            service["authorization_request"] = {"headers_to_add": [
-                {"key": k, "value": v} for k, v in sorted(c.includeAdditionalHeadersInCheck.items())]}
+        service["authorization_request"] = {"headers_to_add": [
+            *({"key": k, "value": v} for k, v in sorted((c.includeAdditionalHeadersInCheck or {}).items())
+              if k.lower() != PEER_HEADER), {"key": PEER_HEADER, "value": PEER_VALUE}]}
         response = {k: m for k, m in (("allowed_upstream_headers", _header_matchers(c.headersToUpstreamOnAllow)),
                                       ("allowed_client_headers", _header_matchers(c.headersToDownstreamOnDeny)),
                                       ("allowed_client_headers_on_success",
@@ -156,6 +167,17 @@ def build_ext_authz_filter(name: str, provider: ExtAuthzProvider, cluster: str, 
             "typed_config": typed("envoy.extensions.filters.http.ext_authz.v3.ExtAuthz", **config, **common)}
 
 
+def build_peer_header_filters() -> tuple[Body, Body]:
+    """(before, after) a gRPC ext_authz filter: set the caller's identity header, then remove it."""
+    def mutation(name: str, change: Body) -> Body:
+        return {"name": name, "typed_config": typed(
+            "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+            mutations={"request_mutations": [change]})}
+    return (mutation("istio.ext_authz_peer", {"append": {
+                "header": {"key": PEER_HEADER, "value": PEER_VALUE}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}}),
+            mutation("istio.ext_authz_peer_remove", {"remove": PEER_HEADER}))
+
+
 def build_custom_filters(policies: list[Policy], setup: ExtAuthzSetup, network: bool = False) -> list[Body]:
     """The CUSTOM filters of one chain (to go before the AUDIT/DENY/ALLOW RBAC filters)."""
     live = [p for p in policies if p.action == "CUSTOM" and not p.dry_run and p.provider]
@@ -169,7 +191,13 @@ def build_custom_filters(policies: list[Policy], setup: ExtAuthzSetup, network: 
                 "action": "DENY", "policies": {k + BAD_SUFFIX: v for k, v in rules.items()}}))
             continue
         ext = build_ext_authz_filter(name, *setup.usable[name], network=network)
-        if ext is not None:
-            filters += [build_rbac_filter(network, shadow={"action": "DENY", "policies": rules},
-                                          shadow_prefix=SHADOW_STAT_PREFIX), ext]
+        if ext is None:
+            continue
+        shadow = build_rbac_filter(network, shadow={"action": "DENY", "policies": rules},
+                                   shadow_prefix=SHADOW_STAT_PREFIX)
+        if network or "http_service" in ext["typed_config"]:
+            filters += [shadow, ext]
+        else:
+            before, after = build_peer_header_filters()
+            filters += [shadow, before, ext, after]
     return filters

@@ -18,6 +18,7 @@ from .build_jwt import build_jwks_setup, build_jwt_filter, find_jwt_rules, find_
     find_waypoint_request_authns
 from .build_listeners import build_connect_originate, build_connect_terminate, build_main_internal, find_route_names
 from .build_routes import Problems, RouteTarget, build_route_config
+from .build_request_log import build_request_log
 from .build_telemetry import build_access_logs, find_access_logging
 from .build_wasm import WasmModule, build_wasm_filters, find_waypoint_wasm_plugins
 from .envoyfilter import apply_envoy_filters, find_envoy_filters
@@ -328,7 +329,7 @@ class _WaypointBuild:
         for note in notes:
             self.problems.add(f"Telemetry for {ns or self.wp.namespace}/{name or self.wp.name}", note)
         self.effects += len(notes)
-        return logs
+        return [*logs, build_request_log(svc)]  # the request metrics: always, whatever Telemetry says
 
     def tracing_for(self, svc: ServiceInfo | None) -> Body | None:
         notes: list[str] = []

@@ -16,7 +16,9 @@ client's certificate instead of a token: one from the mesh CA (verified by the T
 `meshway.xds.tls_front`), whose SPIFFE ID must be the one the claimed node id requires
 (`meshway.xds.peer`); a stream without one, or failing that, is refused and counted the same way.
 The same port also serves the listener's other services (the CA API). The two listeners are
-separate grpc servers, so the port a stream arrived on decides which proof it owes.
+separate grpc servers, so the port a stream arrived on decides which proof it owes. Given a sink,
+both also serve Envoy's access log service (`meshway.xds.access_log_service`: waypoints' request
+logs), whose streams owe the same proof.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from envoy.config.core.v3.base_pb2 import Node
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from ..private import make_private, make_private_dir
+from .access_log_service import Sink, add_access_log_service
 from .cache import SnapshotCache
 from .mtls import MtlsListener, decide_stream_peer, parse_address
 from .tls_front import TlsFront
@@ -52,8 +55,9 @@ Authenticator = Callable[[Node, grpc.aio.ServicerContext], str]
 
 class XdsServer:
     def __init__(self, cache: SnapshotCache, on_event: Callable[[str, Event], None] | None = None,
-                 authenticate: Callable[[Node], bool] | None = None) -> None:
+                 authenticate: Callable[[Node], bool] | None = None, access_logs: Sink | None = None) -> None:
         self.cache = cache
+        self.access_logs = access_logs  # given: the access log service too, for waypoints' request logs
         self.on_event = on_event  # also told every stream event (node id, event), e.g. for metrics
         self.authenticate = authenticate  # None: any node id is believed (tests of the protocol only)
         self.denied: Counter[str] = Counter()  # refused streams by the node id they claimed
@@ -73,6 +77,8 @@ class XdsServer:
             path.unlink()  # left over from a previous run; binding would fail
         server = grpc.aio.server()
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self, self._check_token), server)
+        if self.access_logs is not None:
+            add_access_log_service(server, self.access_logs, self._check_token)
         if server.add_insecure_port(f"unix:{path}") == 0:
             raise OSError(f"cannot listen on unix:{path}")
         make_private(path)  # bound by now; nobody else could reach it inside the 0700 folder anyway
@@ -103,9 +109,12 @@ class XdsServer:
         host, port = parse_address(listener.address)
         front = TlsFront(host, port, listener.certificate, listener.root_pem, inner_dir)
         server = grpc.aio.server()
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-            _Servicer(self, lambda node, context: decide_stream_peer(
-                node.id, front.peer_certificate(context.peer()), listener).reason), server)
+
+        def by_certificate(node: Node, context: grpc.aio.ServicerContext) -> str:
+            return decide_stream_peer(node.id, front.peer_certificate(context.peer()), listener).reason
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self, by_certificate), server)
+        if self.access_logs is not None:
+            add_access_log_service(server, self.access_logs, by_certificate)
         if listener.handlers:
             server.add_generic_rpc_handlers(listener.handlers)
         if server.add_insecure_port(front.prepare()) == 0:

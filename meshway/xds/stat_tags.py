@@ -101,3 +101,9 @@ def build_workload_tags(pod: PodInfo, identity: str) -> dict[str, str]:
         "destination_canonical_revision": labels.get("service.istio.io/canonical-revision")
         or labels.get("app.kubernetes.io/version") or labels.get("version") or "latest",
     }
+
+
+def parse_stat_name(stat_name: str) -> dict[str, str]:
+    """`build_stat_name` read back: the labels a stat name carries (the token is left out)."""
+    _, _, rest = stat_name.partition(".")
+    return dict(pair.split("=.=", 1) for pair in rest.split(";.") if "=.=" in pair for pair in [pair.rstrip(";")])

@@ -1,0 +1,122 @@
+"""The control plane's tally of waypoints' request logs (thin: the counting is `meshway.observe.requests`).
+
+`record` runs on the event loop (the access log service), `families` on the metrics server's thread,
+hence the lock. Each waypoint's counts live under its node id and are labelled with its pod and
+namespace (`parse_node_id`). Source labels come from the current mesh view (`find_view`), looked up
+once per caller identity and view; destination labels from the waypoint's own clusters in its
+current snapshot (`find_snapshot`), read once per snapshot. `meshway metrics` (another process)
+reads `request-metrics.prom`, the same series as Prometheus text, rewritten at most every
+`write_every` seconds after a change.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from ..mesh.view import MeshView
+from ..observe.metrics import Family, write_text
+from ..observe.requests import FILE_NAME, MAX_SERIES, RequestCounts, build_request_families, build_request_labels, \
+    find_source_labels, read_entry
+from ..private import write_private
+from ..xds.proxy import parse_node_id
+from ..xds.stat_tags import parse_stat_name
+
+log = logging.getLogger(__name__)
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+FORGET_AFTER = 600.0  # seconds: a proxy gone from the status this long is forgotten
+
+
+class RequestMetrics:
+    def __init__(self, find_view: Callable[[], MeshView], find_snapshot: Callable[[str], Any],
+                 path: Path | None = None, write_every: float = 0.25, max_series: int = MAX_SERIES,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.find_view, self.find_snapshot, self.path = find_view, find_snapshot, path
+        self.write_every, self.max_series, self.clock = write_every, max_series, clock
+        self._lock = threading.Lock()
+        self._counts: dict[str, RequestCounts] = {}
+        self._seen: dict[str, float] = {}
+        self._sources: tuple[int, dict[str, dict[str, str]]] = (0, {})  # (id of the view's pods, by principal)
+        self._clusters: dict[str, tuple[int, dict[str, dict[str, str]]]] = {}  # node id -> (id of snapshot, tags)
+        self._written = 0.0
+        self._pending: asyncio.TimerHandle | None = None
+
+    def source_labels(self, principal: str) -> dict[str, str]:
+        """A caller's source labels in the current view (any thread: the cache is swapped whole)."""
+        return self._source(principal)
+
+    def _source(self, principal: str) -> dict[str, str]:
+        pods = self.find_view().pods
+        key, cache = self._sources
+        if key != id(pods):
+            cache = {}
+            self._sources = (id(pods), cache)
+        if principal not in cache:
+            cache[principal] = find_source_labels(pods.values(), principal) if principal else {}
+        return cache[principal]
+
+    def _cluster_tags(self, node_id: str) -> dict[str, dict[str, str]]:
+        snapshot = self.find_snapshot(node_id)
+        have = self._clusters.get(node_id)
+        if have is None or have[0] != id(snapshot):
+            clusters = snapshot.get(CLUSTER_TYPE, {}) if snapshot is not None else {}
+            have = (id(snapshot), {name: parse_stat_name(c.alt_stat_name) for name, c in clusters.items()
+                                   if c.alt_stat_name})
+            self._clusters[node_id] = have
+        return have[1]
+
+    def record(self, node_id: str, entries: list) -> None:
+        """Count one message's entries of a waypoint's request log (on the event loop)."""
+        parts = parse_node_id(node_id)
+        if parts is None or parts.kind != "waypoint":
+            return
+        clusters = self._cluster_tags(node_id)
+        labelled = [(build_request_labels(r, self._source(r.principal), clusters), r) for r in map(read_entry, entries)]
+        with self._lock:
+            counts = self._counts.setdefault(node_id, RequestCounts(self.max_series))
+            for labels, r in labelled:
+                counts.add(labels, r)
+            self._seen[node_id] = self.clock()
+        self._schedule_write()
+
+    def families(self, node_ids: Iterable[str] | None = None) -> list[Family]:
+        """The Istio families of the waypoints named (all if None); proxies gone for long are forgotten."""
+        with self._lock:
+            if node_ids is not None:
+                keep = set(node_ids)
+                now = self.clock()
+                for gone in [n for n in self._counts if n not in keep and now - self._seen[n] > FORGET_AFTER]:
+                    del self._counts[gone], self._seen[gone]
+                    self._clusters.pop(gone, None)
+            chosen = [(n, c) for n, c in sorted(self._counts.items()) if node_ids is None or n in keep]
+            return build_request_families(
+                ({"pod": p.pod, "namespace": p.namespace}, c) for n, c in chosen if (p := parse_node_id(n)))
+
+    # -- the file `meshway metrics` reads ---------------------------------------------------------
+    def _schedule_write(self) -> None:
+        if self.path is None or self._pending is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.write()
+            return
+        delay = max(0.0, self._written + self.write_every - self.clock())
+        self._pending = loop.call_later(delay, self._write_now)
+
+    def _write_now(self) -> None:
+        self._pending = None
+        self.write()
+
+    def write(self) -> None:
+        if self.path is None:
+            return
+        self._written = self.clock()
+        try:
+            write_private(self.path, write_text(self.families()))
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.path, exc)
