@@ -203,11 +203,8 @@ def test_a_required_service_without_its_waypoint_is_refused_not_direct(mesh) -> 
     chain = outbound_chain(resources, "a")
     assert chain["name"].endswith("|refused")
     assert [f["name"] for f in chain["filters"]] == ["envoy.filters.network.connection_limit",
-                                                     "envoy.filters.network.rbac", "envoy.filters.network.tcp_proxy"]
-    rbac = chain["filters"][1]["typed_config"]["rules"]
-    assert rbac == {"action": "DENY", "policies": {"ns[foo]-policy[waypoint-traversal-required]-rule[0]": {
-        "permissions": [{"any": True}], "principals": [{"any": True}]}}}
-    tcp = chain["filters"][2]["typed_config"]
+                                                     "envoy.filters.network.tcp_proxy"]
+    tcp = chain["filters"][1]["typed_config"]
     assert tcp["cluster"] == REFUSED_CLUSTER and resources[P.CLUSTER][REFUSED_CLUSTER]["load_assignment"][
         "endpoints"] == []
     log = tcp["access_log"][0]["typed_config"]["log_format"]["json_format"]

@@ -51,6 +51,22 @@ def build_inbound_log(pod: PodInfo, identity: str) -> Body:
                  "dst.namespace": pod.namespace, "dst.identity": identity})
 
 
+def _status(op: str, value: int) -> Body:
+    return {"status_code_filter": {"comparison": {"op": op, "value": {"default_value": value,
+                                                                      "runtime_key": "ztunnel.inbound_log_status"}}}}
+
+
+def build_inbound_logs(pod: PodInfo, identity: str) -> list[Body]:
+    """The HBONE chain's loggers: a tunnel the node proxy answered with an error (an L4 policy's 403,
+    a 503 when the pod refuses) gets its reason as `error` (the HTTP RBAC's
+    `rbac_access_denied_matched_policy[...]`, which only the response code details carry)."""
+    ok, refused = build_inbound_log(pod, identity), build_inbound_log(pod, identity)
+    ok["filter"] = _status("LE", 399)
+    refused["typed_config"]["log_format"]["json_format"]["error"] = "%RESPONSE_CODE_DETAILS%"
+    refused["filter"] = _status("GE", 400)
+    return [ok, refused]
+
+
 def build_plaintext_log(pod: PodInfo) -> Body:
     """A plain TCP connection from outside the mesh to a local mesh pod."""
     return _log({"direction": "inbound", "dst.hbone_addr": "%DOWNSTREAM_LOCAL_ADDRESS%",

@@ -1,12 +1,16 @@
 """Guaranteed waypoint traversal on node proxies (pure; the decisions are `meshway.mesh.traversal`).
 
-Each refusal is an RBAC DENY named as an AuthorizationPolicy rule,
+- outbound (source side), a required service its waypoint does not serve: the service's chain
+  sends to a cluster without endpoints (the connection is closed at once, response flag `UH`), and
+  its connection log carries the `reason` (e.g. `waypoint traversal required: waypoint ns/name is
+  not ready (WaypointIsNotReady)`). A network RBAC would not do: it decides on the first bytes, and
+  tcp_proxy closes the connection before any arrive.
+
+The destination side's refusals are RBAC DENYs named as an AuthorizationPolicy rule,
 `ns[NS]-policy[waypoint-traversal-required]-rule[I]`, so the connection log's `error` says which
-rule refused (`rbac_access_denied_matched_policy[...]`) and `explain --request` evaluates it as it
+rule refused (`rbac_access_denied_matched_policy[...]`) and `explain --request` evaluates them as it
 evaluates any other node proxy policy:
 
-- outbound (source side), a required service its waypoint does not serve: a network RBAC denying
-  every connection on the service's chain (whose tcp_proxy points at a cluster without endpoints);
 - inbound HBONE (destination side), a guarded pod: an HTTP RBAC denying a CONNECT to a guarded port
   (the `:authority`'s port) unless the mTLS peer is one of the admitted waypoints;
 - inbound plaintext: a network RBAC denying every connection to a guarded port.
@@ -39,11 +43,6 @@ def _rbac(network: bool, policies: Body) -> Body:
 def build_refused_cluster() -> Body:
     return {"name": REFUSED_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
             "load_assignment": {"cluster_name": REFUSED_CLUSTER, "endpoints": []}}
-
-
-def build_outbound_refusal(namespace: str) -> Body:
-    """The network RBAC of a refused service chain: every connection is denied."""
-    return _rbac(True, {_name(namespace): {"permissions": [{"any": True}], "principals": [{"any": True}]}})
 
 
 def _groups(guards: tuple[Guard, ...]) -> list[tuple[tuple[tuple[str, str], ...], list[int]]]:

@@ -28,13 +28,12 @@ from ..mesh.traversal import Guard, Traversal, decide_traversal, find_traversal_
 from ..mesh.view import MeshView, PodInfo, ServiceInfo
 from . import protos as P
 from .build_authz import ZTUNNEL, ZTUNNEL_TCP, build_rbac_filters, find_workload_policies
-from .build_connection_logs import build_inbound_log, build_outbound_log, build_plaintext_log
+from .build_connection_logs import build_inbound_logs, build_outbound_log, build_plaintext_log
 from .build_clusters import HTTP_OPTIONS, _default_breakers, _internal_upstream
 from .build_listeners import BUFFER_LIMIT, HBONE_WINDOWS, HCM, _chain_action, _original_dst, build_tls_context
 from .build_node_inbound import INBOUND_CLUSTER
 from .build_peer_authn import build_peer_authn_filter
-from .build_traversal import REFUSED_CLUSTER, build_inbound_guard, build_outbound_refusal, build_plaintext_guard, \
-    build_refused_cluster
+from .build_traversal import REFUSED_CLUSTER, build_inbound_guard, build_plaintext_guard, build_refused_cluster
 from .protos import typed
 from .memo import Memo
 from .scope import find_service_pods, resolve_target_port
@@ -181,14 +180,14 @@ class _Outbound:
         return name
 
     def tcp_chain(self, name: str, cluster: str, log: Body, tags: dict[str, str], tunnel: bool = True,
-                  attempts: int = 1, before: tuple[Body, ...] = ()) -> str:
+                  attempts: int = 1) -> str:
         """A tcp_proxy chain whose stats carry Istio's labels (reporter=source, `stat_tags`)."""
         stat = build_stat_name(name, {"reporter": "source", "request_protocol": "tcp",
                                       "source_principal": build_principal(self.identity),
                                       "source_workload_namespace": self.identity.split("/ns/")[1].split("/")[0],
                                       **tags})
-        return self.chain(name, [_connection_counter(stat), *before, _tcp(cluster, stat, tunnel=tunnel, log=log,
-                                                                           attempts=attempts)])
+        return self.chain(name, [_connection_counter(stat), _tcp(cluster, stat, tunnel=tunnel, log=log,
+                                                                  attempts=attempts)])
 
     def service_chain(self, svc: ServiceInfo, port: int) -> str:
         # The direct cluster exists whether or not a waypoint is in use: removing a cluster would cut
@@ -212,12 +211,12 @@ class _Outbound:
 
     def refused_chain(self, svc: ServiceInfo, port: int, traversal: Traversal, tags: dict[str, str]) -> str:
         """Guaranteed traversal: the waypoint does not serve this required service, so no connection
-        to it goes anywhere (instead of direct), and the connection log says why."""
+        to it goes anywhere (instead of direct): a cluster without endpoints, and the log says why."""
         self.clusters[REFUSED_CLUSTER] = build_refused_cluster()
         reason = f"waypoint traversal required: {traversal.why} ({traversal.refused})"
         log = build_outbound_log(self.identity, svc.hostname, traversal.waypoint, reason=reason)
         return self.tcp_chain(f"{self.h}|svc|{svc.namespace}/{svc.name}|{port}|refused", REFUSED_CLUSTER, log,
-                              tags, tunnel=False, before=(build_outbound_refusal(svc.namespace),))
+                              tags, tunnel=False)
 
     def direct_cluster(self, svc: ServiceInfo, port: int) -> str:
         """The service's pods: HBONE to mesh pods (through `connect_originate`), plain TCP to others."""
@@ -303,7 +302,7 @@ def build_inbound_chain(pod: PodInfo, identity: str, trust_domain: str, authz: l
             "route": {"cluster": _inbound_cluster(pod, identity, False)["name"], "upgrade_configs": [
                 {"upgrade_type": "CONNECT", "connect_config": {}}]}}]}]},
         upgrade_configs=[{"upgrade_type": "CONNECT"}], stream_idle_timeout="0s",
-        access_log=[build_inbound_log(pod, identity)],
+        access_log=build_inbound_logs(pod, identity),
         http2_protocol_options={"allow_connect": True, "max_concurrent_streams": 200, **HBONE_WINDOWS},
         http_filters=[*authz, deliver, {"name": "envoy.filters.http.router",
                                         "typed_config": typed("envoy.extensions.filters.http.router.v3.Router")}])
