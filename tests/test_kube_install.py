@@ -177,8 +177,8 @@ def grants(*roles: dict) -> set[tuple[str, str, str]]:
 def test_no_wildcards_and_no_dangerous_verbs_or_resources():
     for group, resource, verb in grants(ROLE, NS_ROLE):
         assert "*" not in (group, resource, verb)
-        assert verb not in ("escalate", "bind", "impersonate", "deletecollection", "get") or resource == "leases"
-        assert resource not in ("secrets", "customresourcedefinitions", "clusterroles", "roles",
+        assert verb not in ("escalate", "bind", "impersonate", "deletecollection", "get") or resource in ("leases", "secrets")
+        assert resource not in ("customresourcedefinitions", "clusterroles", "roles",
                                 "clusterrolebindings", "rolebindings", "pods/exec", "serviceaccounts/token")
         # a TokenReview only asks the API server whether a token is valid (the CA API checks callers so);
         # it grants nothing and reads no object
@@ -198,6 +198,8 @@ def test_writes_are_the_waypoint_objects_and_status_only():
     assert objects == {(g, r, v) for g, r in (("", "serviceaccounts"), ("", "services"), ("apps", "deployments"))
                        for v in ("create", "patch", "delete")} | {("gateway.networking.k8s.io", "gatewayclasses",
                                                                    "create"),
+                                                                  ("", "configmaps", "create"),  # istio-ca-root-cert
+                                                                  ("", "configmaps", "patch"),
                                                                   ("authentication.k8s.io", "tokenreviews", "create")}
     assert status == {(g, f"{r}/status", v) for g, r in (
         ("gateway.networking.k8s.io", "gateways"), ("gateway.networking.k8s.io", "gatewayclasses"),
@@ -208,10 +210,19 @@ def test_writes_are_the_waypoint_objects_and_status_only():
         for v in ("update", "patch")}
 
 
-def test_leases_only_in_istio_system():
+def test_secrets_only_the_ca_secret_in_istio_system():
+    """istiod keeps its CA in istio-system/istio-ca-secret: read only that one, and create it."""
+    rules = [r for r in ROLE["rules"] + NS_ROLE["rules"] if "secrets" in r["resources"]]
+    assert rules == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": ["istio-ca-secret"]},
+                     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}]
+    assert all(r in NS_ROLE["rules"] for r in rules)
+
+
+def test_leases_and_the_ca_secret_only_in_istio_system():
     assert NS_ROLE["metadata"]["namespace"] == "istio-system"
-    assert grants(NS_ROLE) == {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
-    assert not any(r == "leases" for _, r, _ in grants(ROLE))
+    assert grants(NS_ROLE) == {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")} | {
+        ("", "secrets", v) for v in ("get", "create")}
+    assert not any(r in ("leases", "secrets") for _, r, _ in grants(ROLE))
 
 
 def test_every_rule_says_why():
@@ -508,7 +519,9 @@ def test_install_on_a_real_api_server():
             (("patch", "authorizationpolicies.security.istio.io", "--subresource=status", "-n", "x"), "yes"),
             (("create", "leases.coordination.k8s.io", "-n", "istio-system"), "yes"),
             (("create", "leases.coordination.k8s.io", "-n", "default"), "no"),
-            (("get", "secrets", "-n", "istio-system"), "no"),
+            (("get", "secrets/istio-ca-secret", "-n", "istio-system"), "yes"),
+            (("get", "secrets", "-n", "default"), "no"),
+            (("get", "secrets/other", "-n", "istio-system"), "no"),
             (("list", "secrets", "-A"), "no"),
             (("patch", "gateways.gateway.networking.k8s.io", "-n", "x"), "no"),
             (("delete", "gatewayclasses.gateway.networking.k8s.io"), "no"),

@@ -14,6 +14,7 @@ waypoint's own stats (its Envoy admin, inside its pod's namespace) count where t
 ztunnel DaemonSet's pods are the node proxies, run by each node's agent."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -380,6 +381,36 @@ def test_peer_authentication_strict_refuses_plaintext_and_admits_hbone(mesh, tmp
     sh(f"kubectl delete -f {tmp_path / 'strict.yaml'}")
     wait_for("plaintext admitted again", lambda: {
         code for _, code, _ in results(requests(outside, 5, host=host))} == {200}, 30, 0.5)
+
+
+def test_the_mesh_ca_lives_in_its_secret_and_the_root_in_every_namespace(mesh, state, tmp_path):
+    """As istiod: the root's key and certificate in istio-system/istio-ca-secret, the certificate in
+    each namespace's istio-ca-root-cert (the node agents read it there: `up` passes no root file);
+    a second control plane with an empty state folder signs with the same root."""
+    sh, _ = mesh
+    secret = json.loads(sh("kubectl get secret istio-ca-secret -n istio-system -o json"))
+    assert secret["type"] == "istio.io/ca-root"
+    root = base64.b64decode(secret["data"]["ca-cert.pem"]).decode()
+    assert (state / "kubernetes" / "controlplane" / "ca" / "root-cert.pem").read_text() == root
+    sh("kubectl create namespace fresh")
+    for ns in ("default", "istio-system", "fresh"):
+        wait_for(f"istio-ca-root-cert in {ns}", lambda ns=ns: "istio-ca-root-cert" in sh(
+            f"kubectl get configmaps -n {ns} -o name"), 30, 0.5)
+        assert json.loads(sh(f"kubectl get configmap istio-ca-root-cert -n {ns} -o json"))["data"] == \
+            {"root-cert.pem": root}
+    other = tmp_path / "other-controlplane"
+    proc = subprocess.Popen([sys.executable, "-m", "meshway", "controlplane", "--kubeconfig",
+                             str(state / "kubernetes" / "admin.kubeconfig"), "--xds-addr", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "MESHWAY_STATE_DIR": str(other)}, start_new_session=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]  # its banner, then what its CA did
+        assert any("using the CA root of secret istio-system/istio-ca-secret" in line for line in lines), lines
+        wait_for("the second control plane's CA folder", lambda: (other / "ca" / "root-cert.pem").exists(), 30)
+        assert (other / "ca" / "root-cert.pem").read_text() == root
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(30)
 
 
 def netns_pids(name: str) -> set[int]:

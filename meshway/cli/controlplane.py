@@ -144,6 +144,8 @@ def _serve_xds_on_kubernetes(kcp, client, xds_addr: str, xds_ips: tuple[str, ...
     import threading
 
     from ..kube.backend import KubeBackend
+    from ..kube.cacert import sync_ca_secret
+    from ..kube.client import ApiError
     from ..kube.controlplane import SYNC_TIMEOUT
     from ..kube.tokenreview import fetch_token_review
     from ..runtime.controlplane import ControlPlane
@@ -152,9 +154,15 @@ def _serve_xds_on_kubernetes(kcp, client, xds_addr: str, xds_ips: tuple[str, ...
     kcp.source.start()
     kcp.source.wait_synced(SYNC_TIMEOUT)
     backend = KubeBackend(client, kcp.source, writes_allowed=lambda: kcp.leader.leading)
-    cp = ControlPlane(kube_state_dir(client.host), placement=PodPlacement(), delta=delta, store=backend,
+    state_dir = kube_state_dir(client.host)
+    try:
+        click.echo(sync_ca_secret(client, state_dir))  # before the CA loads its folder
+    except (ApiError, ValueError) as exc:
+        raise click.ClickException(f"the mesh CA: {exc}") from None
+    cp = ControlPlane(state_dir, placement=PodPlacement(), delta=delta, store=backend,
                       run_proxies=False, secret_ttl=ttl or timedelta(hours=24), xds_addr=xds_addr, xds_ips=xds_ips,
                       review_token=lambda token: fetch_token_review(client, token))
+    kcp.controller.root_pem = cp.ca.root_pem()  # published to every namespace (istio-ca-root-cert)
     controller = threading.Thread(target=kcp.run, name="kube-controller", daemon=True)
     controller.start()
 

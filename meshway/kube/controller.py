@@ -24,6 +24,7 @@ from ..mesh.view import detect_waypoint_class
 from ..mesh.waypoint_objects import build_waypoint_objects
 from ..store.reconcile import plan_service_entry_addresses
 from ..store.writer import now_rfc3339
+from .cacert import ROOT_CONFIGMAP, plan_root_configmaps
 from .client import ApiError, KubeClient, kind_path
 
 log = logging.getLogger("meshway.kube.controller")
@@ -145,12 +146,24 @@ class KubeController:
     applied: dict[tuple, str] = field(default_factory=dict)  # what was last applied, per object
     problems: list[str] = field(default_factory=list)
     writes: int = 0
+    root_pem: str | None = None  # the mesh root, published to every namespace (`meshway.kube.cacert`)
+    roots_applied: dict[str, str] = field(default_factory=dict)  # namespace -> the root applied there
 
     def reconcile(self, snapshot: Mapping[str, list[Body]], now: str | None = None) -> None:
         """One pass over a consistent snapshot of CONTROLLER_KINDS (from `KubeSource.snapshot`)."""
         self._gateway_class(snapshot)
         self._waypoint_objects(snapshot)
+        self._root_configmaps(snapshot)
         self._statuses(snapshot, now or now_rfc3339())
+
+    def _root_configmaps(self, snapshot: Mapping[str, list[Body]]) -> None:
+        if not self.root_pem:
+            return
+        for body in plan_root_configmaps(snapshot.get("Namespace", ()), self.root_pem, self.roots_applied):
+            ns = body["metadata"]["namespace"]
+            if self._guard(f"apply ConfigMap {ns}/{ROOT_CONFIGMAP}", lambda body=body, ns=ns: self.client.apply(
+                    kind_path("ConfigMap", ns, ROOT_CONFIGMAP), body, FIELD_MANAGER), ok_not_found=True):
+                self.roots_applied[ns] = self.root_pem
 
     def _gateway_class(self, snapshot: Mapping[str, list[Body]]) -> None:
         if any(b["metadata"]["name"] == L.WAYPOINT_CLASS for b in snapshot.get("GatewayClass", ())):

@@ -42,9 +42,11 @@ class Rule:
     resources: tuple[str, ...]
     verbs: tuple[str, ...]
     why: str
+    resource_names: tuple[str, ...] = ()  # only these objects (RBAC cannot name the object of a create)
 
     def to_body(self) -> Body:
-        return {"apiGroups": list(self.api_groups), "resources": list(self.resources), "verbs": list(self.verbs)}
+        body = {"apiGroups": list(self.api_groups), "resources": list(self.resources), "verbs": list(self.verbs)}
+        return body | ({"resourceNames": list(self.resource_names)} if self.resource_names else {})
 
 
 READ = ("list", "watch")
@@ -59,6 +61,8 @@ CLUSTER_RULES: tuple[Rule, ...] = (
          "pod addresses and identities, the waypoints' ServiceAccounts"),
     Rule(("",), ("configmaps",), READ, "the mesh config (`istio` in istio-system) and Gateway `parametersRef` "
                                        "overlays"),
+    Rule(("",), ("configmaps",), ("create", "patch"), "the mesh root in every namespace (`istio-ca-root-cert`, "
+                                                      "where proxies and node agents read it), as istiod publishes it"),
     Rule(("",), ("nodes",), READ, "where pods run: node addresses and locality"),
     Rule(("discovery.k8s.io",), ("endpointslices",), READ, "service endpoints (ready addresses per port)"),
     Rule(("apps",), ("deployments",), READ, "the waypoint Deployments it owns: readiness feeds the Gateway's "
@@ -92,6 +96,10 @@ CLUSTER_RULES: tuple[Rule, ...] = (
 NAMESPACE_RULES: tuple[Rule, ...] = (
     Rule(("coordination.k8s.io",), ("leases",), ("get", "create", "update"),
          "leader election (one replica writes status and waypoint objects)"),
+    Rule(("",), ("secrets",), ("get",), "the mesh CA (`istio-ca-secret`): every replica signs with the same root, "
+                                        "kept across restarts and hosts", ("istio-ca-secret",)),
+    Rule(("",), ("secrets",), ("create",), "the mesh CA's Secret, made by the first replica (a create cannot be "
+                                           "limited to one name)"),
 )
 
 
@@ -102,7 +110,8 @@ def write_rbac_table(cluster_rules: Iterable[Rule] = CLUSTER_RULES,
     for role, rules in ((f"ClusterRole `{NAME}`", cluster_rules), (f"Role `{NAMESPACE}/{NAME}`", namespace_rules)):
         for r in rules:
             groups = ", ".join(f'`{g}`' if g else '`""`' for g in r.api_groups)
-            lines.append(f"| {role} | {groups} | {', '.join(r.resources)} | {', '.join(r.verbs)} | {r.why} |")
+            names = f" (`{'`, `'.join(r.resource_names)}` only)" if r.resource_names else ""
+            lines.append(f"| {role} | {groups} | {', '.join(r.resources)}{names} | {', '.join(r.verbs)} | {r.why} |")
     return "\n".join(lines) + "\n"
 
 

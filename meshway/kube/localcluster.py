@@ -61,8 +61,8 @@ def plan_processes(state: Path, kubeconfig: Path, nodes: int, node_agent: bool, 
     """meshway's own processes, in start order (the harness's come before them). The control plane
     serves xDS over TCP + mTLS on 127.0.0.1:`xds_port` (istiod's 15012, on a free port so that two
     clusters on one machine never collide); the node agents send waypoint pods there (`--xds-address`,
-    in place of their CA_ADDR, which this host cannot resolve) and check it against the control
-    plane's root (`--xds-root-cert`)."""
+    in place of their CA_ADDR, which this host cannot resolve) and check it against the mesh root the
+    control plane publishes in each namespace (the `istio-ca-root-cert` ConfigMap)."""
     python = (sys.executable, "-P", "-m", "meshway")
     out = [Process("controlplane", (*python, "controlplane", "--kubeconfig", str(kubeconfig), "--xds-addr",
                                     f"127.0.0.1:{xds_port}", "-v"),
@@ -70,8 +70,7 @@ def plan_processes(state: Path, kubeconfig: Path, nodes: int, node_agent: bool, 
     if node_agent:
         out += [Process(f"node-{i}", (*python, "node", "--kubeconfig", str(kubeconfig), "--name", f"node-{i}",
                                       "--port", "0", "--xds-address", f"127.0.0.1:{xds_port}",
-                                      "--network-dir", str(network_dir(state)), "--nodes", str(nodes),
-                                      "--xds-root-cert", str(state / "controlplane" / "ca" / "root-cert.pem")),
+                                      "--network-dir", str(network_dir(state)), "--nodes", str(nodes)),
                         (("MESHWAY_STATE_DIR", str(state / f"node-{i}")),)) for i in range(1, nodes + 1)]
     return out
 

@@ -37,6 +37,7 @@ from typing import Any
 import grpc
 
 from .. import labels as L
+from ..kube.cacert import fetch_root_configmap
 from ..kube.client import ApiError, KubeClient, kind_path
 from ..kube.tokenreview import fetch_pod_token
 from ..kube.reflector import Reflector, Watched, key_of
@@ -398,7 +399,11 @@ class NodeAgent:
     # -- the node's network: capture, names, kube-proxy ------------------------------------------------
     def sync_network(self) -> None:
         """The capture rules of the node's namespace, each pod's /etc/hosts and, in pods outside the
-        mesh, kube-proxy's rules; each rewritten only when what it is built from changed."""
+        mesh, kube-proxy's rules; each rewritten only when what it is built from changed. Nothing is
+        written before every watch it reads has listed once: a restarted agent must not, for a moment,
+        capture nothing or name no Service (its pods' traffic would fail until the lists arrive)."""
+        if not (self.reflector.synced.is_set() and all(r.synced.is_set() for r in self.cluster_reflectors)):
+            return
         with self.lock:
             objects = {kind: list(held.values()) for kind, held in self.cluster_objects.items()}
             namespaces = {b["metadata"]["name"]: b for b in objects["Namespace"]}
@@ -443,23 +448,29 @@ class NodeAgent:
 
     def issue_certificate(self, key: P.Key, pod: Body, files: "WaypointFiles") -> None:
         """A token for the pod's service account, then its certificate from the control plane's CA."""
-        if self.xds_root_cert is None:
-            raise WaypointError("no mesh root to check the control plane's certificate with (--xds-root-cert)")
         try:
-            root_pem = Path(self.xds_root_cert).read_text()
+            root_pem = self.find_root(key[0])
             make_dirs(files.folder.parent, 0o711)
             token = fetch_pod_token(self.client, pod)
             files.certificate = issue_pod_certificate(
                 files.folder, files.gid, token, key[0], find_service_account(pod), files.trust_domain,
                 files.address, root_pem)
             files.retry = None
-        except (OSError, ApiError, grpc.RpcError) as exc:
+        except (OSError, ValueError, ApiError, grpc.RpcError) as exc:
             detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)  # type: ignore[union-attr]
             raise WaypointError(f"no workload certificate from {files.address}: {detail}") from None
         log.info("pod %s/%s: certificate for %s, renewed at %s", key[0], key[1], find_service_account(pod),
                  files.certificate.renew_at.isoformat(timespec="seconds"))
         with self.lock:
             self.certificates[key] = files
+
+    def find_root(self, namespace: str) -> str:
+        """The mesh root a pod's proxy checks the control plane with: `--xds-root-cert`, else the
+        `istio-ca-root-cert` ConfigMap the control plane publishes in the pod's namespace (what
+        istio-agent mounts)."""
+        if self.xds_root_cert is not None:
+            return Path(self.xds_root_cert).read_text()
+        return fetch_root_configmap(self.client, namespace)
 
     def renew_certificates(self) -> None:
         """Certificates past half their life, renewed in place (the pod's Envoy reloads them)."""
