@@ -236,8 +236,17 @@ def test_the_destinations_node_proxy_admits_only_the_waypoint(mesh) -> None:
     assert plain[0]["typed_config"]["rules"] == {"action": "DENY", "policies": {
         "ns[foo]-policy[waypoint-traversal-required]-rule[0]": {
             "permissions": [{"destination_port": 8080}], "principals": [{"any": True}]}}}
-    # b-1 (another service, optional) is untouched
+    # the pod's route carries the same rules (every tunnel of every connection reads it at once),
+    # b-1's turns the guard off; b-1 (another service, optional) is untouched
+    routes = after[P.ROUTE]
+    per_route = routes["inbound|foo/a-1"]["virtual_hosts"][0]["routes"][0]["typed_per_filter_config"]
+    assert per_route["meshway.waypoint_traversal"]["rbac"]["rules"] == http[0]["typed_config"]["rules"]
+    assert http[0]["name"] == "meshway.waypoint_traversal"
+    off = routes["inbound|foo/b-1"]["virtual_hosts"][0]["routes"][0]["typed_per_filter_config"]
+    assert off["meshway.waypoint_traversal"] == {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"}
     assert inbound_filters(after, "b-1") == inbound_filters(before, "b-1")
+    assert routes["inbound|foo/b-1"] == before[P.ROUTE]["inbound|foo/b-1"]
 
 
 def test_envoy_accepts_the_node_proxy_config(mesh, tmp_path: Path) -> None:
@@ -299,8 +308,8 @@ def test_explain_shows_the_mode_and_what_it_refuses(mesh) -> None:
         return write_decision(decision, traversal=report), decision_json(decision, traversal=report)
 
     text, doc = explain("service/a")
-    assert "Traversal:    optional (default (Istio's behaviour; no meshway.io/waypoint-traversal label))" in text
-    assert "bypasses:   as in Istio" in text and doc["traversal"]["mode"] == "optional"
+    assert "Traversal:    optional (default: Istio's behaviour, no meshway.io/waypoint-traversal label)" in text
+    assert "bypasses:   as in Istio: pod-IP clients" in text and doc["traversal"]["mode"] == "optional"
     label(mesh, "svc", "a", {T: "required"})
     text, doc = explain("service/a")
     assert [line for line in text.splitlines() if line.startswith("  ") and not line[2].isdigit()] == [

@@ -47,9 +47,8 @@ def write_traversal(report: TraversalReport | None) -> list[str]:
             lines.append(f"  note:       {t.note}")
         if not t.enforced:
             if report.bound:
-                lines.append("  bypasses:   as in Istio, the waypoint is skipped by clients addressing a pod IP, "
-                             "clients outside the mesh, connections opened before the binding, and all traffic "
-                             "while the waypoint is missing or not ready")
+                lines.append("  bypasses:   as in Istio: pod-IP clients, clients outside the mesh, connections opened "
+                             "before the binding, all traffic while the waypoint is missing or not ready")
             return lines
         if t.refused:
             lines.append(f"  refused:    every connection to the service from the mesh: {t.why} ({t.refused})")

@@ -71,9 +71,9 @@ def find_mode(labels: Mapping[str, str], ns_labels: Mapping[str, str], what: str
             continue
         if value in MODES:
             return value, f"label {L.WAYPOINT_TRAVERSAL}={value} on {where}", None
-        return OPTIONAL, "default (Istio's behaviour)", \
+        return OPTIONAL, "default: Istio's behaviour", \
             f"{where} has {L.WAYPOINT_TRAVERSAL}={value!r}, not one of {', '.join(MODES)}: ignored"
-    return OPTIONAL, f"default (Istio's behaviour; no {L.WAYPOINT_TRAVERSAL} label)", None
+    return OPTIONAL, f"default: Istio's behaviour, no {L.WAYPOINT_TRAVERSAL} label", None
 
 
 def decide_traversal(view: MeshView, svc: ServiceInfo, decision: Decision | None = None) -> Traversal:

@@ -12,7 +12,13 @@ rule refused (`rbac_access_denied_matched_policy[...]`) and `explain --request` 
 evaluates any other node proxy policy:
 
 - inbound HBONE (destination side), a guarded pod: an HTTP RBAC denying a CONNECT to a guarded port
-  (the `:authority`'s port) unless the mTLS peer is one of the admitted waypoints;
+  (the `:authority`'s port) unless the mTLS peer is one of the admitted waypoints. It is in force
+  for every new tunnel at once: the filter (`GUARD_FILTER`, in every pod's HBONE chain) takes its
+  rules from the pod's inbound route (RDS, `typed_per_filter_config`), which every HTTP/2 connection
+  of the pod's chains reads, old ones included. Its rules are also the filter's own config, so that
+  a change replaces the chain and Envoy drains the tunnels opened before (closed at the end of the
+  node proxy's drain time). Without the route, a client node proxy's pooled HBONE connection, opened
+  on the chain being drained, would carry new tunnels past the guard until the drain ends;
 - inbound plaintext: a network RBAC denying every connection to a guarded port.
 """
 from __future__ import annotations
@@ -45,6 +51,10 @@ def build_refused_cluster() -> Body:
             "load_assignment": {"cluster_name": REFUSED_CLUSTER, "endpoints": []}}
 
 
+GUARD_FILTER = "meshway.waypoint_traversal"
+RBAC = "envoy.extensions.filters.http.rbac.v3.RBAC"
+
+
 def _groups(guards: tuple[Guard, ...]) -> list[tuple[tuple[tuple[str, str], ...], list[int]]]:
     """Guarded ports grouped by the identities admitted to them, in a stable order."""
     groups: dict[tuple[tuple[str, str], ...], list[int]] = {}
@@ -53,10 +63,10 @@ def _groups(guards: tuple[Guard, ...]) -> list[tuple[tuple[tuple[str, str], ...]
     return sorted(groups.items(), key=lambda kv: kv[1])
 
 
-def build_inbound_guard(guards: tuple[Guard, ...], namespace: str, trust_domain: str) -> list[Body]:
-    """[the HTTP RBAC of a pod's inbound HBONE chain], [] when no port is guarded."""
+def build_inbound_rules(guards: tuple[Guard, ...], namespace: str, trust_domain: str) -> Body | None:
+    """The RBAC rules of a pod's HBONE guard, None when no port is guarded."""
     if not guards:
-        return []
+        return None
     policies = {}
     for i, (identities, ports) in enumerate(_groups(guards)):
         ids = [{"authenticated": {"principal_name": {"exact": f"spiffe://{trust_domain}/ns/{ns}/sa/{sa}"}}}
@@ -65,7 +75,21 @@ def build_inbound_guard(guards: tuple[Guard, ...], namespace: str, trust_domain:
         policies[_name(namespace, i)] = {"permissions": [
             {"header": {"name": ":authority", "string_match": {"suffix": f":{port}"}}} for port in ports],
             "principals": principals}
-    return [_rbac(False, policies)]
+    return {"action": "DENY", "policies": policies}
+
+
+def build_inbound_guard(guards: tuple[Guard, ...], namespace: str, trust_domain: str) -> Body:
+    """The guard filter of a pod's HBONE chain (there whether or not a port is guarded)."""
+    rules = build_inbound_rules(guards, namespace, trust_domain)
+    return {"name": GUARD_FILTER, "typed_config": typed(RBAC, **({"rules": rules} if rules else {}))}
+
+
+def build_inbound_guard_route(guards: tuple[Guard, ...], namespace: str, trust_domain: str) -> Body:
+    """The pod's inbound route's `typed_per_filter_config`: the rules, or the guard disabled."""
+    rules = build_inbound_rules(guards, namespace, trust_domain)
+    per_route = typed("envoy.extensions.filters.http.rbac.v3.RBACPerRoute", **({"rbac": {"rules": rules}}
+                                                                               if rules else {}))
+    return {GUARD_FILTER: per_route}
 
 
 def build_plaintext_guard(guards: tuple[Guard, ...], namespace: str) -> list[Body]:

@@ -30,10 +30,12 @@ from . import protos as P
 from .build_authz import ZTUNNEL, ZTUNNEL_TCP, build_rbac_filters, find_workload_policies
 from .build_connection_logs import build_inbound_logs, build_outbound_log, build_plaintext_log
 from .build_clusters import HTTP_OPTIONS, _default_breakers, _internal_upstream
-from .build_listeners import BUFFER_LIMIT, HBONE_WINDOWS, HCM, _chain_action, _original_dst, build_tls_context
+from .build_listeners import BUFFER_LIMIT, HBONE_WINDOWS, HCM, _chain_action, _original_dst, build_rds, \
+    build_tls_context
 from .build_node_inbound import INBOUND_CLUSTER
 from .build_peer_authn import build_peer_authn_filter
-from .build_traversal import REFUSED_CLUSTER, build_inbound_guard, build_plaintext_guard, build_refused_cluster
+from .build_traversal import REFUSED_CLUSTER, build_inbound_guard, build_inbound_guard_route, build_plaintext_guard, \
+    build_refused_cluster
 from .protos import typed
 from .memo import Memo
 from .scope import find_service_pods, resolve_target_port
@@ -290,22 +292,30 @@ class _Outbound:
             "on_no_match": _chain_action(PASSTHROUGH)} if ranges else {"on_no_match": _chain_action(PASSTHROUGH)}
 
 
+def build_inbound_route(pod: PodInfo, identity: str, per_filter: Body) -> Body:
+    """The pod's inbound route (over RDS): CONNECT to its inbound cluster, with the traversal guard's
+    per-route rules (`build_traversal`: a route change reaches the tunnels of every connection)."""
+    return {"name": f"inbound|{pod.namespace}/{pod.name}", "virtual_hosts": [{
+        "name": "inbound", "domains": ["*"], "routes": [{
+            "match": {"connect_matcher": {}},
+            "route": {"cluster": _inbound_cluster(pod, identity, False)["name"], "upgrade_configs": [
+                {"upgrade_type": "CONNECT", "connect_config": {}}]},
+            "typed_per_filter_config": per_filter}]}]}
+
+
 def build_inbound_chain(pod: PodInfo, identity: str, trust_domain: str, authz: list[Body]) -> Body:
     deliver = {"name": "deliver_to_authority",
                "typed_config": typed("envoy.extensions.filters.http.set_filter_state.v3.Config", on_request_headers=[{
                    "object_key": "envoy.network.transport_socket.original_dst_address",
                    "format_string": {"text_format_source": {"inline_string": "%REQ(:AUTHORITY)%"}},
                    "shared_with_upstream": "ONCE"}])}
-    hcm = typed(HCM, stat_prefix=f"inbound_hbone_{pod.ip}", codec_type="HTTP2", route_config={
-        "name": "inbound", "virtual_hosts": [{"name": "inbound", "domains": ["*"], "routes": [{
-            "match": {"connect_matcher": {}},
-            "route": {"cluster": _inbound_cluster(pod, identity, False)["name"], "upgrade_configs": [
-                {"upgrade_type": "CONNECT", "connect_config": {}}]}}]}]},
-        upgrade_configs=[{"upgrade_type": "CONNECT"}], stream_idle_timeout="0s",
-        access_log=build_inbound_logs(pod, identity),
-        http2_protocol_options={"allow_connect": True, "max_concurrent_streams": 200, **HBONE_WINDOWS},
-        http_filters=[*authz, deliver, {"name": "envoy.filters.http.router",
-                                        "typed_config": typed("envoy.extensions.filters.http.router.v3.Router")}])
+    hcm = typed(HCM, stat_prefix=f"inbound_hbone_{pod.ip}", codec_type="HTTP2",
+                rds=build_rds(f"inbound|{pod.namespace}/{pod.name}"),
+                upgrade_configs=[{"upgrade_type": "CONNECT"}], stream_idle_timeout="0s",
+                access_log=build_inbound_logs(pod, identity),
+                http2_protocol_options={"allow_connect": True, "max_concurrent_streams": 200, **HBONE_WINDOWS},
+                http_filters=[*authz, deliver, {"name": "envoy.filters.http.router", "typed_config": typed(
+                    "envoy.extensions.filters.http.router.v3.Router")}])
     return {"name": f"inbound|{pod.namespace}/{pod.name}",
             "filter_chain_match": {"prefix_ranges": [{"address_prefix": pod.ip, "prefix_len": 32}]},
             "transport_socket": build_tls_context("DownstreamTlsContext", trust_domain,
@@ -314,21 +324,22 @@ def build_inbound_chain(pod: PodInfo, identity: str, trust_domain: str, authz: l
 
 
 def build_pod_inbound(pod: PodInfo, trust_domain: str, applied: tuple, mtls: MtlsDecision = MtlsDecision(),
-                      guards: tuple[Guard, ...] = ()) -> tuple[Body, Body, dict[str, Body]]:
+                      guards: tuple[Guard, ...] = ()) -> tuple[Body, Body, dict[str, Body], Body]:
     """A local pod's inbound chains (HBONE, plaintext) and their two clusters, with its guaranteed
     traversal guards (first: they name the refusal), its L4 policies and (plaintext only) its
-    PeerAuthentication."""
+    PeerAuthentication; and its inbound route."""
     identity = identity_of(pod, trust_domain)
     clusters = {c["name"]: c for c in (_inbound_cluster(pod, identity, plaintext) for plaintext in (False, True))}
     inbound = build_inbound_chain(pod, identity, trust_domain, [
-        *build_inbound_guard(guards, pod.namespace, trust_domain), *build_rbac_filters(list(applied), ZTUNNEL)])
+        build_inbound_guard(guards, pod.namespace, trust_domain), *build_rbac_filters(list(applied), ZTUNNEL)])
+    route = build_inbound_route(pod, identity, build_inbound_guard_route(guards, pod.namespace, trust_domain))
     plain = {"name": f"plaintext|{pod.namespace}/{pod.name}",
              "filter_chain_match": {"prefix_ranges": [{"address_prefix": pod.ip, "prefix_len": 32}]},
              "filters": [*build_plaintext_guard(guards, pod.namespace), *build_peer_authn_filter(mtls),
                          *build_rbac_filters(list(applied), ZTUNNEL_TCP, network=True),
                          _tcp(f"plaintext|{pod.namespace}/{pod.name}", f"plaintext_{pod.ip}",
                               log=build_plaintext_log(pod))]}
-    return inbound, plain, clusters
+    return inbound, plain, clusters, route
 
 
 def build_ztunnel_config(view: MeshView, proxy: NodeProxy, memo: Memo | None = None
@@ -373,15 +384,16 @@ def build_ztunnel_config(view: MeshView, proxy: NodeProxy, memo: Memo | None = N
             "on_no_match": _chain_action(PASSTHROUGH)} if source_ranges else {
             "on_no_match": _chain_action(PASSTHROUGH)}}
     listeners["ztunnel_outbound"] = outbound_listener
-    inbound_chains, plain_chains = [], []
+    inbound_chains, plain_chains, routes = [], [], {}
     all_guards = find_traversal_guards(view)
     for pod in local:
         applied = tuple(find_workload_policies(policies, pod.namespace, dict(pod.labels)))
         mtls = decide_peer_authentication(peer_authns, pod.namespace, pod.labels)
         guards = all_guards.get((pod.namespace, pod.name), ())
-        inbound, plain, pod_clusters = memo.get(("inbound", pod.namespace, pod.name), (pod, applied, mtls, td, guards),
+        inbound, plain, pod_clusters, route = memo.get(("inbound", pod.namespace, pod.name), (pod, applied, mtls, td, guards),
                                                 lambda: build_pod_inbound(pod, td, applied, mtls, guards))
         clusters.update(pod_clusters)
+        routes[route["name"]] = route
         inbound_chains.append(inbound)
         plain_chains.append(plain)
     memo.sweep()
@@ -392,7 +404,7 @@ def build_ztunnel_config(view: MeshView, proxy: NodeProxy, memo: Memo | None = N
                                "listener_filters": [_original_dst()], "filter_chains": chains_}
     if "ztunnel_inbound" in listeners:  # HBONE from peers
         listeners["ztunnel_inbound"]["per_connection_buffer_limit_bytes"] = BUFFER_LIMIT
-    return {P.CLUSTER: clusters, P.ENDPOINT: {}, P.LISTENER: listeners, P.ROUTE: {}, P.SECRET: {}}, identities
+    return {P.CLUSTER: clusters, P.ENDPOINT: {}, P.LISTENER: listeners, P.ROUTE: routes, P.SECRET: {}}, identities
 
 
 

@@ -149,6 +149,25 @@ def find_outbound(view: MeshView, configs: _NodeConfigs, source: PodInfo, addres
     return out
 
 
+def find_http_rbacs(hcm: Body, resources: dict) -> list[Body]:
+    """The RBAC configs in force on an HBONE chain, each filter's own or its route's override
+    (`typed_per_filter_config`: an RBACPerRoute without `rbac` turns the filter off)."""
+    route_config = resources[P.ROUTE].get((hcm.get("rds") or {}).get("route_config_name", "")) or \
+        hcm.get("route_config") or {}
+    routes = [r for vh in route_config.get("virtual_hosts") or [] for r in vh.get("routes") or []]
+    per_filter = (routes[0].get("typed_per_filter_config") or {}) if routes else {}
+    out = []
+    for f in hcm.get("http_filters") or []:
+        if not f["typed_config"]["@type"].endswith(".rbac.v3.RBAC"):
+            continue
+        if f["name"] in per_filter:
+            if "rbac" in per_filter[f["name"]]:
+                out.append(per_filter[f["name"]]["rbac"])
+        elif f["typed_config"].get("rules") or f["typed_config"].get("shadow_rules"):
+            out.append(f["typed_config"])
+    return out
+
+
 def check_inbound(view: MeshView, configs: _NodeConfigs, pod: PodInfo, port: int, peer: str | None) -> Body:
     """The L4 policy of a destination pod's node proxy for a connection from `peer` (None: plaintext
     from outside the mesh) to pod:port, from its inbound chain's RBAC filters."""
@@ -162,7 +181,7 @@ def check_inbound(view: MeshView, configs: _NodeConfigs, pod: PodInfo, port: int
         return {"pod": pod.name, "verdict": "unknown", "note": f"no chain {name} on node {pod.node}"}
     if peer:
         hcm = chain["filters"][0]["typed_config"]
-        rbacs = [f["typed_config"] for f in hcm.get("http_filters") or [] if f["name"] == "envoy.filters.http.rbac"]
+        rbacs = find_http_rbacs(hcm, resources)
         request: HttpRequest | None = HttpRequest("CONNECT", "", f"{pod.ip}:{port}")
     else:
         rbacs = [f["typed_config"] for f in chain["filters"] if f["name"] == "envoy.filters.network.rbac"]
