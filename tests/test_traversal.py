@@ -320,6 +320,8 @@ def test_explain_shows_the_mode_and_what_it_refuses(mesh) -> None:
         "  closed:     connections opened before the binding, at the end of the node proxies' drain time"]
     assert "Traversal:    required (label meshway.io/waypoint-traversal=required on service foo/a)" in text
     assert doc["traversal"]["refused"] == "WaypointIsNotReady"
+    assert text.endswith("Traffic addressed to service/a is refused: waypoint foo/waypoint is not ready, and "
+                         "meshway.io/waypoint-traversal=required on service foo/a forbids the direct path.\n")
     assert doc["traversal"]["guards"] == [{"pod": "a-1", "port": 8080, "services": ["Service foo/a"],
                                            "waypoints": ["foo/waypoint"], "identities": ["foo/waypoint"]}]
     text, _ = explain("pod/a-1")

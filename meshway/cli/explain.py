@@ -87,7 +87,12 @@ def write_decision(decision: Decision, live: bool = True, hint: str = START_HINT
     rules = [rule.removesuffix(" is ready") + " was ready when last recorded" if stale and rule.endswith(" is ready")
              else rule for rule in decision.rules]
     lines += [f"  {i}. {rule}" for i, rule in enumerate(rules, 1)]
-    lines.append(f"As last recorded: {decision.explanation}" if stale else decision.explanation)
+    explanation = decision.explanation
+    t = traversal.traversal if traversal else None
+    if t is not None and t.refused:  # the selection's "goes directly" does not happen
+        explanation = (f"Traffic addressed to {what} is refused: {t.why}, and {t.source.removeprefix('label ')} "
+                       "forbids the direct path.")
+    lines.append(f"As last recorded: {explanation}" if stale else explanation)
     if stale:
         lines.append(f"Note: {NOT_RUNNING} ({hint}): the waypoint's readiness is the last recorded "
                      "state, not live.")
