@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import grpc
 
@@ -343,40 +343,30 @@ class NodeAgent:
         for what in ("hosts", "nat"):  # a new pod (maybe of an old one's name) gets its names and rules
             self.network_applied.pop(f"{what} {ns}/{name}", None)
 
-    # -- waypoint pods: Envoy with the Deployment's bootstrap and a certificate of its own -----------
+    # -- proxy pods (waypoints, the node proxy): Envoy with a bootstrap and a certificate of its own ----
     def prepare_waypoint(self, key: P.Key, pod: Body, ip: str) -> Body:
-        """For a waypoint pod (`meshway.node.waypoint`): its certificate (`meshway.node.identity`),
-        its Envoy's bootstrap, and the pod with the waypoint container running that Envoy; any other
-        pod as it is."""
+        """For a waypoint pod (`meshway.node.waypoint`): the waypoint container runs Envoy with the
+        Deployment's waypoint bootstrap; any other pod as it is."""
         containers = find_waypoint_containers(pod)
         if not containers:
             return pod
-        container = containers[0]
-        ns, name = key
-        try:
-            run_as = find_run_as(container, pod)
-        except RunAsError:
-            return pod  # the runtime reports it (CreateContainerConfigError)
-        folder = self.net.pod_home(ns, name) / "istio-proxy"
-        address = find_ca_address(container, self.xds_address)
-        files = WaypointFiles(folder, run_as.gid, address, find_trust_domain(container))
-        self.issue_certificate(key, pod, files)
-        bootstrap = folder / "envoy-rev.json"
-        relay = self.start_relay(address)  # the pod's namespace has no route to the host: through the agent
-        write_readable(bootstrap, json.dumps(build_waypoint_bootstrap(
-            pod, ip, f"unix:{relay.path}", files.certificate.files, files.certificate.sds_file)), run_as.gid)
-        spec = pod["spec"]
-        spec["containers"] = [build_envoy_container(c, find_envoy_binary(), bootstrap) if c is container else c
-                              for c in spec["containers"]]
-        return pod
+        return self.run_as_envoy(key, pod, containers[0], lambda xds, files: build_waypoint_bootstrap(
+            pod, ip, xds, files.certificate.files, files.certificate.sds_file))
 
     def prepare_ztunnel(self, key: P.Key, pod: Body) -> Body:
-        """For the node proxy's pod (`meshway.node.nodeproxy`): its certificate, and its container
-        running Envoy with node-N's node-proxy bootstrap in the node's namespace; any other pod as it is."""
+        """For the node proxy's pod (`meshway.node.nodeproxy`): its container runs Envoy with node-N's
+        node-proxy bootstrap in the node's namespace; any other pod as it is."""
         containers = Z.find_ztunnel_containers(pod)
         if not containers or not Z.detect_host_network(pod):
             return pod
-        container = containers[0]
+        return self.run_as_envoy(key, pod, containers[0], lambda xds, files: Z.build_ztunnel_bootstrap(
+            self.name, self.index, xds, files.certificate.files, files.certificate.sds_file))
+
+    def run_as_envoy(self, key: P.Key, pod: Body, container: Body,
+                     build_bootstrap: Callable[[str, WaypointFiles], Body]) -> Body:
+        """The proxy container's certificate (`meshway.node.identity`), its bootstrap (dialling the
+        control plane through the agent's relay: the pod's namespace has no route to the host), and
+        the pod with that container running Envoy as the container's user."""
         ns, name = key
         try:
             run_as = find_run_as(container, pod)
@@ -388,9 +378,7 @@ class NodeAgent:
         self.issue_certificate(key, pod, files)
         bootstrap = folder / "envoy-rev.json"
         relay = self.start_relay(address)
-        write_readable(bootstrap, json.dumps(Z.build_ztunnel_bootstrap(
-            self.name, self.index, f"unix:{relay.path}", files.certificate.files, files.certificate.sds_file)),
-            run_as.gid)
+        write_readable(bootstrap, json.dumps(build_bootstrap(f"unix:{relay.path}", files)), run_as.gid)
         spec = pod["spec"]
         spec["containers"] = [build_envoy_container(c, find_envoy_binary(), bootstrap) if c is container else c
                               for c in spec["containers"]]
