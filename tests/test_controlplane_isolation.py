@@ -171,7 +171,7 @@ async def ask_clusters(cp: ControlPlane, node_id: str) -> tuple[float, float]:
             await asyncio.sleep(0.002)
 
 
-def test_a_slow_translation_does_not_hold_up_another_proxys_ads_stream(mesh) -> None:
+def test_a_slow_translation_does_not_hold_up_another_proxys_ads_stream(mesh, caplog) -> None:
     store, cp, faults = mesh
     alpha, beta = node_of(cp, "alpha"), node_of(cp, "beta")
     wait_for(lambda: acked(cp, alpha) and acked(cp, beta), what="both waypoints to ACK")
@@ -196,7 +196,6 @@ def test_a_slow_translation_does_not_hold_up_another_proxys_ads_stream(mesh) -> 
     release.set()
     del faults["alpha"]
     wait_for(lambda: any("ratings.alpha" in c for c in clusters(cp, alpha)), what="alpha's slow build to land")
-    # over the 0.5 s budget: reported on proxy-status, and nothing was stopped for it
-    assert any("over the 0.5 s budget" in m for _, m in status_file(cp).get(alpha, {}).get("problems", [])) or \
-        any("over the 0.5 s budget" in m for _, m in wait_for(
-            lambda: status_file(cp).get(alpha, {}).get("problems"), what="the budget problem"))
+    # over the 0.5 s budget: reported (logged, and on proxy-status until alpha's next build, which a
+    # status write of this change may start at once and which clears it), and nothing was stopped for it
+    assert any(alpha in r.getMessage() and "over its 0.5 s budget" in r.getMessage() for r in caplog.records)
