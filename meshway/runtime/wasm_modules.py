@@ -1,24 +1,33 @@
 """WasmPlugin modules for the waypoints, fetched by the control plane (the job istio-agent does
-next to each Envoy in Istio): `file://` read, `http://` and `https://` downloaded, `oci://` not
-supported. The bytes are checked against the plugin's `sha256`, kept in the state folder as
-`wasm/<sha256>.wasm` (Envoy loads that file), and each (module, plugin configuration) is tried
-once with `envoy --mode validate`, since Envoy refuses a whole listener whose plugin cannot load,
-start or take its configuration. The outcome per plugin is a `WasmModule` for `build_wasm`.
+next to each Envoy in Istio): `file://` read, `http://` and `https://` downloaded, `oci://` images
+(and bare image references) pulled from their registry (`oci_registry`, with the plugin's
+`imagePullSecret`). The bytes are checked against the plugin's `sha256` (for an image: the image's
+manifest digest, as Istio checks it), kept in the state folder as `wasm/<sha256>.wasm` (Envoy loads
+that file; an image's module is named by its digest, so a pull whose digest is there already reads
+no layer), and each (module, plugin configuration) is tried once with `envoy --mode validate`,
+since Envoy refuses a whole listener whose plugin cannot load, start or take its configuration.
+The outcome per plugin is a `WasmModule` for `build_wasm`.
 
-A downloaded module is reused while its URL and `sha256` stay the same (Istio's default pull
-policy, IfNotPresent); a failed download is tried again after `retry_after` seconds."""
+A fetched module is reused while the plugin's URL, `sha256` and pull secret stay the same
+(`imagePullPolicy` IfNotPresent, the default); with `Always`, and by default for an image tagged
+`:latest`, it is fetched again whenever the plugin's spec changes (Istio: its resourceVersion).
+A failed fetch is tried again after `retry_after` seconds."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
 import time
 import urllib.request
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
+from urllib.parse import urlsplit
 
 from ..model.extensions import WasmPlugin, parse_plugin_url
+from .oci_image import parse_image_ref, read_pull_secret
+from .oci_registry import read_oci_module
 from ..private import make_private_dir
 from ..xds import protos as P
 from ..xds.build_wasm import WasmModule, build_wasm_filter, plugin_key
@@ -26,13 +35,43 @@ from ..xds.validate import run_validate, summarize_rejection
 
 log = logging.getLogger(__name__)
 MAX_BYTES = 64 << 20
+SecretReader = Callable[[str, str], "dict[str, Any] | None"]  # (namespace, name) -> the Secret, None: absent
+
+
+def detect_reuse(plugin: WasmPlugin) -> bool:
+    """Istio's `shouldIgnoreResourceVersion`: whether a fetched module outlives changes to the plugin."""
+    policy = plugin.spec.imagePullPolicy
+    if policy in ("Always", "IfNotPresent"):
+        return policy == "IfNotPresent"
+    scheme, url = parse_plugin_url(plugin.spec.url)
+    return scheme != "oci" or not urlsplit(url).path.endswith(":latest")
+
+
+def find_expected_sha256(plugin: WasmPlugin) -> str:
+    """The sha256 the module must have: the plugin's, else for an image pinned by digest that digest."""
+    if plugin.spec.sha256:
+        return plugin.spec.sha256
+    scheme, url = parse_plugin_url(plugin.spec.url)
+    if scheme == "oci":
+        try:
+            digest = parse_image_ref(url).digest
+        except ValueError:
+            return ""
+        return digest[len("sha256:"):] if digest else ""
+    return ""
+
+
+def build_fetch_key(plugin: WasmPlugin) -> tuple:
+    """What a fetch is kept under: URL, sha256, pull secret, and the spec when it is not reused."""
+    spec = plugin.spec
+    secret = (plugin.namespace, spec.imagePullSecret) if spec.imagePullSecret else None
+    changes = None if detect_reuse(plugin) else json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+    return spec.url, find_expected_sha256(plugin), secret, changes
 
 
 def read_module(url: str, timeout: float) -> bytes:
-    """The module's bytes (OSError and ValueError carry why not)."""
+    """A file:// or http(s):// module's bytes (OSError and ValueError carry why not)."""
     scheme, url = parse_plugin_url(url)
-    if scheme == "oci":
-        raise ValueError("OCI images are not supported by meshway (use file://, http:// or https://)")
     if scheme == "file":
         data = Path(url[len("file://"):]).read_bytes()
     else:
@@ -56,10 +95,15 @@ def build_check_resources(filter_: dict) -> dict[str, dict[str, dict]]:
 
 class WasmModules:
     def __init__(self, state_dir: Path | str, envoy: str, timeout: float = 5.0, retry_after: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, read_secret: SecretReader | None = None,
+                 insecure_registries: frozenset[str] = frozenset()):
+        """`read_secret`: where imagePullSecrets are read (None: nowhere, a plugin naming one is
+        reported); `insecure_registries`: hosts whose TLS certificate is not checked (`*`: all),
+        Istio's WASM_INSECURE_REGISTRIES."""
         self.dir = Path(state_dir) / "wasm"
         self.envoy, self.timeout, self.retry_after, self.clock = envoy, timeout, retry_after, clock
-        self._downloads: dict[tuple[str, str], tuple[str | None, str | None, float]] = {}  # -> sha, error, when
+        self.read_secret, self.insecure_registries = read_secret, insecure_registries
+        self._downloads: dict[tuple, tuple[str | None, str | None, float]] = {}  # -> sha, error, when
         self._checks: dict[str, str | None] = {}  # the filter as JSON -> Envoy's reason to refuse it
 
     def fetch_modules(self, plugins: Iterable[WasmPlugin]) -> dict[tuple[str, str], WasmModule]:
@@ -67,34 +111,54 @@ class WasmModules:
                 if (p.spec.targetRefs or p.spec.targetRef) and p.spec.type != "NETWORK"}
 
     def fetch_module(self, plugin: WasmPlugin) -> WasmModule:
-        sha, error = self._bytes(plugin.spec.url, plugin.spec.sha256 or "")
+        sha, error = self._bytes(plugin)
         if error:
             return WasmModule(error=error)
         path = str(self.dir / f"{sha}.wasm")
         refused = self._check(plugin, path)
         return WasmModule(path, sha, f"Envoy cannot run it: {refused}" if refused else None)
 
-    def _bytes(self, url: str, expected: str) -> tuple[str | None, str | None]:
+    def _bytes(self, plugin: WasmPlugin) -> tuple[str | None, str | None]:
         """(sha256 of the module now in the cache, None) or (None, why not)."""
+        url, expected = plugin.spec.url, find_expected_sha256(plugin)
         scheme = parse_plugin_url(url)[0]
         if expected and (self.dir / f"{expected}.wasm").exists():
             return expected, None
-        key = (url, expected)
+        key = build_fetch_key(plugin)
         done = self._downloads.get(key)
         if scheme != "file" and done and (done[1] is None or self.clock() - done[2] < self.retry_after):
             return done[0], done[1]
         try:
-            data = read_module(url, self.timeout)
-            sha = hashlib.sha256(data).hexdigest()
-            if expected and sha != expected:
-                raise ValueError(f"sha256 mismatch: the module's is {sha}, the plugin expects {expected}")
-            self._store(sha, data)
+            if scheme == "oci":
+                sha, data = self._pull(plugin, expected)
+            else:
+                data = read_module(url, self.timeout)
+                sha = hashlib.sha256(data).hexdigest()
+                if expected and sha != expected:
+                    raise ValueError(f"sha256 mismatch: the module's is {sha}, the plugin expects {expected}")
+            if data is not None:
+                self._store(sha, data)
             result: tuple[str | None, str | None] = (sha, None)
         except (OSError, ValueError) as exc:
             result = (None, f"cannot fetch {parse_plugin_url(url)[1]}: {exc}")
             log.warning("WasmPlugin module: %s", result[1])
         self._downloads[key] = (*result, self.clock())
         return result
+
+    def _pull(self, plugin: WasmPlugin, expected: str) -> tuple[str, bytes | None]:
+        """(image digest, the module; None when `wasm/<digest>.wasm` is there already)."""
+        config = None
+        if plugin.spec.imagePullSecret:
+            ns, name = plugin.namespace, plugin.spec.imagePullSecret
+            if self.read_secret is None:
+                raise ValueError(f"imagePullSecret {ns}/{name}: Secrets are read only on Kubernetes "
+                                 "(`meshway controlplane --kubeconfig`)")
+            config = read_pull_secret(self.read_secret(ns, name), ns, name)
+        url = parse_plugin_url(plugin.spec.url)[1]
+        host = parse_image_ref(url).registry
+        insecure = "*" in self.insecure_registries or host in self.insecure_registries
+        return read_oci_module(url, expected, config, self.timeout, MAX_BYTES,
+                               lambda digest: (self.dir / f"{digest}.wasm").exists(), insecure)
 
     def _store(self, sha: str, data: bytes) -> None:
         path = self.dir / f"{sha}.wasm"

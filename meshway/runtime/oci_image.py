@@ -1,0 +1,279 @@
+"""Wasm modules in OCI images, the decisions only (no I/O), as Istio's agent makes them with
+go-containerregistry (`pkg/wasm/imagefetcher.go`, `cache.go`; `pkg/name`, `pkg/v1/remote`):
+
+- the reference: `[registry/]repository[:tag][@sha256:digest]`, the registry defaulting to Docker
+  Hub (`index.docker.io`, one-part names under `library/`) and the tag to `latest`;
+- which manifest of an index (`linux/amd64`, go-containerregistry's default platform) and which
+  layer holds the module, in Istio's order: a Docker image manifest's last layer, a gzipped tar
+  (`application/vnd.docker.image.rootfs.diff.tar.gzip`); otherwise an OCI manifest's last layer
+  if it is `application/vnd.oci.image.layer.v1.tar+gzip` (the "compat" variant); otherwise exactly
+  two layers, one of them the raw module (`application/vnd.module.wasm.content.layer.v1+wasm`);
+  from a tar, the file whose base name is `plugin.wasm`;
+- credentials for a registry from a `kubernetes.io/dockerconfigjson` Secret (docker's config file:
+  `auths` by host, `auth` = base64 of user:password, or username/password, identitytoken,
+  registrytoken), and the `WWW-Authenticate` challenge they answer (Basic, or Bearer with a token
+  from the realm); a Bearer realm on localhost or a private, loopback or link-local address is
+  refused (Istio's guard against server-side request forgery);
+- plain HTTP: go-containerregistry falls back to it for localhost, `*.localhost`, 127.0.0.1, ::1
+  and RFC 1918 addresses, and Istio for any registry whose TLS port answers in plain HTTP."""
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import ipaddress
+import json
+import re
+import tarfile
+from dataclasses import dataclass
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+Body = dict[str, Any]
+DEFAULT_REGISTRY = "index.docker.io"
+DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
+DEFAULT_TAG = "latest"
+REPOSITORY = re.compile(r"^[a-z0-9_./-]{1,255}$")
+TAG = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+MANIFEST_ACCEPT = ", ".join((OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_LIST))
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+WASM_LAYER = "application/vnd.module.wasm.content.layer.v1+wasm"
+PLUGIN_FILE = "plugin.wasm"
+PLATFORM = ("linux", "amd64")
+WASM_MAGIC = b"\x00asm"
+PRIVATE = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")  # Go's net.IP.IsPrivate
+PULL_SECRET_TYPE = "kubernetes.io/dockerconfigjson"
+PULL_SECRET_KEY = ".dockerconfigjson"
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    registry: str
+    repository: str  # as sent to the registry (`library/` added on Docker Hub)
+    tag: str | None = None
+    digest: str | None = None  # sha256:<hex>; wins over the tag
+
+    @property
+    def identifier(self) -> str:
+        return self.digest or self.tag or DEFAULT_TAG
+
+    def __str__(self) -> str:
+        return f"{self.registry}/{self.repository}" + (f"@{self.digest}" if self.digest else f":{self.identifier}")
+
+
+def parse_image_ref(text: str) -> ImageRef:
+    """go-containerregistry's `name.ParseReference` (a tag, else a digest), on what follows `oci://`."""
+    if text.startswith("oci://"):
+        text = text[len("oci://"):]
+    base, _, digest = text.partition("@")
+    if "@" in text and not DIGEST.match(digest):
+        raise ValueError(f"could not parse reference {text!r}: the digest must be sha256:<64 hex characters>")
+    tag = None
+    head, sep, last = base.rpartition(":")
+    if sep and "/" not in last:
+        if not last:
+            raise ValueError(f"could not parse reference {text!r}: a tag name must follow the colon")
+        if not TAG.match(last):
+            raise ValueError(f"could not parse reference {text!r}: tag {last!r} may hold only letters, digits, _ . -")
+        base, tag = head, last
+    registry, repository = "", base
+    first, slash, rest = base.partition("/")
+    if slash and (first == "localhost" or "." in first or ":" in first):
+        registry, repository = first, rest
+    if not REPOSITORY.match(repository):
+        raise ValueError(f"could not parse reference {text!r}: repository {repository!r} may hold only "
+                         "lowercase letters, digits and _ . / -")
+    registry = registry or DEFAULT_REGISTRY
+    if registry == "docker.io":
+        registry = DEFAULT_REGISTRY
+    if registry == DEFAULT_REGISTRY and "/" not in repository:
+        repository = f"library/{repository}"
+    return ImageRef(registry, repository, tag, digest or None)
+
+
+def detect_local_registry(registry: str) -> bool:
+    """Whether go-containerregistry also tries plain HTTP there (`name.Registry.Scheme`)."""
+    host = registry.rsplit(":", 1)[0] if registry.count(":") == 1 else registry.strip("[]")
+    if registry.startswith("localhost:") or re.match(r".*\.localhost(:\d{1,5})?$", registry):
+        return True
+    if "127.0.0.1" in registry or "::1" in registry:
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.version == 4 and any(ip in ipaddress.ip_network(n) for n in PRIVATE[:3])
+
+
+def find_platform_manifest(index: Body) -> Body:
+    """The index entry go-containerregistry's `desc.Image()` picks: the default platform's."""
+    for entry in index.get("manifests") or []:
+        platform = entry.get("platform") or {}
+        if (platform.get("os"), platform.get("architecture")) == PLATFORM:
+            return entry
+    raise ValueError(f"the image index has no manifest for {'/'.join(PLATFORM)}")
+
+
+@dataclass(frozen=True)
+class WasmLayer:
+    """The layer holding the module and how: `tar.gz` (plugin.wasm inside) or `raw` (the module)."""
+
+    descriptor: Body
+    packing: str
+    variant: str  # docker, compat (OCI tar+gzip) or oci (artifact)
+
+
+def find_wasm_layer(manifest: Body, media_type: str) -> WasmLayer:
+    """Istio's choice of layer (`PrepareFetch`), or ValueError with every variant's reason."""
+    layers = manifest.get("layers") or []
+    if (manifest.get("mediaType") or media_type) == DOCKER_MANIFEST:
+        if not layers:
+            raise ValueError("invalid Docker image: number of layers must be greater than zero")
+        last = layers[-1]
+        if last.get("mediaType") != DOCKER_LAYER:
+            raise ValueError(f"invalid Docker image: layer media type {last.get('mediaType')} (expect {DOCKER_LAYER})")
+        return WasmLayer(last, "tar.gz", "docker")
+    if layers and layers[-1].get("mediaType") == OCI_LAYER:
+        return WasmLayer(layers[-1], "tar.gz", "compat")
+    compat = (f"invalid media type {layers[-1].get('mediaType')} (expect {OCI_LAYER})" if layers
+              else "number of layers must be greater than zero")
+    wasm = [layer for layer in layers if layer.get("mediaType") == WASM_LAYER]
+    if len(layers) == 2 and wasm:
+        return WasmLayer(wasm[0], "raw", "oci")
+    oci = (f"number of layers must be 2 but got {len(layers)}" if len(layers) != 2
+           else f"could not find the layer of type {WASM_LAYER}")
+    raise ValueError(f"the image is in no Wasm image format: not the compat variant ({compat}), "
+                     f"not the oci variant ({oci})")
+
+
+def extract_plugin_wasm(blob: bytes, limit: int) -> bytes:
+    """`plugin.wasm` (by base name, the first one) from a gzipped tar layer."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob)), mode="r:") as tar:
+            for member in tar:
+                if member.name.rsplit("/", 1)[-1] == PLUGIN_FILE and member.isfile():
+                    if member.size > limit:
+                        raise ValueError(f"{PLUGIN_FILE} is larger than {limit >> 20} MiB")
+                    f = tar.extractfile(member)
+                    return f.read() if f else b""
+    except (OSError, EOFError, tarfile.TarError) as exc:
+        raise ValueError(f"failed to parse layer as tar.gz: {exc}") from None
+    raise ValueError(f"{PLUGIN_FILE} not found in the archive")
+
+
+def detect_wasm_binary(data: bytes) -> bool:
+    """Istio's `isValidWasmBinary`: the magic number and a version (8 bytes)."""
+    return len(data) >= 8 and data[:4] == WASM_MAGIC
+
+
+# -- credentials and challenges --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str = ""
+    password: str = ""
+    identity_token: str = ""  # an OAuth2 refresh token for the realm
+    registry_token: str = ""  # a Bearer token sent as it is
+
+
+def read_pull_secret(secret: Body | None, namespace: str, name: str) -> bytes:
+    """The docker config in an imagePullSecret, with istiod's reasons why not (`GetDockerCredential`)."""
+    if secret is None:
+        raise ValueError(f"imagePullSecret {namespace}/{name}: secret not found")
+    if secret.get("type") != PULL_SECRET_TYPE:
+        raise ValueError(f"imagePullSecret {namespace}/{name}: type is {secret.get('type')!r}, not {PULL_SECRET_TYPE}")
+    data = (secret.get("data") or {}).get(PULL_SECRET_KEY)
+    if data is None:
+        raise ValueError(f"imagePullSecret {namespace}/{name}: no {PULL_SECRET_KEY} key")
+    try:
+        return base64.b64decode(data, validate=True)
+    except ValueError:
+        raise ValueError(f"imagePullSecret {namespace}/{name}: {PULL_SECRET_KEY} is not base64") from None
+
+
+def _auth_host(key: str) -> str:
+    """docker's `ConvertToHostname`: the host of an `auths` key that may be a URL."""
+    for prefix in ("http://", "https://"):
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    return key.split("/", 1)[0]
+
+
+def find_credentials(docker_config: bytes, registry: str) -> Credentials | None:
+    """The config's entry for this registry (Docker Hub's key is its v1 URL); None: anonymous."""
+    try:
+        auths = json.loads(docker_config).get("auths")
+    except (ValueError, AttributeError):
+        raise ValueError("the pull secret is not a docker config file (JSON with `auths`)") from None
+    if not isinstance(auths, Mapping):
+        raise ValueError("the pull secret is not a docker config file (JSON with `auths`)")
+    want = DOCKER_HUB_AUTH_KEY if registry == DEFAULT_REGISTRY else registry
+    entry = auths.get(want)
+    if entry is None:
+        entry = next((v for k, v in auths.items() if _auth_host(k) == _auth_host(want)), None)
+    if not isinstance(entry, Mapping):
+        return None
+    username, password = entry.get("username") or "", entry.get("password") or ""
+    if entry.get("auth"):
+        try:
+            username, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+        except ValueError:
+            raise ValueError(f"the pull secret's auth for {want} is not base64 of user:password") from None
+    found = Credentials(username, password, entry.get("identitytoken") or "", entry.get("registrytoken") or "")
+    return found if found != Credentials() else None
+
+
+@dataclass(frozen=True)
+class Challenge:
+    scheme: str  # lowercase: basic, bearer
+    params: Mapping[str, str]
+
+
+def parse_challenges(header: str) -> list[Challenge]:
+    """`WWW-Authenticate`: `Bearer realm="…",service="…",scope="…"` (and more schemes, comma-joined)."""
+    found: list[Challenge] = []
+    for m in re.finditer(r'([A-Za-z][\w-]*)(?:\s+|$)((?:[\w-]+=(?:"[^"]*"|[^,\s]*)\s*,?\s*)*)', header):
+        params = {k.lower(): v.strip('"') for k, v in re.findall(r'([\w-]+)=("[^"]*"|[^,\s]*)', m.group(2))}
+        found.append(Challenge(m.group(1).lower(), params))
+    return found
+
+
+def detect_unsafe_realm(realm: str) -> str | None:
+    """Why Istio refuses to fetch a token from this realm (`validateRealmURL`), None when it may."""
+    parts = urlsplit(realm)
+    if parts.scheme not in ("http", "https"):
+        return f"realm scheme {parts.scheme!r} not allowed"
+    host = parts.hostname or ""
+    if not host:
+        return "realm missing host"
+    if host == "metadata.google.internal":
+        return "realm targets cloud metadata service"
+    if host == "localhost":
+        return "realm targets localhost"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if ip.is_loopback or ip.is_link_local or any(ip in ipaddress.ip_network(n) for n in PRIVATE if
+                                                   ipaddress.ip_network(n).version == ip.version):
+        return "realm targets private/loopback/link-local IP"
+    return None
+
+
+def build_basic_auth(credentials: Credentials) -> str:
+    return "Basic " + base64.b64encode(f"{credentials.username}:{credentials.password}".encode()).decode()
+
+
+def build_token_query(challenge: Challenge, ref: ImageRef) -> dict[str, str]:
+    """The token request's query: the challenge's service and this repository's pull scope."""
+    query = {"scope": f"repository:{ref.repository}:pull"}
+    if challenge.params.get("service"):
+        query["service"] = challenge.params["service"]
+    return query
