@@ -96,8 +96,13 @@ spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, p
                             for p in pods):
                 return
             time.sleep(0.5)
-        log = (self.state / "run" / "controlplane.log").read_text()[-4000:]
-        pytest.fail(f"pods not ready in {timeout}s; control plane log:\n{log}")
+        pytest.fail(f"pods not ready in {timeout}s; {self.logs()}")
+
+    def logs(self, size: int = 3000) -> str:
+        """The tails of the control plane's and the node agents' logs."""
+        run = self.state / "run"
+        return "\n".join(f"{path.relative_to(run)}:\n{path.read_text()[-size:]}"
+                         for path in [run / "controlplane.log", *sorted(run.glob("agents/*.log"))] if path.exists())
 
     def pod(self, prefix: str) -> dict:
         return next(p for p in self.pods() if p["metadata"]["name"].startswith(prefix))

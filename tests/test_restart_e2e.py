@@ -1,7 +1,7 @@
-"""A restarted control plane adopts what runs (root, Linux; run in CI): `kill -9` of the control plane
-under load, then a new one started on the same state. Nothing is started twice: every pod process,
-Envoy, namespace and capture rule is the one that ran before, no request fails, restart counts do
-not move, and the pods are Ready again."""
+"""A restarted control plane or node agent adopts what runs (root, Linux; run in CI): `kill -9` of
+the control plane, or of a node agent, under load, then a new one started on the same state.
+Nothing is started twice: every pod process, Envoy, namespace and capture rule is the one that ran
+before, no request fails, restart counts do not move, and the pods are Ready again."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ import time
 from cluster_support import Mesh, cluster_fixture, via_waypoint
 from fault_table import record_fault
 from meshway.model import find_kind
-from meshway.runtime.daemon import controlplane_pid, start_controlplane
+from meshway.runtime.daemon import controlplane_pid, node_agent_pid, start_controlplane
 from meshway.runtime.netns import cluster_id, node_netns_name
 from meshway.runtime.workload import STATE_FILE, read_proc, read_state
 
@@ -183,3 +183,41 @@ def test_up_after_the_control_plane_was_killed_adopts_everything(mesh: Mesh) -> 
     assert controlplane_pid(mesh.state) not in (None, orphan)
     mesh.wait_ready(60)
     assert (pod_processes(mesh), envoy_pids(mesh), restart_counts(mesh)) == (processes, envoys, counts)
+
+
+def test_node_agent_kill_9_and_restart_adopts_its_pods_and_proxies_under_load(mesh: Mesh) -> None:
+    """The one-host mesh's node agents run the pods and proxies (`meshway node --local`): one
+    killed under load costs nothing (what it ran keeps serving), and the next one (`meshway up`
+    starts the missing agent) adopts every pod process and Envoy of its node, then supervises them."""
+    mesh.wait_ready(60)
+    node = mesh.pod("curl")["spec"]["nodeName"]
+    processes, envoys, counts = pod_processes(mesh), envoy_pids(mesh), restart_counts(mesh)
+    old = node_agent_pid(mesh.state, node)
+    assert old and node_agent_pid(mesh.state, "node-2" if node == "node-1" else "node-1")
+    runner = mesh.start_requests("reviews", 10.0)
+    try:
+        time.sleep(1.0)
+        os.kill(old, signal.SIGKILL)
+        mesh.wait_until(lambda: node_agent_pid(mesh.state, node) is None, 10, "the node agent to die")
+        time.sleep(2.0)  # nothing supervises that node meanwhile; everything keeps serving
+        done = meshway_up(mesh, 4)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert node_agent_pid(mesh.state, node) not in (None, old)
+        mesh.wait_ready(60)
+    finally:
+        out, err = runner.communicate(timeout=300)
+    results = json.loads(out)
+    failed = [r for r in results if r[0] != 200]
+    same = pod_processes(mesh) == processes and envoy_pids(mesh) == envoys
+    record_fault(f"node agent of {node} `kill -9`, then `meshway up`", f"{len(failed)}/{len(results)} failed; "
+                 f"pod processes and Envoys {'the same (adopted)' if same else 'STARTED AGAIN'}",
+                 "0 failed, running pods adopted")
+    assert len(results) > 300 and not failed, f"{len(failed)}/{len(results)} failed, e.g. {failed[:5]}; {err[-1000:]}"
+    assert all(via_waypoint(r) for r in results)
+    assert (pod_processes(mesh), envoy_pids(mesh), restart_counts(mesh)) == (processes, envoys, counts)
+    # the new agent supervises what it adopted: its node proxy killed is started again
+    node_proxy = mesh.state / "run" / "nodes" / node / "envoy.pid"
+    pid = int(node_proxy.read_text())
+    os.kill(pid, signal.SIGKILL)
+    mesh.wait_until(lambda: node_proxy.exists() and int(node_proxy.read_text()) != pid
+                    and all(r[0] == 200 for r in mesh.requests("reviews", 3)), 30, "the node proxy to be restarted")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from meshway.model import find_kind, load_yaml
 from meshway.store import Store
-from meshway.store.notify import CommitListener, notify_commit, notify_path
+from meshway.store.notify import CommitListener, notify_commit, notify_path, reader_path
 
 CM = 'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: default}\ndata: {k: "%s"}\n'
 
@@ -78,3 +78,22 @@ def test_write_statuses_is_one_transaction_and_skips_what_is_gone(tmp_path: Path
     assert [c.name for c in store.db.changes_since(rv)] == ["c", "d"]
     assert store.get(find_kind("cm"), "default", "d")["status"] == {"x": 2}
     assert store.write_statuses([]) == []
+
+
+def test_every_reader_is_woken_by_one_commit(tmp_path: Path) -> None:
+    """The control plane and each node agent read FIFOs of their own: one commit wakes them all."""
+    store = Store(tmp_path / "state")
+    listeners = [CommitListener(notify_path(store.db.path)),
+                 CommitListener(reader_path(store.db.path, "node-1")),
+                 CommitListener(reader_path(store.db.path, "node-2"))]
+    try:
+        assert [listener.path.name for listener in listeners] == [
+            "store.db-notify", "store.db-notify-node-1", "store.db-notify-node-2"]
+        store.apply(load_yaml(CM % 1, "c.yaml"))
+        assert all(readable(listener, 1) for listener in listeners)
+        assert all(listener.drain() >= 1 for listener in listeners)
+        store.apply(load_yaml(CM % 1, "c.yaml"))  # nothing changed: nobody woken
+        assert not any(readable(listener, 0.05) for listener in listeners)
+    finally:
+        for listener in listeners:
+            listener.close()

@@ -19,7 +19,9 @@ from .main import Ctx, cli, pass_ctx
 @click.option("--sotw", is_flag=True, help="Proxies use state-of-the-world ADS instead of Delta.")
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 @click.option("--cluster", "cluster_mode", is_flag=True,
-              help="Run pods and node proxies in network namespaces (root, Linux); else waypoints on loopback.")
+              help="Serve the one-host cluster, whose node agents (`meshway node --local --name node-N`, started "
+                   "by `meshway up`) run the pods, waypoints and node proxies in network namespaces (root, Linux); "
+                   "else run the waypoints on loopback itself.")
 @click.option("--nodes", type=click.IntRange(1, 50), default=None, help="Cluster nodes (default: the store's, 1).")
 @click.option("--stop-proxies-on-exit", is_flag=True,
               help="Stop the waypoint Envoys on exit (by default they keep serving their last config).")
@@ -46,7 +48,8 @@ def controlplane(c: Ctx, sotw: bool, verbose: bool, cluster_mode: bool, nodes: i
                  xds_ips: tuple[str, ...],
                  stop_proxies_on_exit: bool, metrics_addr: str | None, secret_ttl: str, kubeconfig: str | None,
                  kube_context: str | None, in_cluster: bool) -> None:
-    """Run the control plane in the foreground: store watch, translation, ADS/SDS, waypoint replicas."""
+    """Run the control plane in the foreground: store watch, translation, ADS/SDS, status (and, on
+    loopback, the waypoint replicas)."""
     ttl = parse_secret_ttl(secret_ttl)
     if kubeconfig or in_cluster:
         if xds_addr:
@@ -65,9 +68,8 @@ def controlplane(c: Ctx, sotw: bool, verbose: bool, cluster_mode: bool, nodes: i
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cluster = None
+    node_count = 0
     if cluster_mode:
-        from ..runtime.cluster import ClusterRuntime
         from ..runtime.netns import detect_capability
 
         reason = detect_capability()
@@ -75,9 +77,9 @@ def controlplane(c: Ctx, sotw: bool, verbose: bool, cluster_mode: bool, nodes: i
             raise click.ClickException(f"the cluster needs network namespaces and iptables: {reason}")
         if nodes:
             c.store.set_nodes(nodes)
-        cluster = ClusterRuntime(c.store.state_dir, c.store.node_count())
-    cp = ControlPlane(c.store.state_dir, delta=not sotw, cluster=cluster, metrics_addr=metrics_addr,
-                      secret_ttl=ttl, xds_addr=xds_addr, xds_ips=xds_ips)
+        node_count = c.store.node_count()
+    cp = ControlPlane(c.store.state_dir, delta=not sotw, nodes=node_count, run_proxies=not cluster_mode,
+                      metrics_addr=metrics_addr, secret_ttl=ttl, xds_addr=xds_addr, xds_ips=xds_ips)
     # The control plane keeps a large, long-lived heap (views, memos, messages): collect the young
     # generation less often and the old one rarely (CPython's 700/10/10 makes full collections
     # walk that heap many times per translation; measured 0.6 s -> 0.15 s for a node proxy's build
@@ -128,7 +130,7 @@ def run_kube_controlplane(kubeconfig: str | None, context: str | None, verbose: 
     _serve_xds_on_kubernetes(kcp, client, xds_addr, xds_ips, ttl, delta)
 
 
-def kube_state_dir(server: str) -> "Path":
+def kube_state_dir(server: str) -> "Path":  # noqa: F821 (imported inside)
     import hashlib
     from pathlib import Path
 

@@ -52,13 +52,20 @@ def default_root_dir(name: str) -> Path:
                    "makes it): pods reach pods on every node. Default: a network of this node's own.")
 @click.option("--nodes", type=click.IntRange(1, 254), default=None,
               help="With --network-dir: how many nodes that network has.")
+@click.option("--local", is_flag=True,
+              help="Be a node of the one-host mesh in the state folder (--state-dir: its SQLite store, the cluster "
+                   "`meshway up` runs) instead of a Kubernetes node: run the pods the store binds to this node, its "
+                   "waypoint pods and its node proxy. The Kubernetes options do not apply.")
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 def node(kubeconfig: str | None, kube_context: str | None, name: str, node_ip: str, port: int | None,
          root_dir: Path | None,
          tls_cert_file: Path | None, tls_private_key_file: Path | None, client_ca_file: Path | None,
          xds_address: str | None, xds_root_cert: Path | None, network_dir: Path | None, nodes: int | None,
-         verbose: bool) -> None:
+         local: bool, verbose: bool) -> None:
     """Run a node agent: register the Node, run the pods bound to it in network namespaces, serve their logs."""
+    if local:
+        run_local_node(name, verbose)
+        return
     from ..kube.client import KubeClient
     from ..node import plan as P
     from ..node.agent import NodeAgent
@@ -113,3 +120,33 @@ def node(kubeconfig: str | None, kube_context: str | None, name: str, node_ip: s
         agent.stop()
         agent.shutdown()
         client.close()
+
+
+def run_local_node(name: str, verbose: bool) -> None:
+    """`meshway node --local`: the one-host mesh's node agent (`meshway.runtime.nodeagent`) until
+    SIGTERM/SIGINT; what it runs keeps running (a next agent adopts it)."""
+    from ..node import plan as P
+    from ..runtime.nodeagent import LocalNodeAgent
+    from ..runtime.netns import detect_capability
+    from .main import Ctx
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        index = P.parse_node_index(name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--name'") from None
+    reason = detect_capability()
+    if reason:
+        raise click.ClickException(f"the node agent needs network namespaces and iptables: {reason}")
+    from ..store import Store
+
+    ctx = click.get_current_context().find_object(Ctx)
+    store = Store(ctx.state_dir if ctx else None)
+    if index > store.node_count():
+        raise click.BadParameter(f"{name} is not one of the mesh's {store.node_count()} nodes", param_hint="'--name'")
+    agent = LocalNodeAgent(store.state_dir, name, store=store)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: agent.stop())
+    click.echo(f"node {name}: the one-host mesh in {store.state_dir}", err=True)
+    agent.run()

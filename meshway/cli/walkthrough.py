@@ -109,6 +109,15 @@ def report_running(c: Ctx, files: tuple[str, ...], nodes: int | None, pid: int) 
     if nodes and nodes != c.store.node_count():
         click.echo(f"meshway: --nodes {nodes} ignored: the running cluster has {c.store.node_count()} "
                    "(`meshway down` first to change it)", err=True)
+    from ..runtime.daemon import node_agent_pid, start_node_agents
+    from ..runtime.netns import state_path
+
+    if state_path(c.store.state_dir).exists():  # the cluster: a node agent that died is started again
+        missing = [n for n in range(1, c.store.node_count() + 1) if node_agent_pid(c.store.state_dir, f"node-{n}") is None]
+        for node, pid in start_node_agents(c.store.state_dir).items():
+            if int(node.rsplit("-", 1)[1]) in missing:
+                click.echo(f"meshway: the node agent of {node} was not running: started (pid {pid}); it adopts "
+                           "the node's pods and proxies")
     click.echo()
     if files:
         _run(c, ["apply", *[arg for f in files for arg in ("-f", f)]])

@@ -1,8 +1,8 @@
 """The kubelet of the local cluster: realise the store's pods as network namespaces and processes,
 keep their /etc/hosts current, and report their readiness and restart counts. Waypoint pods get a
-namespace only: their Envoy is started by the control plane (NetnsPlacement).
+namespace only: their Envoy is started by the node agent (`meshway.runtime.nodeagent`).
 
-A new runtime on a running cluster (a restarted control plane) adopts what is there: the
+A new runtime on a running cluster (a restarted node agent) adopts what is there: the
 namespaces recorded in run/cluster.json (`ClusterNet`) and each pod's running containers recorded
 in run/pods/<ns>.<pod>/containers.json (`PodProcesses`); nothing is started twice.
 
@@ -89,9 +89,12 @@ class PodState:
 
 
 class ClusterRuntime:
-    def __init__(self, state_dir: Path, nodes: int, net: ClusterNet | None = None):
+    def __init__(self, state_dir: Path, nodes: int, net: ClusterNet | None = None, node: int | None = None):
+        """`node`: the runtime of that node only (its agent's): the pods given to `sync_pods` are
+        that node's, and pods recorded on other nodes are not its to remove."""
         self.state_dir = Path(state_dir)
         self.nodes = nodes
+        self.node = node
         self.net = net or ClusterNet(self.state_dir, nodes)
         self.pods: dict[tuple[str, str], PodState] = {}
         self.log_dir = self.state_dir / "run" / "pods"
@@ -107,9 +110,9 @@ class ClusterRuntime:
             self._remove(key)
         if not self.reconciled:  # pods an earlier runtime made that were deleted while none ran
             self.reconciled = True
-            for ns, name in self.net.recorded_pods():
+            for ns, name in self.net.recorded_pods(self.node):
                 if (ns, name) not in wanted:
-                    log.info("removing pod %s/%s: deleted while no control plane ran", ns, name)
+                    log.info("removing pod %s/%s: deleted while no node agent ran", ns, name)
                     try:
                         self.net.remove_pod(ns, name)
                     except Exception as exc:  # noqa: BLE001 (the rest of the cluster still runs)

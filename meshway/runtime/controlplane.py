@@ -47,18 +47,16 @@ from .. import __version__
 from .. import labels as L
 from ..buildinfo import build_version_info
 from ..ca import WORKLOAD_LIFETIME, CertificateAuthority, build_secrets
-from ..ca.tokens import TOKEN_METADATA, ProxyTokens
+from ..ca.tokens import ProxyTokens
 from ..ca.sds import SDS_DEFAULT, SDS_ROOT, build_certificate_secret, build_root_secret
-from ..model.registry import BY_KIND
 from ..observe.metrics import Family, Sample
 from ..private import make_private, make_private_dir, write_private
-from ..xds.build_ztunnel import NodeProxy, build_ztunnel_config, find_local_pods, find_service_backends
+from ..xds.build_ztunnel import NodeProxy, build_ztunnel_config
 from ..mesh.view import XDS_KINDS, MeshView, expand_kinds
 from ..store import Expired, Store
 from ..store.informer import ObjectCache
 from ..store.notify import CommitListener
 from ..xds import protos as P
-from ..xds.bootstrap import build_bootstrap
 from ..xds.build_snapshot import WaypointConfig, build_waypoint_config
 from .wasm_modules import WasmModules
 from ..xds.cache import Snapshot, SnapshotCache
@@ -78,11 +76,13 @@ from ..xds.server import XdsServer
 from ..xds.stream import Acked, Event, Nacked
 from ..xds.validate import ValidationCache
 from .envoy import EnvoyPaths, detect_restart_count, find_envoy, read_pid, read_starts, start_envoy, stop_envoy
-from .capture import apply_capture_rules, apply_service_nat
 from .monitoring import ControlPlaneMetrics, MetricsServer, fetch_proxy_metrics, find_scrape_targets
 from .request_metrics import FILE_NAME as REQUESTS_FILE, RequestMetrics
+from .proxy_boot import (build_replica_bootstrap, next_start_delay, node_proxy_paths, read_agent_problems,
+                         stop_without_credential)
 from ..observe.metrics import merge_families
-from .placement import LoopbackPlacement, NetnsPlacement, Replica, replica_dir_name, replica_sock_dir, socket_dir
+from .placement import (LoopbackPlacement, PodPlacement, Replica, find_replicas, replica_dir_name,
+                        replica_sock_dir, socket_dir)
 
 log = logging.getLogger("meshway.controlplane")
 READY_TYPES = (P.CLUSTER, P.LISTENER)
@@ -96,19 +96,15 @@ HOUSEKEEPING_IDLE = 1.0  # readiness and proxy-status.json at least this often w
 
 @dataclass
 class NodeState:
-    """A node proxy (ztunnel) Envoy in its node's network namespace."""
+    """A node proxy (ztunnel) this serves: its node's agent runs it (`meshway.runtime.nodeagent`,
+    `meshway.node.agent`)."""
 
     index: int
     node_id: str
     paths: EnvoyPaths
-    prefix: list[str]
-    captured: tuple | None = None
-    failures: int = 0  # starts since it last ACKed its config: the backoff
-    next_start: float = 0.0
     converter: MessageCache = field(default_factory=MessageCache)
     translation: Memo = field(default_factory=Memo)
-    errors: tuple = field(default=())  # (where, message): a failed or slow build, failed capture rules
-    capture_error: str = ""
+    errors: tuple = field(default=())  # (where, message): a failed or slow build
 
 
 @dataclass
@@ -132,23 +128,9 @@ class ReplicaState:
     bound_services: tuple | None = None  # the scope's services `bound` was computed from
 
 
-def find_replicas(view: MeshView) -> list[Replica]:
-    """Pods of waypoint Deployments that have an address (scheduled); once per view while no pod
-    or waypoint changed."""
-    def build() -> list[Replica]:
-        out = []
-        for pod in view.pods.values():
-            gw = pod.labels.get(L.GATEWAY_NAME)
-            if gw and pod.ip and pod.labels.get(L.GATEWAY_CLASS_NAME) == L.WAYPOINT_CLASS \
-                    and (pod.namespace, gw) in view.waypoints:
-                out.append(Replica(pod.namespace, pod.name, pod.ip, pod.service_account, gw))
-        return sorted(out, key=lambda r: (r.namespace, r.pod))
-    return list(view.remember("replicas", build, ("Pod", "Gateway", "GatewayClass", "Deployment")))
-
-
 class ControlPlane:
     def __init__(self, state_dir: Path | str, placement=None, delta: bool = True, debounce: float = 0.01,
-                 poll: float = 0.05, envoy: str | None = None, resync: float = 60.0, cluster=None,
+                 poll: float = 0.05, envoy: str | None = None, resync: float = 60.0, nodes: int = 0,
                  metrics_addr: str | None = None, secret_ttl: timedelta = WORKLOAD_LIFETIME,
                  debounce_max: float = 0.1, safety_poll: float = 1.0, build_budget: float = 2.0,
                  clock=time.monotonic, xds_addr: str | None = None, xds_ips: tuple[str, ...] = (),
@@ -162,8 +144,9 @@ class ControlPlane:
         `xds_ips`. `store`: the source of truth (default: the embedded store in `state_dir`; on
         Kubernetes `meshway.kube.backend.KubeBackend`); `run_proxies=False`: the waypoint replicas
         are pods that something else runs (a node agent), which this serves over xDS but never
-        starts, probes or reports on; so are the node proxies (ztunnel): one per node that has pods,
-        served over xDS, run with its capture rules by that node's agent (`meshway.node`). `review_token`: with `xds_addr`, also serve Istio's CA API on
+        starts, probes or reports on; so are the node proxies (ztunnel): one per node that has pods
+        (and node-1..`nodes` of the one-host cluster), served over xDS, run with its capture rules by
+        that node's agent (`meshway.runtime.nodeagent` on one host, `meshway.node` on Kubernetes). `review_token`: with `xds_addr`, also serve Istio's CA API on
         that port, checking callers' tokens with it (`meshway.xds.ca_service`; on Kubernetes a
         TokenReview)."""
         self.state_dir = Path(state_dir)
@@ -183,9 +166,8 @@ class ControlPlane:
         self.xds_addr, self.xds_ips = xds_addr, xds_ips
         self.certificates = CertificateService(self.ca, review_token, secret_ttl) if review_token else None
         self.monitor: MetricsServer | None = None
-        self.cluster = cluster  # ClusterRuntime: pods in network namespaces, node proxies (ztunnel)
-        self.placement = placement or (NetnsPlacement(cluster.net) if cluster else
-                                       LoopbackPlacement.for_state(self.state_dir))
+        self.node_count = nodes  # the one-host cluster's nodes (their agents run pods and proxies)
+        self.placement = placement or (PodPlacement() if not run_proxies else LoopbackPlacement.for_state(self.state_dir))
         self.nodes: dict[str, NodeState] = {}
         self.delta, self.debounce, self.poll, self.envoy = delta, debounce, poll, envoy
         self.replicas: dict[str, ReplicaState] = {}
@@ -205,7 +187,6 @@ class ControlPlane:
         self.wasm_modules: dict = {}
         self._next_drain_sync = float("inf")
         self._nodes_due = float("inf")
-        self._service_nat: dict[tuple[str, str], tuple] = {}  # (ns, pod) -> the service NAT installed in it
         self.debounce_max, self.safety_poll, self.build_budget = debounce_max, safety_poll, build_budget
         self.clock = clock
         self.debouncer = Debouncer(debounce, debounce_max)
@@ -222,7 +203,6 @@ class ControlPlane:
         self._listening = False  # commit signals arrive (else the store is read every `poll`)
         self._next_store_read = self._next_resync = self._next_housekeeping = 0.0
         self._step_errors: dict[str, str] = {}
-        self._next_capture_retry = 0.0
         self._failed_builds: set[str] = set()  # node ids whose last build raised: retried every BUILD_RETRY
         self._alive: dict[str, bool] = {}  # node id -> its Envoy ran at this round's supervision
         self._xds_events = 0  # ADS events seen (on the loop): proxy-status.json is rewritten only after some
@@ -341,7 +321,7 @@ class ControlPlane:
                                    replica_sock_dir(self.state_dir, replica))
                 state = self.replicas[node_id] = ReplicaState(replica, node_id, paths)
                 if self.run_proxies:
-                    self._stop_without_credential(paths, node_id)
+                    stop_without_credential(paths, node_id, self.tokens)
             elif not self._touched(state, namespaces, before):
                 continue
             self._guarded(state, "waypoint", lambda: self._push(state))
@@ -355,7 +335,7 @@ class ControlPlane:
             self._report_envoy_filters()
             self._status_inputs = inputs
         self._flush_statuses()
-        if self.cluster is not None or not self.run_proxies:
+        if not self.run_proxies:
             # Node proxies learn about a change only once the waypoints have it: a node proxy that
             # starts sending a service to a waypoint must find the waypoint ready to serve it.
             self._nodes_due = min(self._nodes_due, time.monotonic() + NODE_PUSH_WAIT)
@@ -429,18 +409,16 @@ class ControlPlane:
         return True
 
     def _maybe_sync_nodes(self) -> None:
-        if (self.cluster is None and self.run_proxies) or self._nodes_due == float("inf"):
+        if self.run_proxies or self._nodes_due == float("inf"):
             return
         if self._waypoints_acked() or time.monotonic() >= self._nodes_due:
             self._nodes_due = float("inf")
             self._sync_nodes()
 
     def _node_indexes(self) -> list[int]:
-        """The nodes whose proxies this serves: the cluster's, or (node agents running them) every
-        `node-N` some pod is bound to."""
-        if self.cluster is not None:
-            return list(range(1, self.cluster.nodes + 1))
-        found = set()
+        """The nodes whose proxies this serves: the one-host cluster's, and every `node-N` some pod is
+        bound to."""
+        found = set(range(1, self.node_count + 1))
         for node in {p.node for p in self.view.pods.values() if p.node}:
             try:
                 found.add(parse_node_index(node))
@@ -454,15 +432,9 @@ class ControlPlane:
             node_id = build_node_proxy_id(n)
             state = self.nodes.get(node_id)
             if state is None:
-                paths = EnvoyPaths(self.run_dir / "nodes" / node, socket_dir(self.state_dir) / f"z{n}")
-                prefix = ["ip", "netns", "exec", self.cluster.net.node_netns(n)] if self.cluster else []
-                state = self.nodes[node_id] = NodeState(n, node_id, paths, prefix)
-                if self.cluster is not None:
-                    self._stop_without_credential(paths, node_id)
+                state = self.nodes[node_id] = NodeState(n, node_id, node_proxy_paths(self.state_dir, n))
             self._guarded(state, "ztunnel", lambda: self._publish(
                 state.node_id, self._node_messages(state.node_id, node, state.converter, state.translation)))
-            if self.cluster is not None:
-                self._sync_capture(state, node)
 
     def _node_messages(self, node_id: str, node: str, converter: MessageCache, memo: Memo | None = None) -> dict:
         """A node proxy's snapshot: its config and, as secrets, only the identities of the mesh pods
@@ -478,32 +450,6 @@ class ControlPlane:
             messages[P.SECRET][identity] = secret
         messages[P.SECRET][SDS_ROOT] = build_root_secret(self.ca.root_pem())
         return messages
-
-    def _sync_capture(self, state: NodeState, node: str) -> None:
-        """The node's capture rules and, in each of its pods outside the mesh, kube-proxy's service
-        NAT (empty in mesh pods). A failed iptables-restore is logged, shown in the node proxy's
-        problems and retried with the next sync."""
-        mesh_ips = tuple(sorted(p.ip for p in find_local_pods(self.view, node)))
-        try:
-            if mesh_ips != state.captured:
-                apply_capture_rules(self.cluster.net.node_netns(state.index), list(mesh_ips))
-                state.captured = mesh_ips
-            backends = find_service_backends(self.view)
-            for key, pod in list(self.cluster.pods.items()):
-                if pod.body["spec"].get("nodeName") != node:
-                    continue
-                wanted = () if pod.body["status"]["podIP"] in mesh_ips else backends
-                if self._service_nat.get(key) != wanted:
-                    apply_service_nat(self.cluster.net.pod_netns(*key), wanted)
-                    self._service_nat[key] = wanted
-            state.capture_error = ""
-        except Exception as exc:  # noqa: BLE001: OSError, CalledProcessError, or anything else: retried
-            error = f"capture rules: {getattr(exc, 'stderr', '') or exc}"[:MAX_PROBLEM]
-            if error != state.capture_error:
-                log.warning("%s on %s", error, node)
-            state.capture_error = error
-        for key in [k for k in self._service_nat if k not in self.cluster.pods]:
-            del self._service_nat[key]
 
     def _report_problems(self) -> None:
         """Translation problems (e.g. a route to a missing subset) go on the offending resource's
@@ -610,48 +556,9 @@ class ControlPlane:
                 paths.starts_file.unlink(missing_ok=True)
 
     # -- processes and readiness ------------------------------------------------------------------
-    def _supervise_nodes(self, now: float) -> None:
-        for state in self.nodes.values():
-            pid = read_pid(state.paths)
-            if pid is not None:
-                self._watch_exit(state.node_id, pid)
-                if state.failures and self._acked(state.node_id):
-                    state.failures = 0  # healthy again: a later crash restarts after the shortest delay
-                continue
-            if self.cache.status.pop(state.node_id, None) is not None:  # what a dead proxy ACKed says nothing
-                self._xds_events += 1  # of the next one
-            if now < state.next_start:
-                self._restart_due = min(self._restart_due, state.next_start)
-                continue
-            node = f"node-{state.index}"
-            bootstrap = build_bootstrap(state.node_id, f"ztunnel.{L.ROOT_NAMESPACE}", self.ads_socket,
-                                        state.paths.admin, delta=self.delta,
-                                        metadata={"NODE_TYPE": "ztunnel", "NODE_NAME": node,
-                                                  TOKEN_METADATA: self.tokens.token(state.node_id)})
-            # Long drain: connections on a filter chain that a config change replaced finish normally.
-            self._watch_exit(state.node_id, start_envoy(state.paths, bootstrap, state.prefix, self.envoy,
-                                                        log_level="error", drain_seconds=30))
-            state.next_start = now + min(30.0, 0.5 * 2 ** state.failures)
-            state.failures += 1
-            log.info("started node proxy on %s", node)
-
-    def _stop_without_credential(self, paths: EnvoyPaths, node_id: str) -> None:
-        """An adopted Envoy whose bootstrap lacks this node's xDS token (started before tokens, or
-        with another state folder's key) could never connect again: stop it, so it is restarted."""
-        if read_pid(paths) is None:
-            return
-        try:
-            metadata = json.loads(paths.bootstrap.read_text())["node"]["metadata"]
-        except (OSError, ValueError, KeyError, TypeError):
-            metadata = {}
-        if not self.tokens.verify(node_id, str(metadata.get(TOKEN_METADATA, ""))):
-            log.warning("restarting %s: its bootstrap has no valid xDS credential", node_id)
-            stop_envoy(paths)
-
     def _supervise(self) -> None:
         now = time.monotonic()
         self._restart_due = NEVER
-        self._supervise_nodes(now)
         self._alive = {}
         for state in self.replicas.values():
             pid = read_pid(state.paths)
@@ -670,15 +577,11 @@ class ControlPlane:
                 self._restart_due = min(self._restart_due, state.next_start)
                 continue
             r = state.replica
-            bootstrap = build_bootstrap(state.node_id, f"{r.service_account}.{r.namespace}", self.ads_socket,
-                                        state.paths.admin, delta=self.delta,
-                                        metadata={"NAMESPACE": r.namespace, "WORKLOAD_NAME": r.waypoint,
-                                                  "SERVICE_ACCOUNT": r.service_account, "NODE_TYPE": "waypoint",
-                                                  "INSTANCE_IPS": r.pod_ip, "POD_NAME": r.pod,
-                                                  TOKEN_METADATA: self.tokens.token(state.node_id)})
+            bootstrap = build_replica_bootstrap(r, state.node_id, self.tokens.token(state.node_id), self.ads_socket,
+                                                state.paths.admin, self.delta)
             self._watch_exit(state.node_id, start_envoy(state.paths, bootstrap, self.placement.command_prefix(r),
                                                         self.envoy))
-            state.next_start = now + min(30.0, 0.5 * 2 ** state.failures)
+            state.next_start = now + next_start_delay(state.failures)
             state.failures += 1
             log.info("started waypoint replica %s/%s", r.namespace, r.pod)
 
@@ -754,11 +657,11 @@ class ControlPlane:
         # cache.status is updated on the event loop's thread: copied in one step (dict() holds the GIL)
         for state in list(self.nodes.values()):
             types = dict(self.cache.status.get(state.node_id, {}))
-            capture = (("capture", state.capture_error),) if state.capture_error else ()
+            agent = [tuple(p) for p in read_agent_problems(self.state_dir, state.index)]
             out[state.node_id] = {
                 "pod": f"ztunnel-node-{state.index}", "namespace": L.ROOT_NAMESPACE, "type": "ztunnel",
                 "connected": state.node_id in self.server.connected, "admin": str(state.paths.admin),
-                "version": __version__, "problems": [list(p) for p in state.errors + capture],
+                "version": __version__, "problems": [list(p) for p in (*state.errors, *agent)],
                 "xds": {t.rsplit(".", 1)[-1]: dict(v) for t, v in types.items()},
             }
         for state in list(self.replicas.values()):
@@ -776,7 +679,8 @@ class ControlPlane:
         proxy's problems."""
         key = (self._xds_events, frozenset(self.server.connected),
                tuple((n, s.errors, s.problems) for n, s in self.replicas.items()),
-               tuple((n, s.errors, s.capture_error) for n, s in self.nodes.items()))
+               tuple((n, s.errors, tuple(map(tuple, read_agent_problems(self.state_dir, s.index))))
+                     for n, s in self.nodes.items()))
         if key == self._status_key:
             return
         self._status_key = key
@@ -909,9 +813,6 @@ class ControlPlane:
             self.rv, snapshot = self.store.snapshot(XDS_KINDS)
             self.objects = ObjectCache(snapshot)
             self.view = MeshView.build(snapshot)
-            if self.cluster is not None:
-                self.cluster.up()
-                self._sync_pods()
             self.sync()
         finally:
             gc.freeze()
@@ -947,14 +848,10 @@ class ControlPlane:
             self._housekept_events = self._xds_events
             if self.run_proxies:
                 self._step("readiness", self._readiness)
-            if self.cluster is not None:
-                self._step("pods", self._pod_readiness)
-                self._step("capture", self._retry_capture)
             self._step("proxy status", self._write_status_file)
-            # Pods' readiness probes are polled; the waypoints' readiness follows their ACKs, which
-            # wake a round (`_on_xds_event`), so without pods an idle control plane sleeps.
-            idle = self.poll if self.cluster is not None else max(self.poll, HOUSEKEEPING_IDLE)
-            self._next_housekeeping = now + idle
+            # The waypoints' readiness follows their ACKs, which wake a round (`_on_xds_event`), so an
+            # idle control plane sleeps.
+            self._next_housekeeping = now + max(self.poll, HOUSEKEEPING_IDLE)
         self._step("status", self._flush_statuses)
         if not self._failed_builds:
             self._next_build_retry = NEVER
@@ -988,8 +885,6 @@ class ControlPlane:
             for state in self.replicas.values():
                 state.changed = None  # a new view: every unit is checked
             self.debouncer.take(NEVER)
-            if self.cluster is not None:
-                self._sync_pods()
             self.sync()
             return
         count = 0
@@ -1029,8 +924,6 @@ class ControlPlane:
                        for r in before.index.of("HTTPRoute")} if "HTTPRoute" in kinds else {}
         namespaces = find_changed_namespaces(changes, parents)
         self.view = self.view.with_changes(self.objects.lists(expand_kinds(kinds)))
-        if self.cluster is not None and kinds & {"Pod", "Service", "ServiceEntry"}:
-            self._sync_pods()
         self.sync(namespaces, before)
 
     def _retry_failed_builds(self) -> None:
@@ -1043,29 +936,7 @@ class ControlPlane:
         if self._failed_builds & set(self.nodes):
             self._sync_nodes()
 
-    def _retry_capture(self) -> None:
-        """Capture rules that failed are retried every second, not only with the next change."""
-        now = self.clock()
-        if now < self._next_capture_retry:
-            return
-        self._next_capture_retry = now + 1.0
-        for state in self.nodes.values():
-            if state.capture_error:
-                self._sync_capture(state, f"node-{state.index}")
-
-    def _sync_pods(self) -> None:
-        self.cluster.sync_pods(self.store.list(BY_KIND["Pod"], None), self.view)
-
-    def _pod_readiness(self) -> None:
-        for ns, name, ready, extra in self.cluster.poll():
-            self._queue_status("Pod", ns, name, {
-                "phase": "Running",
-                "conditions": [{"type": "PodScheduled", "status": "True"},
-                               {"type": "Ready", "status": "True" if ready else "False"}], **extra})
-
     def stop_proxies(self) -> None:
-        for state in self.nodes.values():
-            stop_envoy(state.paths)
         for state in self.replicas.values():
             stop_envoy(state.paths)
             if state.ready_written:

@@ -13,6 +13,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import labels as L
+from ..mesh.view import MeshView
+
 
 @dataclass(frozen=True)
 class Replica:
@@ -21,6 +24,20 @@ class Replica:
     pod_ip: str
     service_account: str
     waypoint: str  # Gateway name
+
+
+def find_replicas(view: MeshView) -> list[Replica]:
+    """Pods of waypoint Deployments that have an address (scheduled); once per view while no pod
+    or waypoint changed."""
+    def build() -> list[Replica]:
+        out = []
+        for pod in view.pods.values():
+            gw = pod.labels.get(L.GATEWAY_NAME)
+            if gw and pod.ip and pod.labels.get(L.GATEWAY_CLASS_NAME) == L.WAYPOINT_CLASS \
+                    and (pod.namespace, gw) in view.waypoints:
+                out.append(Replica(pod.namespace, pod.name, pod.ip, pod.service_account, gw))
+        return sorted(out, key=lambda r: (r.namespace, r.pod))
+    return list(view.remember("replicas", build, ("Pod", "Gateway", "GatewayClass", "Deployment")))
 
 
 def loopback_octet(state_dir: Path) -> int:

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 from ..model.limits import MAX_REQUEST_BYTES, TOO_LARGE
 from .errors import RequestEntityTooLarge, StateDirError
-from .notify import notify_commit, notify_path
+from .notify import notify_path, notify_readers
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -177,7 +177,7 @@ class Database:
             self.conn.execute("ROLLBACK")
             raise
         if txn.changed:
-            notify_commit(self.notify)
+            notify_readers(self.notify)
 
     @contextmanager
     def read(self) -> Iterator[Txn]:

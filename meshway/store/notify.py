@@ -17,7 +17,9 @@ the commit until its next poll), and is Linux-only; a Unix datagram socket's pat
 bytes (state folders can be longer) while a FIFO's path is not. Bytes are only a hint: the reader
 drains them all and then reads the changes table, so coalesced or lost bytes lose nothing. Writers
 that do not notify (an older meshway, `sqlite3` by hand) are still seen by the reader's slow safety
-poll. Only one reader: a second one would steal the first one's wake-ups.
+poll. One FIFO per reader (a second reader of one FIFO would steal the first one's wake-ups): the
+control plane reads `store.db-notify`, each node agent of the one-host mesh `store.db-notify-<name>`
+(`reader_path`), and a commit wakes every one of them (`notify_readers`).
 """
 from __future__ import annotations
 
@@ -31,6 +33,24 @@ NOTIFY_SUFFIX = "-notify"
 
 def notify_path(db_path: Path) -> Path:
     return db_path.with_name(db_path.name + NOTIFY_SUFFIX)
+
+
+def reader_path(db_path: Path, reader: str) -> Path:
+    """The FIFO of a reader besides the control plane (e.g. `node-1`)."""
+    return db_path.with_name(f"{db_path.name}{NOTIFY_SUFFIX}-{reader}")
+
+
+def notify_readers(path: Path) -> None:
+    """Wake the control plane (`path`, `notify_path`) and every other reader's FIFO beside it."""
+    notify_commit(path)
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    prefix = path.name + "-"
+    for name in names:
+        if name.startswith(prefix):
+            notify_commit(path.parent / name)
 
 
 def notify_commit(path: Path) -> None:
