@@ -5,7 +5,10 @@ reviews Service's traffic at its waypoint: a response header whose name and valu
 pluginConfig, 403 for a path prefix; a module that cannot start follows failStrategy as Istio's
 agent does (FAIL_OPEN: served without it; FAIL_CLOSE: 403), and so does a wrong sha256; a module
 that traps while serving follows Envoy's failure policy (FAIL_CLOSE: 503 every time; FAIL_OPEN:
-served without it after the failure)."""
+served without it after the failure). Modules in OCI images pulled from a real registry
+(go-containerregistry's, tests/registry_support.py: an OCI artifact by oci:// URL, a Docker image by
+bare reference) act the same, and a wrong sha256 (the image digest) or a missing tag is reported on
+the plugin's status."""
 from __future__ import annotations
 
 import hashlib
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from registry_support import Registry
 from test_waypoint_e2e import Mesh
 from wasm_support import assemble
 
@@ -157,3 +161,48 @@ def test_a_module_that_fails_while_serving_follows_envoys_failure_policy(mesh: M
     wait_for(mesh, lambda r: r.status == 200)  # after the failure, without the plugin
     assert [call(mesh).status for _ in range(6)] == [200] * 6
     assert "Reconciled" not in conditions(mesh, "crash", timeout=0)  # Envoy accepted it: the failure is at run time
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    r = Registry(tmp_path_factory.mktemp("registry"))
+    yield r
+    r.close()
+
+
+def test_modules_from_oci_images_act_at_the_waypoint(mesh: Mesh, registry: Registry) -> None:
+    add, deny = mesh.modules["add_header"], mesh.modules["deny_path"]
+    add_digest = registry.push_artifact("wasm/add-header", "v1", add.read_bytes())
+    deny_digest = registry.push_docker_image("wasm/deny-path", "v1", deny.read_bytes())
+    mesh.store.apply(load_yaml(plugin("greeting", f"oci://{registry.host}/wasm/add-header:v1", f"sha256: {add_digest}",
+                                      "{name: x-wasm-greeting, value: hello}") + "---\n"
+                               + plugin("deny-admin", f"{registry.host}/wasm/deny-path:v1", "phase: AUTHZ",
+                                        "{prefix: /admin}"), "wp.yaml"))
+    r = wait_for(mesh, lambda r: r.status == 403, "/admin/users")
+    assert r.body == b"denied by wasm plugin\n"
+    r = wait_for(mesh, lambda r: r.headers.get("x-wasm-greeting") == "hello")
+    assert r.status == 200 and b"\"version\"" in r.body
+    for name in ("greeting", "deny-admin"):
+        assert "Reconciled" not in conditions(mesh, name, timeout=0)
+    for digest, module in ((add_digest, add), (deny_digest, deny)):  # kept by image digest
+        assert (mesh.state / "wasm" / f"{digest}.wasm").read_bytes() == module.read_bytes()
+
+
+def test_a_wrong_image_digest_and_a_missing_tag_are_reported(mesh: Mesh, registry: Registry) -> None:
+    digest = registry.push_artifact("wasm/greeting", "v1", mesh.modules["add_header"].read_bytes())
+    url = f"oci://{registry.host}/wasm/greeting"
+    mesh.store.apply(load_yaml(plugin("greeting", f"{url}:v1", f"sha256: '{'0' * 64}'",
+                                      "{name: x-wasm-greeting, value: hello}") + "---\n"
+                               + plugin("missing", f"{url}:v2", "failStrategy: FAIL_OPEN"), "wp.yaml"))
+    r = wait_for(mesh, lambda r: r.status == 403)  # FAIL_CLOSE: the stand-in denies
+    assert r.body == b"RBAC: access denied"
+    message = conditions(mesh, "greeting")["Reconciled"]["message"]
+    assert f"sha256 mismatch: the image's digest is {digest}, the plugin expects {'0' * 64}" in message
+    found = conditions(mesh, "missing")["Reconciled"]
+    assert found["reason"] == "ModuleUnavailable"
+    assert f"manifests/v2: MANIFEST_UNKNOWN: Unknown manifest; FAIL_OPEN: the chains it applies to run" \
+        in found["message"]
+    mesh.store.apply(load_yaml(plugin("greeting", f"{url}:v1", f"sha256: {digest}",
+                                      "{name: x-wasm-greeting, value: hello}"), "wp.yaml"))
+    wait_for(mesh, lambda r: r.status == 200 and r.headers.get("x-wasm-greeting") == "hello")
+    assert "Reconciled" not in conditions(mesh, "greeting", timeout=2)
