@@ -196,3 +196,26 @@ def test_the_sha256_a_module_must_have() -> None:
     assert find_expected_sha256(plugin(f"oci://reg.io/p@{D}")) == "a" * 64  # pinned by digest
     assert find_expected_sha256(plugin("oci://reg.io/p:1")) == ""
     assert build_fetch_key(plugin("oci://reg.io/p:1", "imagePullSecret: regcred"))[2] == ("foo", "regcred")
+
+
+def test_the_kubernetes_backend_reads_pull_secrets_by_name() -> None:
+    from meshway.kube.backend import KubeBackend
+    from meshway.kube.client import ApiError
+
+    class Client:
+        def get(self, path: str) -> dict:
+            if path == "/api/v1/namespaces/foo/secrets/regcred":
+                return secret({"auths": {}})
+            status = 403 if path.endswith("/forbidden") else 404
+            raise ApiError(status, "Forbidden" if status == 403 else "NotFound", "no", "GET", path)
+
+    class Source:
+        def subscribe(self):
+            return None
+
+    backend = KubeBackend(Client(), Source())  # type: ignore[arg-type]
+    assert backend.read_secret("foo", "regcred") == secret({"auths": {}})
+    assert backend.read_secret("foo", "missing") is None
+    with pytest.raises(ValueError, match="imagePullSecret foo/forbidden: GET /api/v1/namespaces/foo/secrets/forbidden: "
+                                         "403 Forbidden: no"):
+        backend.read_secret("foo", "forbidden")

@@ -2,7 +2,9 @@
 (`meshway.runtime.controlplane.ControlPlane`) reads and writes the embedded store through: its
 snapshot and change feed come from a `KubeSource` (the same watches the controller uses), its wake-up
 is the source's pipe, and its status reports (a route's `Reconciled` condition, EnvoyFilter status)
-are merge-patched on the objects' /status, by the leader only (`writes_allowed`)."""
+are merge-patched on the objects' /status, by the leader only (`writes_allowed`). A WasmPlugin's
+`imagePullSecret` is read when its image is pulled (`read_secret`), not watched: as istiod, which
+reads the Secrets that plugins name."""
 from __future__ import annotations
 
 from typing import Any, Callable, Iterable
@@ -31,6 +33,18 @@ class KubeBackend:
     def list(self, info: KindInfo, namespace: str | None = None, selector=None) -> list[Body]:
         items = self.source.snapshot((info.kind,))[1][info.kind]
         return [b for b in items if namespace is None or b["metadata"].get("namespace") == namespace]
+
+    def read_secret(self, namespace: str, name: str) -> Body | None:
+        """The Secret (None when there is none); ValueError with the API server's reason otherwise."""
+        try:
+            return self.client.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        except ApiError as exc:
+            if exc.not_found:
+                return None
+            hint = (" (meshway's ClusterRole reads no Secrets but its CA's: grant `get` on this one to the control "
+                    "plane's ServiceAccount, istio-system/meshway, with a Role in its namespace)"
+                    if exc.status == 403 else "")
+            raise ValueError(f"imagePullSecret {namespace}/{name}: {exc}{hint}") from None
 
     # -- wake-up ------------------------------------------------------------------------------------
     def fileno(self) -> int:

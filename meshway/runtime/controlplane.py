@@ -348,7 +348,8 @@ class ControlPlane:
                 envoy = self.envoy or find_envoy()
             except FileNotFoundError:
                 envoy = "envoy"  # every module check then says it cannot run
-            self.wasm = WasmModules(self.state_dir, envoy)
+            # imagePullSecrets: from the Kubernetes API (a KubeBackend store); the embedded store keeps no Secrets.
+            self.wasm = WasmModules(self.state_dir, envoy, read_secret=getattr(self.store, "read_secret", None))
         modules = self.wasm.fetch_modules(plugins) if plugins else {}
         if modules == self.wasm_modules:
             return False
