@@ -17,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from meshway.mesh.view import MeshView, PodInfo
 from meshway.observe.metrics import write_text
 from meshway.observe.requests import (RequestCounts, RequestRecord, build_request_families, build_request_labels,
-                                      find_source_labels, parse_request_families, read_entry)
+                                      find_caller_labels, find_source_labels, find_source_pod, parse_forwarded,
+                                      parse_request_families, read_entry)
 from meshway.runtime.request_metrics import CLUSTER_TYPE, RequestMetrics
 from meshway.xds.build_request_log import build_request_log
 from meshway.xds.proxy import build_node_id
@@ -99,13 +100,15 @@ def test_request_labels(rec: RequestRecord, expected: dict) -> None:
     assert labels["reporter"] == "waypoint" and labels["request_protocol"] == "http"
 
 
-def entry(principal: str | None, cluster: str, code: int, answered: bool) -> HTTPAccessLogEntry:
+def entry(principal: str | None, cluster: str, code: int, answered: bool, forwarded: str | None = None
+          ) -> HTTPAccessLogEntry:
     e = HTTPAccessLogEntry()
     c = e.common_properties
-    if principal is not None:
-        packed = AnyProto()
-        packed.Pack(StringValue(value=principal))
-        c.filter_state_objects["io.istio.peer_principal"].CopyFrom(packed)
+    for key, value in (("io.istio.peer_principal", principal), ("io.meshway.peer_forwarded", forwarded)):
+        if value is not None:
+            packed = AnyProto()
+            packed.Pack(StringValue(value=value))
+            c.filter_state_objects[key].CopyFrom(packed)
     c.upstream_cluster = cluster
     if answered:
         c.upstream_remote_address.CopyFrom(Address())
@@ -162,7 +165,7 @@ def test_control_plane_tally_by_waypoint_pod(tmp_path) -> None:
     tally = RequestMetrics(lambda: view, lambda n: snapshot if n == node else None, tmp_path / "requests.prom")
     tally.record(node, [entry(CURL, V2, 200, True), entry(CURL, V2, 403, False)])
     ztunnel = build_node_id("ztunnel", "10.244.1.1", "ztunnel-node-1", "istio-system")
-    tally.record(ztunnel, [entry(CURL, V2, 200, True)])  # not a waypoint: not counted
+    tally.record(ztunnel, [entry(CURL, V2, 200, True)])  # a node proxy's log is a tunnel log: no request
     samples = [dict(s.labels) for f in tally.families() if f.name == "istio_requests_total" for s in f.samples]
     assert sorted((s["response_code"], s["destination_version"], s["source_workload"], s["pod"]) for s in samples) \
         == [("200", "v2", "curl", "waypoint-abc"), ("403", "unknown", "curl", "waypoint-abc")]
@@ -174,7 +177,8 @@ def test_request_log_of_a_chain() -> None:
     svc = SimpleNamespace(hostname=REVIEWS, name="reviews", namespace="default")
     config = build_request_log(svc)["typed_config"]["common_config"]
     assert config["grpc_service"] == {"envoy_grpc": {"cluster_name": "xds-grpc"}}
-    assert config["filter_state_objects_to_log"] == ["io.istio.peer_principal"] and config["buffer_size_bytes"] == 0
+    assert config["filter_state_objects_to_log"] == ["io.istio.peer_principal", "io.meshway.peer_forwarded"]
+    assert config["buffer_size_bytes"] == 0
     assert {t["tag"]: t["literal"]["value"] for t in config["custom_tags"]} == {
         "destination_service": REVIEWS, "destination_service_name": "reviews", "destination_service_namespace": "default"}
     assert "custom_tags" not in build_request_log(None)["typed_config"]["common_config"]
@@ -218,3 +222,62 @@ def test_access_log_service_moves_entries_of_authenticated_nodes() -> None:
         refused = asyncio.run(run(f"{tmp}/als.sock"))
     assert got == [("waypoint~1~a.b~b.svc.cluster.local", 1), ("waypoint~1~a.b~b.svc.cluster.local", 1)]
     assert refused == grpc.StatusCode.PERMISSION_DENIED
+
+
+# -- the calling pod: the address its node proxy wrote on the CONNECT ------------------------------
+SHARED = "spiffe://cluster.local/ns/default/sa/shared"
+CALLERS = [PodInfo("default", "caller-a-5f6d7c8b9-aaaaa", {"app": "caller-a", "version": "v1",
+                                                           "pod-template-hash": "5f6d7c8b9"},
+                   "10.244.1.20", "shared", "node-1", True),
+           PodInfo("default", "caller-b-6a7b8c9d0-bbbbb", {"app": "caller-b", "version": "v2",
+                                                           "pod-template-hash": "6a7b8c9d0"},
+                   "10.244.2.21", "shared", "node-2", True), *PODS]
+BY_IP = {p.ip: p for p in CALLERS if p.ip != "10.244.1.9"}  # (PODS share one IP)
+
+
+@pytest.mark.parametrize("value, address", [
+    ("for=10.244.1.20", "10.244.1.20"), ('for="10.244.1.20:41234"', "10.244.1.20"),
+    ("For=10.244.1.20;proto=http, for=10.0.0.1", "10.244.1.20"), ('for="[2001:db8::1]:80"', "2001:db8::1"),
+    ("proto=http;for=10.1.2.3", "10.1.2.3"), ("-", ""), ("", ""), ("by=10.0.0.1", ""),
+])
+def test_forwarded_header(value: str, address: str) -> None:
+    assert parse_forwarded(value) == address
+
+
+@pytest.mark.parametrize("principal, address, pod", [
+    (SHARED, "10.244.1.20", "caller-a-5f6d7c8b9-aaaaa"),
+    (SHARED, "10.244.2.21", "caller-b-6a7b8c9d0-bbbbb"),
+    # a peer naming a pod of another identity is not believed (nor one of another namespace)
+    (CURL, "10.244.1.20", None), ("spiffe://cluster.local/ns/other/sa/shared", "10.244.1.20", None),
+    (SHARED, "10.9.9.9", None), (SHARED, "", None), ("", "10.244.1.20", None),
+])
+def test_source_pod_must_have_the_peers_identity(principal: str, address: str, pod: str | None) -> None:
+    found = find_source_pod(BY_IP, principal, address)
+    assert (found.name if found else None) == pod
+
+
+def test_two_deployments_of_one_service_account_are_told_apart() -> None:
+    a = find_caller_labels(CALLERS, BY_IP, SHARED, "10.244.1.20")
+    b = find_caller_labels(CALLERS, BY_IP, SHARED, "10.244.2.21")
+    assert (a["source_workload"], a["source_app"], a["source_version"]) == ("caller-a", "caller-a", "v1")
+    assert (b["source_workload"], b["source_app"], b["source_version"]) == ("caller-b", "caller-b", "v2")
+    assert a["source_canonical_service"] == "caller-a" and b["source_canonical_revision"] == "v2"
+    # no (believable) address: the identity's pods, which disagree
+    assert find_caller_labels(CALLERS, BY_IP, SHARED, "") == find_source_labels(CALLERS, SHARED) == {
+        "source_principal": "cluster.local/ns/default/sa/shared", "source_workload_namespace": "default"}
+    assert find_caller_labels(CALLERS, BY_IP, CURL, "10.244.1.20") == find_source_labels(CALLERS, CURL)
+
+
+def test_control_plane_tally_names_the_calling_pod(tmp_path) -> None:
+    view = MeshView(pods={(p.namespace, p.name): p for p in CALLERS})
+    node = build_node_id("waypoint", "10.244.1.5", "waypoint-abc", "default")
+    tally = RequestMetrics(lambda: view, lambda n: None)
+    tally.record(node, [entry(SHARED, "", 200, False, "for=10.244.1.20"),
+                        entry(SHARED, "", 200, False, "for=10.244.2.21"),
+                        entry(SHARED, "", 200, False, "for=10.244.3.3"), entry(SHARED, "", 200, False)])
+    samples = [dict(s.labels) for f in tally.families() if f.name == "istio_requests_total" for s in f.samples]
+    assert sorted((s["source_workload"], s["source_version"]) for s in samples) == [
+        ("caller-a", "v1"), ("caller-b", "v2"), ("unknown", "unknown")]
+    assert [s.value for f in tally.families() if f.name == "istio_requests_total" for s in f.samples
+            if dict(s.labels)["source_workload"] == "unknown"] == [2]  # no pod there, and no address
+    assert read_entry(entry(SHARED, "", 200, False, "for=10.244.1.20")).forwarded == "10.244.1.20"

@@ -1,7 +1,9 @@
 """Source identity in the waypoint's request metrics, end to end (root, Linux; run in CI): requests
 from the curl pod through the waypoint carry Istio's source labels on istio_requests_total and the
 histograms, a 403 the waypoint answers itself (AuthorizationPolicy) is counted, and the node
-proxies' TCP series name both sides; read on the control plane's Prometheus endpoint and with
+proxies' TCP series name both sides; two Deployments sharing one service account are told apart
+(the calling pod, from the address its node proxy writes on the CONNECT), at the waypoint and on
+the destination node proxy's series; read on the control plane's Prometheus endpoint and with
 `meshway metrics`."""
 from __future__ import annotations
 
@@ -36,6 +38,26 @@ spec:
     - operation:
         paths: ["/admin"]
 """
+
+
+SHARED = "spiffe://cluster.local/ns/default/sa/shared"
+CALLERS = """
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: shared}
+""" + "".join(f"""---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}, version: {version}}}}}
+    spec:
+      serviceAccountName: shared
+      containers: [{{name: curl, image: curlimages/curl, command: ["/bin/sleep", "infinity"]}}]
+""" for name, version in (("caller-a", "v1"), ("caller-b", "v2")))
 
 
 def from_curl(families: dict, name: str = "istio_requests") -> Counter:
@@ -96,3 +118,52 @@ def test_meshway_metrics_prometheus_output_has_the_source_labels(mesh: Mesh) -> 
     assert lines and all(f'{k}="{v}"' in line for line in lines if 'source_workload="curl"' in line
                          for k, v in CURL_LABELS.items())
     assert any('source_workload="curl"' in line for line in lines)
+
+
+def by_source(families: dict, name: str, **match: str) -> Counter:
+    """Samples of `name` whose labels have `match`, summed by (source_workload, source_app, source_version)."""
+    out: Counter = Counter()
+    for s in families[name].samples:
+        if s.name in (name, f"{name}_total") and all(s.labels.get(k) == v for k, v in match.items()):
+            out[(s.labels["source_workload"], s.labels["source_app"], s.labels["source_version"])] += int(s.value)
+    return out
+
+
+def test_two_deployments_of_one_service_account_are_told_apart(mesh: Mesh) -> None:
+    mesh.store.apply(load_yaml(CALLERS, "callers.yaml"))
+    mesh.wait_ready()
+    for caller in ("caller-a", "caller-b"):  # its node proxy has its chains once the pod is in its config
+        mesh.wait_until(lambda: mesh.requests("reviews", 1, client=caller)[0][0] == 200, 30, f"{caller} in the mesh")
+    reviews = next(p for p in mesh.pods() if p["metadata"]["name"].startswith("reviews-v1-"))
+    reviews_ip = reviews["status"]["podIP"]
+    before = scrape(mesh)
+    for caller, n in (("caller-a", 6), ("caller-b", 9)):
+        assert [r[0] for r in mesh.requests("reviews", n, client=caller)] == [200] * n  # through the waypoint
+        assert [r[0] for r in mesh.requests(reviews_ip, n, client=caller)] == [200] * n  # by pod IP: directly
+    after = scrape(mesh)
+    # the waypoint: each request with its own pod's workload, app and version (not `unknown`)
+    waypoint = by_source(after, "istio_requests", reporter="waypoint", source_principal=SHARED,
+                         destination_service=REVIEWS) \
+        - by_source(before, "istio_requests", reporter="waypoint", source_principal=SHARED,
+                    destination_service=REVIEWS)
+    assert waypoint == {("caller-a", "caller-a", "v1"): 6, ("caller-b", "caller-b", "v2"): 9}, waypoint
+    # the destination's node proxy: each tunnel by pod IP with its caller's pod
+    match = dict(reporter="destination", source_principal=SHARED, destination_workload="reviews-v1")
+    opened = by_source(after, "istio_tcp_connections_opened", **match) \
+        - by_source(before, "istio_tcp_connections_opened", **match)
+    assert opened == {("caller-a", "caller-a", "v1"): 6, ("caller-b", "caller-b", "v2"): 9}, opened
+    mesh.wait_until(lambda: by_source(scrape(mesh), "istio_tcp_connections_closed", **match)
+                    - by_source(before, "istio_tcp_connections_closed", **match) == opened, 10, "every tunnel closed")
+    received = by_source(scrape(mesh), "istio_tcp_received_bytes", **match)
+    assert all(received[k] > 0 for k in opened), received
+
+
+def test_destination_node_proxies_name_the_waypoint_as_the_source_of_its_tunnels(mesh: Mesh) -> None:
+    mesh.requests("reviews", 5)
+    families = scrape(mesh)
+    inbound = [s.labels for s in families["istio_tcp_connections_opened"].samples
+               if s.labels["reporter"] == "destination" and s.labels["destination_app"] == "reviews"
+               and s.labels["connection_security_policy"] == "mutual_tls"]
+    assert inbound and all(s["source_workload"] != "unknown" for s in inbound), inbound
+    assert any(s["source_workload"] == "waypoint" and s["source_principal"].endswith("/sa/waypoint")
+               for s in inbound), inbound

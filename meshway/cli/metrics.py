@@ -81,7 +81,8 @@ def find_sources(c: Ctx) -> Callable[[str], dict[str, str]]:
 def fetch_families(proxies: list[Body], requests_file: Path | None = None,
                    sources: Callable[[str], dict[str, str]] | None = None) -> list[Family]:
     """The proxies' Istio metrics: from their admin sockets (`sources`: see `build_istio_metrics`),
-    and a waypoint's HTTP series from the control plane's tally of its request log (`requests_file`)."""
+    a waypoint's HTTP series and a node proxy's destination-side TCP series from the control plane's
+    tally of their request and tunnel logs (`requests_file`)."""
     groups = []
     for p in proxies:
         try:
@@ -90,10 +91,10 @@ def fetch_families(proxies: list[Body], requests_file: Path | None = None,
             raise ValueError(f"{p['pod']}.{p['namespace']}: {exc}") from exc
         groups.append(build_istio_metrics(text, {"pod": p["pod"], "namespace": p["namespace"]},
                                           p.get("type") != "waypoint", sources))
-    waypoints = {(p["pod"], p["namespace"]) for p in proxies if p.get("type") == "waypoint"}
-    if waypoints and requests_file is not None and requests_file.exists():
+    chosen = {(p["pod"], p["namespace"]) for p in proxies}
+    if chosen and requests_file is not None and requests_file.exists():
         groups.append(parse_request_families(requests_file.read_text(),
-                                             lambda labels: (labels.get("pod"), labels.get("namespace")) in waypoints))
+                                             lambda labels: (labels.get("pod"), labels.get("namespace")) in chosen))
     return merge_families(groups)
 
 

@@ -19,7 +19,9 @@ TCP (request_protocol="tcp"), from a tagged cluster's connections or a tagged tc
 Requests the waypoint answers itself (an RBAC 403, a fault abort, no route) never reach a cluster and
 are not counted here; source workload labels are not in Envoy's stats and stay "unknown". So the
 control plane and `meshway metrics` take a waypoint's HTTP series from its request log instead
-(`meshway.observe.requests`: every request, with the caller's labels) and only its TCP series from here.
+(`meshway.observe.requests`: every request, with the caller's labels) and only its TCP series from here;
+likewise a node proxy's `reporter="destination"` series of HBONE tunnels come from its tunnel log
+(`meshway.observe.tunnels`, with the calling pod's labels: the tunnels' cluster carries no labels).
 """
 from __future__ import annotations
 

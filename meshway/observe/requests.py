@@ -4,11 +4,13 @@ Each waypoint HTTP chain streams one entry per downstream request to the control
 (`meshway.xds.build_request_log`), requests the waypoint answers itself included (an RBAC 403, a
 429, a fault abort, no route). Here an entry becomes Istio's labels and is counted:
 
-- source labels from the HBONE peer's SPIFFE identity and the mesh's pods (`find_source_labels`):
-  `source_principal`, `source_workload_namespace` (the identity's namespace), and when the pods of
-  that service account agree, `source_workload` (the Deployment of a ReplicaSet's pod, else the
-  pod's name), `source_app`/`source_version` (the pods' `app`/`version` labels), the canonical
-  service and revision; `source_cluster`; `connection_security_policy="mutual_tls"` (HBONE);
+- source labels from the HBONE peer's SPIFFE identity and the calling pod (`find_caller_labels`):
+  `source_principal`, `source_workload_namespace` (the identity's namespace), `source_workload` (the
+  Deployment of a ReplicaSet's pod, else the pod's name), `source_app`/`source_version` (the pod's
+  `app`/`version` labels), the canonical service and revision. The pod is the one at the address its
+  node proxy wrote on the CONNECT (`meshway.xds.build_peer_source`) if that pod has the peer's
+  identity; without one, the pods of the identity's service account, where they agree;
+  `source_cluster`; `connection_security_policy="mutual_tls"` (HBONE);
 - destination labels as the waypoint's cluster stats carry them (`meshway.xds.stat_tags`, the
   cluster's `alt_stat_name`) for a request an upstream answered, else the chain's service;
 - `istio_requests_total` by response code, `istio_request_duration_milliseconds` (the whole request,
@@ -50,19 +52,21 @@ class RequestRecord:
     duration_ms: float
     request_bytes: int
     response_bytes: int
+    forwarded: str = ""  # the caller's pod address its node proxy sent on the CONNECT (`parse_forwarded`)
+
+
+def _filter_state(common, key: str) -> str:
+    from google.protobuf.wrappers_pb2 import StringValue
+
+    packed = common.filter_state_objects.get(key)
+    value = StringValue()
+    return value.value if packed is not None and packed.Unpack(value) else ""
 
 
 def read_entry(entry) -> RequestRecord:
     """An `envoy.data.accesslog.v3.HTTPAccessLogEntry` as a RequestRecord."""
-    from google.protobuf.wrappers_pb2 import StringValue
-
     common = entry.common_properties
-    principal = ""
-    packed = common.filter_state_objects.get("io.istio.peer_principal")
-    if packed is not None:
-        value = StringValue()
-        if packed.Unpack(value):
-            principal = value.value
+    principal = _filter_state(common, "io.istio.peer_principal")
     answered = common.HasField("upstream_remote_address") or common.HasField("time_to_first_upstream_rx_byte")
     duration = common.time_to_last_downstream_tx_byte
     return RequestRecord(
@@ -70,7 +74,8 @@ def read_entry(entry) -> RequestRecord:
         response_code=entry.response.response_code.value,
         duration_ms=duration.seconds * 1000 + duration.nanos / 1e6,
         request_bytes=entry.request.request_headers_bytes + entry.request.request_body_bytes,
-        response_bytes=entry.response.response_headers_bytes + entry.response.response_body_bytes)
+        response_bytes=entry.response.response_headers_bytes + entry.response.response_body_bytes,
+        forwarded=parse_forwarded(_filter_state(common, "io.meshway.peer_forwarded")))
 
 
 def _agreed(values: Iterable[str]) -> str:
@@ -98,6 +103,39 @@ def find_source_labels(pods: Iterable[PodInfo], principal: str) -> dict[str, str
             p.labels.get("service.istio.io/canonical-revision") or p.labels.get("app.kubernetes.io/version")
             or p.labels.get("version") or "latest" for p in mine)
     return {k: v for k, v in labels.items() if v}
+
+
+def parse_forwarded(value: str) -> str:
+    """The address of the first `for=` of a `Forwarded` header (RFC 7239), "" if none: `for=10.0.0.5`,
+    `for="[2001:db8::1]:80"`, `for=10.0.0.5;proto=http, for=...`."""
+    for element in value.split(",")[:1]:
+        for pair in element.split(";"):
+            key, _, node = pair.strip().partition("=")
+            if key.lower() != "for":
+                continue
+            node = node.strip('"')
+            if node.startswith("["):
+                return node[1:].partition("]")[0]
+            return node.rpartition(":")[0] if node.count(":") == 1 else node
+    return ""
+
+
+def find_source_pod(pods_by_ip: Mapping[str, PodInfo], principal: str, address: str) -> PodInfo | None:
+    """The pod at `address` if its identity is `principal` (the tunnel's mTLS peer): an address is
+    the caller's word, so a peer can name only pods of its own identity, never another's."""
+    m = _SPIFFE.match(principal)
+    pod = pods_by_ip.get(address) if address and m else None
+    if pod is None or (pod.namespace, pod.service_account) != m.groups():
+        return None
+    return pod
+
+
+def find_caller_labels(pods: Iterable[PodInfo], pods_by_ip: Mapping[str, PodInfo], principal: str,
+                       address: str) -> dict[str, str]:
+    """A caller's source labels: of its own pod when `address` names one of its identity
+    (`find_source_pod`), else of the pods of its identity (`find_source_labels`)."""
+    pod = find_source_pod(pods_by_ip, principal, address)
+    return find_source_labels([pod] if pod else pods, principal)
 
 
 def build_request_labels(record: RequestRecord, source: Mapping[str, str],
@@ -185,11 +223,14 @@ def build_request_families(counts: Iterable[tuple[Mapping[str, str], RequestCoun
 
 
 def parse_request_families(text: str, keep: Callable[[Mapping[str, str]], bool] = lambda labels: True) -> list[Family]:
-    """`build_request_families` written as Prometheus text, read back: the samples `keep` accepts."""
+    """`build_request_families` and `tunnels.build_tunnel_families` written as Prometheus text, read
+    back: the samples `keep` accepts."""
     from .metrics import parse_samples
+    from .tunnels import TCP_FAMILIES
 
     names = {"istio_requests_total": ("counter", "Requests a waypoint received, by response code.")}
     names.update({name: ("histogram", help_) for name, help_ in HISTOGRAMS})
+    names.update({name: ("counter", help_) for name, help_ in TCP_FAMILIES})
     samples: dict[str, list[Sample]] = {}
     for sample_name, labels, value in parse_samples(text):
         family = sample_name if sample_name in names else sample_name.rpartition("_")[0]

@@ -1,12 +1,13 @@
-"""The control plane's tally of waypoints' request logs (thin: the counting is `meshway.observe.requests`).
+"""The control plane's tally of waypoints' request logs and node proxies' tunnel logs (thin: the
+counting is `meshway.observe.requests` and `meshway.observe.tunnels`).
 
 `record` runs on the event loop (the access log service), `families` on the metrics server's thread,
-hence the lock. Each waypoint's counts live under its node id and are labelled with its pod and
+hence the lock. Each proxy's counts live under its node id and are labelled with its pod and
 namespace (`parse_node_id`). Source labels come from the current mesh view (`find_view`), looked up
-once per caller identity and view; destination labels from the waypoint's own clusters in its
-current snapshot (`find_snapshot`), read once per snapshot. `meshway metrics` (another process)
-reads `request-metrics.prom`, the same series as Prometheus text, rewritten at most every
-`write_every` seconds after a change.
+once per caller (identity and address) and view; a waypoint's destination labels from its own
+clusters in its current snapshot (`find_snapshot`), read once per snapshot, a node proxy's from the
+tags of its log. `meshway metrics` (another process) reads `request-metrics.prom`, the same series as
+Prometheus text, rewritten at most every `write_every` seconds after a change.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from typing import Any
 from ..mesh.view import MeshView
 from ..observe.metrics import Family, write_text
 from ..observe.requests import FILE_NAME, MAX_SERIES, RequestCounts, build_request_families, build_request_labels, \
-    find_source_labels, read_entry
+    find_caller_labels, find_source_labels, read_entry
+from ..observe.tunnels import TunnelCounts, build_tunnel_families, build_tunnel_labels, read_tunnel_entry
 from ..private import write_private
 from ..xds.proxy import parse_node_id
 from ..xds.stat_tags import parse_stat_name
@@ -39,8 +41,10 @@ class RequestMetrics:
         self.write_every, self.max_series, self.clock = write_every, max_series, clock
         self._lock = threading.Lock()
         self._counts: dict[str, RequestCounts] = {}
+        self._tunnels: dict[str, TunnelCounts] = {}
         self._seen: dict[str, float] = {}
-        self._sources: tuple[int, dict[str, dict[str, str]]] = (0, {})  # (id of the view's pods, by principal)
+        # (id of the view's pods, the pods by IP, labels by (principal, address))
+        self._sources: tuple[int, dict[str, Any], dict[tuple[str, str], dict[str, str]]] = (0, {}, {})
         self._clusters: dict[str, tuple[int, dict[str, dict[str, str]]]] = {}  # node id -> (id of snapshot, tags)
         self._written = 0.0
         self._pending: asyncio.TimerHandle | None = None
@@ -49,15 +53,17 @@ class RequestMetrics:
         """A caller's source labels in the current view (any thread: the cache is swapped whole)."""
         return self._source(principal)
 
-    def _source(self, principal: str) -> dict[str, str]:
+    def _source(self, principal: str, address: str = "") -> dict[str, str]:
+        """The caller's labels: of its pod if `address` is one of the identity's pods, else of the identity."""
         pods = self.find_view().pods
-        key, cache = self._sources
+        key, by_ip, cache = self._sources
         if key != id(pods):
-            cache = {}
-            self._sources = (id(pods), cache)
-        if principal not in cache:
-            cache[principal] = find_source_labels(pods.values(), principal) if principal else {}
-        return cache[principal]
+            by_ip, cache = {p.ip: p for p in pods.values() if p.ip}, {}
+            self._sources = (id(pods), by_ip, cache)
+        if (principal, address) not in cache:
+            cache[(principal, address)] = (find_caller_labels(pods.values(), by_ip, principal, address) if address
+                                           else find_source_labels(pods.values(), principal)) if principal else {}
+        return cache[(principal, address)]
 
     def _cluster_tags(self, node_id: str) -> dict[str, dict[str, str]]:
         snapshot = self.find_snapshot(node_id)
@@ -70,12 +76,24 @@ class RequestMetrics:
         return have[1]
 
     def record(self, node_id: str, entries: list) -> None:
-        """Count one message's entries of a waypoint's request log (on the event loop)."""
+        """Count one message's entries of a waypoint's request log or a node proxy's tunnel log (on
+        the event loop)."""
         parts = parse_node_id(node_id)
-        if parts is None or parts.kind != "waypoint":
+        if parts is None or parts.kind not in ("waypoint", "ztunnel"):
+            return
+        if parts.kind == "ztunnel":
+            tunnels = [(build_tunnel_labels(t, self._source(t.principal, t.address)), t)
+                       for t in map(read_tunnel_entry, entries)]
+            with self._lock:
+                counts = self._tunnels.setdefault(node_id, TunnelCounts(self.max_series))
+                for labels, t in tunnels:
+                    counts.add(labels, t)
+                self._seen[node_id] = self.clock()
+            self._schedule_write()
             return
         clusters = self._cluster_tags(node_id)
-        labelled = [(build_request_labels(r, self._source(r.principal), clusters), r) for r in map(read_entry, entries)]
+        labelled = [(build_request_labels(r, self._source(r.principal, r.forwarded), clusters), r)
+                    for r in map(read_entry, entries)]
         with self._lock:
             counts = self._counts.setdefault(node_id, RequestCounts(self.max_series))
             for labels, r in labelled:
@@ -84,17 +102,20 @@ class RequestMetrics:
         self._schedule_write()
 
     def families(self, node_ids: Iterable[str] | None = None) -> list[Family]:
-        """The Istio families of the waypoints named (all if None); proxies gone for long are forgotten."""
+        """The Istio families of the proxies named (all if None); proxies gone for long are forgotten."""
         with self._lock:
             if node_ids is not None:
                 keep = set(node_ids)
                 now = self.clock()
-                for gone in [n for n in self._counts if n not in keep and now - self._seen[n] > FORGET_AFTER]:
-                    del self._counts[gone], self._seen[gone]
-                    self._clusters.pop(gone, None)
-            chosen = [(n, c) for n, c in sorted(self._counts.items()) if node_ids is None or n in keep]
-            return build_request_families(
-                ({"pod": p.pod, "namespace": p.namespace}, c) for n, c in chosen if (p := parse_node_id(n)))
+                for gone in [n for n in self._seen if n not in keep and now - self._seen[n] > FORGET_AFTER]:
+                    del self._seen[gone]
+                    for table in (self._counts, self._tunnels, self._clusters):
+                        table.pop(gone, None)
+
+            def chosen(counts: dict) -> list:
+                return [({"pod": p.pod, "namespace": p.namespace}, c) for n, c in sorted(counts.items())
+                        if (node_ids is None or n in keep) and (p := parse_node_id(n))]
+            return build_request_families(chosen(self._counts)) + build_tunnel_families(chosen(self._tunnels))
 
     # -- the file `meshway metrics` reads ---------------------------------------------------------
     def _schedule_write(self) -> None:

@@ -52,8 +52,12 @@ def build_inbound_log(pod: PodInfo, identity: str) -> Body:
 
 
 def _status(op: str, value: int) -> Body:
-    return {"status_code_filter": {"comparison": {"op": op, "value": {"default_value": value,
-                                                                      "runtime_key": "ztunnel.inbound_log_status"}}}}
+    """Tunnels that ended with this status (the chain also logs established and ongoing tunnels for
+    the metrics, `build_peer_source.build_tunnel_log`: the connection log keeps one line per tunnel)."""
+    return {"and_filter": {"filters": [
+        {"status_code_filter": {"comparison": {"op": op, "value": {"default_value": value,
+                                                                   "runtime_key": "ztunnel.inbound_log_status"}}}},
+        {"log_type_filter": {"types": ["DownstreamEnd"]}}]}}
 
 
 def build_inbound_logs(pod: PodInfo, identity: str) -> list[Body]:

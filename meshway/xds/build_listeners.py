@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from .. import labels as L
 from ..mesh.view import ServiceInfo
+from .build_peer_source import FORWARDED, PEER_FORWARDED
 from .protos import typed
 from .memo import MISSING, Memo
 from .scope import WaypointScope, cluster_name, detect_protocol, port_kinds
@@ -58,6 +59,8 @@ def build_connect_terminate(proxy: Proxy) -> Body:
             _state("io.istio.connect_authority", "%REQ(:AUTHORITY)%", True),
             _state(ORIGINAL_DST_REMOTE, "%DOWNSTREAM_REMOTE_ADDRESS%"),
             _state("io.istio.peer_principal", "%DOWNSTREAM_PEER_URI_SAN%", True),
+            # The caller's pod as its node proxy wrote it on the CONNECT (`build_peer_source`).
+            _state(PEER_FORWARDED, f"%REQ({FORWARDED})%", True),
             _state("io.istio.local_principal", "%DOWNSTREAM_LOCAL_URI_SAN%", True),
         ])}
     hcm = typed(HCM, stat_prefix="connect_terminate", codec_type="HTTP2", route_config={

@@ -6,7 +6,8 @@ nor the requests the waypoint answers itself (an RBAC 403, a 429, a fault abort,
 HTTP chain of `main_internal` gets Envoy's gRPC access logger (`envoy.access_loggers.http_grpc`) on
 the control-plane connection (the `xds-grpc` cluster of the bootstrap): one entry per downstream
 request, with the HBONE peer's SPIFFE identity (filter state `io.istio.peer_principal`, shared from
-`connect_terminate`) and the chain's service as custom tags (a local reply has no upstream cluster to
+`connect_terminate`), the caller's pod address its node proxy wrote on the CONNECT
+(`build_peer_source.PEER_FORWARDED`) and the chain's service as custom tags (a local reply has no upstream cluster to
 name it). `meshway.observe.requests` turns the entries into `istio_requests_total` and the duration
 and size histograms. No batching (`buffer_size_bytes: 0`): an entry is sent when its request ends, so
 a scrape right after a client's last response counts it.
@@ -17,6 +18,7 @@ from typing import Any
 
 from ..mesh.view import ServiceInfo
 from .bootstrap import XDS_CLUSTER
+from .build_peer_source import PEER_FORWARDED
 from .protos import typed
 
 Body = dict[str, Any]
@@ -37,7 +39,7 @@ def build_request_log(svc: ServiceInfo | None) -> Body:
     tags = [{"tag": k, "literal": {"value": v}} for k, v in build_service_tags(svc).items()]
     common: Body = {"log_name": LOG_NAME, "transport_api_version": "V3",
                     "grpc_service": {"envoy_grpc": {"cluster_name": XDS_CLUSTER}},
-                    "buffer_size_bytes": 0, "filter_state_objects_to_log": [PEER_PRINCIPAL]}
+                    "buffer_size_bytes": 0, "filter_state_objects_to_log": [PEER_PRINCIPAL, PEER_FORWARDED]}
     if tags:
         common["custom_tags"] = tags
     return {"name": "envoy.access_loggers.http_grpc", "typed_config": typed(

@@ -34,6 +34,8 @@ from .build_listeners import BUFFER_LIMIT, HBONE_WINDOWS, HCM, _chain_action, _o
     build_tls_context
 from .build_node_inbound import INBOUND_CLUSTER
 from .build_peer_authn import build_peer_authn_filter
+from .build_peer_source import build_forwarded_headers, build_source_address_state, build_tunnel_log, \
+    build_tunnel_log_options
 from .build_traversal import REFUSED_CLUSTER, build_inbound_guard, build_inbound_guard_route, build_plaintext_guard, \
     build_refused_cluster
 from .protos import typed
@@ -78,7 +80,8 @@ def _tcp(cluster: str, stat: str, tunnel: bool = False, log: Body | None = None,
     if attempts > 1:
         config["max_connect_attempts"] = attempts
     if tunnel:
-        config["tunneling_config"] = {"hostname": "%DOWNSTREAM_LOCAL_ADDRESS%"}
+        config["tunneling_config"] = {"hostname": "%DOWNSTREAM_LOCAL_ADDRESS%",
+                                      "headers_to_add": build_forwarded_headers()}
     if log:
         config["access_log"] = [log]
     return {"name": "envoy.filters.network.tcp_proxy", "typed_config": config}
@@ -93,11 +96,13 @@ def _connection_counter(stat: str) -> Body:
 
 
 def _inbound_cluster(pod: PodInfo, identity: str, plaintext: bool) -> Body:
-    """Original-destination cluster of one local pod: its stats are the pod's inbound connections
-    (reporter=destination), one upstream connection per tunnel or plaintext connection."""
+    """Original-destination cluster of one local pod, one upstream connection per tunnel or plaintext
+    connection. The plaintext one's stats are the pod's plaintext inbound connections
+    (reporter=destination); the tunnels' series, which name their source, come from the HBONE chain's
+    tunnel log instead (`build_peer_source.build_tunnel_log`), so its stats carry no labels."""
     name = f"{'plaintext' if plaintext else 'inbound'}|{pod.namespace}/{pod.name}"
-    tags = {"reporter": "destination", "request_protocol": "tcp",
-            "connection_security_policy": "none" if plaintext else "mutual_tls", **build_workload_tags(pod, identity)}
+    tags = {"reporter": "destination", "request_protocol": "tcp", "connection_security_policy": "none",
+            **build_workload_tags(pod, identity)} if plaintext else None
     return {"name": name, "alt_stat_name": build_stat_name(name, tags), "type": "ORIGINAL_DST",
             "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "10s", "cleanup_interval": "60s"}
 
@@ -182,14 +187,15 @@ class _Outbound:
         return name
 
     def tcp_chain(self, name: str, cluster: str, log: Body, tags: dict[str, str], tunnel: bool = True,
-                  attempts: int = 1) -> str:
-        """A tcp_proxy chain whose stats carry Istio's labels (reporter=source, `stat_tags`)."""
+                  attempts: int = 1, internal: bool = False) -> str:
+        """A tcp_proxy chain whose stats carry Istio's labels (reporter=source, `stat_tags`); `internal`:
+        its cluster may tunnel through `connect_originate`, which is told the pod's address."""
         stat = build_stat_name(name, {"reporter": "source", "request_protocol": "tcp",
                                       "source_principal": build_principal(self.identity),
                                       "source_workload_namespace": self.identity.split("/ns/")[1].split("/")[0],
                                       **tags})
-        return self.chain(name, [_connection_counter(stat), _tcp(cluster, stat, tunnel=tunnel, log=log,
-                                                                  attempts=attempts)])
+        return self.chain(name, [*([build_source_address_state()] if internal else []), _connection_counter(stat),
+                                 _tcp(cluster, stat, tunnel=tunnel, log=log, attempts=attempts)])
 
     def service_chain(self, svc: ServiceInfo, port: int) -> str:
         # The direct cluster exists whether or not a waypoint is in use: removing a cluster would cut
@@ -209,7 +215,8 @@ class _Outbound:
                                       {**tags, "connection_security_policy": "mutual_tls"},
                                       attempts=WAYPOINT_CONNECT_ATTEMPTS)
         log = build_outbound_log(self.identity, svc.hostname)
-        return self.tcp_chain(f"{self.h}|svc|{svc.namespace}/{svc.name}|{port}", direct, log, tags, tunnel=False)
+        return self.tcp_chain(f"{self.h}|svc|{svc.namespace}/{svc.name}|{port}", direct, log, tags, tunnel=False,
+                              internal=True)
 
     def refused_chain(self, svc: ServiceInfo, port: int, traversal: Traversal, tags: dict[str, str]) -> str:
         """Guaranteed traversal: the waypoint does not serve this required service, so no connection
@@ -312,7 +319,8 @@ def build_inbound_chain(pod: PodInfo, identity: str, trust_domain: str, authz: l
     hcm = typed(HCM, stat_prefix=f"inbound_hbone_{pod.ip}", codec_type="HTTP2",
                 rds=build_rds(f"inbound|{pod.namespace}/{pod.name}"),
                 upgrade_configs=[{"upgrade_type": "CONNECT"}], stream_idle_timeout="0s",
-                access_log=build_inbound_logs(pod, identity),
+                access_log=[*build_inbound_logs(pod, identity), build_tunnel_log(pod, identity)],
+                access_log_options=build_tunnel_log_options(),
                 http2_protocol_options={"allow_connect": True, "max_concurrent_streams": 200, **HBONE_WINDOWS},
                 http_filters=[*authz, deliver, {"name": "envoy.filters.http.router", "typed_config": typed(
                     "envoy.extensions.filters.http.router.v3.Router")}])

@@ -1,0 +1,228 @@
+"""Which pod a tunnel comes from (pure, and real Envoy's validation): the node proxy writes the pod's
+address on every CONNECT it originates, the waypoint keeps it from the CONNECT only, the destination
+node proxy logs each tunnel with it; the control plane counts the destination-side TCP series with
+the calling pod's labels, believing an address only for a pod of the tunnel's mTLS identity."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from envoy.data.accesslog.v3.accesslog_pb2 import AccessLogType, HTTPAccessLogEntry
+from prometheus_client.parser import text_string_to_metric_families
+from xds_support import ENVOY, build_store, translate, view_of
+
+from meshway.ca import CertificateAuthority
+from meshway.ca.sds import SDS_ROOT, build_certificate_secret, build_root_secret, build_secrets
+from meshway.mesh.view import MeshView, PodInfo
+from meshway.observe.metrics import write_text
+from meshway.observe.requests import parse_request_families
+from meshway.observe.tunnels import END, ESTABLISHED, PERIODIC, TunnelCounts, TunnelRecord, build_tunnel_families, \
+    build_tunnel_labels, read_tunnel_entry
+from meshway.runtime.request_metrics import RequestMetrics
+from meshway.xds import protos as P
+from meshway.xds.build_peer_source import build_tunnel_tags
+from meshway.xds.build_ztunnel import NodeProxy, build_ztunnel_config
+from meshway.xds.proxy import build_node_id
+from meshway.xds.validate import run_validate
+
+DEMO = Path(__file__).resolve().parents[1] / "meshway" / "demo"
+SHARED = "spiffe://cluster.local/ns/default/sa/shared"
+WAYPOINT_SA = "spiffe://cluster.local/ns/default/sa/waypoint"
+REVIEWS = PodInfo("default", "reviews-v1-7c9f-abcde", {"app": "reviews", "version": "v1", "pod-template-hash": "7c9f"},
+                  "10.244.2.7", "bookinfo-reviews", "node-2", True)
+PODS = [PodInfo("default", "caller-a-5f6d-aaaaa", {"app": "caller-a", "version": "v1", "pod-template-hash": "5f6d"},
+                "10.244.1.20", "shared", "node-1", True),
+        PodInfo("default", "caller-b-6a7b-bbbbb", {"app": "caller-b", "version": "v2", "pod-template-hash": "6a7b"},
+                "10.244.1.21", "shared", "node-1", True),
+        PodInfo("default", "waypoint-9c8d-ccccc",
+                {"gateway.networking.k8s.io/gateway-name": "waypoint", "pod-template-hash": "9c8d"},
+                "10.244.1.5", "waypoint", "node-1", True),
+        REVIEWS]
+TAGS = build_tunnel_tags(REVIEWS, "spiffe://cluster.local/ns/default/sa/bookinfo-reviews")
+
+
+def entry(stream: str, event: str, principal: str = SHARED, forwarded: str | None = "for=10.244.1.20",
+          status: int = 200, received: int = 0, sent: int = 0, remote: str = "10.244.1.1") -> HTTPAccessLogEntry:
+    e = HTTPAccessLogEntry()
+    c = e.common_properties
+    c.stream_id, c.access_log_type = stream, AccessLogType.Value(event)
+    c.tls_properties.peer_certificate_properties.subject_alt_name.add(uri=principal)
+    c.downstream_remote_address.socket_address.address = remote
+    c.custom_tags.update(TAGS)
+    if forwarded is not None:
+        e.request.request_headers["forwarded"] = forwarded
+    e.response.response_code.value = status
+    e.request.request_body_bytes, e.response.response_body_bytes = received, sent
+    return e
+
+
+def test_read_tunnel_entry() -> None:
+    r = read_tunnel_entry(entry("s1", END, received=10, sent=20))
+    assert r == TunnelRecord("s1", END, SHARED, "10.244.1.20", TAGS, 200, 10, 20)
+    # no header (a waypoint's tunnel): the address it connects from
+    assert read_tunnel_entry(entry("s2", ESTABLISHED, WAYPOINT_SA, None, remote="10.244.1.5")).address == "10.244.1.5"
+
+
+def test_a_tunnel_is_opened_once_closed_once_and_its_bytes_counted_as_they_grow() -> None:
+    counts = TunnelCounts()
+    labels = build_tunnel_labels(read_tunnel_entry(entry("s", ESTABLISHED)), {})
+    for e in (entry("s", ESTABLISHED), entry("s", PERIODIC, received=100, sent=1000),
+              entry("s", PERIODIC, received=150, sent=1000), entry("s", END, received=160, sent=1500)):
+        counts.add(labels, read_tunnel_entry(e))
+    assert counts.series == {labels: [1, 1, 160, 1500]} and counts.open == {}
+    # refused (a 403 of an L4 policy): no connection
+    counts.add(labels, read_tunnel_entry(entry("r", END, status=403, received=5)))
+    # established before the tally knew it (a control-plane restart): opened when first seen, once
+    counts.add(labels, read_tunnel_entry(entry("late", PERIODIC, received=7, sent=9)))
+    counts.add(labels, read_tunnel_entry(entry("late", END, received=8, sent=9)))
+    counts.add(labels, read_tunnel_entry(entry("ended", END, received=1, sent=2)))
+    assert counts.series == {labels: [3, 3, 169, 1511]}
+
+
+def test_open_tunnels_and_label_sets_are_bounded() -> None:
+    counts = TunnelCounts(max_series=1, max_open=2)
+    a = build_tunnel_labels(read_tunnel_entry(entry("a", ESTABLISHED)), {"source_workload": "a"})
+    b = build_tunnel_labels(read_tunnel_entry(entry("b", ESTABLISHED)), {"source_workload": "b"})
+    for stream in ("1", "2", "3"):
+        counts.add(a, read_tunnel_entry(entry(stream, ESTABLISHED)))
+    assert list(counts.open) == ["2", "3"]
+    counts.add(b, read_tunnel_entry(entry("4", ESTABLISHED)))
+    assert counts.overflow == 1 and list(counts.series) == [a]
+    assert "meshway_tunnel_metrics_overflow_total" in {f.name for f in build_tunnel_families([({"pod": "z"}, counts)])}
+
+
+def test_control_plane_tally_names_the_calling_pod_and_believes_only_its_identity(tmp_path) -> None:
+    view = MeshView(pods={(p.namespace, p.name): p for p in PODS})
+    node = build_node_id("ztunnel", "10.244.2.1", "ztunnel-node-2", "istio-system")
+    tally = RequestMetrics(lambda: view, lambda n: None, tmp_path / "requests.prom")
+    tally.record(node, [entry("a", ESTABLISHED), entry("a", END, received=3, sent=4),
+                        entry("b", ESTABLISHED, forwarded="for=10.244.1.21"),
+                        # curl's identity naming caller-a's address: not believed, curl's own labels
+                        entry("c", ESTABLISHED, "spiffe://cluster.local/ns/default/sa/curl"),
+                        # the waypoint: no header, its own address
+                        entry("w", ESTABLISHED, WAYPOINT_SA, None, remote="10.244.1.5")])
+    text = write_text(tally.families())
+    opened = {(s.labels["source_workload"], s.labels["source_version"], s.labels["source_principal"]): s.value
+              for f in text_string_to_metric_families(text) if f.name == "istio_tcp_connections_opened"
+              for s in f.samples}
+    assert opened == {("caller-a", "v1", SHARED): 1, ("caller-b", "v2", SHARED): 1,
+                      ("unknown", "unknown", "spiffe://cluster.local/ns/default/sa/curl"): 1,
+                      ("waypoint", "unknown", WAYPOINT_SA): 1}
+    sample = next(s for f in text_string_to_metric_families(text) if f.name == "istio_tcp_received_bytes"
+                  for s in f.samples if s.labels["source_workload"] == "caller-a")
+    assert sample.value == 3 and sample.labels["reporter"] == "destination"
+    assert (sample.labels["destination_workload"], sample.labels["destination_version"], sample.labels["pod"],
+            sample.labels["connection_security_policy"]) == ("reviews-v1", "v1", "ztunnel-node-2", "mutual_tls")
+    # `meshway metrics` reads the same series back from the file
+    back = parse_request_families((tmp_path / "requests.prom").read_text(), lambda labels: True)
+    assert [f.name for f in back] == ["istio_tcp_connections_opened_total", "istio_tcp_connections_closed_total",
+                                      "istio_tcp_received_bytes_total", "istio_tcp_sent_bytes_total"]
+
+
+# -- the config: what each proxy sends, keeps and logs ------------------------------------------
+WAYPOINT = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: default}
+spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: default, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
+"""
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory) -> tuple:
+    tmp = tmp_path_factory.mktemp("mesh")
+    files = []
+    for name, text in (("bookinfo.yaml", (DEMO / "bookinfo.yaml").read_text()),
+                       ("client.yaml", (DEMO / "bookinfo-client.yaml").read_text()), ("waypoint.yaml", WAYPOINT)):
+        files.append(tmp / name)
+        files[-1].write_text(text)
+    store = build_store(tmp / "s", files)
+    return tmp, store, view_of(store)
+
+
+def node_resources(view: MeshView, node: str) -> tuple[dict, set]:
+    return build_ztunnel_config(view, NodeProxy(build_node_id("ztunnel", "10.244.1.1", "ztunnel-" + node,
+                                                              "istio-system"), node))
+
+
+def filters(chain: dict) -> list[str]:
+    return [f["name"] for f in chain["filters"]]
+
+
+def test_node_proxy_writes_the_pods_address_on_every_connect_it_originates(mesh) -> None:
+    _, _, view = mesh
+    for node in sorted({p.node for p in view.pods.values() if p.node}):
+        resources, _ = node_resources(view, node)
+        listeners = resources[P.LISTENER]
+        tunnels = [f["typed_config"] for ln in listeners.values() for c in ln["filter_chains"] for f in c["filters"]
+                   if f["name"] == "envoy.filters.network.tcp_proxy" and "tunneling_config" in f["typed_config"]]
+        assert tunnels and all(t["tunneling_config"]["headers_to_add"] == [{
+            "header": {"key": "forwarded", "value": "for=%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}] for t in tunnels)
+        # a service's direct chain, whose cluster reaches mesh pods through connect_originate's
+        # internal listener, hands the pod's address on; the others tunnel themselves (their
+        # downstream is the pod) or refuse
+        for c in listeners["ztunnel_outbound"]["filter_chains"]:
+            direct = "|svc|" in c["name"] and c["name"].rsplit("|", 1)[-1].isdigit()
+            assert (filters(c)[0] == "envoy.filters.network.set_filter_state") == direct, c["name"]
+
+
+def test_destination_node_proxy_logs_each_tunnel_with_the_header(mesh) -> None:
+    _, _, view = mesh
+    reviews = next(p for p in view.pods.values() if p.name.startswith("reviews-v1"))
+    resources, _ = node_resources(view, reviews.node)
+    chain = next(c for c in resources[P.LISTENER]["ztunnel_inbound"]["filter_chains"]
+                 if c["name"] == f"inbound|default/{reviews.name}")
+    hcm = chain["filters"][0]["typed_config"]
+    grpc = next(a["typed_config"] for a in hcm["access_log"] if a["name"] == "envoy.access_loggers.http_grpc")
+    assert grpc["additional_request_headers_to_log"] == ["forwarded"]
+    assert {t["tag"]: t["literal"]["value"] for t in grpc["common_config"]["custom_tags"]}["destination_workload"] \
+        == "reviews-v1"
+    assert hcm["access_log_options"] == {"flush_log_on_tunnel_successfully_established": True,
+                                         "access_log_flush_interval": "5s"}
+    # the connection log stays one line per tunnel, at its end
+    stdout = [a for a in hcm["access_log"] if a["name"] != "envoy.access_loggers.http_grpc"]
+    assert stdout and all({"log_type_filter": {"types": ["DownstreamEnd"]}} in a["filter"]["and_filter"]["filters"]
+                          for a in stdout)
+    # the tunnels' cluster carries no labels (its series would count them twice); plaintext's does
+    clusters = resources[P.CLUSTER]
+    assert clusters[f"inbound|default/{reviews.name}"]["alt_stat_name"] == f"inbound|default/{reviews.name}"
+    assert "reporter=.=destination" in clusters[f"plaintext|default/{reviews.name}"]["alt_stat_name"]
+
+
+def test_waypoint_keeps_the_header_of_the_connect_only(mesh) -> None:
+    tmp, store, _ = mesh
+    config = translate(store, "default")
+    terminate = config.resources[P.LISTENER]["connect_terminate"]
+    hcm = terminate["filter_chains"][0]["filters"][0]["typed_config"]
+    states = {s["object_key"]: s for f in hcm["http_filters"] if f["name"] == "connect_authority"
+              for s in f["typed_config"]["on_request_headers"]}
+    assert states["io.meshway.peer_forwarded"]["format_string"]["text_format_source"]["inline_string"] \
+        == "%REQ(forwarded)%"
+    assert states["io.meshway.peer_forwarded"]["shared_with_upstream"] == "ONCE"
+
+
+def test_envoy_accepts_both_proxies(mesh) -> None:
+    tmp, store, view = mesh
+    ca = CertificateAuthority(tmp / "ca")
+    curl = next(p for p in view.pods.values() if p.name.startswith("curl"))
+    resources, identities = node_resources(view, curl.node)
+    messages = {t: {n: P.to_dict(P.to_message(t, r)) for n, r in items.items()} for t, items in resources.items()}
+    secrets = {}
+    for identity in identities:
+        ns, sa = identity.split("/ns/", 1)[1].split("/sa/")
+        secret = build_certificate_secret(ca.issue(ns, sa))
+        secret.name = identity
+        secrets[identity] = P.to_dict(secret)
+    secrets[SDS_ROOT] = P.to_dict(build_root_secret(ca.root_pem()))
+    messages[P.SECRET] = secrets
+    ok, output = run_validate(messages, ENVOY)
+    assert ok, output
+    issued = build_secrets(ca.issue("default", "waypoint"), ca.root_pem())
+    ok, output = run_validate(translate(store, "default", secrets={n: P.to_dict(m) for n, m in issued.items()}
+                                        ).resources, ENVOY)
+    assert ok, output
