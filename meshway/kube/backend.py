@@ -41,7 +41,7 @@ class KubeBackend:
         except ApiError as exc:
             if exc.not_found:
                 return None
-            hint = (" (meshway's ClusterRole reads no Secrets but its CA's: grant `get` on this one to the control "
+            hint = (" (meshway's roles read no Secret but the CA's: grant `get` on this one to the control "
                     "plane's ServiceAccount, istio-system/meshway, with a Role in its namespace)"
                     if exc.status == 403 else "")
             raise ValueError(f"imagePullSecret {namespace}/{name}: {exc}{hint}") from None

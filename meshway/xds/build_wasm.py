@@ -14,7 +14,8 @@ builds it (`pilot/pkg/model/extensions.go`, `listener_waypoint.go:buildWaypointH
   string, runtime V8, `failure_policy` from `failStrategy` (FAIL_CLOSE -> FAIL_CLOSED, FAIL_OPEN,
   FAIL_RELOAD: what Envoy does when the plugin fails while serving), `vmConfig.env` as environment
   variables. The code is the local file the control plane fetched (`meshway.runtime.wasm_modules`:
-  the module's bytes, checked against `sha256`, in the state folder named by their sha256).
+  the module's bytes, checked against `sha256`, in the state folder named by their sha256; an
+  image's by its digest, which is what `sha256` names for an image, as in Istio).
 - A module that is not available (cannot be fetched, fails the sha256 check, or Envoy cannot load
   or start it): Istio's agent then puts an RBAC filter in its place, allow-all for FAIL_OPEN
   (`wasm-default-allow`), deny-all for FAIL_CLOSE and FAIL_RELOAD (`wasm-default-deny`: 403
