@@ -136,17 +136,21 @@ def test_two_deployments_of_one_service_account_are_told_apart(mesh: Mesh) -> No
         mesh.wait_until(lambda: mesh.requests("reviews", 1, client=caller)[0][0] == 200, 30, f"{caller} in the mesh")
     reviews = next(p for p in mesh.pods() if p["metadata"]["name"].startswith("reviews-v1-"))
     reviews_ip = reviews["status"]["podIP"]
+    caller_b_ip = next(p for p in mesh.pods() if p["metadata"]["name"].startswith("caller-b-"))["status"]["podIP"]
     before = scrape(mesh)
     for caller, n in (("caller-a", 6), ("caller-b", 9)):
         assert [r[0] for r in mesh.requests("reviews", n, client=caller)] == [200] * n  # through the waypoint
         assert [r[0] for r in mesh.requests(reviews_ip, n, client=caller)] == [200] * n  # by pod IP: directly
+    # an application's own `forwarded` header rides inside the tunnel: it names nobody
+    spoofed = mesh.requests("reviews", 4, client="caller-a", headers={"Forwarded": f"for={caller_b_ip}"})
+    assert [r[0] for r in spoofed] == [200] * 4
     after = scrape(mesh)
     # the waypoint: each request with its own pod's workload, app and version (not `unknown`)
     waypoint = by_source(after, "istio_requests", reporter="waypoint", source_principal=SHARED,
                          destination_service=REVIEWS) \
         - by_source(before, "istio_requests", reporter="waypoint", source_principal=SHARED,
                     destination_service=REVIEWS)
-    assert waypoint == {("caller-a", "caller-a", "v1"): 6, ("caller-b", "caller-b", "v2"): 9}, waypoint
+    assert waypoint == {("caller-a", "caller-a", "v1"): 6 + 4, ("caller-b", "caller-b", "v2"): 9}, waypoint
     # the destination's node proxy: each tunnel by pod IP with its caller's pod
     match = dict(reporter="destination", source_principal=SHARED, destination_workload="reviews-v1")
     opened = by_source(after, "istio_tcp_connections_opened", **match) \
