@@ -9,7 +9,9 @@ Both start with only the applications (bookinfo and the curl client), then enrol
 apply a waypoint for it, apply the blog's 90/10 split, and check, from inside the curl pod and with
 the waypoint's own Envoy stats, what a user of either mode is promised alike: requests split 90/10
 through the waypoint; a service's opt-out taking effect within 2 s with no failed request; an
-AuthorizationPolicy answered at the waypoint with the caller's HBONE identity."""
+AuthorizationPolicy answered at the waypoint with the caller's HBONE identity; and, since both modes
+are a control plane plus one node agent per node, a node agent killed under load and started again
+by `up` adopting its node's pods with no failed request."""
 from __future__ import annotations
 
 import json
@@ -26,7 +28,9 @@ import pytest
 from cluster_support import CLIENT, require_cluster
 from kube_support import require_binaries, wait_for
 from meshway.runtime.envoy_admin import fetch_admin
+from meshway.runtime.daemon import node_agent_pid
 from meshway.runtime.netns import cluster_id, pod_netns_name
+from meshway.runtime.workload import read_proc
 
 DEMO = Path(__file__).resolve().parent.parent / "meshway" / "demo"
 APPS = ("-f", str(DEMO / "bookinfo.yaml"), "-f", str(DEMO / "bookinfo-client.yaml"))
@@ -75,11 +79,13 @@ class Mode:
     def down(self) -> None: ...
     def enable_mesh(self) -> None: ...
     def label_service(self, label: str) -> None: ...
+    def scale_waypoint(self, replicas: int) -> None: ...
 
     # what a test reads
     def pods(self) -> list[dict]: ...
     def network_id(self) -> str: ...
     def waypoint_stats(self) -> str: ...
+    def agent_pid(self, node: str) -> int | None: ...
 
     def netns(self, prefix: str) -> str:
         pod = next(p for p in self.pods() if p["metadata"]["name"].startswith(prefix)
@@ -92,6 +98,14 @@ class Mode:
         return subprocess.Popen(["ip", "netns", "exec", self.netns("curl"), sys.executable, "-P", "-c", CLIENT,
                                  "reviews", "9080", "/reviews/1", str(count), method, f"{seconds:g}"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def replica_stats(self, pod: str) -> str:
+        """One waypoint replica's stats, read from inside its pod (its admin port, as a probe would)."""
+        return run(["ip", "netns", "exec", pod_netns_name(self.network_id(), "default", pod), "curl", "-s",
+                    "127.0.0.1:15000/stats?filter=upstream_rq_total"])
+
+    def replica_served(self, pod: str) -> int:
+        return sum(int(n) for _, n in REVIEWS_STAT.findall(self.replica_stats(pod)))
 
     def waypoint_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -124,6 +138,9 @@ class Embedded(Mode):
     def label_service(self, label: str) -> None:
         self.sh(f"label service reviews {label}" + ("" if label.endswith("-") else " --overwrite"))
 
+    def scale_waypoint(self, replicas: int) -> None:
+        self.sh(f"scale deploy/waypoint --replicas {replicas}")
+
     def pods(self) -> list[dict]:
         return json.loads(self.meshway("get", "pods", "-n", "default", "-o", "json"))["items"]
 
@@ -134,6 +151,14 @@ class Embedded(Mode):
         status = json.loads((self.state / "run" / "proxy-status.json").read_text())
         admins = [v["admin"] for v in status.values() if v["type"] == "waypoint" and v["namespace"] == "default"]
         return "".join(fetch_admin(a, "/stats?filter=upstream_rq_total").decode() for a in admins)
+
+    def agent_pid(self, node: str) -> int | None:
+        return node_agent_pid(self.state, node)
+
+    def replica_stats(self, pod: str) -> str:
+        status = json.loads((self.state / "run" / "proxy-status.json").read_text())
+        admin = next(v["admin"] for v in status.values() if v["type"] == "waypoint" and v["pod"] == pod)
+        return fetch_admin(admin, "/stats?filter=upstream_rq_total").decode()
 
 
 class Kubernetes(Mode):
@@ -166,6 +191,9 @@ class Kubernetes(Mode):
     def label_service(self, label: str) -> None:
         self.sh(f"kubectl label service reviews {label}" + ("" if label.endswith("-") else " --overwrite"))
 
+    def scale_waypoint(self, replicas: int) -> None:
+        self.sh(f"kubectl scale deploy/waypoint --replicas {replicas}")
+
     def pods(self) -> list[dict]:
         return json.loads(self.sh("kubectl get pods -n default -o json"))["items"]
 
@@ -177,6 +205,23 @@ class Kubernetes(Mode):
                   if p["metadata"]["name"].startswith("waypoint-")]
         return "".join(run(["ip", "netns", "exec", ns, "curl", "-s", "127.0.0.1:15000/stats?filter=upstream_rq_total"])
                        for ns in spaces)
+
+    def agent_pid(self, node: str) -> int | None:
+        try:
+            pid = json.loads((self.state / "kubernetes" / "run" / f"{node}.pid").read_text())["pid"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return pid if read_live_pid_of(pid) else None
+
+
+def read_live_pid_of(pid: int) -> bool:
+    info = read_proc(pid)
+    return info is not None and not info.zombie
+
+
+def netns_pids(name: str) -> list[int]:
+    return sorted(int(p) for p in subprocess.run(["ip", "netns", "pids", name], capture_output=True,
+                                                  text=True).stdout.split())
 
 
 def ready(pod: dict) -> bool:
@@ -245,3 +290,71 @@ def test_an_authorization_policy_is_answered_at_the_waypoint_with_the_callers_id
         assert {r[1] for r in results(mode.requests(3, "POST"))} == {"istio-envoy"}  # the waypoint answered
     finally:
         mode.sh(f"{delete} -f {tmp_path / 'policy.yaml'}")
+
+
+def test_a_node_agent_killed_under_load_and_started_again_by_up_adopts_its_pods(mode):
+    curl = next(p for p in mode.pods() if p["metadata"]["name"].startswith("curl"))
+    node = curl["spec"]["nodeName"]
+    old = mode.agent_pid(node)
+    assert old, f"no node agent runs for {node}"
+    on_node = {p["metadata"]["name"]: p for p in mode.pods() if p["spec"].get("nodeName") == node}
+    counts = {name: [c["restartCount"] for c in p["status"]["containerStatuses"]] for name, p in on_node.items()}
+    processes = {name: netns_pids(pod_netns_name(mode.network_id(), "default", name)) for name in on_node}
+    load = mode.requests(400, pause=0.01)  # about 8 s
+    time.sleep(1)
+    os.kill(old, 9)
+    wait_for("the node agent to be gone", lambda: mode.agent_pid(node) is None, 10, 0.1)
+    time.sleep(2)  # nothing supervises the node meanwhile
+    mode.up()  # starts what is not running: that node agent
+    got = results(load)
+    assert [r for r in got if r[0] != 200] == []  # the data plane never noticed
+    assert mode.agent_pid(node) not in (None, old)
+    time.sleep(3)  # the new agent has looked at its pods a few times
+    now = {p["metadata"]["name"]: p for p in mode.pods() if p["spec"].get("nodeName") == node}
+    assert set(now) == set(on_node) and all(map(ready, now.values()))
+    assert {name: [c["restartCount"] for c in p["status"]["containerStatuses"]] for name, p in now.items()} == counts
+    assert {name: netns_pids(pod_netns_name(mode.network_id(), "default", name)) for name in now} == processes
+    assert {r[0] for r in results(mode.requests(30))} == {200}
+
+
+def failed_window(rows: list) -> float:
+    failed = [r[3] for r in rows if r[0] != 200]
+    return round(max(failed) - min(failed), 2) if failed else 0.0
+
+
+def envoy_in(netns: str) -> int:
+    for pid in netns_pids(netns):
+        info = read_proc(pid)
+        if info and not info.zombie and "envoy" in " ".join(info.cmdline):
+            return pid
+    raise AssertionError(f"no Envoy runs in {netns}")
+
+
+def test_the_waypoint_scaled_to_two_serves_from_both_and_a_replica_killed_costs_under_1_percent(mode):
+    mode.scale_waypoint(2)
+    try:
+        replicas = wait_for("two waypoint replicas Ready", lambda: (r := [
+            p["metadata"]["name"] for p in mode.pods() if p["metadata"]["name"].startswith("waypoint-")
+            and ready(p) and not p["metadata"].get("deletionTimestamp")]) and len(r) == 2 and r, 90)
+        wait_for("both replicas with reviews' config",
+                 lambda: all(REVIEWS_STAT.search(mode.replica_stats(p)) for p in replicas), 30, 1)
+        wait_for("a batch of requests all answered with both replicas up",
+                 lambda: {r[0] for r in results(mode.requests(50))} == {200}, 30, 0.5)
+        before = [mode.replica_served(p) for p in replicas]
+        got = results(mode.requests(300))
+        served = [mode.replica_served(p) - b for p, b in zip(replicas, before)]
+        assert [r for r in got if r[0] != 200] == [] and sum(served) == 300 and min(served) > 0, served
+
+        load = mode.requests(600, pause=0.01)
+        time.sleep(2)
+        os.kill(envoy_in(pod_netns_name(mode.network_id(), "default", replicas[0])), 9)
+        got = results(load)
+        failed = [r for r in got if r[0] != 200]
+        assert len(failed) <= len(got) // 100 and failed_window(got) <= 2.0, failed
+        wait_for("the killed replica restarted and Ready again", lambda: any(
+            p["metadata"]["name"] == replicas[0] and ready(p) and p["status"]["containerStatuses"][0]["restartCount"] >= 1
+            for p in mode.pods()), 60)
+    finally:
+        mode.scale_waypoint(1)
+    wait_for("one waypoint replica left", lambda: len([p for p in mode.pods() if p["metadata"]["name"].startswith(
+        "waypoint-") and not p["metadata"].get("deletionTimestamp")]) == 1, 60)

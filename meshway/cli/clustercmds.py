@@ -133,14 +133,19 @@ def status(c: Ctx) -> None:
     if not pid:
         pods = [as_unknown(p, "Ready") for p in pods]
     proxies = load_proxy_status(c) if pid else {}
-    rows = [["NODE", "PODS", "READY", "NODE PROXY"]]
+    from ..runtime.daemon import node_agent_pid
+
+    rows = [["NODE", "AGENT", "PODS", "READY", "NODE PROXY"]]
+    cluster = (state / "run" / "cluster.json").exists()
     for n in range(1, c.store.node_count() + 1):
         node = f"node-{n}"
         on = [p for p in pods if p["spec"].get("nodeName") == node]
         z = next((v for v in proxies.values() if v["type"] == "ztunnel" and v["pod"] == f"ztunnel-{node}"), None)
         zstate = ("SYNCED" if z and all(x.get("state") == "SYNCED" for x in z["xds"].values()) else "STALE") \
             if z else "-"
-        rows.append([node, str(len(on)), str(sum(_ready(p) for p in on)), zstate])
+        agent = node_agent_pid(state, node)
+        agent_text = f"running (pid {agent})" if agent else ("not running" if cluster else "-")
+        rows.append([node, agent_text, str(len(on)), str(sum(_ready(p) for p in on)), zstate])
     click.echo(P.tabwrite(rows) + "\n", nl=False)
     click.echo(P.write_table("Pod", pods, all_namespaces=True, wide=True) + "\n", nl=False)
     gws = [g if pid else as_unknown(g, "Programmed") for g in c.store.list(find_kind("gtw"), None)

@@ -325,6 +325,21 @@ def label(c: Ctx, args: tuple[str, ...], namespace: str | None, selector: str | 
 
 
 @cli.command()
+@click.argument("args", nargs=-1, required=True)
+@click.option("--replicas", type=int, required=True, help="The new number of replicas.")
+@namespace_option
+@pass_ctx
+def scale(c: Ctx, args: tuple[str, ...], replicas: int, namespace: str | None) -> None:
+    """Set a Deployment's replicas: scale deploy/NAME --replicas N (kubectl semantics; a waypoint's
+    Deployment keeps them unless its Gateway sets meshway.io/replicas)."""
+    info, names = _split_kind_names(args)
+    if not names:
+        raise ValueError("resource(s) were provided, but no name was specified")
+    for name in names:
+        click.echo(str(c.store.scale(info, namespace or "default", name, replicas)))
+
+
+@cli.command()
 @click.argument("args", nargs=-1)
 @click.option("-f", "--filename", "files", multiple=True, metavar="FILE|DIR|-",
               help="Delete the objects these files define (instead of KIND NAME...).")

@@ -154,6 +154,12 @@ def run_walkthrough(c: Ctx, files: tuple[str, ...], nodes: int | None, metrics_a
         _run(c, ["explain", "service/reviews"])
     pid = start_controlplane(c.store.state_dir, cluster=cluster, metrics_addr=metrics_addr)
     click.echo(f"control plane running in the background (pid {pid}); `meshway down` stops everything")
+    if cluster:
+        from ..runtime.daemon import start_node_agents
+
+        agents = start_node_agents(c.store.state_dir)  # started with the control plane: their pids
+        click.echo("node agents (pods, waypoints, node proxies): " + ", ".join(
+            f"{node} (pid {agent})" for node, agent in agents.items()))
     if metrics_addr:
         click.echo(f"Prometheus metrics (control plane and every proxy): {find_metrics_url(c, metrics_addr)}")
     click.echo()

@@ -336,6 +336,17 @@ class KubeStore:
                                    "to be deleted (finalizers still running?)")
             self.sleep(0.2)
 
+    def scale(self, info: KindInfo, namespace: str, name: str, replicas: int) -> Result:
+        """kubectl scale on the API: a merge patch of the Deployment's `scale` subresource."""
+        if info.kind != "Deployment":
+            raise Invalid(f'cannot scale {info.plural} "{name}": only deployments can be scaled here')
+        body = self.get(info, namespace, name)
+        path = resource_path(info, namespace, name) + "/scale"
+        self._call(lambda: self.client.request("PATCH", path, {"fieldManager": FIELD_MANAGER},
+                                               {"spec": {"replicas": replicas}}, MERGE_PATCH), info, name)
+        changed = body["spec"].get("replicas") != replicas
+        return Result(info, namespace, name, "scaled" if changed else "not scaled")
+
     def label(self, info: KindInfo, namespace: str | None, names: list[str], selector: LabelSelector | None,
               set_labels: dict[str, str], remove: list[str], overwrite: bool = False) -> list[Result]:
         """kubectl label on the API: the same checks and results as `Store.label`."""

@@ -14,8 +14,12 @@ def build_owner_reference(gateway: Body) -> Body:
     return {"apiVersion": gateway["apiVersion"], "kind": "Gateway", "name": meta["name"], "uid": meta["uid"]}
 
 
-def replica_count(annotations: dict[str, str]) -> int:
-    value = annotations.get(L.REPLICAS, "1")
+def replica_count(annotations: dict[str, str]) -> int | None:
+    """The Gateway's `meshway.io/replicas` (1-100), else None: the Deployment's replicas are then left
+    to whoever scales it (`kubectl scale`, an HPA; 1 when it is created), as istiod leaves them."""
+    value = annotations.get(L.REPLICAS)
+    if value is None:
+        return None
     return int(value) if value.isdigit() and 0 < int(value) <= 100 else 1
 
 
@@ -71,7 +75,7 @@ def build_waypoint_objects(gateway: Body) -> list[tuple[str, Body]]:
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": obj_meta(managed),
         "spec": {
-            "replicas": replica_count(annotations),
+            **({"replicas": count} if (count := replica_count(annotations)) is not None else {}),
             "selector": {"matchLabels": {L.GATEWAY_NAME: gw_name}},
             "template": {
                 "metadata": {"labels": pod_labels,

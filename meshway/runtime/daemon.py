@@ -135,7 +135,8 @@ def stop_all(state_dir: Path, timeout: float = 10.0) -> list[str]:
 
 def forget_processes(state_dir: Path) -> None:
     """After `down` nothing runs: the next `up` starts every pod and proxy afresh, restart counts
-    at 0 (the records a restarted control plane adopts from are only for a mesh that runs)."""
+    at 0 (the records a restarted node agent adopts from are only for a mesh that runs)."""
     run = state_dir / "run"
-    for record in [*run.glob("pods/*/containers.json"), *run.glob("proxies/*/starts"), *run.glob("nodes/*/starts")]:
+    for record in [*run.glob("pods/*/containers.json"), *run.glob("proxies/*/starts"), *run.glob("nodes/*/starts"),
+                   *run.glob("nodes/*/agent.json")]:
         record.unlink(missing_ok=True)

@@ -220,6 +220,23 @@ class Store:
         changed = w.update(info.kind, body, new)
         return Result(info, meta.get("namespace", ""), meta["name"], "labeled" if changed else "not labeled")
 
+    def scale(self, info: KindInfo, namespace: str, name: str, replicas: int) -> Result:
+        """kubectl scale: set a Deployment's `spec.replicas` (its controller then adds or removes pods)."""
+        if info.kind != "Deployment":
+            raise Invalid(f'cannot scale {info.plural} "{name}": only deployments can be scaled here')
+        if not 0 <= replicas <= 1000:
+            raise Invalid(f'deployments.apps "{name}" is invalid: spec.replicas: must be from 0 to 1000, not {replicas}')
+        with self.db.write() as txn:
+            w = self._writer(txn)
+            body = txn.get(info.kind, namespace, name)
+            if body is None:
+                raise _not_found(info, name)
+            new = copy.deepcopy(body)
+            new["spec"]["replicas"] = replicas
+            changed = w.update(info.kind, body, new)
+            reconcile(w)
+        return Result(info, namespace, name, "scaled" if changed else "not scaled")
+
     def write_status(self, kind: str, namespace: str, name: str, status: Body) -> None:
         """For the runtime (kubelet's role): merge into an object's status, then reconcile."""
         with self.db.write() as txn:

@@ -161,6 +161,8 @@ class Writer:
                 for keep in ("clusterIP", "clusterIPs", "ipFamilies"):
                     if keep in live["spec"]:
                         spec[keep] = live["spec"][keep]
+            if kind == "Deployment" and "replicas" not in spec and "replicas" in live["spec"]:
+                spec["replicas"] = live["spec"]["replicas"]  # not the controller's field: `scale` keeps it
             new["spec"] = spec
             set_defaults(kind, new)
         self.update(kind, live, new)
