@@ -2,7 +2,8 @@
 reviews go through the waypoint, where a plugin read from file:// adds a response header (name and
 value from pluginConfig), a plugin the control plane downloads over http:// (sha256-checked)
 answers 403 for /admin, and a module that cannot start follows failStrategy (FAIL_OPEN: served
-without it; FAIL_CLOSE: 403 from the stand-in RBAC filter)."""
+without it; FAIL_CLOSE: 403 from the stand-in RBAC filter). A module in a Docker image, pushed to a
+real registry on the host (tests/registry_support.py) and named by a bare reference, acts the same."""
 from __future__ import annotations
 
 import hashlib
@@ -16,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from cluster_support import cluster_fixture
+from registry_support import Registry
 from wasm_support import assemble
 
 from meshway.model import find_kind, load_yaml
@@ -111,3 +113,18 @@ def test_a_module_that_cannot_start_follows_fail_strategy(mesh, modules) -> None
     assert wait_for(mesh, lambda r: r[0] == 403)[2] == "RBAC: access denied"
     mesh.store.delete([(find_kind("wasmplugin"), "default", "broken")])
     wait_for(mesh, lambda r: r[0] == 200)
+
+
+def test_a_module_from_an_image_acts_at_the_waypoint(mesh, modules, tmp_path) -> None:
+    built, _ = modules
+    registry = Registry(tmp_path)
+    try:
+        digest = registry.push_docker_image("wasm/add-header", "1.0", built["add_header"].read_bytes())
+        mesh.store.apply(load_yaml(plugin("greeting", f"{registry.host}/wasm/add-header:1.0",
+                                          f"sha256: '{digest}'\n  pluginConfig: {{name: x-wasm-greeting, value: oci}}"),
+                                   "wp.yaml"))
+        status, _, body = wait_for(mesh, lambda r: r[1] == "oci")
+        assert status == 200 and '"version"' in body
+    finally:
+        mesh.store.delete([(find_kind("wasmplugin"), "default", "greeting")])
+        registry.close()
