@@ -1,5 +1,5 @@
-"""WasmPlugin modules in OCI images, the pure decisions (meshway.runtime.oci_image and the pull
-policy of meshway.runtime.wasm_modules), as truth tables after go-containerregistry's `name`
+"""WasmPlugin modules in OCI images, the pure decisions (meshway.runtime.oci_image, oci_auth and
+the pull policy of meshway.runtime.wasm_modules), as truth tables after go-containerregistry's `name`
 package and Istio's `pkg/wasm` (imagefetcher.go, cache.go, imagefetcher_test.go's realm table)."""
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import pytest
 
 from meshway.model import load_yaml
 from meshway.model.extensions import WasmPlugin
+from meshway.runtime.oci_auth import (Credentials, detect_unsafe_realm, find_credentials, parse_challenges,
+                                      read_pull_secret)
 from meshway.runtime.oci_image import (DOCKER_LAYER, DOCKER_MANIFEST, OCI_LAYER, OCI_MANIFEST, WASM_LAYER,
-                                       Credentials, ImageRef, detect_local_registry, detect_unsafe_realm,
-                                       detect_wasm_binary, extract_plugin_wasm, find_credentials,
-                                       find_platform_manifest, find_wasm_layer, parse_challenges,
-                                       parse_image_ref, read_pull_secret)
+                                       ImageRef, detect_local_registry, detect_wasm_binary, extract_plugin_wasm,
+                                       find_platform_manifest, find_wasm_layer, parse_image_ref)
 from meshway.runtime.wasm_modules import build_fetch_key, detect_reuse, find_expected_sha256
 
 D = "sha256:" + "a" * 64
@@ -145,6 +145,9 @@ def test_challenges() -> None:
     assert [(c.scheme, dict(c.params)) for c in found] == [
         ("bearer", {"realm": "https://auth.io/token", "service": "reg.io", "scope": "repository:a:pull"})]
     assert [c.scheme for c in parse_challenges('Basic realm="Registry Realm"')] == ["basic"]
+    both = parse_challenges('Bearer realm="https://a.io/t", Basic realm="http://169.254.169.254/"')
+    assert [(c.scheme, c.params["realm"]) for c in both] == [("bearer", "https://a.io/t"),
+                                                              ("basic", "http://169.254.169.254/")]
 
 
 @pytest.mark.parametrize("realm, refused", [  # Istio's TestValidateAllRealms, for Bearer realms

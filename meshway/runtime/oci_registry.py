@@ -15,10 +15,11 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from .oci_image import (DOCKER_LIST, MANIFEST_ACCEPT, OCI_INDEX, Body, Challenge, Credentials, ImageRef,
-                        build_basic_auth, build_token_query, detect_local_registry, detect_unsafe_realm,
-                        detect_wasm_binary, extract_plugin_wasm, find_credentials, find_platform_manifest,
-                        find_wasm_layer, parse_challenges, parse_image_ref)
+from .oci_auth import (Challenge, Credentials, build_basic_auth, build_token_query, detect_unsafe_realm,
+                       find_credentials, parse_challenges)
+from .oci_image import (DOCKER_LIST, MANIFEST_ACCEPT, OCI_INDEX, Body, ImageRef, detect_local_registry,
+                        detect_wasm_binary, extract_plugin_wasm, find_platform_manifest, find_wasm_layer,
+                        parse_image_ref)
 
 MANIFEST_LIMIT = 4 << 20
 

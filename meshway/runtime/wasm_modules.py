@@ -26,7 +26,8 @@ from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
 
 from ..model.extensions import WasmPlugin, parse_plugin_url
-from .oci_image import parse_image_ref, read_pull_secret
+from .oci_auth import read_pull_secret
+from .oci_image import parse_image_ref
 from .oci_registry import read_oci_module
 from ..private import make_private_dir
 from ..xds import protos as P
