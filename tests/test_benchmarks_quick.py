@@ -27,7 +27,7 @@ EXTRA_KEYS = {  # what each known benchmark reports besides; a new one needs onl
     "selection": ("measurements", "checks"),
     "dataplane": ("translation", "bytes", "ack", "load"),
     "l7": ("load",),
-    "cluster": ("startup", "setup", "load", "teardown"),
+    "cluster": ("run_modes", "modes", "startup", "setup", "load", "teardown", "comparison"),
     "cli_startup": ("scenarios", "checks"),
     "envoy_stats": ("sizes",),
     "scale": ("ack", "translation", "proxies", "memory", "get_pods", "goals"),
@@ -73,5 +73,7 @@ def test_quick_run(script: Path, tmp_path: Path) -> None:
     missing = [k for k in (*COMMON_KEYS, *EXTRA_KEYS.get(name, ())) if k not in report]
     assert not missing, f"{name}-quick.json lacks {missing} (has {sorted(report)})"
     assert report["benchmark"] == name and report["mode"] == "quick"
+    if name == "cluster" and os.environ.get("MESHWAY_REQUIRE_E2E") == "1":  # CI measures both run modes
+        assert report["run_modes"] == ["embedded", "kubernetes"] and report["comparison"], report.get("skipped_modes")
     assert results_state(name) == committed, "a quick run wrote into benchmarks/results/"
     print(f"{name} --quick: {took:.0f} s")
