@@ -174,13 +174,26 @@ def _serve_xds_on_kubernetes(kcp, client, xds_addr: str, xds_ips: tuple[str, ...
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         click.echo(f"meshway control plane: ADS over TCP + mTLS on {xds_addr}, state {cp.state_dir}")
-        await cp.run(stop)
+        advertising = asyncio.ensure_future(_advertise_xds_address(cp, kcp, xds_ips))
+        try:
+            await cp.run(stop)
+        finally:
+            advertising.cancel()
 
     try:
         asyncio.run(main())
     finally:
         kcp.stop()
         controller.join(10)
+
+
+async def _advertise_xds_address(cp, kcp, xds_ips: tuple[str, ...]) -> None:
+    """Once the xDS port is bound: its address on the Lease (`meshway proxy-status` finds it there)."""
+    from ..kube.xdsdebug import XDS_ADDRESS_ANNOTATION, find_advertised_address
+
+    while not cp.server.tcp_address:
+        await asyncio.sleep(0.05)
+    kcp.annotations[XDS_ADDRESS_ANNOTATION] = find_advertised_address(cp.server.tcp_address, xds_ips)
 
 
 def check_xds_addr(xds_addr: str | None, xds_ips: tuple[str, ...]) -> None:
@@ -249,15 +262,49 @@ def write_proxy_status(status: dict) -> str:
 
 
 @cli.command("proxy-status")
+@click.option("--xds-address", default=None, metavar="HOST:PORT",
+              help="On Kubernetes: the control plane's xDS port (default: the one its Lease names).")
 @pass_ctx
-def proxy_status(c: Ctx) -> None:
+def proxy_status(c: Ctx, xds_address: str | None) -> None:
     """Each proxy's xDS state: SYNCED, STALE (sent, not yet ACKed), NACKED (with Envoy's message)."""
     from .liveness import find_controlplane
 
+    if c.backend.kubernetes:
+        return _kube_proxy_status(c, xds_address)
+    if xds_address:
+        raise click.UsageError("--xds-address is for a control plane on Kubernetes (with --kubeconfig)")
     if not find_controlplane(c.store.state_dir):  # as istioctl when it cannot reach istiod
         click.echo("Error: unable to reach the control plane: it is not running (`meshway up` starts it)", err=True)
         raise click.exceptions.Exit(1)
     status = load_proxy_status(c)
+    if not status:
+        click.echo("No proxies found.", err=True)
+        return
+    click.echo(write_proxy_status(status), nl=False)
+
+
+def _kube_proxy_status(c: Ctx, xds_address: str | None) -> None:
+    """As `istioctl proxy-status --xds-address`: syncz from the control plane over its xDS port."""
+    import grpc
+
+    from ..kube.client import ApiError
+    from ..kube.xdsdebug import NoControlPlane, fetch_debug_token, fetch_mesh_root, fetch_syncz, fetch_xds_address
+    from ..xds.debug import read_syncz
+
+    client = c.store.client  # type: ignore[attr-defined]
+    try:
+        address = xds_address or fetch_xds_address(client)
+        response = fetch_syncz(address, fetch_debug_token(client), fetch_mesh_root(client))
+    except NoControlPlane as exc:
+        click.echo(f"Error: unable to reach the control plane: {exc}", err=True)
+        raise click.exceptions.Exit(1) from None
+    except ApiError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        raise click.exceptions.Exit(1) from None
+    except grpc.RpcError as exc:
+        click.echo(f"Error: the control plane at {address} answered {exc.code().name}: {exc.details()}", err=True)
+        raise click.exceptions.Exit(1) from None
+    status = read_syncz(response)
     if not status:
         click.echo("No proxies found.", err=True)
         return

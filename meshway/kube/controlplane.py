@@ -39,6 +39,7 @@ class KubeControlPlane:
     retry: float = 2.0
     reconciles: int = 0
     source: KubeSource | None = None  # shared with the translating control plane (`--xds-addr`)
+    annotations: dict = field(default_factory=dict)  # written on the Lease while it holds it (its xDS address)
     _seen_rv: int = 0
     _force: bool = False
 
@@ -48,7 +49,7 @@ class KubeControlPlane:
         self.controller = KubeController(self.client)
         self.leader = LeaderElector(self.client, self.identity, self.stop_event, on_change=self._on_leader,
                                     duration=self.lease_duration, renew_deadline=self.renew_deadline,
-                                    retry=self.retry)
+                                    retry=self.retry, annotations=lambda: dict(self.annotations))
 
     def _on_leader(self, leading: bool) -> None:
         self._force = leading  # a new leader reconciles at once

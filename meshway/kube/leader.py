@@ -61,13 +61,15 @@ class LeaseDecision:
 
 
 def decide_lease(lease: Body | None, me: str, now: datetime, duration: float = LEASE_DURATION,
-                 name: str = LEASE_NAME, namespace: str = L.ROOT_NAMESPACE) -> LeaseDecision:
-    """What `me` does with the Lease as read (None: it does not exist)."""
+                 name: str = LEASE_NAME, namespace: str = L.ROOT_NAMESPACE,
+                 annotations: dict[str, str] | None = None) -> LeaseDecision:
+    """What `me` does with the Lease as read (None: it does not exist). `annotations`: what the holder
+    says about itself (the control plane: its xDS address), replacing a previous holder's."""
     spec_now = format_micro_time(now)
     if lease is None:
         return LeaseDecision("create", {
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": {"name": name, "namespace": namespace},
+            "metadata": {"name": name, "namespace": namespace, **({"annotations": annotations} if annotations else {})},
             "spec": {"holderIdentity": me, "leaseDurationSeconds": int(duration), "acquireTime": spec_now,
                      "renewTime": spec_now, "leaseTransitions": 0}}, me)
     spec = lease.get("spec") or {}
@@ -82,7 +84,8 @@ def decide_lease(lease: Body | None, me: str, now: datetime, duration: float = L
     meta = lease["metadata"]
     return LeaseDecision("update", {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                                     "metadata": {"name": meta["name"], "namespace": meta["namespace"],
-                                                 "resourceVersion": meta.get("resourceVersion")},
+                                                 "resourceVersion": meta.get("resourceVersion"),
+                                                 **({"annotations": annotations} if annotations else {})},
                                     "spec": new_spec}, me)
 
 
@@ -90,8 +93,10 @@ class LeaderElector:
     def __init__(self, client: KubeClient, identity: str, stop: threading.Event,
                  on_change: Callable[[bool], None] = lambda leading: None, name: str = LEASE_NAME,
                  duration: float = LEASE_DURATION, renew_deadline: float = RENEW_DEADLINE,
-                 retry: float = RETRY_PERIOD, clock: Callable[[], float] = time.monotonic) -> None:
+                 retry: float = RETRY_PERIOD, clock: Callable[[], float] = time.monotonic,
+                 annotations: Callable[[], dict[str, str]] = dict) -> None:
         self.client, self.identity, self.stop, self.on_change = client, identity, stop, on_change
+        self.annotations = annotations  # read at every write: the holder's current word about itself
         self.name, self.duration, self.renew_deadline, self.retry, self.clock = name, duration, renew_deadline, retry, clock
         self.holder = ""
         self._renewed_at: float | None = None  # clock time of our last successful write
@@ -118,7 +123,8 @@ class LeaderElector:
             if not exc.not_found:
                 raise
             lease = None
-        decision = decide_lease(lease, self.identity, datetime.now(timezone.utc), self.duration, self.name)
+        decision = decide_lease(lease, self.identity, datetime.now(timezone.utc), self.duration, self.name,
+                                annotations=self.annotations())
         self.holder = decision.holder
         if decision.action == "wait":
             return False

@@ -37,6 +37,7 @@ import gc
 import json
 import logging
 import os
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -722,8 +723,9 @@ class ControlPlane:
         time (`_round`), woken by store commits, ACKs awaited by node proxies and the round's timers."""
         make_private_dir(self.run_dir)
         handlers = (self.certificates.handler(),) if self.certificates else ()
-        tcp = build_mtls_listener(self.xds_addr, self.ca, self._service_account_of, self.xds_ips, handlers) \
-            if self.xds_addr else None
+        review = self.certificates.review_token if self.certificates else None  # debug callers' tokens too
+        tcp = build_mtls_listener(self.xds_addr, self.ca, self._service_account_of, self.xds_ips, handlers, review,
+                                  f"{socket.gethostname()}_{os.getpid()}") if self.xds_addr else None
         await self.server.start(self.ads_socket, tcp)  # its folder: socket_dir, private (refused if planted in /tmp)
         if self.server.tcp_address:
             write_private(self.run_dir / "xds-address", f"{self.server.tcp_address}\n")
@@ -856,9 +858,9 @@ class ControlPlane:
         self._step("status", self._flush_statuses)
         if not self._failed_builds:
             self._next_build_retry = NEVER
+        supervision = min(self._next_supervise, self._restart_due) if self.run_proxies else NEVER
         return min(self.debouncer.due(), self._next_store_read, self._next_drain_sync, self._next_resync,
-                   self._next_housekeeping, self._nodes_due, self._next_build_retry, self._next_supervise,
-                   self._restart_due)
+                   self._next_housekeeping, self._nodes_due, self._next_build_retry, supervision)
 
     def _step(self, what: str, action) -> None:
         """One step of a round; a failure is logged (once while it repeats) and the round goes on."""

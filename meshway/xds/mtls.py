@@ -34,10 +34,13 @@ class MtlsListener:
     service_account_of: ServiceAccountOf  # waypoint node id -> its pod's service account
     trust_domain: str
     handlers: tuple = ()  # more gRPC services on this port (grpc.GenericRpcHandler): the CA API
+    review_token: Callable[[str], dict | None] | None = None  # debug callers' tokens (TokenReview); None: certs only
+    instance: str = "meshway"  # this control plane's name in debug answers (istiod's pod name)
 
 
 def build_mtls_listener(address: str, ca: CertificateAuthority, service_account_of: ServiceAccountOf,
-                        ip_addresses: Iterable[str] = (), handlers: tuple = ()) -> MtlsListener:
+                        ip_addresses: Iterable[str] = (), handlers: tuple = (),
+                        review_token: Callable[[str], dict | None] | None = None, instance: str = "meshway") -> MtlsListener:
     """The listener on `address` with istiod's certificate from `ca`, naming `ip_addresses` and the
     listen address itself when it is a specific IP (not 0.0.0.0 or ::)."""
     host, _ = parse_address(address)
@@ -45,7 +48,7 @@ def build_mtls_listener(address: str, ca: CertificateAuthority, service_account_
     for ip in ips:
         ipaddress.ip_address(ip)  # a bad one fails here, at start, not at the first handshake
     return MtlsListener(address, ca.root_pem(), lambda: issue_control_plane_cert(ca, ips), service_account_of,
-                        ca.trust_domain, tuple(handlers))
+                        ca.trust_domain, tuple(handlers), review_token, instance)
 
 
 def parse_address(text: str) -> tuple[str, int]:

@@ -15,7 +15,9 @@ Over TCP (`start(..., tcp=MtlsListener)`, istiod's port 15012; `meshway.xds.mtls
 client's certificate instead of a token: one from the mesh CA (verified by the TLS front,
 `meshway.xds.tls_front`), whose SPIFFE ID must be the one the claimed node id requires
 (`meshway.xds.peer`); a stream without one, or failing that, is refused and counted the same way.
-The same port also serves the listener's other services (the CA API). The two listeners are
+The same port also serves the listener's other services (the CA API), and Istio's debug xDS type
+`istio.io/debug/syncz` (`meshway.xds.debug_service`: what `istioctl proxy-status` asks istiod), to a
+stream whose first request asks for it, proven by a token or a client certificate instead. The two listeners are
 separate grpc servers, so the port a stream arrived on decides which proof it owes. Given a sink,
 both also serve Envoy's access log service (`meshway.xds.access_log_service`: waypoints' request
 logs), whose streams owe the same proof.
@@ -28,6 +30,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -37,9 +40,12 @@ import grpc
 from envoy.config.core.v3.base_pb2 import Node
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
+from .. import __version__
 from ..private import make_private, make_private_dir
 from .access_log_service import Sink, add_access_log_service
 from .cache import SnapshotCache
+from .debug import SyncSource, build_control_plane_id, detect_debug_type
+from .debug_service import DebugService
 from .mtls import MtlsListener, decide_stream_peer, parse_address
 from .tls_front import TlsFront
 from .stream import Acked, DeltaStream, Event, Nacked, Sent, SotwStream
@@ -51,6 +57,7 @@ MAX_DENIED_IDS = 256  # distinct claimed node ids counted by name in `denied`
 NO_TOKEN = "no valid credential for the node id claimed"
 # (first request's node, the stream's context) -> why the stream is refused, "" to serve it
 Authenticator = Callable[[Node, grpc.aio.ServicerContext], str]
+DebugHandler = Callable[[Any, grpc.aio.ServicerContext], Any]  # (first request, context) -> awaitable
 
 
 class XdsServer:
@@ -62,6 +69,8 @@ class XdsServer:
         self.authenticate = authenticate  # None: any node id is believed (tests of the protocol only)
         self.denied: Counter[str] = Counter()  # refused streams by the node id they claimed
         self.connected: set[str] = set()  # node ids with at least one open ADS stream
+        self.sent_at: dict[tuple[str, str], float] = {}  # (node id, type URL) -> when last sent (epoch seconds)
+        self.debug: DebugService | None = None  # the debug types on the TCP port (`start(..., tcp=...)`)
         self.socket_path: Path | None = None
         self.tcp_address: str | None = None  # HOST:PORT the mTLS listener is bound to, if any
         self._streams: Counter[str] = Counter()
@@ -112,7 +121,12 @@ class XdsServer:
 
         def by_certificate(node: Node, context: grpc.aio.ServicerContext) -> str:
             return decide_stream_peer(node.id, front.peer_certificate(context.peer()), listener).reason
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self, by_certificate), server)
+        self.debug = DebugService(self.sync_source, build_control_plane_id(listener.instance, __version__),
+                                  listener.trust_domain, listener.review_token)
+
+        async def debug(first: Any, context: grpc.aio.ServicerContext) -> None:
+            await self.debug.serve(first, context, front.peer_certificate(context.peer()))  # type: ignore[union-attr]
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self, by_certificate, debug), server)
         if self.access_logs is not None:
             add_access_log_service(server, self.access_logs, by_certificate)
         if listener.handlers:
@@ -120,6 +134,11 @@ class XdsServer:
         if server.add_insecure_port(front.prepare()) == 0:
             raise OSError(f"cannot listen on {front.inner_socket}")
         return server, front
+
+    def sync_source(self) -> SyncSource:
+        """What `istio.io/debug/syncz` reports, copied on the loop's thread."""
+        return SyncSource({n: {t: dict(v) for t, v in types.items()} for n, types in list(self.cache.status.items())},
+                          frozenset(self.connected), dict(self.sent_at))
 
     def _check_token(self, node: Node, context: grpc.aio.ServicerContext) -> str:
         return "" if self.authenticate is None or self.authenticate(node) else NO_TOKEN
@@ -146,10 +165,12 @@ class XdsServer:
                 self.socket_path.unlink()
 
     async def handle_stream(self, context: grpc.aio.ServicerContext, make_stream: StreamFactory,
-                            authenticate: Authenticator | None = None) -> None:
+                            authenticate: Authenticator | None = None, debug: DebugHandler | None = None) -> None:
         first = await context.read()
         if first is grpc.aio.EOF:
             return
+        if debug is not None and detect_debug_type(first.type_url):
+            return await debug(first, context)  # a debug client (istioctl), not a proxy
         node_id = first.node.id
         if not node_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id")
@@ -203,6 +224,7 @@ class XdsServer:
         match event:
             case Sent():
                 self.cache.record_sent(node_id, event.type_url, event.version, event.nonce)
+                self.sent_at[(node_id, event.type_url)] = time.time()
             case Acked():
                 self.cache.record_ack(node_id, event.type_url, event.version, event.nonce)
             case Nacked():
@@ -223,11 +245,11 @@ class XdsServer:
 
 
 class _Servicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    def __init__(self, server: XdsServer, authenticate: Authenticator) -> None:
-        self._server, self._authenticate = server, authenticate
+    def __init__(self, server: XdsServer, authenticate: Authenticator, debug: DebugHandler | None = None) -> None:
+        self._server, self._authenticate, self._debug = server, authenticate, debug
 
     async def StreamAggregatedResources(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
-        await self._server.handle_stream(context, SotwStream, self._authenticate)
+        await self._server.handle_stream(context, SotwStream, self._authenticate, self._debug)
 
     async def DeltaAggregatedResources(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         await self._server.handle_stream(context, DeltaStream, self._authenticate)
