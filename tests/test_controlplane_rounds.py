@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+
 from conftest import apply
 from meshway.mesh.view import XDS_KINDS, MeshView
+from meshway.private import make_private_dir
 from meshway.runtime import controlplane as cp_module
 from meshway.runtime.controlplane import ControlPlane
 from meshway.xds import protos as P
@@ -36,8 +38,9 @@ def started(state_dir, store, **kwargs) -> ControlPlane:
 
 
 def test_the_resync_republishes_renewed_certificates_and_rebuilds_nothing(state_dir, store, monkeypatch):
-    now = [datetime.now(timezone.utc)]
     cp = started(state_dir, store, secret_ttl=timedelta(minutes=2))
+    now = [datetime.now(timezone.utc)]  # after the first certificates were issued (a slow start must not
+    # leave "past half life" below short of their real issue time)
     cp.ca._clock = lambda: now[0]
     [node_id] = cp.replicas
     before, builds = cp.cache.get(node_id), cp.builds
@@ -111,3 +114,18 @@ def test_status_writes_of_a_round_are_one_transaction(state_dir, store):
     cp._flush_statuses()
     assert commits == [3] and not cp._statuses
     assert {c.name for c in store.db.changes_since(rv)} <= {"reviews", "waypoint"}
+
+
+def test_an_idle_control_plane_serving_node_agents_sleeps_between_rounds(state_dir, store):
+    """Nothing due: the next round is the housekeeping period away when node agents run the
+    proxies (`run_proxies=False`: the one-host cluster, Kubernetes), where nothing is supervised: a
+    supervision timer that never advanced made every round due at once (a busy loop, 10-30% CPU)."""
+    apply(store, MANIFESTS)
+    cp = ControlPlane(state_dir, debounce=0.0, poll=0.05, store=store, run_proxies=False, nodes=1)
+    make_private_dir(cp.run_dir)  # as `run` makes it
+    cp._listening = True  # commit signals arrive (`run` listens): the store is read on them
+    cp._start()
+    cp._round(True)
+    cp._round(False)  # the first rounds read, push and write status; then nothing is due
+    now = cp.clock()
+    assert cp._round(False) - now >= 0.5
