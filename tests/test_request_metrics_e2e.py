@@ -12,7 +12,7 @@ from collections import Counter
 
 from click.testing import CliRunner
 
-from cluster_support import Mesh, cluster_fixture
+from cluster_support import Mesh, cluster_fixture, via_waypoint
 from meshway.cli import metrics as metrics_cli  # noqa: F401  (registers `metrics`)
 from meshway.cli.main import cli
 from meshway.model import find_kind, load_yaml
@@ -160,6 +160,23 @@ def test_two_deployments_of_one_service_account_are_told_apart(mesh: Mesh) -> No
                     - by_source(before, "istio_tcp_connections_closed", **match) == opened, 10, "every tunnel closed")
     received = by_source(scrape(mesh), "istio_tcp_received_bytes", **match)
     assert all(received[k] > 0 for k in opened), received
+
+
+def test_a_service_without_its_waypoint_names_the_calling_pod_at_the_destination(mesh: Mesh) -> None:
+    """The direct path of a service tunnels through the node proxy's internal listener, which is
+    handed the pod's address first."""
+    mesh.label("svc", "ratings", {"istio.io/use-waypoint": "none"})
+    try:
+        mesh.wait_until(lambda: (r := mesh.requests("ratings", 1, path="/ratings/0", client="caller-a")[0])[0] == 200
+                        and not via_waypoint(r), 15, "ratings directly")
+        match = dict(reporter="destination", source_principal=SHARED, destination_app="ratings")
+        before = scrape(mesh)
+        assert [r[0] for r in mesh.requests("ratings", 5, path="/ratings/0", client="caller-a")] == [200] * 5
+        opened = by_source(scrape(mesh), "istio_tcp_connections_opened", **match) \
+            - by_source(before, "istio_tcp_connections_opened", **match)
+        assert opened == {("caller-a", "caller-a", "v1"): 5}, opened
+    finally:
+        mesh.label("svc", "ratings", {}, remove=("istio.io/use-waypoint",))
 
 
 def test_destination_node_proxies_name_the_waypoint_as_the_source_of_its_tunnels(mesh: Mesh) -> None:

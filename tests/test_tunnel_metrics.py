@@ -226,3 +226,81 @@ def test_envoy_accepts_both_proxies(mesh) -> None:
     ok, output = run_validate(translate(store, "default", secrets={n: P.to_dict(m) for n, m in issued.items()}
                                         ).resources, ENVOY)
     assert ok, output
+
+
+# -- real Envoy: the pod's address survives the internal listener ---------------------------------
+def test_live_envoy_writes_the_downstream_address_through_connect_originate(tmp_path: Path) -> None:
+    """A direct service chain (set_filter_state, then tcp_proxy to an internal endpoint) and
+    `connect_originate` (original_dst, then tcp_proxy tunneling): the CONNECT it sends upstream names
+    the client's address, not the internal listener's."""
+    import socket
+    import threading
+    import time
+
+    from meshway.runtime.envoy import EnvoyPaths, start_envoy, stop_envoy
+    from meshway.xds.build_clusters import _internal_upstream
+    from meshway.xds.build_listeners import _original_dst
+    from meshway.xds.build_peer_source import build_source_address_state
+    from meshway.xds.build_ztunnel import _tcp
+    from meshway.xds.validate import build_static_bootstrap
+
+    upstream = socket.create_server(("127.0.0.1", 0))
+    got: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = upstream.accept()
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(4096)
+        got.append(data)
+        conn.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
+        while conn.recv(4096):  # until the client closes
+            pass
+        conn.close()
+    threading.Thread(target=serve, daemon=True).start()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    inner = "connect_originate|test"
+    resources = {P.LISTENER: {
+        "outer": {"name": "outer", "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                  "filter_chains": [{"filters": [build_source_address_state(), _tcp("to_inner", "outer")]}]},
+        inner: {"name": inner, "internal_listener": {}, "listener_filters": [_original_dst()],
+                "filter_chains": [{"filters": [_tcp("upstream", inner, tunnel=True)]}]}},
+        P.CLUSTER: {
+            "to_inner": {"name": "to_inner", "type": "STATIC", "connect_timeout": "5s",
+                         "transport_socket": _internal_upstream(True), "load_assignment": {
+                             "cluster_name": "to_inner", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                                 "envoy_internal_address": {"server_listener_name": inner,
+                                                            "endpoint_id": "10.244.2.7:9080"}}},
+                                 "metadata": {"filter_metadata": {"envoy.filters.listener.original_dst": {
+                                     "local": "10.244.2.7:9080"}}}}]}]}},
+            "upstream": {"name": "upstream", "type": "STATIC", "connect_timeout": "5s", "load_assignment": {
+                "cluster_name": "upstream", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                    "socket_address": {"address": "127.0.0.1", "port_value": upstream.getsockname()[1]}}}}]}]}}},
+        P.SECRET: {}}
+    bootstrap = build_static_bootstrap({t: {n: P.to_dict(P.to_message(t, r)) if t != P.SECRET else r
+                                            for n, r in items.items()} for t, items in resources.items()})
+    paths = EnvoyPaths(tmp_path / "envoy", tmp_path / "envoy")
+    bootstrap["admin"] = {"address": {"pipe": {"path": str(paths.admin)}}}
+    start_envoy(paths, bootstrap, envoy=ENVOY)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.7", 0))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        with client:
+            client.sendall(b"ping")
+            while not got and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        stop_envoy(paths)
+        upstream.close()
+    assert got, "no CONNECT reached the upstream"
+    head = got[0].decode().lower()
+    assert head.startswith("connect ") and "\r\nforwarded: for=127.0.0.7\r\n" in head, head
