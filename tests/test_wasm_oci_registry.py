@@ -134,13 +134,18 @@ def test_bearer_tokens_and_istios_realm_guard(tmp_path: Path, registry: Registry
     finally:
         loopback.close()
     name = socket.gethostname()  # a realm named by host passes Istio's guard (it reads IP literals only)
-    anonymous = AuthFront(registry, "bearer", anonymous=True, realm_host=name, bind=socket.gethostbyname(name))
+    try:
+        address = socket.gethostbyname(name)
+    except OSError as exc:
+        pytest.fail(f"this test names its token endpoint by this machine's host name, {name!r}, which does not "
+                    f"resolve: {exc}")
+    anonymous = AuthFront(registry, "bearer", anonymous=True, realm_host=name, bind=address)
     try:
         got = WasmModules(tmp_path / "anonymous", ENVOY).fetch_module(plugin(f"oci://{anonymous.host}/wasm/token:v1"))
         assert (got.error, got.sha256) == (None, digest)  # an anonymous token, as public registries give
     finally:
         anonymous.close()
-    by_name = AuthFront(registry, "bearer", realm_host=name, bind=socket.gethostbyname(name))
+    by_name = AuthFront(registry, "bearer", realm_host=name, bind=address)
     secrets = {("default", "regcred"): docker_config_secret(by_name.host)}
     fetcher = WasmModules(tmp_path, ENVOY, read_secret=lambda ns, n: secrets.get((ns, n)))
     url = f"oci://{by_name.host}/wasm/token:v1"
