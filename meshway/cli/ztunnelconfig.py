@@ -1,6 +1,10 @@
 """`meshway ztunnel-config` (alias `zc`): what a node proxy holds, as `istioctl ztunnel-config` shows
 a ztunnel's. Commands gather (the node proxy's config dump and /certs through its admin socket, the
-store's pods and AuthorizationPolicies); `ztunneldump` builds the dump and renders it."""
+store's pods and AuthorizationPolicies); `ztunneldump` builds the dump and renders it.
+
+On Kubernetes (`--kubeconfig`) the node proxies are the `ztunnel` DaemonSet's pods, and their admin
+port (localhost:15000 in the node's namespace) is reached as istioctl reaches it: a port-forward
+through the API server (`meshway.kube.portforward`), which the node agent serves."""
 from __future__ import annotations
 
 import copy
@@ -41,10 +45,10 @@ def find_node_proxy(status: dict[str, Body], target: str | None, node: str | Non
     if not proxies:
         raise LookupError("no node proxies found (is the mesh running? `meshway up` starts it)")
     if node:
-        found = [p for p in proxies if p.get("pod") == f"ztunnel-{node}"]
+        found = [p for p in proxies if p.get("pod") == f"ztunnel-{node}" or p.get("node") == node]
         if not found:
             raise LookupError(f'no node proxy on node "{node}" (nodes: '
-                              f'{", ".join(p["pod"].removeprefix("ztunnel-") for p in proxies)})')
+                              f'{", ".join(p.get("node") or p["pod"].removeprefix("ztunnel-") for p in proxies)})')
         return found[0]
     if target is None or target.split(".")[0].lower() in ("ds/ztunnel", "daemonset/ztunnel"):
         return proxies[0]
@@ -57,6 +61,21 @@ def find_node_proxy(status: dict[str, Body], target: str | None, node: str | Non
     return found[0]
 
 
+def find_kube_node_proxies(pods: list[Body]) -> dict[str, Body]:
+    """The running node proxy pods of a cluster (a ztunnel container: `meshway.node.nodeproxy`) as
+    proxy entries: pod, namespace, type, node."""
+    from ..node.nodeproxy import find_ztunnel_containers
+
+    out = {}
+    for pod in pods:
+        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+        if find_ztunnel_containers(pod) and status.get("phase") == "Running" and not meta.get("deletionTimestamp"):
+            out[f"{meta['name']}.{meta.get('namespace')}"] = {
+                "pod": meta["name"], "namespace": meta.get("namespace") or "", "type": "ztunnel",
+                "node": (pod.get("spec") or {}).get("nodeName") or ""}
+    return out
+
+
 def fetch_ztunnel_dump(c: Ctx, target: str | None, node: str | None, namespace: str | None,
                        file: str | None) -> Body:
     set_ = sum(1 for x in (target, node, file) if x)
@@ -64,15 +83,26 @@ def fetch_ztunnel_dump(c: Ctx, target: str | None, node: str | None, namespace: 
         raise click.UsageError("at most one of --file, --node, or pod name must be passed")
     if file:
         return Z.parse_ztunnel_dump(read_json_file(file))
-    proxy = find_node_proxy(load_proxy_status(c), target, node, namespace)
-    try:
-        config_dump = json.loads(fetch_admin(proxy["admin"], "/config_dump"))
-        certs = json.loads(fetch_admin(proxy["admin"], "/certs"))
-    except AdminError as exc:
-        raise ValueError(f"{proxy['pod']}.{proxy['namespace']}: {exc}") from exc
     from ..model import find_kind
 
     pods = c.store.list(find_kind("pod"), None)
+    if c.backend.kubernetes:
+        from ..kube.portforward import PortForwardError, fetch_pod_admin
+
+        proxy = find_node_proxy(find_kube_node_proxies(pods), target, node, namespace)
+        api = c.store.client.api  # type: ignore[attr-defined]
+        try:
+            config_dump = json.loads(fetch_pod_admin(api, proxy["namespace"], proxy["pod"], "/config_dump"))
+            certs = json.loads(fetch_pod_admin(api, proxy["namespace"], proxy["pod"], "/certs"))
+        except (PortForwardError, OSError) as exc:
+            raise ValueError(f"{proxy['pod']}.{proxy['namespace']}: {exc}") from exc
+    else:
+        proxy = find_node_proxy(load_proxy_status(c), target, node, namespace)
+        try:
+            config_dump = json.loads(fetch_admin(proxy["admin"], "/config_dump"))
+            certs = json.loads(fetch_admin(proxy["admin"], "/certs"))
+        except AdminError as exc:
+            raise ValueError(f"{proxy['pod']}.{proxy['namespace']}: {exc}") from exc
     policies = c.store.list(find_kind("authorizationpolicy"), None)
     peer_authns = c.store.list(find_kind("peerauthentication"), None)
     return Z.build_ztunnel_dump(config_dump, certs, pods, policies, peer_authns=peer_authns)
@@ -169,6 +199,9 @@ def log(c: Ctx, target: str | None, node: str | None, level: str, reset: bool) -
     """Logging levels of node proxies (every one without TARGET or --node), and set them."""
     if reset and level:
         raise click.UsageError("--level cannot be combined with --reset")
+    if c.backend.kubernetes:
+        raise click.UsageError("ztunnel-config log works on the local mesh; on Kubernetes: istioctl ztunnel-config "
+                               "log, or kubectl port-forward to the pod's admin port 15000")
     status = load_proxy_status(c)
     proxies = ([find_node_proxy(status, target, node, None)] if target or node else
                sorted((p for p in status.values() if p.get("type") == "ztunnel"), key=lambda p: p["pod"]))

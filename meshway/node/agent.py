@@ -581,7 +581,11 @@ class NodeAgent:
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOSTNAME": pod,
                "HOME": str(home) if home.is_dir() else "/",
                **{e["name"]: str(e["value"]) for e in spec.get("env") or [] if "value" in e}}
-        return StreamTarget(prefix, tuple(build_setpriv_prefix(run_as)), env)
+        process = next((p for p in (running.processes.containers if running.processes else ()) if p.name == container),
+                       None)  # attach follows its output while it runs
+        alive = process is not None and process.phase == "running" and process.pid is not None
+        return StreamTarget(prefix, tuple(build_setpriv_prefix(run_as)), env,
+                            process.log_path if process is not None else None, process.pid if alive else None)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:

@@ -1,12 +1,12 @@
 """The kubelet API of `meshway node`: `GET /containerLogs/<ns>/<pod>/<container>` (`kubectl logs`
 reaches it through the API server: `https://<node InternalIP>:<kubeletEndpoint port>`), with
 `follow`, `tailLines` and `limitBytes`; `/exec/…` and `/portForward/…` upgraded to SPDY/3.1
-(`kubectl exec`, `kubectl port-forward`: `meshway.node.streaming`); and `/healthz`.
+(`kubectl exec`, `attach`, `port-forward`: `meshway.node.streaming`); and `/healthz`.
 
 HTTPS only. A client must present a certificate of the cluster CA (`--client-ca-file`; the API
 server presents its `--kubelet-client-certificate`), and is then authorized as the kubelet's
 webhook mode does it: a SubjectAccessReview for `get nodes/proxy` on this node, with the
-certificate's CN as the user and its O as the groups. `attach` and `run` are not served (501)."""
+certificate's CN as the user and its O as the groups. `run` is not served (501)."""
 from __future__ import annotations
 
 import http.server
@@ -130,7 +130,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.reply(exc.status, str(exc))
         if (self.headers.get("Upgrade") or "").lower() != "spdy/3.1":
             return self.reply(400, "Upgrade request required (SPDY/3.1)")
-        supported = EXEC_PROTOCOLS if req.kind == "exec" else (PORT_FORWARD_PROTOCOL,)
+        supported = EXEC_PROTOCOLS if req.kind in ("exec", "attach") else (PORT_FORWARD_PROTOCOL,)
         protocol = choose_protocol(self.headers.get_all("X-Stream-Protocol-Version") or [], supported)
         if protocol is None:
             return self.reply(403, f"subprotocol negotiation failed: the client offers none of {', '.join(supported)}")

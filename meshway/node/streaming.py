@@ -1,5 +1,6 @@
-"""The kubelet streaming API of `meshway node`: `kubectl exec` and `kubectl port-forward` (and so
-`istioctl proxy-config`, which port-forwards to a proxy's admin port) through the API server.
+"""The kubelet streaming API of `meshway node`: `kubectl exec` (also `-t`), `kubectl attach` and
+`kubectl port-forward` (and so `istioctl proxy-config`, which port-forwards to a proxy's admin port)
+through the API server.
 
 The API server reaches `/exec/<ns>/<pod>/<container>?command=…&stdin=1&stdout=1&stderr=1` and
 `/portForward/<ns>/<pod>` with an HTTP/1.1 upgrade to SPDY/3.1 (`meshway.node.spdy`), offering
@@ -10,7 +11,17 @@ protocol versions in `X-Stream-Protocol-Version`; the agent answers 101 with the
   expected ones are open, the command runs in the pod's network namespace as the container's user
   (`ip netns exec … setpriv …`, the same prefixes the pod's own processes get), stdin copied in,
   stdout/stderr out; at exit the `error` stream gets the v4 status (`Success`, or `Failure` with
-  reason `NonZeroExitCode` and the code as the `ExitCode` cause, which kubectl exits with). No TTY.
+  reason `NonZeroExitCode` and the code as the `ExitCode` cause, which kubectl exits with).
+  **With a TTY** (`-t`): streams `error`, `stdin`, `stdout` and `resize` (no `stderr`: the terminal
+  merges them, as the kubelet's protocol has it); the command gets a pseudo-terminal as its
+  controlling terminal, stdin, stdout and stderr (`TERM=xterm`, as container runtimes set it), and each
+  `{"Width":W,"Height":H}` message on `resize` (kubectl's terminal size, at start and on SIGWINCH;
+  the v5 WebSocket protocol's resize channel, which the API server turns into this stream) sets the
+  terminal's size (TIOCSWINSZ), so the program sees SIGWINCH.
+- **attach**: the container's output as it is written from now on (its log file: the runtime starts
+  containers with stdout and stderr into one file and stdin from /dev/null), on `stdout`, until the
+  container's process exits or kubectl leaves. A container has no stdin or terminal to attach to:
+  `-i` or `-t` is refused on the error stream, with the reason.
 - **portForward**: streams in pairs per `requestid`, `error` and `data`, with the pod `port`. Each data
   stream is one connection to `localhost:<port>` inside the pod's network namespace (a relay process
   started there: this Python cannot enter a namespace itself), bytes copied both ways; a connection
@@ -18,18 +29,23 @@ protocol versions in `X-Stream-Protocol-Version`; the agent answers 101 with the
 
 One thread per upgraded connection runs a `selectors` loop over the TLS socket and the processes'
 pipes, so the TLS object is only ever used from that thread. Decisions (`plan_stream_request`,
-`choose_protocol`, `build_exec_status`) are pure."""
+`choose_protocol`, `build_exec_status`, `parse_resize_messages`, `plan_attach`) are pure."""
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import pty
 import selectors
 import shlex
+import struct
 import subprocess
 import sys
+import termios
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from . import spdy as S
@@ -64,7 +80,7 @@ class StreamRequestError(ValueError):
 
 @dataclass(frozen=True)
 class StreamRequest:
-    kind: str  # exec | portForward
+    kind: str  # exec | attach | portForward
     namespace: str
     pod: str
     container: str = ""
@@ -83,6 +99,8 @@ class StreamTarget:
     netns_prefix: tuple[str, ...]
     user_prefix: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
+    log_path: Path | None = None  # the container's output (attach)
+    pid: int | None = None  # the container's running process (attach ends when it exits)
 
 
 FindTarget = Callable[[str, str, str], "StreamTarget | None"]
@@ -93,21 +111,54 @@ def _flag(query: Mapping[str, list[str]], name: str) -> bool:
 
 
 def plan_stream_request(path: str, query: Mapping[str, list[str]]) -> StreamRequest:
-    """`/exec/<ns>/<pod>/<container>` or `/portForward/<ns>/<pod>`; 501 for attach and run."""
+    """`/exec/<ns>/<pod>/<container>`, `/attach/<ns>/<pod>/<container>` or `/portForward/<ns>/<pod>`;
+    501 for run."""
     parts = [p for p in path.split("/") if p]
     kind = parts[0] if parts else ""
-    if kind in ("attach", "run"):
-        raise StreamRequestError(501, f"{kind} is not served by meshway's node agent (exec and port-forward are)")
+    if kind == "run":
+        raise StreamRequestError(501, "run is not served by meshway's node agent (exec, attach and port-forward are)")
     if kind == "portForward" and len(parts) in (3, 4):
         return StreamRequest("portForward", parts[1], parts[2])
-    if kind == "exec" and len(parts) in (4, 5):
+    if kind in ("exec", "attach") and len(parts) in (4, 5):
         command = tuple(query.get("command") or ())
-        if not command:
+        if kind == "exec" and not command:
             raise StreamRequestError(400, "you must specify at least one command for the container")
-        return StreamRequest("exec", parts[1], parts[2], parts[3], command, _flag(query, "input") or _flag(query, "stdin"),
+        return StreamRequest(kind, parts[1], parts[2], parts[3], command if kind == "exec" else (),
+                             _flag(query, "input") or _flag(query, "stdin"),
                              _flag(query, "output") or _flag(query, "stdout"), _flag(query, "error") or _flag(query, "stderr"),
                              _flag(query, "tty"))
     raise StreamRequestError(404, f"not found: {path}")
+
+
+def plan_attach(request: StreamRequest, target: StreamTarget) -> tuple[list[str], str]:
+    """(the command that follows the container's output from now on, or the refusal for the error stream)."""
+    if request.stdin or request.tty:
+        return [], (f"cannot attach to the {'terminal' if request.tty else 'stdin'} of container "
+                    f'"{request.container}": meshway\'s runtime starts containers with stdin from /dev/null and no '
+                    "terminal (kubectl attach without -i and -t follows its output)")
+    if target.log_path is None or target.pid is None:
+        return [], f'container "{request.container}" is not running'
+    return ["tail", "-c", "0", f"--pid={target.pid}", "-F", str(target.log_path)], ""
+
+
+def parse_resize_messages(buffer: bytes) -> tuple[list[tuple[int, int]], bytes]:
+    """The terminal sizes (width, height) in the resize stream's bytes so far (JSON objects one after
+    another, as kubectl's encoder writes them), and the bytes of an incomplete last one."""
+    sizes, text, offset = [], buffer.decode(errors="replace"), 0
+    decoder = json.JSONDecoder()
+    while True:
+        while offset < len(text) and text[offset].isspace():
+            offset += 1
+        if offset >= len(text):
+            return sizes, b""
+        try:
+            value, offset = decoder.raw_decode(text, offset)
+        except json.JSONDecodeError:
+            return sizes, text[offset:].encode()
+        if isinstance(value, dict):
+            width, height = value.get("Width") or value.get("width"), value.get("Height") or value.get("height")
+            if isinstance(width, int) and isinstance(height, int) and 0 <= width < 65536 and 0 <= height < 65536:
+                sizes.append((width, height))
 
 
 def choose_protocol(offered: list[str], supported: tuple[str, ...]) -> str | None:
@@ -154,6 +205,9 @@ class StreamSession:
         self.ports: dict[int, int] = {}  # data stream id -> pod port
         self.procs: dict[int, subprocess.Popen] = {}  # stream id whose input feeds the process -> process
         self.exec_proc: subprocess.Popen | None = None
+        self.pty_master: int | None = None  # exec -t: the terminal's master side (stdin goes there)
+        self.resize_buffer = b""
+        self.size: tuple[int, int] | None = None  # the last terminal size asked for (set on the terminal at start)
         self.open_pipes = 0
         self.closed = False
         self.started = time.monotonic()
@@ -179,7 +233,7 @@ class StreamSession:
 
     def on_stream(self, frame: S.SynStream) -> None:
         kind = (frame.headers.get("streamtype") or [""])[0]
-        if self.request.kind == "exec":
+        if self.request.kind in ("exec", "attach"):
             self.streams[kind] = frame.stream_id
             self.maybe_start_exec()
             return
@@ -195,6 +249,18 @@ class StreamSession:
             self.start_relay(frame.stream_id, port)
 
     def on_data(self, stream_id: int, data: bytes, fin: bool) -> None:
+        if stream_id == self.streams.get("resize") and self.request.kind == "exec":
+            sizes, self.resize_buffer = parse_resize_messages(self.resize_buffer + data)
+            for width, height in sizes:
+                self.resize(width, height)
+            return
+        if self.pty_master is not None and stream_id == self.streams.get("stdin"):
+            try:
+                if data:
+                    os.write(self.pty_master, data)
+            except OSError:
+                pass
+            return
         proc = self.procs.get(stream_id)
         if proc is None or proc.stdin is None:
             return
@@ -209,15 +275,18 @@ class StreamSession:
 
     # -- exec ---------------------------------------------------------------------------------------
     def expected_streams(self) -> set[str]:
+        """The kubelet's: stderr only without a TTY (the terminal carries it), resize only with one."""
         r = self.request
         return {"error"} | ({"stdin"} if r.stdin else set()) | ({"stdout"} if r.stdout else set()) | \
-            ({"stderr"} if r.stderr else set())
+            ({"stderr"} if r.stderr and not r.tty else set()) | ({"resize"} if r.tty else set())
 
     def maybe_start_exec(self) -> None:
         if self.exec_proc is not None or not self.expected_streams() <= set(self.streams):
             return
+        if self.request.kind == "attach":
+            return self.start_attach()
         if self.request.tty:
-            return self.finish_exec(None, "a TTY is not supported by meshway's node agent (drop -t)")
+            return self.start_tty()
         argv = [*self.target.netns_prefix, *self.target.user_prefix, *self.request.command]
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE if self.request.stdin else subprocess.DEVNULL,
@@ -231,6 +300,40 @@ class StreamSession:
         for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
             stream = self.streams.get(name)
             self.register(pipe, _Pipe(stream) if stream else _Pipe(0))
+
+    def start_tty(self) -> None:
+        """The command on a new pseudo-terminal: its controlling terminal and all three of its stdio."""
+        argv = [*self.target.netns_prefix, *self.target.user_prefix, *self.request.command]
+        master, slave = pty.openpty()
+        if self.size is not None:  # kubectl's first size, sent before the command started
+            _set_size(master, *self.size)
+        try:
+            proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env={**self.target.env, "TERM": "xterm"},
+                                    start_new_session=True, preexec_fn=_take_terminal)  # noqa: PLW1509
+        except OSError as exc:
+            os.close(master)
+            return self.finish_exec(None, f"cannot run {shlex.join(self.request.command)}: {exc}")
+        finally:
+            os.close(slave)
+        self.exec_proc, self.pty_master = proc, master
+        self.register(os.fdopen(master, "rb", buffering=0, closefd=False), _Pipe(self.streams.get("stdout", 0)))
+
+    def resize(self, width: int, height: int) -> None:
+        self.size = (width, height)
+        if self.pty_master is not None:
+            _set_size(self.pty_master, width, height)
+
+    def start_attach(self) -> None:
+        argv, refusal = plan_attach(self.request, self.target)
+        if refusal:
+            return self.finish_exec(None, refusal)
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                    start_new_session=True)
+        except OSError as exc:
+            return self.finish_exec(None, f"cannot follow the container's output: {exc}")
+        self.exec_proc = proc
+        self.register(proc.stdout, _Pipe(self.streams.get("stdout", 0)))
 
     def finish_exec(self, code: int | None, error: str = "") -> None:
         for name in ("stdout", "stderr"):
@@ -282,6 +385,8 @@ class StreamSession:
             data = os.read(pipe.fileno(), CHUNK)
         except BlockingIOError:
             return
+        except OSError:  # EIO: the terminal's last user closed it (the command exited)
+            data = b""
         if data:
             if info.stream_id:
                 self.send(S.build_data(info.stream_id, data))
@@ -292,13 +397,14 @@ class StreamSession:
         if self.request.kind == "portForward":
             self.relay_done(info.stream_id)
         elif self.open_pipes == 0 and self.exec_proc is not None:
-            self.finish_exec(self.exec_proc.wait())
+            code = self.exec_proc.wait()
+            self.finish_exec(0 if self.request.kind == "attach" else code)
 
     def run(self) -> None:
         self.selector.register(self.sock, selectors.EVENT_READ, None)
         try:
             while not self.closed:
-                if self.request.kind == "exec" and self.exec_proc is None and \
+                if self.request.kind in ("exec", "attach") and self.exec_proc is None and \
                         time.monotonic() - self.started > STREAM_WAIT:
                     log.warning("exec %s/%s: streams %s never opened", self.request.namespace, self.request.pod,
                                 sorted(self.expected_streams() - set(self.streams)))
@@ -332,3 +438,18 @@ class StreamSession:
                 proc.kill()
             proc.wait()
         self.selector.close()
+        if self.pty_master is not None:
+            os.close(self.pty_master)
+            self.pty_master = None
+
+
+def _set_size(master: int, width: int, height: int) -> None:
+    try:
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+    except OSError:
+        pass
+
+
+def _take_terminal() -> None:
+    """In the child, after setsid: make its stdin (the terminal's slave side) the controlling terminal."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
