@@ -163,8 +163,8 @@ def _mesh(tmp_path_factory):
     require_cluster()
     state = tmp_path_factory.mktemp("cluster") / "state"
     host_before = host_snapshot()
-    m = Mesh(state)
     try:
+        m = Mesh(state)  # inside: a start that fails half way stops what it started
         m.wait_ready()
         # Readiness of the waypoint reaches the node proxies with the next push: wait for the path.
         m.wait_until(lambda: all(r[0] == 200 and via_waypoint(r) for r in m.requests("reviews", 5)), 30,

@@ -103,3 +103,31 @@ def test_a_node_agent_never_removes_pods_recorded_on_other_nodes(tmp_path: Path)
     agent.up()
     agent.sync_pods([], MeshView())  # waypoint-a was deleted while node-1's agent was away
     assert agent.net.recorded_pods() == [("default", "waypoint-b")]
+
+
+def test_an_agent_whose_store_was_removed_stops(tmp_path: Path) -> None:
+    """A mesh folder deleted under a running agent (e.g. a test's temporary folder cleaned up)
+    leaves nothing for it to run: it stops instead of starting proxies from a half-gone folder."""
+    import threading
+
+    from test_netns import FakeHost
+
+    from meshway.runtime.cluster import ClusterRuntime
+    from meshway.runtime.netns import ClusterNet
+
+    state = tmp_path / "state"
+    store = Store(state)
+    store.set_nodes(1)
+    net = ClusterNet(state, 1, host=FakeHost(), etc_netns=tmp_path / "etc", pod_homes=tmp_path / "homes")
+    agent = LocalNodeAgent(state, "node-1", store=store, runtime=ClusterRuntime(state, 1, net, node=1))
+    for db_file in state.glob("store.db*"):
+        if not db_file.name.startswith("store.db-notify"):
+            db_file.unlink()
+    runner = threading.Thread(target=agent.run, daemon=True)
+    runner.start()
+    runner.join(10)
+    try:
+        assert not runner.is_alive()
+        assert not (state / "run" / "agents" / "node-1.pid").exists()
+    finally:
+        agent.stop()

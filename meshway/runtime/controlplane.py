@@ -741,6 +741,9 @@ class ControlPlane:
         try:
             await loop.run_in_executor(worker, self._start)
             while not stop.is_set():
+                if self._store_gone():
+                    log.error("the store in %s is gone: the control plane stops", self.state_dir)
+                    break
                 signalled, self._store_signalled = self._store_signalled, False
                 wake.clear()
                 try:
@@ -771,6 +774,11 @@ class ControlPlane:
                 (self.run_dir / "metrics-address").unlink(missing_ok=True)
             (self.run_dir / "controlplane.pid").unlink(missing_ok=True)
             (self.run_dir / "version.json").unlink(missing_ok=True)
+
+    def _store_gone(self) -> bool:
+        """The embedded store's file was removed (its state folder deleted under a running mesh)."""
+        db = getattr(self.store, "db", None)
+        return db is not None and not Path(db.path).exists()
 
     def _listen_for_commits(self, loop: asyncio.AbstractEventLoop) -> CommitListener | None:
         """Wake a round whenever a store commit is signalled (`meshway.store.notify`)."""

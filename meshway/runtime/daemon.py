@@ -15,6 +15,8 @@ from .envoy import EnvoyPaths, read_live_pid, stop_envoy
 from .placement import Replica, replica_sock_dir
 from .proxy_boot import agent_dir, agent_pid_file
 
+START_TIMEOUT = 60.0  # seconds a started process has to write its pid file (a loaded machine is slow to start Python)
+
 
 def controlplane_pid(state_dir: Path) -> int | None:
     return read_live_pid(state_dir / "run" / "controlplane.pid")
@@ -76,14 +78,16 @@ def _start(state_dir: Path, log_name: str, args: list[str], started, what: str) 
         argv = python_module_args("meshway") + ["--state-dir", str(Path(state_dir).resolve()), *args]
         proc = subprocess.Popen(argv, cwd=run, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True)
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if started() == proc.pid:
             return proc.pid
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}; see {log_path}")
         time.sleep(0.05)
-    raise RuntimeError(f"{what} did not start; see {log_path}")
+    proc.kill()  # not left half started
+    proc.wait()
+    raise RuntimeError(f"{what} did not start within {START_TIMEOUT:g} s; see {log_path}")
 
 
 def stop_process(pid: int, pid_file: Path, timeout: float) -> None:

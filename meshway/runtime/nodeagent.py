@@ -318,6 +318,9 @@ class LocalNodeAgent:
             self.runtime.up()
             signalled = True
             while not self.stop_event.is_set():
+                if not self.store.db.path.exists():  # the mesh's folder was removed under it: nothing to run
+                    log.error("the store %s is gone: the node agent stops", self.store.db.path)
+                    break
                 self.round(signalled)
                 ready, _, _ = select.select([listener.fileno(), *self.pidfds], [], [], POLL)
                 signalled = listener.fileno() in ready
