@@ -280,11 +280,11 @@ def proc_cpu(pid: int | None) -> float:
 
 
 def proc_start(pid: int) -> float:
-    """A process's start time as a Unix time (/proc/<pid>/stat starttime + boot time), 10 ms steps."""
+    """A process's start time as a Unix time, from /proc/<pid>/stat starttime (10 ms steps) against
+    /proc/uptime (10 ms steps; /proc/stat's btime is whole seconds, which put a start up to 1 s early)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                 if line.startswith("btime "))
-    return btime + int(fields[19]) / CLK_TCK
+    now, uptime = time.time(), float(Path("/proc/uptime").read_text().split()[0])
+    return now - uptime + int(fields[19]) / CLK_TCK
 
 
 def proc_memory(pid: int | None) -> dict[str, int]:
@@ -772,7 +772,7 @@ STARTUP_EVENTS = {  # timeline key -> what it is (the keys a mode does not have 
 }
 
 
-def bench_startup(cl: Cluster, limit: float = 180.0) -> Body:
+def bench_startup(cl: Cluster, limit: float = 300.0) -> Body:
     """`meshway up` (the bundled demo) as a user runs it, with a prober in the curl pod from the
     moment its network namespace exists."""
     prober = cl.tmp / "prober.py"
@@ -1285,6 +1285,12 @@ def waypoint_cpu(row: Body) -> float | None:
     return sum(cells) if cells else None
 
 
+def _others(load: Body) -> str:
+    """The CPUs other processes used during a mode's load runs: median [max]."""
+    values = [r["cpus"]["other_processes"] for r in load["runs"]]
+    return f"{statistics.median(values):.2f} [{max(values):.2f}]" if values else "—"
+
+
 def _x(v: float | None) -> str:
     return "—" if v is None else f"{v:.2f}x"
 
@@ -1303,7 +1309,8 @@ def comparison_markdown(rep: Body) -> list[str]:
         "next starts). What each figure was measured on:", "",
         *[f"- **{rep['modes'][m]['topology']}**; Envoy `--concurrency` "
           + ", ".join(f"{k} {v}" for k, v in sorted(conc[m].items()))
-          + f"; load average at the mode's start {rep['modes'][m]['loadavg_at_start'][0]:.2f}." for m in MODES], "",
+          + f"; load average at the mode's start {rep['modes'][m]['loadavg_at_start'][0]:.2f}; CPUs used by other "
+          f"processes during its load runs, median [max]: {_others(rep['load'][m])}." for m in MODES], "",
         "The data plane is the same Envoy binary and the same generated config in both; the modes differ in the "
         "processes around it (the API server and etcd, node agents talking to the API, xDS over TCP + mTLS instead "
         "of local sockets), in Envoy's worker threads (see `--concurrency` above) and in where the scheduler put "
