@@ -231,6 +231,102 @@ def test_kubectl_exec_port_forward_and_istioctl_proxy_config_through_the_kubelet
         forward.wait(10)
 
 
+def on_terminal(env: dict, argv: list[str], typed: list[tuple[bytes, tuple[int, int] | None]],
+                timeout: float = 90) -> tuple[str, int]:
+    """Run `argv` on a pseudo-terminal of 100x40 (kubectl -t wants one); once it prints, write each
+    `typed` line (after resizing the terminal to the (cols, rows) given with it). (output, exit code)."""
+    import fcntl
+    import pty
+    import select
+    import signal
+    import struct
+    import termios
+
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execvpe(argv[0], argv, env)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+    out, deadline, pending = b"", time.monotonic() + timeout, list(typed)
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            out += data
+        if out and pending:
+            time.sleep(1.0)
+            line, size = pending.pop(0)
+            if size is not None:
+                fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size[1], size[0], 0, 0))
+                os.kill(pid, signal.SIGWINCH)
+                time.sleep(1.0)
+            os.write(fd, line)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return out.decode(errors="replace").replace("\r\n", "\n"), os.waitstatus_to_exitcode(status)
+
+
+def test_proxy_status_ztunnel_config_exec_tty_and_attach_against_the_cluster(mesh, state):
+    """`istioctl proxy-status --xds-address` verbatim against meshway's control plane (the syncz debug
+    type, istioctl's own token), `meshway --kubeconfig proxy-status` and `ztunnel-config` (the
+    ztunnel pod's admin through the API server's port-forward), `kubectl exec -it` on a terminal
+    with a resize, and `kubectl attach` following a container's output (with -i: refused, saying why)."""
+    sh, _ = mesh
+    kubeconfig = state / "kubernetes" / "admin.kubeconfig"
+    lease = json.loads(sh("kubectl get lease -n istio-system meshway-controlplane -o json"))
+    address = lease["metadata"]["annotations"]["meshway.io/xds-address"]
+    table = sh(f"istioctl proxy-status --xds-address {address}").splitlines()
+    assert table[0].split() == ["NAME", "CLUSTER", "ISTIOD", "VERSION", "SUBSCRIBED", "TYPES"]
+    rows = [line.split() for line in table[1:]]
+    waypoints = [r for r in rows if r[0].startswith("waypoint~") and "waypoint-" in r[0]]
+    assert waypoints and all(r[1] == "Kubernetes" and r[2] == lease["spec"]["holderIdentity"] and
+                             r[4:] == ["5", "(CDS,LDS,EDS,RDS,SDS)"] for r in waypoints), table
+    assert sorted(r[0].split("~")[2] for r in rows if r[0].startswith("ztunnel~")) == \
+        ["ztunnel-node-1.istio-system", "ztunnel-node-2.istio-system"]
+
+    env = {k: v for k, v in sh.env.items() if k not in ("KUBECONFIG", "MESHWAY_STATE_DIR")}
+
+    def meshway_kube(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "meshway", "--kubeconfig", str(kubeconfig), *args],
+                              capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+    ours = [line.split() for line in meshway_kube("proxy-status").splitlines()]
+    assert ours[0] == ["NAME", "TYPE", "CLUSTER", "CDS", "LDS", "EDS", "RDS", "SDS", "VERSION"]
+    assert any(r[1] == "waypoint" and r[3:8] == ["SYNCED"] * 5 for r in ours[1:]), ours
+    workloads = meshway_kube("ztunnel-config", "workloads", "--node", "node-1")
+    assert re.search(r"^default\s+reviews-v1-\S+\s+10\.244\.\d+\.\d+\s+node-\d\s", workloads, re.M), workloads
+    assert "spiffe://cluster.local/ns/default/sa/bookinfo-reviews" in meshway_kube("zc", "certificates", "ds/ztunnel")
+
+    out, code = on_terminal(sh.env, ["kubectl", "exec", "-it", "deploy/curl", "--", "sh"],
+                            [(b"echo typed-$((6*7))\r", None), (b"tty; stty size; exit 5\r", (132, 50))])
+    assert code == 5 and "typed-42" in out and "/dev/pts/" in out, out
+    assert "50 132" in out and "command terminated with exit code 5" in out, out
+
+    attach = subprocess.Popen(["kubectl", "attach", "deploy/reviews-v1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=sh.env)
+    try:
+        time.sleep(3)
+        pod = next(p for p in pods(sh, "-l app=reviews,version=v1") if ready(p))
+        sh(f"kubectl exec deploy/curl -- curl -s -o /dev/null {pod['status']['podIP']}:9080/reviews/7")
+        line = ""
+        deadline = time.monotonic() + 30
+        while "/reviews/7" not in line and time.monotonic() < deadline:
+            line = attach.stdout.readline()
+        assert '"GET /reviews/7 HTTP/1.1" 200' in line
+    finally:
+        attach.terminate()
+        attach.wait(10)
+    refused = subprocess.run(["kubectl", "attach", "-i", "deploy/reviews-v1"], stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, env=sh.env, timeout=60)
+    assert refused.returncode == 1
+    assert 'cannot attach to the stdin of container "reviews"' in refused.stderr and "/dev/null" in refused.stderr
+
+
 def test_kubectl_logs_and_a_deleted_pod_replaced_through_its_replicaset(mesh):
     sh, _ = mesh
     assert sh("kubectl logs deploy/reviews-v2").strip()  # the app's own output, through the kubelet API
