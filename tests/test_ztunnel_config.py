@@ -297,3 +297,25 @@ def test_version_without_a_control_plane(tmp_path):
     assert "control plane is not running" in result.stderr
     result = CliRunner().invoke(cli, ["--state-dir", str(tmp_path / "state"), "version", "--remote=false"])
     assert result.output == f"{__import__('meshway').__version__}\n"
+
+
+# -- on Kubernetes: the node proxies are the ztunnel DaemonSet's pods ---------------------------------
+def kube_pod(name: str, node: str, image: str = "meshway/ztunnel", phase: str = "Running", deleting: bool = False) -> dict:
+    meta = {"name": name, "namespace": "istio-system", **({"deletionTimestamp": "2026-12-03T10:00:00Z"} if deleting else {})}
+    return {"metadata": meta, "spec": {"nodeName": node, "containers": [{"name": "istio-proxy", "image": image}]},
+            "status": {"phase": phase}}
+
+
+def test_the_node_proxies_of_a_cluster_are_its_running_ztunnel_pods():
+    from meshway.cli.ztunnelconfig import find_kube_node_proxies, find_node_proxy
+
+    pods = [kube_pod("ztunnel-2ktsn", "node-1"), kube_pod("ztunnel-69w58", "node-2", "docker.io/istio/ztunnel:1.28.0"),
+            kube_pod("ztunnel-old", "node-2", deleting=True), kube_pod("ztunnel-new", "node-3", phase="Pending"),
+            kube_pod("curl-1", "node-1", "curlimages/curl")]
+    proxies = find_kube_node_proxies(pods)
+    assert sorted(p["pod"] for p in proxies.values()) == ["ztunnel-2ktsn", "ztunnel-69w58"]
+    assert find_node_proxy(proxies, None, "node-2", None)["pod"] == "ztunnel-69w58"  # --node: spec.nodeName
+    assert find_node_proxy(proxies, "ztunnel-2ktsn.istio-system", None, None)["node"] == "node-1"
+    assert find_node_proxy(proxies, "ds/ztunnel", None, None)["pod"] == "ztunnel-2ktsn"
+    with pytest.raises(LookupError, match=r'no node proxy on node "node-3" \(nodes: node-1, node-2\)'):
+        find_node_proxy(proxies, None, "node-3", None)
