@@ -113,7 +113,8 @@ def test_who_may_ask(kubelet):
     ("GET", "/stats/summary", 404, b"/containerLogs/"),
     ("POST", "/exec/default/ratings-1/ratings?command=ls", 400, b"Upgrade request required (SPDY/3.1)"),
     ("POST", "/portForward/default/ratings-1", 400, b"Upgrade request required (SPDY/3.1)"),
-    ("POST", "/attach/default/ratings-1/ratings", 501, b"attach is not served"),
+    ("POST", "/attach/default/ratings-1/ratings", 400, b"Upgrade request required (SPDY/3.1)"),
+    ("POST", "/run/default/ratings-1/ratings", 501, b"run is not served"),
     ("POST", "/exec/default/ratings-1/ratings", 400, b"at least one command"),
 ])
 def test_refusals(kubelet, method, path, status, text):
