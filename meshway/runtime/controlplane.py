@@ -777,8 +777,7 @@ class ControlPlane:
 
     def _store_gone(self) -> bool:
         """The embedded store's file was removed (its state folder deleted under a running mesh)."""
-        db = getattr(self.store, "db", None)
-        return db is not None and not Path(db.path).exists()
+        return isinstance(self.store, Store) and not self.store.db.path.exists()
 
     def _listen_for_commits(self, loop: asyncio.AbstractEventLoop) -> CommitListener | None:
         """Wake a round whenever a store commit is signalled (`meshway.store.notify`)."""
