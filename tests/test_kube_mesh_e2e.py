@@ -272,8 +272,8 @@ def on_terminal(env: dict, argv: list[str], typed: list[tuple[bytes, tuple[int, 
 
 def test_proxy_status_ztunnel_config_exec_tty_and_attach_against_the_cluster(mesh, state):
     """`istioctl proxy-status --xds-address` verbatim against meshway's control plane (the syncz debug
-    type, istioctl's own token), `meshway --kubeconfig proxy-status` and `ztunnel-config` (the
-    ztunnel pod's admin through the API server's port-forward), `kubectl exec -it` on a terminal
+    type, istioctl's own token), `meshway --kubeconfig proxy-status`, `ztunnel-config` and `metrics`
+    (the proxies' admin through the API server's port-forward), `kubectl exec -it` on a terminal
     with a resize, and `kubectl attach` following a container's output (with -i: refused, saying why)."""
     sh, _ = mesh
     kubeconfig = state / "kubernetes" / "admin.kubeconfig"
@@ -301,6 +301,10 @@ def test_proxy_status_ztunnel_config_exec_tty_and_attach_against_the_cluster(mes
     workloads = meshway_kube("ztunnel-config", "workloads", "--node", "node-1")
     assert re.search(r"^default\s+reviews-v1-\S+\s+10\.244\.\d+\.\d+\s+node-\d\s", workloads, re.M), workloads
     assert "spiffe://cluster.local/ns/default/sa/bookinfo-reviews" in meshway_kube("zc", "certificates", "ds/ztunnel")
+    sh("kubectl exec deploy/curl -- sh -c 'for i in 1 2 3 4 5; do curl -s -o /dev/null http://reviews:9080/reviews/1; done'")
+    http = meshway_kube("metrics", "svc/reviews").split("\n\n")[0].splitlines()  # the waypoint's own stats
+    assert http[0].split()[:3] == ["DESTINATION", "VERSION", "REQUESTS"]
+    assert sum(int(r.split()[2]) for r in http[1:] if r.startswith("reviews.default.svc.cluster.local")) >= 5, http
 
     out, code = on_terminal(sh.env, ["kubectl", "exec", "-it", "deploy/curl", "--", "sh"],
                             [(b"echo typed-$((6*7))\r", None), (b"tty; stty size; exit 5\r", (132, 50))])

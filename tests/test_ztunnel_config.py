@@ -319,3 +319,16 @@ def test_the_node_proxies_of_a_cluster_are_its_running_ztunnel_pods():
     assert find_node_proxy(proxies, "ds/ztunnel", None, None)["pod"] == "ztunnel-2ktsn"
     with pytest.raises(LookupError, match=r'no node proxy on node "node-3" \(nodes: node-1, node-2\)'):
         find_node_proxy(proxies, None, "node-3", None)
+
+
+def test_the_proxies_of_a_cluster_for_metrics_are_its_waypoint_and_ztunnel_pods():
+    from meshway.cli.kubeproxies import find_kube_proxies
+
+    waypoint = kube_pod("waypoint-7999b58cb4-hw69s", "node-1", "meshway/waypoint-envoy")
+    waypoint["metadata"]["namespace"] = "default"
+    proxies = find_kube_proxies([waypoint, kube_pod("ztunnel-2ktsn", "node-1"), kube_pod("curl-1", "node-1", "curl")])
+    assert proxies == {
+        "waypoint-7999b58cb4-hw69s.default": {"pod": "waypoint-7999b58cb4-hw69s", "namespace": "default",
+                                              "type": "waypoint", "node": "node-1"},
+        "ztunnel-2ktsn.istio-system": {"pod": "ztunnel-2ktsn", "namespace": "istio-system", "type": "ztunnel",
+                                       "node": "node-1"}}

@@ -20,8 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-LOCAL_COMMANDS = frozenset({"up", "down", "status", "exec", "logs", "port-forward", "proxy-config", "pc",
-                            "metrics"})
+LOCAL_COMMANDS = frozenset({"up", "down", "status", "exec", "logs", "port-forward", "proxy-config", "pc"})
 # Commands with their own Kubernetes options: (the --kubeconfig parameter, the --context parameter).
 KUBE_OPTION_NAMES = {"install": ("kubeconfig", "context"), "uninstall": ("kubeconfig", "context"),
                      "controlplane": ("kubeconfig", "kube_context"), "node": ("kubeconfig", "kube_context")}

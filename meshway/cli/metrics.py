@@ -79,18 +79,20 @@ def find_sources(c: Ctx) -> Callable[[str], dict[str, str]]:
 
 
 def fetch_families(proxies: list[Body], requests_file: Path | None = None,
-                   sources: Callable[[str], dict[str, str]] | None = None) -> list[Family]:
-    """The proxies' Istio metrics: from their admin sockets (`sources`: see `build_istio_metrics`),
-    a waypoint's HTTP series and a node proxy's destination-side TCP series from the control plane's
-    tally of their request and tunnel logs (`requests_file`)."""
+                   sources: Callable[[str], dict[str, str]] | None = None,
+                   fetch: Callable[[Body, str], bytes] | None = None) -> list[Family]:
+    """The proxies' Istio metrics: from their admin sockets (or `fetch`: on Kubernetes through
+    port-forward; `sources`: see `build_istio_metrics`), a waypoint's HTTP series and a node proxy's
+    destination-side TCP series from the control plane's tally of their request and tunnel logs
+    (`requests_file`; None: a waypoint's HTTP series from its own stats, without source labels)."""
     groups = []
     for p in proxies:
         try:
-            text = fetch_admin(p["admin"], SCRAPE_PATH).decode()
+            text = (fetch(p, SCRAPE_PATH) if fetch else fetch_admin(p["admin"], SCRAPE_PATH)).decode()
         except AdminError as exc:
             raise ValueError(f"{p['pod']}.{p['namespace']}: {exc}") from exc
         groups.append(build_istio_metrics(text, {"pod": p["pod"], "namespace": p["namespace"]},
-                                          p.get("type") != "waypoint", sources))
+                                          p.get("type") != "waypoint" or requests_file is None, sources))
     chosen = {(p["pod"], p["namespace"]) for p in proxies}
     if chosen and requests_file is not None and requests_file.exists():
         groups.append(parse_request_families(requests_file.read_text(),
@@ -143,12 +145,19 @@ def metrics(c: Ctx, target: str | None, namespace: str | None, output: str) -> N
 
     TARGET: deploy/NAME[.NS] or POD[.NS] of a waypoint or node proxy (what it reports), svc/NAME[.NS]
     (traffic to a service), deploy/NAME or POD of an application (traffic to that workload); none:
-    the whole mesh."""
-    status = load_proxy_status(c)
+    the whole mesh. On Kubernetes (--kubeconfig) the waypoint and node proxy pods, read through the
+    API server's port-forward; a waypoint's requests from its own stats (no source labels)."""
+    if c.backend.kubernetes:
+        from .kubeproxies import fetch_kube_admin, find_kube_proxies
+
+        status = find_kube_proxies(c.store.list(find_kind("pod"), None))
+        requests_file, fetch = None, fetch_kube_admin(c.store.client.api)  # type: ignore[attr-defined]
+    else:
+        status, requests_file, fetch = load_proxy_status(c), c.store.state_dir / "run" / REQUESTS_FILE, None
     if not status:
         raise LookupError("no proxies found (is `meshway controlplane` running?)")
     proxies, keep = find_target(c, status, target, namespace)
-    families = select(fetch_families(proxies, c.store.state_dir / "run" / REQUESTS_FILE, find_sources(c)), keep)
+    families = select(fetch_families(proxies, requests_file, find_sources(c), fetch), keep)
     if output == "prometheus":
         click.echo(write_text(families), nl=False)
     elif families:

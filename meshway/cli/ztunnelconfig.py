@@ -62,18 +62,10 @@ def find_node_proxy(status: dict[str, Body], target: str | None, node: str | Non
 
 
 def find_kube_node_proxies(pods: list[Body]) -> dict[str, Body]:
-    """The running node proxy pods of a cluster (a ztunnel container: `meshway.node.nodeproxy`) as
-    proxy entries: pod, namespace, type, node."""
-    from ..node.nodeproxy import find_ztunnel_containers
+    """The running node proxy pods of a cluster as proxy entries: pod, namespace, type, node."""
+    from .kubeproxies import find_kube_proxies
 
-    out = {}
-    for pod in pods:
-        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
-        if find_ztunnel_containers(pod) and status.get("phase") == "Running" and not meta.get("deletionTimestamp"):
-            out[f"{meta['name']}.{meta.get('namespace')}"] = {
-                "pod": meta["name"], "namespace": meta.get("namespace") or "", "type": "ztunnel",
-                "node": (pod.get("spec") or {}).get("nodeName") or ""}
-    return out
+    return {k: p for k, p in find_kube_proxies(pods).items() if p["type"] == "ztunnel"}
 
 
 def fetch_ztunnel_dump(c: Ctx, target: str | None, node: str | None, namespace: str | None,
@@ -87,15 +79,11 @@ def fetch_ztunnel_dump(c: Ctx, target: str | None, node: str | None, namespace: 
 
     pods = c.store.list(find_kind("pod"), None)
     if c.backend.kubernetes:
-        from ..kube.portforward import PortForwardError, fetch_pod_admin
+        from .kubeproxies import fetch_kube_admin
 
         proxy = find_node_proxy(find_kube_node_proxies(pods), target, node, namespace)
-        api = c.store.client.api  # type: ignore[attr-defined]
-        try:
-            config_dump = json.loads(fetch_pod_admin(api, proxy["namespace"], proxy["pod"], "/config_dump"))
-            certs = json.loads(fetch_pod_admin(api, proxy["namespace"], proxy["pod"], "/certs"))
-        except (PortForwardError, OSError) as exc:
-            raise ValueError(f"{proxy['pod']}.{proxy['namespace']}: {exc}") from exc
+        fetch = fetch_kube_admin(c.store.client.api)  # type: ignore[attr-defined]
+        config_dump, certs = json.loads(fetch(proxy, "/config_dump")), json.loads(fetch(proxy, "/certs"))
     else:
         proxy = find_node_proxy(load_proxy_status(c), target, node, namespace)
         try:
