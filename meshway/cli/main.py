@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 LAZY_COMMANDS: dict[str, tuple[str, str | None]] = {
     "analyze": ("analyze", "Analyze the mesh's configuration."),
     "controlplane": ("controlplane", "Run the control plane in the foreground: store watch, translation, ADS/SDS, "
-                                     "waypoint replicas."),
-    "down": ("up", "Stop the control plane and every proxy it runs."),
+                                     "status (and, on loopback, the waypoint replicas)."),
+    "down": ("up", "Stop the node agents, the control plane and every pod and proxy they run."),
     "exec": ("clustercmds", "Run a command inside a pod's network namespace: exec POD|deploy/NAME -- CMD [ARGS...]."),
     "explain": ("explain", "Why traffic to TARGET does (not) go through a waypoint; or, with --request and --from, "
                            "what happens to one request, step by step, without sending it."),

@@ -53,7 +53,7 @@ def up_kubernetes(c: Ctx, files: tuple[str, ...], nodes: int) -> None:
 @click.option("--purge", is_flag=True, help="Also delete the state folder (store, CA, logs).")
 @pass_ctx
 def down(c: Ctx, purge: bool) -> None:
-    """Stop the control plane and every proxy it runs."""
+    """Stop the node agents, the control plane and every pod and proxy they run."""
     import shutil
 
     from ..runtime.daemon import stop_all
