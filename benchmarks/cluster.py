@@ -1357,6 +1357,7 @@ def comparison_markdown(rep: Body) -> list[str]:
 
 
 TIMELINE_SOURCES = {"embedded": "store", "kubernetes": "API"}
+UP_MILESTONES = ("started ", "installed ", "nodes Ready", "$ meshway", "pods ready", "export KUBECONFIG")
 
 
 def mode_markdown(rep: Body, mode: str) -> list[str]:
@@ -1381,10 +1382,14 @@ def mode_markdown(rep: Body, mode: str) -> list[str]:
         "`GET /reviews/0` to the reviews VIP every 20 ms from the moment the pod's network namespace exists.", "",
         f"| event ({mode}) | seconds after `{up}` started |", "|---|---|",
         *[f"| {label.format(source=TIMELINE_SOURCES[mode], up=up)} | "
-          + (f"**{tl[k]:.2f}**" if k == "first_via_waypoint" else f"{tl[k]:.2f}") + " |"
+          + ("— (not before the first request through the waypoint and `up`'s exit; not waited for)"
+             if math.isnan(tl[k]) else f"**{tl[k]:.2f}**" if k == "first_via_waypoint" else f"{tl[k]:.2f}") + " |"
           for k, label in STARTUP_EVENTS.items() if k in tl], "",
         f"From control plane start to the first request through the waypoint: **{st['from_controlplane_s']:.2f} s** "
         f"(first 200 on any path: {st['first_ok_from_controlplane_s']:.2f} s).{goal}", "",
+        f"What `{up}` printed, and when (seconds after it started; the JSON's `up_output` has every line): "
+        + "; ".join(f"{t:.1f} {line.strip()}" for t, line in st.get("up_output", []) if line.strip().startswith(UP_MILESTONES))
+        + ".", "",
         f"### {mode} 2. Paths", "",
         "Every request is `GET /health` to a reviews pod (`Host: reviews:9080`) on one of "
         f"{CONNECTIONS} keep-alive connections opened before the run, from a curl pod:", "",
