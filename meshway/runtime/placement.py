@@ -4,8 +4,8 @@
 the host with its HBONE listener on a loopback address derived from its pod IP (10.244.1.8 ->
 127.X.1.8, X one byte per state folder, so two meshes on one host never share an address: Envoy
 binds listeners with SO_REUSEPORT and two waypoints on one address would split each other's
-traffic), so no root is needed. The cluster runtime replaces it with a placement that runs the
-replica inside its pod's network namespace, listening on the pod IP itself.
+traffic), so no root is needed. Where node agents run the replicas as pods (the one-host cluster,
+Kubernetes), the control plane uses `PodPlacement`: each listens on its own pod IP.
 """
 from __future__ import annotations
 
@@ -84,25 +84,6 @@ def replica_dir_name(replica: Replica) -> str:
 def replica_sock_dir(state_dir: Path, replica: Replica) -> Path:
     digest = hashlib.sha1(replica_dir_name(replica).encode()).hexdigest()[:10]
     return socket_dir(state_dir) / digest
-
-
-class NetnsPlacement:
-    """Replicas run inside their pod's network namespace (the cluster runtime), on the pod IP."""
-
-    name = "netns"
-
-    def __init__(self, net):
-        self.net = net
-
-    def listen_address(self, replica: Replica) -> str:
-        return "0.0.0.0"
-
-    def command_prefix(self, replica: Replica) -> list[str]:
-        return self.net.exec_prefix(replica.namespace, replica.pod)
-
-    @staticmethod
-    def dial(pod_ip: str) -> str:
-        return pod_ip
 
 
 class PodPlacement:
