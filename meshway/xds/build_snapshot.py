@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from .. import labels as L
+from ..mesh.enrollment import detect_ambient
 from ..mesh.meshconfig import find_mesh_config
 from ..mesh.index import resolve_host
 from ..mesh.view import MeshView, PodInfo, ServiceInfo, WaypointInfo
@@ -89,7 +90,11 @@ def _same(ip: str) -> str:
 
 
 def _endpoints(name: str, svc: ServiceInfo, pods: tuple[PodInfo, ...], port_number: int,
-               subset_labels: dict | None, dial: Callable[[str], str] = _same) -> Body:
+               subset_labels: dict | None, dial: Callable[[str], str] = _same,
+               outside: frozenset[str] = frozenset()) -> Body:
+    """A cluster's endpoints: HBONE (through `connect_originate`) to a pod in the mesh, plain TCP to
+    a pod outside it (`outside`: their IPs; it has no node proxy to end a tunnel), as Istio's
+    waypoint sends to an endpoint without tunnel support."""
     port = next(p for p in svc.ports if p.port == port_number)
     lb = []
     for pod in pods:
@@ -98,12 +103,18 @@ def _endpoints(name: str, svc: ServiceInfo, pods: tuple[PodInfo, ...], port_numb
         target = resolve_target_port(port, pod)
         if target is None:
             continue
+        workload = {"istio": {"workload": f"{pod.name};{pod.namespace}"}}
+        if pod.ip in outside:
+            lb.append({"endpoint": {"address": {"socket_address": {"address": dial(pod.ip), "port_value": target}}},
+                       "health_status": "HEALTHY", "metadata": {"filter_metadata": workload},
+                       "load_balancing_weight": 1})
+            continue
         address = f"{dial(pod.ip)}:{target}"
         lb.append({"endpoint": {"address": {"envoy_internal_address": {
                        "server_listener_name": "connect_originate", "endpoint_id": address}}},
                    "health_status": "HEALTHY",
                    "metadata": {"filter_metadata": {"envoy.filters.listener.original_dst": {"local": address},
-                                                    "istio": {"workload": f"{pod.name};{pod.namespace}"}}},
+                                                    **workload}},
                    "load_balancing_weight": 1})
     return {"cluster_name": name, "endpoints": [{"lb_endpoints": lb}] if lb else []}
 
@@ -120,7 +131,7 @@ class ServiceClusters:
 
 
 def build_service_clusters(svc: ServiceInfo, dr: DestinationRule | None, pods: tuple[PodInfo, ...],
-                           dial: Callable[[str], str]) -> ServiceClusters:
+                           dial: Callable[[str], str], outside: frozenset[str] = frozenset()) -> ServiceClusters:
     clusters: dict[str, Body] = {}
     endpoints: dict[str, Body] = {}
     hashing: dict[str, list[Body]] = {}
@@ -138,7 +149,7 @@ def build_service_clusters(svc: ServiceInfo, dr: DestinationRule | None, pods: t
                 if hash_policy:
                     hashing[name] = hash_policy
                 endpoints[name] = _endpoints(name, svc, pods, port.port, subsets.get(subset) if subset else None,
-                                             dial)
+                                             dial, outside)
     return ServiceClusters(clusters, endpoints, hashing, tuple(problems))
 
 
@@ -199,7 +210,8 @@ class _WaypointBuild:
             if unit is MISSING:
                 dr = find_destination_rule(self.view, svc, self.wp)
                 pods = tuple(find_service_pods(self.view, svc))
-                inputs = (svc, dr, pods, self.dial)
+                outside = frozenset(p.ip for p in pods if not detect_ambient(self.view, p))
+                inputs = (svc, dr, pods, self.dial, outside)
                 unit = self.memo.get(key, inputs, lambda: build_service_clusters(*inputs), reads=lambda: [
                     *host_keys("DestinationRule", _hosts(svc)), pods_key(svc.namespace)])
             self.clusters.update(unit.clusters)

@@ -209,8 +209,10 @@ def find_endpoints(resources: dict, cluster: str) -> list[Body]:
             meta = (lb.get("metadata") or {}).get("filter_metadata") or {}
             workload = (meta.get("istio") or {}).get("workload", "")
             pod, _, ns = workload.partition(";")
+            sa = lb["endpoint"]["address"].get("socket_address")  # plain TCP to a pod outside the mesh
             address = (meta.get("envoy.filters.listener.original_dst") or {}).get("local") or \
-                lb["endpoint"]["address"].get("envoy_internal_address", {}).get("endpoint_id", "")
+                lb["endpoint"]["address"].get("envoy_internal_address", {}).get("endpoint_id", "") or \
+                (f"{sa['address']}:{sa['port_value']}" if sa else "")
             out.append({"pod": pod, "namespace": ns, "address": address})
     return out
 
