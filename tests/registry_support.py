@@ -6,7 +6,8 @@ OCI artifact (a config and the raw module, `application/vnd.module.wasm.content.
 the Docker image (one gzipped tar layer holding plugin.wasm) and the OCI "compat" image.
 
 The registry has no authentication of its own: `AuthFront` stands before it and asks for what a
-registry asks for (Basic credentials, or a Bearer token from a token endpoint it also serves).
+registry asks for (Basic credentials, or a Bearer token from a token endpoint it also serves), or
+nothing (mode `open`); with `tls` it answers in TLS (`self_signed_tls`: a certificate no client trusts).
 
 Without Go (or when the build fails) the tests are skipped with the reason, and fail under
 MESHWAY_REQUIRE_E2E=1 (CI)."""
@@ -19,6 +20,7 @@ import io
 import json
 import os
 import re
+import ssl
 import subprocess
 import tarfile
 import threading
@@ -161,11 +163,12 @@ class Registry:
 class AuthFront:
     """Before the registry, what a registry with accounts answers: 401 and a challenge until the
     request carries `Basic user:password` (mode basic) or a token from `/token` (mode bearer, the
-    token given for those credentials, or to anyone when `anonymous`). `realm_host`: the host
-    name the challenge gives for the token endpoint."""
+    token given for those credentials, or to anyone when `anonymous`), or nothing (mode open).
+    `realm_host`: the host name the challenge gives for the token endpoint; `tls`: serve TLS."""
 
     def __init__(self, registry: Registry, mode: str, user: str = "me", password: str = "secret",
-                 anonymous: bool = False, realm_host: str = "127.0.0.1", bind: str = "127.0.0.1"):
+                 anonymous: bool = False, realm_host: str = "127.0.0.1", bind: str = "127.0.0.1",
+                 tls: ssl.SSLContext | None = None):
         front = self
         self.registry, self.mode, self.anonymous = registry, mode, anonymous
         self.basic = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
@@ -179,6 +182,8 @@ class AuthFront:
                 pass
 
         self.server = ThreadingHTTPServer((bind, 0), Handler)
+        if tls is not None:  # the handshake on accept; a client that fails it is dropped
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_port
         self.host = f"{bind}:{self.port}"
         self.realm = f"http://{realm_host}:{self.port}/token"
@@ -205,8 +210,8 @@ class AuthFront:
             else:
                 self._reply(h, 401, b'{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}', {})
             return
-        wanted = self.basic if self.mode == "basic" else "Bearer t0ken"
-        if auth != wanted:
+        wanted = {"basic": self.basic, "bearer": "Bearer t0ken"}.get(self.mode)
+        if wanted is not None and auth != wanted:
             challenge = ('Basic realm="registry"' if self.mode == "basic"
                          else f'Bearer realm="{self.realm}",service="test-registry"')
             self._reply(h, 401, b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}',
@@ -216,6 +221,34 @@ class AuthFront:
         status, got, body = _send("GET", f"http://{self.registry.host}{h.path}", headers=headers)
         self._reply(h, status, body, {k: v for k, v in got.items()
                                       if k.lower() in ("content-type", "docker-content-digest")})
+
+
+def self_signed_tls(folder: Path, name: str, addresses: tuple[str, ...]) -> ssl.SSLContext:
+    """A server context with a self-signed certificate for `name` and `addresses` (valid, but
+    signed by no authority a client trusts)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    sans = [x509.DNSName(name), *(x509.IPAddress(ipaddress.ip_address(a)) for a in addresses)]
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False).sign(key, hashes.SHA256()))
+    cert_file, key_file = folder / "tls.crt", folder / "tls.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    return context
 
 
 def docker_config_secret(host: str, user: str = "me", password: str = "secret", name: str = "regcred",

@@ -16,8 +16,9 @@ from meshway.model.extensions import WasmPlugin
 from meshway.runtime.oci_auth import (Credentials, detect_unsafe_realm, find_credentials, parse_challenges,
                                       read_pull_secret)
 from meshway.runtime.oci_image import (DOCKER_LAYER, DOCKER_MANIFEST, OCI_LAYER, OCI_MANIFEST, WASM_LAYER,
-                                       ImageRef, detect_local_registry, detect_wasm_binary, extract_plugin_wasm,
-                                       find_platform_manifest, find_wasm_layer, parse_image_ref)
+                                       ImageRef, detect_insecure, detect_local_registry, detect_wasm_binary,
+                                       extract_plugin_wasm, find_platform_manifest, find_wasm_layer,
+                                       parse_image_ref, parse_insecure_registries)
 from meshway.runtime.wasm_modules import build_fetch_key, detect_reuse, find_expected_sha256
 
 D = "sha256:" + "a" * 64
@@ -88,12 +89,67 @@ def test_images_that_hold_no_module(manifest: dict, message: str) -> None:
     assert message in str(exc.value)
 
 
-def test_an_index_gives_its_linux_amd64_manifest() -> None:
-    arm = {"digest": "sha256:1", "platform": {"os": "linux", "architecture": "arm64"}}
-    amd = {"digest": "sha256:2", "platform": {"os": "linux", "architecture": "amd64"}}
-    assert find_platform_manifest({"manifests": [arm, amd]}) == amd
-    with pytest.raises(ValueError, match="no manifest for linux/amd64"):
-        find_platform_manifest({"manifests": [arm]})
+def entry(digest: str, platform: dict | None) -> dict:
+    return {"digest": f"sha256:{digest}", **({"platform": platform} if platform is not None else {})}
+
+
+ARM64 = {"os": "linux", "architecture": "arm64", "variant": "v8"}
+AMD64 = {"os": "linux", "architecture": "amd64"}
+WINDOWS = {"os": "windows", "architecture": "amd64", "os.version": "10.0.17763.1"}
+ARMV7 = {"os": "linux", "architecture": "arm", "variant": "v7"}
+
+
+@pytest.mark.parametrize("entries, platform, chosen", [
+    ([entry("1", ARM64), entry("2", AMD64)], ("linux", "amd64"), "2"),  # Istio's default platform
+    ([entry("1", AMD64), entry("2", AMD64)], ("linux", "amd64"), "1"),  # the first that matches
+    ([entry("1", WINDOWS), entry("2", {**AMD64, "variant": "v3"})], ("linux", "amd64"), "2"),  # any variant
+    ([entry("1", ARM64), entry("2", None)], ("linux", "amd64"), "2"),  # no platform: linux/amd64
+    ([entry("1", AMD64), entry("2", ARM64)], ("linux", "arm64"), "2"),  # another platform, when asked
+    ([entry("1", None)], ("linux", "arm64"), None),
+])
+def test_which_manifest_of_an_index(entries: list, platform: tuple, chosen: str | None) -> None:
+    """go-containerregistry's `childByPlatform` with the platform Istio's puller leaves at its default."""
+    if chosen is None:
+        with pytest.raises(ValueError):
+            find_platform_manifest({"manifests": entries}, platform)
+    else:
+        assert find_platform_manifest({"manifests": entries}, platform)["digest"] == f"sha256:{chosen}"
+
+
+@pytest.mark.parametrize("entries, message", [
+    ([entry("1", ARM64), entry("2", WINDOWS), entry("3", ARMV7)],
+     "the image index has no manifest for linux/amd64 (the platform Istio's puller takes); it has: "
+     "linux/arm64/v8, windows/amd64, linux/arm/v7"),
+    ([], "the image index has no manifest for linux/amd64 (the platform Istio's puller takes); it has: none"),
+])
+def test_an_index_without_the_platform_names_the_ones_it_has(entries: list, message: str) -> None:
+    with pytest.raises(ValueError) as exc:
+        find_platform_manifest({"manifests": entries})
+    assert str(exc.value) == message
+
+
+@pytest.mark.parametrize("setting, listed", [
+    ("", frozenset()),
+    ("localhost:5000,docker-registry:5000", frozenset({"localhost:5000", "docker-registry:5000"})),  # Istio's example
+    ("*", frozenset({"*"})),
+    (" ghcr.io , ,127.0.0.1:5000,", frozenset({"ghcr.io", "127.0.0.1:5000"})),  # spaces and empty names dropped
+])
+def test_wasm_insecure_registries_is_read_as_istio_reads_it(setting: str, listed: frozenset) -> None:
+    assert parse_insecure_registries(setting) == listed
+
+
+@pytest.mark.parametrize("url, setting, insecure", [
+    ("oci://registry.example:5000/wasm/a:v1", "registry.example:5000", True),
+    ("oci://registry.example:5000/wasm/a:v1", "registry.example", False),  # the host as the URL names it, port too
+    ("oci://registry.example/wasm/a:v1", "registry.example:443", False),
+    ("oci://registry.example/wasm/a:v1", "other.example,registry.example", True),
+    ("oci://ghcr.io/org/a:v1", "*", True),
+    ("https://files.example/a.wasm", "files.example", True),  # Istio's HTTP fetcher too
+    ("oci://ghcr.io/org/a:v1", "", False),
+])
+def test_which_fetches_skip_the_certificate_check(url: str, setting: str, insecure: bool) -> None:
+    from urllib.parse import urlsplit
+    assert detect_insecure(urlsplit(url).netloc, parse_insecure_registries(setting)) is insecure
 
 
 def tar_gz(files: dict[str, bytes]) -> bytes:
@@ -222,3 +278,33 @@ def test_the_kubernetes_backend_reads_pull_secrets_by_name() -> None:
     with pytest.raises(ValueError, match="imagePullSecret foo/forbidden: GET /api/v1/namespaces/foo/secrets/forbidden: "
                                          "403 Forbidden: no"):
         backend.read_secret("foo", "forbidden")
+
+
+@pytest.mark.parametrize("args, env, listed", [
+    ([], {"WASM_INSECURE_REGISTRIES": "registry.example:5000, ghcr.io"}, {"registry.example:5000", "ghcr.io"}),
+    (["--wasm-insecure-registries", "*"], {}, {"*"}),
+    ([], {}, set()),
+])
+def test_the_control_plane_takes_wasm_insecure_registries_from_its_environment(tmp_path, monkeypatch, args, env,
+                                                                                listed) -> None:
+    """`meshway controlplane` reads Istio's variable (as istio-agent does) and hands the set to the
+    control plane, which gives it to the module fetcher."""
+    from click.testing import CliRunner
+
+    import meshway.runtime.controlplane as runtime
+    from meshway.cli import controlplane  # noqa: F401  (registers the command)
+    from meshway.cli.main import cli
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake(*a, **kw):
+        seen.update(kw)
+        raise Stop
+
+    monkeypatch.setattr(runtime, "ControlPlane", fake)
+    result = CliRunner().invoke(cli, ["--state-dir", str(tmp_path), "controlplane", *args], env=env)
+    assert "internal error (Stop" in result.output, result.output  # stopped where the control plane starts
+    assert seen["wasm_insecure_registries"] == frozenset(listed)

@@ -2,21 +2,25 @@
 registry (go-containerregistry's, tests/registry_support.py), Envoy checking each module as in
 the control plane: the three image formats Istio reads and an index, `sha256` as the image
 digest, a missing tag or image, images that hold no module, `imagePullPolicy` against a tag that
-moves, an imagePullSecret's Basic credentials, and a Bearer token (Istio's realm guard refuses
-a token endpoint on a loopback address, and takes one named by host)."""
+moves, an imagePullSecret's Basic credentials, a Bearer token (Istio's realm guard refuses
+a token endpoint on a loopback address, and takes one named by host), and Istio's
+WASM_INSECURE_REGISTRIES against the registry behind TLS with a certificate no one trusts, and
+plain HTTP from a registry named by host (Istio's fallback, no setting needed)."""
 from __future__ import annotations
 
+import hashlib
 import socket
 from pathlib import Path
 
 import pytest
 
-from registry_support import AuthFront, Registry, docker_config_secret
+from registry_support import AuthFront, Registry, docker_config_secret, self_signed_tls
 from wasm_support import assemble
 from xds_support import ENVOY
 
 from meshway.model import load_yaml
 from meshway.model.extensions import WasmPlugin
+from meshway.runtime.oci_image import parse_insecure_registries
 from meshway.runtime.wasm_modules import WasmModules
 
 
@@ -44,6 +48,15 @@ spec:
   {extra}
 """
     return load_yaml(text, "wp.yaml")[0].obj  # type: ignore[return-value]
+
+
+def machine_name() -> tuple[str, str]:
+    """This machine's host name and its address: a registry named so is not a local one."""
+    name = socket.gethostname()
+    try:
+        return name, socket.gethostbyname(name)
+    except OSError as exc:
+        pytest.fail(f"this test names a server by this machine's host name, {name!r}, which does not resolve: {exc}")
 
 
 def test_the_image_formats_istio_reads(tmp_path: Path, registry: Registry, modules: dict) -> None:
@@ -133,12 +146,7 @@ def test_bearer_tokens_and_istios_realm_guard(tmp_path: Path, registry: Registry
         assert loopback.token_requests == []  # never asked
     finally:
         loopback.close()
-    name = socket.gethostname()  # a realm named by host passes Istio's guard (it reads IP literals only)
-    try:
-        address = socket.gethostbyname(name)
-    except OSError as exc:
-        pytest.fail(f"this test names its token endpoint by this machine's host name, {name!r}, which does not "
-                    f"resolve: {exc}")
+    name, address = machine_name()  # a realm named by host passes Istio's guard (it reads IP literals only)
     anonymous = AuthFront(registry, "bearer", anonymous=True, realm_host=name, bind=address)
     try:
         got = WasmModules(tmp_path / "anonymous", ENVOY).fetch_module(plugin(f"oci://{anonymous.host}/wasm/token:v1"))
@@ -156,3 +164,58 @@ def test_bearer_tokens_and_istios_realm_guard(tmp_path: Path, registry: Registry
         assert by_name.token_requests[-1] == "/token?scope=repository%3Awasm%2Ftoken%3Apull&service=test-registry"
     finally:
         by_name.close()
+
+
+def test_wasm_insecure_registries_skips_the_certificate_check(tmp_path: Path, registry: Registry,
+                                                             modules: dict) -> None:
+    """The registry behind TLS with a self-signed certificate, named by host (https only, as for any
+    registry that is not local): refused with the setting's name, pulled when the setting lists it."""
+    digest = registry.push_artifact("wasm/tls", "v1", modules["add_header"])
+    name, address = machine_name()
+    front = AuthFront(registry, "open", bind=address, tls=self_signed_tls(tmp_path, name, (address, "127.0.0.1")))
+    host = f"{name}:{front.port}"
+    url = f"oci://{host}/wasm/tls:v1"
+    blob = f"https://{host}/v2/wasm/tls/blobs/sha256:{hashlib.sha256(modules['add_header']).hexdigest()}"
+
+    def fetch(setting: str, target: str) -> tuple:
+        got = WasmModules(tmp_path / f"state{len(list(tmp_path.iterdir()))}", ENVOY,
+                          insecure_registries=parse_insecure_registries(setting)).fetch_module(plugin(target))
+        return got.error, got.sha256
+
+    try:
+        error, _ = fetch("", url)
+        assert error.startswith(f"cannot fetch {url}: GET https://{host}/v2/: TLS certificate not trusted (self")
+        assert error.endswith(f"); list {host} in WASM_INSECURE_REGISTRIES to pull without checking it")
+        for setting in (host, "*", f"other.example:5000, {host}"):
+            assert fetch(setting, url) == (None, digest), setting
+        for setting in (name, f"{name}:1", "other.example"):  # Istio matches the URL's host and port
+            assert "TLS certificate not trusted" in fetch(setting, url)[0], setting
+        # an https:// module (here the layer's blob URL): Istio's HTTP fetcher takes the setting too
+        assert fetch("", blob)[0] == (f"cannot fetch {blob}: TLS certificate not trusted (self-signed certificate); "
+                                      f"list {host} in WASM_INSECURE_REGISTRIES to fetch without checking it")
+        assert fetch(host, blob) == (None, hashlib.sha256(modules["add_header"]).hexdigest())
+    finally:
+        front.close()
+    # a local registry (127.0.0.1) is tried in plain HTTP too, which a TLS port does not answer
+    local_front = AuthFront(registry, "open", tls=self_signed_tls(tmp_path, name, ("127.0.0.1",)))
+    local = local_front.host
+    try:
+        error, _ = fetch("", f"oci://{local}/wasm/tls:v1")
+        assert f"GET https://{local}/v2/: TLS certificate not trusted" in error
+        assert f"; GET http://{local}/v2/: " in error  # both tries, as go-containerregistry's ping reports them
+        assert fetch(local, f"oci://{local}/wasm/tls:v1") == (None, digest)
+    finally:
+        local_front.close()
+
+
+def test_plain_http_needs_no_setting(tmp_path: Path, registry: Registry, modules: dict) -> None:
+    """A registry named by host that answers in plain HTTP: Istio's puller falls back to it
+    ("server gave HTTP response to HTTPS client"), WASM_INSECURE_REGISTRIES or not."""
+    digest = registry.push_docker_image("wasm/plain", "v1", modules["deny_path"])
+    name, address = machine_name()
+    front = AuthFront(registry, "open", bind=address)
+    try:
+        got = WasmModules(tmp_path, ENVOY).fetch_module(plugin(f"oci://{name}:{front.port}/wasm/plain:v1"))
+        assert (got.error, got.sha256) == (None, digest)
+    finally:
+        front.close()

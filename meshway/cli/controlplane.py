@@ -38,6 +38,10 @@ from .main import Ctx, cli, pass_ctx
 @click.option("--secret-ttl", envvar="SECRET_TTL", default="24h", show_default=True, metavar="DURATION",
               help="Lifetime of workload certificates (istiod's SECRET_TTL; Go duration: 24h, 2m, 90s); "
                    "renewed at half life. Env: SECRET_TTL.")
+@click.option("--wasm-insecure-registries", envvar="WASM_INSECURE_REGISTRIES", default="", metavar="HOSTS",
+              help="WasmPlugin modules from these registries and servers are fetched without checking their TLS "
+                   "certificate (Istio's WASM_INSECURE_REGISTRIES: comma-separated host or host:port as the "
+                   "plugin's URL names it, `*` for all). Env: WASM_INSECURE_REGISTRIES.")
 @click.option("--kubeconfig", default=None, metavar="FILE",
               help="Run against this Kubernetes API server instead of the embedded store (as istiod: watch, "
                    "deploy waypoints, write status).")
@@ -46,15 +50,18 @@ from .main import Ctx, cli, pass_ctx
 @pass_ctx
 def controlplane(c: Ctx, sotw: bool, verbose: bool, cluster_mode: bool, nodes: int | None, xds_addr: str | None,
                  xds_ips: tuple[str, ...],
-                 stop_proxies_on_exit: bool, metrics_addr: str | None, secret_ttl: str, kubeconfig: str | None,
-                 kube_context: str | None, in_cluster: bool) -> None:
+                 stop_proxies_on_exit: bool, metrics_addr: str | None, secret_ttl: str, wasm_insecure_registries: str,
+                 kubeconfig: str | None, kube_context: str | None, in_cluster: bool) -> None:
     """Run the control plane in the foreground: store watch, translation, ADS/SDS, status (and, on
     loopback, the waypoint replicas)."""
+    from ..runtime.oci_image import parse_insecure_registries
+
     ttl = parse_secret_ttl(secret_ttl)
+    insecure = parse_insecure_registries(wasm_insecure_registries)
     if kubeconfig or in_cluster:
         if xds_addr:
             check_xds_addr(xds_addr, xds_ips)
-        run_kube_controlplane(kubeconfig, kube_context, verbose, xds_addr, xds_ips, ttl, not sotw)
+        run_kube_controlplane(kubeconfig, kube_context, verbose, xds_addr, xds_ips, ttl, not sotw, insecure)
         return
     from ..runtime.controlplane import ControlPlane
 
@@ -79,7 +86,8 @@ def controlplane(c: Ctx, sotw: bool, verbose: bool, cluster_mode: bool, nodes: i
             c.store.set_nodes(nodes)
         node_count = c.store.node_count()
     cp = ControlPlane(c.store.state_dir, delta=not sotw, nodes=node_count, run_proxies=not cluster_mode,
-                      metrics_addr=metrics_addr, secret_ttl=ttl, xds_addr=xds_addr, xds_ips=xds_ips)
+                      metrics_addr=metrics_addr, secret_ttl=ttl, xds_addr=xds_addr, xds_ips=xds_ips,
+                      wasm_insecure_registries=insecure)
     # The control plane keeps a large, long-lived heap (views, memos, messages): collect the young
     # generation less often and the old one rarely (CPython's 700/10/10 makes full collections
     # walk that heap many times per translation; measured 0.6 s -> 0.15 s for a node proxy's build
@@ -104,7 +112,8 @@ def controlplane(c: Ctx, sotw: bool, verbose: bool, cluster_mode: bool, nodes: i
 
 
 def run_kube_controlplane(kubeconfig: str | None, context: str | None, verbose: bool, xds_addr: str | None = None,
-                          xds_ips: tuple[str, ...] = (), ttl: timedelta | None = None, delta: bool = True) -> None:
+                          xds_ips: tuple[str, ...] = (), ttl: timedelta | None = None, delta: bool = True,
+                          wasm_insecure_registries: frozenset[str] = frozenset()) -> None:
     """The control plane on a Kubernetes API, until SIGTERM/SIGINT: the controller
     (meshway.kube.controlplane: waypoint objects, statuses, under the Lease) and, with `xds_addr`,
     the translation and ADS over TCP + mTLS for proxies that run as pods (meshway.runtime.controlplane
@@ -127,7 +136,7 @@ def run_kube_controlplane(kubeconfig: str | None, context: str | None, verbose: 
             signal.signal(sig, lambda *_: kcp.stop())
         kcp.run()
         return
-    _serve_xds_on_kubernetes(kcp, client, xds_addr, xds_ips, ttl, delta)
+    _serve_xds_on_kubernetes(kcp, client, xds_addr, xds_ips, ttl, delta, wasm_insecure_registries)
 
 
 def kube_state_dir(server: str) -> "Path":  # noqa: F821 (imported inside)
@@ -142,7 +151,8 @@ def kube_state_dir(server: str) -> "Path":  # noqa: F821 (imported inside)
     return default_state_dir() / "kubernetes" / hashlib.sha256(server.encode()).hexdigest()[:12]
 
 
-def _serve_xds_on_kubernetes(kcp, client, xds_addr: str, xds_ips: tuple[str, ...], ttl, delta: bool) -> None:
+def _serve_xds_on_kubernetes(kcp, client, xds_addr: str, xds_ips: tuple[str, ...], ttl, delta: bool,
+                             wasm_insecure_registries: frozenset[str]) -> None:
     import threading
 
     from ..kube.backend import KubeBackend
@@ -163,7 +173,8 @@ def _serve_xds_on_kubernetes(kcp, client, xds_addr: str, xds_ips: tuple[str, ...
         raise click.ClickException(f"the mesh CA: {exc}") from None
     cp = ControlPlane(state_dir, placement=PodPlacement(), delta=delta, store=backend,
                       run_proxies=False, secret_ttl=ttl or timedelta(hours=24), xds_addr=xds_addr, xds_ips=xds_ips,
-                      review_token=lambda token: fetch_token_review(client, token))
+                      review_token=lambda token: fetch_token_review(client, token),
+                      wasm_insecure_registries=wasm_insecure_registries)
     kcp.controller.root_pem = cp.ca.root_pem()  # published to every namespace (istio-ca-root-cert)
     controller = threading.Thread(target=kcp.run, name="kube-controller", daemon=True)
     controller.start()

@@ -135,7 +135,8 @@ class ControlPlane:
                  metrics_addr: str | None = None, secret_ttl: timedelta = WORKLOAD_LIFETIME,
                  debounce_max: float = 0.1, safety_poll: float = 1.0, build_budget: float = 2.0,
                  clock=time.monotonic, xds_addr: str | None = None, xds_ips: tuple[str, ...] = (),
-                 store=None, run_proxies: bool = True, review_token=None):
+                 store=None, run_proxies: bool = True, review_token=None,
+                 wasm_insecure_registries: frozenset[str] = frozenset()):
         """`debounce`/`debounce_max`: quiet period after a store change and the longest a burst waits
         (istiod's PILOT_DEBOUNCE_AFTER/MAX); `poll`: housekeeping period (pod probes, readiness,
         proxy-status.json; at least HOUSEKEEPING_IDLE without pods: ADS events wake it then); `safety_poll`: how often the store is read without a commit
@@ -149,7 +150,8 @@ class ControlPlane:
         (and node-1..`nodes` of the one-host cluster), served over xDS, run with its capture rules by
         that node's agent (`meshway.runtime.nodeagent` on one host, `meshway.node` on Kubernetes). `review_token`: with `xds_addr`, also serve Istio's CA API on
         that port, checking callers' tokens with it (`meshway.xds.ca_service`; on Kubernetes a
-        TokenReview)."""
+        TokenReview). `wasm_insecure_registries`: the registries and servers whose TLS certificate a
+        WasmPlugin module is fetched without checking (Istio's WASM_INSECURE_REGISTRIES, `*`: all)."""
         self.state_dir = Path(state_dir)
         make_private_dir(self.state_dir.resolve())  # the folder itself: a state path may be a link to it
         self.store = store if store is not None else Store(self.state_dir)
@@ -185,6 +187,7 @@ class ControlPlane:
         self._filter_status: dict[str, dict] = {}
         self.validation: ValidationCache | None = None
         self.wasm: WasmModules | None = None  # WasmPlugin modules, fetched when a plugin exists
+        self.wasm_insecure_registries = wasm_insecure_registries
         self.wasm_modules: dict = {}
         self._next_drain_sync = float("inf")
         self._nodes_due = float("inf")
@@ -350,7 +353,8 @@ class ControlPlane:
             except FileNotFoundError:
                 envoy = "envoy"  # every module check then says it cannot run
             # imagePullSecrets: from the Kubernetes API (a KubeBackend store); the embedded store keeps no Secrets.
-            self.wasm = WasmModules(self.state_dir, envoy, read_secret=getattr(self.store, "read_secret", None))
+            self.wasm = WasmModules(self.state_dir, envoy, read_secret=getattr(self.store, "read_secret", None),
+                                    insecure_registries=self.wasm_insecure_registries)
         modules = self.wasm.fetch_modules(plugins) if plugins else {}
         if modules == self.wasm_modules:
             return False

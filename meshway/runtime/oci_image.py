@@ -3,14 +3,17 @@ go-containerregistry (`pkg/wasm/imagefetcher.go`, `cache.go`; `pkg/name`, `pkg/v
 
 - the reference: `[registry/]repository[:tag][@sha256:digest]`, the registry defaulting to Docker
   Hub (`index.docker.io`, one-part names under `library/`) and the tag to `latest`;
-- which manifest of an index (`linux/amd64`, go-containerregistry's default platform) and which
-  layer holds the module, in Istio's order: a Docker image manifest's last layer, a gzipped tar
-  (`application/vnd.docker.image.rootfs.diff.tar.gzip`); otherwise an OCI manifest's last layer
-  if it is `application/vnd.oci.image.layer.v1.tar+gzip` (the "compat" variant); otherwise exactly
-  two layers, one of them the raw module (`application/vnd.module.wasm.content.layer.v1+wasm`);
-  from a tar, the file whose base name is `plugin.wasm`;
+- which manifest of an index: the first whose platform matches go-containerregistry's default,
+  `linux/amd64` (Istio's puller passes no platform, so on every machine; an entry without a
+  platform counts as linux/amd64); which layer holds the module, in Istio's order: a Docker
+  image manifest's last layer, a gzipped tar (`application/vnd.docker.image.rootfs.diff.tar.gzip`);
+  otherwise an OCI manifest's last layer if it is `application/vnd.oci.image.layer.v1.tar+gzip`
+  (the "compat" variant); otherwise exactly two layers, one of them the raw module
+  (`application/vnd.module.wasm.content.layer.v1+wasm`); from a tar, the file whose base name is `plugin.wasm`;
 - plain HTTP: go-containerregistry falls back to it for localhost, `*.localhost`, 127.0.0.1, ::1
-  and RFC 1918 addresses, and Istio for any registry whose TLS port answers in plain HTTP.
+  and RFC 1918 addresses, and Istio for any registry whose TLS port answers in plain HTTP;
+- `WASM_INSECURE_REGISTRIES` (Istio's agent setting): comma-separated `host[:port]` as the URL
+  names them, `*` for all; their TLS certificates are not checked.
 Credentials and challenges are `oci_auth`'s."""
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 WASM_LAYER = "application/vnd.module.wasm.content.layer.v1+wasm"
 PLUGIN_FILE = "plugin.wasm"
-PLATFORM = ("linux", "amd64")
+DEFAULT_PLATFORM = ("linux", "amd64")  # go-containerregistry's remote.defaultPlatform (os, architecture)
 WASM_MAGIC = b"\x00asm"
 PRIVATE = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")  # Go's net.IP.IsPrivate
 
@@ -102,13 +105,35 @@ def detect_local_registry(registry: str) -> bool:
     return ip.version == 4 and any(ip in ipaddress.ip_network(n) for n in PRIVATE[:3])
 
 
-def find_platform_manifest(index: Body) -> Body:
-    """The index entry go-containerregistry's `desc.Image()` picks: the default platform's."""
-    for entry in index.get("manifests") or []:
-        platform = entry.get("platform") or {}
-        if (platform.get("os"), platform.get("architecture")) == PLATFORM:
+def describe_platform(entry: Body) -> str:
+    """An index entry's platform as `os/architecture[/variant]` (none given: linux/amd64)."""
+    platform = entry.get("platform") or {"os": DEFAULT_PLATFORM[0], "architecture": DEFAULT_PLATFORM[1]}
+    parts = (platform.get("os") or "", platform.get("architecture") or "", platform.get("variant") or "")
+    return "/".join(p for p in parts if p)
+
+
+def find_platform_manifest(index: Body, platform: tuple[str, str] = DEFAULT_PLATFORM) -> Body:
+    """The index entry go-containerregistry's `desc.Image()` picks (`childByPlatform`): the first whose
+    os and architecture are `platform`'s (an entry without a platform is linux/amd64)."""
+    entries = index.get("manifests") or []
+    for entry in entries:
+        given = entry.get("platform") or {"os": DEFAULT_PLATFORM[0], "architecture": DEFAULT_PLATFORM[1]}
+        if (given.get("os"), given.get("architecture")) == platform:
             return entry
-    raise ValueError(f"the image index has no manifest for {'/'.join(PLATFORM)}")
+    available = ", ".join(describe_platform(e) for e in entries) or "none"
+    raise ValueError(f"the image index has no manifest for {'/'.join(platform)} (the platform Istio's "
+                     f"puller takes); it has: {available}")
+
+
+def parse_insecure_registries(text: str) -> frozenset[str]:
+    """Istio's WASM_INSECURE_REGISTRIES: comma-separated hosts (`host:port` when the URL has a port),
+    `*` for all. Istio splits on commas only; spaces around a name are dropped here too."""
+    return frozenset(name.strip() for name in text.split(",") if name.strip())
+
+
+def detect_insecure(host: str, registries: frozenset[str]) -> bool:
+    """Istio's `allowInsecure(u.Host)`: the URL's host (with its port) listed, or `*`."""
+    return "*" in registries or host in registries
 
 
 @dataclass(frozen=True)

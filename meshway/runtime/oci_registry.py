@@ -1,12 +1,14 @@
 """Pulling a Wasm module from an OCI distribution registry: the I/O around `oci_image`'s decisions,
 plain HTTP requests as go-containerregistry's `remote` makes them for Istio's agent. A ping
 (`GET /v2/`) finds the scheme (https; http when it answers in plain HTTP, or for a local registry
-that does not speak TLS) and the challenge; the manifest is read by tag or digest (an index:
-its linux/amd64 manifest), its sha256 is the image digest `sha256` is checked against; then the one
-layer that holds the module, checked against its digest."""
+that does not speak TLS) and the challenge; the manifest is read by tag or digest (an index: its
+linux/amd64 manifest, as Istio's puller picks it), its sha256 is the image digest `sha256` is checked
+against; then the one layer that holds the module, checked against its digest. `insecure` (the
+registry is in WASM_INSECURE_REGISTRIES): its TLS certificate is not checked."""
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import ssl
 import urllib.error
@@ -22,6 +24,7 @@ from .oci_image import (DOCKER_LIST, MANIFEST_ACCEPT, OCI_INDEX, Body, ImageRef,
                         parse_image_ref)
 
 MANIFEST_LIMIT = 4 << 20
+INDEX_DEPTH = 4  # an index may name indexes (go-containerregistry recurses); this deep at most
 
 
 @dataclass(frozen=True)
@@ -82,15 +85,18 @@ class Puller:
         return _send(url, {**headers, **self.auth}, self.timeout, self.insecure, limit)
 
     def login(self) -> None:
-        schemes = ("https", "http")
-        for scheme in schemes:
+        failures: list[str] = []
+        for scheme in ("https", "http"):
+            url = f"{scheme}://{self.ref.registry}/v2/"
             try:
-                ping = _send(f"{scheme}://{self.ref.registry}/v2/", {}, self.timeout, self.insecure, 64 << 10)
-            except urllib.error.URLError as exc:
-                plain = isinstance(exc.reason, ssl.SSLError) and not isinstance(exc.reason, ssl.SSLCertVerificationError)
+                ping = _send(url, {}, self.timeout, self.insecure, 64 << 10)
+            except (OSError, http.client.HTTPException) as exc:  # URLError is an OSError
+                reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+                failures.append(f"GET {url}: {self._describe(reason)}")
+                plain = isinstance(reason, ssl.SSLError) and not isinstance(reason, ssl.SSLCertVerificationError)
                 if scheme == "https" and (plain or detect_local_registry(self.ref.registry)):
                     continue  # Istio: "server gave HTTP response" -> plain HTTP; go: local registries too
-                raise ValueError(f"GET {scheme}://{self.ref.registry}/v2/: {exc.reason}") from None
+                raise ValueError("; ".join(failures)) from None
             break
         self.base = f"{scheme}://{self.ref.registry}"
         if ping.status == 200:
@@ -107,6 +113,13 @@ class Puller:
             self.auth = {"Authorization": f"Bearer {self._token(bearer)}"}
         elif self.credentials and self.credentials.username:
             self.auth = {"Authorization": build_basic_auth(self.credentials)}
+
+    def _describe(self, reason: object) -> str:
+        """Why a ping failed; an untrusted certificate names the setting that skips the check."""
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            return (f"TLS certificate not trusted ({reason.verify_message or reason}); list {self.ref.registry} "
+                    "in WASM_INSECURE_REGISTRIES to pull without checking it")
+        return str(reason) or type(reason).__name__
 
     def _token(self, challenge: Challenge) -> str:
         creds = self.credentials or Credentials()
@@ -135,7 +148,7 @@ class Puller:
         if not self.base:
             self.login()
         identifier = self.ref.identifier
-        for _ in range(2):
+        for _ in range(INDEX_DEPTH + 1):
             url = f"{self.base}/v2/{self.ref.repository}/manifests/{identifier}"
             r = self._get(url, {"Accept": MANIFEST_ACCEPT}, MANIFEST_LIMIT)
             if r.status != 200:
@@ -151,7 +164,7 @@ class Puller:
             if media_type not in (OCI_INDEX, DOCKER_LIST):
                 return digest, manifest, media_type
             identifier = find_platform_manifest(manifest)["digest"]
-        raise ValueError("could not fetch image: an index inside an index")
+        raise ValueError(f"could not fetch image: indexes nested more than {INDEX_DEPTH} deep")
 
     def read_blob(self, descriptor: Body, limit: int) -> bytes:
         url = f"{self.base}/v2/{self.ref.repository}/blobs/{descriptor.get('digest')}"

@@ -19,7 +19,9 @@ import json
 import logging
 import os
 import re
+import ssl
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -27,7 +29,7 @@ from urllib.parse import urlsplit
 
 from ..model.extensions import WasmPlugin, parse_plugin_url
 from .oci_auth import read_pull_secret
-from .oci_image import parse_image_ref
+from .oci_image import detect_insecure, parse_image_ref
 from .oci_registry import read_oci_module
 from ..private import make_private_dir
 from ..xds import protos as P
@@ -70,14 +72,25 @@ def build_fetch_key(plugin: WasmPlugin) -> tuple:
     return spec.url, find_expected_sha256(plugin), secret, changes
 
 
-def read_module(url: str, timeout: float) -> bytes:
-    """A file:// or http(s):// module's bytes (OSError and ValueError carry why not)."""
+def read_module(url: str, timeout: float, insecure: bool = False) -> bytes:
+    """A file:// or http(s):// module's bytes (OSError and ValueError carry why not); `insecure`:
+    the server's TLS certificate is not checked (Istio's HTTP fetcher for WASM_INSECURE_REGISTRIES)."""
     scheme, url = parse_plugin_url(url)
     if scheme == "file":
         data = Path(url[len("file://"):]).read_bytes()
     else:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310: http(s) only
-            data = response.read(MAX_BYTES + 1)
+        context = ssl.create_default_context()
+        if insecure:
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        try:
+            with urllib.request.urlopen(url, timeout=timeout, context=context) as response:  # noqa: S310: http(s)
+                data = response.read(MAX_BYTES + 1)
+        except urllib.error.URLError as exc:
+            if not isinstance(exc.reason, ssl.SSLCertVerificationError):
+                raise
+            why = exc.reason.verify_message or exc.reason
+            raise ValueError(f"TLS certificate not trusted ({why}); list {urlsplit(url).netloc} in "
+                             "WASM_INSECURE_REGISTRIES to fetch without checking it") from None
     if len(data) > MAX_BYTES:
         raise ValueError(f"the module is larger than {MAX_BYTES >> 20} MiB")
     return data
@@ -100,7 +113,8 @@ class WasmModules:
                  insecure_registries: frozenset[str] = frozenset()):
         """`read_secret`: where imagePullSecrets are read (None: nowhere, a plugin naming one is
         reported); `insecure_registries`: hosts whose TLS certificate is not checked (`*`: all),
-        Istio's WASM_INSECURE_REGISTRIES."""
+        Istio's WASM_INSECURE_REGISTRIES (`oci_image.parse_insecure_registries`), matched against
+        the URL's host and port as Istio matches them (`docker.io`, `localhost:5000`)."""
         self.dir = Path(state_dir) / "wasm"
         self.envoy, self.timeout, self.retry_after, self.clock = envoy, timeout, retry_after, clock
         self.read_secret, self.insecure_registries = read_secret, insecure_registries
@@ -133,7 +147,7 @@ class WasmModules:
             if scheme == "oci":
                 sha, data = self._pull(plugin, expected)
             else:
-                data = read_module(url, self.timeout)
+                data = read_module(url, self.timeout, detect_insecure(urlsplit(url).netloc, self.insecure_registries))
                 sha = hashlib.sha256(data).hexdigest()
                 if expected and sha != expected:
                     raise ValueError(f"sha256 mismatch: the module's is {sha}, the plugin expects {expected}")
@@ -156,8 +170,7 @@ class WasmModules:
                                  "(`meshway controlplane --kubeconfig`)")
             config = read_pull_secret(self.read_secret(ns, name), ns, name)
         url = parse_plugin_url(plugin.spec.url)[1]
-        host = parse_image_ref(url).registry
-        insecure = "*" in self.insecure_registries or host in self.insecure_registries
+        insecure = detect_insecure(urlsplit(url).netloc, self.insecure_registries)
         return read_oci_module(url, expected, config, self.timeout, MAX_BYTES,
                                lambda digest: (self.dir / f"{digest}.wasm").exists(), insecure)
 
