@@ -112,6 +112,7 @@ def test_order_crds_then_upstream_policy_then_meshway_objects():
         "rolebinding.rbac.authorization.k8s.io/meshway",
         "serviceaccount/ztunnel",
         "daemonset.apps/ztunnel",
+        "deployment.apps/istiod",
     ]
     assert all(s.kind == I.CRD for s in PLAN[:len(CRDS)])
     assert PLAN[0].name == "backendtlspolicies.gateway.networking.k8s.io"  # upstream's file order

@@ -272,7 +272,8 @@ def on_terminal(env: dict, argv: list[str], typed: list[tuple[bytes, tuple[int, 
 
 def test_proxy_status_ztunnel_config_exec_tty_and_attach_against_the_cluster(mesh, state):
     """`istioctl proxy-status --xds-address` verbatim against meshway's control plane (the syncz debug
-    type, istioctl's own token), `meshway --kubeconfig proxy-status`, `ztunnel-config` and `metrics`
+    type, istioctl's own token), plain `istioctl proxy-status` (through the istiod pod's port-forward),
+    `meshway --kubeconfig proxy-status`, `ztunnel-config` and `metrics`
     (the proxies' admin through the API server's port-forward), `kubectl exec -it` on a terminal
     with a resize, and `kubectl attach` following a container's output (with -i: refused, saying why)."""
     sh, _ = mesh
@@ -287,6 +288,15 @@ def test_proxy_status_ztunnel_config_exec_tty_and_attach_against_the_cluster(mes
                              r[4:] == ["5", "(CDS,LDS,EDS,RDS,SDS)"] for r in waypoints), table
     assert sorted(r[0].split("~")[2] for r in rows if r[0].startswith("ztunnel~")) == \
         ["ztunnel-node-1.istio-system", "ztunnel-node-2.istio-system"]
+    # Plain `istioctl proxy-status`: istioctl finds the Running pod labelled app=istiod in istio-system
+    # (`meshway install`'s Deployment), port-forwards to its 15012 (the node agent relays it to the
+    # control plane's xDS port) and asks the same question there.
+    wait_for("the istiod pod", lambda: [p for p in pods(sh, "-l app=istiod", "istio-system")
+                                        if p["status"].get("phase") == "Running"])
+    plain = sh("istioctl proxy-status").splitlines()
+    assert plain[0].split() == table[0].split(), plain
+    assert sorted(line.split()[0] for line in plain[1:]) == sorted(r[0] for r in rows), (plain, table)
+    assert all(line.split()[2] == lease["spec"]["holderIdentity"] for line in plain[1:]), plain
 
     env = {k: v for k, v in sh.env.items() if k not in ("KUBECONFIG", "MESHWAY_STATE_DIR")}
 

@@ -201,10 +201,36 @@ def build_ztunnel_objects() -> list[Body]:
     return [account, daemonset]
 
 
+ISTIOD = "istiod"
+ISTIOD_IMAGE = "meshway/pilot"
+
+
+def build_istiod_deployment() -> Body:
+    """Deployment `istiod` in istio-system, named and labelled as Istio's chart does (`app=istiod`,
+    `istio=pilot`, `istio.io/rev=default`): the pod `istioctl proxy-status` and the other xDS
+    commands find without `--xds-address` and port-forward to on 15012. The control plane runs
+    outside the cluster; the node agent makes this pod's container a relay to its xDS port
+    (`meshway.node.istiod`). Run as Istio runs istiod: uid and gid 1337, never root."""
+    labels = {"app": ISTIOD, "istio": "pilot", L.REVISION: "default"}
+    container = {"name": "discovery", "image": ISTIOD_IMAGE,
+                 "ports": [{"name": "grpc-xds", "containerPort": 15012, "protocol": "TCP"}],
+                 "securityContext": {"runAsUser": 1337, "runAsGroup": 1337, "runAsNonRoot": True,
+                                     "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                     "capabilities": {"drop": ["ALL"]}}}
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": ISTIOD, "namespace": NAMESPACE, "labels": {**labels, **PART_OF}},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": ISTIOD, "istio": "pilot"}},
+                     "template": {"metadata": {"labels": {**labels, "sidecar.istio.io/inject": "false",
+                                                          L.DATAPLANE_MODE: L.NONE}},
+                                  "spec": {"serviceAccountName": NAME, "automountServiceAccountToken": False,
+                                           "containers": [container]}}}}
+
+
 def build_meshway_objects() -> list[Body]:
     return [build_namespace(), build_gateway_class(), build_service_account(),
             build_role("ClusterRole", CLUSTER_RULES), build_binding("ClusterRoleBinding"),
-            build_role("Role", NAMESPACE_RULES), build_binding("RoleBinding"), *build_ztunnel_objects()]
+            build_role("Role", NAMESPACE_RULES), build_binding("RoleBinding"), *build_ztunnel_objects(),
+            build_istiod_deployment()]
 
 
 # -- the plan -------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import logging
 import os
 import platform
 import shutil
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from ..runtime.netns import ClusterNet, NetnsError
 from ..runtime.runas import RunAsError, build_setpriv_prefix, find_run_as, make_dirs
 from ..runtime.workload import PodProcesses
 from . import nodeproxy as Z
+from .istiod import build_relay_container, find_istiod_containers
 from . import plan as P
 from .relay import XdsRelay
 from .streaming import StreamTarget
@@ -315,6 +317,7 @@ class NodeAgent:
             body.setdefault("status", {}).update(podIP=ip, podIPs=[{"ip": ip}], hostIP=self.ip)
             body = self.prepare_waypoint(key, body, ip)
             body = self.prepare_ztunnel(key, body)
+            body = self.prepare_istiod(body)
             if not host_network:
                 with self.net_lock:
                     self.net.add_pod(ns, name, ip, self.index)
@@ -361,6 +364,25 @@ class NodeAgent:
             return pod
         return self.run_as_envoy(key, pod, containers[0], lambda xds, files: Z.build_ztunnel_bootstrap(
             self.name, self.index, xds, files.certificate.files, files.certificate.sds_file))
+
+    def prepare_istiod(self, pod: Body) -> Body:
+        """For the `istiod` pod istioctl port-forwards to (`meshway.node.istiod`): its container relays
+        port 15012 to the control plane's xDS port; any other pod as it is."""
+        containers = find_istiod_containers(pod)
+        if not containers:
+            return pod
+        address = self.xds_address
+        if not address:
+            from ..kube.xdsdebug import NoControlPlane, fetch_xds_address
+            try:
+                address = fetch_xds_address(self.client)
+            except (NoControlPlane, ApiError) as exc:
+                raise ValueError(f"no control plane address to relay istiod's port to: {exc}") from None
+        relay = self.start_relay(address)
+        spec = pod["spec"]
+        spec["containers"] = [build_relay_container(c, sys.executable, str(relay.path)) if c is containers[0] else c
+                              for c in spec["containers"]]
+        return pod
 
     def run_as_envoy(self, key: P.Key, pod: Body, container: Body,
                      build_bootstrap: Callable[[str, WaypointFiles], Body]) -> Body:

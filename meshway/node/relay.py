@@ -4,13 +4,18 @@ Pods here live in network namespaces that have no route to the host's (the runti
 namespace no link: `meshway.runtime.netns`), and the control plane listens on the host. So the node
 agent relays: a Unix socket (filesystem paths cross network namespaces) that any pod may connect to,
 each connection copied byte for byte to the control plane's HOST:PORT. TLS runs end to end between
-the pod's Envoy and the control plane: the relay sees only ciphertext and proves nothing."""
+the pod's Envoy and the control plane: the relay sees only ciphertext and proves nothing.
+
+Run as a program (`python -m meshway.node.relay HOST:PORT SOCKET`), the other direction: a TCP port
+inside a pod whose connections go to the agent's socket (the `istiod` pod that istioctl
+port-forwards to, `meshway.node.istiod`)."""
 from __future__ import annotations
 
 import logging
 import os
 import socket
 import socketserver
+import sys
 import threading
 from pathlib import Path
 
@@ -77,3 +82,48 @@ class XdsRelay:
             self.server.server_close()
             self.server = None
         self.path.unlink(missing_ok=True)
+
+
+class _PodHandler(socketserver.BaseRequestHandler):
+    server: "_PodServer"
+
+    def handle(self) -> None:
+        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            upstream.connect(self.server.socket_path)
+        except OSError as exc:
+            upstream.close()
+            print(f"relay to {self.server.socket_path}: {exc}", file=sys.stderr, flush=True)
+            return
+        with upstream:
+            back = threading.Thread(target=_copy, args=(upstream, self.request), daemon=True)
+            back.start()
+            _copy(self.request, upstream)
+            back.join()
+
+
+class _PodServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    socket_path: str
+
+
+def serve_port(listen: str, socket_path: str) -> _PodServer:
+    """A TCP server on `listen` (HOST:PORT) relaying each connection to the Unix socket (not started)."""
+    server = _PodServer(parse_address(listen), _PodHandler)
+    server.socket_path = socket_path
+    return server
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m meshway.node.relay HOST:PORT SOCKET", file=sys.stderr)
+        return 2
+    server = serve_port(argv[0], argv[1])
+    print(f"relaying {argv[0]} to {argv[1]}", flush=True)
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,100 @@
+"""The `istiod` pod that plain `istioctl proxy-status` finds (meshway.node.istiod, the Deployment
+`meshway install` writes, the node agent's relay): what istioctl's `queryEachShard` needs of it
+(a Running pod labelled app=istiod in istio-system, port 15012, `istioctl/pkg/multixds/gather.go`),
+which containers become the relay, and bytes through the relay program both ways."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from meshway.kube.install import build_istiod_deployment, build_meshway_objects
+from meshway.node.istiod import build_relay_container, detect_istiod_container, find_istiod_containers
+from meshway.runtime.runas import find_run_as
+
+
+def test_the_deployment_is_what_istioctl_looks_for() -> None:
+    deployment = build_istiod_deployment()
+    template = deployment["spec"]["template"]
+    assert (deployment["metadata"]["namespace"], deployment["metadata"]["name"]) == ("istio-system", "istiod")
+    assert template["metadata"]["labels"]["app"] == "istiod"  # istioctl's default --xds-label
+    assert template["metadata"]["labels"]["istio.io/rev"] == "default"
+    assert set(deployment["spec"]["selector"]["matchLabels"].items()) <= set(template["metadata"]["labels"].items())
+    (container,) = template["spec"]["containers"]
+    assert [p["containerPort"] for p in container["ports"]] == [15012]  # istioctl's default --xds-port
+    assert detect_istiod_container(container)
+    assert find_run_as(container, template).uid == 1337  # as Istio's istiod: never root
+    assert deployment in build_meshway_objects()
+
+
+@pytest.mark.parametrize("image, args, relayed", [
+    ("meshway/pilot", [], True),
+    ("docker.io/istio/pilot:1.28.0", ["discovery", "--monitoringAddr=:15014"], True),  # Istio's chart
+    ("gcr.io/istio-release/pilot:1.28.0-distroless", [], True),
+    ("istio/proxyv2:1.28.0", ["proxy", "waypoint"], False),
+    ("meshway/ztunnel", [], False),
+    ("docker.io/istio/examples-bookinfo-reviews-v1:1.20.1", [], False),
+])
+def test_which_containers_relay_to_the_control_plane(image: str, args: list, relayed: bool) -> None:
+    pod = {"spec": {"containers": [{"name": "c", "image": image, "args": args}]}}
+    assert bool(find_istiod_containers(pod)) is relayed
+
+
+def test_the_relay_container_replaces_pilot_discovery() -> None:
+    container = {"name": "discovery", "image": "istio/pilot:1.28.0", "args": ["discovery"],
+                 "securityContext": {"runAsUser": 1337}}
+    got = build_relay_container(container, "/venv/bin/python", "/run/meshway/xds-1.sock")
+    assert got["command"] == ["/venv/bin/python", "-P", "-u", "-m", "meshway.node.relay", "0.0.0.0:15012",
+                              "/run/meshway/xds-1.sock"]
+    assert got["args"] == [] and got["securityContext"] == container["securityContext"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_relay_program_copies_both_ways(tmp_path: Path) -> None:
+    """`python -m meshway.node.relay HOST:PORT SOCKET` as the pod runs it: a TCP client's bytes reach
+    the socket's server and its answer comes back, for two connections at once."""
+    path = tmp_path / "xds.sock"
+    upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    upstream.bind(str(path))
+    upstream.listen()
+
+    def echo() -> None:
+        while True:
+            try:
+                conn, _ = upstream.accept()
+            except OSError:
+                return
+            threading.Thread(target=lambda c=conn: (c.sendall(b"echo:" + c.recv(100)), c.close()), daemon=True).start()
+
+    threading.Thread(target=echo, daemon=True).start()
+    port = _free_port()
+    relay = subprocess.Popen([sys.executable, "-m", "meshway.node.relay", f"127.0.0.1:{port}", str(path)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                first, second = socket.create_connection(("127.0.0.1", port)), socket.create_connection(("127.0.0.1", port))
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline and relay.poll() is None, relay.communicate()
+                time.sleep(0.05)
+        with first, second:
+            second.sendall(b"two")
+            first.sendall(b"one")
+            assert (first.recv(100), second.recv(100)) == (b"echo:one", b"echo:two")
+    finally:
+        relay.terminate()
+        out, _ = relay.communicate(timeout=10)
+        upstream.close()
+    assert out == f"relaying 127.0.0.1:{port} to {path}\n"
