@@ -110,6 +110,8 @@ def test_order_crds_then_upstream_policy_then_meshway_objects():
         "clusterrolebinding.rbac.authorization.k8s.io/meshway",
         "role.rbac.authorization.k8s.io/meshway",
         "rolebinding.rbac.authorization.k8s.io/meshway",
+        "clusterrole.rbac.authorization.k8s.io/meshway-node",
+        "clusterrolebinding.rbac.authorization.k8s.io/meshway-node",
         "serviceaccount/ztunnel",
         "daemonset.apps/ztunnel",
         "deployment.apps/istiod",
@@ -226,8 +228,16 @@ def test_leases_and_the_ca_secret_only_in_istio_system():
     assert not any(r in ("leases", "secrets") for _, r, _ in grants(ROLE))
 
 
+def test_node_agents_read_only_waypoints_beyond_what_the_node_authorizer_gives():
+    role, binding = I.build_node_role()
+    assert grants(role) == {("gateway.networking.k8s.io", r, v) for r in ("gateways", "gatewayclasses")
+                            for v in ("list", "watch")}
+    assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"] == "meshway-node"
+
+
 def test_every_rule_says_why():
-    for rule in I.CLUSTER_RULES + I.NAMESPACE_RULES:
+    for rule in I.CLUSTER_RULES + I.NAMESPACE_RULES + I.NODE_RULES:
         assert len(rule.why) > 10
 
 

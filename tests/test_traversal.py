@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import apply, make_waypoint_ready, set_labels
+from conftest import apply, make_waypoint_ready, set_labels, waypoint_pods
 from xds_support import ENVOY, view_of
 
 from meshway.ca import CertificateAuthority
@@ -18,7 +18,8 @@ from meshway.cli.explain import decision_json, write_decision
 from meshway.cli.explain_request import write_simulation
 from meshway.mesh.explain import find_decision, find_traversal
 from meshway.mesh.request import parse_request
-from meshway.mesh.traversal import Guard, decide_traversal, find_traversal_guards
+from meshway.mesh.traversal import Guard, decide_traversal, find_outside_guards, find_traversal_guards, \
+    find_waypoint_addresses, plan_outside_filters
 from meshway.xds import protos as P
 from meshway.xds.build_traversal import REFUSED_CLUSTER
 from meshway.xds.build_ztunnel import NodeProxy, build_ztunnel_config
@@ -176,13 +177,23 @@ def test_guards_admit_the_waypoints_of_every_service_on_the_port(mesh) -> None:
     assert guards(mesh) == {"a-1": (Guard(8080, ("Service foo/a",), ("foo/other",), (("foo", "other"),)),)}
 
 
-def test_a_pod_outside_the_mesh_is_not_guarded(mesh) -> None:
+def test_a_pod_outside_the_mesh_is_guarded_by_its_own_filter(mesh) -> None:
+    make_waypoint_ready(mesh, "foo", "waypoint")
     label(mesh, "svc", "a", {T: "required"})
     label(mesh, "pod", "a-1", {"istio.io/dataplane-mode": "none"})
-    assert guards(mesh) == {}
+    assert guards(mesh) == {}  # no node proxy sees its traffic
     view = view_of(mesh)
+    guard = Guard(8080, ("Service foo/a",), ("foo/waypoint",), (("foo", "waypoint"),))
+    assert find_outside_guards(view) == {("foo", "a-1"): (guard,)}
+    ips = tuple(sorted(p["status"]["podIP"] for p in waypoint_pods(mesh, "foo", "waypoint")))
+    assert ips and find_waypoint_addresses(view) == {"foo/waypoint": ips}
+    assert plan_outside_filters((guard,), find_waypoint_addresses(view)) == ((8080, ips),)
+    assert plan_outside_filters((guard,), {}) == ((8080, ()),)  # no waypoint pod yet: nobody
     report = find_traversal(view, find_decision(view, "service/a", "foo"))
-    assert report.unguarded == ("a-1",)
+    assert report.outside == (("a-1", guard),) and report.guards == ()
+    assert find_traversal(view, find_decision(view, "pod/a-1", "foo")).outside == (("a-1", guard),)
+    label(mesh, "svc", "a", {T: "optional"})
+    assert find_outside_guards(view_of(mesh)) == {}
 
 
 def node_config(store, pod: str = "a-1") -> dict:
@@ -202,9 +213,8 @@ def test_a_required_service_without_its_waypoint_is_refused_not_direct(mesh) -> 
     resources = node_config(mesh, "c-1")
     chain = outbound_chain(resources, "a")
     assert chain["name"].endswith("|refused")
-    assert [f["name"] for f in chain["filters"]] == ["envoy.filters.network.connection_limit",
-                                                     "envoy.filters.network.tcp_proxy"]
-    tcp = chain["filters"][1]["typed_config"]
+    assert [f["name"] for f in chain["filters"]] == ["envoy.filters.network.tcp_proxy"]
+    tcp = chain["filters"][0]["typed_config"]
     assert tcp["cluster"] == REFUSED_CLUSTER and resources[P.CLUSTER][REFUSED_CLUSTER]["load_assignment"][
         "endpoints"] == []
     log = tcp["access_log"][0]["typed_config"]["log_format"]["json_format"]
@@ -317,7 +327,7 @@ def test_explain_shows_the_mode_and_what_it_refuses(mesh) -> None:
         "(WaypointIsNotReady)",
         "  refused:    HBONE to a-1 port 8080 except from waypoint foo/waypoint (clients addressing the pod IP)",
         "  refused:    plaintext to a-1 port 8080 (clients outside the mesh)",
-        "  closed:     connections opened before the binding, at the end of the node proxies' drain time"]
+        "  closed:     connections opened before the binding, by the pods' node agents within seconds"]
     assert "Traversal:    required (label meshway.io/waypoint-traversal=required on service foo/a)" in text
     assert doc["traversal"]["refused"] == "WaypointIsNotReady"
     assert text.endswith("Traffic addressed to service/a is refused: waypoint foo/waypoint is not ready, and "
@@ -326,5 +336,11 @@ def test_explain_shows_the_mode_and_what_it_refuses(mesh) -> None:
                                            "waypoints": ["foo/waypoint"], "identities": ["foo/waypoint"]}]
     text, _ = explain("pod/a-1")
     assert "Traversal:    required (by its services)" in text
+    label(mesh, "pod", "a-1", {"istio.io/dataplane-mode": "none"})
+    text, doc = explain("service/a")
+    assert "  refused:    TCP to a-1 port 8080 except from the pods of waypoint foo/waypoint (outside the mesh: " \
+           "the pod's own packet filter)" in text and "HBONE to" not in text
+    assert doc["traversal"]["outside"] == [{"pod": "a-1", "port": 8080, "services": ["Service foo/a"],
+                                            "waypoints": ["foo/waypoint"]}] and doc["traversal"]["guards"] == []
     text, doc = explain("service/b")
     assert "optional" in text and "traversal" in doc

@@ -27,9 +27,9 @@ def peer_mtls_json(peer: list[tuple[str, MtlsDecision]]) -> list[dict]:
              "ztunnel_policy": m.policy, "policies": [f"{a.level} {a.key}" for a in m.applied]} for pod, m in peer]
 
 
-def _pods_by_guard(report: TraversalReport) -> list[tuple[tuple, list[str]]]:
+def _pods_by_guard(guards: tuple) -> list[tuple[tuple, list[str]]]:
     groups: dict[tuple, list[str]] = {}
-    for pod, g in report.guards:
+    for pod, g in guards:
         groups.setdefault((g.port, g.waypoints), []).append(pod)
     return sorted(groups.items())
 
@@ -52,14 +52,16 @@ def write_traversal(report: TraversalReport | None) -> list[str]:
             return lines
         if t.refused:
             lines.append(f"  refused:    every connection to the service from the mesh: {t.why} ({t.refused})")
-    for (port, waypoints), pods in _pods_by_guard(report):
+    for (port, waypoints), pods in _pods_by_guard(report.guards):
         admitted = f"except from waypoint {', '.join(waypoints)}" if waypoints else "from every identity"
         lines.append(f"  refused:    HBONE to {', '.join(pods)} port {port} {admitted} (clients addressing the pod IP)")
         lines.append(f"  refused:    plaintext to {', '.join(pods)} port {port} (clients outside the mesh)")
-    if report.guards:
-        lines.append("  closed:     connections opened before the binding, at the end of the node proxies' drain time")
-    if report.unguarded:
-        lines.append(f"  unguarded:  {', '.join(report.unguarded)} (not in the mesh: no node proxy enforces it there)")
+    for (port, waypoints), pods in _pods_by_guard(report.outside):
+        admitted = f"except from the pods of waypoint {', '.join(waypoints)}" if waypoints else "from everyone"
+        lines.append(f"  refused:    TCP to {', '.join(pods)} port {port} {admitted} (outside the mesh: "
+                     "the pod's own packet filter)")
+    if report.guards or report.outside:
+        lines.append("  closed:     connections opened before the binding, by the pods' node agents within seconds")
     return lines
 
 

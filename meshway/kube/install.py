@@ -102,12 +102,23 @@ NAMESPACE_RULES: tuple[Rule, ...] = (
                                            "limited to one name)"),
 )
 
+# ClusterRole `meshway-node`, bound to the group `system:nodes` (every node agent, `system:node:<name>`;
+# the Node authorizer gives them their pods, Services and EndpointSlices, not Gateway API objects).
+NODE_ROLE, NODES_GROUP = f"{NAME}-node", "system:nodes"
+NODE_RULES: tuple[Rule, ...] = (
+    Rule((GW,), ("gateways", "gatewayclasses"), READ,
+         "guaranteed traversal on the node's pods outside the mesh: which waypoint serves a required service, "
+         "so that only its pods reach them"),
+)
+
 
 def write_rbac_table(cluster_rules: Iterable[Rule] = CLUSTER_RULES,
-                     namespace_rules: Iterable[Rule] = NAMESPACE_RULES) -> str:
+                     namespace_rules: Iterable[Rule] = NAMESPACE_RULES,
+                     node_rules: Iterable[Rule] = NODE_RULES) -> str:
     """The README's Markdown table of every rule, with its reason."""
     lines = ["| role | apiGroups | resources | verbs | why |", "|---|---|---|---|---|"]
-    for role, rules in ((f"ClusterRole `{NAME}`", cluster_rules), (f"Role `{NAMESPACE}/{NAME}`", namespace_rules)):
+    for role, rules in ((f"ClusterRole `{NAME}`", cluster_rules), (f"Role `{NAMESPACE}/{NAME}`", namespace_rules),
+                        (f"ClusterRole `{NODE_ROLE}` (group `{NODES_GROUP}`)", node_rules)):
         for r in rules:
             groups = ", ".join(f'`{g}`' if g else '`""`' for g in r.api_groups)
             names = f" (`{'`, `'.join(r.resource_names)}` only)" if r.resource_names else ""
@@ -201,6 +212,17 @@ def build_ztunnel_objects() -> list[Body]:
     return [account, daemonset]
 
 
+def build_node_role() -> list[Body]:
+    """ClusterRole `meshway-node` and its binding to every node agent (group `system:nodes`)."""
+    meta = {"name": NODE_ROLE, "labels": dict(PART_OF)}
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": meta,
+            "rules": [r.to_body() for r in NODE_RULES]}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": dict(meta),
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NODE_ROLE},
+               "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": NODES_GROUP}]}
+    return [role, binding]
+
+
 ISTIOD = "istiod"
 ISTIOD_IMAGE = "meshway/pilot"
 
@@ -229,8 +251,8 @@ def build_istiod_deployment() -> Body:
 def build_meshway_objects() -> list[Body]:
     return [build_namespace(), build_gateway_class(), build_service_account(),
             build_role("ClusterRole", CLUSTER_RULES), build_binding("ClusterRoleBinding"),
-            build_role("Role", NAMESPACE_RULES), build_binding("RoleBinding"), *build_ztunnel_objects(),
-            build_istiod_deployment()]
+            build_role("Role", NAMESPACE_RULES), build_binding("RoleBinding"), *build_node_role(),
+            *build_ztunnel_objects(), build_istiod_deployment()]
 
 
 # -- the plan -------------------------------------------------------------------------------------

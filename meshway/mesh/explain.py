@@ -8,7 +8,7 @@ from .enrollment import detect_ambient
 from .peer_authentication import MtlsDecision, decide_peer_authentication
 from .selection import Decision, decide_service, decide_workload
 from .traversal import OPTIONAL, REQUIRED, Guard, Traversal, decide_traversal, find_selected_pods, \
-    find_target_port, find_traversal_guards
+    find_outside_guards, find_target_port, find_traversal_guards
 from .view import MeshView
 
 TARGET_KINDS = {"service": "Service", "svc": "Service", "services": "Service",
@@ -85,15 +85,17 @@ class TraversalReport:
     """What `explain` shows of guaranteed traversal for one destination."""
     traversal: Traversal | None  # a service's mode (None for a pod)
     guards: tuple[tuple[str, Guard], ...]  # (pod, guard) of the destination's mesh pods, its target ports only
-    unguarded: tuple[str, ...]  # pods behind an enforced service that are not in the mesh (nothing enforces there)
+    outside: tuple[tuple[str, Guard], ...]  # the same for its pods outside the mesh (their own packet filter)
     bound: bool  # the destination asks for a waypoint
 
     def to_json(self) -> dict:
-        out = self.traversal.to_json() if self.traversal else {"mode": REQUIRED if self.guards else OPTIONAL}
+        out = self.traversal.to_json() if self.traversal else {
+            "mode": REQUIRED if self.guards or self.outside else OPTIONAL}
         out["guards"] = [{"pod": pod, "port": g.port, "services": list(g.services), "waypoints": list(g.waypoints),
                           "identities": [f"{ns}/{sa}" for ns, sa in g.identities]} for pod, g in self.guards]
-        if self.unguarded:
-            out["unguarded"] = list(self.unguarded)
+        if self.outside:
+            out["outside"] = [{"pod": pod, "port": g.port, "services": list(g.services),
+                               "waypoints": list(g.waypoints)} for pod, g in self.outside]
         return out
 
 
@@ -101,11 +103,13 @@ def find_traversal(view: MeshView, decision: Decision) -> TraversalReport | None
     """The traversal mode of a service (and the guards on its pods' target ports), or the guards of
     a pod; None when there is nothing to say (optional, and no waypoint asked for)."""
     d = decision.destination
-    guards = find_traversal_guards(view)
+    guards, outside = find_traversal_guards(view), find_outside_guards(view)
     if d.kind == "Pod":
         pod = view.pods.get((d.namespace, d.name))
-        found = tuple((pod.name, g) for g in guards.get((pod.namespace, pod.name), ())) if pod else ()
-        return TraversalReport(None, found, (), bool(decision.requested)) if found else None
+        key = (pod.namespace, pod.name) if pod else None
+        found = tuple((pod.name, g) for g in guards.get(key, ())) if pod else ()
+        plain = tuple((pod.name, g) for g in outside.get(key, ())) if pod else ()
+        return TraversalReport(None, found, plain, bool(decision.requested)) if found or plain else None
     svc = view.services.get((d.kind, d.namespace, d.name))
     if svc is None:
         return None
@@ -113,10 +117,9 @@ def find_traversal(view: MeshView, decision: Decision) -> TraversalReport | None
     if traversal.mode == OPTIONAL and not traversal.note and not decision.requested:
         return None
     pods = find_selected_pods(view, svc) if svc.kind == "Service" else []
-    found, unguarded = [], []
+    found, plain = [], []
     for pod in pods:
         targets = {t for port in svc.ports if (t := find_target_port(port, pod)) is not None}
         found += [(pod.name, g) for g in guards.get((pod.namespace, pod.name), ()) if g.port in targets]
-        if traversal.enforced and pod.ip and not detect_ambient(view, pod):
-            unguarded.append(pod.name)
-    return TraversalReport(traversal, tuple(found), tuple(unguarded), bool(decision.requested))
+        plain += [(pod.name, g) for g in outside.get((pod.namespace, pod.name), ()) if g.port in targets]
+    return TraversalReport(traversal, tuple(found), tuple(plain), bool(decision.requested))

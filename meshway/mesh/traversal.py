@@ -155,20 +155,50 @@ def find_pod_guards(view: MeshView, pod: PodInfo, services: list[ServiceInfo]) -
 
 
 def find_traversal_guards(view: MeshView) -> dict[tuple[str, str], tuple[Guard, ...]]:
-    """(namespace, pod name) -> its guarded ports, for the mesh pods behind a required service; once per view."""
-    def build() -> dict[tuple[str, str], tuple[Guard, ...]]:
-        enforced = [svc for svc in view.services.values()
-                    if svc.kind == "Service" and svc.selector and decide_traversal(view, svc).enforced]
-        out: dict[tuple[str, str], tuple[Guard, ...]] = {}
-        for pod in {(p.namespace, p.name): p for svc in enforced for p in find_selected_pods(view, svc)}.values():
-            if not pod.ip or not detect_ambient(view, pod) or detect_waypoint_owned(pod.labels):
-                continue
-            services = [s for s in view.services.values() if detect_selects(s, pod)]
-            guards = find_pod_guards(view, pod, sorted(services, key=lambda s: (s.namespace, s.name)))
-            if guards:
-                out[(pod.namespace, pod.name)] = guards
-        return out
-    return view.remember("traversal-guards", build, READS)
+    """(namespace, pod name) -> its guarded ports, for the mesh pods behind a required service (their
+    node proxy enforces them); once per view."""
+    return view.remember("traversal-guards", lambda: _find_guards(view, True), READS)
+
+
+def find_outside_guards(view: MeshView) -> dict[tuple[str, str], tuple[Guard, ...]]:
+    """(namespace, pod name) -> its guarded ports, for the pods outside the mesh behind a required
+    service: no node proxy sees their traffic, so their node agent filters it in the pod's own
+    namespace (`meshway.runtime.capture.build_guard_rules`), admitting the waypoints' pod addresses
+    (`find_waypoint_addresses`); once per view."""
+    return view.remember("outside-guards", lambda: _find_guards(view, False), READS)
+
+
+def _find_guards(view: MeshView, in_mesh: bool) -> dict[tuple[str, str], tuple[Guard, ...]]:
+    enforced = [svc for svc in view.services.values()
+                if svc.kind == "Service" and svc.selector and decide_traversal(view, svc).enforced]
+    out: dict[tuple[str, str], tuple[Guard, ...]] = {}
+    for pod in {(p.namespace, p.name): p for svc in enforced for p in find_selected_pods(view, svc)}.values():
+        if not pod.ip or detect_ambient(view, pod) != in_mesh or detect_waypoint_owned(pod.labels):
+            continue
+        services = [s for s in view.services.values() if detect_selects(s, pod)]
+        guards = find_pod_guards(view, pod, sorted(services, key=lambda s: (s.namespace, s.name)))
+        if guards:
+            out[(pod.namespace, pod.name)] = guards
+    return out
+
+
+def find_waypoint_addresses(view: MeshView) -> dict[str, tuple[str, ...]]:
+    """"ns/name" of each waypoint -> the addresses of its pods (ready or not: a pod that becomes ready
+    must not wait for a filter change), from the pods the waypoint's Deployment labels."""
+    def build() -> dict[str, tuple[str, ...]]:
+        out: dict[str, set[str]] = {}
+        for pod in view.pods.values():
+            name = pod.labels.get(L.GATEWAY_NAME)
+            if name and pod.ip and (pod.namespace, name) in view.waypoints:
+                out.setdefault(f"{pod.namespace}/{name}", set()).add(pod.ip)
+        return {k: tuple(sorted(v)) for k, v in out.items()}
+    return view.remember("waypoint-addresses", build, ("Pod", "Gateway", "GatewayClass"))
+
+
+def plan_outside_filters(guards: tuple[Guard, ...],
+                         addresses: Mapping[str, tuple[str, ...]]) -> tuple[tuple[int, tuple[str, ...]], ...]:
+    """(port, admitted addresses) per guarded port of a pod outside the mesh: its waypoints' pods."""
+    return tuple((g.port, tuple(sorted({ip for w in g.waypoints for ip in addresses.get(w, ())}))) for g in guards)
 
 
 def find_selected_pods(view: MeshView, svc: ServiceInfo) -> list[PodInfo]:

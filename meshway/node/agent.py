@@ -43,7 +43,9 @@ from ..kube.client import ApiError, KubeClient, kind_path
 from ..kube.tokenreview import fetch_pod_token
 from ..kube.reflector import Reflector, Watched, key_of
 from ..runtime.envoy import find_envoy
+from ..mesh.view import MeshView
 from ..runtime.capture import apply_capture_rules, apply_service_nat
+from ..runtime.guards import GuardKeeper
 from ..runtime.netns import ClusterNet, NetnsError
 from ..runtime.runas import RunAsError, build_setpriv_prefix, find_run_as, make_dirs
 from ..runtime.workload import PodProcesses
@@ -62,6 +64,9 @@ NODE_STATUS_PERIOD = 60.0  # seconds between Node status writes (the Ready heart
 NODES = "/api/v1/nodes"  # (meshway's kind registry holds what the mesh reads: no Node)
 CLUSTER_KINDS = {"Namespace": (kind_path("Namespace"), "v1"), "Service": (kind_path("Service"), "v1"),
                  "EndpointSlice": ("/apis/discovery.k8s.io/v1/endpointslices", "discovery.k8s.io/v1")}
+# What guaranteed traversal reads beyond them (ClusterRole meshway-node): which waypoint serves a
+# Service. Watched apart, so that capture never waits for them.
+GUARD_KINDS = {kind: (kind_path(kind), "gateway.networking.k8s.io/v1") for kind in ("Gateway", "GatewayClass")}
 LOOP_PERIOD = 0.5  # seconds between looks at the runtime (restarts, probes, status)
 START_RETRY = 3.0  # seconds before a pod whose start failed (no address, no certificate) is tried again
 
@@ -194,9 +199,14 @@ class NodeAgent:
                                                       {"fieldSelector": f"spec.nodeName={name}"}),
                                       self._emit, self.stop_event)
         # what capture, names and kube-proxy's rules read: kind -> (namespace, name) -> body
-        self.cluster_objects: dict[str, dict[P.Key, Body]] = {k: {} for k in CLUSTER_KINDS}
+        self.cluster_objects: dict[str, dict[P.Key, Body]] = {k: {} for k in {**CLUSTER_KINDS, **GUARD_KINDS}}
         self.cluster_reflectors = [Reflector(client, Watched(kind, path, version, {}), self._emit_cluster,
                                              self.stop_event) for kind, (path, version) in CLUSTER_KINDS.items()]
+        self.guard_reflectors = [Reflector(client, Watched(kind, path, version, {}), self._emit_cluster,
+                                           self.stop_event) for kind, (path, version) in GUARD_KINDS.items()]
+        self.guards = GuardKeeper(self.net.pod_netns)
+        self.generation = 0  # bumped by every watched change: guards are worked out again only then
+        self.guarded_at: tuple | None = None  # (generation, running pods) the guards were last synced for
         self.network_applied: dict[str, object] = {}  # what the last capture / hosts / NAT writes were
         self.threads: list[threading.Thread] = []
         self.stopping: list[threading.Thread] = []  # pods being stopped (joined on shutdown)
@@ -266,6 +276,7 @@ class NodeAgent:
                 self.bound.pop(key_of(body), None)
             else:
                 self.bound[key_of(body)] = body
+            self.generation += 1
         self.wake.set()
 
     def _emit_cluster(self, kind: str, change: str, body: Body) -> None:
@@ -274,6 +285,7 @@ class NodeAgent:
                 self.cluster_objects[kind].pop(key_of(body), None)
             else:
                 self.cluster_objects[kind][key_of(body)] = body
+            self.generation += 1
         self.wake.set()
 
     def sync(self) -> None:
@@ -432,6 +444,29 @@ class NodeAgent:
         present = {f"{w} {ns}/{name}" for w in ("hosts", "nat") for ns, name in running}
         for stale in [k for k in self.network_applied if k != "capture" and k not in present]:
             del self.network_applied[stale]
+        self.sync_guards(objects, pods, running)
+
+    def sync_guards(self, objects: dict[str, list[Body]], pods: list[Body], running: dict) -> None:
+        """Guaranteed traversal on this node's pods (`meshway.runtime.guards`), from a view of the
+        namespaces, Services, waypoints and this node's pods; the waypoints' pod addresses from
+        their Services' EndpointSlices. Nothing before the waypoint watches have listed once."""
+        now = time.monotonic()
+        keys = tuple(sorted(k for k, (_, body) in running.items() if body and not Z.detect_host_network(body)))
+        if all(r.synced.is_set() for r in self.guard_reflectors) and self.guarded_at != (self.generation, keys):
+            view = MeshView.build({"Namespace": objects["Namespace"], "Service": objects["Service"],
+                                   "Gateway": objects["Gateway"], "GatewayClass": objects["GatewayClass"],
+                                   "Pod": pods})
+            try:
+                self.guards.sync(view, list(keys), Z.find_waypoint_slice_addresses(view, objects["EndpointSlice"]),
+                                 now)
+                self.guarded_at = (self.generation, keys)
+            except Exception as exc:  # noqa: BLE001: iptables or ss: logged, tried again next round
+                log.warning("node %s: traversal guards: %s", self.name, getattr(exc, "stderr", "") or exc)
+        if self.guards.pending:
+            try:
+                self.guards.run_due(now)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("node %s: closing connections: %s", self.name, getattr(exc, "stderr", "") or exc)
 
     def _apply(self, what: str, wanted: object, write) -> None:
         if self.network_applied.get(what) == wanted:
@@ -614,7 +649,7 @@ class NodeAgent:
         with self.net_lock:
             self.net.up()
         self.register()
-        watches = [(r.run, f"{r.watched.kind} watch") for r in self.cluster_reflectors]
+        watches = [(r.run, f"{r.watched.kind} watch") for r in self.cluster_reflectors + self.guard_reflectors]
         for target, what in ((self.reflector.run, "pod watch"), (self.run_heartbeat, "heartbeat"), *watches):
             t = threading.Thread(target=target, name=what, daemon=True)
             t.start()

@@ -15,6 +15,8 @@ decides about them. The agent (`meshway.node.agent`) reads, runs and writes.
   ClusterIP under its short and qualified names.
 - **kube-proxy's part** for pods outside the mesh: each Service port's ClusterIP DNATed to its ready
   endpoints, read from the EndpointSlices (`meshway.runtime.capture.build_service_nat`).
+- **Guaranteed traversal** on pods outside the mesh admits the waypoints' pods: their addresses are
+  the endpoints of each waypoint's Service (`find_waypoint_slice_addresses`).
 """
 from __future__ import annotations
 
@@ -24,12 +26,14 @@ from typing import Any, Iterable, Mapping
 from .. import labels as L
 from ..apps.images import find_repository
 from ..mesh.enrollment import decide_ambient
+from ..mesh.view import MeshView
 from ..runtime.netns import service_hostnames
 from ..xds.bootstrap import XdsCertFiles, build_mtls_bootstrap
 from ..xds.proxy import build_node_proxy_id
 from .waypoint import ADMIN_PORT, build_status_listener
 
 Body = dict[str, Any]
+SERVICE_NAME = "kubernetes.io/service-name"  # an EndpointSlice's Service
 ZTUNNEL_IMAGES = frozenset({"meshway/ztunnel"})
 ISTIO_ZTUNNEL_IMAGE = "ztunnel"  # istio/ztunnel, gcr.io/istio-release/ztunnel, ...
 Backends = tuple[tuple[str, int, tuple[tuple[str, int], ...]], ...]
@@ -104,7 +108,7 @@ def find_service_backends(services: Iterable[Body], slices: Iterable[Body]) -> B
     by_service: dict[tuple[str, str], list[Body]] = {}
     for s in slices:
         meta = s.get("metadata") or {}
-        owner = (meta.get("labels") or {}).get("kubernetes.io/service-name")
+        owner = (meta.get("labels") or {}).get(SERVICE_NAME)
         if owner:
             by_service.setdefault((meta.get("namespace") or "default", owner), []).append(s)
     out = []
@@ -128,3 +132,17 @@ def find_service_backends(services: Iterable[Body], slices: Iterable[Body]) -> B
             if pods:
                 out.append((vip, int(port["port"]), tuple(sorted(pods))))
     return tuple(out)
+
+
+def find_waypoint_slice_addresses(view: MeshView, slices: Iterable[Body]) -> dict[str, tuple[str, ...]]:
+    """"ns/name" of each waypoint -> the addresses in its Service's EndpointSlices, ready or not (a
+    waypoint pod that becomes ready must not wait for a filter change)."""
+    owners = {(wp.namespace, wp.service_name): f"{wp.namespace}/{wp.name}" for wp in view.waypoints.values()}
+    out: dict[str, set[str]] = {}
+    for s in slices:
+        meta = s.get("metadata") or {}
+        owner = owners.get((meta.get("namespace") or "default", (meta.get("labels") or {}).get(SERVICE_NAME)))
+        if owner:
+            for ep in s.get("endpoints") or []:
+                out.setdefault(owner, set()).update(ep.get("addresses") or [])
+    return {k: tuple(sorted(v)) for k, v in out.items()}

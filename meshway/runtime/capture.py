@@ -10,13 +10,19 @@ kube-proxy's part for pods outside the mesh (service VIP -> one of its pods) run
 own namespace (OUTPUT, chain MESHWAY-SVC), so the connection leaves the pod already addressed to the
 destination pod and meets the destination's capture (and L4 policy) on every node, the same node
 included. A mesh pod gets the chain empty: its traffic to a VIP goes to its node proxy as is.
+
+Guaranteed traversal for a pod outside the mesh (no node proxy sees its traffic): its own namespace
+filters what arrives on a guarded port (filter table, INPUT, chain MESHWAY-GUARD), admitting only
+the pods of its waypoints (and the pod itself, over lo: its probes); connections already open from
+anyone else are closed at once (`ss -K`, `plan_guard_kills`).
 """
 from __future__ import annotations
 
 import subprocess
 
-PRE, OUT, SVC = "MESHWAY-PRE", "MESHWAY-OUT", "MESHWAY-SVC"
+PRE, OUT, SVC, GUARD = "MESHWAY-PRE", "MESHWAY-OUT", "MESHWAY-SVC", "MESHWAY-GUARD"
 Backends = tuple[tuple[str, int, tuple[tuple[str, int], ...]], ...]  # (VIP, port, ((pod IP, target port), ...))
+Filters = tuple[tuple[int, tuple[str, ...]], ...]  # ((guarded port, (admitted address, ...)), ...)
 
 
 def build_service_nat(backends: Backends) -> str:
@@ -46,15 +52,48 @@ def build_capture_rules(mesh_pod_ips: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _restore(netns: str, rules: str, jumps: tuple[tuple[str, str], ...]) -> None:
+def build_guard_rules(filters: Filters) -> str:
+    """iptables-restore input (filter table) for a pod outside the mesh: on each guarded port, TCP
+    from an admitted address passes, from anyone else (in the connection's original direction: the
+    pod's own outgoing connections are not touched) is answered with a reset; the pod's own traffic
+    over lo (its probes) passes. No filters: the chain is emptied."""
+    lines = ["*filter", f":{GUARD} - [0:0]"]
+    if filters:
+        lines.append(f"-A {GUARD} -i lo -j RETURN")
+    for port, admitted in filters:
+        for ip in admitted:
+            lines.append(f"-A {GUARD} -s {ip}/32 -p tcp --dport {port} -j RETURN")
+        lines.append(f"-A {GUARD} -p tcp --dport {port} -m conntrack --ctdir ORIGINAL "
+                     "-j REJECT --reject-with tcp-reset")
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def plan_guard_kills(before: Filters, after: Filters, by_address: bool = True) -> list[list[str]]:
+    """`ss -K` commands (run in the pod's namespace) that close the established connections a
+    change of guards now refuses: on a port newly guarded, or whose admitted set shrank, every
+    connection from an address not admitted. `by_address` False (a mesh pod: what it admits are
+    waypoint names, and every connection comes from its node proxy): every connection on the port."""
+    old = dict(before)
+    cmds = []
+    for port, admitted in after:
+        if port in old and set(old[port]) <= set(admitted):
+            continue
+        keep = " or ".join(f"dst {ip}" for ip in admitted) if by_address else ""
+        expr = f"( sport = :{port} )" + (f" and not ( {keep} )" if keep else "")
+        cmds.append(["ss", "-K", "-tn", "state", "established", expr])
+    return cmds
+
+
+def _restore(netns: str, rules: str, jumps: tuple[tuple[str, str], ...], table: str = "nat") -> None:
     """Replace meshway's chains in one atomic iptables-restore (other chains untouched), then add
     the jumps to them once."""
     prefix = ["ip", "netns", "exec", netns]
     subprocess.run(prefix + ["iptables-restore", "--noflush"], input=rules, text=True, check=True, capture_output=True)
     for chain, hook in jumps:
-        check = subprocess.run(prefix + ["iptables", "-t", "nat", "-C", hook, "-j", chain], capture_output=True)
+        check = subprocess.run(prefix + ["iptables", "-t", table, "-C", hook, "-j", chain], capture_output=True)
         if check.returncode != 0:
-            subprocess.run(prefix + ["iptables", "-t", "nat", "-A", hook, "-j", chain], check=True,
+            subprocess.run(prefix + ["iptables", "-t", table, "-A", hook, "-j", chain], check=True,
                            capture_output=True)
 
 
@@ -66,3 +105,14 @@ def apply_service_nat(pod_netns: str, backends: Backends) -> None:
 def apply_capture_rules(netns: str, mesh_pod_ips: list[str]) -> None:
     """Install the capture rules in a node namespace (idempotent)."""
     _restore(netns, build_capture_rules(mesh_pod_ips), ((PRE, "PREROUTING"), (OUT, "OUTPUT")))
+
+
+def apply_guard_rules(pod_netns: str, before: Filters, after: Filters) -> None:
+    """A pod outside the mesh: its guard chain, then the connections it now refuses closed."""
+    _restore(pod_netns, build_guard_rules(after), ((GUARD, "INPUT"),), table="filter")
+    close_connections(pod_netns, plan_guard_kills(before, after))
+
+
+def close_connections(pod_netns: str, cmds: list[list[str]]) -> None:
+    for cmd in cmds:
+        subprocess.run(["ip", "netns", "exec", pod_netns, *cmd], check=True, capture_output=True)

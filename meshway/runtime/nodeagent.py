@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..ca.tokens import ProxyTokens
+from ..mesh.traversal import find_waypoint_addresses
 from ..mesh.view import XDS_KINDS, MeshView, expand_kinds
 from ..node.plan import parse_node_index
 from ..private import make_private_dir, write_private
@@ -41,6 +42,7 @@ from .capture import apply_capture_rules, apply_service_nat
 from .cluster import ClusterRuntime
 from .envoy import EnvoyPaths, detect_restart_count, read_pid, read_starts, start_envoy, stop_envoy
 from .envoy_admin import AdminError, fetch_admin
+from .guards import GuardKeeper
 from .placement import Replica, find_replicas, replica_dir_name, replica_sock_dir, socket_dir
 from .proxy_boot import (NODE_PROXY_DRAIN, build_node_proxy_bootstrap, build_replica_bootstrap, next_start_delay,
                          agent_dir, agent_pid_file, node_proxy_paths, problems_file, stop_without_credential)
@@ -114,6 +116,7 @@ class LocalNodeAgent:
         self.proxies: dict[str, RunningProxy] = {}
         self.captured: tuple | None = None
         self.service_nat: dict[tuple[str, str], tuple] = {}
+        self.guards = GuardKeeper(self.net.pod_netns)
         self.capture_error = ""
         self.statuses: list[tuple[str, str, str, dict]] = []
         self.step_errors: dict[str, str] = {}
@@ -249,6 +252,7 @@ class LocalNodeAgent:
                 if self.service_nat.get(key) != wanted:
                     apply_service_nat(self.net.pod_netns(*key), wanted)
                     self.service_nat[key] = wanted
+            self.guards.sync(self.view, list(self.runtime.pods), find_waypoint_addresses(self.view), self.clock())
             self.capture_error = ""
         except Exception as exc:  # noqa: BLE001: OSError, CalledProcessError, or anything else: retried
             error = f"capture rules: {getattr(exc, 'stderr', '') or exc}"[:MAX_PROBLEM]
@@ -291,6 +295,8 @@ class LocalNodeAgent:
         if kinds or (self.capture_error and now >= self.next_retry):
             self.next_retry = now + RETRY
             self._step("network", self.sync_network)
+        if self.guards.pending:
+            self._step("closes", lambda: self.guards.run_due(self.clock()))
         self._step("readiness", self.check_ready)
         self._step("pod status", self.report_pods)
         self._step("status", self.flush)
