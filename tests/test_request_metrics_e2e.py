@@ -2,8 +2,8 @@
 from the curl pod through the waypoint carry Istio's source labels on istio_requests_total and the
 histograms, a 403 the waypoint answers itself (AuthorizationPolicy) is counted, and the node
 proxies' TCP series name both sides; two Deployments sharing one service account are told apart
-(the calling pod, from the address its node proxy writes on the CONNECT), at the waypoint and on
-the destination node proxy's series; read on the control plane's Prometheus endpoint and with
+(the calling pod, from the address its node proxy writes on the CONNECT), at the waypoint, on
+the destination node proxy's series and on the client node proxy's (its connection log); read on the control plane's Prometheus endpoint and with
 `meshway metrics`."""
 from __future__ import annotations
 
@@ -160,6 +160,20 @@ def test_two_deployments_of_one_service_account_are_told_apart(mesh: Mesh) -> No
                     - by_source(before, "istio_tcp_connections_closed", **match) == opened, 10, "every tunnel closed")
     received = by_source(scrape(mesh), "istio_tcp_received_bytes", **match)
     assert all(received[k] > 0 for k in opened), received
+    # the client's node proxy (reporter="source"): each connection with its own pod, by the service
+    # (through the waypoint) and by pod IP (directly: its chain names no destination), opened and
+    # closed once
+    for match, expected in ((dict(destination_service=REVIEWS), {("caller-a", "caller-a", "v1"): 6 + 4,
+                                                                 ("caller-b", "caller-b", "v2"): 9}),
+                            (dict(destination_service="unknown"), {("caller-a", "caller-a", "v1"): 6,
+                                                                   ("caller-b", "caller-b", "v2"): 9})):
+        match = dict(reporter="source", source_principal=SHARED, **match)
+        for name in ("istio_tcp_connections_opened", "istio_tcp_connections_closed"):
+            mesh.wait_until(lambda: by_source(scrape(mesh), name, **match) - by_source(before, name, **match)
+                            == expected, 10, f"{name} {match}")
+        sent = by_source(scrape(mesh), "istio_tcp_sent_bytes", **match) \
+            - by_source(before, "istio_tcp_sent_bytes", **match)
+        assert set(sent) == set(expected) and all(sent.values()), sent
 
 
 def test_a_service_without_its_waypoint_names_the_calling_pod_at_the_destination(mesh: Mesh) -> None:

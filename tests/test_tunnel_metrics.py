@@ -1,13 +1,15 @@
 """Which pod a tunnel comes from (pure, and real Envoy's validation): the node proxy writes the pod's
 address on every CONNECT it originates, the waypoint keeps it from the CONNECT only, the destination
 node proxy logs each tunnel with it; the control plane counts the destination-side TCP series with
-the calling pod's labels, believing an address only for a pod of the tunnel's mTLS identity."""
+the calling pod's labels, believing an address only for a pod of the tunnel's mTLS identity. The
+client's node proxy logs each captured connection of its outbound chains, and the control plane
+counts the source-side series by the pod at the connection's source address."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from envoy.data.accesslog.v3.accesslog_pb2 import AccessLogType, HTTPAccessLogEntry
+from envoy.data.accesslog.v3.accesslog_pb2 import AccessLogType, HTTPAccessLogEntry, TCPAccessLogEntry
 from prometheus_client.parser import text_string_to_metric_families
 from xds_support import ENVOY, build_store, translate, view_of
 
@@ -17,11 +19,11 @@ from meshway.mesh.view import MeshView, PodInfo
 from meshway.observe.metrics import write_text
 from meshway.observe.requests import parse_request_families
 from meshway.observe.tunnels import END, ESTABLISHED, PERIODIC, TunnelCounts, TunnelRecord, build_tunnel_families, \
-    build_tunnel_labels, read_tunnel_entry
+    build_tunnel_labels, read_connection_entry, read_tunnel_entry
 from meshway.runtime.request_metrics import RequestMetrics
 from meshway.xds import protos as P
-from meshway.xds.build_peer_source import build_tunnel_tags
-from meshway.xds.build_ztunnel import NodeProxy, build_ztunnel_config
+from meshway.xds.build_peer_source import CONNECTION_LOG_NAME, build_tunnel_tags
+from meshway.xds.build_ztunnel import NodeProxy, _h, build_ztunnel_config
 from meshway.xds.proxy import build_node_id
 from meshway.xds.validate import run_validate
 
@@ -119,6 +121,84 @@ def test_control_plane_tally_names_the_calling_pod_and_believes_only_its_identit
                                       "istio_tcp_received_bytes_total", "istio_tcp_sent_bytes_total"]
 
 
+# -- the source side: the client node proxy's connection log ----------------------------------------
+SOURCE_TAGS = {"reporter": "source", "request_protocol": "tcp", "connection_security_policy": "mutual_tls",
+               "destination_service": "reviews.default.svc.cluster.local", "destination_service_name": "reviews",
+               "destination_service_namespace": "default"}
+
+
+def connection(stream: str, event: str, remote: str = "10.244.1.20", received: int = 0, sent: int = 0,
+               port: int = 40000, principal: str = "cluster.local/ns/default/sa/shared") -> TCPAccessLogEntry:
+    """An entry of a node proxy's connection log, as `build_connection_log` makes Envoy send it."""
+    e = TCPAccessLogEntry()
+    c = e.common_properties
+    c.stream_id, c.access_log_type = stream, AccessLogType.Value(event)
+    c.downstream_remote_address.socket_address.address = remote
+    c.downstream_remote_address.socket_address.port_value = port
+    c.downstream_local_address.socket_address.address = "10.96.0.20"
+    c.downstream_local_address.socket_address.port_value = 9080
+    c.custom_tags.update({**SOURCE_TAGS, "source_principal": principal})
+    e.connection_properties.received_bytes, e.connection_properties.sent_bytes = received, sent
+    return e
+
+
+@pytest.mark.parametrize("event,expected", [("TcpUpstreamConnected", ESTABLISHED), ("TcpPeriodic", PERIODIC),
+                                            ("TcpConnectionEnd", END)])
+def test_read_connection_entry(event: str, expected: str) -> None:
+    r = read_connection_entry(connection("s1", event, received=10, sent=20))
+    assert r == TunnelRecord("s1", expected, SHARED, "10.244.1.20", SOURCE_TAGS, 200, 10, 20)
+
+
+def test_a_connection_without_stream_id_is_known_by_its_addresses() -> None:
+    a, b = (read_connection_entry(connection("", "TcpPeriodic", port=p)) for p in (40000, 40001))
+    assert a.stream == "10.244.1.20:40000>10.96.0.20:9080" and a.stream != b.stream
+
+
+@pytest.mark.parametrize("events,expected", [
+    # (event, received, sent) of one connection -> opened, closed, received, sent
+    ([("TcpUpstreamConnected", 0, 0), ("TcpPeriodic", 40, 400), ("TcpConnectionEnd", 74, 543)], [1, 1, 74, 543]),
+    ([("TcpUpstreamConnected", 0, 0), ("TcpPeriodic", 40, 400)], [1, 0, 40, 400]),  # still open
+    # its upstream never connected (refused, no endpoint): ztunnel counts the connection it accepted too
+    ([("TcpConnectionEnd", 12, 0)], [1, 1, 12, 0]),
+    # open before the tally knew it (a control-plane restart): opened when first seen, once
+    ([("TcpPeriodic", 5, 6), ("TcpPeriodic", 7, 9), ("TcpConnectionEnd", 8, 9)], [1, 1, 8, 9]),
+])
+def test_a_connection_is_counted_once_with_its_bytes_as_they_grow(events: list, expected: list) -> None:
+    counts = TunnelCounts()
+    labels = build_tunnel_labels(read_connection_entry(connection("s", "TcpConnectionEnd")), {})
+    for event, received, sent in events:
+        counts.add(labels, read_connection_entry(connection("s", event, received=received, sent=sent)))
+    assert counts.series == {labels: expected}
+
+
+def test_control_plane_tally_names_each_source_pod_of_one_identity(tmp_path) -> None:
+    """Two Deployments on one service account, both on node-1: each connection is its own pod's
+    (by the connection's source address); an address that is no pod of the chain's identity gives
+    the identity's labels (its pods disagree: `unknown`), never that pod's."""
+    view = MeshView(pods={(p.namespace, p.name): p for p in PODS})
+    node = build_node_id("ztunnel", "10.244.1.1", "ztunnel-node-1", "istio-system")
+    tally = RequestMetrics(lambda: view, lambda n: None, None)
+    tally.record(node, [connection("a", "TcpUpstreamConnected"),
+                        connection("a", "TcpConnectionEnd", received=3, sent=4),
+                        connection("b", "TcpUpstreamConnected", remote="10.244.1.21"),
+                        connection("b2", "TcpConnectionEnd", remote="10.244.1.21", received=1),
+                        connection("w", "TcpUpstreamConnected", remote="10.244.1.5")])  # the waypoint's address
+    families = {f.name: f for f in text_string_to_metric_families(write_text(tally.families()))}
+    opened = {(s.labels["reporter"], s.labels["source_workload"], s.labels["source_app"], s.labels["source_version"],
+               s.labels["destination_service"], s.labels["pod"]): s.value
+              for s in families["istio_tcp_connections_opened"].samples}
+    reviews = "reviews.default.svc.cluster.local"
+    assert opened == {("source", "caller-a", "caller-a", "v1", reviews, "ztunnel-node-1"): 1,
+                      ("source", "caller-b", "caller-b", "v2", reviews, "ztunnel-node-1"): 2,
+                      ("source", "unknown", "unknown", "unknown", reviews, "ztunnel-node-1"): 1}
+    closed = {s.labels["source_workload"]: s.value for s in families["istio_tcp_connections_closed"].samples}
+    assert closed == {"caller-a": 1, "caller-b": 1, "unknown": 0}
+    sample = next(s for s in families["istio_tcp_received_bytes"].samples if s.labels["source_workload"] == "caller-a")
+    assert sample.value == 3 and sample.labels["source_principal"] == SHARED
+    assert sample.labels["source_workload_namespace"] == "default"
+    assert sample.labels["connection_security_policy"] == "mutual_tls"
+
+
 # -- the config: what each proxy sends, keeps and logs ------------------------------------------
 WAYPOINT = """
 apiVersion: gateway.networking.k8s.io/v1
@@ -192,6 +272,37 @@ def test_destination_node_proxy_logs_each_tunnel_with_the_header(mesh) -> None:
     clusters = resources[P.CLUSTER]
     assert clusters[f"inbound|default/{reviews.name}"]["alt_stat_name"] == f"inbound|default/{reviews.name}"
     assert "reporter=.=destination" in clusters[f"plaintext|default/{reviews.name}"]["alt_stat_name"]
+
+
+def test_client_node_proxy_logs_each_connection_of_its_outbound_chains(mesh) -> None:
+    """Every outbound chain that proxies a pod's connection logs it to the control plane with the
+    chain's identity and destination; its stats carry no labels (the log's series would count twice)."""
+    _, _, view = mesh
+    curl = next(p for p in view.pods.values() if p.name.startswith("curl"))
+    resources, _ = node_resources(view, curl.node)
+    chains = [c for c in resources[P.LISTENER]["ztunnel_outbound"]["filter_chains"] if c["name"] != "passthrough"]
+    assert chains
+    for chain in chains:
+        tcp = chain["filters"][-1]["typed_config"]
+        grpc = [a["typed_config"] for a in tcp["access_log"] if a["name"] == "envoy.access_loggers.tcp_grpc"]
+        assert len(grpc) == 1, chain["name"]
+        common = grpc[0]["common_config"]
+        assert (common["log_name"], common["grpc_service"]["envoy_grpc"]["cluster_name"],
+                common["buffer_size_bytes"]) == (CONNECTION_LOG_NAME, "xds-grpc", 0)
+        tags = {t["tag"]: t["literal"]["value"] for t in common["custom_tags"]}
+        assert tags["reporter"] == "source" and tags["source_principal"].startswith("cluster.local/ns/"), tags
+        assert tcp["access_log_options"] == {"flush_access_log_on_connected": True,
+                                             "access_log_flush_interval": "5s"}
+        assert "=.=" not in tcp["stat_prefix"] and "connection_limit" not in str(filters(chain)), chain["name"]
+    # curl's chain to reviews (directly here: the waypoint has no ready replica in this view)
+    reviews = next(c for c in chains if c["name"] == f"{_h('spiffe://cluster.local/ns/default/sa/curl')}"
+                   "|svc|default/reviews|9080")
+    tags = {t["tag"]: t["literal"]["value"] for a in reviews["filters"][-1]["typed_config"]["access_log"]
+            if a["name"] == "envoy.access_loggers.tcp_grpc" for t in a["typed_config"]["common_config"]["custom_tags"]}
+    assert tags == {"reporter": "source", "request_protocol": "tcp",
+                    "source_principal": "cluster.local/ns/default/sa/curl",
+                    "destination_service": "reviews.default.svc.cluster.local", "destination_service_name": "reviews",
+                    "destination_service_namespace": "default"}
 
 
 def test_waypoint_keeps_the_header_of_the_connect_only(mesh) -> None:
@@ -304,3 +415,98 @@ def test_live_envoy_writes_the_downstream_address_through_connect_originate(tmp_
     assert got, "no CONNECT reached the upstream"
     head = got[0].decode().lower()
     assert head.startswith("connect ") and "\r\nforwarded: for=127.0.0.7\r\n" in head, head
+
+
+def test_live_envoy_logs_a_connection_with_the_clients_address(tmp_path: Path) -> None:
+    """An outbound tcp_proxy with the connection log (`build_connection_log`) and its options, on real
+    Envoy, to a gRPC access log server: one connection from 127.0.0.7 arrives as entries of one stream
+    (upstream connected, then its end) naming that address, which the tally counts once with its bytes."""
+    import socket
+    import threading
+    import time
+    from concurrent import futures
+
+    import grpc
+    from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
+
+    from meshway.runtime.envoy import EnvoyPaths, start_envoy, stop_envoy
+    from meshway.xds.build_peer_source import build_connection_log, build_connection_log_options
+    from meshway.xds.build_ztunnel import _tcp
+    from meshway.xds.validate import build_static_bootstrap
+
+    received: list = []
+
+    class Sink(als_pb2_grpc.AccessLogServiceServicer):
+        def StreamAccessLogs(self, request_iterator, context):  # noqa: N802
+            for message in request_iterator:
+                received.extend(message.tcp_logs.log_entry)
+            return als_pb2.StreamAccessLogsResponse()
+
+    als = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    als_pb2_grpc.add_AccessLogServiceServicer_to_server(Sink(), als)
+    als_port = als.add_insecure_port("127.0.0.1:0")
+    als.start()
+    upstream = socket.create_server(("127.0.0.1", 0))
+
+    def echo() -> None:
+        conn, _ = upstream.accept()
+        while data := conn.recv(4096):
+            conn.sendall(data * 2)
+        conn.close()
+    threading.Thread(target=echo, daemon=True).start()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    principal = "cluster.local/ns/default/sa/shared"
+
+    def static(name: str, port_: int, **extra) -> dict:
+        return {"name": name, "type": "STATIC", "connect_timeout": "5s", **extra, "load_assignment": {
+            "cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": "127.0.0.1", "port_value": port_}}}}]}]}}
+    tcp = _tcp("upstream", "outbound", logs=(build_connection_log({**SOURCE_TAGS, "source_principal": principal}),),
+               log_options=build_connection_log_options())
+    resources = {P.LISTENER: {"outbound": {
+        "name": "outbound", "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [tcp]}]}},
+        P.CLUSTER: {"upstream": static("upstream", upstream.getsockname()[1]),
+                    "xds-grpc": static("xds-grpc", als_port, typed_extension_protocol_options={
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": P.typed(
+                            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            explicit_http_config={"http2_protocol_options": {}})})},
+        P.SECRET: {}}
+    bootstrap = build_static_bootstrap({t: {n: P.to_dict(P.to_message(t, r)) for n, r in items.items()}
+                                        for t, items in resources.items()})
+    paths = EnvoyPaths(tmp_path / "envoy", tmp_path / "envoy")
+    bootstrap["admin"] = {"address": {"pipe": {"path": str(paths.admin)}}}
+    start_envoy(paths, bootstrap, envoy=ENVOY)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.7", 0))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        with client:
+            client.sendall(b"ping")
+            reply = b""
+            while len(reply) < 8:
+                reply += client.recv(4096)
+        while not any(e.common_properties.access_log_type == AccessLogType.Value("TcpConnectionEnd")
+                      for e in received) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop_envoy(paths)
+        upstream.close()
+        als.stop(0)
+    records = [read_connection_entry(e) for e in received]
+    assert [r.event for r in records] == [ESTABLISHED, END], records
+    assert len({r.stream for r in records}) == 1 and records[0].stream
+    assert {(r.principal, r.address) for r in records} == {(SHARED, "127.0.0.7")}
+    assert records[0].tags == SOURCE_TAGS
+    counts = TunnelCounts()
+    for r in records:
+        counts.add(build_tunnel_labels(r, {}), r)
+    assert list(counts.series.values()) == [[1, 1, 4, 8]]

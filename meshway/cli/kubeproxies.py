@@ -2,7 +2,10 @@
 them: the running pods with a waypoint or node-proxy container (the ones the node agents run as
 Envoy: `meshway.node.waypoint`, `meshway.node.nodeproxy`), and their Envoy admin (localhost:15000 in
 the pod, Istio's) through the API server's port-forward (`meshway.kube.portforward`), as istioctl
-reaches a proxy's admin."""
+reaches a proxy's admin; and the control plane's tally of their logs (request, tunnel and connection
+series with the callers' labels) from its monitoring port, whose address it writes on its Lease
+(`meshway.kube.xdsdebug`: it runs outside the cluster, like an external istiod, so there is no pod
+to port-forward to)."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -39,3 +42,22 @@ def fetch_kube_admin(api_client: Any) -> AdminFetch:
         except (PortForwardError, OSError) as exc:
             raise ValueError(f"{proxy['pod']}.{proxy['namespace']}: {exc}") from exc
     return fetch
+
+
+def fetch_kube_tally(client: Any, timeout: float = 10.0) -> tuple[str | None, str]:
+    """(the control plane's metrics as Prometheus text, "") or (None, why not)."""
+    import urllib.error
+    import urllib.request
+
+    from ..kube.client import ApiError
+    from ..kube.xdsdebug import NoControlPlane, fetch_metrics_address
+
+    try:
+        address = fetch_metrics_address(client)
+    except (NoControlPlane, ApiError) as exc:
+        return None, str(exc)
+    try:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=timeout) as answer:  # noqa: S310
+            return answer.read().decode(), ""
+    except (urllib.error.URLError, OSError) as exc:
+        return None, f"the control plane's monitoring port {address}: {exc}"

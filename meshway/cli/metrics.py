@@ -5,7 +5,8 @@ error requests and latency quantiles per destination service and version since t
 and TCP connections and bytes per reporter, source and destination. `-o prometheus` prints the
 Istio-named Prometheus text the control plane's `--metrics-addr` endpoint serves.
 
-Commands gather (proxy-status.json, each proxy's admin socket); the writers below render.
+Commands gather (proxy-status.json, each proxy's admin socket, the control plane's tally of the
+proxies' logs); the writers below render.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import click
 from ..mesh.view import build_pod
 from ..model import find_kind
 from ..observe.metrics import Family, build_istio_metrics, merge_families, write_text
-from ..observe.requests import FILE_NAME as REQUESTS_FILE, find_source_labels, parse_request_families
+from ..observe.requests import FILE_NAME as REQUESTS_FILE, parse_request_families
 from ..observe.summary import HttpRow, Predicate, TcpRow, build_http_rows, build_tcp_rows
 from ..runtime.monitoring import SCRAPE_PATH
 from ..xds.stat_tags import find_workload_name
@@ -64,27 +65,12 @@ def find_target(c: Ctx, status: dict[str, Body], target: str | None,
         == (workload, ns)
 
 
-def find_sources(c: Ctx) -> Callable[[str], dict[str, str]]:
-    """A caller's source labels by SPIFFE identity, from the store's pods (read at the first call)."""
-    pods: list = []
-    known: dict[str, dict[str, str]] = {}
-
-    def sources(principal: str) -> dict[str, str]:
-        if not pods:
-            pods.extend(build_pod(b) for b in c.store.list(find_kind("pod")))
-        if principal not in known:
-            known[principal] = find_source_labels(pods, principal)
-        return known[principal]
-    return sources
-
-
-def fetch_families(proxies: list[Body], requests_file: Path | None = None,
-                   sources: Callable[[str], dict[str, str]] | None = None,
+def fetch_families(proxies: list[Body], tally: str | None = None,
                    fetch: Callable[[Body, str], bytes] | None = None) -> list[Family]:
     """The proxies' Istio metrics: from their admin sockets (or `fetch`: on Kubernetes through
-    port-forward; `sources`: see `build_istio_metrics`), a waypoint's HTTP series and a node proxy's
-    destination-side TCP series from the control plane's tally of their request and tunnel logs
-    (`requests_file`; None: a waypoint's HTTP series from its own stats, without source labels)."""
+    port-forward), a waypoint's HTTP series and a node proxy's tunnel and connection series from the
+    control plane's tally of their logs (`tally`, Prometheus text; None: a waypoint's HTTP series from
+    its own stats, without source labels)."""
     groups = []
     for p in proxies:
         try:
@@ -92,12 +78,20 @@ def fetch_families(proxies: list[Body], requests_file: Path | None = None,
         except AdminError as exc:
             raise ValueError(f"{p['pod']}.{p['namespace']}: {exc}") from exc
         groups.append(build_istio_metrics(text, {"pod": p["pod"], "namespace": p["namespace"]},
-                                          p.get("type") != "waypoint" or requests_file is None, sources))
+                                          p.get("type") != "waypoint" or tally is None))
     chosen = {(p["pod"], p["namespace"]) for p in proxies}
-    if chosen and requests_file is not None and requests_file.exists():
-        groups.append(parse_request_families(requests_file.read_text(),
-                                             lambda labels: (labels.get("pod"), labels.get("namespace")) in chosen))
+    if chosen and tally is not None:
+        groups.append(parse_request_families(tally, lambda labels: (labels.get("pod"), labels.get("namespace"))
+                                             in chosen))
     return merge_families(groups)
+
+
+def read_tally(path: Path) -> str:
+    """The tally the local control plane writes (`request-metrics.prom`; empty before its first write)."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
 
 
 def select(families: list[Family], keep: Predicate) -> list[Family]:
@@ -146,18 +140,23 @@ def metrics(c: Ctx, target: str | None, namespace: str | None, output: str) -> N
     TARGET: deploy/NAME[.NS] or POD[.NS] of a waypoint or node proxy (what it reports), svc/NAME[.NS]
     (traffic to a service), deploy/NAME or POD of an application (traffic to that workload); none:
     the whole mesh. On Kubernetes (--kubeconfig) the waypoint and node proxy pods, read through the
-    API server's port-forward; a waypoint's requests from its own stats (no source labels)."""
+    API server's port-forward, and the control plane's tally of their logs from its monitoring port
+    (the address on its Lease; without one, a waypoint's requests from its own stats, no source labels)."""
     if c.backend.kubernetes:
-        from .kubeproxies import fetch_kube_admin, find_kube_proxies
+        from .kubeproxies import fetch_kube_admin, fetch_kube_tally, find_kube_proxies
 
         status = find_kube_proxies(c.store.list(find_kind("pod"), None))
-        requests_file, fetch = None, fetch_kube_admin(c.store.client.api)  # type: ignore[attr-defined]
+        fetch = fetch_kube_admin(c.store.client.api)  # type: ignore[attr-defined]
+        tally, problem = fetch_kube_tally(c.store.client) if status else (None, "")  # type: ignore[attr-defined]
+        if problem:
+            click.echo(f"Warning: {problem}: a waypoint's requests come from its own stats, without source "
+                       "labels, and the node proxies' tunnel and connection series are missing", err=True)
     else:
-        status, requests_file, fetch = load_proxy_status(c), c.store.state_dir / "run" / REQUESTS_FILE, None
+        status, tally, fetch = load_proxy_status(c), read_tally(c.store.state_dir / "run" / REQUESTS_FILE), None
     if not status:
         raise LookupError("no proxies found (is `meshway controlplane` running?)")
     proxies, keep = find_target(c, status, target, namespace)
-    families = select(fetch_families(proxies, requests_file, find_sources(c), fetch), keep)
+    families = select(fetch_families(proxies, tally, fetch), keep)
     if output == "prometheus":
         click.echo(write_text(families), nl=False)
     elif families:

@@ -8,6 +8,8 @@ xDS port, as `istioctl proxy-status --xds-address` asks istiod (`meshway.xds.deb
 - **As whom**: a token of `istio-system/default` for audience `istio-ca` (a TokenRequest with the
   kubeconfig's credentials; istioctl's `xds.DialOptions` asks for the same one), so the answer lists
   every proxy.
+- `meshway --kubeconfig FILE metrics` finds the control plane's monitoring port the same way
+  (annotation `meshway.io/metrics-address`, written when it serves one: `--metrics-addr`).
 - **Trust**: the server must chain to the mesh root the control plane publishes in every namespace
   (ConfigMap `istio-ca-root-cert`) and carry istiod's name (istioctl skips this check)."""
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .client import ApiError, KubeClient
 from .leader import LEASE_NAME, find_live_holder, lease_path
 
 XDS_ADDRESS_ANNOTATION = "meshway.io/xds-address"
+METRICS_ADDRESS_ANNOTATION = "meshway.io/metrics-address"  # its monitoring port (`meshway metrics`)
 ROOT_CONFIGMAP, ROOT_KEY = "istio-ca-root-cert", "root-cert.pem"
 DEBUG_CLIENT_NODE = f"sidecar~127.0.0.1~meshway-proxy-status.{L.ROOT_NAMESPACE}~{L.ROOT_NAMESPACE}.svc.{L.CLUSTER_DOMAIN}"
 Body = dict[str, Any]
@@ -52,14 +55,33 @@ def find_xds_address(lease: Body | None, now: datetime) -> str:
     return address
 
 
-def fetch_xds_address(client: KubeClient) -> str:
+def find_metrics_address(lease: Body | None, now: datetime) -> str:
+    """The monitoring address (HOST:PORT of /metrics) of the control plane that holds the Lease now."""
+    if lease is None or not find_live_holder(lease, now):
+        raise NoControlPlane(f"the control plane is not running (no live holder of the Lease "
+                             f"{L.ROOT_NAMESPACE}/{LEASE_NAME})")
+    address = ((lease.get("metadata") or {}).get("annotations") or {}).get(METRICS_ADDRESS_ANNOTATION)
+    if not address:
+        raise NoControlPlane(f"the control plane {lease['spec']['holderIdentity']} serves no monitoring port "
+                             "(started without --metrics-addr)")
+    return address
+
+
+def fetch_lease(client: KubeClient) -> Body | None:
     try:
-        lease = client.get(lease_path(name=LEASE_NAME))
+        return client.get(lease_path(name=LEASE_NAME))
     except ApiError as exc:
         if not exc.not_found:
             raise
-        lease = None
-    return find_xds_address(lease, datetime.now(timezone.utc))
+        return None
+
+
+def fetch_xds_address(client: KubeClient) -> str:
+    return find_xds_address(fetch_lease(client), datetime.now(timezone.utc))
+
+
+def fetch_metrics_address(client: KubeClient) -> str:
+    return find_metrics_address(fetch_lease(client), datetime.now(timezone.utc))
 
 
 def fetch_debug_token(client: KubeClient, namespace: str = L.ROOT_NAMESPACE, account: str = "default") -> str:

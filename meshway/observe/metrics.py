@@ -9,24 +9,24 @@ HTTP, from the waypoint's service clusters (tag request_protocol="http"):
 - istio_requests_total: `upstream_rq_<code>`, every request sent upstream (a retry counts again);
 - istio_request_duration_milliseconds: `upstream_rq_time` (the upstream part of the request);
 - istio_request_bytes, istio_response_bytes: `upstream_rq_body_size`, `upstream_rs_body_size`.
-TCP (request_protocol="tcp"), from a tagged cluster's connections or a tagged tcp_proxy chain:
-- istio_tcp_connections_opened_total: `upstream_cx_total` | `downstream_cx_total`;
-- istio_tcp_connections_closed_total: `upstream_cx_destroy` | opened - the chain's connection_limit
-  `active_connections`;
-- istio_tcp_received_bytes_total: `upstream_cx_tx_bytes_total` | `downstream_cx_rx_bytes_total`;
-- istio_tcp_sent_bytes_total: `upstream_cx_rx_bytes_total` | `downstream_cx_tx_bytes_total`.
+TCP (request_protocol="tcp"), from a tagged cluster's connections (a node proxy's plaintext inbound):
+- istio_tcp_connections_opened_total: `upstream_cx_total`;
+- istio_tcp_connections_closed_total: `upstream_cx_destroy`;
+- istio_tcp_received_bytes_total: `upstream_cx_tx_bytes_total`;
+- istio_tcp_sent_bytes_total: `upstream_cx_rx_bytes_total`.
 
 Requests the waypoint answers itself (an RBAC 403, a fault abort, no route) never reach a cluster and
 are not counted here; source workload labels are not in Envoy's stats and stay "unknown". So the
 control plane and `meshway metrics` take a waypoint's HTTP series from its request log instead
 (`meshway.observe.requests`: every request, with the caller's labels) and only its TCP series from here;
 likewise a node proxy's `reporter="destination"` series of HBONE tunnels come from its tunnel log
-(`meshway.observe.tunnels`, with the calling pod's labels: the tunnels' cluster carries no labels).
+and its `reporter="source"` series from its connection log (`meshway.observe.tunnels`, with the
+calling pod's labels: neither the tunnels' cluster nor the outbound chains carry labels).
 """
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 CLUSTER_ID = "Kubernetes"
@@ -50,11 +50,7 @@ TCP_SERIES = {  # for request_protocol="tcp"
     "envoy_cluster_upstream_cx_destroy": "istio_tcp_connections_closed_total",
     "envoy_cluster_upstream_cx_tx_bytes_total": "istio_tcp_received_bytes_total",
     "envoy_cluster_upstream_cx_rx_bytes_total": "istio_tcp_sent_bytes_total",
-    "envoy_tcp_downstream_cx_total": "istio_tcp_connections_opened_total",
-    "envoy_tcp_downstream_cx_rx_bytes_total": "istio_tcp_received_bytes_total",
-    "envoy_tcp_downstream_cx_tx_bytes_total": "istio_tcp_sent_bytes_total",
 }
-ACTIVE = "envoy_connection_limit_active_connections"  # closed = tcp_proxy opened - active
 FAMILIES = (  # name, type, help
     ("istio_requests_total", "counter", "Requests the proxy sent to a destination, by response code."),
     ("istio_request_duration_milliseconds", "histogram", "Request duration (upstream time) in milliseconds."),
@@ -116,13 +112,10 @@ def build_istio_labels(tags: Mapping[str, str], names: tuple[str, ...]) -> Label
     return tuple((k, out.get(k, UNKNOWN)) for k in names)
 
 
-def build_istio_metrics(text: str, extra: Mapping[str, str] | None = None, requests: bool = True,
-                        sources: Callable[[str], Mapping[str, str]] | None = None) -> list[Family]:
+def build_istio_metrics(text: str, extra: Mapping[str, str] | None = None, requests: bool = True) -> list[Family]:
     """Istio's metric families from one proxy's `/stats/prometheus` text; `extra` labels (e.g. the
     proxy's pod and namespace) are added to every sample. `requests=False`: no HTTP series (a
-    waypoint's come from its request log, `meshway.observe.requests`, with the caller's labels).
-    `sources`: the source labels of a SPIFFE identity (`observe.requests.find_source_labels`), added
-    to the TCP series that name their source's identity (a node proxy's `reporter="source"`)."""
+    waypoint's come from its request log, `meshway.observe.requests`, with the caller's labels)."""
     extra_labels = tuple((extra or {}).items())
     sums: dict[tuple[str, Labels], float] = {}
 
@@ -138,16 +131,8 @@ def build_istio_metrics(text: str, extra: Mapping[str, str] | None = None, reque
                 tags = {**tags, "response_code": tags.get("envoy_response_code", "0")}
             labels = build_istio_labels(tags, LABELS) + extra_labels
             add(HTTP_SERIES[name], labels + ((("le", tags["le"]),) if "le" in tags else ()), value)
-        elif protocol == "tcp" and (name in TCP_SERIES or name == ACTIVE):
-            if sources is not None and tags.get("source_principal"):
-                tags = {**sources("spiffe://" + tags["source_principal"]), **tags}
-            labels = build_istio_labels(tags, TCP_LABELS) + extra_labels
-            if name == "envoy_tcp_downstream_cx_total":
-                add("istio_tcp_connections_closed_total", labels, value)
-            if name == ACTIVE:
-                add("istio_tcp_connections_closed_total", labels, -value)
-            else:
-                add(TCP_SERIES[name], labels, value)
+        elif protocol == "tcp" and name in TCP_SERIES:
+            add(TCP_SERIES[name], build_istio_labels(tags, TCP_LABELS) + extra_labels, value)
     return _families(sums)
 
 

@@ -1,4 +1,4 @@
-"""Istio's destination-side TCP metrics of node proxies, with the caller, from their tunnel log (pure).
+"""Istio's TCP metrics of node proxies, with the calling pod, from their tunnel and connection logs (pure).
 
 A node proxy's HBONE chain of each local pod logs every tunnel (CONNECT stream) to the control
 plane (`meshway.xds.build_peer_source.build_tunnel_log`): when it is established, every few seconds
@@ -10,6 +10,13 @@ address it connects from). Counted here, per label set, as Istio's ztunnel count
 - istio_tcp_connections_opened_total when established, istio_tcp_connections_closed_total when it ends;
 - istio_tcp_received_bytes_total (from the caller, the CONNECT's body) and istio_tcp_sent_bytes_total,
   the increase since the tunnel's previous entry.
+
+The client's node proxy logs every captured connection of its outbound chains the same way
+(`build_peer_source.build_connection_log`, `read_connection_entry`): the chain's identity and
+destination are its custom tags, the connection's source address is the calling pod (the chain was
+chosen by it), so `reporter="source"` series are per source workload, as Istio's ztunnel reports them.
+Every connection it accepted counts (as ztunnel counts a connection it accepted, also one whose
+upstream then fails).
 
 A tunnel refused before it was established (an L4 policy's 403, guaranteed traversal) is not counted,
 as ztunnel counts no connection it refused. Memory is bounded: at most `max_series` label sets per
@@ -27,6 +34,9 @@ from .requests import parse_forwarded
 MAX_SERIES = 5000
 MAX_OPEN = 20000
 ESTABLISHED, PERIODIC, END = "DownstreamTunnelSuccessfullyEstablished", "DownstreamPeriodic", "DownstreamEnd"
+# A connection log's events (a tcp_proxy's) as the tunnel log's
+TCP_EVENTS = {"TcpUpstreamConnected": ESTABLISHED, "TcpPeriodic": PERIODIC, "TcpConnectionEnd": END}
+SOURCE_PRINCIPAL = "source_principal"  # the connection log's tag of its chain's identity (no scheme)
 TCP_FAMILIES = (
     ("istio_tcp_connections_opened_total", "TCP connections opened."),
     ("istio_tcp_connections_closed_total", "TCP connections closed."),
@@ -44,7 +54,7 @@ class TunnelRecord:
     principal: str  # the mTLS peer's SPIFFE identity
     address: str  # the caller's address: the CONNECT's `forwarded`, else the connection's source
     tags: Mapping[str, str]  # the chain's destination labels
-    status: int  # the CONNECT's response code (200: established)
+    status: int  # the CONNECT's response code (200: established; a captured connection: always 200)
     received: int  # bytes from the caller so far
     sent: int  # bytes to the caller so far
 
@@ -64,14 +74,31 @@ def read_tunnel_entry(entry) -> TunnelRecord:
                         sent=entry.response.response_body_bytes)
 
 
+def read_connection_entry(entry) -> TunnelRecord:
+    """An `envoy.data.accesslog.v3.TCPAccessLogEntry` of a connection log as a TunnelRecord: the caller
+    is the chain's identity (its `source_principal` tag) at the connection's source address (the pod)."""
+    from envoy.data.accesslog.v3.accesslog_pb2 import AccessLogType
+
+    common = entry.common_properties
+    tags = dict(common.custom_tags)
+    principal = tags.pop(SOURCE_PRINCIPAL, "")
+    remote, local = common.downstream_remote_address.socket_address, common.downstream_local_address.socket_address
+    event = AccessLogType.Name(common.access_log_type)
+    return TunnelRecord(stream=common.stream_id or f"{remote.address}:{remote.port_value}>"
+                        f"{local.address}:{local.port_value}", event=TCP_EVENTS.get(event, event),
+                        principal=f"spiffe://{principal}" if principal else "", address=remote.address, tags=tags,
+                        status=200, received=entry.connection_properties.received_bytes,
+                        sent=entry.connection_properties.sent_bytes)
+
+
 def build_tunnel_labels(record: TunnelRecord, source: Mapping[str, str]) -> Labels:
-    """Istio's TCP labels of one tunnel: the chain's destination labels and the caller's `source`."""
+    """Istio's TCP labels of one tunnel or connection: the chain's labels and the caller's `source`."""
     return build_istio_labels({**record.tags, **source}, TCP_LABELS)
 
 
 @dataclass
 class TunnelCounts:
-    """One node proxy's destination-side TCP counters by label set, and its open tunnels."""
+    """One node proxy's TCP counters by label set (both reporters), and its open tunnels and connections."""
 
     max_series: int = MAX_SERIES
     max_open: int = MAX_OPEN

@@ -136,7 +136,7 @@ class ControlPlane:
                  debounce_max: float = 0.1, safety_poll: float = 1.0, build_budget: float = 2.0,
                  clock=time.monotonic, xds_addr: str | None = None, xds_ips: tuple[str, ...] = (),
                  store=None, run_proxies: bool = True, review_token=None,
-                 wasm_insecure_registries: frozenset[str] = frozenset()):
+                 wasm_insecure_registries: frozenset[str] = frozenset(), scrape_proxies: bool = True):
         """`debounce`/`debounce_max`: quiet period after a store change and the longest a burst waits
         (istiod's PILOT_DEBOUNCE_AFTER/MAX); `poll`: housekeeping period (pod probes, readiness,
         proxy-status.json; at least HOUSEKEEPING_IDLE without pods: ADS events wake it then); `safety_poll`: how often the store is read without a commit
@@ -151,7 +151,10 @@ class ControlPlane:
         that node's agent (`meshway.runtime.nodeagent` on one host, `meshway.node` on Kubernetes). `review_token`: with `xds_addr`, also serve Istio's CA API on
         that port, checking callers' tokens with it (`meshway.xds.ca_service`; on Kubernetes a
         TokenReview). `wasm_insecure_registries`: the registries and servers whose TLS certificate a
-        WasmPlugin module is fetched without checking (Istio's WASM_INSECURE_REGISTRIES, `*`: all)."""
+        WasmPlugin module is fetched without checking (Istio's WASM_INSECURE_REGISTRIES, `*`: all).
+        `scrape_proxies=False`: the metrics endpoint serves the control plane's own series and its
+        tally of the proxies' logs, not the proxies' stats (on Kubernetes their admin is inside their
+        pods; istiod's monitoring port serves no proxy's stats either)."""
         self.state_dir = Path(state_dir)
         make_private_dir(self.state_dir.resolve())  # the folder itself: a state path may be a link to it
         self.store = store if store is not None else Store(self.state_dir)
@@ -166,6 +169,7 @@ class ControlPlane:
         self.server = XdsServer(self.cache, on_event=self._on_xds_event, authenticate=self.tokens.authenticate,
                                 access_logs=self.requests.record)
         self.metrics_addr = metrics_addr  # host:port of the Prometheus endpoint (monitoring), if any
+        self.scrape_proxies = scrape_proxies
         self.xds_addr, self.xds_ips = xds_addr, xds_ips
         self.certificates = CertificateService(self.ca, review_token, secret_ttl) if review_token else None
         self.monitor: MetricsServer | None = None
@@ -697,16 +701,17 @@ class ControlPlane:
 
     # -- metrics ----------------------------------------------------------------------------------
     def _collect_metrics(self) -> list:
-        """Runs on the metrics server's thread: the proxies come from the status file the loop writes."""
+        """Runs on the metrics server's thread: the proxies come from the status file the loop writes
+        (the log tally also keeps those connected now)."""
         path = self.run_dir / "proxy-status.json"
         status = json.loads(path.read_text()) if path.exists() else {}
-        proxies = fetch_proxy_metrics(find_scrape_targets(status), self.requests.source_labels)
+        proxies = fetch_proxy_metrics(find_scrape_targets(status)) if self.scrape_proxies else []
         denied = Family("meshway_xds_denied", "counter",
                         "ADS streams refused: no valid credential for the node id they claimed.",
                         tuple(Sample("meshway_xds_denied", (("node", node),), n)
                               for node, n in sorted(dict(self.server.denied).items())))
         return self.metrics.families(len(self.server.connected)) + [denied] + merge_families(
-            [proxies, self.requests.families(status)])
+            [proxies, self.requests.families(set(status) | set(self.server.connected))])
 
     def _start_metrics_server(self) -> MetricsServer | None:
         if not self.metrics_addr:

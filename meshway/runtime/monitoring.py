@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -139,10 +139,8 @@ def find_scrape_targets(status: dict) -> list[ScrapeTarget]:
     return [ScrapeTarget(p["pod"], p["namespace"], p["admin"], p.get("type", "")) for _, p in sorted(status.items())]
 
 
-def fetch_proxy_metrics(targets: Iterable[ScrapeTarget],
-                        sources: Callable[[str], Mapping[str, str]] | None = None) -> list[Family]:
-    """The Istio metrics of every proxy, labelled with its pod and namespace; unreachable ones skipped.
-    `sources`: a caller's source labels by SPIFFE identity (`build_istio_metrics`)."""
+def fetch_proxy_metrics(targets: Iterable[ScrapeTarget]) -> list[Family]:
+    """The Istio metrics of every proxy, labelled with its pod and namespace; unreachable ones skipped."""
     groups = []
     for t in targets:
         try:
@@ -150,8 +148,7 @@ def fetch_proxy_metrics(targets: Iterable[ScrapeTarget],
         except AdminError as exc:
             log.warning("metrics of %s.%s left out: %s", t.pod, t.namespace, exc)
             continue
-        groups.append(build_istio_metrics(text, {"pod": t.pod, "namespace": t.namespace}, t.type != "waypoint",
-                                          sources))
+        groups.append(build_istio_metrics(text, {"pod": t.pod, "namespace": t.namespace}, t.type != "waypoint"))
     return merge_families(groups)
 
 

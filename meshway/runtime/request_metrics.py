@@ -1,5 +1,5 @@
-"""The control plane's tally of waypoints' request logs and node proxies' tunnel logs (thin: the
-counting is `meshway.observe.requests` and `meshway.observe.tunnels`).
+"""The control plane's tally of waypoints' request logs and node proxies' tunnel and connection logs
+(thin: the counting is `meshway.observe.requests` and `meshway.observe.tunnels`).
 
 `record` runs on the event loop (the access log service), `families` on the metrics server's thread,
 hence the lock. Each proxy's counts live under its node id and are labelled with its pod and
@@ -23,7 +23,8 @@ from ..mesh.view import MeshView
 from ..observe.metrics import Family, write_text
 from ..observe.requests import FILE_NAME, MAX_SERIES, RequestCounts, build_request_families, build_request_labels, \
     find_caller_labels, find_source_labels, read_entry
-from ..observe.tunnels import TunnelCounts, build_tunnel_families, build_tunnel_labels, read_tunnel_entry
+from ..observe.tunnels import TunnelCounts, build_tunnel_families, build_tunnel_labels, read_connection_entry, \
+    read_tunnel_entry
 from ..private import write_private
 from ..xds.proxy import parse_node_id
 from ..xds.stat_tags import parse_stat_name
@@ -48,10 +49,6 @@ class RequestMetrics:
         self._clusters: dict[str, tuple[int, dict[str, dict[str, str]]]] = {}  # node id -> (id of snapshot, tags)
         self._written = 0.0
         self._pending: asyncio.TimerHandle | None = None
-
-    def source_labels(self, principal: str) -> dict[str, str]:
-        """A caller's source labels in the current view (any thread: the cache is swapped whole)."""
-        return self._source(principal)
 
     def _source(self, principal: str, address: str = "") -> dict[str, str]:
         """The caller's labels: of its pod if `address` is one of the identity's pods, else of the identity."""
@@ -81,9 +78,10 @@ class RequestMetrics:
         parts = parse_node_id(node_id)
         if parts is None or parts.kind not in ("waypoint", "ztunnel"):
             return
-        if parts.kind == "ztunnel":
-            tunnels = [(build_tunnel_labels(t, self._source(t.principal, t.address)), t)
-                       for t in map(read_tunnel_entry, entries)]
+        if parts.kind == "ztunnel":  # its tunnel log (HTTP entries) or its connection log (TCP entries)
+            read = read_connection_entry if entries and entries[0].DESCRIPTOR.name == "TCPAccessLogEntry" \
+                else read_tunnel_entry
+            tunnels = [(build_tunnel_labels(t, self._source(t.principal, t.address)), t) for t in map(read, entries)]
             with self._lock:
                 counts = self._tunnels.setdefault(node_id, TunnelCounts(self.max_series))
                 for labels, t in tunnels:

@@ -1,7 +1,8 @@
 """Envoy's gRPC access log service (`envoy.service.accesslog.v3.AccessLogService`) on the control
 plane's xDS servers: moves the request-log entries of waypoints (`meshway.xds.build_request_log`)
-to a sink. Thin I/O: a stream's first message names its node, which must prove its id as an ADS
-stream does (the same authenticator); a refused stream ends with PERMISSION_DENIED."""
+and the tunnel and connection logs of node proxies (`meshway.xds.build_peer_source`) to a sink.
+Thin I/O: a stream's first message names its node, which must prove its id as an ADS stream does
+(the same authenticator); a refused stream ends with PERMISSION_DENIED."""
 from __future__ import annotations
 
 import logging
@@ -13,7 +14,7 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-# (node id, the HTTPAccessLogEntry messages of one message)
+# (node id, the HTTPAccessLogEntry or TCPAccessLogEntry messages of one message)
 Sink = Callable[[str, list], None]
 Authenticator = Callable[[Node, grpc.aio.ServicerContext], str]
 
@@ -32,11 +33,13 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):
                     log.warning("access log stream of %r refused: %s", node.id, reason)
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
                 node_id = node.id
-            if message.HasField("http_logs"):
+            logs = message.http_logs if message.HasField("http_logs") else \
+                message.tcp_logs if message.HasField("tcp_logs") else None
+            if logs is not None:
                 try:
-                    self.sink(node_id, list(message.http_logs.log_entry))
+                    self.sink(node_id, list(logs.log_entry))
                 except Exception:  # one bad entry never ends the stream (or the control plane)
-                    log.exception("request log of %s not counted", node_id)
+                    log.exception("access log of %s not counted", node_id)
         return als_pb2.StreamAccessLogsResponse()
 
 

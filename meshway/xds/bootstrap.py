@@ -31,15 +31,14 @@ XDS_CLIENT_SECRET = "xds-client-cert"  # the file-based SDS secret of the proxy'
 ADMIN_SOCKET_MODE = 0o600
 # The stats meshway reads, and no others: Envoy creates only these, so it never names, tags or stores
 # the hundreds of other stats each cluster and listener would have.
-# - Istio's series (`meshway.observe.metrics`): the labelled cluster, tcp_proxy and connection_limit
-#   stats (`stat_tags`), by name; their `upstream_rq_total` is also how tests and benchmarks count
-#   the requests a waypoint sent to a service;
+# - Istio's series (`meshway.observe.metrics`): the labelled cluster stats (`stat_tags`), by name;
+#   their `upstream_rq_total` is also how tests and benchmarks count the requests a waypoint sent to
+#   a service;
 # - server state, cluster/listener managers (listener_in_place_updated) and the control-plane
 #   connection (connected_state, the xds-grpc cluster), as Istio keeps them;
 # - RBAC allowed/denied and their dry-run (shadow) counts, ext_authz and rate-limit counters.
 ISTIO_SERIES = (r"(?:upstream_rq_(?:\d{3}|total|time)|upstream_r[qs]_body_size"
-                r"|upstream_cx_(?:total|destroy|rx_bytes_total|tx_bytes_total)"
-                r"|downstream_cx_(?:total|rx_bytes_total|tx_bytes_total)|active_connections)")
+                r"|upstream_cx_(?:total|destroy|rx_bytes_total|tx_bytes_total))")
 _LABELS = r"(?:[^.;]*=\.=[^;]*;\.)*"  # `LABEL=.=VALUE;.` pairs (`stat_tags`); then the stat's own name
 STATS_INCLUSIONS = (
     {"safe_regex": {"regex": rf"(?:{'|'.join(FAMILIES)})\.[^.]*\."

@@ -17,7 +17,11 @@ from the node, and a SPIFFE identity names a service account, not a pod. So:
   logs it with each request (`build_request_log`);
 - the destination's node proxy logs each tunnel to a local pod with the header and the mTLS peer
   (`build_tunnel_log`: Envoy's gRPC access logger, when the tunnel is established, every
-  `TUNNEL_FLUSH` while it lasts and when it ends), for the `reporter="destination"` TCP series.
+  `TUNNEL_FLUSH` while it lasts and when it ends), for the `reporter="destination"` TCP series;
+- the client's node proxy logs each captured connection of its outbound chains the same way
+  (`build_connection_log`, the chain's identity and destination as custom tags): the connection's
+  source address is the pod itself (capture keeps it, and the chain was chosen by it), as Istio's
+  ztunnel knows the pod whose connection it captured, for the `reporter="source"` TCP series.
 
 The control plane trusts the address only for a pod whose identity is the tunnel's mTLS peer
 (`meshway.observe.tunnels.find_source_pod`): a peer can name no pod outside its own identity.
@@ -36,6 +40,7 @@ FORWARDED = "forwarded"
 PEER_FORWARDED = "io.meshway.peer_forwarded"  # the waypoint's filter state: the CONNECT's `forwarded`
 REMOTE_IP = "envoy.filters.listener.original_dst.remote_ip"
 TUNNEL_LOG_NAME = "meshway-tunnels"
+CONNECTION_LOG_NAME = "meshway-connections"
 TUNNEL_FLUSH = "5s"  # a long tunnel's bytes reach the control plane at least this often
 
 
@@ -75,3 +80,18 @@ def build_tunnel_log(pod: PodInfo, identity: str) -> Body:
 def build_tunnel_log_options() -> Body:
     """The HBONE chain's `access_log_options`: an entry when a tunnel is established and periodically."""
     return {"flush_log_on_tunnel_successfully_established": True, "access_log_flush_interval": TUNNEL_FLUSH}
+
+
+def build_connection_log(tags: dict[str, str]) -> Body:
+    """The gRPC access logger of a node proxy's outbound tcp_proxy: one entry per captured connection
+    and event, with the chain's source-side labels (`source_principal` its identity, the destination)."""
+    return {"name": "envoy.access_loggers.tcp_grpc", "typed_config": typed(
+        "envoy.extensions.access_loggers.grpc.v3.TcpGrpcAccessLogConfig",
+        common_config={"log_name": CONNECTION_LOG_NAME, "transport_api_version": "V3",
+                       "grpc_service": {"envoy_grpc": {"cluster_name": XDS_CLUSTER}}, "buffer_size_bytes": 0,
+                       "custom_tags": [{"tag": k, "literal": {"value": v}} for k, v in tags.items() if v]})}
+
+
+def build_connection_log_options() -> Body:
+    """A tcp_proxy's `access_log_options`: an entry when the upstream is connected and periodically."""
+    return {"flush_access_log_on_connected": True, "access_log_flush_interval": TUNNEL_FLUSH}

@@ -34,8 +34,8 @@ from .build_listeners import BUFFER_LIMIT, HBONE_WINDOWS, HCM, _chain_action, _o
     build_tls_context
 from .build_node_inbound import INBOUND_CLUSTER
 from .build_peer_authn import build_peer_authn_filter
-from .build_peer_source import build_forwarded_headers, build_source_address_state, build_tunnel_log, \
-    build_tunnel_log_options
+from .build_peer_source import build_connection_log, build_connection_log_options, build_forwarded_headers, \
+    build_source_address_state, build_tunnel_log, build_tunnel_log_options
 from .build_traversal import REFUSED_CLUSTER, build_inbound_guard, build_inbound_guard_route, build_plaintext_guard, \
     build_refused_cluster
 from .protos import typed
@@ -75,24 +75,19 @@ def find_mesh_pods(view: MeshView) -> dict[str, PodInfo]:
     return {p.ip: p for p in view.pods.values() if p.ip and detect_ambient(view, p)}
 
 
-def _tcp(cluster: str, stat: str, tunnel: bool = False, log: Body | None = None, attempts: int = 1) -> Body:
+def _tcp(cluster: str, stat: str, tunnel: bool = False, logs: tuple[Body, ...] = (), attempts: int = 1,
+         log_options: Body | None = None) -> Body:
     config = typed("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", stat_prefix=stat, cluster=cluster)
     if attempts > 1:
         config["max_connect_attempts"] = attempts
     if tunnel:
         config["tunneling_config"] = {"hostname": "%DOWNSTREAM_LOCAL_ADDRESS%",
                                       "headers_to_add": build_forwarded_headers()}
-    if log:
-        config["access_log"] = [log]
+    if logs:
+        config["access_log"] = list(logs)
+    if log_options:
+        config["access_log_options"] = log_options
     return {"name": "envoy.filters.network.tcp_proxy", "typed_config": config}
-
-
-def _connection_counter(stat: str) -> Body:
-    """connection_limit without a limit: the chain's `active_connections` gauge, which tcp_proxy
-    lacks (closed connections = opened - active)."""
-    return {"name": "envoy.filters.network.connection_limit", "typed_config": typed(
-        "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit", stat_prefix=stat,
-        max_connections=2**63)}
 
 
 def _inbound_cluster(pod: PodInfo, identity: str, plaintext: bool) -> Body:
@@ -188,14 +183,15 @@ class _Outbound:
 
     def tcp_chain(self, name: str, cluster: str, log: Body, tags: dict[str, str], tunnel: bool = True,
                   attempts: int = 1, internal: bool = False) -> str:
-        """A tcp_proxy chain whose stats carry Istio's labels (reporter=source, `stat_tags`); `internal`:
-        its cluster may tunnel through `connect_originate`, which is told the pod's address."""
-        stat = build_stat_name(name, {"reporter": "source", "request_protocol": "tcp",
-                                      "source_principal": build_principal(self.identity),
-                                      "source_workload_namespace": self.identity.split("/ns/")[1].split("/")[0],
-                                      **tags})
-        return self.chain(name, [*([build_source_address_state()] if internal else []), _connection_counter(stat),
-                                 _tcp(cluster, stat, tunnel=tunnel, log=log, attempts=attempts)])
+        """A tcp_proxy chain whose connections are logged to the control plane with Istio's labels
+        (reporter=source, `build_peer_source.build_connection_log`: the calling pod is the connection's
+        source address); `internal`: its cluster may tunnel through `connect_originate`, which is told
+        the pod's address."""
+        metrics_log = build_connection_log({"reporter": "source", "request_protocol": "tcp",
+                                            "source_principal": build_principal(self.identity), **tags})
+        return self.chain(name, [*([build_source_address_state()] if internal else []),
+                                 _tcp(cluster, build_stat_name(name), tunnel=tunnel, logs=(log, metrics_log),
+                                      attempts=attempts, log_options=build_connection_log_options())])
 
     def service_chain(self, svc: ServiceInfo, port: int) -> str:
         # The direct cluster exists whether or not a waypoint is in use: removing a cluster would cut
@@ -346,7 +342,7 @@ def build_pod_inbound(pod: PodInfo, trust_domain: str, applied: tuple, mtls: Mtl
              "filters": [*build_plaintext_guard(guards, pod.namespace), *build_peer_authn_filter(mtls),
                          *build_rbac_filters(list(applied), ZTUNNEL_TCP, network=True),
                          _tcp(f"plaintext|{pod.namespace}/{pod.name}", f"plaintext_{pod.ip}",
-                              log=build_plaintext_log(pod))]}
+                              logs=(build_plaintext_log(pod),))]}
     return inbound, plain, clusters, route
 
 

@@ -7,15 +7,15 @@ names and the bootstrap gives Envoy one tag extractor per label (Istio's `LABEL=
     -> envoy_cluster_upstream_rq{envoy_response_code="200", reporter="waypoint",
        destination_service="reviews.default.svc.cluster.local", envoy_cluster_name="inbound-vip|9080|http/v1|reviews_default_svc_cluster_local"}
 
-A stat name starts with a dot-free token (Envoy's default cluster, tcp and connection_limit
-extractors end their tag at the first dot), then `.LABEL=.=VALUE;` per label. `meshway.observe.metrics`
+A stat name starts with a dot-free token (Envoy's default cluster extractor ends its tag at the
+first dot), then `.LABEL=.=VALUE;` per label. `meshway.observe.metrics`
 renames the tagged series to Istio's metric names.
 
 Envoy runs every custom extractor (std::regex, tried at every position of the name) on every stat
 it creates, unless the regex starts `^<token>\.`: such an extractor is indexed by that first token
 and runs only on stat names that start with it (Envoy's `TagExtractorImplBase::extractRegexPrefix`,
-`TagProducerImpl::forEachExtractorMatching`). So each extractor here is anchored to one stat family
-that carries labels (`cluster.` alt_stat_name, `tcp.` and `connection_limit.` stat prefixes), and a
+`TagProducerImpl::forEachExtractorMatching`). So each extractor here is anchored to the stat family
+that carries labels (`cluster.`, by the clusters' alt_stat_name), and a
 proxy gets only the extractors for the labels its kind of proxy generates (a miss costs a scan of
 the whole name, a hit at the start very little). The bootstrap's inclusion list (`build_stats_matcher`)
 keeps Envoy from creating the stats nobody reads, so they are never tag-extracted at all. (Custom
@@ -31,7 +31,6 @@ from ..mesh.view import PodInfo
 
 TAGS = (
     "reporter", "request_protocol", "connection_security_policy",
-    "source_principal", "source_workload_namespace",
     "destination_service", "destination_service_name", "destination_service_namespace",
     "destination_workload", "destination_workload_namespace", "destination_principal", "destination_app",
     "destination_version", "destination_canonical_service", "destination_canonical_revision",
@@ -42,18 +41,16 @@ WORKLOAD_TAGS = ("destination_workload", "destination_workload_namespace", "dest
                  "destination_app", "destination_version", "destination_canonical_service",
                  "destination_canonical_revision")
 SERVICE_TAGS = ("destination_service", "destination_service_name", "destination_service_namespace")
-SOURCE_TAGS = ("reporter", "request_protocol", "connection_security_policy", "source_principal",
-               "source_workload_namespace", *SERVICE_TAGS, *WORKLOAD_TAGS)
 # The labels each kind of proxy puts in each stat family, by the builders that generate them:
-# build_clusters.build_service_stat_name (waypoint service clusters), build_ztunnel._inbound_cluster
-# (a node proxy's inbound clusters) and build_ztunnel._Outbound.tcp_chain (its tcp_proxy and
-# connection_limit stat prefixes). A node type not listed gets every label in every family.
+# build_clusters.build_service_stat_name (waypoint service clusters) and build_ztunnel._inbound_cluster
+# (a node proxy's plaintext inbound clusters). A node type not listed gets every label in every family.
+# (A node proxy's `reporter="source"` series come from its connection log, not from stats:
+# `build_peer_source.build_connection_log`.)
 FAMILY_TAGS: dict[str, dict[str, tuple[str, ...]]] = {
     "waypoint": {"cluster": ("reporter", "request_protocol", *SERVICE_TAGS, "destination_version")},
-    "ztunnel": {"cluster": ("reporter", "request_protocol", "connection_security_policy", *WORKLOAD_TAGS),
-                "tcp": SOURCE_TAGS, "connection_limit": SOURCE_TAGS},
+    "ztunnel": {"cluster": ("reporter", "request_protocol", "connection_security_policy", *WORKLOAD_TAGS)},
 }
-FAMILIES = ("cluster", "tcp", "connection_limit")
+FAMILIES = ("cluster",)
 
 
 def build_stat_name(token: str, tags: Mapping[str, str] | None = None) -> str:
