@@ -312,7 +312,7 @@ def test_proxy_status_ztunnel_config_exec_tty_and_attach_against_the_cluster(mes
     assert re.search(r"^default\s+reviews-v1-\S+\s+10\.244\.\d+\.\d+\s+node-\d\s", workloads, re.M), workloads
     assert "spiffe://cluster.local/ns/default/sa/bookinfo-reviews" in meshway_kube("zc", "certificates", "ds/ztunnel")
     sh("kubectl exec deploy/curl -- sh -c 'for i in 1 2 3 4 5; do curl -s -o /dev/null http://reviews:9080/reviews/1; done'")
-    http = meshway_kube("metrics", "svc/reviews").split("\n\n")[0].splitlines()  # the waypoint's own stats
+    http = meshway_kube("metrics", "svc/reviews").split("\n\n")[0].splitlines()  # the control plane's tally
     assert http[0].split()[:3] == ["DESTINATION", "VERSION", "REQUESTS"]
     assert sum(int(r.split()[2]) for r in http[1:] if r.startswith("reviews.default.svc.cluster.local")) >= 5, http
 
@@ -339,6 +339,86 @@ def test_proxy_status_ztunnel_config_exec_tty_and_attach_against_the_cluster(mes
                              capture_output=True, text=True, env=sh.env, timeout=60)
     assert refused.returncode == 1
     assert 'cannot attach to the stdin of container "reviews"' in refused.stderr and "/dev/null" in refused.stderr
+
+
+CALLERS = """
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: shared}
+""" + "".join(f"""---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}, version: {version}}}}}
+    spec:
+      serviceAccountName: shared
+      containers: [{{name: curl, image: curlimages/curl, command: ["/bin/sleep", "infinity"]}}]
+""" for name, version in (("caller-a", "v1"), ("caller-b", "v2")))
+
+
+def test_metrics_name_each_source_workload_of_one_service_account(mesh, state, tmp_path):
+    """`meshway --kubeconfig metrics` reads the control plane's tally from its monitoring port (the
+    address on its Lease): two Deployments on one service account are each their own source workload
+    at the waypoint (reporter="waypoint") and on the client's node proxy (reporter="source")."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sh, net = mesh
+    sh("kubectl label namespace default istio.io/dataplane-mode=ambient --overwrite")
+    sh("istioctl waypoint apply -n default --enroll-namespace --wait")
+    lease = json.loads(sh("kubectl get lease -n istio-system meshway-controlplane -o json"))
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", lease["metadata"]["annotations"]["meshway.io/metrics-address"])
+    (tmp_path / "callers.yaml").write_text(CALLERS)
+    sh(f"kubectl apply -f {tmp_path / 'callers.yaml'}")
+    kubeconfig = state / "kubernetes" / "admin.kubeconfig"
+    env = {k: v for k, v in sh.env.items() if k not in ("KUBECONFIG", "MESHWAY_STATE_DIR")}
+
+    def metrics(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "meshway", "--kubeconfig", str(kubeconfig), "metrics", *args],
+                              capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0 and not done.stderr, done.stdout + done.stderr
+        return done.stdout
+
+    def counts(text: str, name: str, **match: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for f in text_string_to_metric_families(text):
+            for s in f.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in match.items()):
+                    out[s.labels["source_workload"]] = out.get(s.labels["source_workload"], 0) + int(s.value)
+        return out
+    try:
+        wait_for("both callers Running and Ready", lambda: len([p for p in pods(sh, "-l 'app in (caller-a,caller-b)'")
+                                                                if ready(p)]) == 2, 120)
+        shared = dict(source_principal="spiffe://cluster.local/ns/default/sa/shared",
+                      destination_service="reviews.default.svc.cluster.local")
+        waypoint = dict(reporter="waypoint", response_code="200", **shared)
+        source = dict(reporter="source", **shared)
+        for caller in ("caller-a", "caller-b"):  # in the mesh once its node proxy has its chains
+            wait_for(f"{caller} through the waypoint", lambda: results(requests(netns_of(net, sh, f"app={caller}"),
+                                                                                1))[0][1] == 200, 60, 1)
+        before = metrics("-o", "prometheus")
+        sent = {"caller-a": 3, "caller-b": 4}
+        for caller, n in sent.items():
+            assert [r[1] for r in results(requests(netns_of(net, sh, f"app={caller}"), n))] == [200] * n
+        for name, match in (("istio_requests_total", waypoint), ("istio_tcp_connections_opened_total", source),
+                            ("istio_tcp_connections_closed_total", source)):
+            wait_for(f"{name} of each caller", lambda: {w: n - counts(before, name, **match).get(w, 0) for w, n in
+                                                        counts(metrics("-o", "prometheus"), name, **match).items()}
+                     == sent, 30, 1)
+        after = metrics("-o", "prometheus")
+        line = next(line for line in after.splitlines() if line.startswith("istio_requests_total{")
+                    and 'source_workload="caller-b"' in line)
+        for label in ('source_app="caller-b"', 'source_version="v2"', 'source_workload_namespace="default"',
+                      'connection_security_policy="mutual_tls"', 'reporter="waypoint"'):
+            assert label in line, line
+        table = [line.split() for line in metrics("svc/reviews").splitlines()]
+        assert any(r[:3] == ["source", "caller-a.default", "reviews.default.svc.cluster.local"] for r in table), table
+    finally:
+        sh(f"kubectl delete -f {tmp_path / 'callers.yaml'} --wait=true", timeout=120)
+        wait_for("the callers' pods gone", lambda: not pods(sh, "-l 'app in (caller-a,caller-b)'"), 120, 1)
 
 
 def test_kubectl_logs_and_a_deleted_pod_replaced_through_its_replicaset(mesh):

@@ -331,6 +331,24 @@ def test_cli_service_target_spans_waypoint_and_node_proxies(fake_mesh: Path) -> 
     assert {s.labels["destination_service_name"] for f in families.values() for s in f.samples} == {"reviews"}
 
 
+@pytest.mark.parametrize("proxy, tally_pod, shown", [
+    # on Kubernetes a node proxy is its node's DaemonSet pod; the tally names it by its node id
+    ({"pod": "ztunnel-9tfqn", "namespace": "istio-system", "type": "ztunnel", "node": "node-1"}, "ztunnel-node-1",
+     "ztunnel-9tfqn"),
+    ({"pod": "ztunnel-9tfqn", "namespace": "istio-system", "type": "ztunnel", "node": "node-2"}, "ztunnel-node-1",
+     None),  # another node's
+    ({"pod": "ztunnel-node-1", "namespace": "istio-system", "type": "ztunnel"}, "ztunnel-node-1", "ztunnel-node-1"),
+    ({"pod": "waypoint-7999b58cb4-j6ktg", "namespace": "default", "type": "waypoint", "node": "node-1"},
+     "waypoint-7999b58cb4-j6ktg", "waypoint-7999b58cb4-j6ktg"),
+])
+def test_the_tally_is_read_for_the_proxies_chosen_by_their_shown_names(proxy, tally_pod, shown) -> None:
+    tally = write_text([Family("istio_tcp_connections_opened_total", "counter", "h", (Sample(
+        "istio_tcp_connections_opened_total", (("reporter", "source"), ("pod", tally_pod),
+                                               ("namespace", proxy["namespace"])), 2),))])
+    families = metrics_cli.fetch_families([proxy], tally, fetch=lambda p, path: b"")
+    assert [s.label("pod") for f in families for s in f.samples] == ([shown] if shown else [])
+
+
 def test_cli_node_proxy_target_and_errors(fake_mesh: Path) -> None:
     result = run_metrics(fake_mesh, "ztunnel-node-1", "-n", "istio-system")
     assert result.exit_code == 0 and result.output.startswith("REPORTER"), result.output

@@ -23,8 +23,8 @@ from envoy.service.status.v3 import csds_pb2
 from test_xds_mtls import WAYPOINT, ZTUNNEL, cp, waypoint_of  # noqa: F401 (cp: the fixture)
 from meshway.cli.controlplane import write_proxy_status
 from meshway.kube.leader import decide_lease, format_micro_time
-from meshway.kube.xdsdebug import (XDS_ADDRESS_ANNOTATION, NoControlPlane, fetch_syncz, find_advertised_address,
-                                   find_xds_address)
+from meshway.kube.xdsdebug import (METRICS_ADDRESS_ANNOTATION, XDS_ADDRESS_ANNOTATION, NoControlPlane, fetch_syncz,
+                                   find_advertised_address, find_metrics_address, find_xds_address)
 from meshway.xds import protos as P
 from meshway.xds.debug import (SYNCZ, DebugCaller, SyncSource, build_control_plane_id, build_syncz,
                                decide_debug_caller, detect_answer_due, detect_debug_type, read_syncz)
@@ -143,6 +143,24 @@ def test_the_lease_names_the_xds_address_of_a_live_control_plane():
         find_xds_address(lease(NOW), NOW)
 
 
+@pytest.mark.parametrize("lease_, found", [
+    (lease(NOW, {XDS_ADDRESS_ANNOTATION: "127.0.0.1:1", METRICS_ADDRESS_ANNOTATION: "127.0.0.1:41014"}),
+     "127.0.0.1:41014"),
+    (lease(NOW, {XDS_ADDRESS_ANNOTATION: "127.0.0.1:1"}), "host_7 serves no monitoring port (started without "
+                                                          "--metrics-addr)"),
+    (lease(NOW - timedelta(seconds=60), {METRICS_ADDRESS_ANNOTATION: "127.0.0.1:41014"}), "not running"),
+    (None, "not running"),
+])
+def test_the_lease_names_the_monitoring_address_of_a_live_control_plane(lease_, found):
+    """`meshway --kubeconfig metrics` reads the control plane's tally there (`fetch_kube_tally`)."""
+    if found.startswith("127."):
+        assert find_metrics_address(lease_, NOW) == found
+    else:
+        with pytest.raises(NoControlPlane) as caught:
+            find_metrics_address(lease_, NOW)
+        assert found in str(caught.value)
+
+
 @pytest.mark.parametrize("bound, ips, advertised", [
     ("127.0.0.1:35012", (), "127.0.0.1:35012"), ("0.0.0.0:15012", ("10.0.0.5",), "10.0.0.5:15012"),
     ("[::]:15012", ("fd00::5",), "[fd00::5]:15012"), ("0.0.0.0:15012", (), "0.0.0.0:15012")])
@@ -203,3 +221,30 @@ def test_syncz_over_tls_with_a_token(cp, tmp_path):
     assert none == (grpc.StatusCode.UNAUTHENTICATED, "authentication required")
     assert cp.server.debug.answered == 2
     assert not cp.server.denied  # debug callers are not proxies claiming a node id
+
+
+def test_the_cli_reads_the_tally_from_the_monitoring_port_the_lease_names():
+    from meshway.cli.kubeproxies import fetch_kube_tally
+    from meshway.observe.metrics import Family, Sample
+    from meshway.runtime.monitoring import MetricsServer
+
+    sample = Sample("istio_requests_total", (("reporter", "waypoint"), ("source_workload", "caller-a")), 3)
+    server = MetricsServer("127.0.0.1:0", lambda: [Family("istio_requests_total", "counter", "h", (sample,))])
+    server.start()
+
+    class Client:
+        def __init__(self, annotations: dict) -> None:
+            self.annotations = annotations
+
+        def get(self, path: str) -> dict:
+            assert path.endswith("/namespaces/istio-system/leases/meshway-controlplane"), path
+            return lease(datetime.now(timezone.utc), self.annotations)
+    try:
+        text, problem = fetch_kube_tally(Client({METRICS_ADDRESS_ANNOTATION: server.address}))
+        assert problem == "" and 'istio_requests_total{reporter="waypoint",source_workload="caller-a"} 3' in text
+    finally:
+        server.stop()
+    assert fetch_kube_tally(Client({})) == (None, "the control plane host_7 serves no monitoring port "
+                                                  "(started without --metrics-addr)")
+    text, problem = fetch_kube_tally(Client({METRICS_ADDRESS_ANNOTATION: server.address}), timeout=2)
+    assert text is None and problem.startswith(f"the control plane's monitoring port {server.address}: "), problem

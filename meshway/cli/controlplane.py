@@ -34,7 +34,9 @@ from .main import Ctx, cli, pass_ctx
                    "names (the --xds-addr host is, unless 0.0.0.0 or ::). Repeatable.")
 @click.option("--metrics-addr", default=None, metavar="HOST:PORT",
               help="Serve Prometheus metrics on http://HOST:PORT/metrics: the control plane's own and the "
-                   "Istio metrics of every proxy (port 0: any free port, written to run/metrics-address).")
+                   "Istio metrics of every proxy (port 0: any free port, written to run/metrics-address). With "
+                   "--kubeconfig and --xds-addr: its own and its tally of the proxies' logs, the address written "
+                   "on its Lease (`meshway --kubeconfig FILE metrics` reads it there).")
 @click.option("--secret-ttl", envvar="SECRET_TTL", default="24h", show_default=True, metavar="DURATION",
               help="Lifetime of workload certificates (istiod's SECRET_TTL; Go duration: 24h, 2m, 90s); "
                    "renewed at half life. Env: SECRET_TTL.")
@@ -61,7 +63,8 @@ def controlplane(c: Ctx, sotw: bool, verbose: bool, cluster_mode: bool, nodes: i
     if kubeconfig or in_cluster:
         if xds_addr:
             check_xds_addr(xds_addr, xds_ips)
-        run_kube_controlplane(kubeconfig, kube_context, verbose, xds_addr, xds_ips, ttl, not sotw, insecure)
+        run_kube_controlplane(kubeconfig, kube_context, verbose, xds_addr, xds_ips, ttl, not sotw, insecure,
+                              metrics_addr=metrics_addr)
         return
     from ..runtime.controlplane import ControlPlane
 
@@ -113,12 +116,15 @@ def controlplane(c: Ctx, sotw: bool, verbose: bool, cluster_mode: bool, nodes: i
 
 def run_kube_controlplane(kubeconfig: str | None, context: str | None, verbose: bool, xds_addr: str | None = None,
                           xds_ips: tuple[str, ...] = (), ttl: timedelta | None = None, delta: bool = True,
-                          wasm_insecure_registries: frozenset[str] = frozenset()) -> None:
+                          wasm_insecure_registries: frozenset[str] = frozenset(),
+                          metrics_addr: str | None = None) -> None:
     """The control plane on a Kubernetes API, until SIGTERM/SIGINT: the controller
     (meshway.kube.controlplane: waypoint objects, statuses, under the Lease) and, with `xds_addr`,
     the translation and ADS over TCP + mTLS for proxies that run as pods (meshway.runtime.controlplane
-    on the same watches, serving them, never starting them). The CA and xDS tokens live in the state
-    folder ($MESHWAY_STATE_DIR, else the default one's `kubernetes/<API server>` subfolder)."""
+    on the same watches, serving them, never starting them) and, with `metrics_addr`, its monitoring
+    port (istiod's 15014: its own series and its tally of the proxies' logs). The CA and xDS tokens
+    live in the state folder ($MESHWAY_STATE_DIR, else the default one's `kubernetes/<API server>`
+    subfolder)."""
     from ..kube.client import KubeClient
     from ..kube.controlplane import KubeControlPlane
 
@@ -136,7 +142,7 @@ def run_kube_controlplane(kubeconfig: str | None, context: str | None, verbose: 
             signal.signal(sig, lambda *_: kcp.stop())
         kcp.run()
         return
-    _serve_xds_on_kubernetes(kcp, client, xds_addr, xds_ips, ttl, delta, wasm_insecure_registries)
+    _serve_xds_on_kubernetes(kcp, client, xds_addr, xds_ips, ttl, delta, wasm_insecure_registries, metrics_addr)
 
 
 def kube_state_dir(server: str) -> "Path":  # noqa: F821 (imported inside)
@@ -152,7 +158,7 @@ def kube_state_dir(server: str) -> "Path":  # noqa: F821 (imported inside)
 
 
 def _serve_xds_on_kubernetes(kcp, client, xds_addr: str, xds_ips: tuple[str, ...], ttl, delta: bool,
-                             wasm_insecure_registries: frozenset[str]) -> None:
+                             wasm_insecure_registries: frozenset[str], metrics_addr: str | None = None) -> None:
     import threading
 
     from ..kube.backend import KubeBackend
@@ -173,6 +179,7 @@ def _serve_xds_on_kubernetes(kcp, client, xds_addr: str, xds_ips: tuple[str, ...
         raise click.ClickException(f"the mesh CA: {exc}") from None
     cp = ControlPlane(state_dir, placement=PodPlacement(), delta=delta, store=backend,
                       run_proxies=False, secret_ttl=ttl or timedelta(hours=24), xds_addr=xds_addr, xds_ips=xds_ips,
+                      metrics_addr=metrics_addr, scrape_proxies=False,
                       review_token=lambda token: fetch_token_review(client, token),
                       wasm_insecure_registries=wasm_insecure_registries)
     kcp.controller.root_pem = cp.ca.root_pem()  # published to every namespace (istio-ca-root-cert)
@@ -185,7 +192,7 @@ def _serve_xds_on_kubernetes(kcp, client, xds_addr: str, xds_ips: tuple[str, ...
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         click.echo(f"meshway control plane: ADS over TCP + mTLS on {xds_addr}, state {cp.state_dir}")
-        advertising = asyncio.ensure_future(_advertise_xds_address(cp, kcp, xds_ips))
+        advertising = asyncio.ensure_future(_advertise_addresses(cp, kcp, xds_ips))
         try:
             await cp.run(stop)
         finally:
@@ -198,13 +205,19 @@ def _serve_xds_on_kubernetes(kcp, client, xds_addr: str, xds_ips: tuple[str, ...
         controller.join(10)
 
 
-async def _advertise_xds_address(cp, kcp, xds_ips: tuple[str, ...]) -> None:
-    """Once the xDS port is bound: its address on the Lease (`meshway proxy-status` finds it there)."""
-    from ..kube.xdsdebug import XDS_ADDRESS_ANNOTATION, find_advertised_address
+async def _advertise_addresses(cp, kcp, xds_ips: tuple[str, ...]) -> None:
+    """Once bound: the xDS port's address on the Lease (`meshway proxy-status` finds it there), then
+    the monitoring port's, if it serves one (`meshway metrics`)."""
+    from ..kube.xdsdebug import METRICS_ADDRESS_ANNOTATION, XDS_ADDRESS_ANNOTATION, find_advertised_address
 
     while not cp.server.tcp_address:
         await asyncio.sleep(0.05)
     kcp.annotations[XDS_ADDRESS_ANNOTATION] = find_advertised_address(cp.server.tcp_address, xds_ips)
+    for _ in range(100 if cp.metrics_addr else 0):  # started right after the xDS port, or not at all (logged)
+        if cp.monitor is not None:
+            kcp.annotations[METRICS_ADDRESS_ANNOTATION] = find_advertised_address(cp.monitor.address, xds_ips)
+            return
+        await asyncio.sleep(0.05)
 
 
 def check_xds_addr(xds_addr: str | None, xds_ips: tuple[str, ...]) -> None:

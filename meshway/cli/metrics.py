@@ -18,7 +18,7 @@ import click
 
 from ..mesh.view import build_pod
 from ..model import find_kind
-from ..observe.metrics import Family, build_istio_metrics, merge_families, write_text
+from ..observe.metrics import Family, Sample, build_istio_metrics, merge_families, write_text
 from ..observe.requests import FILE_NAME as REQUESTS_FILE, parse_request_families
 from ..observe.summary import HttpRow, Predicate, TcpRow, build_http_rows, build_tcp_rows
 from ..runtime.monitoring import SCRAPE_PATH
@@ -79,11 +79,30 @@ def fetch_families(proxies: list[Body], tally: str | None = None,
             raise ValueError(f"{p['pod']}.{p['namespace']}: {exc}") from exc
         groups.append(build_istio_metrics(text, {"pod": p["pod"], "namespace": p["namespace"]},
                                           p.get("type") != "waypoint" or tally is None))
-    chosen = {(p["pod"], p["namespace"]) for p in proxies}
-    if chosen and tally is not None:
-        groups.append(parse_request_families(tally, lambda labels: (labels.get("pod"), labels.get("namespace"))
-                                             in chosen))
+    names = find_tally_names(proxies)
+    if names and tally is not None:
+        groups.append(rename_proxies(parse_request_families(
+            tally, lambda labels: (labels.get("pod"), labels.get("namespace")) in names), names))
     return merge_families(groups)
+
+
+def find_tally_names(proxies: list[Body]) -> dict[tuple[str, str], tuple[str, str]]:
+    """(pod, namespace) as the control plane's tally names a proxy -> as the CLI shows it. The tally
+    names a proxy by its node id, whose pod is a node proxy's `ztunnel-<node>` (`build_node_proxy_id`):
+    on Kubernetes that node's ztunnel DaemonSet pod (`find_kube_proxies` gives its node)."""
+    names = {(p["pod"], p["namespace"]): (p["pod"], p["namespace"]) for p in proxies}
+    names.update({(f"ztunnel-{p['node']}", p["namespace"]): (p["pod"], p["namespace"]) for p in proxies
+                  if p.get("type") == "ztunnel" and p.get("node")})
+    return names
+
+
+def rename_proxies(families: list[Family], names: dict[tuple[str, str], tuple[str, str]]) -> list[Family]:
+    def rename(labels: tuple) -> tuple:
+        found = dict(labels)
+        shown = names.get((found.get("pod", ""), found.get("namespace", "")))
+        return tuple((k, shown[0] if k == "pod" and shown else v) for k, v in labels)
+    return [Family(f.name, f.type, f.help, tuple(Sample(s.name, rename(s.labels), s.value) for s in f.samples))
+            for f in families]
 
 
 def read_tally(path: Path) -> str:

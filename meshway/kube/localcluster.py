@@ -62,10 +62,11 @@ def plan_processes(state: Path, kubeconfig: Path, nodes: int, node_agent: bool, 
     serves xDS over TCP + mTLS on 127.0.0.1:`xds_port` (istiod's 15012, on a free port so that two
     clusters on one machine never collide); the node agents send waypoint pods there (`--xds-address`,
     in place of their CA_ADDR, which this host cannot resolve) and check it against the mesh root the
-    control plane publishes in each namespace (the `istio-ca-root-cert` ConfigMap)."""
+    control plane publishes in each namespace (the `istio-ca-root-cert` ConfigMap). Its monitoring
+    port (istiod's 15014) is any free port of 127.0.0.1, named on its Lease (`meshway metrics`)."""
     python = (sys.executable, "-P", "-m", "meshway")
     out = [Process("controlplane", (*python, "controlplane", "--kubeconfig", str(kubeconfig), "--xds-addr",
-                                    f"127.0.0.1:{xds_port}", "-v"),
+                                    f"127.0.0.1:{xds_port}", "--metrics-addr", "127.0.0.1:0", "-v"),
                    (("MESHWAY_STATE_DIR", str(state / "controlplane")),))]
     if node_agent:
         out += [Process(f"node-{i}", (*python, "node", "--kubeconfig", str(kubeconfig), "--name", f"node-{i}",
