@@ -297,6 +297,8 @@ def test_proxy_status_ztunnel_config_exec_tty_and_attach_against_the_cluster(mes
     assert plain[0].split() == table[0].split(), plain
     assert sorted(line.split()[0] for line in plain[1:]) == sorted(r[0] for r in rows), (plain, table)
     assert all(line.split()[2] == lease["spec"]["holderIdentity"] for line in plain[1:]), plain
+    version = sh("istioctl x version")  # the control plane's version over xDS (syncz), through the same pod
+    assert re.search(r"^control plane version: meshway-", version, re.M), version
 
     env = {k: v for k, v in sh.env.items() if k not in ("KUBECONFIG", "MESHWAY_STATE_DIR")}
 
