@@ -358,3 +358,48 @@ def test_the_waypoint_scaled_to_two_serves_from_both_and_a_replica_killed_costs_
         mode.scale_waypoint(1)
     wait_for("one waypoint replica left", lambda: len([p for p in mode.pods() if p["metadata"]["name"].startswith(
         "waypoint-") and not p["metadata"].get("deletionTimestamp")]) == 1, 60)
+
+
+PLAIN = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: details-plain, namespace: default, labels: {app: details-plain, istio.io/dataplane-mode: none}}
+spec: {containers: [{name: details, image: docker.io/istio/examples-bookinfo-details-v1:1.20.2,
+                     ports: [{containerPort: 9080}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: details-plain, namespace: default}
+spec: {selector: {app: details-plain}, ports: [{name: http, port: 9080}]}
+"""
+
+
+def test_a_pod_outside_the_mesh_behind_a_required_service_admits_only_the_waypoint(mode, tmp_path):
+    """The waypoint reaches a pod outside the mesh in plain TCP (as Istio's); with
+    `meshway.io/waypoint-traversal=required` its node agent's filter refuses the mesh client by pod IP
+    (on Kubernetes the agent reads the waypoint from the API with the meshway-node ClusterRole and
+    its addresses from the waypoint Service's EndpointSlices)."""
+    def call(host: str, count: int = 3) -> list[list]:
+        proc = subprocess.Popen(["ip", "netns", "exec", mode.netns("curl"), sys.executable, "-P", "-c", CLIENT,
+                                 host, "9080", "/details/0", str(count), "GET", "0"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return results(proc)
+
+    (tmp_path / "plain.yaml").write_text(PLAIN)
+    kubectl = "kubectl " if mode.name == "kubernetes" else ""
+    mode.sh(f"{kubectl}apply -f {tmp_path / 'plain.yaml'}")
+    try:
+        wait_for("details-plain Ready", lambda: any(p["metadata"]["name"] == "details-plain" and ready(p)
+                                                    for p in mode.pods()), 60)
+        ip = next(p for p in mode.pods() if p["metadata"]["name"] == "details-plain")["status"]["podIP"]
+        wait_for("details-plain through the waypoint",
+                 lambda: [(r[0], r[1]) for r in call("details-plain")] == [(200, "istio-envoy")] * 3, 30, 0.5)
+        assert [(r[0], r[1]) for r in call(ip)] == [(200, None)] * 3  # by pod IP: directly (Istio)
+        mode.sh(f"{kubectl}label service details-plain meshway.io/waypoint-traversal=required")
+        wait_for("the pod IP refused", lambda: [r[0] for r in call(ip, 1)] == [0], 30, 0.5)
+        assert [r[0] for r in call(ip)] == [0] * 3
+        assert [(r[0], r[1]) for r in call("details-plain", 10)] == [(200, "istio-envoy")] * 10
+        mode.sh(f"{kubectl}label service details-plain meshway.io/waypoint-traversal-")
+        wait_for("the pod IP direct again", lambda: [r[0] for r in call(ip, 1)] == [200], 30, 0.5)
+    finally:
+        mode.sh(f"{kubectl}delete -f {tmp_path / 'plain.yaml'}")

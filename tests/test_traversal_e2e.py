@@ -9,8 +9,11 @@ request bypasses the waypoint and the application answers), then with
   (HBONE is admitted only from the waypoint's identity), while the Service still answers through it;
 - a client outside the mesh (plaintext, by Service VIP through kube-proxy or by pod IP): direct in
   Istio; refused by the destination's node proxy;
-- a keep-alive connection opened before the binding: still answered directly in Istio; closed at
-  the end of the node proxies' drain time (30 s) in required mode, and the client's new connection
+- a pod outside the mesh behind the Service (the waypoint reaches it in plain TCP): every other
+  client reaches it directly in Istio; refused by the packet filter its node agent puts in its
+  namespace, which admits only the waypoint's pods;
+- a keep-alive connection opened before the binding: still answered directly in Istio; closed
+  within seconds by the destination's node agent in required mode, and the client's new connection
   goes through the waypoint.
 
 Target: bookinfo's `details` (one pod, port 9080); clients: the mesh's curl pod and a pod in a
@@ -44,6 +47,20 @@ kind: Pod
 metadata: {name: curl-outside, namespace: outside, labels: {app: curl-outside}}
 spec: {containers: [{name: curl, image: curlimages/curl, command: ["/bin/sleep", "infinity"]}]}
 """
+# A second details, outside the mesh (its own label), behind a Service of the mesh's namespace.
+PLAIN = """
+apiVersion: v1
+kind: Pod
+metadata: {name: details-plain, namespace: default, labels: {app: details-plain, istio.io/dataplane-mode: none}}
+spec: {containers: [{name: details, image: docker.io/istio/examples-bookinfo-details-v1:1.20.2,
+                     ports: [{containerPort: 9080}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: details-plain, namespace: default}
+spec: {selector: {app: details-plain}, ports: [{name: http, port: 9080}]}
+"""
+CLOSE_DELAY = 2  # meshway.runtime.guards: a mesh pod's connections opened before its guards
 UNPROGRAMMED = """
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -200,10 +217,49 @@ def test_pod_ip_and_clients_outside_the_mesh(mesh: Mesh, outside) -> None:
     mesh.wait_until(lambda: direct(calls(mesh, ip, count=1)), 15, "pod IP direct again")
 
 
-def start_keepalive(mesh: Mesh, host: str, seconds: float) -> subprocess.Popen:
+def test_a_pod_outside_the_mesh_behind_a_required_service(mesh: Mesh, outside) -> None:
+    """Istio: the waypoint reaches it in plain TCP, and every other client bypasses the waypoint.
+    Required: its node agent's filter in the pod's namespace admits only the waypoint's pods; a
+    keep-alive connection from outside, opened before, is closed at once."""
+    mesh.store.apply(load_yaml(PLAIN, "plain.yaml"))
+    try:
+        mesh.wait_ready()
+        ip = mesh.pod("details-plain")["status"]["podIP"]
+        mesh.wait_until(lambda: through_waypoint(calls(mesh, "details-plain", count=1)), 15, "through the waypoint")
+        assert direct(calls(mesh, ip))
+        assert direct(calls(mesh, "details-plain.default", "curl-outside", "outside"))
+        assert direct(calls(mesh, ip, "curl-outside", "outside"))
+        proc = start_keepalive(mesh, ip, 12, client=("outside", "curl-outside"))
+        time.sleep(3)
+        guarded_at = time.time()
+        mesh.label("svc", "details-plain", {T: "required"})
+        took = mesh.wait_until(lambda: codes(calls(mesh, ip, count=1)) == [0], 15, "pod IP refused")
+        results = finish(proc)
+        assert codes(calls(mesh, ip)) == [0] * 3
+        assert codes(calls(mesh, "details-plain.default", "curl-outside", "outside")) == [0] * 3
+        assert codes(calls(mesh, ip, "curl-outside", "outside")) == [0] * 3
+        assert through_waypoint(calls(mesh, "details-plain", count=10))  # the waypoint's pod is admitted
+        before = [r for r in results if r[0] < guarded_at]
+        assert before and all(r[1] == 200 and r[3] == 1 for r in before), before[-3:]
+        closed_at = next(r[0] for r in results if r[1] == 0)
+        print(f"outside keep-alive to a pod outside the mesh: closed {closed_at - guarded_at:.1f}s after the "
+              f"label (pod IP refused after {took:.1f}s)")
+        assert closed_at - guarded_at <= 5, closed_at - guarded_at
+        assert all(r[1] == 0 for r in results if r[0] > closed_at)  # reconnecting: refused
+        mesh.label("svc", "details-plain", {}, remove=(T,))
+        mesh.wait_until(lambda: direct(calls(mesh, ip, count=1)), 15, "pod IP direct again")
+        assert direct(calls(mesh, ip, "curl-outside", "outside"))
+    finally:
+        mesh.store.delete([(find_kind("svc"), "default", "details-plain"), (find_kind("pod"), "default",
+                                                                            "details-plain")])
+
+
+def start_keepalive(mesh: Mesh, host: str, seconds: float,
+                    client: tuple[str, str] = ("default", "curl")) -> subprocess.Popen:
     script = mesh.state / "keepalive.py"
     script.write_text(KEEPALIVE)
-    cmd = ["ip", "netns", "exec", mesh.netns(mesh.pod("curl")), sys.executable, str(script), host, "9080",
+    pod = next(p for p in mesh.pods(client[0]) if p["metadata"]["name"].startswith(client[1]))
+    cmd = ["ip", "netns", "exec", mesh.netns(pod), sys.executable, str(script), host, "9080",
            str(seconds)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -241,8 +297,9 @@ def test_connections_opened_before_the_binding(mesh: Mesh, mode: str) -> None:
         return
     closed_at = next(r[0] for r in results if r[1] == 0)
     print(f"pod-IP keep-alive ({mode}): closed {closed_at - bound_at:.1f}s after the binding")
-    assert closed_at - bound_at <= DRAIN + 8, f"closed {closed_at - bound_at:.1f}s after the binding"
-    assert all(r[1] == 200 for r in first if r[0] < closed_at)  # answered until the drain ends
+    # closed by the node agent CLOSE_DELAY after it saw the guard, not at the end of the drain
+    assert closed_at - bound_at <= CLOSE_DELAY + 6, f"closed {closed_at - bound_at:.1f}s after the binding"
+    assert all(r[1] == 200 for r in first if r[0] < closed_at)  # answered until then
     after = [r for r in results if r[0] > closed_at]
     assert after and all(r[1] == 0 for r in after), after[:3]  # reconnecting by pod IP: refused
     assert through_waypoint(calls(mesh, "details"))  # while by Service, through the waypoint
@@ -269,7 +326,8 @@ def test_a_keepalive_connection_to_the_service_is_reestablished_through_the_wayp
     later = [r for r in results if r[3] > 1]
     assert later, "the first connection was never closed"
     print(f"service keep-alive ({mode}): closed {later[0][0] - bound_at:.1f}s after the binding")
-    assert later[0][0] - bound_at <= DRAIN + 8
+    # required: the destination's node agent closes it; optional: the client node proxy's drain ends
+    assert later[0][0] - bound_at <= (CLOSE_DELAY + 6 if mode == "required" else DRAIN + 8)
     assert all(r[1] == 200 and r[2] != "istio-envoy" for r in first if r[1] != 0)  # direct until then
     answered = [r for r in later if r[1] != 0]
     assert answered and all(r[1] == 200 and r[2] == "istio-envoy" for r in answered)  # the new one: waypoint
