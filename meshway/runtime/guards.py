@@ -47,8 +47,9 @@ class GuardKeeper:
             if closes:
                 self.pending.append((now + CLOSE_DELAY, key, closes))
             self.mesh[key] = guarded
+        present = set(pods)
         for held in (self.filters, self.mesh):
-            for key in [k for k in held if k not in set(pods)]:
+            for key in [k for k in held if k not in present]:
                 del held[key]
 
     def run_due(self, now: float) -> None:
