@@ -98,3 +98,33 @@ def test_the_relay_program_copies_both_ways(tmp_path: Path) -> None:
         out, _ = relay.communicate(timeout=10)
         upstream.close()
     assert out == f"relaying 127.0.0.1:{port} to {path}\n"
+
+
+def test_the_node_agent_makes_the_istiod_container_its_relay(tmp_path: Path) -> None:
+    """`NodeAgent.prepare_istiod`: the pod's container relays to the agent's socket for the control
+    plane at `--xds-address`; without that flag it refuses (the pod is tried again, the reason logged)."""
+    from types import SimpleNamespace
+
+    from meshway.node.agent import NodeAgent
+
+    relays: list[str] = []
+    agent = NodeAgent.__new__(NodeAgent)  # no API server or network: only what prepare_istiod reads
+    agent.start_relay = lambda address: relays.append(address) or SimpleNamespace(path=tmp_path / "xds-1.sock")
+    pod = build_istiod_deployment()["spec"]["template"]
+    other = {"spec": {"containers": [{"name": "app", "image": "istio/examples-bookinfo-reviews-v1:1.20.1"}]}}
+
+    agent.xds_address = "127.0.0.1:15012"
+    got = agent.prepare_istiod(json_copy(pod))
+    (container,) = got["spec"]["containers"]
+    assert container["command"][-3:] == ["meshway.node.relay", "0.0.0.0:15012", str(tmp_path / "xds-1.sock")]
+    assert relays == ["127.0.0.1:15012"]
+    assert agent.prepare_istiod(json_copy(other)) == other and relays == ["127.0.0.1:15012"]
+
+    agent.xds_address = None
+    with pytest.raises(ValueError, match="start it with --xds-address HOST:PORT"):
+        agent.prepare_istiod(json_copy(pod))
+
+
+def json_copy(body: dict) -> dict:
+    import json
+    return json.loads(json.dumps(body))

@@ -379,18 +379,15 @@ class NodeAgent:
 
     def prepare_istiod(self, pod: Body) -> Body:
         """For the `istiod` pod istioctl port-forwards to (`meshway.node.istiod`): its container relays
-        port 15012 to the control plane's xDS port; any other pod as it is."""
+        port 15012 to the control plane's xDS port (`--xds-address`: the Lease that names it is not
+        readable by nodes); any other pod as it is."""
         containers = find_istiod_containers(pod)
         if not containers:
             return pod
-        address = self.xds_address
-        if not address:
-            from ..kube.xdsdebug import NoControlPlane, fetch_xds_address
-            try:
-                address = fetch_xds_address(self.client)
-            except (NoControlPlane, ApiError) as exc:
-                raise ValueError(f"no control plane address to relay istiod's port to: {exc}") from None
-        relay = self.start_relay(address)
+        if not self.xds_address:
+            raise ValueError("the istiod pod relays to the control plane's xDS port, which this node agent "
+                             "is not given: start it with --xds-address HOST:PORT")
+        relay = self.start_relay(self.xds_address)
         spec = pod["spec"]
         spec["containers"] = [build_relay_container(c, sys.executable, str(relay.path)) if c is containers[0] else c
                               for c in spec["containers"]]

@@ -11,8 +11,9 @@ namespace has no route to the host's). TLS and the token check run end to end be
 the control plane; the relay sees ciphertext only.
 
 - **The container**: image `meshway/pilot` (what `meshway install` writes) or Istio's `pilot`.
-- **Where to**: the node agent's `--xds-address`, else the address the control plane writes on its
-  Lease (`meshway.kube.xdsdebug`)."""
+- **Where to**: the node agent's `--xds-address` (`meshway up --kubernetes` gives every agent the
+  control plane's). Without it the pod does not start: the control plane's Lease names the address,
+  but nodes may read only their own Leases (the Node authorizer)."""
 from __future__ import annotations
 
 from typing import Any
