@@ -8,7 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..private import make_private_dir, open_private_log
 from .envoy import EnvoyPaths, read_live_pid, stop_envoy
@@ -35,21 +37,32 @@ def start_controlplane(state_dir: Path, cluster: bool = False, metrics_addr: str
                        secret_ttl: str | None = None) -> int:
     """`meshway controlplane [--cluster] [--metrics-addr HOST:PORT] [--secret-ttl D]` in its own
     session, logging to run/controlplane.log (0600), and with `cluster` a node agent for each of
-    the store's nodes that runs none (`start_node_agents`). Without `secret_ttl`, the child reads
-    the SECRET_TTL environment variable it inherits."""
+    the store's nodes that runs none (`start_node_agents`), all started at once (each takes a
+    second or two to import and open the store). Without `secret_ttl`, the child reads the
+    SECRET_TTL environment variable it inherits."""
     running = controlplane_pid(state_dir)
+    starting = []
     if running is None:
         args = ["controlplane", "-v"] + (["--metrics-addr", metrics_addr] if metrics_addr else [])
         args += (["--secret-ttl", secret_ttl] if secret_ttl else []) + (["--cluster"] if cluster else [])
-        running = _start(state_dir, "controlplane.log", args, lambda: controlplane_pid(state_dir), "the control plane")
+        starting.append(_spawn(state_dir, "controlplane.log", args, lambda: controlplane_pid(state_dir),
+                               "the control plane"))
     if cluster:
-        start_node_agents(state_dir)
-    return running
+        starting += _spawn_node_agents(state_dir)
+    pids = _await(starting)
+    return running if running is not None else pids[0]
 
 
 def start_node_agents(state_dir: Path) -> dict[str, int]:
     """`meshway node --local --name node-N` for each node of the store that has no running agent,
-    logging to run/agents/node-N.log; node -> pid of every agent."""
+    logging to run/agents/node-N.log, started at once; node -> pid of every agent."""
+    out = {node: pid for node, pid in _running_agents(state_dir).items() if pid}
+    starting = _spawn_node_agents(state_dir)
+    out.update(zip((s.what.rsplit(" ", 1)[-1] for s in starting), _await(starting)))
+    return dict(sorted(out.items()))
+
+
+def _running_agents(state_dir: Path) -> dict[str, int | None]:
     from ..store import Store
 
     store = Store(state_dir)
@@ -57,17 +70,26 @@ def start_node_agents(state_dir: Path) -> dict[str, int]:
         count = store.node_count()
     finally:
         store.close()
-    out = {}
-    for n in range(1, count + 1):
-        node = f"node-{n}"
-        out[node] = node_agent_pid(state_dir, node) or _start(
-            state_dir, f"agents/{node}.log", ["node", "--local", "--name", node, "-v"],
-            lambda node=node: node_agent_pid(state_dir, node), f"the node agent of {node}")
-    return out
+    return {f"node-{n}": node_agent_pid(state_dir, f"node-{n}") for n in range(1, count + 1)}
 
 
-def _start(state_dir: Path, log_name: str, args: list[str], started, what: str) -> int:
-    """`meshway --state-dir S ARGS` in its own session; its pid once `started()` names it."""
+def _spawn_node_agents(state_dir: Path) -> list["Starting"]:
+    return [_spawn(state_dir, f"agents/{node}.log", ["node", "--local", "--name", node, "-v"],
+                   lambda node=node: node_agent_pid(state_dir, node), f"the node agent of {node}")
+            for node, pid in _running_agents(state_dir).items() if pid is None]
+
+
+@dataclass
+class Starting:
+    """A process being started: it has started once `started()` names its pid."""
+    proc: subprocess.Popen
+    started: Callable[[], int | None]
+    what: str
+    log_path: Path
+
+
+def _spawn(state_dir: Path, log_name: str, args: list[str], started, what: str) -> Starting:
+    """`meshway --state-dir S ARGS` in its own session."""
     make_private_dir(Path(state_dir).resolve())  # a state path may be a link to the folder
     run = make_private_dir(state_dir / "run")
     log_path = run / log_name
@@ -78,16 +100,34 @@ def _start(state_dir: Path, log_name: str, args: list[str], started, what: str) 
         argv = python_module_args("meshway") + ["--state-dir", str(Path(state_dir).resolve()), *args]
         proc = subprocess.Popen(argv, cwd=run, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True)
+    return Starting(proc, started, what, log_path)
+
+
+def _await(starting: list[Starting]) -> list[int]:
+    """The pids of processes being started, once each has written its pid file; one that exits or
+    does not start in time fails the start, and every one not started yet is killed (not left half
+    started)."""
     deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if started() == proc.pid:
-            return proc.pid
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}; see {log_path}")
-        time.sleep(0.05)
-    proc.kill()  # not left half started
-    proc.wait()
-    raise RuntimeError(f"{what} did not start within {START_TIMEOUT:g} s; see {log_path}")
+    waiting = list(starting)
+    try:
+        while waiting:
+            for s in list(waiting):
+                if s.started() == s.proc.pid:
+                    waiting.remove(s)
+                elif s.proc.poll() is not None:
+                    raise RuntimeError(f"{s.what} exited with {s.proc.returncode}; see {s.log_path}")
+            if waiting and time.monotonic() >= deadline:
+                raise RuntimeError(f"{waiting[0].what} did not start within {START_TIMEOUT:g} s; "
+                                   f"see {waiting[0].log_path}")
+            if waiting:
+                time.sleep(0.05)
+    except RuntimeError:
+        for s in waiting:
+            if s.proc.poll() is None:
+                s.proc.kill()
+                s.proc.wait()
+        raise
+    return [s.proc.pid for s in starting]
 
 
 def stop_process(pid: int, pid_file: Path, timeout: float) -> None:
