@@ -33,6 +33,17 @@ def require_binaries(*extra: str) -> Path:
     return bin_dir
 
 
+def require_kubectl() -> Path:
+    """The kubectl binary alone (tests that need no cluster), skipped or failed as require_binaries."""
+    kubectl = find_bin_dir() / "kubectl"
+    if not kubectl.exists():
+        reason = f"kubectl not built ({kubectl} missing); run scripts/build-kubernetes"
+        if os.environ.get("MESHWAY_REQUIRE_E2E") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return kubectl
+
+
 def run(bin_dir: Path, tool: str, kubeconfig: Path, *args: str, check: bool = True,
         timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([str(bin_dir / tool), f"--kubeconfig={kubeconfig}", *args],

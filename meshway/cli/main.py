@@ -230,35 +230,97 @@ def _split_kind_names(args: tuple[str, ...]) -> tuple[KindInfo, list[str]]:
     return find_kind(first), list(args[1:])
 
 
+OUTPUT_FORMATS = ("custom-columns", "custom-columns-file", "json", "jsonpath", "jsonpath-as-json", "jsonpath-file",
+                  "name", "wide", "yaml")
+
+
+def check_output(value: str | None) -> None:
+    """-o FORMAT or -o FORMAT=ARG, as kubectl accepts them (the template is checked when it is used)."""
+    fmt, sep, _ = (value or "wide").partition("=")
+    if fmt not in OUTPUT_FORMATS or (sep and fmt in ("json", "name", "wide", "yaml")):
+        raise ValueError(f"unable to match a printer suitable for the output format \"{value}\", allowed formats are: "
+                         f"{','.join(OUTPUT_FORMATS)}")
+
+
+def _read_template(fmt: str, arg: str) -> str:
+    if not arg:
+        what = "custom-columns format specified but no custom columns given" if fmt == "custom-columns" \
+            else "template format specified but no template given"
+        raise ValueError(what)
+    if not fmt.endswith("-file"):
+        return arg
+    try:
+        return Path(arg).read_text()
+    except OSError as exc:
+        raise ValueError(f"error reading --template {arg}, {exc.strerror or exc}") from None
+
+
+def write_objects(data: P.Body, output: str, allow_missing_keys: bool) -> str:
+    """-o yaml|json|jsonpath*|custom-columns* of one object or a List."""
+    fmt, _, arg = output.partition("=")
+    if fmt == "yaml":
+        return P.to_yaml(data)
+    if fmt == "json":
+        return P.to_json(data)
+    template = _read_template(fmt, arg)
+    if fmt.startswith("custom-columns"):
+        columns = P.parse_custom_columns(template) if fmt == "custom-columns" else P.parse_custom_columns_file(template)
+        return P.write_custom_columns(columns, data)
+    from .jsonpath import render
+
+    return render(template, data, allow_missing=allow_missing_keys, as_json=fmt == "jsonpath-as-json")
+
+
+def _sorted(items: list[P.Body], sort_by: str | None) -> list[P.Body]:
+    if not sort_by or not items:
+        return items
+    from .jsonpath import sort_items
+
+    return sort_items(items, sort_by)
+
+
 @cli.command()
 @click.argument("args", nargs=-1, required=True)
 @namespace_option
 @click.option("-A", "--all-namespaces", is_flag=True, help="List across all namespaces.")
-@click.option("-o", "--output", type=click.Choice(["wide", "yaml", "json", "name"]), default=None,
-              help="wide: more columns; yaml/json: the objects (a List when not one named object); name: KIND/NAME.")
+@click.option("-o", "--output", default=None, metavar="FORMAT",
+              help="wide: more columns; yaml/json: the objects (a List when not one named object); name: KIND/NAME; "
+                   "jsonpath=TEMPLATE, jsonpath-as-json=TEMPLATE, jsonpath-file=FILE: kubectl's JSONPath template "
+                   "of that object or List; custom-columns=HEADER:PATH,..., custom-columns-file=FILE: a table.")
 @click.option("-L", "--label-columns", multiple=True, help="Label keys to show as columns (comma-separated).")
 @click.option("-l", "--selector", default=None, help="Label selector, e.g. app=reviews,version!=v1.")
+@click.option("--show-labels", is_flag=True, help="Show all labels as the last column (table output).")
+@click.option("--sort-by", default=None, metavar="JSONPATH",
+              help="Sort the list by this field, e.g. .metadata.name or '{.metadata.creationTimestamp}'.")
+@click.option("--allow-missing-template-keys", type=click.BOOL, default=True, is_flag=False, flag_value=True,
+              metavar="BOOL", help="jsonpath: a key missing in the object prints nothing (default) or, with false, "
+                                   "is an error.")
 @pass_ctx
 def get(c: Ctx, args: tuple[str, ...], namespace: str | None, all_namespaces: bool, output: str | None,
-        label_columns: tuple[str, ...], selector: str | None) -> None:
+        label_columns: tuple[str, ...], selector: str | None, show_labels: bool, sort_by: str | None,
+        allow_missing_template_keys: bool) -> None:
     """Show resources: get KIND[,KIND...] [NAME...]."""
+    check_output(output)
+    objects_format = output is not None and output not in ("wide", "name")
     if "," in args[0] and "/" not in args[0]:
         if len(args) > 1:
             raise ValueError("names cannot be given with more than one kind")
         ns = None if all_namespaces else (namespace or "default")
         found = [(info, c.store.list(info, ns, parse_selector(selector) if selector else None))
                  for info in (find_kind(k) for k in args[0].split(",") if k)]
-        if output in ("yaml", "json"):  # one List of every kind's objects, as kubectl prints it
+        if objects_format:  # one List of every kind's objects, as kubectl prints it
             data = P.as_list([b for _, items in found for b in items])
-            click.echo(P.to_yaml(data) if output == "yaml" else P.to_json(data), nl=False)
+            data["items"] = _sorted(data["items"], sort_by)
+            click.echo(write_objects(data, output, allow_missing_template_keys), nl=False)
             return
         first = True
         for info, items in found:
+            items = _sorted(items, sort_by)
             if items and output == "name":
                 click.echo("".join(f"{info.qualified}/{b['metadata']['name']}\n" for b in items), nl=False)
             elif items:
                 table = P.write_table(info.kind, items, all_namespaces and info.namespaced, output == "wide", [],
-                                      prefix=info.qualified)
+                                      prefix=info.qualified, show_labels=show_labels)
                 click.echo(("" if first else "\n") + table, nl=False)
             first = first and not items
         if first:
@@ -268,20 +330,24 @@ def get(c: Ctx, args: tuple[str, ...], namespace: str | None, all_namespaces: bo
     ns = None if all_namespaces and not names else (namespace or "default")
     sel = parse_selector(selector) if selector else None
     items = [c.store.get(info, ns or "default", n) for n in names] if names else c.store.list(info, ns, sel)
-    if not items and output not in ("yaml", "json"):
+    if not items and not objects_format:
         where = f" in {ns} namespace" if info.namespaced and ns else ""
         click.echo(f"No resources found{where}.", err=True)
         return
-    if output in ("yaml", "json"):  # none: an empty List, as kubectl prints it
+    if objects_format:  # none: an empty List, as kubectl prints it
         data = items[0] if len(names) == 1 else P.as_list(items)
-        click.echo(P.to_yaml(data) if output == "yaml" else P.to_json(data), nl=False)
-    elif output == "name":
+        if data is not items[0]:
+            data["items"] = _sorted(data["items"], sort_by)
+        click.echo(write_objects(data, output, allow_missing_template_keys), nl=False)
+        return
+    items = _sorted(items, sort_by)
+    if output == "name":
         for b in items:
             click.echo(f"{info.qualified}/{b['metadata']['name']}")
     else:
         keys = [k for arg in label_columns for k in arg.split(",") if k]
         click.echo(P.write_table(info.kind, items, all_namespaces and info.namespaced and not names,
-                                 output == "wide", keys), nl=False)
+                                 output == "wide", keys, show_labels=show_labels), nl=False)
 
 
 def _split_label_args(args: tuple[str, ...]) -> tuple[list[str], dict[str, str], list[str]]:

@@ -8,14 +8,15 @@ from typing import Any, Callable, Sequence
 Body = dict[str, Any]
 
 
-def tabwrite(rows: Sequence[Sequence[str]], padding: int = 3) -> str:
-    """Go's text/tabwriter with minwidth 0 and space padding: every column but the last is padded."""
+def tabwrite(rows: Sequence[Sequence[str]], padding: int = 3, minwidth: int = 0) -> str:
+    """Go's text/tabwriter with space padding: every column but the last is padded to at least minwidth."""
     if not rows:
         return ""
     widths = [0] * max(len(r) for r in rows)
     for row in rows:
         for i, cell in enumerate(row[:-1]):
             widths[i] = max(widths[i], len(cell))
+    widths = [max(w, minwidth - padding) for w in widths]
     lines = []
     for row in rows:
         cells = [cell.ljust(widths[i] + padding) for i, cell in enumerate(row[:-1])] + [row[-1]] if row else []
@@ -135,13 +136,19 @@ def label_column(key: str) -> str:
     return key.rsplit("/", 1)[-1].upper()
 
 
+def format_labels(labels: dict[str, str] | None) -> str:
+    """k8s.io/apimachinery's labels.FormatLabels: sorted key=value pairs, or <none>."""
+    return ",".join(f"{k}={v}" for k, v in sorted((labels or {}).items())) or "<none>"
+
+
 def write_table(kind: str, items: list[Body], all_namespaces: bool = False, wide: bool = False,
-                label_columns: Sequence[str] = (), now: datetime | None = None, prefix: str = "") -> str:
+                label_columns: Sequence[str] = (), now: datetime | None = None, prefix: str = "",
+                show_labels: bool = False) -> str:
     cols = COLUMNS.get(kind, []) + [("AGE", lambda b: age(b, now))]
     if wide:
         cols += WIDE.get(kind, [])
     header = (["NAMESPACE"] if all_namespaces else []) + ["NAME"] + [c[0] for c in cols]
-    header += [label_column(k) for k in label_columns]
+    header += [label_column(k) for k in label_columns] + (["LABELS"] if show_labels else [])
     rows = [header]
     for body in items:
         meta = body["metadata"]
@@ -149,6 +156,7 @@ def write_table(kind: str, items: list[Body], all_namespaces: bool = False, wide
         row = ([meta.get("namespace", "")] if all_namespaces else []) + [name]
         row += [fn(body) for _, fn in cols]
         row += [(meta.get("labels") or {}).get(k, "") for k in label_columns]
+        row += [format_labels(meta.get("labels"))] if show_labels else []
         rows.append(row)
     return tabwrite(rows)
 
@@ -164,4 +172,76 @@ def to_json(data: Any) -> str:
 
 
 def as_list(items: list[Body]) -> Body:
-    return {"apiVersion": "v1", "items": items, "kind": "List", "metadata": {"resourceVersion": ""}}
+    """The List kubectl prints for several objects. kubectl builds it through Go's JSON, which turns a
+    whole float (1000000.0) into an integer; so do we."""
+    return {"apiVersion": "v1", "items": [_whole_floats(b) for b in items], "kind": "List",
+            "metadata": {"resourceVersion": ""}}
+
+
+def _whole_floats(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _whole_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_floats(v) for v in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return int(value)
+    return value
+
+
+Columns = list[tuple[str, str]]  # (header, JSONPath template)
+
+
+def parse_custom_columns(spec: str) -> Columns:
+    """kubectl's -o custom-columns=HEADER:PATH,...; each PATH relaxed (`.a.b`, `a.b`, `{.a.b}`)."""
+    from .jsonpath import JSONPathError, relaxed
+
+    if not spec:
+        raise JSONPathError("custom-columns format specified but no custom columns given")
+    columns = []
+    for part in spec.split(","):
+        header, sep, path = part.partition(":")
+        if not sep:
+            raise JSONPathError(f"unexpected custom-columns spec: {part}, expected <header>:<json-path-expr>")
+        columns.append((header, relaxed(path)))
+    return columns
+
+
+def parse_custom_columns_file(text: str) -> Columns:
+    """kubectl's -o custom-columns-file: one line of headers, one line of paths, split on whitespace."""
+    from .jsonpath import JSONPathError, relaxed
+
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if text.endswith("\n"):
+        lines.pop()  # bufio.Scanner: a final newline ends the last line, it starts none
+    fmt = "Expected format is one line of space separated headers, one line of space separated column specs."
+    if not lines:
+        raise JSONPathError(f"invalid template, missing header line. {fmt}")
+    if len(lines) < 2:
+        raise JSONPathError(f"invalid template, missing spec line. {fmt}")
+    headers, specs = lines[0].split(), lines[1].split()
+    if len(headers) != len(specs):
+        raise JSONPathError(f"number of headers ({len(headers)}) and field specifications ({len(specs)}) don't match")
+    return [(h, relaxed(p)) for h, p in zip(headers, specs)]
+
+
+def write_custom_columns(columns: Columns, data: Body) -> str:
+    """kubectl's custom-columns printer on one object or a List: a row per object, each cell every value
+    of its path in Go's %v joined by commas, <none> when the path finds nothing."""
+    from .jsonpath import JSONPathError, go_sprint, parse, values_per_action
+
+    for _, template in columns:
+        try:
+            parse(template)
+        except JSONPathError as exc:
+            raise JSONPathError(str(exc)) from None
+    objs = data["items"] if isinstance(data.get("items"), list) else [data]  # meta.IsListType
+    rows = [[h for h, _ in columns]]
+    for obj in objs:
+        row = []
+        for _, template in columns:
+            per_action = values_per_action(template, obj)
+            cells = ["<none>"] if not per_action or not per_action[0] else []
+            cells += [go_sprint(v) for values in per_action for v in values]
+            row.append(",".join(cells))
+        rows.append(row)
+    return tabwrite(rows, minwidth=6)
