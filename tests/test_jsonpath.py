@@ -8,7 +8,9 @@ from decimal import Decimal
 import pytest
 
 from meshway.cli import printers as P
-from meshway.cli.jsonpath import JSONPathError, go_float, go_json, go_sprint, quantity, relaxed, render, sort_items
+from meshway.cli.goprint import go_float, go_json, go_sprint
+from meshway.cli.jsonpath import JSONPathError, relaxed, render
+from meshway.cli.sortby import quantity, sort_items
 
 POD = {
     "kind": "Pod",

@@ -274,7 +274,7 @@ def write_objects(data: P.Body, output: str, allow_missing_keys: bool) -> str:
 def _sorted(items: list[P.Body], sort_by: str | None) -> list[P.Body]:
     if not sort_by or not items:
         return items
-    from .jsonpath import sort_items
+    from .sortby import sort_items
 
     return sort_items(items, sort_by)
 

@@ -227,7 +227,8 @@ def parse_custom_columns_file(text: str) -> Columns:
 def write_custom_columns(columns: Columns, data: Body) -> str:
     """kubectl's custom-columns printer on one object or a List: a row per object, each cell every value
     of its path in Go's %v joined by commas, <none> when the path finds nothing."""
-    from .jsonpath import JSONPathError, go_sprint, parse, values_per_action
+    from .goprint import go_sprint
+    from .jsonpath import JSONPathError, parse, values_per_action
 
     for _, template in columns:
         try:
