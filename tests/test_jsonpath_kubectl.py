@@ -44,7 +44,7 @@ metadata:
 spec:
   priority: 5
   containers: [{name: main, image: "nginx:1.28"}]
-  extra: {flag: false, ratio: 2.5}
+  extra: {flag: false, ratio: 2.5, blank: ""}
 ---
 apiVersion: v1
 kind: Pod
@@ -151,6 +151,10 @@ OTHER_ARGS = [  # whole argument lists after `get`
     [LIST, "--sort-by=.nope", "-o", "jsonpath={.items[*].metadata.name}"],
     ["pod", "web-10", "-o", "jsonpath={.metadata.name}", "--sort-by=.spec.priority"],
     [LIST, "--sort-by=.metadata.name", "-o", "custom-columns=N:.metadata.name"],
+    [LIST, "-o", "custom-columns=N:.metadata.name,BLANK:.spec.extra.blank"],
+    [LIST, "-o", "custom-columns=BLANK:.spec.extra.blank,N:.metadata.name"],
+    ["pods,configmaps", "-o", "jsonpath={.items[*].kind} {.items[*].metadata.name}"],
+    ["pods,configmaps", "-o", "custom-columns=KIND:.kind,NAME:.metadata.name", "--sort-by=.metadata.name"],
     [LIST, "--sort-by=.metadata.name", "-o", "jsonpath-as-json={.items[*].metadata.name}"],
 ]
 

@@ -8,8 +8,9 @@ from typing import Any, Callable, Sequence
 Body = dict[str, Any]
 
 
-def tabwrite(rows: Sequence[Sequence[str]], padding: int = 3, minwidth: int = 0) -> str:
-    """Go's text/tabwriter with space padding: every column but the last is padded to at least minwidth."""
+def tabwrite(rows: Sequence[Sequence[str]], padding: int = 3, minwidth: int = 0, rstrip: bool = True) -> str:
+    """Go's text/tabwriter with space padding: every column but the last is padded to at least minwidth
+    (rstrip=False keeps the padding before an empty last cell, as Go does)."""
     if not rows:
         return ""
     widths = [0] * max(len(r) for r in rows)
@@ -20,7 +21,7 @@ def tabwrite(rows: Sequence[Sequence[str]], padding: int = 3, minwidth: int = 0)
     lines = []
     for row in rows:
         cells = [cell.ljust(widths[i] + padding) for i, cell in enumerate(row[:-1])] + [row[-1]] if row else []
-        lines.append("".join(cells).rstrip())
+        lines.append("".join(cells).rstrip() if rstrip else "".join(cells))
     return "\n".join(lines) + "\n"
 
 
@@ -245,4 +246,4 @@ def write_custom_columns(columns: Columns, data: Body) -> str:
             cells += [go_sprint(v) for values in per_action for v in values]
             row.append(",".join(cells))
         rows.append(row)
-    return tabwrite(rows, minwidth=6)
+    return tabwrite(rows, minwidth=6, rstrip=False)
