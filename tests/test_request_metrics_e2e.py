@@ -41,6 +41,7 @@ spec:
 
 
 SHARED = "spiffe://cluster.local/ns/default/sa/shared"
+REVIEWS_PRINCIPAL = "spiffe://cluster.local/ns/default/sa/bookinfo-reviews"
 CALLERS = """
 apiVersion: v1
 kind: ServiceAccount
@@ -161,12 +162,13 @@ def test_two_deployments_of_one_service_account_are_told_apart(mesh: Mesh) -> No
     received = by_source(scrape(mesh), "istio_tcp_received_bytes", **match)
     assert all(received[k] > 0 for k in opened), received
     # the client's node proxy (reporter="source"): each connection with its own pod, by the service
-    # (through the waypoint) and by pod IP (directly: its chain names no destination), opened and
-    # closed once
+    # (through the waypoint) and by pod IP (directly, to the pod its address names: no service),
+    # opened and closed once
     for match, expected in ((dict(destination_service=REVIEWS), {("caller-a", "caller-a", "v1"): 6 + 4,
                                                                  ("caller-b", "caller-b", "v2"): 9}),
-                            (dict(destination_service="unknown"), {("caller-a", "caller-a", "v1"): 6,
-                                                                   ("caller-b", "caller-b", "v2"): 9})):
+                            (dict(destination_service="unknown", destination_workload="reviews-v1",
+                                  destination_version="v1", destination_principal=REVIEWS_PRINCIPAL),
+                             {("caller-a", "caller-a", "v1"): 6, ("caller-b", "caller-b", "v2"): 9})):
         match = dict(reporter="source", source_principal=SHARED, **match)
         for name in ("istio_tcp_connections_opened", "istio_tcp_connections_closed"):
             mesh.wait_until(lambda: by_source(scrape(mesh), name, **match) - by_source(before, name, **match)

@@ -128,16 +128,17 @@ SOURCE_TAGS = {"reporter": "source", "request_protocol": "tcp", "connection_secu
 
 
 def connection(stream: str, event: str, remote: str = "10.244.1.20", received: int = 0, sent: int = 0,
-               port: int = 40000, principal: str = "cluster.local/ns/default/sa/shared") -> TCPAccessLogEntry:
+               port: int = 40000, principal: str = "cluster.local/ns/default/sa/shared",
+               local: str = "10.96.0.20", tags: dict = SOURCE_TAGS) -> TCPAccessLogEntry:
     """An entry of a node proxy's connection log, as `build_connection_log` makes Envoy send it."""
     e = TCPAccessLogEntry()
     c = e.common_properties
     c.stream_id, c.access_log_type = stream, AccessLogType.Value(event)
     c.downstream_remote_address.socket_address.address = remote
     c.downstream_remote_address.socket_address.port_value = port
-    c.downstream_local_address.socket_address.address = "10.96.0.20"
+    c.downstream_local_address.socket_address.address = local
     c.downstream_local_address.socket_address.port_value = 9080
-    c.custom_tags.update({**SOURCE_TAGS, "source_principal": principal})
+    c.custom_tags.update({**tags, "source_principal": principal})
     e.connection_properties.received_bytes, e.connection_properties.sent_bytes = received, sent
     return e
 
@@ -146,7 +147,7 @@ def connection(stream: str, event: str, remote: str = "10.244.1.20", received: i
                                             ("TcpConnectionEnd", END)])
 def test_read_connection_entry(event: str, expected: str) -> None:
     r = read_connection_entry(connection("s1", event, received=10, sent=20))
-    assert r == TunnelRecord("s1", expected, SHARED, "10.244.1.20", SOURCE_TAGS, 200, 10, 20)
+    assert r == TunnelRecord("s1", expected, SHARED, "10.244.1.20", SOURCE_TAGS, 200, 10, 20, "10.96.0.20")
 
 
 def test_a_connection_without_stream_id_is_known_by_its_addresses() -> None:
@@ -197,6 +198,24 @@ def test_control_plane_tally_names_each_source_pod_of_one_identity(tmp_path) -> 
     assert sample.value == 3 and sample.labels["source_principal"] == SHARED
     assert sample.labels["source_workload_namespace"] == "default"
     assert sample.labels["connection_security_policy"] == "mutual_tls"
+
+
+def test_a_direct_connection_to_a_pod_ip_names_that_pods_workload(tmp_path) -> None:
+    """The chain that serves every pod addressed directly names no workload: the tally takes the
+    destination pod from the connection's original destination address, as ztunnel knows it."""
+    view = MeshView(pods={(p.namespace, p.name): p for p in PODS})
+    node = build_node_id("ztunnel", "10.244.1.1", "ztunnel-node-1", "istio-system")
+    tally = RequestMetrics(lambda: view, lambda n: None, None)
+    direct = {"reporter": "source", "request_protocol": "tcp", "connection_security_policy": "mutual_tls"}
+    tally.record(node, [connection("p", "TcpUpstreamConnected", local=REVIEWS.ip, tags=direct),
+                        connection("q", "TcpUpstreamConnected", local="10.244.9.9", tags=direct),  # no pod there
+                        connection("s", "TcpUpstreamConnected")])  # a service chain: its own tags
+    families = {f.name: f for f in text_string_to_metric_families(write_text(tally.families()))}
+    opened = {(s.labels["destination_workload"], s.labels["destination_version"], s.labels["destination_principal"],
+               s.labels["destination_service"]): s.value for s in families["istio_tcp_connections_opened"].samples}
+    assert opened == {("reviews-v1", "v1", "spiffe://cluster.local/ns/default/sa/bookinfo-reviews", "unknown"): 1,
+                      ("unknown", "unknown", "unknown", "unknown"): 1,
+                      ("unknown", "unknown", "unknown", "reviews.default.svc.cluster.local"): 1}
 
 
 # -- the config: what each proxy sends, keeps and logs ------------------------------------------

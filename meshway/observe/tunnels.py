@@ -57,6 +57,7 @@ class TunnelRecord:
     status: int  # the CONNECT's response code (200: established; a captured connection: always 200)
     received: int  # bytes from the caller so far
     sent: int  # bytes to the caller so far
+    destination: str = ""  # a captured connection's original destination address (a direct chain's pod)
 
 
 def read_tunnel_entry(entry) -> TunnelRecord:
@@ -88,12 +89,15 @@ def read_connection_entry(entry) -> TunnelRecord:
                         f"{local.address}:{local.port_value}", event=TCP_EVENTS.get(event, event),
                         principal=f"spiffe://{principal}" if principal else "", address=remote.address, tags=tags,
                         status=200, received=entry.connection_properties.received_bytes,
-                        sent=entry.connection_properties.sent_bytes)
+                        sent=entry.connection_properties.sent_bytes, destination=local.address)
 
 
-def build_tunnel_labels(record: TunnelRecord, source: Mapping[str, str]) -> Labels:
-    """Istio's TCP labels of one tunnel or connection: the chain's labels and the caller's `source`."""
-    return build_istio_labels({**record.tags, **source}, TCP_LABELS)
+def build_tunnel_labels(record: TunnelRecord, source: Mapping[str, str],
+                        destination: Mapping[str, str] | None = None) -> Labels:
+    """Istio's TCP labels of one tunnel or connection: the chain's labels and the caller's `source`;
+    `destination`: the workload labels of the pod a connection went to, for a chain that serves
+    every pod addressed directly (its own tags name no workload)."""
+    return build_istio_labels({**(destination or {}), **record.tags, **source}, TCP_LABELS)
 
 
 @dataclass

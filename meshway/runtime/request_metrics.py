@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from ..labels import CLUSTER_DOMAIN
 from ..mesh.view import MeshView
 from ..observe.metrics import Family, write_text
 from ..observe.requests import FILE_NAME, MAX_SERIES, RequestCounts, build_request_families, build_request_labels, \
@@ -27,7 +28,7 @@ from ..observe.tunnels import TunnelCounts, build_tunnel_families, build_tunnel_
     read_tunnel_entry
 from ..private import write_private
 from ..xds.proxy import parse_node_id
-from ..xds.stat_tags import parse_stat_name
+from ..xds.stat_tags import build_workload_tags, parse_stat_name
 
 log = logging.getLogger(__name__)
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -52,15 +53,31 @@ class RequestMetrics:
 
     def _source(self, principal: str, address: str = "") -> dict[str, str]:
         """The caller's labels: of its pod if `address` is one of the identity's pods, else of the identity."""
+        pods, by_ip, cache = self._current_pods()
+        if (principal, address) not in cache:
+            cache[(principal, address)] = (find_caller_labels(pods.values(), by_ip, principal, address) if address
+                                           else find_source_labels(pods.values(), principal)) if principal else {}
+        return cache[(principal, address)]
+
+    def _current_pods(self) -> tuple:
+        """The view's pods, the same by IP, and the callers' labels found in this view so far."""
         pods = self.find_view().pods
         key, by_ip, cache = self._sources
         if key != id(pods):
             by_ip, cache = {p.ip: p for p in pods.values() if p.ip}, {}
             self._sources = (id(pods), by_ip, cache)
-        if (principal, address) not in cache:
-            cache[(principal, address)] = (find_caller_labels(pods.values(), by_ip, principal, address) if address
-                                           else find_source_labels(pods.values(), principal)) if principal else {}
-        return cache[(principal, address)]
+        return pods, by_ip, cache
+
+    def _destination(self, record) -> dict[str, str] | None:
+        """The workload labels of the pod a direct connection went to (by its original destination
+        address), when the chain's tags name no workload; its identity in the caller's trust domain."""
+        if not record.destination or "destination_workload" in record.tags:
+            return None
+        pod = self._current_pods()[1].get(record.destination)
+        if pod is None:
+            return None
+        trust_domain = record.principal.removeprefix("spiffe://").split("/", 1)[0] or CLUSTER_DOMAIN
+        return build_workload_tags(pod, f"spiffe://{trust_domain}/ns/{pod.namespace}/sa/{pod.service_account}")
 
     def _cluster_tags(self, node_id: str) -> dict[str, dict[str, str]]:
         snapshot = self.find_snapshot(node_id)
@@ -81,7 +98,8 @@ class RequestMetrics:
         if parts.kind == "ztunnel":  # its tunnel log (HTTP entries) or its connection log (TCP entries)
             read = read_connection_entry if entries and entries[0].DESCRIPTOR.name == "TCPAccessLogEntry" \
                 else read_tunnel_entry
-            tunnels = [(build_tunnel_labels(t, self._source(t.principal, t.address)), t) for t in map(read, entries)]
+            tunnels = [(build_tunnel_labels(t, self._source(t.principal, t.address), self._destination(t)), t)
+                       for t in map(read, entries)]
             with self._lock:
                 counts = self._tunnels.setdefault(node_id, TunnelCounts(self.max_series))
                 for labels, t in tunnels:
