@@ -152,6 +152,9 @@ OTHER_ARGS = [  # whole argument lists after `get`
     ["pod", "web-10", "-o", "jsonpath={.metadata.name}", "--sort-by=.spec.priority"],
     [LIST, "--sort-by=.metadata.name", "-o", "custom-columns=N:.metadata.name"],
     [LIST, "-o", "custom-columns=N:.metadata.name,BLANK:.spec.extra.blank"],
+    ["services", "-o", "jsonpath={.items}|{.items[*].metadata.name}|{.kind}"],
+    ["services", "-o", "jsonpath={.items[0]}"],
+    ["services", "-o", "custom-columns=N:.metadata.name", "--sort-by=.metadata.name"],
     [LIST, "-o", "custom-columns=BLANK:.spec.extra.blank,N:.metadata.name"],
     ["pods,configmaps", "-o", "jsonpath={.items[*].kind} {.items[*].metadata.name}"],
     ["pods,configmaps", "-o", "custom-columns=KIND:.kind,NAME:.metadata.name", "--sort-by=.metadata.name"],
@@ -236,7 +239,7 @@ def test_template_and_column_files_as_kubectl(sides, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", [".metadata.labels", ".spec.extra.flag", ".spec.extra.ratio", ".spec.priority"])
-def test_sort_by_an_unsortable_field_fails_as_kubectl(sides, path: str) -> None:
+def test_sort_by_numbers_and_unsortable_fields_as_kubectl(sides, path: str) -> None:
     """kubectl exits through klog.Fatalf (a klog header); meshway prints the same message as an
     error with code 1. (.spec.extra.ratio and .spec.priority sort: kubectl and meshway must agree.)"""
     assert_same(sides, [LIST, f"--sort-by={path}", "-o", "jsonpath={.items[*].metadata.name}"], klog_fatal=True)

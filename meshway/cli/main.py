@@ -336,7 +336,7 @@ def get(c: Ctx, args: tuple[str, ...], namespace: str | None, all_namespaces: bo
         return
     if objects_format:  # none: an empty List, as kubectl prints it
         data = items[0] if len(names) == 1 else P.as_list(items)
-        if data is not items[0]:
+        if len(names) != 1:
             data["items"] = _sorted(data["items"], sort_by)
         click.echo(write_objects(data, output, allow_missing_template_keys), nl=False)
         return
