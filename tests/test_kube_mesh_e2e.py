@@ -548,13 +548,12 @@ def test_authorization_policies_l7_at_the_waypoint_and_l4_at_the_destinations_no
     (tmp_path / "policies.yaml").write_text(POLICIES)
     sh(f"kubectl apply -f {tmp_path / 'policies.yaml'}")
 
-    def codes(netns: str, method: str) -> list[int]:
-        return [code for _, code, _ in results(requests(netns, 5, host="productpage", method=method,
-                                                         path="/productpage"))]
+    def codes(netns: str, method: str, host: str = "productpage") -> list[int]:
+        return [code for _, code, _ in results(requests(netns, 5, host=host, method=method, path="/productpage"))]
     wait_for("POST refused by the waypoint", lambda: codes(curl, "POST") == [403] * 5, 30, 0.5)
     assert codes(curl, "GET") == [200] * 5  # the caller's identity from HBONE, GET allowed
     # outside the mesh: plaintext, no identity, straight to the pod: its node proxy refuses it (L4)
-    assert set(codes(outside, "GET")) == {0}
+    assert set(codes(outside, "GET", "productpage.default")) == {0}
     statuses = json.loads(sh("kubectl get authorizationpolicies -n default -o json"))["items"]
     conditions = {p["metadata"]["name"]: {c["type"]: c["status"] for c in p.get("status", {}).get("conditions", [])}
                   for p in statuses}

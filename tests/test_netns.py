@@ -143,9 +143,23 @@ def test_no_plan_touches_the_host_namespace():
 
 
 def test_hosts_file():
-    text = N.render_hosts("a", "10.244.1.2", [("10.96.0.5", N.service_hostnames("reviews", "default"))])
+    text = N.render_hosts("a", "10.244.1.2", [("10.96.0.5", N.service_hostnames("reviews", "default", "default"))])
     assert text == ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n10.244.1.2\ta\n"
                     "10.96.0.5\treviews reviews.default reviews.default.svc reviews.default.svc.cluster.local\n")
+
+
+def test_a_short_name_resolves_only_in_its_own_namespace():
+    """As the cluster DNS with a pod's search path: `reviews` from namespace `other` is not
+    default's reviews; the qualified names are the same everywhere."""
+    assert N.service_hostnames("reviews", "default", "other") == [
+        "reviews.default", "reviews.default.svc", "reviews.default.svc.cluster.local"]
+    from meshway.node.nodeproxy import build_service_hosts
+    services = [{"metadata": {"name": "reviews", "namespace": ns}, "spec": {"clusterIP": ip}}
+                for ns, ip in (("default", "10.96.0.5"), ("other", "10.96.0.6"))]
+    for client, short in (("default", "10.96.0.5"), ("other", "10.96.0.6"), ("third", None)):
+        entries = dict(build_service_hosts(services, client))
+        assert [ip for ip, names in entries.items() if "reviews" in names] == ([short] if short else []), client
+        assert "reviews.default" in entries["10.96.0.5"] and "reviews.other" in entries["10.96.0.6"]
 
 
 def test_rewrite_in_place_keeps_the_inode(tmp_path: Path):
@@ -576,3 +590,30 @@ def cluster_pieces_exist(state_dir: Path) -> bool:
     state = json.loads(N.state_path(state_dir).read_text())
     pieces = [state["fabric"], *state["nodes"].values(), *state["pods"].values()]
     return bool(ours(N.cluster_id(state_dir))) and any(not p["ready"] for p in pieces)
+
+
+def test_request_simulation_resolves_as_the_callers_hosts_file(tmp_path: Path):
+    """`explain --request` resolves a name as the caller's own /etc/hosts does."""
+    from conftest import apply
+    from meshway.mesh.request import parse_request
+    from meshway.mesh.view import XDS_KINDS, MeshView
+    from meshway.store import Store
+    from meshway.xds.simulate import resolve_name
+
+    store = Store(tmp_path / "s")
+    apply(store, """
+apiVersion: v1
+kind: Namespace
+metadata: {name: other}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec: {selector: {app: reviews}, ports: [{name: http, port: 9080}]}
+""")
+    view = MeshView.build(store.snapshot(XDS_KINDS)[1])
+    vip = view.services[("Service", "default", "reviews")].addresses[0]
+    short, qualified = parse_request("GET http://reviews:9080/"), parse_request("GET http://reviews.default:9080/")
+    assert resolve_name(view, short, "default")["address"] == vip
+    assert resolve_name(view, short, "other")["error"].startswith("could not resolve host 'reviews'")
+    assert resolve_name(view, qualified, "other")["address"] == vip

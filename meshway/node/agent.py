@@ -430,11 +430,14 @@ class NodeAgent:
         pods = [{**b, "status": {**(b.get("status") or {}), "podIP": ip}} for ip, b in running.values() if b]
         captured = Z.find_captured_ips(pods, namespaces)
         self._apply("capture", captured, lambda: apply_capture_rules(self.net.node_netns(self.index), list(captured)))
-        hosts = Z.build_service_hosts(objects["Service"])
+        hosts_of: dict[str, list] = {}  # namespace -> its pods' host entries
         backends = Z.find_service_backends(objects["Service"], objects["EndpointSlice"])
         for (ns, name), (ip, body) in running.items():
             if body is None or Z.detect_host_network(body):
                 continue
+            if ns not in hosts_of:
+                hosts_of[ns] = Z.build_service_hosts(objects["Service"], ns)
+            hosts = hosts_of[ns]
             self._apply(f"hosts {ns}/{name}", (ip, hosts), lambda: self.net.write_hosts(ns, name, ip, hosts))
             wanted = () if ip in captured else backends
             self._apply(f"nat {ns}/{name}", wanted, lambda: apply_service_nat(self.net.pod_netns(ns, name), wanted))

@@ -11,8 +11,9 @@ decides about them. The agent (`meshway.node.agent`) reads, runs and writes.
 - **Capture** (istio-cni's job): the node's iptables rules (`meshway.runtime.capture`) capture the
   node's pods that are in the ambient mesh, by istio-cni's enablement rule
   (`meshway.mesh.enrollment.decide_ambient`) read from the pods' and their namespaces' labels.
-- **Names** (what a cluster DNS does for a pod): each pod's /etc/hosts lists every Service's
-  ClusterIP under its short and qualified names.
+- **Names** (what a cluster DNS and a pod's search path do): each pod's /etc/hosts lists every
+  Service's ClusterIP under its qualified names, and under its short name when it is in the pod's
+  own namespace.
 - **kube-proxy's part** for pods outside the mesh: each Service port's ClusterIP DNATed to its ready
   endpoints, read from the EndpointSlices (`meshway.runtime.capture.build_service_nat`).
 - **Guaranteed traversal** on pods outside the mesh admits the waypoints' pods: their addresses are
@@ -92,13 +93,15 @@ def _cluster_ip(svc: Body) -> str | None:
     return ip if ip and ip != "None" else None
 
 
-def build_service_hosts(services: Iterable[Body]) -> list[tuple[str, list[str]]]:
-    """(ClusterIP, names) of every Service with a ClusterIP, in name order."""
+def build_service_hosts(services: Iterable[Body], namespace: str) -> list[tuple[str, list[str]]]:
+    """(ClusterIP, names) of every Service with a ClusterIP, in name order, as a pod in `namespace`
+    resolves them (short names for its own namespace's only)."""
     entries = []
     for svc in sorted(services, key=lambda s: (s["metadata"].get("namespace") or "", s["metadata"]["name"])):
         ip = _cluster_ip(svc)
         if ip:
-            entries.append((ip, service_hostnames(svc["metadata"]["name"], svc["metadata"].get("namespace") or "default")))
+            entries.append((ip, service_hostnames(svc["metadata"]["name"], svc["metadata"].get("namespace") or "default",
+                                                  namespace)))
     return entries
 
 

@@ -34,11 +34,13 @@ def detect_waypoint_pod(pod: Body) -> bool:
     return L.GATEWAY_NAME in labels and labels.get(L.GATEWAY_CLASS_NAME) == L.WAYPOINT_CLASS
 
 
-def build_host_entries(view: MeshView) -> list[tuple[str, list[str]]]:
+def build_host_entries(view: MeshView, namespace: str) -> list[tuple[str, list[str]]]:
+    """/etc/hosts entries of a pod in `namespace`: Services (short names of its own namespace's only)
+    and ServiceEntries' hosts at their addresses."""
     entries = []
     for svc in sorted(view.services.values(), key=lambda s: (s.namespace, s.name)):
         if svc.kind == "Service" and svc.addresses:
-            entries.append((svc.addresses[0], service_hostnames(svc.name, svc.namespace)))
+            entries.append((svc.addresses[0], service_hostnames(svc.name, svc.namespace, namespace)))
         elif svc.kind == "ServiceEntry":
             for ip in svc.addresses:
                 entries.append((ip, list(svc.hosts)))
@@ -117,14 +119,16 @@ class ClusterRuntime:
                         self.net.remove_pod(ns, name)
                     except Exception as exc:  # noqa: BLE001 (the rest of the cluster still runs)
                         log.warning("cannot remove pod %s/%s: %s", ns, name, exc)
-        entries = build_host_entries(view)
+        entries: dict[str, list] = {}  # namespace -> its pods' host entries
         for key, body in wanted.items():
             state = self.pods.get(key)
             if state is None:
                 state = self.pods[key] = PodState(body)
                 self._create(key, state)
             state.body = body
-            self.net.write_hosts(key[0], key[1], body["status"]["podIP"], entries)
+            if key[0] not in entries:
+                entries[key[0]] = build_host_entries(view, key[0])
+            self.net.write_hosts(key[0], key[1], body["status"]["podIP"], entries[key[0]])
 
     def _create(self, key: tuple[str, str], state: PodState) -> None:
         ns, name = key

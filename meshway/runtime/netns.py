@@ -210,8 +210,12 @@ def _unlink_pod(cluster: str, node: int, pod_ns: str, pod: str) -> list[Cmd]:
 
 
 # -- /etc/netns/<pod>/hosts ----------------------------------------------------------------------
-def service_hostnames(name: str, namespace: str) -> list[str]:
-    return [name, f"{name}.{namespace}", f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"]
+def service_hostnames(name: str, namespace: str, client_namespace: str | None = None) -> list[str]:
+    """The names a pod in `client_namespace` resolves a Service by, as the cluster DNS and the pod's
+    search path (`<its namespace>.svc.cluster.local svc.cluster.local cluster.local`) give them: the
+    short name only for a Service of its own namespace (None: every name)."""
+    qualified = [f"{name}.{namespace}", f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"]
+    return ([name] if client_namespace in (None, namespace) else []) + qualified
 
 
 def render_hosts(pod: str, ip: str, entries: list[tuple[str, list[str]]]) -> str:

@@ -60,14 +60,15 @@ def find_caller(view: MeshView, source: PodInfo) -> Body:
                                                  "no waypoint, no identity)")}
 
 
-def resolve_name(view: MeshView, request: Request) -> Body:
-    """The address the caller's /etc/hosts gives the host (first entry wins), then what it is."""
-    from ..runtime.cluster import build_host_entries  # the same entries every pod's /etc/hosts gets
+def resolve_name(view: MeshView, request: Request, namespace: str = "default") -> Body:
+    """The address the /etc/hosts of a caller in `namespace` gives the host (first entry wins), then
+    what it is."""
+    from ..runtime.cluster import build_host_entries  # the same entries the caller's /etc/hosts gets
     host = request.host
     if _is_ip(host):
         address, how = host, "an IP address"
     else:
-        matches = [(ip, names) for ip, names in build_host_entries(view) if host in names]
+        matches = [(ip, names) for ip, names in build_host_entries(view, namespace) if host in names]
         if not matches:
             return {"host": host, "address": None, "error": f"could not resolve host {host!r}: no Service or "
                                                             "ServiceEntry of that name in /etc/hosts"}
@@ -292,7 +293,7 @@ def simulate(view: MeshView, request: Request, source: PodInfo, now: float) -> B
 def _simulate(view: MeshView, request: Request, source: PodInfo, now: float) -> Body:
     """The steps of one request from `source` (see the module docstring); `now` for token expiry."""
     doc: Body = {"request": request.to_json(), "caller": find_caller(view, source)}
-    resolution = resolve_name(view, request)
+    resolution = resolve_name(view, request, source.namespace)
     doc["resolution"] = resolution
     if resolution.get("error"):
         doc["outcome"] = {"result": "error", "status": None, "reason": resolution["error"]}
