@@ -1,6 +1,7 @@
 """WasmPlugin on waypoints: the model's validation, which chains a plugin applies to, its place
-by phase and priority, the filter istiod builds, what runs in place of a module that is not
-available (failStrategy), the status, the module fetcher, and Envoy accepting the result."""
+by phase and priority, the ECDS filter and resource istiod builds (the module inline), what runs in
+place of a module that is not available (failStrategy), the status, the module fetcher, and Envoy
+accepting the result."""
 from __future__ import annotations
 
 import hashlib
@@ -20,7 +21,8 @@ from meshway.runtime.wasm_modules import WasmModules
 from meshway.store import Store
 from meshway.xds import protos as P
 from meshway.xds.build_snapshot import build_waypoint_config
-from meshway.xds.build_wasm import WasmModule, build_wasm_filters, find_waypoint_wasm_plugins
+from meshway.xds.build_wasm import WasmModule, build_extension_configs, build_wasm_filters, \
+    find_waypoint_wasm_plugins
 from meshway.xds.proxy import Proxy
 from meshway.xds.validate import run_validate
 from xds_support import view_of
@@ -128,7 +130,9 @@ def translated(tmp_path: Path, text: str, modules: dict | None = None, secrets: 
 
 
 def good_modules(path: str) -> dict:
-    return {("foo", n): WasmModule(path, "0" * 64) for n in ("authn-low", "authn-high", "authz", "stats", "plain")}
+    code = Path(path).read_bytes() if Path(path).exists() else b"\0asm"
+    return {("foo", n): WasmModule(path, "0" * 64, None, code)
+            for n in ("authn-low", "authn-high", "authz", "stats", "plain")}
 
 
 def test_phases_and_priorities_around_jwt_and_rbac(tmp_path: Path) -> None:
@@ -156,47 +160,74 @@ def test_same_priority_oldest_first_then_by_name() -> None:
     assert order(at("z", -1, "2020"), at("b", 0, "2021"), at("a", 7, "2022")) == ["a", "b", "z"]
 
 
-def test_the_filter_istiod_builds() -> None:
+RBAC_URL = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+WASM_URL = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+DENY = {"@type": RBAC_URL, "rules": {}, "rules_stat_prefix": "wasm-default-deny"}
+ALLOW = {"@type": RBAC_URL, "rules_stat_prefix": "wasm-default-allow"}
+
+
+def test_the_ecds_filter_and_resource_istiod_builds() -> None:
     plugin = model(f"{SVC}\n  pluginName: my_root\n  failStrategy: FAIL_OPEN\n"
                    "  vmConfig: {env: [{name: A, value: b}, {name: HOME, valueFrom: HOST}]}")
-    phases, problems = build_wasm_filters([plugin], {("foo", "p"): WasmModule("/cache/abc.wasm", "abc")})
+    modules = {("foo", "p"): WasmModule("/cache/abc.wasm", "abc", None, b"\0asm\1\0\0\0")}
+    phases, problems = build_wasm_filters([plugin], modules)
     assert problems == []
     (f,) = phases["UNSPECIFIED_PHASE"]
-    assert f == {"name": "extensions.istio.io/wasmplugin/foo.p", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": {
+    # The chain names the resource only: the stand-in is its default, Wasm and RBAC its types.
+    assert f == {"name": "extensions.istio.io/wasmplugin/foo.p", "config_discovery": {
+        "config_source": {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "10s"},
+        "default_config": ALLOW, "type_urls": [WASM_URL, RBAC_URL]}}
+    assert build_extension_configs([plugin], modules) == {"extensions.istio.io/wasmplugin/foo.p": {
+        "name": "extensions.istio.io/wasmplugin/foo.p", "typed_config": {"@type": WASM_URL, "config": {
             "name": "foo.p", "root_id": "my_root", "failure_policy": "FAIL_OPEN",
             "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
                               "value": '{"name":"x-p","value":"on"}'},
-            "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": "/cache/abc.wasm"}},
-                          "environment_variables": {"key_values": {"A": "b"}, "host_env_keys": ["HOME"]}}}}}
+            "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"inline_bytes": b"\0asm\1\0\0\0"}},
+                          "environment_variables": {"key_values": {"A": "b"}, "host_env_keys": ["HOME"]}}}}}}
     P.to_message(P.LISTENER, {"name": "l", "filter_chains": [{"filters": [{
         "name": "envoy.filters.network.http_connection_manager", "typed_config": P.typed(
             "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             stat_prefix="s", http_filters=[f])}]}]})
+    (resource,) = build_extension_configs([plugin], modules).values()
+    msg = P.to_message(P.EXTENSION_CONFIG, resource)  # the raw bytes are set as they are (no base64 round trip)
+    assert P.to_dict(msg)["typed_config"]["config"]["vm_config"]["code"]["local"] == {"inline_bytes": "AGFzbQEAAAA="}
 
 
 @pytest.mark.parametrize("strategy, policy", [("FAIL_CLOSE", "FAIL_CLOSED"), ("FAIL_OPEN", "FAIL_OPEN"),
                                               ("FAIL_RELOAD", "FAIL_RELOAD"), (None, "FAIL_CLOSED")])
 def test_fail_strategy_is_envoys_failure_policy(strategy: str | None, policy: str) -> None:
     plugin = model(SVC + (f"\n  failStrategy: {strategy}" if strategy else ""))
-    phases, _ = build_wasm_filters([plugin], {("foo", "p"): WasmModule("/m.wasm", "abc")})
-    assert phases["UNSPECIFIED_PHASE"][0]["typed_config"]["config"]["failure_policy"] == policy
+    (resource,) = build_extension_configs([plugin], {("foo", "p"): WasmModule("/m.wasm", "abc", None, b"m")}).values()
+    assert resource["typed_config"]["config"]["failure_policy"] == policy
 
 
-@pytest.mark.parametrize("strategy, stand_in", [
-    ("FAIL_CLOSE", {"rules": {}, "rules_stat_prefix": "wasm-default-deny"}),
-    ("FAIL_RELOAD", {"rules": {}, "rules_stat_prefix": "wasm-default-deny"}),
-    ("FAIL_OPEN", {"rules_stat_prefix": "wasm-default-allow"}),
-])
+@pytest.mark.parametrize("strategy, stand_in", [("FAIL_CLOSE", DENY), ("FAIL_RELOAD", DENY), ("FAIL_OPEN", ALLOW)])
 def test_a_module_not_available_is_replaced_as_istios_agent_does(strategy: str, stand_in: dict) -> None:
     plugin = model(f"{SVC}\n  phase: AUTHZ\n  failStrategy: {strategy}")
     for modules in ({("foo", "p"): WasmModule(error="sha256 mismatch")}, {}):
         phases, problems = build_wasm_filters([plugin], modules)
-        assert phases["AUTHZ"] == [{"name": "extensions.istio.io/wasmplugin/foo.p", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC", **stand_in}}]
+        assert phases["AUTHZ"][0]["config_discovery"]["default_config"] == stand_in
+        assert build_extension_configs([plugin], modules) == {"extensions.istio.io/wasmplugin/foo.p": {
+            "name": "extensions.istio.io/wasmplugin/foo.p", "typed_config": stand_in}}
         ((where, message),) = problems
         assert where == "WasmPlugin foo/p" and message.startswith("module file:///plugins/p.wasm not available: ")
         assert ("run without it" in message) == (strategy == "FAIL_OPEN")
+
+
+def test_one_ecds_resource_per_plugin_however_many_chains_name_it(tmp_path: Path) -> None:
+    module = str(assemble("add_header", tmp_path))
+    config = translated(tmp_path, BASE + PLUGINS, good_modules(module))
+    # `plain` is on the Gateway: every HTTP chain names it; the module is in its one resource.
+    chains = [c for c in config.resources[P.LISTENER]["main_internal"]["filter_chains"]
+              if W + "plain" in str(c)]
+    assert len(chains) >= 3
+    assert sorted(config.resources[P.EXTENSION_CONFIG]) == [W + n for n in
+                                                            ("authn-high", "authn-low", "authz", "plain", "stats")]
+    assert "inline_bytes" not in repr(config.resources[P.LISTENER]) and "filename" not in repr(config.resources)
+    code = config.resources[P.EXTENSION_CONFIG][W + "plain"]["typed_config"]["config"]["vm_config"]["code"]
+    assert code == {"local": {"inline_bytes": Path(module).read_bytes()}}
+    (tmp_path / "bare").mkdir()
+    assert P.EXTENSION_CONFIG not in translated(tmp_path / "bare", BASE).resources  # no plugin: no ECDS
 
 
 def test_envoy_validates_the_waypoint_with_real_modules_and_stand_ins(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@ bare reference) act the same, and a wrong sha256 (the image digest) or a missing
 the plugin's status."""
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +26,8 @@ from test_waypoint_e2e import Mesh
 from wasm_support import assemble
 
 from meshway.model import find_kind, load_yaml
+from meshway.runtime.envoy_admin import fetch_admin
+from meshway.xds import protos as P
 
 SERVICE = "targetRefs: [{kind: Service, group: '', name: reviews}]"
 
@@ -206,3 +210,53 @@ def test_a_wrong_image_digest_and_a_missing_tag_are_reported(mesh: Mesh, registr
                                       "{name: x-wasm-greeting, value: hello}"), "wp.yaml"))
     wait_for(mesh, lambda r: r.status == 200 and r.headers.get("x-wasm-greeting") == "hello")
     assert "Reconciled" not in conditions(mesh, "greeting", timeout=2)
+
+
+def wait_until(check, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("delta", [True, False], ids=["delta", "sotw"])
+def test_the_module_reaches_envoy_over_ecds_inline_and_follows_changes(tmp_path: Path, delta: bool) -> None:
+    """The chain names the plugin; its one TypedExtensionConfig carries the module's bytes (no file
+    the proxy must read); a new configuration changes ECDS only; a deleted plugin goes without a
+    NACK (Delta and state-of-the-world ADS both)."""
+    folder = tmp_path / "modules"
+    folder.mkdir()
+    add = assemble("add_header", folder)
+    mesh = Mesh(tmp_path, delta=delta)
+    try:
+        mesh.wait_programmed()
+        mesh.store.apply(load_yaml(plugin("greeting", f"file://{add}", config="{name: x-wasm-greeting, value: hello}"),
+                                   "wp.yaml"))
+        wait_for(mesh, lambda r: r.headers.get("x-wasm-greeting") == "hello")
+        replicas = {n: r for n, r in mesh.cp.replicas.items() if r.replica.namespace == "default"}
+        statuses = {n: mesh.cp.cache.status[n] for n in replicas}  # the replicas of default/waypoint
+        for node_id, replica in replicas.items():
+            admin = replica.paths.admin
+            dump = json.loads(fetch_admin(admin, "/config_dump"))
+            (section,) = [c for c in dump["configs"] if c["@type"].endswith("EcdsConfigDump")]
+            (ecds,) = section["ecds_filters"]
+            assert ecds["ecds_filter"]["name"] == "extensions.istio.io/wasmplugin/default.greeting", node_id
+            code = ecds["ecds_filter"]["typed_config"]["config"]["vm_config"]["code"]["local"]
+            assert base64.b64decode(code["inline_bytes"]) == add.read_bytes()
+            listeners = fetch_admin(admin, "/config_dump?resource=dynamic_listeners").decode()
+            assert '"config_discovery"' in listeners and "inline_bytes" not in listeners and "filename" not in listeners
+        lds_versions = {n: s[P.LISTENER]["version"] for n, s in statuses.items()}
+        mesh.store.apply(load_yaml(plugin("greeting", f"file://{add}", config="{name: x-wasm-greeting, value: again}"),
+                                   "wp.yaml"))
+        wait_for(mesh, lambda r: r.headers.get("x-wasm-greeting") == "again")
+        wait_until(lambda: all(s[P.EXTENSION_CONFIG]["state"] == "SYNCED" for s in statuses.values()))
+        assert {n: s[P.LISTENER]["version"] for n, s in statuses.items()} == lds_versions  # only ECDS changed
+
+        mesh.store.delete([(find_kind("wasmplugin"), "default", "greeting")])
+        r = wait_for(mesh, lambda r: "x-wasm-greeting" not in r.headers)
+        assert r.status == 200
+        time.sleep(1)
+        assert [(t, s["error"]) for status in statuses.values() for t, s in status.items()
+                if s["state"] == "NACKED"] == []
+    finally:
+        mesh.close()

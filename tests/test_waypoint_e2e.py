@@ -149,7 +149,7 @@ def start_backend(ip: str, version: str) -> ThreadingHTTPServer:
 class Mesh:
     """Everything the test runs, torn down in reverse order."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, delta: bool = True):
         self.tmp = tmp
         self.state = tmp / "state"
         self.store = Store(self.state)
@@ -164,7 +164,7 @@ class Mesh:
                 {"type": "Ready", "status": "True"}]})
         self.ca = CertificateAuthority(self.state)
         self.node_proxy = self._start_node_proxy()
-        self.cp = ControlPlane(self.state, envoy=ENVOY)
+        self.cp = ControlPlane(self.state, envoy=ENVOY, delta=delta)  # delta=False: state-of-the-world ADS
         self.stop = asyncio.Event()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self.cp.run(self.stop),),

@@ -453,3 +453,67 @@ def test_cache_wakes_waiters_set_from_another_thread() -> None:
     unwatch()
     cache.set_snapshot("n", BASE)
     assert seen == [2]
+
+
+# -- ECDS (TypedExtensionConfig) -----------------------------------------------------------------
+from envoy.config.core.v3.extension_pb2 import TypedExtensionConfig  # noqa: E402
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2  # noqa: E402,F401  (registers @type)
+
+from meshway.xds.cache import EXTENSION_CONFIG  # noqa: E402
+
+SHORT[EXTENSION_CONFIG] = "ECDS"
+TYPE["ECDS"] = EXTENSION_CONFIG
+
+
+def extension(name: str, prefix: str = "p") -> TypedExtensionConfig:
+    return json_format.ParseDict({"name": name, "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC", "rules_stat_prefix": prefix}},
+        TypedExtensionConfig())
+
+
+def ecds_listener(name: str, *filters: str) -> Listener:
+    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+                    "HttpConnectionManager", "stat_prefix": name, "route_config": {},
+           "http_filters": [*({"name": f, "config_discovery": {"config_source": {"ads": {}}, "type_urls": [
+               "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"]}} for f in filters),
+               {"name": "router", "typed_config": {
+                   "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}
+    return json_format.ParseDict({"name": name, "filter_chains": [{"filters": [{"name": "hcm", "typed_config": hcm}]}]},
+                                 Listener())
+
+
+E_AB = snap(ecds_listener("l", "x", "y"), extension("x"), extension("y"))
+E_A2B = snap(ecds_listener("l", "x", "y"), extension("x", "changed"), extension("y"))
+E_B = snap(ecds_listener("l", "y"), extension("y"))
+E_NONE = snap(ecds_listener("l"))
+
+ECDS_SOTW: list = [
+    (sotw("LDS"), [("LDS", ("l",), "1")], []),
+    (sotw("ECDS", ("x", "y")), [("ECDS", ("x", "y"), "2")], []),
+    (E_A2B, [("ECDS", ("x", "y"), "3")], []),  # one plugin's module changed: ECDS only, no LDS
+    (E_B, [("LDS", ("l",), "4"), ("ECDS", ("y",), "5")], []),  # LDS first; then the names still there
+    (sotw("ECDS", ("y",), nonce="5"), [("ECDS", ("y",), "6")], [("ack", "ECDS", "5")]),  # new names: answered
+    (E_NONE, [("LDS", ("l",), "7")], []),  # no ECDS response without any subscribed name: Envoy NACKs it
+    (sotw("ECDS", (), nonce="6"), [], [("ack", "ECDS", "6")]),  # unsubscribed: nothing to send
+]
+ECDS_DELTA: list = [
+    (delta("LDS"), [("LDS", ("l",), (), "1")], []),
+    (delta("ECDS", ("x", "y")), [("ECDS", ("x", "y"), (), "2")], []),
+    (E_A2B, [("ECDS", ("x",), (), "3")], []),
+    (E_B, [("LDS", ("l",), (), "4")], []),  # x is not removed while a draining chain may still name it
+    (delta("ECDS", unsub=("x",), nonce="3"), [], [("ack", "ECDS", "3")]),
+    (delta("ECDS", ("ghost",)), [("ECDS", (), ("ghost",), "5")], []),  # never had: removed (default config now)
+]
+
+
+@pytest.mark.parametrize("stream, steps", [(SotwStream, ECDS_SOTW), (DeltaStream, ECDS_DELTA)], ids=["sotw", "delta"])
+def test_ecds_after_lds_one_resource_per_name(stream: Any, steps: list) -> None:
+    events: list = []
+    run_table(stream("node", E_AB, events.append), events, steps)
+
+
+def test_consistency_names_a_missing_extension_config() -> None:
+    with pytest.raises(InconsistentSnapshot) as caught:
+        check_consistency(snap(ecds_listener("l", "x", "y"), extension("y")))
+    assert caught.value.missing == ("TypedExtensionConfig 'x' (referenced by Listener 'l')",)
+    check_consistency(E_AB)

@@ -278,6 +278,7 @@ def write_proxy_status(status: dict) -> str:
         rows.append([f"{proxy['pod']}.{proxy['namespace']}", proxy["type"], "Kubernetes", state("Cluster"),
                      state("Listener"), state("ClusterLoadAssignment"), state("RouteConfiguration"),
                      state("Secret"), f"meshway-{proxy['version']}"])
+        state("TypedExtensionConfig")  # ECDS (WasmPlugins): no column (most proxies have none), a NACK is noted
         if not proxy.get("connected"):
             notes.append(f"{proxy['pod']}.{proxy['namespace']} is not connected to the control plane")
         for where, message in proxy.get("problems") or ():

@@ -29,7 +29,7 @@ from ..xds.stream import Acked, Event, Nacked, Sent
 
 log = logging.getLogger("meshway.monitoring")
 TYPES = {"Cluster": "cds", "ClusterLoadAssignment": "eds", "Listener": "lds", "RouteConfiguration": "rds",
-         "Secret": "sds"}
+         "Secret": "sds", "TypedExtensionConfig": "ecds"}
 CONVERGENCE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 3, 5, 10, 20, 30)
 BUILD_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5)
 SCRAPE_PATH = "/stats/prometheus?usedonly"

@@ -2,10 +2,10 @@
 next to each Envoy in Istio): `file://` read, `http://` and `https://` downloaded, `oci://` images
 (and bare image references) pulled from their registry (`oci_registry`, with the plugin's
 `imagePullSecret`). The bytes are checked against the plugin's `sha256` (for an image: the image's
-manifest digest, as Istio checks it), kept in the state folder as `wasm/<sha256>.wasm` (Envoy loads
-that file; an image's module is named by its digest, so a pull whose digest is there already reads
-no layer), and each (module, plugin configuration) is tried once with `envoy --mode validate`,
-since Envoy refuses a whole listener whose plugin cannot load, start or take its configuration.
+manifest digest, as Istio checks it), kept in the state folder as `wasm/<sha256>.wasm` (an image's
+module is named by its digest, so a pull whose digest is there already reads no layer; the
+proxies get the bytes inline over ECDS, not the file), and each (module, plugin configuration) is
+tried once with `envoy --mode validate`, since Envoy refuses a whole listener whose plugin cannot load, start or take its configuration.
 The outcome per plugin is a `WasmModule` for `build_wasm`.
 
 A fetched module is reused while the plugin's URL, `sha256` and pull secret stay the same
@@ -120,6 +120,7 @@ class WasmModules:
         self.read_secret, self.insecure_registries = read_secret, insecure_registries
         self._downloads: dict[tuple, tuple[str | None, str | None, float]] = {}  # -> sha, error, when
         self._checks: dict[str, str | None] = {}  # the filter as JSON -> Envoy's reason to refuse it
+        self._code: dict[str, bytes] = {}  # sha256 -> the module's bytes (one object per module: sent inline)
 
     def fetch_modules(self, plugins: Iterable[WasmPlugin]) -> dict[tuple[str, str], WasmModule]:
         return {plugin_key(p): self.fetch_module(p) for p in plugins
@@ -131,7 +132,19 @@ class WasmModules:
             return WasmModule(error=error)
         path = str(self.dir / f"{sha}.wasm")
         refused = self._check(plugin, path)
-        return WasmModule(path, sha, f"Envoy cannot run it: {refused}" if refused else None)
+        if refused:
+            return WasmModule(path, sha, f"Envoy cannot run it: {refused}")
+        try:
+            code = self._read(sha)
+        except OSError as exc:
+            return WasmModule(path, sha, f"cannot read {path}: {exc}")
+        return WasmModule(path, sha, None, code)
+
+    def _read(self, sha: str) -> bytes:
+        """The module's bytes, read once: proxies get them inline (ECDS), wherever they run."""
+        if sha not in self._code:
+            self._code[sha] = (self.dir / f"{sha}.wasm").read_bytes()
+        return self._code[sha]
 
     def _bytes(self, plugin: WasmPlugin) -> tuple[str | None, str | None]:
         """(sha256 of the module now in the cache, None) or (None, why not)."""

@@ -1,5 +1,6 @@
-"""One waypoint proxy's complete xDS: listeners, routes, clusters, endpoints and secrets, built from a
-MeshView for exactly the services and workloads bound to that waypoint. Pure."""
+"""One waypoint proxy's complete xDS: listeners, routes, clusters, endpoints, secrets and extension
+configs (ECDS: its WasmPlugins), built from a MeshView for exactly the services and workloads bound
+to that waypoint. Pure."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ from .build_listeners import build_connect_originate, build_connect_terminate, b
 from .build_routes import Problems, RouteTarget, build_route_config
 from .build_request_log import build_request_log
 from .build_telemetry import build_access_logs, find_access_logging
-from .build_wasm import WasmModule, build_wasm_filters, find_waypoint_wasm_plugins
+from .build_wasm import WasmModule, build_extension_configs, build_wasm_filters, find_named_plugins, \
+    find_waypoint_wasm_plugins
 from .envoyfilter import apply_envoy_filters, find_envoy_filters
 from .build_tracing import build_tracing, find_tracing
 from .httproute import convert_http_route, detect_parent
@@ -366,5 +368,8 @@ class _WaypointBuild:
         resources, notes = apply_envoy_filters(resources, envoy_filters)
         for where, message in notes:
             self.problems.add(where, message)
+        plugins = find_named_plugins(self.view.index.of("WasmPlugin"), resources[P.LISTENER].values())
+        if plugins:  # the ECDS resources the chains name, each once
+            resources = {**resources, P.EXTENSION_CONFIG: build_extension_configs(plugins, self.wasm_modules)}
         return WaypointConfig(resources, tuple(dict.fromkeys(self.problems.items)),
                               tuple(f.key for f in envoy_filters))

@@ -24,12 +24,12 @@ from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from .protos import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
+from .protos import CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, SECRET
 from .protos import TYPE_ORDER as PUSH_ORDER
 WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
 TYPE_PREFIX = "type.googleapis.com/"
 SHORT_NAMES = {CLUSTER: "Cluster", ENDPOINT: "ClusterLoadAssignment", LISTENER: "Listener",
-               ROUTE: "RouteConfiguration", SECRET: "Secret"}
+               ROUTE: "RouteConfiguration", SECRET: "Secret", EXTENSION_CONFIG: "TypedExtensionConfig"}
 
 _ABSENT = "-"  # what a requested-but-missing name contributes to a version hash (a hash is hex)
 
@@ -189,7 +189,8 @@ class InconsistentSnapshot(ValueError):
 
 def check_consistency(snapshot: Snapshot) -> None:
     """Every EDS cluster has its ClusterLoadAssignment, every RDS name its RouteConfiguration,
-    every SDS secret name its Secret (when served over ADS), and every cluster named by a route or
+    every SDS secret name its Secret (when served over ADS), every ECDS filter its
+    TypedExtensionConfig, and every cluster named by a route or
     tcp_proxy exists. Raises `InconsistentSnapshot` listing everything that is missing.
 
     A snapshot made from a consistent `previous` in which nothing was removed is checked for the
@@ -235,6 +236,7 @@ def _served_by_ads(source: Message) -> bool:
     return source.WhichOneof("config_source_specifier") in ("ads", "self")
 
 
+_HTTP_FILTER = "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter"  # ECDS: by its name
 _CLUSTER_FIELDS = {  # message full name -> the string field that names a cluster
     "envoy.config.route.v3.RouteAction": "cluster",
     "envoy.config.route.v3.WeightedCluster.ClusterWeight": "name",
@@ -253,12 +255,16 @@ def _named_refs(msg: Message) -> Iterator[tuple[str, str]]:
     elif full_name == "envoy.extensions.filters.network.http_connection_manager.v3.Rds":
         if _served_by_ads(msg.config_source):
             yield ROUTE, msg.route_config_name
+    elif full_name == _HTTP_FILTER:
+        if msg.HasField("config_discovery") and _served_by_ads(msg.config_discovery.config_source):
+            yield EXTENSION_CONFIG, msg.name
     elif full_name == "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig":
         if msg.HasField("sds_config") and _served_by_ads(msg.sds_config):
             yield SECRET, msg.name
 
 
 _REFERRING = frozenset({*_CLUSTER_FIELDS, "envoy.extensions.filters.network.http_connection_manager.v3.Rds",
+                        _HTTP_FILTER,
                         "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig"})
 _ANY = "google.protobuf.Any"
 _MAY_REFER: dict[str, bool] = {}  # message full name -> whether one can contain a reference (fixed per type)

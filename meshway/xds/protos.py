@@ -2,6 +2,7 @@
 URLs in builder dicts resolve, and the one function that turns builder dicts into messages."""
 from __future__ import annotations
 
+import base64
 import importlib
 import json
 from pathlib import Path
@@ -13,6 +14,7 @@ from google.protobuf.any_pb2 import Any as AnyProto
 
 # Imported for their side effect: registering the types that `@type` URLs name.
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import extension_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
@@ -51,7 +53,10 @@ CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
-TYPE_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET)
+EXTENSION_CONFIG = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"  # ECDS
+# Push order: ECDS names are learned from listeners (like RDS), so ECDS follows LDS: a new name is
+# asked for once its listener arrived, and a removed one goes only after the listener stopped naming it.
+TYPE_ORDER = (CLUSTER, ENDPOINT, LISTENER, EXTENSION_CONFIG, ROUTE, SECRET)
 
 MESSAGES: dict[str, type[message.Message]] = {
     LISTENER: listener_pb2.Listener,
@@ -59,6 +64,7 @@ MESSAGES: dict[str, type[message.Message]] = {
     ROUTE: route_pb2.RouteConfiguration,
     ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
     SECRET: secret_pb2.Secret,
+    EXTENSION_CONFIG: extension_pb2.TypedExtensionConfig,
 }
 
 
@@ -217,6 +223,8 @@ def _scalar(field: descriptor.FieldDescriptor, value: Any) -> Any:
         return value
     if cpp in _INTS and isinstance(value, str) and " " not in value:  # 64-bit integers are strings in JSON
         return int(value)
+    if field.type == _FD.TYPE_BYTES and isinstance(value, bytes):  # raw bytes (a Wasm module), not base64
+        return value
     if cpp == _FD.CPPTYPE_BOOL and isinstance(value, bool):
         return value
     if cpp in (_FD.CPPTYPE_DOUBLE, _FD.CPPTYPE_FLOAT) and isinstance(value, (int, float)) \
@@ -262,6 +270,14 @@ class MessageCache:
                     converted += 1
         self._last, self.converted = kept, converted
         return out
+
+
+def json_default(value: Any) -> str:
+    """`json.dumps(..., default=json_default)` of builder dicts: raw `bytes` (a Wasm module's
+    `inline_bytes`) as base64, as the proto3 JSON mapping writes bytes."""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def to_dict(msg: message.Message) -> dict[str, Any]:

@@ -22,7 +22,13 @@ Protocol rules kept here (the "server" half of go-control-plane's cache/server s
   receives its ClusterLoadAssignment again, and Envoy does not ask for it (the names it is
   subscribed to did not change). So the endpoints of every EDS cluster a CDS response added or
   changed are sent again right after it, even when they did not change (Envoy's "eventual
-  consistency considerations"; go-control-plane and Istio do the same).
+  consistency considerations"; go-control-plane and Istio do the same);
+- ECDS (`TypedExtensionConfig`, one subscription per filter name in Envoy), after LDS in push
+  order (its names come from listeners): a SotW response carrying none of the subscribed names is
+  never sent (with one subscription Envoy hands it the whole response and NACKs "Unexpected number
+  of resources in ExtensionConfigDS response: 0"), and in Delta a name Envoy holds is not removed
+  (a draining chain that still names it would fall back to its default config; Envoy unsubscribes
+  when the chain is gone); a name never had is, so that Envoy applies the default at once.
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ from dataclasses import dataclass, field
 from envoy.service.discovery.v3.discovery_pb2 import (DeltaDiscoveryRequest, DeltaDiscoveryResponse,
                                                       DiscoveryRequest, DiscoveryResponse, Resource)
 
-from .cache import CLUSTER, ENDPOINT, PUSH_ORDER, WILDCARD_TYPES, Snapshot, find_endpoints_name
+from .cache import CLUSTER, ENDPOINT, EXTENSION_CONFIG, PUSH_ORDER, WILDCARD_TYPES, Snapshot, find_endpoints_name
 
 
 # -- events: what happened on the stream, for the cache's status records ---------------------------
@@ -137,7 +143,8 @@ class SotwStream:
         if self.snapshot is None:
             return []
         if changed or self._due(type_url, state):
-            return [self._respond(type_url, state), *self._respond_due(self._resend)]
+            first = self._respond(type_url, state)
+            return [*([first] if first is not None else []), *self._respond_due(self._resend)]
         return []
 
     def on_snapshot(self, snapshot: Snapshot) -> list[DiscoveryResponse]:
@@ -150,7 +157,9 @@ class SotwStream:
         for t in push_order(type_urls):
             state = self._types.get(t)
             if state is not None and self._due(t, state):
-                out.append(self._respond(t, state))
+                response = self._respond(t, state)
+                if response is not None:
+                    out.append(response)
         return out
 
     def _due(self, type_url: str, state: _SotwType) -> bool:
@@ -164,11 +173,13 @@ class SotwStream:
         assert self.snapshot is not None
         return self.snapshot.version(type_url, None if state.wildcard else state.names)
 
-    def _respond(self, type_url: str, state: _SotwType) -> DiscoveryResponse:
+    def _respond(self, type_url: str, state: _SotwType) -> DiscoveryResponse | None:
         snapshot = self.snapshot
         assert snapshot is not None
         have = snapshot.resources(type_url)
         names = sorted(have) if state.wildcard else sorted(n for n in state.names if n in have)
+        if type_url == EXTENSION_CONFIG and not names:
+            return None  # not an empty ECDS response (see the module's notes)
         self._nonce += 1
         state.version, state.nonce = self._version(type_url, state), str(self._nonce)
         response = DiscoveryResponse(version_info=state.version, type_url=type_url, nonce=state.nonce,
@@ -289,7 +300,8 @@ class DeltaStream:
             interest |= set(have) | {n for n, v in state.sent.items() if v is not None}
         updates = [(n, snapshot.resource_version(type_url, n)) for n in sorted(interest) if n in have]
         updates = [(n, v) for n, v in updates if state.sent.get(n) != v]
-        removed = [n for n in sorted(interest) if n not in have and state.sent.get(n, _NEVER_TOLD) is not None]
+        removed = [n for n in sorted(interest) if n not in have and state.sent.get(n, _NEVER_TOLD) is not None
+                   and not (type_url == EXTENSION_CONFIG and n in state.sent)]
         state.settled = snapshot.version(type_url)
         if not updates and not removed and state.answered:
             return None

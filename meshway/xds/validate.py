@@ -1,6 +1,7 @@
 """Offline check of generated config: the same resources as a static Envoy bootstrap, for
 `envoy --mode validate` (EDS clusters inlined as STATIC, RDS route configs inlined in their HTTP
-connection managers, SDS secrets as static secrets)."""
+connection managers, ECDS filters given their TypedExtensionConfig's config, SDS secrets as static
+secrets)."""
 from __future__ import annotations
 
 import copy
@@ -44,6 +45,20 @@ def _inline_rds(node: Any, routes: dict[str, Body]) -> Any:
     return out
 
 
+def _inline_ecds(node: Any, configs: dict[str, Body]) -> Any:
+    """Every HTTP filter whose `config_discovery` names a given TypedExtensionConfig gets that
+    config as its `typed_config` (what Envoy runs once the resource arrived)."""
+    if isinstance(node, list):
+        return [_inline_ecds(v, configs) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _inline_ecds(v, configs) for k, v in node.items()}
+    if isinstance(out.get("config_discovery"), dict) and out.get("name") in configs:
+        del out["config_discovery"]
+        out["typed_config"] = configs[out["name"]]["typed_config"]
+    return out
+
+
 def build_static_bootstrap(resources: dict[str, dict[str, Body]]) -> Body:
     clusters = []
     for name, cluster in resources[P.CLUSTER].items():
@@ -53,7 +68,8 @@ def build_static_bootstrap(resources: dict[str, dict[str, Body]]) -> Body:
             cluster["type"] = "STATIC"
             cluster["load_assignment"] = resources[P.ENDPOINT].get(name, {"cluster_name": name})
         clusters.append(cluster)
-    listeners = _inline_rds(list(resources[P.LISTENER].values()), resources.get(P.ROUTE) or {})
+    listeners = _inline_ecds(_inline_rds(list(resources[P.LISTENER].values()), resources.get(P.ROUTE) or {}),
+                             resources.get(P.EXTENSION_CONFIG) or {})
     static = {"listeners": listeners, "clusters": clusters,
               "secrets": [{"name": n, **{k: v for k, v in s.items() if k != "name"}}
                           for n, s in resources[P.SECRET].items()]}
@@ -69,7 +85,7 @@ def run_validate(resources: dict[str, dict[str, Body]], envoy: str = "envoy") ->
     """(accepted, Envoy's output) for `envoy --mode validate` on the static form of `resources`."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bootstrap.json"
-        path.write_text(json.dumps(build_static_bootstrap(resources)))
+        path.write_text(json.dumps(build_static_bootstrap(resources), default=P.json_default))
         proc = subprocess.run([envoy, "--mode", "validate", "-c", str(path), "--disable-hot-restart", "-l", "error"],
                               capture_output=True, text=True, timeout=120)
     return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
@@ -94,8 +110,9 @@ class ValidationCache:
 
     def check(self, resources: dict[str, dict[str, Body]]) -> tuple[bool, str]:
         """(accepted, Envoy's reason): also refused when a resource is not a valid Envoy message."""
-        key = hashlib.sha256(json.dumps([resources.get(t) for t in (P.LISTENER, P.CLUSTER, P.ROUTE)],
-                                        sort_keys=True).encode()).hexdigest()
+        key = hashlib.sha256(json.dumps([resources.get(t) for t in (P.LISTENER, P.CLUSTER, P.ROUTE,
+                                                                    P.EXTENSION_CONFIG)],
+                                        sort_keys=True, default=P.json_default).encode()).hexdigest()
         if key in self.verdicts:
             return self.verdicts[key]
         try:
