@@ -534,3 +534,21 @@ spec:
     assert not doc["outcome"]["uncertain"] and doc["outcome"]["result"] == "allowed"
     dry = next(f for f in doc["waypoint"]["filters"] if f.get("kind") == "dry-run")
     assert dry["action"] == "DENY" and dry["matched"][0]["policy"] == "default/deny-ip"
+
+
+def test_a_wasm_plugin_is_named_by_its_ecds_filter_and_not_simulated(demo) -> None:
+    """The chain's filter is only a name over ECDS (its module runs in Envoy alone): shown, not
+    simulated, and what it may do is listed as unknown, whatever its failStrategy."""
+    apply(demo, """
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: greeting, namespace: default}
+spec:
+  targetRefs: [{kind: Service, group: "", name: reviews}]
+  url: file:///plugins/add_header.wasm
+""")
+    doc = run(demo, "GET http://reviews:9080/reviews/1")
+    name = "extensions.istio.io/wasmplugin/default.greeting"
+    assert {"filter": name, "verdict": "not simulated"} in doc["waypoint"]["filters"]
+    assert f"filter {name} (not simulated)" in doc["waypoint"]["uncertain"]
+    assert doc["outcome"]["result"] == "allowed"

@@ -219,6 +219,19 @@ def wait_until(check, timeout: float = 10) -> None:
         time.sleep(0.1)
 
 
+def pad(module: bytes, size: int) -> bytes:
+    """The module with a custom section of `size` bytes (ignored by the VM): a large, valid module."""
+    name = b"padding"
+    body = bytes([len(name)]) + name + bytes(size)
+    length, leb = len(body), b""
+    while True:
+        byte, length = length & 0x7F, length >> 7
+        leb += bytes([byte | (0x80 if length else 0)])
+        if not length:
+            break
+    return module + b"\x00" + leb + body
+
+
 @pytest.mark.parametrize("delta", [True, False], ids=["delta", "sotw"])
 def test_the_module_reaches_envoy_over_ecds_inline_and_follows_changes(tmp_path: Path, delta: bool) -> None:
     """The chain names the plugin; its one TypedExtensionConfig carries the module's bytes (no file
@@ -251,6 +264,12 @@ def test_the_module_reaches_envoy_over_ecds_inline_and_follows_changes(tmp_path:
         wait_for(mesh, lambda r: r.headers.get("x-wasm-greeting") == "again")
         wait_until(lambda: all(s[P.EXTENSION_CONFIG]["state"] == "SYNCED" for s in statuses.values()))
         assert {n: s[P.LISTENER]["version"] for n, s in statuses.items()} == lds_versions  # only ECDS changed
+
+        big = folder / "big.wasm"  # 8 MiB: more than gRPC's default 4 MiB message size
+        big.write_bytes(pad(add.read_bytes(), 8 << 20))
+        mesh.store.apply(load_yaml(plugin("greeting", f"file://{big}", config="{name: x-wasm-greeting, value: big}"),
+                                   "wp.yaml"))
+        wait_for(mesh, lambda r: r.headers.get("x-wasm-greeting") == "big", timeout=30)
 
         mesh.store.delete([(find_kind("wasmplugin"), "default", "greeting")])
         r = wait_for(mesh, lambda r: "x-wasm-greeting" not in r.headers)
