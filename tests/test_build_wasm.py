@@ -336,6 +336,9 @@ def test_fetcher_file_http_sha256_cache_and_envoys_verdict(tmp_path: Path) -> No
         assert fetcher.fetch_module(missing).error is None
     finally:
         server.shutdown()
+    (module,) = fetcher.fetch_modules([located(f"file://{good}")]).values()
+    assert module.code == good.read_bytes() and module.code is fetcher.fetch_module(located(f"file://{good}")).code
+    assert fetcher.fetch_modules([]) == {} and fetcher._code == {}  # the bytes of no plugin are not kept
     got = fetcher.fetch_module(located(f"file://{failing}"))
     assert got.path and got.error == \
         "Envoy cannot run it: Unable to create Wasm plugin foo.p (Failed to start base Wasm)"

@@ -123,8 +123,11 @@ class WasmModules:
         self._code: dict[str, bytes] = {}  # sha256 -> the module's bytes (one object per module: sent inline)
 
     def fetch_modules(self, plugins: Iterable[WasmPlugin]) -> dict[tuple[str, str], WasmModule]:
-        return {plugin_key(p): self.fetch_module(p) for p in plugins
-                if (p.spec.targetRefs or p.spec.targetRef) and p.spec.type != "NETWORK"}
+        modules = {plugin_key(p): self.fetch_module(p) for p in plugins
+                   if (p.spec.targetRefs or p.spec.targetRef) and p.spec.type != "NETWORK"}
+        used = {m.sha256 for m in modules.values()}
+        self._code = {sha: code for sha, code in self._code.items() if sha in used}  # no plugin's: not kept in memory
+        return modules
 
     def fetch_module(self, plugin: WasmPlugin) -> WasmModule:
         sha, error = self._bytes(plugin)
