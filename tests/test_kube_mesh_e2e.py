@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from kube_support import require_binaries, wait_for
+from meshway import __version__
 from meshway.runtime.netns import cluster_id, pod_netns_name
 
 DEMO = Path(__file__).resolve().parent.parent / "meshway" / "demo"
@@ -273,6 +274,7 @@ def on_terminal(env: dict, argv: list[str], typed: list[tuple[bytes, tuple[int, 
 def test_proxy_status_ztunnel_config_exec_tty_and_attach_against_the_cluster(mesh, state):
     """`istioctl proxy-status --xds-address` verbatim against meshway's control plane (the syncz debug
     type, istioctl's own token), plain `istioctl proxy-status` (through the istiod pod's port-forward),
+    plain `istioctl version` (the same pod's 15014: `/version`, `/debug/syncz`),
     `meshway --kubeconfig proxy-status`, `ztunnel-config` and `metrics`
     (the proxies' admin through the API server's port-forward), `kubectl exec -it` on a terminal
     with a resize, and `kubectl attach` following a container's output (with -i: refused, saying why)."""
@@ -299,6 +301,19 @@ def test_proxy_status_ztunnel_config_exec_tty_and_attach_against_the_cluster(mes
     assert all(line.split()[2] == lease["spec"]["holderIdentity"] for line in plain[1:]), plain
     version = sh("istioctl x version")  # the control plane's version over xDS (syncz), through the same pod
     assert re.search(r"^control plane version: meshway-", version, re.M), version
+    # Plain `istioctl version`: the same pod's 15014 (relayed to the control plane's monitoring port):
+    # `/version` for the control plane's line, `/debug/syncz` for the data plane's; no error line.
+    client = sh("istioctl version --remote=false").strip()
+    done = subprocess.run(["istioctl", "version"], capture_output=True, text=True, env=sh.env, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stdout + done.stderr
+    assert done.stdout.splitlines() == [client, f"control plane version: meshway-{__version__}",
+                                        f"data plane version: meshway-{__version__} ({len(plain) - 1} proxies)"], \
+        done.stdout
+    full = json.loads(sh("istioctl version -o json"))
+    assert [(m["Component"], m["Info"]["version"], m["Info"]["revision"], m["Info"]["status"])
+            for m in full["meshVersion"]] == [("pilot", f"meshway-{__version__}", "unknown", "Clean")], full
+    assert sorted((p["ID"], p["Type"]) for p in full["dataPlaneVersion"]) == sorted(
+        (line.split()[0], line.split()[0].split("~")[0]) for line in plain[1:]), full
 
     env = {k: v for k, v in sh.env.items() if k not in ("KUBECONFIG", "MESHWAY_STATE_DIR")}
 

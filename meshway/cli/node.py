@@ -44,6 +44,9 @@ def default_root_dir(name: str) -> Path:
               help="Where waypoint pods reach the control plane (xDS and its CA), in place of their CA_ADDR "
                    "(istiod.istio-system.svc:15012, the istiod Service in a real cluster, which this host cannot "
                    "resolve).")
+@click.option("--monitoring-address", default=None, metavar="HOST:PORT",
+              help="The control plane's monitoring port (its --metrics-addr): the istiod pod relays its 15014 there "
+                   "(`istioctl version` asks it for /version and /debug/syncz). Default: 15014 not served.")
 @click.option("--xds-root-cert", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The mesh root (PEM) the control plane's certificate must chain to when waypoint pods get their "
                    "certificates (istiod publishes it as the istio-ca-root-cert ConfigMap).")
@@ -60,8 +63,8 @@ def default_root_dir(name: str) -> Path:
 def node(kubeconfig: str | None, kube_context: str | None, name: str, node_ip: str, port: int | None,
          root_dir: Path | None,
          tls_cert_file: Path | None, tls_private_key_file: Path | None, client_ca_file: Path | None,
-         xds_address: str | None, xds_root_cert: Path | None, network_dir: Path | None, nodes: int | None,
-         local: bool, verbose: bool) -> None:
+         xds_address: str | None, monitoring_address: str | None, xds_root_cert: Path | None,
+         network_dir: Path | None, nodes: int | None, local: bool, verbose: bool) -> None:
     """Run a node agent: register the Node, run the pods bound to it in network namespaces, serve their logs."""
     if local:
         run_local_node(name, verbose)
@@ -91,19 +94,20 @@ def node(kubeconfig: str | None, kube_context: str | None, name: str, node_ip: s
         client_ca_file = Path(ca)
     if tls_cert_file is None:
         tls_cert_file, tls_private_key_file, _ = fetch_serving_cert(client, root / "pki", name, node_ip)
-    if xds_address:
-        from ..xds.mtls import parse_address
+    for flag, address in (("--xds-address", xds_address), ("--monitoring-address", monitoring_address)):
+        if address:
+            from ..xds.mtls import parse_address
 
-        try:
-            parse_address(xds_address)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="'--xds-address'") from None
+            try:
+                parse_address(address)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint=f"'{flag}'") from None
     if (network_dir is None) != (nodes is None):
         raise click.UsageError("--network-dir and --nodes go together")
     if nodes is not None and index > nodes:
         raise click.BadParameter(f"{name} is not one of the network's {nodes} nodes", param_hint="'--name'")
     agent = NodeAgent(client, name, node_ip, root, xds_address=xds_address, xds_root_cert=xds_root_cert,
-                      network_dir=network_dir, nodes=nodes)
+                      network_dir=network_dir, nodes=nodes, monitoring_address=monitoring_address)
     tls = build_tls_context(tls_cert_file, tls_private_key_file, client_ca_file)  # type: ignore[arg-type]
     server = serve((node_ip, port), tls, agent.find_log, Authorizer(client, name), agent.stop_event,
                    agent.find_target)

@@ -230,12 +230,14 @@ ISTIOD_IMAGE = "meshway/pilot"
 def build_istiod_deployment() -> Body:
     """Deployment `istiod` in istio-system, named and labelled as Istio's chart does (`app=istiod`,
     `istio=pilot`, `istio.io/rev=default`): the pod `istioctl proxy-status` and the other xDS
-    commands find without `--xds-address` and port-forward to on 15012. The control plane runs
+    commands find without `--xds-address` and port-forward to on 15012, and `istioctl version` on
+    15014 (its `prometheus.io/port`, as Istio's chart annotates it). The control plane runs
     outside the cluster; the node agent makes this pod's container a relay to its xDS port
     (`meshway.node.istiod`). Run as Istio runs istiod: uid and gid 1337, never root."""
     labels = {"app": ISTIOD, "istio": "pilot", L.REVISION: "default"}
     container = {"name": "discovery", "image": ISTIOD_IMAGE,
-                 "ports": [{"name": "grpc-xds", "containerPort": 15012, "protocol": "TCP"}],
+                 "ports": [{"name": "grpc-xds", "containerPort": 15012, "protocol": "TCP"},
+                           {"name": "http-monitoring", "containerPort": 15014, "protocol": "TCP"}],
                  "securityContext": {"runAsUser": 1337, "runAsGroup": 1337, "runAsNonRoot": True,
                                      "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                      "capabilities": {"drop": ["ALL"]}}}
@@ -243,7 +245,9 @@ def build_istiod_deployment() -> Body:
             "metadata": {"name": ISTIOD, "namespace": NAMESPACE, "labels": {**labels, **PART_OF}},
             "spec": {"replicas": 1, "selector": {"matchLabels": {"app": ISTIOD, "istio": "pilot"}},
                      "template": {"metadata": {"labels": {**labels, "sidecar.istio.io/inject": "false",
-                                                          L.DATAPLANE_MODE: L.NONE}},
+                                                          L.DATAPLANE_MODE: L.NONE},
+                                               "annotations": {"prometheus.io/port": "15014",
+                                                               "prometheus.io/scrape": "true"}},
                                   "spec": {"serviceAccountName": NAME, "automountServiceAccountToken": False,
                                            "containers": [container]}}}}
 

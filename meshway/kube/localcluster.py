@@ -57,20 +57,23 @@ def find_bin_dir(build: bool, echo: Echo) -> Path:
     return Path(out.stdout.strip())
 
 
-def plan_processes(state: Path, kubeconfig: Path, nodes: int, node_agent: bool, xds_port: int) -> list[Process]:
+def plan_processes(state: Path, kubeconfig: Path, nodes: int, node_agent: bool, xds_port: int,
+                   metrics_port: int) -> list[Process]:
     """meshway's own processes, in start order (the harness's come before them). The control plane
     serves xDS over TCP + mTLS on 127.0.0.1:`xds_port` (istiod's 15012, on a free port so that two
     clusters on one machine never collide); the node agents send waypoint pods there (`--xds-address`,
     in place of their CA_ADDR, which this host cannot resolve) and check it against the mesh root the
     control plane publishes in each namespace (the `istio-ca-root-cert` ConfigMap). Its monitoring
-    port (istiod's 15014) is any free port of 127.0.0.1, named on its Lease (`meshway metrics`)."""
+    port (istiod's 15014) is 127.0.0.1:`metrics_port`, named on its Lease (`meshway metrics`) and
+    given to the node agents (`--monitoring-address`: the istiod pod relays its 15014 there)."""
     python = (sys.executable, "-P", "-m", "meshway")
     out = [Process("controlplane", (*python, "controlplane", "--kubeconfig", str(kubeconfig), "--xds-addr",
-                                    f"127.0.0.1:{xds_port}", "--metrics-addr", "127.0.0.1:0", "-v"),
+                                    f"127.0.0.1:{xds_port}", "--metrics-addr", f"127.0.0.1:{metrics_port}", "-v"),
                    (("MESHWAY_STATE_DIR", str(state / "controlplane")),))]
     if node_agent:
         out += [Process(f"node-{i}", (*python, "node", "--kubeconfig", str(kubeconfig), "--name", f"node-{i}",
                                       "--port", "0", "--xds-address", f"127.0.0.1:{xds_port}",
+                                      "--monitoring-address", f"127.0.0.1:{metrics_port}",
                                       "--network-dir", str(network_dir(state)), "--nodes", str(nodes)),
                         (("MESHWAY_STATE_DIR", str(state / f"node-{i}")),)) for i in range(1, nodes + 1)]
     return out
@@ -138,7 +141,8 @@ class LocalCluster:
             from ..runtime.netns import ClusterNet
 
             ClusterNet(network_dir(self.state), nodes).up()
-        for proc in plan_processes(self.state, self.kubeconfig, nodes, has_agent, self._xds_port()):
+        for proc in plan_processes(self.state, self.kubeconfig, nodes, has_agent, self._port("xds-port"),
+                                   self._port("metrics-port")):
             if proc.name in self.live():
                 continue
             self._start(proc)
@@ -176,8 +180,9 @@ class LocalCluster:
             client.close()
         echo(f"nodes Ready: {', '.join(ready)}")
 
-    def _xds_port(self) -> int:
-        path = self.state / "xds-port"
+    def _port(self, name: str) -> int:
+        """A free port chosen once for this cluster (`xds-port`, `metrics-port`): restarts reuse it."""
+        path = self.state / name
         if not path.exists():
             path.write_text(f"{find_free_ports(1)[0]}\n")
         return int(path.read_text())

@@ -50,7 +50,7 @@ from ..runtime.netns import ClusterNet, NetnsError
 from ..runtime.runas import RunAsError, build_setpriv_prefix, find_run_as, make_dirs
 from ..runtime.workload import PodProcesses
 from . import nodeproxy as Z
-from .istiod import build_relay_container, find_istiod_containers
+from .istiod import build_relay_container, find_istiod_containers, plan_istiod_relays
 from . import plan as P
 from .relay import XdsRelay
 from .streaming import StreamTarget
@@ -176,9 +176,11 @@ class Heartbeat:
 class NodeAgent:
     def __init__(self, client: KubeClient, name: str, ip: str, root_dir: Path, port: int = P.KUBELET_PORT,
                  xds_address: str | None = None, xds_root_cert: Path | None = None,
-                 network_dir: Path | None = None, nodes: int | None = None) -> None:
+                 network_dir: Path | None = None, nodes: int | None = None,
+                 monitoring_address: str | None = None) -> None:
         self.client, self.name, self.ip, self.port = client, name, ip, port
         self.xds_address = xds_address  # HOST:PORT of the control plane, in place of the pods' CA_ADDR
+        self.monitoring_address = monitoring_address  # its monitoring port (the istiod pod's 15014)
         self.xds_root_cert = xds_root_cert  # the mesh root its certificate must chain to
         self.certificates: dict[P.Key, WaypointFiles] = {}  # waypoint pods: their certificate, renewed at half life
         self.retry_at: dict[P.Key, float] = {}  # pods whose start failed for a reason that may pass
@@ -380,16 +382,18 @@ class NodeAgent:
     def prepare_istiod(self, pod: Body) -> Body:
         """For the `istiod` pod istioctl port-forwards to (`meshway.node.istiod`): its container relays
         port 15012 to the control plane's xDS port (`--xds-address`: the Lease that names it is not
-        readable by nodes); any other pod as it is."""
+        readable by nodes) and, with `--monitoring-address`, its loopback's 15014 to the control
+        plane's monitoring port; any other pod as it is."""
         containers = find_istiod_containers(pod)
         if not containers:
             return pod
         if not self.xds_address:
             raise ValueError("the istiod pod relays to the control plane's xDS port, which this node agent "
                              "is not given: start it with --xds-address HOST:PORT")
-        relay = self.start_relay(self.xds_address)
+        relays = [(r.listen, str(self.start_relay(r.upstream).path))
+                  for r in plan_istiod_relays(pod, self.xds_address, self.monitoring_address)]
         spec = pod["spec"]
-        spec["containers"] = [build_relay_container(c, sys.executable, str(relay.path)) if c is containers[0] else c
+        spec["containers"] = [build_relay_container(c, sys.executable, relays) if c is containers[0] else c
                               for c in spec["containers"]]
         return pod
 

@@ -6,9 +6,9 @@ agent relays: a Unix socket (filesystem paths cross network namespaces) that any
 each connection copied byte for byte to the control plane's HOST:PORT. TLS runs end to end between
 the pod's Envoy and the control plane: the relay sees only ciphertext and proves nothing.
 
-Run as a program (`python -m meshway.node.relay HOST:PORT SOCKET`), the other direction: a TCP port
-inside a pod whose connections go to the agent's socket (the `istiod` pod that istioctl
-port-forwards to, `meshway.node.istiod`)."""
+Run as a program (`python -m meshway.node.relay HOST:PORT SOCKET [HOST:PORT SOCKET ...]`), the other
+direction: TCP ports inside a pod whose connections go to the agent's sockets (the `istiod` pod that
+istioctl port-forwards to, `meshway.node.istiod`)."""
 from __future__ import annotations
 
 import logging
@@ -116,12 +116,16 @@ def serve_port(listen: str, socket_path: str) -> _PodServer:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: python -m meshway.node.relay HOST:PORT SOCKET", file=sys.stderr)
+    """`HOST:PORT SOCKET [HOST:PORT SOCKET ...]`: each port relayed to its socket."""
+    if not argv or len(argv) % 2:
+        print("usage: python -m meshway.node.relay HOST:PORT SOCKET [HOST:PORT SOCKET ...]", file=sys.stderr)
         return 2
-    server = serve_port(argv[0], argv[1])
-    print(f"relaying {argv[0]} to {argv[1]}", flush=True)
-    server.serve_forever()
+    servers = [serve_port(listen, path) for listen, path in zip(argv[::2], argv[1::2])]
+    for (listen, path), server in zip(zip(argv[::2], argv[1::2]), servers):
+        print(f"relaying {listen} to {path}", flush=True)
+        if server is not servers[-1]:
+            threading.Thread(target=server.serve_forever, name=f"relay {listen}", daemon=True).start()
+    servers[-1].serve_forever()
     return 0
 
 

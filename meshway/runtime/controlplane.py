@@ -39,6 +39,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -62,6 +63,8 @@ from ..xds.build_snapshot import WaypointConfig, build_waypoint_config
 from .wasm_modules import WasmModules
 from ..xds.cache import Snapshot, SnapshotCache
 from ..xds.debounce import NEVER, Debouncer
+from ..xds.debug import SyncSource
+from ..xds.debug_http import SYNCZ_PATH, VERSION_PATH, build_syncz_statuses, build_version_text, write_go_json
 from ..xds.dirty import find_change_keys, merge_keys
 from ..xds.envoyfilter import build_envoy_filter_condition
 from ..node.plan import parse_node_index
@@ -93,6 +96,7 @@ MAX_PROBLEM = 600  # characters of an exception's text kept on status
 BUILD_RETRY = 5.0  # seconds before a proxy whose build failed is built again without a change
 SUPERVISE_POLL = 1.0  # with exit notifications (pidfd), the Envoys are also checked this often
 HOUSEKEEPING_IDLE = 1.0  # readiness and proxy-status.json at least this often when no ADS event wakes them
+SYNCZ_TIMEOUT = 5.0  # seconds the monitoring port waits for the loop to copy the xDS state (`/debug/syncz`)
 
 
 @dataclass
@@ -713,11 +717,29 @@ class ControlPlane:
         return self.metrics.families(len(self.server.connected)) + [denied] + merge_families(
             [proxies, self.requests.families(set(status) | set(self.server.connected))])
 
+    def _serve_version(self, query: Mapping[str, list[str]]) -> tuple[int, str, bytes]:
+        """istiod's `/version` (`istioctl version`'s control plane line)."""
+        return 200, "text/plain; charset=utf-8", build_version_text(build_version_info()).encode()
+
+    def _serve_syncz(self, query: Mapping[str, list[str]]) -> tuple[int, str, bytes]:
+        """istiod's `/debug/syncz` (`istioctl version`'s data plane line): the xDS server's state,
+        copied on the loop's thread (the metrics server's threads must not read it as it changes)."""
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the control plane is not serving xDS")
+        copy = asyncio.run_coroutine_threadsafe(self._copy_sync_source(), loop).result(SYNCZ_TIMEOUT)
+        statuses = build_syncz_statuses(copy, __version__, (query.get("namespace") or [""])[0])
+        return 200, "application/json", write_go_json(statuses, "pretty" in query)
+
+    async def _copy_sync_source(self) -> SyncSource:
+        return self.server.sync_source()
+
     def _start_metrics_server(self) -> MetricsServer | None:
         if not self.metrics_addr:
             return None
         try:
-            monitor = MetricsServer(self.metrics_addr, self._collect_metrics)
+            monitor = MetricsServer(self.metrics_addr, self._collect_metrics,
+                                    {VERSION_PATH: self._serve_version, SYNCZ_PATH: self._serve_syncz})
         except (OSError, ValueError) as exc:
             log.warning("no metrics endpoint on %s: %s", self.metrics_addr, exc)
             return None

@@ -10,6 +10,9 @@ plus the Istio metrics of every proxy it runs, read from their admin sockets at 
 | meshway_config_build_failures{proxy_type} | builds that raised (the proxy kept its last good config) |
 | meshway_config_build_over_budget{proxy_type} | builds that took longer than the per-proxy budget |
 
+Next to /metrics, istiod's `/version` and `/debug/syncz`, which `istioctl version` asks through the
+istiod pod (`meshway.xds.debug_http`; the control plane gives the routes).
+
 Thin I/O: a threaded HTTP server; the translation is `meshway.observe.metrics`.
 """
 from __future__ import annotations
@@ -18,13 +21,14 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .. import __version__
 from .envoy_admin import AdminError, fetch_admin
 from ..observe.metrics import Family, Sample, build_istio_metrics, merge_families, write_text
+from ..xds.debug_http import find_route
 from ..xds.stream import Acked, Event, Nacked, Sent
 
 log = logging.getLogger("meshway.monitoring")
@@ -152,18 +156,35 @@ def fetch_proxy_metrics(targets: Iterable[ScrapeTarget]) -> list[Family]:
     return merge_families(groups)
 
 
-class MetricsServer:
-    """GET /metrics (any path): `collect()` rendered as Prometheus text."""
+# A route of the monitoring port besides /metrics: the query -> (status, content type, body).
+Route = Callable[[Mapping[str, list[str]]], tuple[int, str, bytes]]
 
-    def __init__(self, address: str, collect: Callable[[], list[Family]]):
+
+class MetricsServer:
+    """GET /metrics (any path without a route): `collect()` rendered as Prometheus text; GET of a
+    path in `routes` (istiod's `/version`, `/debug/syncz`: `meshway.xds.debug_http`), its answer;
+    another `/debug/` path, 404 (istiod's debug paths meshway does not serve)."""
+
+    def __init__(self, address: str, collect: Callable[[], list[Family]], routes: Mapping[str, Route] | None = None):
         host, _, port = address.rpartition(":")
-        collect_ = collect
+        collect_, routes_ = collect, dict(routes or {})
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                body = write_text(collect_()).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                path, query = find_route(self.path)
+                if path in routes_:
+                    try:
+                        status, content_type, body = routes_[path](query)
+                    except Exception as exc:  # noqa: BLE001: istiod answers 500 with the error's text
+                        log.warning("GET %s: %s", path, exc)
+                        status, content_type, body = 500, "text/plain; charset=utf-8", str(exc).encode()
+                elif path.startswith("/debug/"):  # istiod's other debug paths: Go's ServeMux's 404
+                    status, content_type, body = 404, "text/plain; charset=utf-8", b"404 page not found\n"
+                else:
+                    status, content_type = 200, "text/plain; version=0.0.4; charset=utf-8"
+                    body = write_text(collect_()).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
