@@ -1,5 +1,5 @@
-"""WasmPlugin -> Envoy `envoy.filters.http.wasm` on a waypoint's HTTP chains (pure), as istiod
-builds it (`pilot/pkg/model/extensions.go`, `listener_waypoint.go:buildWaypointHTTPFilters`).
+"""WasmPlugin -> Envoy `envoy.filters.http.wasm` on a waypoint's HTTP chains, over ECDS (pure), as
+istiod builds it (`pilot/pkg/model/extensions.go`, `listener_waypoint.go:buildWaypointHTTPFilters`).
 
 - Which plugins apply: by `targetRefs` only, as AuthorizationPolicies (the waypoint Gateway, a
   Service or ServiceEntry bound to it, the `istio-waypoint` GatewayClass from the root namespace);
@@ -119,10 +119,6 @@ def build_stand_in(plugin: WasmPlugin) -> Body:
     if plugin.spec.failStrategy == "FAIL_OPEN":
         return typed(RBAC, rules_stat_prefix="wasm-default-allow")
     return typed(RBAC, rules={}, rules_stat_prefix="wasm-default-deny")
-
-
-def build_stand_in_filter(plugin: WasmPlugin) -> Body:
-    return {"name": build_resource_name(plugin), "typed_config": build_stand_in(plugin)}
 
 
 def build_discovery_filter(plugin: WasmPlugin) -> Body:
