@@ -147,7 +147,9 @@ def test_exec_on_a_terminal_with_resizes():
     """`kubectl exec -it`: error, stdin, stdout and resize streams (no stderr); the command's stdio is
     a terminal of the size kubectl sent, resized while it runs; what it prints comes back on stdout."""
     script = ("import os,sys,signal,time\n"
-              "signal.signal(signal.SIGWINCH, lambda *a: print('winch', os.get_terminal_size(0), flush=True))\n"
+              # os.write, not print: the signal may come while the print below is still flushing
+              # (the buffered writer refuses a reentrant call)
+              "signal.signal(signal.SIGWINCH, lambda *a: os.write(1, f'winch {os.get_terminal_size(0)}\\n'.encode()))\n"
               "print('tty', os.isatty(0), os.isatty(1), os.isatty(2), os.get_terminal_size(0), os.environ['TERM'],"
               " flush=True)\n"
               "line = sys.stdin.readline()\n"
