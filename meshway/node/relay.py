@@ -39,6 +39,14 @@ def _copy(src: socket.socket, dst: socket.socket) -> None:
                 pass
 
 
+def _splice(client: socket.socket, upstream: socket.socket) -> None:
+    """Copy both ways until both directions have ended."""
+    back = threading.Thread(target=_copy, args=(upstream, client), daemon=True)
+    back.start()
+    _copy(client, upstream)
+    back.join()
+
+
 class _Handler(socketserver.BaseRequestHandler):
     server: "_Server"
 
@@ -51,10 +59,7 @@ class _Handler(socketserver.BaseRequestHandler):
             return
         upstream.settimeout(None)
         with upstream:
-            back = threading.Thread(target=_copy, args=(upstream, self.request), daemon=True)
-            back.start()
-            _copy(self.request, upstream)
-            back.join()
+            _splice(self.request, upstream)
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -96,10 +101,7 @@ class _PodHandler(socketserver.BaseRequestHandler):
             print(f"relay to {self.server.socket_path}: {exc}", file=sys.stderr, flush=True)
             return
         with upstream:
-            back = threading.Thread(target=_copy, args=(upstream, self.request), daemon=True)
-            back.start()
-            _copy(self.request, upstream)
-            back.join()
+            _splice(self.request, upstream)
 
 
 class _PodServer(socketserver.ThreadingMixIn, socketserver.TCPServer):

@@ -73,11 +73,14 @@ class RequestMetrics:
         address), when the chain's tags name no workload; its identity in the caller's trust domain."""
         if not record.destination or "destination_workload" in record.tags:
             return None
-        pod = self._current_pods()[1].get(record.destination)
-        if pod is None:
-            return None
+        _, by_ip, cache = self._current_pods()
         trust_domain = record.principal.removeprefix("spiffe://").split("/", 1)[0] or CLUSTER_DOMAIN
-        return build_workload_tags(pod, f"spiffe://{trust_domain}/ns/{pod.namespace}/sa/{pod.service_account}")
+        key = ("destination", record.destination, trust_domain)  # found once per view, as the callers
+        if key not in cache:
+            pod = by_ip.get(record.destination)
+            cache[key] = build_workload_tags(pod, f"spiffe://{trust_domain}/ns/{pod.namespace}/sa/"
+                                                  f"{pod.service_account}") if pod else None
+        return cache[key]
 
     def _cluster_tags(self, node_id: str) -> dict[str, dict[str, str]]:
         snapshot = self.find_snapshot(node_id)
